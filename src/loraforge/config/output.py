@@ -1,0 +1,33 @@
+"""`[output]`: where and how results are written."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import Section
+
+
+class OutputConfig(Section):
+    output_dir: str = Field("output", description="Parent folder of runs.")
+    output_name: str = Field(
+        "lora",
+        min_length=1,
+        pattern=r"^[^/\\]+$",
+        description="Run name: files go to `output_dir/output_name/` and the kohya file is `<output_name>.safetensors`.",
+    )
+    save_precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="dtype of the saved LoRA tensors (`fp16` halves the size)."
+    )
+    write_diffusers: bool = Field(True, description="Write `pytorch_lora_weights.safetensors` (diffusers/PEFT layout).")
+    write_kohya: bool = Field(
+        True, description="Write `<output_name>.safetensors` (kohya layout for AUTOMATIC1111 and ComfyUI)."
+    )
+    log_with: Literal["tensorboard", "none"] = Field(
+        "tensorboard", description="Log loss and learning rate to TensorBoard under `<run>/logs`."
+    )
+    overwrite: bool = Field(
+        False,
+        description="Allow training into a run folder that already holds a finished run (its files are replaced).",
+    )

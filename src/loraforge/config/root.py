@@ -1,0 +1,45 @@
+"""The one config object that flows from the CLI (or the UI) to the trainer."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from .base import Section
+from .dataset import DatasetConfig
+from .model import ModelConfig
+from .network import NetworkConfig
+from .optimizer import OptimizerConfig
+from .output import OutputConfig
+from .sampling import SamplingConfig
+from .training import TrainingConfig
+
+DEFAULT_MAX_TRAIN_STEPS = 1000
+
+
+class TrainConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Images and captions.")
+    network: NetworkConfig = Field(default_factory=NetworkConfig, description="The adapter.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer and schedule.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sample images.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Files written.")
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "TrainConfig":
+        if self.dataset.resolution is not None and self.dataset.resolution % 8:
+            raise ValueError(
+                f"dataset.resolution = {self.dataset.resolution} is not a multiple of 8; the VAE needs one "
+                f"(try {self.dataset.resolution // 8 * 8})"
+            )
+        return self
+
+    @property
+    def uses_embedded_model(self) -> bool:
+        return self.model.pretrained_model_name_or_path is None
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in TrainConfig.model_fields.items()
+}

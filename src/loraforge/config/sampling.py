@@ -1,0 +1,32 @@
+"""`[sampling]`: images generated with the LoRA during and after training."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import Section
+
+
+class SamplingConfig(Section):
+    validation_prompts: list[str] = Field(
+        default_factory=list,
+        description="Prompts sampled at the end of training. Empty: the instance prompt, else the first caption.",
+    )
+    negative_prompt: str = Field("", description="Negative prompt for every sample.")
+    num_images_per_prompt: int = Field(2, ge=1, description="Images per prompt (seeds `seed`, `seed+1`, ...).")
+    num_inference_steps: int = Field(25, ge=1, description="Denoising steps.")
+    guidance_scale: float = Field(7.0, ge=0, description="Classifier-free guidance scale (kohya `--l`).")
+    width: int | None = Field(None, ge=64, description="Sample width; unset: the training resolution.")
+    height: int | None = Field(None, ge=64, description="Sample height; unset: the training resolution.")
+    seed: int = Field(0, description="Seed of the first sample image.")
+    sampler: str = Field(
+        "euler_a",
+        description=(
+            "Sampler by kohya name: ddim, pndm, lms, euler, euler_a, heun, dpm_2, dpm_2_a, dpmsolver, dpmsolver++, "
+            "dpmsingle, k_lms, k_euler, k_euler_a, k_dpm_2, k_dpm_2_a (k_ = Karras sigmas)."
+        ),
+    )
+    sample_every_n_steps: int | None = Field(
+        None, ge=1, description="Also sample every N steps during training (files `samples/<step>_<n>.png`)."
+    )
+    at_end: bool = Field(True, description="Sample the validation prompts once training has finished.")

@@ -1,0 +1,67 @@
+"""The three Stable Diffusion families loraforge trains, and how to tell them apart."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    name: str  # "sd15" | "sd2" | "sdxl"
+    label: str
+    pipeline_class: str
+    resolution: int  # native training size
+    text_encoders: int
+    kohya_te_prefixes: tuple[str, ...]
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.name == "sdxl"
+
+
+FAMILIES: dict[str, FamilyInfo] = {
+    "sd15": FamilyInfo("sd15", "SD 1.x", "StableDiffusionPipeline", 512, 1, ("lora_te",)),
+    "sd2": FamilyInfo("sd2", "SD 2.x", "StableDiffusionPipeline", 768, 1, ("lora_te",)),
+    "sdxl": FamilyInfo("sdxl", "SDXL", "StableDiffusionXLPipeline", 1024, 2, ("lora_te1", "lora_te2")),
+}
+
+TINY_RESOLUTION = 64
+
+
+def family_info(name: str) -> FamilyInfo:
+    return FAMILIES[name]
+
+
+def detect_family_from_folder(folder: Path) -> str | None:
+    """Family of a diffusers folder from its `model_index.json` and component configs, or None if unsure."""
+    index = folder / "model_index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        cls = data.get("_class_name", "")
+        if "XL" in cls or "text_encoder_2" in data and data.get("text_encoder_2", [None])[0]:
+            return "sdxl"
+    unet_cfg = folder / "unet" / "config.json"
+    if unet_cfg.is_file():
+        cfg = json.loads(unet_cfg.read_text())
+        if cfg.get("addition_embed_type") == "text_time":
+            return "sdxl"
+        te = folder / "text_encoder" / "config.json"
+        hidden_act = json.loads(te.read_text()).get("hidden_act") if te.is_file() else None
+        # SD 2.x: OpenCLIP ViT-H text encoder (gelu, 1024 wide), cross_attention_dim 1024, linear projections.
+        if cfg.get("cross_attention_dim") == 1024 or hidden_act == "gelu":
+            return "sd2"
+        return "sd15"
+    return None
+
+
+def family_from_single_file_type(model_type: str) -> str | None:
+    """Map diffusers' `infer_diffusers_model_type` names to ours."""
+    if model_type.startswith("xl_base") or model_type in ("xl_inpaint", "playground-v2-5"):
+        return "sdxl"
+    if model_type.startswith("v2"):
+        return "sd2"
+    if model_type in ("v1", "inpainting"):
+        return "sd15"
+    return None

@@ -1,0 +1,152 @@
+"""The embedded default: tiny models of the real SD 1.5 and SDXL architectures.
+
+They are built in code from the same config classes as the real models (only the widths, depths and head counts are
+small), with the real 49,408-token CLIP vocabulary, so every code path (tokenizers, text encoders, UNet blocks,
+SDXL's pooled embeds and time ids, VAE scaling) is the real one. Weights are random with a fixed seed, so the same
+model is built on every machine. Built once into the cache folder and reused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..utils.files import atomic_dir, cache_home
+from .tokenizer import clip_tokenizer
+
+TINY_VERSION = 1  # bump when the architecture below changes, so stale caches are rebuilt
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[16, 32, 32, 32],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def _clip_config(hidden: int, act: str, projection: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act=act,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
+        projection_dim=projection or hidden,
+    )
+
+
+def build_tiny_sd15():
+    import torch
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = _vae()
+    text_encoder = CLIPTextModel(_clip_config(32, "quick_gelu"))
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_sdxl():
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    # TE2 must be wider than TE1: single-file loading tells CLIP-L from bigG by width (offline.md section 4).
+    te1 = _clip_config(32, "quick_gelu")
+    te2 = _clip_config(64, "gelu", projection=64)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        cross_attention_dim=te1.hidden_size + te2.hidden_size,
+        projection_class_embeddings_input_dim=6 * 8 + te2.projection_dim,
+        norm_num_groups=32,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(te1),
+        text_encoder_2=CLIPTextModelWithProjection(te2),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+
+
+BUILDERS = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl}
+
+
+def tiny_model_dir(family: str, root: Path | None = None) -> Path:
+    """Folder of the tiny model of `family` (a diffusers folder), built and saved on first use."""
+    if family not in BUILDERS:
+        raise ValueError(f"no embedded tiny model for family {family!r}; choose one of {sorted(BUILDERS)}")
+    root = Path(root) if root is not None else cache_home() / "models"
+    folder = root / f"tiny-{family}-v{TINY_VERSION}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    pipe = BUILDERS[family]()
+    with atomic_dir(folder) as tmp:
+        pipe.save_pretrained(tmp)
+    return folder

@@ -1,0 +1,1 @@
+"""Small helpers shared by every role: atomic file writes, paths, logging."""
