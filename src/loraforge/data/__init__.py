@@ -1,0 +1,1 @@
+"""Data: sources and captions, image checks and transforms, the training dataset."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..utils.files import atomic_dir, cache_home
 from .tokenizer import clip_tokenizer
 
-TINY_VERSION = 1  # bump when the architecture below changes, so stale caches are rebuilt
+TINY_VERSION = 2  # bump when the architecture below changes, so stale caches are rebuilt
 
 
 def _vae():
@@ -101,12 +101,14 @@ def build_tiny_sdxl():
     te2 = _clip_config(64, "gelu", projection=64)
     unet = UNet2DConditionModel(
         sample_size=8,
-        block_out_channels=(32, 64),
+        # Three levels like the real SDXL (no attention at the first), so the SGM block indices
+        # (input_blocks 0-8, middle_block, output_blocks 0-8) are the real ones.
+        block_out_channels=(32, 64, 64),
         layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2),
-        attention_head_dim=(2, 4),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 4, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,

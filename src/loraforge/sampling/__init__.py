@@ -1,0 +1,1 @@
+"""Sampling: images from a model with LoRA, during training and from the `sample` tool."""

@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _default_mode(base: int = 0o666) -> int:
+    """The mode a plain `open()` would give (mkstemp makes files private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success it replaces `target`, on error it is removed."""
@@ -26,6 +33,7 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, _default_mode())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -51,6 +59,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, _default_mode(0o777))
     try:
         yield tmp
         if target.exists():

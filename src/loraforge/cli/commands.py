@@ -1,0 +1,188 @@
+"""Subcommands. Each `add_*` registers one; `run` executes it with user errors turned into clear messages."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _quiet_libraries() -> None:
+    """Keep the console for loraforge's own progress: no per-shard bars or info chatter from the libraries."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logger = logging.getLogger("loraforge")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _quiet_progress() -> None:
+    """Silence the libraries' per-component loading bars (called only by commands that load models)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from ..config import ConfigError
+    from ..data.errors import DataError
+    from ..models.loading import ModelLoadError
+    from ..training.trainer import RunFolderError
+
+    return (ConfigError, DataError, ModelLoadError, RunFolderError, FileNotFoundError, FileExistsError)
+
+
+def run(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    _setup_logging(getattr(args, "verbose", False))
+    from ..config import ConfigError
+
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("\ninterrupted. Checkpoints already written are complete; continue with --set training.resume=latest",
+              file=sys.stderr)
+        return 130
+    except ConfigError as e:
+        print("config error:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+    except Exception as e:  # only the known user errors are reported without a traceback
+        if not isinstance(e, user_errors()):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        for p in getattr(e, "problems", []) or []:
+            print(f"  {p}", file=sys.stderr)
+        return 2
+
+
+# ------------------------------------------------------------------------------------------------------- train
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a LoRA from a TOML config", description="Train a LoRA from a TOML config.")
+    p.add_argument("config", nargs="?", help="TOML config file (see docs/config.md); omit to use only --set values")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one option, e.g. --set training.max_train_steps=200 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="validate the config and the dataset, print the resolved config, stop")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from ..config import dump_config, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run(cfg, dump_config)
+    from ..training.trainer import Trainer
+
+    _quiet_progress()
+    result = Trainer(cfg).run()
+    _print_result(result)
+    return 0
+
+
+def _dry_run(cfg, dump_config) -> int:
+    from ..data.check import validate_items
+    from ..data.sources import collect_items
+    from ..models.family import FAMILIES, TINY_RESOLUTION
+
+    res = cfg.dataset.resolution or (TINY_RESOLUTION if cfg.uses_embedded_model else None)
+    items = collect_items(cfg.dataset)
+    if res is None:
+        fam = FAMILIES.get(cfg.model.family)
+        res = fam.resolution if fam else 512
+    validate_items(items, cfg.dataset, res)
+    print(dump_config(cfg))
+    print(f"# {len(items)} images OK", file=sys.stderr)
+    return 0
+
+
+def _print_result(result) -> None:
+    f = result.files
+    print(f"\ndone: {result.steps} steps, run folder {result.run_dir}")
+    if f.kohya:
+        print(f"  AUTOMATIC1111 / ComfyUI: {f.kohya}  (copy into models/Lora; prompt <lora:{f.kohya.stem}:1>)")
+    if f.diffusers:
+        print(f"  diffusers: {f.diffusers}  (pipe.load_lora_weights(\"{f.diffusers.parent}\"))")
+    if result.samples:
+        print(f"  samples: {result.samples[0].parent}")
+
+
+# ------------------------------------------------------------------------------------------------------- demo
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="train on the embedded tiny SD 1.5 and SDXL with the shipped images (~1 min, CPU)")
+    p.add_argument("--output-dir", default="output/demo", help="where the two runs go (default output/demo)")
+    p.add_argument("--steps", type=int, default=100, help="steps per model (default 100)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    import time
+
+    from ..config import load_config
+    from ..training.trainer import Trainer
+
+    _quiet_progress()
+    t0 = time.time()
+    for family in ("sd15", "sdxl"):
+        cfg = load_config(None, [
+            f"model.family={family}",
+            f"output.output_dir={args.output_dir!r}",
+            f"output.output_name=tiny-{family}",
+            "output.overwrite=true",
+            f"training.max_train_steps={args.steps}",
+            "network.rank=8",
+            "optimizer.learning_rate=1e-3",
+            "sampling.num_inference_steps=20",
+            "sampling.validation_prompts=['a photo of sks robot on the moon', 'a photo of sks robot in a forest']",
+        ])
+        print(f"\n== {family}: tiny model, {args.steps} steps ==")
+        result = Trainer(cfg).run()
+        first, last = _mean(result.losses[:10]), _mean(result.losses[-10:])
+        print(f"loss {first:.4f} (first 10 steps) → {last:.4f} (last 10 steps)")
+        _print_result(result)
+    print(f"\ndemo finished in {time.time() - t0:.0f} s. Train your own: loraforge train CONFIG.toml (README).")
+    return 0
+
+
+def _mean(xs) -> float:
+    return sum(xs) / max(1, len(xs))
+
+
+# ------------------------------------------------------------------------------------------------------- docs
+def add_config_docs(sub) -> None:
+    p = sub.add_parser("config-docs", help="print (or write) the config reference generated from the schema")
+    p.add_argument("--write", metavar="PATH", help="write to PATH instead of printing")
+    p.set_defaults(func=cmd_config_docs)
+
+
+def cmd_config_docs(args) -> int:
+    from ..config.docs import render_config_docs
+    from ..utils.files import write_text_atomic
+
+    text = render_config_docs()
+    if args.write:
+        write_text_atomic(args.write, text)
+    else:
+        print(text)
+    return 0
+
+
+REGISTRY = [add_train, add_demo, add_config_docs]

@@ -1,0 +1,89 @@
+"""Training metadata in the safetensors header: sd-scripts' `ss_*` keys, the `sshs_*` hashes and SAI's
+`modelspec.*`, which AUTOMATIC1111, ComfyUI managers and Civitai show (kohya.md §2.3). All values are strings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from io import BytesIO
+
+import torch
+
+BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+ARCHITECTURE = {
+    "sd15": "stable-diffusion-v1",
+    "sd2": "stable-diffusion-v2-768-v",
+    "sdxl": "stable-diffusion-xl-v1-base",
+}
+NETWORK_MODULE = {"lora": "networks.lora"}
+
+
+def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
+    """sd-scripts' `sshs_model_hash` (sha256 of the tensor bytes after the header) and `sshs_legacy_hash`
+    (first 8 hex of sha256 of 64 KiB at offset 1 MiB), computed over an in-memory file with only the `ss_*` keys."""
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={k: v for k, v in metadata.items() if k.startswith("ss_")})
+    header = int.from_bytes(data[:8], "little")
+    new = hashlib.sha256(data[8 + header :]).hexdigest()
+    buf = BytesIO(data)
+    buf.seek(0x100000)
+    legacy = hashlib.sha256(buf.read(0x10000)).hexdigest()[:8]
+    return new, legacy
+
+
+def training_metadata(cfg, run: dict, family: str, algo: str, network_args: dict | None = None) -> dict[str, str]:
+    """`cfg` is the `TrainConfig`; `run` holds what only the run knows (image count, steps, start time, ...)."""
+    res = run.get("resolution")
+    meta = {
+        "ss_session_id": str(run.get("session_id", "")),
+        "ss_training_started_at": str(run.get("started_at", time.time())),
+        "ss_training_finished_at": str(time.time()),
+        "ss_output_name": cfg.output.output_name,
+        "ss_learning_rate": str(cfg.optimizer.learning_rate),
+        "ss_unet_lr": str(cfg.optimizer.unet_lr or cfg.optimizer.learning_rate),
+        "ss_text_encoder_lr": str(cfg.optimizer.text_encoder_lr or cfg.optimizer.learning_rate),
+        "ss_num_train_images": str(run.get("num_train_images", 0)),
+        "ss_num_reg_images": str(run.get("num_reg_images", 0)),
+        "ss_num_batches_per_epoch": str(run.get("batches_per_epoch", 0)),
+        "ss_num_epochs": str(run.get("epochs", 0)),
+        "ss_epoch": str(run.get("epoch", 0)),
+        "ss_steps": str(run.get("step", 0)),
+        "ss_max_train_steps": str(run.get("max_train_steps", 0)),
+        "ss_batch_size_per_device": str(cfg.training.batch_size),
+        "ss_total_batch_size": str(run.get("total_batch_size", cfg.training.batch_size)),
+        "ss_gradient_checkpointing": str(cfg.training.gradient_checkpointing),
+        "ss_gradient_accumulation_steps": str(cfg.training.gradient_accumulation_steps),
+        "ss_lr_warmup_steps": str(cfg.optimizer.lr_warmup_steps),
+        "ss_lr_scheduler": cfg.optimizer.lr_scheduler,
+        "ss_optimizer": run.get("optimizer", cfg.optimizer.type),
+        "ss_max_grad_norm": str(cfg.optimizer.max_grad_norm or 0.0),
+        "ss_network_module": NETWORK_MODULE.get(algo, "lycoris.kohya"),
+        "ss_network_dim": str(cfg.network.rank),
+        "ss_network_alpha": str(cfg.network.alpha if cfg.network.alpha is not None else cfg.network.rank),
+        "ss_network_dropout": str(cfg.network.dropout),
+        "ss_network_args": json.dumps(network_args or {}),
+        "ss_mixed_precision": str(run.get("mixed_precision", cfg.training.mixed_precision)),
+        "ss_v2": str(family == "sd2"),
+        "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_sd_model_name": str(run.get("model_name", "")),
+        "ss_resolution": f"({res}, {res})" if res else "",
+        "ss_seed": str(cfg.training.seed),
+        "ss_flip_aug": str(cfg.dataset.random_flip),
+        "ss_random_crop": str(not cfg.dataset.center_crop),
+        "ss_dataset_dirs": json.dumps(run.get("dataset_dirs", {})),
+        "ss_tag_frequency": json.dumps(run.get("tag_frequency", {})),
+        "ss_training_comment": str(run.get("comment", "trained with loraforge")),
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": f"{ARCHITECTURE[family]}/lora",
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if family == "sdxl" else "diffusers",
+        "modelspec.title": cfg.output.output_name,
+        "modelspec.resolution": f"{res}x{res}" if res else "",
+        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "modelspec.prediction_type": "v" if run.get("prediction_type") == "v_prediction" else "epsilon",
+    }
+    for key in ("ss_min_snr_gamma", "ss_noise_offset", "ss_clip_skip", "ss_prior_loss_weight"):
+        if key in run:
+            meta[key] = str(run[key])
+    return meta

@@ -1,0 +1,270 @@
+"""Load a Stable Diffusion model from wherever users keep one: a hub id, a local diffusers folder, or a single
+`.safetensors` / `.ckpt` file in the original layout. With nothing named, the embedded tiny model is used.
+
+All three paths end in the same `SDModel`: the family, the components, and the noise-scheduler config training
+uses. Single files are loaded with diffusers' `from_single_file` and a config folder that loraforge writes itself,
+so no hub access is needed (diffusers would otherwise download the default repo's configs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config.model import ModelConfig
+from .family import FamilyInfo, detect_family_from_folder, family_from_single_file_type, family_info
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class ModelLoadError(Exception):
+    """The model named in `[model]` cannot be loaded; the message says why and what to pass instead."""
+
+
+@dataclass
+class SDModel:
+    family: FamilyInfo
+    source: str
+    unet: Any
+    vae: Any
+    text_encoders: list
+    tokenizers: list
+    scheduler: Any  # the inference scheduler the model ships with
+    prediction_type: str
+    is_tiny: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def noise_scheduler(self):
+        """DDPM with the model's own beta schedule: what training adds noise with."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.scheduler.config, prediction_type=self.prediction_type)
+
+    def pipeline(self, scheduler=None):
+        """A diffusers pipeline over these very modules (LoRA layers included)."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        sched = scheduler if scheduler is not None else self.scheduler
+        if self.family.is_sdxl:
+            return StableDiffusionXLPipeline(
+                vae=self.vae,
+                text_encoder=self.text_encoders[0],
+                text_encoder_2=self.text_encoders[1],
+                tokenizer=self.tokenizers[0],
+                tokenizer_2=self.tokenizers[1],
+                unet=self.unet,
+                scheduler=sched,
+                add_watermarker=False,
+            )
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoders[0],
+            tokenizer=self.tokenizers[0],
+            unet=self.unet,
+            scheduler=sched,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+
+class _LazyCheckpoint(Mapping):
+    """Keys of a safetensors file with tensors read on access: enough for diffusers' model-type probe without
+    reading gigabytes twice."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self._f = safe_open(str(path), framework="pt")
+        self._keys = list(self._f.keys())
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._f.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __contains__(self, key):
+        return key in self._keys
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~", "\\"))
+        or Path(name).suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES
+        or name.count("/") > 1
+        or ":" in name[:3]
+    )
+
+
+def _pipeline_kwargs(family: str) -> dict:
+    if family == "sdxl":
+        return {"add_watermarker": False}
+    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
+def _pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _single_file_family(path: Path, allow_pickle: bool) -> str | None:
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    if path.suffix.lower() == ".safetensors":
+        ckpt: Mapping = _LazyCheckpoint(path)
+    else:
+        import torch
+
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        ckpt = ckpt.get("state_dict", ckpt)
+    return family_from_single_file_type(infer_diffusers_model_type(ckpt))
+
+
+def _check_family(requested: str, detected: str | None, source: str) -> str:
+    if requested != "auto":
+        if detected and detected != requested:
+            log.warning("model.family = %s but %s looks like %s; using %s as asked", requested, source, detected, requested)
+        return requested
+    if detected is None:
+        raise ModelLoadError(
+            f"could not tell which family {source} is; set model.family to sd15, sd2 or sdxl"
+        )
+    return detected
+
+
+def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
+    """Load the model described by `[model]`. Raises `ModelLoadError` with an actionable message."""
+    name = cfg.pretrained_model_name_or_path
+    load_kw: dict[str, Any] = {}
+    if dtype is not None:
+        load_kw["torch_dtype"] = dtype
+    is_tiny = False
+    if name is None:
+        from .tiny import tiny_model_dir
+
+        family = "sd15" if cfg.family == "auto" else cfg.family
+        if family == "sd2":
+            raise ModelLoadError("there is no embedded tiny SD 2.x model; use model.family = sd15 or sdxl, or name a model")
+        folder = tiny_model_dir(family)
+        pipe = _pipeline_class(family).from_pretrained(str(folder), local_files_only=True, **load_kw)
+        source, is_tiny = f"embedded tiny {family_info(family).label} model ({folder})", True
+    else:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ModelLoadError(
+                    f"{path} is a folder but not a diffusers model (no model_index.json); pass the model's folder "
+                    "or a single .safetensors file"
+                )
+            family = _check_family(cfg.family, detect_family_from_folder(path), str(path))
+            pipe = _pipeline_class(family).from_pretrained(
+                str(path), local_files_only=True, variant=cfg.variant, **_pipeline_kwargs(family), **load_kw
+            )
+            source = str(path)
+        elif path.is_file():
+            pipe, family = _load_single_file(path, cfg, load_kw)
+            source = str(path)
+        elif _looks_like_path(name):
+            raise ModelLoadError(
+                f"model.pretrained_model_name_or_path = {name!r}: no such file or folder"
+            )
+        else:
+            pipe, family = _load_from_hub(name, cfg, load_kw)
+            source = f"hub:{name}"
+    if cfg.vae:
+        pipe.vae = _load_vae(cfg.vae, cfg, load_kw)
+    prediction = cfg.prediction_type
+    if prediction == "auto":
+        prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    te = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+    tok = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
+    return SDModel(family_info(family), source, pipe.unet, pipe.vae, te, tok, pipe.scheduler, prediction, is_tiny)
+
+
+def _load_single_file(path: Path, cfg: ModelConfig, load_kw: dict):
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not cfg.allow_pickle:
+        raise ModelLoadError(
+            f"{path} is a pickle-based file; unpickling can run code. Convert it with "
+            f"`loraforge convert {path} --allow-pickle`, or set model.allow_pickle = true to load it "
+            "(loraforge then loads it with torch's weights_only mode)"
+        )
+    if suffix not in (".safetensors",) + PICKLE_SUFFIXES:
+        raise ModelLoadError(f"{path}: unknown model file type {suffix!r}; expected .safetensors or .ckpt")
+    family = _check_family(cfg.family, _single_file_family(path, cfg.allow_pickle), str(path))
+    if cfg.config_dir:
+        config_dir = Path(cfg.config_dir)
+        if not (config_dir / "model_index.json").is_file():
+            raise ModelLoadError(f"model.config_dir = {cfg.config_dir!r} is not a diffusers folder (no model_index.json)")
+    else:
+        from .configs import config_folder
+
+        config_dir = config_folder(family)
+    pipe = _pipeline_class(family).from_single_file(
+        str(path), config=str(config_dir), local_files_only=True, **_pipeline_kwargs(family), **load_kw
+    )
+    return pipe, family
+
+
+def _load_from_hub(name: str, cfg: ModelConfig, load_kw: dict):
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(name, revision=cfg.revision)
+    except Exception as e:  # network, auth, missing repo: all the same advice
+        raise ModelLoadError(
+            f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            "Offline? Download it once, or pass a local diffusers folder or a single .safetensors file as "
+            "model.pretrained_model_name_or_path"
+        ) from None
+    cls = index.get("_class_name", "")
+    detected = "sdxl" if "XL" in cls else None
+    if detected is None and "StableDiffusion" in cls:
+        detected = "sd15"  # refined below from the loaded components
+    family = _check_family(cfg.family, detected, name)
+    try:
+        pipe = _pipeline_class(family).from_pretrained(
+            name, revision=cfg.revision, variant=cfg.variant, **_pipeline_kwargs(family), **load_kw
+        )
+    except OSError as e:
+        raise ModelLoadError(f"could not load {name!r} from the hub: {str(e).splitlines()[0][:300]}") from None
+    if family == "sd15" and cfg.family == "auto" and pipe.unet.config.cross_attention_dim == 1024:
+        family = "sd2"
+    return pipe, family
+
+
+def _load_vae(name: str, cfg: ModelConfig, load_kw: dict):
+    from diffusers import AutoencoderKL
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() in PICKLE_SUFFIXES and not cfg.allow_pickle:
+            raise ModelLoadError(f"model.vae = {name!r} is a pickle-based file; set model.allow_pickle = true to load it")
+        return AutoencoderKL.from_single_file(str(path), **load_kw)
+    if path.is_dir():
+        sub = "vae" if (path / "vae" / "config.json").is_file() else None
+        return AutoencoderKL.from_pretrained(str(path), subfolder=sub, local_files_only=True, **load_kw)
+    try:
+        return AutoencoderKL.from_pretrained(name, **load_kw)
+    except OSError as e:
+        raise ModelLoadError(
+            f"model.vae = {name!r}: not a local file or folder, and the hub could not be reached "
+            f"({str(e).splitlines()[0][:200]})"
+        ) from None
+
+
+def model_index(folder: Path) -> dict:
+    return json.loads((folder / "model_index.json").read_text())

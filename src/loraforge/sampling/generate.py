@@ -1,0 +1,92 @@
+"""Generate images with a model (and whatever LoRA is active in it), and save them the way AUTOMATIC1111 does:
+the generation parameters go into the PNG `parameters` text chunk."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from ..utils.files import atomic_path
+from .samplers import A1111_NAMES, make_scheduler, normalize_sampler
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 25
+    guidance_scale: float = 7.0
+    seed: int = 0
+    sampler: str = "euler_a"
+
+    def parameters_text(self, model_name: str = "") -> str:
+        """A1111's `parameters` chunk, which A1111's PNG Info tab and most image browsers read."""
+        lines = [self.prompt]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {self.negative_prompt}")
+        sampler = A1111_NAMES.get(self.sampler, self.sampler)
+        tail = (
+            f"Steps: {self.steps}, Sampler: {sampler}, CFG scale: {self.guidance_scale:g}, Seed: {self.seed}, "
+            f"Size: {self.width}x{self.height}"
+        )
+        if model_name:
+            tail += f", Model: {model_name}"
+        lines.append(tail)
+        return "\n".join(lines)
+
+
+def generate(model, requests: list[SampleRequest], device=None, dtype=None, progress: bool = False) -> list[Image.Image]:
+    """One image per request. The generator is a CPU generator seeded per request, so a seed gives the same image
+    whatever the device."""
+    import torch
+
+    images = []
+    pipes: dict[str, object] = {}
+    for req in requests:
+        key = normalize_sampler(req.sampler)
+        if key not in pipes:
+            sched = make_scheduler(key, model.scheduler.config, model.prediction_type)
+            pipe = model.pipeline(scheduler=sched)
+            pipe.set_progress_bar_config(disable=not progress)
+            pipes[key] = pipe
+        pipe = pipes[key]
+        gen = torch.Generator("cpu").manual_seed(req.seed)
+        with torch.no_grad():
+            out = pipe(
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt or None,
+                width=req.width,
+                height=req.height,
+                num_inference_steps=req.steps,
+                guidance_scale=req.guidance_scale,
+                generator=gen,
+            )
+        images.append(out.images[0])
+    return images
+
+
+def save_png(image: Image.Image, path: Path, parameters: str) -> Path:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    with atomic_path(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    return path
+
+
+def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im.resize((w, h)) if im.size != (w, h) else im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def expand_requests(base: SampleRequest, prompts: list[str], per_prompt: int) -> list[SampleRequest]:
+    return [replace(base, prompt=p, seed=base.seed + i) for p in prompts for i in range(per_prompt)]

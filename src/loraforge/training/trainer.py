@@ -1,0 +1,359 @@
+"""The training run, in explicit phases: set up → load the model → check the data → inject the network →
+optimizer → (resume) → loop → write the outputs → sample.
+
+One `TrainConfig` comes in; nothing here reads globals or the command line. accelerate owns devices, mixed
+precision, gradient accumulation and several GPUs (`accelerate launch -m loraforge train ...`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig, dump_config
+from ..data.check import validate_items
+from ..data.dataset import EpochShuffleSampler, ImageCaptionDataset, collate
+from ..data.sources import collect_items
+from ..models.family import TINY_RESOLUTION
+from ..models.loading import load_model
+from ..models.text import encode_prompts, sdxl_time_ids
+from ..networks import create_network
+from ..utils.files import atomic_dir, write_text_atomic
+from .losses import diffusion_target, per_sample_mse
+from .optim import build_optimizer, build_scheduler, param_groups
+from .outputs import WrittenFiles, write_lora_files
+from .state import STATE_FILE, TrainState, checkpoints_dir, read_state, register_network_hooks, resolve_resume
+
+log = logging.getLogger("loraforge.train")
+
+FINAL_MARKER = "config.toml"  # written last: its presence means the run finished
+
+
+class RunFolderError(Exception):
+    pass
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    files: WrittenFiles
+    samples: list[Path] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output.output_dir).expanduser() / cfg.output.output_name
+        self.state = TrainState()
+        self.losses: list[float] = []
+
+    # ----------------------------------------------------------------------------------------------- phases
+    def run(self) -> RunResult:
+        self.prepare()
+        self.train()
+        return self.finish()
+
+    def prepare(self) -> None:
+        """Every phase before the loop."""
+        self.setup()
+        self.load_model()
+        self.load_data()
+        self.setup_network()
+        self.setup_optimization()
+        self.maybe_resume()
+
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        cfg = self.cfg
+        if (self.run_dir / FINAL_MARKER).is_file() and not cfg.training.resume and not cfg.output.overwrite:
+            raise RunFolderError(
+                f"{self.run_dir} already holds a finished run; pick another output.output_name, set "
+                "output.overwrite = true to replace it, or set training.resume to continue it"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        mp = cfg.training.mixed_precision
+        if mp == "auto":
+            mp = "no"
+            if torch.cuda.is_available():
+                mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        self.accelerator = Accelerator(
+            mixed_precision=mp,
+            gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
+            log_with=None if cfg.output.log_with == "none" else cfg.output.log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+        )
+        self.mixed_precision = mp
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
+        if self.accelerator.is_main_process:
+            handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler.setLevel(logging.INFO)
+            root = logging.getLogger("loraforge")
+            self._saved_level = root.level
+            if root.getEffectiveLevel() > logging.INFO:
+                root.setLevel(logging.INFO)  # the run log always gets the INFO lines
+            root.addHandler(handler)
+            self._log_handler = handler
+        set_seed(cfg.training.seed)
+        self.run_info = {"session_id": uuid.uuid4().hex, "started_at": time.time(), "mixed_precision": mp}
+        log.info("run folder: %s (device %s, precision %s)", self.run_dir, self.accelerator.device, mp)
+
+    def load_model(self) -> None:
+        self.model = load_model(self.cfg.model)
+        m = self.model
+        self.resolution = self.cfg.dataset.resolution or (TINY_RESOLUTION if m.is_tiny else m.family.resolution)
+        self.noise_scheduler = m.noise_scheduler()
+        self.run_info.update(
+            model_name=Path(m.source).name, prediction_type=m.prediction_type, resolution=self.resolution
+        )
+        log.info("model: %s — %s, predicts %s, training at %d px", m.source, m.family.label, m.prediction_type, self.resolution)
+
+    def load_data(self) -> None:
+        cfg = self.cfg.dataset
+        items = validate_items(collect_items(cfg), cfg, self.resolution)
+        self.dataset = ImageCaptionDataset(
+            items, self.resolution, cfg.center_crop, cfg.random_flip, cfg.repeats, self.cfg.training.seed
+        )
+        self.sampler = EpochShuffleSampler(len(self.dataset), self.cfg.training.seed)
+        self.dataloader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.cfg.training.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=self.cfg.training.dataloader_num_workers,
+            persistent_workers=self.cfg.training.dataloader_num_workers > 0,
+        )
+        folder = str(items[0].path.parent)
+        self.run_info.update(
+            num_train_images=len(items),
+            dataset_dirs={folder: {"n_repeats": cfg.repeats, "img_count": len(items)}},
+        )
+        log.info("dataset: %d images × %d repeats from %s", len(items), cfg.repeats, folder)
+
+    def setup_network(self) -> None:
+        m, acc = self.model, self.accelerator
+        m.vae.requires_grad_(False)
+        # Frozen weights in the compute dtype; the VAE stays fp32 under fp16 (fp16 SD VAEs overflow into NaNs).
+        m.unet.to(acc.device, dtype=self.weight_dtype)
+        for te in m.text_encoders:
+            te.to(acc.device, dtype=self.weight_dtype)
+        self.vae_dtype = torch.float32 if self.weight_dtype == torch.float16 else self.weight_dtype
+        m.vae.to(acc.device, dtype=self.vae_dtype)
+        self.network = create_network(self.cfg.network)
+        self.network.apply(m)
+        for part in self.network.parts:  # trainable tensors in fp32 whatever the base dtype
+            for p in self.network.parameters(part):
+                p.data = p.data.float()
+        if self.cfg.training.gradient_checkpointing:
+            m.unet.enable_gradient_checkpointing()
+            if self.train_te:
+                for te in m.text_encoders:
+                    te.gradient_checkpointing_enable()
+        n = sum(p.numel() for part in self.network.parts for p in self.network.parameters(part))
+        log.info("network: %s rank %d alpha %g on %s — %s trainable parameters", self.network.algo,
+                 self.cfg.network.rank, self.network.alpha, "+".join(self.network.parts), f"{n:,}")
+
+    @property
+    def train_te(self) -> bool:
+        return any(p.startswith("te") for p in getattr(self.network, "parts", ()))
+
+    def setup_optimization(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        groups = param_groups(self.network, cfg.optimizer)
+        self.optimizer = build_optimizer(cfg.optimizer, groups)
+        batches = math.ceil(len(self.dataset) / cfg.training.batch_size / acc.num_processes)
+        self.steps_per_epoch = max(1, math.ceil(batches / cfg.training.gradient_accumulation_steps))
+        t = cfg.training
+        limits = []
+        if t.max_train_steps:
+            limits.append(t.max_train_steps)
+        if t.num_train_epochs:
+            limits.append(t.num_train_epochs * self.steps_per_epoch)
+        self.max_steps = min(limits) if limits else DEFAULT_MAX_TRAIN_STEPS
+        self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
+        self.lr_scheduler = build_scheduler(cfg.optimizer, self.optimizer, self.max_steps * acc.num_processes)
+        trained = [self.model.unet] + ([te for te in self.model.text_encoders] if self.train_te else [])
+        prepared = acc.prepare(*trained, self.optimizer, self.dataloader, self.lr_scheduler)
+        self.trained_models = list(prepared[: len(trained)])
+        self.unet = self.trained_models[0]
+        self.text_encoders = self.trained_models[1:] if self.train_te else self.model.text_encoders
+        self.optimizer, self.train_dataloader, self.lr_scheduler = prepared[len(trained):]
+        register_network_hooks(acc, self.network)
+        self.run_info.update(
+            max_train_steps=self.max_steps, batches_per_epoch=batches, epochs=self.num_epochs,
+            total_batch_size=cfg.training.batch_size * acc.num_processes * cfg.training.gradient_accumulation_steps,
+            optimizer=type(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer).__name__,
+        )
+        if acc.is_main_process and cfg.output.log_with != "none":
+            acc.init_trackers("loraforge", config={"max_train_steps": self.max_steps, "rank": cfg.network.rank})
+        log.info("training %d steps (%d per epoch, %d epochs), batch %d × accumulation %d × %d process(es)",
+                 self.max_steps, self.steps_per_epoch, self.num_epochs, cfg.training.batch_size,
+                 cfg.training.gradient_accumulation_steps, acc.num_processes)
+
+    def maybe_resume(self) -> None:
+        if not self.cfg.training.resume:
+            return
+        folder = resolve_resume(self.cfg.training.resume, self.run_dir)
+        self.accelerator.load_state(str(folder))
+        self.state = read_state(folder)
+        log.info("resumed from %s at step %d (epoch %d)", folder, self.state.global_step, self.state.epoch)
+
+    # ----------------------------------------------------------------------------------------------- the loop
+    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        pixels = pixel_values.to(self.accelerator.device, dtype=self.vae_dtype)
+        with torch.no_grad():
+            latents = m.vae.encode(pixels).latent_dist.sample()
+            shift = getattr(m.vae.config, "shift_factor", None) or 0.0
+            return ((latents - shift) * m.vae.config.scaling_factor).to(self.weight_dtype)
+
+    def compute_loss(
+        self,
+        batch: dict,
+        latents: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Loss of one batch. Latents, noise and timesteps are drawn here unless given (tests fix them to overfit
+        one batch)."""
+        m, acc = self.model, self.accelerator
+        if latents is None:
+            latents = self.encode_latents(batch["pixel_values"])
+        if noise is None:
+            noise = torch.randn_like(latents)
+        if timesteps is None:
+            timesteps = torch.randint(
+                0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+            ).long()
+        noise, timesteps = noise.to(latents), timesteps.to(latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        with torch.set_grad_enabled(self.train_te):
+            cond = encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, batch["captions"])
+        added = None
+        if m.family.is_sdxl:
+            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], (self.resolution, self.resolution))
+            added = {"text_embeds": cond.pooled.to(self.weight_dtype), "time_ids": time_ids.to(acc.device, self.weight_dtype)}
+        pred = self.unet(
+            noisy, timesteps, cond.prompt_embeds.to(self.weight_dtype), added_cond_kwargs=added, return_dict=False
+        )[0]
+        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, m.prediction_type)
+        return per_sample_mse(pred, target).mean()
+
+    def train(self) -> None:
+        from accelerate.utils import tqdm
+        from accelerate import skip_first_batches
+
+        cfg, acc, st = self.cfg, self.accelerator, self.state
+        for mod in self.trained_models:
+            mod.train()
+        bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True)
+        start_epoch = st.epoch
+        for epoch in range(start_epoch, self.num_epochs):
+            if st.global_step >= self.max_steps:
+                break
+            st.epoch = epoch
+            self.sampler.set_epoch(epoch)
+            self.dataset.set_epoch(epoch)
+            loader = self.train_dataloader
+            if st.batch_in_epoch:
+                loader = skip_first_batches(loader, st.batch_in_epoch)
+            for batch in loader:
+                with acc.accumulate(*self.trained_models):
+                    loss = self.compute_loss(batch)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.optimizer.max_grad_norm:
+                        params = [p for part in self.network.parts for p in self.network.parameters(part)]
+                        acc.clip_grad_norm_(params, cfg.optimizer.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                st.batch_in_epoch += 1
+                if not acc.sync_gradients:
+                    continue
+                st.global_step += 1
+                value = acc.gather(loss.detach()).mean().item()
+                self.losses.append(value)
+                lr = self.lr_scheduler.get_last_lr()[0]
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", epoch=epoch)
+                acc.log({"loss": value, "lr": lr}, step=st.global_step)
+                every = cfg.training.save_every_n_steps
+                if every and st.global_step % every == 0 and st.global_step < self.max_steps:
+                    self.save_checkpoint()
+                every = cfg.sampling.sample_every_n_steps
+                if every and st.global_step % every == 0:
+                    self.sample(f"{st.global_step:06d}")
+                if st.global_step >= self.max_steps:
+                    break
+            else:
+                st.batch_in_epoch = 0
+                continue
+            break
+        bar.close()
+        acc.wait_for_everyone()
+
+    # ----------------------------------------------------------------------------------------------- outputs
+    def _run_info(self) -> dict:
+        return {**self.run_info, "step": self.state.global_step, "epoch": self.state.epoch}
+
+    def save_checkpoint(self) -> Path:
+        acc, st = self.accelerator, self.state
+        target = checkpoints_dir(self.run_dir) / f"step-{st.global_step:06d}"
+        with atomic_dir(target) as tmp:
+            acc.save_state(str(tmp))
+            if acc.is_main_process:
+                name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
+                write_lora_files(self.cfg, self.network, self.model, self._run_info(), tmp, name)
+                (tmp / STATE_FILE).write_text(st.to_json())
+        log.info("checkpoint: %s", target)
+        return target
+
+    def finish(self) -> RunResult:
+        acc = self.accelerator
+        files = WrittenFiles()
+        samples: list[Path] = []
+        if acc.is_main_process:
+            files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), self.run_dir,
+                                     self.cfg.output.output_name)
+            for f in (files.kohya, files.diffusers):
+                if f:
+                    log.info("wrote %s", f)
+            if self.cfg.sampling.at_end:
+                samples = self.sample("final")
+            write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
+        acc.end_training()
+        self.close()
+        return RunResult(self.run_dir, files, samples, self.losses, self.state.global_step)
+
+    def close(self) -> None:
+        handler = getattr(self, "_log_handler", None)
+        if handler is not None:
+            root = logging.getLogger("loraforge")
+            root.removeHandler(handler)
+            root.setLevel(self._saved_level)
+            handler.close()
+            self._log_handler = None
+
+    def sample(self, tag: str) -> list[Path]:
+        from ..sampling.run import sample_during_training
+
+        if not self.accelerator.is_main_process:
+            return []
+        for mod in self.trained_models:
+            mod.eval()
+        try:
+            return sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
+                                          self.run_dir / "samples", tag, autocast=self.accelerator.autocast())
+        finally:
+            for mod in self.trained_models:
+                mod.train()

@@ -1,0 +1,65 @@
+"""Shared fixtures: a hermetic cache folder (tiny models are built once per session), offline hub, and helpers
+to make small training configs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="loraforge-test-home-"))
+os.environ["LORAFORGE_HOME"] = str(_SESSION_HOME)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs() -> dict[str, Path]:
+    """The embedded tiny SD 1.5 and SDXL diffusers folders, built once for the session."""
+    import torch
+
+    from loraforge.models.tiny import tiny_model_dir
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    torch.set_num_threads(2)
+    return {f: tiny_model_dir(f) for f in ("sd15", "sdxl")}
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_dirs):
+    """Build a small, fast `TrainConfig` on a tiny model: make_config("sdxl", **{"training.max_train_steps": 4})."""
+    from loraforge.config import load_config
+
+    def make(family: str = "sd15", **overrides):
+        base = {
+            "model.family": family,
+            "output.output_dir": str(tmp_path / "out"),
+            "output.output_name": f"run-{family}",
+            "output.log_with": "none",
+            "training.max_train_steps": 4,
+            "network.rank": 4,
+            "optimizer.learning_rate": 1e-3,
+            "sampling.num_inference_steps": 2,
+            "sampling.num_images_per_prompt": 1,
+            "sampling.at_end": False,
+        }
+        base.update(overrides)
+        return load_config(None, [f"{k}={v!r}" if isinstance(v, str) else f"{k}={_toml(v)}" for k, v in base.items()])
+
+    return make
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(repr(v) if isinstance(v, str) else _toml(v) for v in value) + "]"
+    return str(value)
