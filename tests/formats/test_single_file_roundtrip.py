@@ -202,3 +202,25 @@ def test_argument_checks(ldm_tiny_sd15_roundtrip, tmp_path):
         to_single_file_state_dict("sd15", src.unet, src.vae, [src.text_encoder, src.text_encoder])
     with pytest.raises(ValueError, match="does not match the UNet"):
         to_single_file_state_dict("sdxl", src.unet, src.vae, [src.text_encoder, src.text_encoder])
+
+
+def test_refuses_unmerged_adapters(ldm_tiny_sd15_roundtrip):
+    import copy
+
+    from peft import LoraConfig
+
+    src, _, _ = ldm_tiny_sd15_roundtrip
+    unet = copy.deepcopy(src.unet)
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k"]))
+    with pytest.raises(ValueError, match="merge and unload"):
+        to_single_file_state_dict("sd15", unet, src.vae, [src.text_encoder])
+
+
+def test_warns_on_sdxl_text_encoders_of_equal_width(ldm_tiny_sdxl_roundtrip):
+    src, _, _ = ldm_tiny_sdxl_roundtrip
+    # a stand-in TE2 as wide as TE1: diffusers' loader would then put TE1's weights into text_encoder_2
+    from transformers import CLIPTextModelWithProjection
+
+    te2 = CLIPTextModelWithProjection(src.text_encoder.config)
+    with pytest.warns(UserWarning, match="equal width"):
+        to_single_file_state_dict("sdxl", src.unet, src.vae, [src.text_encoder, te2])

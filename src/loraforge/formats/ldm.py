@@ -16,9 +16,9 @@ Layout, without the `model.diffusion_model.` / `first_stage_model.` prefixes:
   upsampler of a level sitting in its last layer at index 2 when the level has attentions, else 1
   (`output_blocks.i.{1|2}.conv`); `conv_norm_out`/`conv_out` -> `out.0`/`out.2`. Resnets rename
   `norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut` to
-  `in_layers.0, in_layers.2, emb_layers.1, out_layers.0, out_layers.3, skip_connection`. Transformer internals keep their
-  names; proj_in/proj_out keep their shapes (1x1 conv for SD 1.x, linear where the config has `use_linear_projection`,
-  which is also what the original config says for SD 2.x and SDXL), so no reshape is needed.
+  `in_layers.0, in_layers.2, emb_layers.1, out_layers.0, out_layers.3, skip_connection`. Transformer internals keep
+  their names; proj_in/proj_out keep their shapes (1x1 conv for SD 1.x, linear where the config has
+  `use_linear_projection`, as the original configs of SD 2.x and SDXL say too), so no reshape is needed.
 * VAE: `encoder.down_blocks.i.resnets.j` -> `encoder.down.i.block.j`, downsamplers -> `encoder.down.i.downsample`,
   mid -> `mid.block_1 / attn_1 / block_2`, `conv_norm_out` -> `norm_out`, decoder up blocks in reversed order
   (`decoder.up_blocks.i` -> `decoder.up.{n-1-i}`), `conv_shortcut` -> `nin_shortcut`; the mid attention
@@ -222,7 +222,7 @@ def unet_key_map(unet_config: Mapping[str, Any], keys=None) -> dict[str, str]:
 
 
 def unet_to_original(state_dict: Mapping[str, Any], unet_config: Mapping[str, Any]) -> dict[str, Any]:
-    """A diffusers UNet state dict renamed to the original layout (no prefix). Tensors are passed through as they are."""
+    """A diffusers UNet state dict renamed to the original layout (no prefix); tensors are passed through unchanged."""
     names = unet_key_map(unet_config, keys=list(state_dict))
     return {names[k]: v for k, v in state_dict.items()}
 
@@ -230,7 +230,13 @@ def unet_to_original(state_dict: Mapping[str, Any], unet_config: Mapping[str, An
 # ---------------------------------------------------------------------------------------------------------------- VAE
 
 _VAE_ATTENTION_PARTS = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-_VAE_RESNET_PARTS = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
+_VAE_RESNET_PARTS = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "conv_shortcut": "nin_shortcut",
+}
 
 
 @functools.lru_cache(maxsize=32)

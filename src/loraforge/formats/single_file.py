@@ -40,6 +40,17 @@ def _text_width(text_encoder) -> int:
     return int(text_encoder.config.hidden_size)
 
 
+def _state_dict(name: str, model) -> dict[str, Any]:
+    state = model.state_dict()
+    injected = [k for k in state if ".base_layer." in k or ".lora_" in k or "lokr_" in k or "hada_" in k]
+    if injected:
+        raise ValueError(
+            f"the {name} carries adapter layers ({injected[0]!r}, ...); merge and unload them "
+            "(e.g. peft's merge_and_unload / diffusers' fuse_lora + unload_lora_weights) before writing a checkpoint"
+        )
+    return state
+
+
 def to_single_file_state_dict(family: str, unet, vae, text_encoders: list) -> dict[str, Any]:
     """The original-layout state dict (keys with their `model.diffusion_model.` ... prefixes) of a pipeline's
     components. Tensors are the models' own (no copy) except where the layout needs a new one (fused q|k|v, transposed
@@ -52,21 +63,22 @@ def to_single_file_state_dict(family: str, unet, vae, text_encoders: list) -> di
         )
     is_xl_unet = unet.config.get("addition_embed_type") == "text_time"
     if is_xl_unet != (family == "sdxl"):
-        raise ValueError(
-            f"family {family!r} does not match the UNet (addition_embed_type={unet.config.get('addition_embed_type')!r})"
-        )
+        kind = unet.config.get("addition_embed_type")
+        raise ValueError(f"family {family!r} does not match the UNet (addition_embed_type={kind!r})")
 
     out: dict[str, Any] = {}
-    out.update(_prefixed(ldm.UNET_PREFIX, ldm.unet_to_original(unet.state_dict(), unet.config)))
-    out.update(_prefixed(ldm.VAE_PREFIX, ldm.vae_to_original(vae.state_dict(), vae.config)))
+    out.update(_prefixed(ldm.UNET_PREFIX, ldm.unet_to_original(_state_dict("UNet", unet), unet.config)))
+    out.update(_prefixed(ldm.VAE_PREFIX, ldm.vae_to_original(_state_dict("VAE", vae), vae.config)))
     if family == "sd15":
-        out.update(_prefixed(ldm.SD1_TEXT_PREFIX, ldm.clip_to_original(text_encoders[0].state_dict())))
+        text = ldm.clip_to_original(_state_dict("text encoder", text_encoders[0]))
+        out.update(_prefixed(ldm.SD1_TEXT_PREFIX, text))
     elif family == "sd2":
         layers = int(text_encoders[0].config.num_hidden_layers)
         if layers > 23:
             # diffusers drops `cond_stage_model.model.transformer.resblocks.23.*` by absolute name when loading.
             raise ValueError(f"an SD 2.x text encoder has at most 23 layers in diffusers form, got {layers}")
-        out.update(_prefixed(ldm.SD2_TEXT_PREFIX, ldm.clip_to_open_clip(text_encoders[0].state_dict())))
+        text = ldm.clip_to_open_clip(_state_dict("text encoder", text_encoders[0]))
+        out.update(_prefixed(ldm.SD2_TEXT_PREFIX, text))
     else:
         te1, te2 = text_encoders
         if _text_width(te1) == _text_width(te2):
@@ -75,8 +87,8 @@ def to_single_file_state_dict(family: str, unet, vae, text_encoders: list) -> di
                 "would load text_encoder's weights into text_encoder_2",
                 stacklevel=2,
             )
-        out.update(_prefixed(ldm.SDXL_TEXT1_PREFIX, ldm.clip_to_original(te1.state_dict())))
-        out.update(_prefixed(ldm.SDXL_TEXT2_PREFIX, ldm.clip_to_open_clip(te2.state_dict())))
+        out.update(_prefixed(ldm.SDXL_TEXT1_PREFIX, ldm.clip_to_original(_state_dict("text encoder", te1))))
+        out.update(_prefixed(ldm.SDXL_TEXT2_PREFIX, ldm.clip_to_open_clip(_state_dict("text encoder 2", te2))))
     return out
 
 
@@ -117,8 +129,11 @@ def load_single_file_pipeline(path, family: str, config_dir=None, torch_dtype=No
     config, diffusers tries to download the default repository's configs even with `local_files_only=True`.
     """
     _check_family(family)
+    extra: dict[str, Any] = {}
     if family == "sdxl":
         from diffusers import StableDiffusionXLPipeline as Pipeline
+
+        extra["add_watermarker"] = False  # else it depends on whether invisible-watermark happens to be installed
     else:
         from diffusers import StableDiffusionPipeline as Pipeline
     if config_dir is None:
@@ -126,5 +141,5 @@ def load_single_file_pipeline(path, family: str, config_dir=None, torch_dtype=No
 
         config_dir = config_folder(family)
     return Pipeline.from_single_file(
-        str(path), config=str(config_dir), local_files_only=True, torch_dtype=torch_dtype
+        str(path), config=str(config_dir), local_files_only=True, torch_dtype=torch_dtype, **extra
     )
