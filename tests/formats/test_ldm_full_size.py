@@ -180,3 +180,32 @@ def test_kohya_sgm_names_match_diffusers_lora_loader():
         return key.rsplit(".lora", 1)[0]
 
     assert {module_of(k) for k in state_dict} == expected
+
+
+@pytest.mark.parametrize(
+    "layers, down, up",
+    [
+        (1, ("CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+         ("CrossAttnUpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D")),
+        (3, ("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+    ],
+)
+def test_unusual_unet_shapes_round_trip_through_diffusers(layers, down, up):
+    """Depths and attention placements no real model has: diffusers' converter restores every tensor we renamed."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 32, 64), layers_per_block=layers, down_block_types=down,
+        up_block_types=up, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8,
+    )
+    state = unet.state_dict()
+    original = {ldm.UNET_PREFIX + k: v for k, v in ldm.unet_to_original(state, unet.config).items()}
+    back = convert_ldm_unet_checkpoint(original, dict(unet.config))
+    assert back.keys() == state.keys()
+    assert all(back[k] is state[k] for k in state)
+    names = ldm.unet_key_map(unet.config)
+    assert len(set(names.values())) == len(names)
+    for key in state:
+        assert ldm.original_module_to_unet(names[key], unet.config) == key

@@ -72,7 +72,9 @@ def _per_block(value: Any, n: int) -> list[int]:
 
 
 def _has_attention(block_type: str) -> bool:
-    return "Attn" in block_type
+    # Only the SD blocks (CrossAttn*Block2D: Transformer2DModel = the original SpatialTransformer). Other block kinds
+    # are left unnamed, so `unet_key_map` reports their keys instead of inventing names.
+    return "CrossAttn" in block_type
 
 
 @functools.lru_cache(maxsize=32)
@@ -115,9 +117,8 @@ def _unet_table(structure: tuple) -> dict[str, str]:
             table[f"down_blocks.{b}.downsamplers.0.conv"] = f"input_blocks.{index}.0.op"
             index += 1
 
-    mid = cfg["mid_block_type"]
-    if mid is not None:
-        # resnet, attention, resnet (UNetMidBlock2DCrossAttn with its single layer)
+    if cfg["mid_block_type"] == "UNetMidBlock2DCrossAttn":
+        # resnet, attention, resnet (its single layer; `transformer_layers_per_block` stays inside the attention)
         resnet("mid_block.resnets.0", "middle_block.0")
         table["mid_block.attentions.0"] = "middle_block.1"
         resnet("mid_block.resnets.1", "middle_block.2")
