@@ -1,0 +1,145 @@
+"""Write a diffusers pipeline as one original-layout `.safetensors` checkpoint (the file A1111 / ComfyUI / Forge load),
+and read one back through diffusers with no hub access.
+
+Why we write this ourselves: diffusers only converts original -> diffusers (`from_single_file`); the reverse scripts are
+not part of the package (see `loraforge.formats.ldm`). Prefixes written:
+
+* UNet `model.diffusion_model.*`, VAE `first_stage_model.*` (all families);
+* SD 1.x: `cond_stage_model.transformer.text_model.*` (CLIP-L, HF layout);
+* SD 2.x: `cond_stage_model.model.*` (OpenCLIP ViT-H layout). The diffusers text encoder has 23 layers (SD 2 reads the
+  penultimate layer of the 24-layer OpenCLIP model), so `transformer.resblocks.23` and `text_projection` are not
+  written: diffusers' loader skips exactly those keys (`SD_2_TEXT_ENCODER_KEYS_TO_IGNORE`), and the original SD 2 code
+  never uses them either (penultimate layer, no projection);
+* SDXL: `conditioner.embedders.0.transformer.text_model.*` (CLIP-L) and `conditioner.embedders.1.model.*` (OpenCLIP
+  bigG, with `text_projection` stored transposed).
+
+The `position_ids` buffer of CLIP is not written (transformers rebuilds it; diffusers does not read it).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import ldm
+
+FAMILY_TEXT_ENCODERS = {"sd15": 1, "sd2": 1, "sdxl": 2}
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILY_TEXT_ENCODERS:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILY_TEXT_ENCODERS)}")
+
+
+def _prefixed(prefix: str, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    return {prefix + k: v for k, v in tensors.items()}
+
+
+def _text_width(text_encoder) -> int:
+    return int(text_encoder.config.hidden_size)
+
+
+def _state_dict(name: str, model) -> dict[str, Any]:
+    state = model.state_dict()
+    injected = [k for k in state if ".base_layer." in k or ".lora_" in k or "lokr_" in k or "hada_" in k]
+    if injected:
+        raise ValueError(
+            f"the {name} carries adapter layers ({injected[0]!r}, ...); merge and unload them "
+            "(e.g. peft's merge_and_unload / diffusers' fuse_lora + unload_lora_weights) before writing a checkpoint"
+        )
+    return state
+
+
+def to_single_file_state_dict(family: str, unet, vae, text_encoders: list) -> dict[str, Any]:
+    """The original-layout state dict (keys with their `model.diffusion_model.` ... prefixes) of a pipeline's
+    components. Tensors are the models' own (no copy) except where the layout needs a new one (fused q|k|v, transposed
+    text projection). Works on meta-device models too."""
+    _check_family(family)
+    text_encoders = list(text_encoders)
+    if len(text_encoders) != FAMILY_TEXT_ENCODERS[family]:
+        raise ValueError(
+            f"{family} takes {FAMILY_TEXT_ENCODERS[family]} text encoder(s), got {len(text_encoders)}"
+        )
+    is_xl_unet = unet.config.get("addition_embed_type") == "text_time"
+    if is_xl_unet != (family == "sdxl"):
+        kind = unet.config.get("addition_embed_type")
+        raise ValueError(f"family {family!r} does not match the UNet (addition_embed_type={kind!r})")
+
+    out: dict[str, Any] = {}
+    out.update(_prefixed(ldm.UNET_PREFIX, ldm.unet_to_original(_state_dict("UNet", unet), unet.config)))
+    out.update(_prefixed(ldm.VAE_PREFIX, ldm.vae_to_original(_state_dict("VAE", vae), vae.config)))
+    if family == "sd15":
+        text = ldm.clip_to_original(_state_dict("text encoder", text_encoders[0]))
+        out.update(_prefixed(ldm.SD1_TEXT_PREFIX, text))
+    elif family == "sd2":
+        layers = int(text_encoders[0].config.num_hidden_layers)
+        if layers > 23:
+            # diffusers drops `cond_stage_model.model.transformer.resblocks.23.*` by absolute name when loading.
+            raise ValueError(f"an SD 2.x text encoder has at most 23 layers in diffusers form, got {layers}")
+        text = ldm.clip_to_open_clip(_state_dict("text encoder", text_encoders[0]))
+        out.update(_prefixed(ldm.SD2_TEXT_PREFIX, text))
+    else:
+        te1, te2 = text_encoders
+        if _text_width(te1) == _text_width(te2):
+            warnings.warn(
+                "SDXL text encoders of equal width: diffusers' from_single_file tells CLIP-L from bigG by width and "
+                "would load text_encoder's weights into text_encoder_2",
+                stacklevel=2,
+            )
+        out.update(_prefixed(ldm.SDXL_TEXT1_PREFIX, ldm.clip_to_original(_state_dict("text encoder", te1))))
+        out.update(_prefixed(ldm.SDXL_TEXT2_PREFIX, ldm.clip_to_open_clip(_state_dict("text encoder 2", te2))))
+    return out
+
+
+def save_single_file(
+    path,
+    family: str,
+    unet,
+    vae,
+    text_encoders: list,
+    dtype=None,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the pipeline components as one original-layout `.safetensors` file, atomically (a temporary file in the
+    same folder, renamed when complete: an error never leaves a partial file). Floating tensors are cast to `dtype`
+    when given. Refuses to replace an existing file unless `overwrite=True`."""
+    from ..utils.files import save_safetensors_atomic
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"single-file checkpoints are written as .safetensors only, got {path.name!r}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    tensors = to_single_file_state_dict(family, unet, vae, text_encoders)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    meta = {"format": "pt"}
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    save_safetensors_atomic(tensors, path, metadata=meta)
+    return path
+
+
+def load_single_file_pipeline(path, family: str, config_dir=None, torch_dtype=None):
+    """`StableDiffusion(XL)Pipeline.from_single_file` with a local config folder and no hub access.
+
+    `config_dir` is a diffusers folder whose configs, tokenizers and scheduler describe the checkpoint (weights are not
+    needed); by default the full-size one of `family` (`loraforge.models.configs.config_folder`). Without a local
+    config, diffusers tries to download the default repository's configs even with `local_files_only=True`.
+    """
+    _check_family(family)
+    extra: dict[str, Any] = {}
+    if family == "sdxl":
+        from diffusers import StableDiffusionXLPipeline as Pipeline
+
+        extra["add_watermarker"] = False  # else it depends on whether invisible-watermark happens to be installed
+    else:
+        from diffusers import StableDiffusionPipeline as Pipeline
+    if config_dir is None:
+        from ..models.configs import config_folder
+
+        config_dir = config_folder(family)
+    return Pipeline.from_single_file(
+        str(path), config=str(config_dir), local_files_only=True, torch_dtype=torch_dtype, **extra
+    )
