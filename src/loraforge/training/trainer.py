@@ -132,6 +132,9 @@ class Trainer:
             collate_fn=collate,
             num_workers=self.cfg.training.dataloader_num_workers,
             persistent_workers=self.cfg.training.dataloader_num_workers > 0,
+            # Its own generator: creating an epoch's iterator must not draw from the global RNG that noise and
+            # timesteps come from, or a resumed run would drift from an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.cfg.training.seed),
         )
         folder = str(items[0].path.parent)
         self.run_info.update(
