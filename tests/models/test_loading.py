@@ -1,0 +1,75 @@
+"""Model loading from every source users have, with clear messages when it cannot work."""
+
+import pytest
+import torch
+
+from loraforge.config import load_config
+from loraforge.models.family import detect_family_from_folder
+from loraforge.models.loading import ModelLoadError, load_model
+from loraforge.models.tokenizer import clip_tokenizer
+
+
+def model_cfg(*overrides):
+    return load_config(None, list(overrides)).model
+
+
+def test_real_clip_tokenizer_is_shipped():
+    tok = clip_tokenizer()
+    assert len(tok) == 49408
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert clip_tokenizer(pad_token="!").pad_token_id == 0
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_embedded_tiny_models_have_the_real_architecture(tiny_dirs, family):
+    m = load_model(model_cfg(f"model.family={family}"))
+    assert m.is_tiny and m.family.name == family and m.prediction_type == "epsilon"
+    assert detect_family_from_folder(tiny_dirs[family]) == family
+    assert all(te.config.vocab_size == 49408 for te in m.text_encoders)
+    if family == "sdxl":
+        assert m.unet.config.addition_embed_type == "text_time"
+        assert m.tokenizers[1].pad_token_id == 0 and m.tokenizers[0].pad_token_id == 49407
+        assert m.text_encoders[1].config.hidden_size > m.text_encoders[0].config.hidden_size
+
+
+def test_local_diffusers_folder_and_family_detection(tiny_dirs):
+    m = load_model(model_cfg(f"model.pretrained_model_name_or_path={str(tiny_dirs['sdxl'])!r}"))
+    assert m.family.name == "sdxl" and not m.is_tiny and m.source == str(tiny_dirs["sdxl"])
+
+
+def test_single_safetensors_file_loads_offline_with_generated_config(tmp_path, tiny_dirs):
+    from loraforge.formats.single_file import save_single_file
+
+    src = load_model(model_cfg("model.family=sd15"))
+    path = save_single_file(tmp_path / "tiny.safetensors", "sd15", src.unet, src.vae, src.text_encoders)
+    # the tiny model is not the full-size SD 1.5, so pass its own folder as the config
+    m = load_model(model_cfg(f"model.pretrained_model_name_or_path={str(path)!r}",
+                             f"model.config_dir={str(tiny_dirs['sd15'])!r}"))
+    assert m.family.name == "sd15"
+    for a, b in zip(src.unet.state_dict().values(), m.unet.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_pickle_checkpoints_need_explicit_permission(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, ckpt)
+    with pytest.raises(ModelLoadError, match="pickle-based.*allow_pickle = true"):
+        load_model(model_cfg(f"model.pretrained_model_name_or_path={str(ckpt)!r}"))
+
+
+def test_missing_local_path_and_offline_hub_id_messages():
+    with pytest.raises(ModelLoadError, match="no such file or folder"):
+        load_model(model_cfg("model.pretrained_model_name_or_path='./models/nothing.safetensors'"))
+    with pytest.raises(ModelLoadError, match="could not fetch 'stabilityai/stable-diffusion-xl-base-1.0'.*local diffusers folder"):
+        load_model(model_cfg("model.pretrained_model_name_or_path='stabilityai/stable-diffusion-xl-base-1.0'"))
+
+
+def test_folder_without_model_index(tmp_path):
+    with pytest.raises(ModelLoadError, match="not a diffusers model"):
+        load_model(model_cfg(f"model.pretrained_model_name_or_path={str(tmp_path)!r}"))
+
+
+def test_prediction_type_override(tiny_dirs):
+    m = load_model(model_cfg("model.prediction_type=v_prediction"))
+    assert m.prediction_type == "v_prediction"
+    assert m.noise_scheduler().config.prediction_type == "v_prediction"
