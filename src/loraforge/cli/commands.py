@@ -155,15 +155,9 @@ def cmd_demo(args) -> int:
         ])
         print(f"\n== {family}: tiny model, {args.steps} steps ==")
         result = Trainer(cfg).run()
-        first, last = _mean(result.losses[:10]), _mean(result.losses[-10:])
-        print(f"loss {first:.4f} (first 10 steps) → {last:.4f} (last 10 steps)")
         _print_result(result)
     print(f"\ndemo finished in {time.time() - t0:.0f} s. Train your own: loraforge train CONFIG.toml (README).")
     return 0
-
-
-def _mean(xs) -> float:
-    return sum(xs) / max(1, len(xs))
 
 
 # ------------------------------------------------------------------------------------------------------- docs
