@@ -97,12 +97,18 @@ def _check(work, origin, modules, kinds, family) -> DiffusersResult:
 
     result = DiffusersResult(True)
     survivors = {id(v) for v in state_dict.values()}
+    unet_names = [k for k in work if k.startswith("lora_unet_")]
+    mixed = any(_is_sgm(k) for k in unet_names) and any(_is_diffusers(k) for k in unet_names)
     for k, v in work.items():
         if id(v) not in survivors and not k.endswith(".alpha"):
             module, suffix, _ = split_key(k)
             if suffix == "dora_scale":
                 continue
-            result.dropped.setdefault(module, "discarded while converting (SGM-named keys next to diffusers-named ones)")
+            if mixed and _is_sgm(k):
+                why = "SGM-named keys are discarded when the file also has diffusers-named UNet keys"
+            else:
+                why = "overwritten by another module that converts to the same diffusers name"
+            result.dropped.setdefault(module, why)
     if any(m.tensors.get("dora_scale") is not None for m in modules.values()):
         result.notes.append("dora_scale is dropped: DoRA modules load as plain LoRA (different weights)")
 
@@ -130,6 +136,14 @@ def _check(work, origin, modules, kinds, family) -> DiffusersResult:
         if name not in result.loaded and name not in result.dropped and m.kind not in ("none",):
             result.dropped[name] = "not used by the loader"
     return result
+
+
+def _is_sgm(key: str) -> bool:
+    return any(p in key for p in ("input_blocks", "middle_block", "output_blocks"))
+
+
+def _is_diffusers(key: str) -> bool:
+    return any(p in key for p in ("down_blocks", "mid_block", "up_blocks"))
 
 
 def _inject(part, table, prefix, role, origin, result: DiffusersResult) -> str | None:

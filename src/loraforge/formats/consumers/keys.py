@@ -142,3 +142,45 @@ def dora_axis(dora_scale, weight_shape) -> str:
         if shape == (1, weight_shape[1], *ones[1:]):
             return "input"
     return "bad"
+
+
+def _prod(values) -> int:
+    n = 1
+    for v in values:
+        n *= int(v)
+    return n
+
+
+def delta_shape(tensors) -> tuple[int, int] | None:
+    """(out, in·kh·kw) of the ΔW a module's tensors rebuild to, from shapes only; None when not computable."""
+    try:
+        pair = lora_pair(tensors)
+        kind = adapter_kind(tensors)
+        if kind in ("lora", "locon_tucker") and pair and pair[0] in tensors and pair[1] in tensors:
+            up, down = tensors[pair[0]].shape, tensors[pair[1]].shape
+            mid = tensors.get("lora_mid.weight")
+            inner = down[1] * _prod(mid.shape[2:]) if mid is not None else _prod(down[1:])
+            return up[0], inner
+        if kind == "loha":
+            a, b = tensors["hada_w1_a"].shape, tensors["hada_w1_b"].shape
+            if "hada_t1" in tensors:
+                return a[1], b[1] * _prod(tensors["hada_t1"].shape[2:])
+            return a[0], _prod(b[1:])
+        if kind == "lokr":
+            w1 = tensors.get("lokr_w1")
+            a, c = w1.shape if w1 is not None else (tensors["lokr_w1_a"].shape[0], tensors["lokr_w1_b"].shape[1])
+            w2 = tensors.get("lokr_w2")
+            if w2 is not None:
+                b, d = w2.shape[0], _prod(w2.shape[1:])
+            elif "lokr_t2" in tensors:
+                b = tensors["lokr_w2_a"].shape[1]
+                d = tensors["lokr_w2_b"].shape[1] * _prod(tensors["lokr_t2"].shape[2:])
+            else:
+                b, d = tensors["lokr_w2_a"].shape[0], _prod(tensors["lokr_w2_b"].shape[1:])
+            return a * b, c * d
+        if kind == "full" and "diff" in tensors:
+            s = tensors["diff"].shape
+            return s[0], _prod(s[1:])
+    except (KeyError, IndexError, ValueError):
+        return None
+    return None
