@@ -3,6 +3,7 @@ weights), and small LyCORIS modules whose training forward gives the reference Î
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -43,7 +44,7 @@ def te_targets(family: str, projection: bool = False) -> dict[str, tuple[int, ..
     out = {}
     for role, prefix in TE_PREFIXES[family].items():
         for name, shape in t.text_encoders[role].items():
-            if name.endswith(".weight") and name.rsplit(".", 2)[-3:-1] and any(m in name for m in _TE_MODULES):
+            if name.endswith(".weight") and any(f".{m}." in name for m in _TE_MODULES):
                 out[kohya(prefix, name[: -len(".weight")])] = shape
         if projection and "text_projection.weight" in t.text_encoders[role]:
             out[kohya(prefix, "text_projection")] = t.text_encoders[role]["text_projection.weight"]
@@ -91,15 +92,16 @@ def adapter_tensors(algo: str, shape, rank: int = 4, fill=torch.zeros, alpha: fl
             t["lokr_w2_b"] = fill(rank, d * (math.prod(k) if k else 1))
         else:
             t["lokr_w2"] = fill(b, d, *k)
-            del t["alpha"]  # both halves full: LyCORIS forces alpha = rank (scale 1); store it anyway below
-            t["alpha"] = torch.tensor(float(rank))
+            t["alpha"] = torch.tensor(float(rank))  # both halves full: LyCORIS stores alpha = rank (scale 1)
     else:
         raise ValueError(algo)
     return t
 
 
+@functools.lru_cache(maxsize=None)
 def make_file(family: str, algo: str, *, unet_scope="full", naming="diffusers", te=True, projection=False, rank=4):
-    """A full-size kohya file (zeros, alpha 2) for `family` and `algo`: UNet (+ text encoders)."""
+    """A full-size kohya file for `family` and `algo`: UNet (+ text encoders); uninitialised values (only names,
+    shapes and alpha = 2 matter to the key-level tests). Cached: do not mutate."""
     sd = {}
     targets = dict(unet_targets(family, unet_scope, naming))
     if te:
@@ -108,7 +110,7 @@ def make_file(family: str, algo: str, *, unet_scope="full", naming="diffusers", 
         a = algo
         if algo == "lora" and len(shape) == 4 and shape[2:] != (1, 1):
             continue  # plain LoRA: Linear and 1x1 conv only
-        for suffix, tensor in adapter_tensors(a, shape, rank).items():
+        for suffix, tensor in adapter_tensors(a, shape, rank, fill=torch.empty).items():
             sd[f"{module}.{suffix}"] = tensor
     return sd
 
