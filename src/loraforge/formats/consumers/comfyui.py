@@ -337,10 +337,18 @@ def _weight_decompose(W, diff, scale, strength, dora_scale):
 
 
 def merged_weight(W: torch.Tensor, tensors: dict, strength: float = 1.0) -> torch.Tensor:
-    """The weight ComfyUI v0.19.3 computes for one module (`tensors`: suffix -> tensor) at LoRA strength `strength`."""
+    """The weight ComfyUI v0.19.3 computes for one module (`tensors`: suffix -> tensor) at LoRA strength `strength`.
+
+    Raises `ConsumerMergeError` where ComfyUI logs an error and leaves the weight unpatched."""
+    try:
+        return _merged_weight(W.detach().float().clone(), tensors, strength)
+    except RuntimeError as e:  # ComfyUI catches it in calculate_weight, logs "ERROR ...", keeps the weight
+        raise ConsumerMergeError(f"ComfyUI logs an error and leaves the weight unpatched: {e}") from e
+
+
+def _merged_weight(W: torch.Tensor, tensors: dict, strength: float) -> torch.Tensor:
     from .keys import adapter_kind
 
-    W = W.detach().float().clone()
     kind = adapter_kind(tensors)
     if kind in ("lora", "locon_tucker"):
         diff, rank = _lora_diff(tensors, W.shape)
