@@ -149,3 +149,29 @@ def lycoris_reference(algo: str, layer: torch.nn.Module, rank: int = 4, alpha: f
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+class _OldClipNames(torch.nn.Module):
+    """transformers 5 flattens CLIPTextModel (no `text_model.`); kohya/A1111 names need the old nesting."""
+
+    def __init__(self, te):
+        super().__init__()
+        self.text_model = te
+
+
+def lycoris_file(family: str, algo: str, flatten_te1: bool = False, **kwargs) -> dict:
+    """A real LyCORIS kohya-network state dict (preset attn-mlp) on the family's meta-device diffusers models."""
+    import lycoris.kohya as lk
+
+    from loraforge.formats.consumers.tables import build_meta_models
+
+    models = build_meta_models(family)
+    te1 = models["te1" if family == "sdxl" else "te"]
+    te1 = te1 if flatten_te1 else _OldClipNames(te1)
+    tes = [te1, models["te2"]] if family == "sdxl" else te1
+    net = lk.create_network(1.0, 4, 2.0, None, tes, models["unet"], algo=algo, preset="attn-mlp", **kwargs)
+    return {
+        f"{m.lora_name}.{k}": v.detach().clone()
+        for m in net.unet_loras + net.text_encoder_loras
+        for k, v in m.state_dict().items()
+    }
