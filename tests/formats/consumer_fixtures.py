@@ -140,7 +140,8 @@ def lycoris_reference(algo: str, layer: torch.nn.Module, rank: int = 4, alpha: f
 
     module.op = capture
     module.apply_to()
-    x = torch.randn(2, layer.in_features) if isinstance(layer, torch.nn.Linear) else torch.randn(1, layer.in_channels, 6, 6)
+    linear = isinstance(layer, torch.nn.Linear)
+    x = torch.randn(2, layer.in_features) if linear else torch.randn(1, layer.in_channels, 6, 6)
     with torch.no_grad():
         layer(x)
     tensors = {k: v.detach().clone() for k, v in module.state_dict().items()}

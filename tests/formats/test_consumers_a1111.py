@@ -56,25 +56,30 @@ def test_convert_diffusers_name_to_compvis(name, sd2, expected):
     assert a1111.convert_diffusers_name_to_compvis(name, sd2) == expected
 
 
+B = "transformer_blocks_0"
+TE_L = "text_model_encoder_layers_0"
+
+
 @pytest.mark.parametrize(
     "family,module,layer",
     [
-        ("sd15", "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k", "diffusion_model_input_blocks_4_1_transformer_blocks_0_attn2_to_k"),
-        ("sd15", "lora_te1_text_model_encoder_layers_0_self_attn_q_proj", "transformer_text_model_encoder_layers_0_self_attn_q_proj"),
-        ("sdxl", "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q", "diffusion_model_input_blocks_4_1_transformer_blocks_0_attn1_to_q"),
-        ("sdxl", "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q", "diffusion_model_input_blocks_4_1_transformer_blocks_0_attn1_to_q"),
+        ("sd15", f"lora_unet_input_blocks_4_1_{B}_attn2_to_k", f"diffusion_model_input_blocks_4_1_{B}_attn2_to_k"),
+        ("sd15", f"lora_te1_{TE_L}_self_attn_q_proj", f"transformer_{TE_L}_self_attn_q_proj"),
+        ("sdxl", f"lora_unet_input_blocks_4_1_{B}_attn1_to_q", f"diffusion_model_input_blocks_4_1_{B}_attn1_to_q"),
+        ("sdxl", f"lora_unet_down_blocks_1_attentions_0_{B}_attn1_to_q",
+         f"diffusion_model_input_blocks_4_1_{B}_attn1_to_q"),  # fmt: skip
         ("sdxl", "lora_unet_up_blocks_1_upsamplers_0_conv", "diffusion_model_output_blocks_5_2_conv"),
         ("sdxl", "lora_unet_output_blocks_2_2_conv", "diffusion_model_output_blocks_2_2_conv"),
         ("sdxl", "lora_unet_label_emb_0_0", "diffusion_model_label_emb_0_0"),
-        ("sdxl", "lora_te1_text_model_encoder_layers_0_self_attn_q_proj", "0_transformer_text_model_encoder_layers_0_self_attn_q_proj"),
-        ("sdxl", "lora_te2_text_model_encoder_layers_0_self_attn_q_proj", "1_model_transformer_resblocks_0_attn"),
-        ("sdxl", "lora_te2_text_model_encoder_layers_0_self_attn_out_proj", "1_model_transformer_resblocks_0_attn_out_proj"),
+        ("sdxl", f"lora_te1_{TE_L}_self_attn_q_proj", f"0_transformer_{TE_L}_self_attn_q_proj"),
+        ("sdxl", f"lora_te2_{TE_L}_self_attn_q_proj", "1_model_transformer_resblocks_0_attn"),
+        ("sdxl", f"lora_te2_{TE_L}_self_attn_out_proj", "1_model_transformer_resblocks_0_attn_out_proj"),
         ("sdxl", "lora_unet_up_blocks_0_upsamplers_0_conv", None),
         ("sdxl", "lora_unet_add_embedding_linear_1", None),
         ("sdxl", "lora_te2_text_projection", None),
         ("sdxl", "unet", None),
     ],
-)  # fmt: skip
+)
 def test_lookup_chain(family, module, layer):
     assert a1111.resolve(module, family)[1] == layer
 

@@ -75,7 +75,8 @@ MATRIX = [  # formats.md §2.3, ComfyUI column: (family, module, up/down names, 
     ("sd15", f"unet.{ATT}.to_k", ("lora_B.weight", "lora_A.weight"), False),
     ("sd15", f"unet.{ATT}.to_k", ("lora.up.weight", "lora.down.weight"), False),
     ("sd15", "unet.down_blocks.1.attentions.0.proj_in", ("lora_B.weight", "lora_A.weight"), True),
-    ("sd15", "unet.down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2", ("lora.up.weight", "lora.down.weight"), True),
+    ("sd15", "unet.down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2", ("lora.up.weight", "lora.down.weight"),
+     True),  # fmt: skip
     ("sd15", f"unet.{ATT}.processor.to_k", ("_lora.up.weight", "_lora.down.weight"), True),
     ("sd15", "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
      ("lora_linear_layer.up.weight", "lora_linear_layer.down.weight"), True),  # fmt: skip

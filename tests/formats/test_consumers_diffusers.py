@@ -42,10 +42,10 @@ def _case(name):
     if name == "tucker":
         _lora(sd, "lora_unet_down_blocks_0_resnets_0_conv1", 320, 320, k=(1, 1))
         sd["lora_unet_down_blocks_0_resnets_0_conv1.lora_mid.weight"] = torch.randn(4, 4, 3, 3)
-        return "sd15", sd, "cannot load LoCon (Tucker)", ValueError
+        return "sd15", sd, "cannot load LoCon+Tucker", ValueError
     if name == "loha":
-        for s, shape in (("hada_w1_a", (640, 4)), ("hada_w1_b", (4, 640)), ("hada_w2_a", (640, 4)), ("hada_w2_b", (4, 640))):
-            sd[f"{DQ}.{s}"] = torch.randn(*shape)
+        for i in (1, 2):
+            sd[f"{DQ}.hada_w{i}_a"], sd[f"{DQ}.hada_w{i}_b"] = torch.randn(640, 4), torch.randn(4, 640)
         sd[f"{DQ}.alpha"] = torch.tensor(2.0)
         return "sd15", sd, "cannot load LoHa", ValueError
     if name == "lokr":
@@ -74,9 +74,14 @@ def _case(name):
         _lora(sd, "lora_te2_text_projection", 1280, 1280)
         return "sdxl", sd, "Could not automatically infer state dict type", ValueError
     if name == "sgm-names":
-        for nm, o, i, k in (("input_blocks_1_0_in_layers_2", 320, 320, (3, 3)), ("output_blocks_2_2_conv", 1280, 1280, (3, 3)),
-                            ("input_blocks_3_0_op", 320, 320, (3, 3)), ("label_emb_0_0", 1280, 2816, None),
-                            ("middle_block_1_transformer_blocks_9_ff_net_2", 1280, 5120, None), ("out_2", 4, 320, (3, 3))):  # fmt: skip
+        for nm, o, i, k in (
+            ("input_blocks_1_0_in_layers_2", 320, 320, (3, 3)),
+            ("output_blocks_2_2_conv", 1280, 1280, (3, 3)),
+            ("input_blocks_3_0_op", 320, 320, (3, 3)),
+            ("label_emb_0_0", 1280, 2816, None),
+            ("middle_block_1_transformer_blocks_9_ff_net_2", 1280, 5120, None),
+            ("out_2", 4, 320, (3, 3)),
+        ):
             _lora(sd, "lora_unet_" + nm, o, i, k=k)
         _lora(sd, "lora_te2_text_projection", 1280, 1280)
         _lora(sd, "lora_te2_text_model_encoder_layers_0_mlp_fc1", 5120, 1280)
@@ -127,8 +132,8 @@ def test_reasons_for_dropped_modules():
 
 
 def test_full_size_sd15_kohya_lora_loads_completely():
-    sd = {k: (v if v.dim() else v.clone()) for k, v in make_file("sd15", "lora").items()}
+    sd = {k: torch.zeros_like(v) if v.dim() else v for k, v in make_file("sd15", "lora").items()}
     res = diffusers_rules.check(sd, "sd15")
     assert res.loads and res.dropped == {} and res.loaded == set(group_modules(sd))
-    real = diffusers_rules.load_with_diffusers({k: torch.zeros_like(v) if v.dim() else v for k, v in sd.items()}, "sd15")
+    real = diffusers_rules.load_with_diffusers(sd, "sd15")
     assert len(real["unet"]) + len(real["text_encoder"]) == len(res.loaded) == 302

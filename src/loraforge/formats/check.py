@@ -25,7 +25,7 @@ from .consumers.keys import (
     PEFT_PREFIXES,
     FileModule,
     _prod,
-    adapters_in,
+    adapter_kind,
     delta_shape,
     dora_axis,
     group_modules,
@@ -60,6 +60,7 @@ class ConsumerReport:
     skipped: dict[str, str] = field(default_factory=dict)  # module -> why it is matched but not applied
     wrong: dict[str, str] = field(default_factory=dict)  # module -> why the consumer's weight is not the trained one
     reason: str | None = None  # why the file is refused
+    detail: str | None = None  # the consumer's own error message, when it differs from `reason`
 
     def short(self) -> str:
         if self.consumer == "diffusers":
@@ -69,12 +70,15 @@ class ConsumerReport:
             return "diffusers loads" + extra + (" (DoRA as plain LoRA)" if self.wrong else "")
         if not self.loads:
             return f"{self.consumer}: fails to load ({self.reason})"
-        return f"{self.consumer} {self.applied}/{self.total}" + (f" ({len(self.wrong)} mis-merged)" if self.wrong else "")
+        wrong = f" ({len(self.wrong)} mis-merged)" if self.wrong else ""
+        return f"{self.consumer} {self.applied}/{self.total}{wrong}"
 
     def lines(self, limit: int = 50) -> list[str]:
         head = f"{self.consumer} {self.version}: "
         if not self.loads:
             out = [head + f"does not load the file: {self.reason}"]
+            if self.detail and self.detail != self.reason:
+                out.append(f"  {self.detail}")
         else:
             out = [head + f"{self.applied}/{self.total} modules applied"]
         if self.unmatched:
@@ -279,16 +283,17 @@ def _module_issues(modules: dict[str, FileModule], family: str, issues: list[Iss
             if got is not None and (got[0] != target[0] or got[1] != _prod(target[1:])):
                 flag("error", "shape-mismatch", f"ΔW shape does not fit the {family} weight", name)
         dora = m.tensors.get("dora_scale")
-        if dora is not None and target is not None:
-            axis = dora_axis(dora, target)
+        if dora is not None and (target is not None or dora.dim() <= 1):
+            axis = dora_axis(dora, target or ())
             if axis == "1d":
                 flag("error", "dora-scale-1d", "1-D dora_scale: ComfyUI and A1111 broadcast it wrongly (write "
                      "[out,1,...] or [1,in,...])", name)
             elif axis == "bad":
                 flag("error", "dora-scale-shape", "dora_scale shape fits neither [out,1,...] nor [1,in,...]", name)
             elif axis == "output":
-                flag("warning", "dora-output-axis", "output-axis DoRA: ComfyUI normalises by ‖W‖ instead of ‖W+ΔW‖ "
-                     "and A1111 has no output axis, both give wrong weights; diffusers drops dora_scale", name)
+                flag("warning", "dora-output-axis", "output-axis DoRA: ComfyUI normalises by ‖W‖ instead of "
+                     "‖W+ΔW‖ and A1111 has no output axis (both give wrong weights); diffusers drops dora_scale",
+                     name)
     for (severity, code, message), names in grouped.items():
         issues.append(Issue(severity, code, message, sorted(names)))
 
@@ -356,10 +361,9 @@ def _diffusers_report(sd, modules, family, total) -> ConsumerReport:
     res = diffusers_rules.check(sd, family)
     rep = ConsumerReport(diffusers_rules.LABEL, diffusers_rules.VERSION, res.loads, len(res.loaded), total)
     if not res.loads:
-        rep.applied = 0
-        rep.reason = res.reason
+        rep.reason, rep.detail = res.reason, res.detail
         if res.reason and res.reason.startswith("cannot load"):
-            rep.reason = res.reason.split(" (")[0] + " (use ComfyUI or A1111)"
+            rep.reason += " (use ComfyUI or A1111)"
         return rep
     rep.skipped = dict(res.dropped)
     for name in res.loaded:
@@ -428,8 +432,6 @@ def consumer_merged_delta(consumer: str, W: torch.Tensor, tensors: dict, strengt
 
 def _diffusers_delta(W: torch.Tensor, tensors: dict, strength: float) -> torch.Tensor:
     """PEFT LoRA as diffusers loads a kohya module: alpha/rank · up @ down, `dora_scale` ignored."""
-    from .consumers.keys import adapter_kind
-
     if adapter_kind(tensors) != "lora" or "lora_up.weight" not in tensors:
         raise ConsumerMergeError(f"diffusers cannot load a {ADAPTER_LABELS[adapter_kind(tensors)]} module")
     up, down = tensors["lora_up.weight"].float(), tensors["lora_down.weight"].float()
@@ -449,5 +451,4 @@ __all__ = [
     "check_state_dict",
     "consumer_merged_delta",
     "detect_family",
-    "adapters_in",
 ]

@@ -32,7 +32,8 @@ _NOT_LOADABLE = {"loha", "lokr", "glora", "oft", "boft", "ia3", "full", "norm", 
 @dataclass
 class DiffusersResult:
     loads: bool
-    reason: str | None = None  # why `load_lora_weights` raises
+    reason: str | None = None  # why `load_lora_weights` raises, in words
+    detail: str | None = None  # the exception diffusers raises
     loaded: set[str] = field(default_factory=set)  # file modules that end up as PEFT LoRA layers
     dropped: dict[str, str] = field(default_factory=dict)  # file module -> why it is silently ignored
     notes: list[str] = field(default_factory=list)
@@ -72,12 +73,10 @@ def check(sd, family: str) -> DiffusersResult:
         restore()
 
 
-def _fail(reason: str, kinds) -> DiffusersResult:
+def _fail(detail: str, kinds) -> DiffusersResult:
     bad = sorted(k for k in kinds if k in _NOT_LOADABLE)
-    if bad:
-        labels = ", ".join(ADAPTER_LABELS[k] for k in bad)
-        reason = f"cannot load {labels} ({reason})"
-    return DiffusersResult(False, reason)
+    reason = f"cannot load {', '.join(ADAPTER_LABELS[k] for k in bad)}" if bad else detail
+    return DiffusersResult(False, reason, detail)
 
 
 def _check(work, origin, modules, kinds, family) -> DiffusersResult:
@@ -155,7 +154,8 @@ def _inject(part, table, prefix, role, origin, result: DiffusersResult) -> str |
             result.dropped[file_module] = _unexpected_reason(k, role)
             continue
         targets.setdefault(k.split(".lora")[0], []).append(file_module)
-    if role != "unet" and not any(k.endswith("lora_B.weight") and k.split(".lora")[0].endswith(_TE_RANKED) for k in part):
+    ranked = [k for k in part if k.endswith("lora_B.weight") and k.split(".lora")[0].endswith(_TE_RANKED)]
+    if role != "unet" and not ranked:
         return f"{prefix}: IndexError: no rank found for the text-encoder modules"
     matched = 0
     for target, file_modules in targets.items():

@@ -31,9 +31,8 @@ OTHER = (
     "w_norm", "b_norm",
 )  # fmt: skip
 
-KNOWN_SUFFIXES: tuple[str, ...] = tuple(
-    sorted({s for pair in LORA_PAIRS for s in pair} | set(LOHA + LOKR + GLORA + OFT + IA3 + OTHER), key=len, reverse=True)
-)
+_ALL = {s for pair in LORA_PAIRS for s in pair} | set(LOHA + LOKR + GLORA + OFT + IA3 + OTHER)
+KNOWN_SUFFIXES: tuple[str, ...] = tuple(sorted(_ALL, key=len, reverse=True))  # longest first
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 PEFT_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.", "transformer.", "base_model.model.", "diffusion_model.")
 
@@ -110,7 +109,7 @@ def adapter_kind(tensors) -> str:
 
 ADAPTER_LABELS = {
     "lora": "LoRA",
-    "locon_tucker": "LoCon (Tucker)",
+    "locon_tucker": "LoCon+Tucker",
     "loha": "LoHa",
     "lokr": "LoKr",
     "glora": "GLoRA",
