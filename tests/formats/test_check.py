@@ -167,3 +167,26 @@ def test_lycoris_sdxl_diffusers_names_mostly_accepted():
     assert report.consumers["comfyui"].applied == report.consumers["comfyui"].total == 990
     assert report.consumers["a1111"].applied == 988  # add_embedding.linear_1/2 have no A1111 rule
     assert report.consumers["diffusers"].applied == 988  # add_embedding converts to a name PEFT cannot find
+
+
+def test_lora_a_b_under_kohya_names():
+    sd = _sd15_lora()
+    sd[f"{ATTN1_Q}.lora_B.weight"] = sd.pop(f"{ATTN1_Q}.lora_up.weight")
+    sd[f"{ATTN1_Q}.lora_A.weight"] = sd.pop(f"{ATTN1_Q}.lora_down.weight")
+    report = check_state_dict(sd, "sd15")
+    assert report.issue("lora-A-B-names").keys == [ATTN1_Q]
+    assert report.consumers["comfyui"].applied == 302 and not report.consumers["comfyui"].wrong
+    assert ATTN1_Q in report.consumers["a1111"].wrong  # alpha 2 with rank 4 is ignored
+    assert not report.consumers["diffusers"].loads
+    assert "not been correctly renamed" in report.consumers["diffusers"].reason
+
+
+def test_tucker_lokr_conv_is_not_applied_by_comfyui():
+    module = "lora_unet_down_blocks_0_resnets_0_conv1"  # 320 -> 320, 3x3; 320 = 16 x 20
+    sd = {f"{module}.lokr_w1": torch.randn(16, 16), f"{module}.lokr_t2": torch.randn(2, 2, 3, 3),
+          f"{module}.lokr_w2_a": torch.randn(2, 20), f"{module}.lokr_w2_b": torch.randn(2, 20),
+          f"{module}.alpha": torch.tensor(1.0)}  # fmt: skip
+    report = check_state_dict(sd, "sd15")
+    assert not report.broken
+    assert report.consumers["comfyui"].applied == 0 and "view size" in report.consumers["comfyui"].skipped[module]
+    assert report.consumers["a1111"].applied == 1

@@ -259,7 +259,8 @@ def _module_issues(modules: dict[str, FileModule], family: str, issues: list[Iss
             flag("warning", "non-kohya-prefix", "module names without a lora_unet_/lora_te*_ prefix", name)
         kind = m.kind
         if kind == "none":
-            flag("error", "incomplete-module", "modules without adapter tensors (only alpha / dora_scale)", name)
+            if m.tensors:  # (a module made only of unknown keys is reported above)
+                flag("error", "incomplete-module", "modules without adapter tensors (only alpha / dora_scale)", name)
             continue
         if kind in _FACTORED:
             alpha = m.tensors.get("alpha")
@@ -354,6 +355,10 @@ def _a1111_report(sd, modules, family, total) -> ConsumerReport:
             continue
         rep.applied += 1
         _dora_wrong(rep, m, shape, "A1111 1.10.1 has no output-axis DoRA: [out,1] broadcasts against the column norm")
+        pair, alpha = lora_pair(m.tensors), m.tensors.get("alpha")
+        if pair and pair[0] == "lora_B.weight" and alpha is not None and pair[1] in m.tensors:
+            if alpha.numel() == 1 and float(alpha) != m.tensors[pair[1]].shape[0]:
+                rep.wrong[name] = "lora_A/lora_B names: A1111 drops alpha and applies scale 1.0"
     return rep
 
 

@@ -28,7 +28,7 @@ OFT = ("oft_blocks", "oft_diag", "rescale")
 IA3 = ("weight", "on_input")
 OTHER = (
     "alpha", "dora_scale", "lora_mid.weight", "scale", "bias", "diff", "diff_b", "set_weight", "reshape_weight",
-    "w_norm", "b_norm",
+    "w_norm", "b_norm", "lora_magnitude_vector",
 )  # fmt: skip
 
 _ALL = {s for pair in LORA_PAIRS for s in pair} | set(LOHA + LOKR + GLORA + OFT + IA3 + OTHER)
