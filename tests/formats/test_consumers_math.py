@@ -13,7 +13,7 @@ from consumer_fixtures import lycoris_reference, rel_err
 
 from loraforge.formats.check import consumer_merged_delta
 from loraforge.formats.consumers import a1111, comfyui
-from loraforge.formats.consumers.comfyui import ConsumerMergeError
+from loraforge.formats.consumers import ConsumerMergeError
 
 LIN = torch.nn.Linear(48, 64)  # 64x48
 CONV = torch.nn.Conv2d(16, 32, 3, padding=1)  # 3x3 conv 16 -> 32

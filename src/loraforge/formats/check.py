@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from .consumers import a1111, comfyui, diffusers_rules
-from .consumers.comfyui import ConsumerMergeError
 from .consumers.keys import (
     ADAPTER_LABELS,
     KOHYA_PREFIXES,
+    ConsumerMergeError,
     PEFT_PREFIXES,
     FileModule,
     _prod,

@@ -11,6 +11,6 @@ The models were written from the behaviour documented in `shared/reference/forma
 A1111 (AGPL-3.0) code is included. `loraforge.formats.check` combines them into one report.
 """
 
-from .comfyui import ConsumerMergeError
+from .keys import ConsumerMergeError
 
 __all__ = ["ConsumerMergeError"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .comfyui import ConsumerMergeError
+from .keys import ConsumerMergeError
 from .tables import Shape, family_tables, layer_kind
 
 VERSION = "1.10.1"

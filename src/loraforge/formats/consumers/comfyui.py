@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .keys import LORA_PAIRS, join
+from .keys import LORA_PAIRS, ConsumerMergeError, join
 from .tables import FamilyTables, Shape, family_tables
 
 VERSION = "0.19.3"
@@ -36,10 +36,6 @@ _CLIP_MAP = {  # HF module inside a layer -> kohya spelling
     "self_attn.v_proj": "self_attn_v_proj",
     "self_attn.out_proj": "self_attn_out_proj",
 }
-
-
-class ConsumerMergeError(RuntimeError):
-    """The consumer cannot compute this module's weight (it logs or raises and leaves the layer unpatched)."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,38 +78,37 @@ def _unet_key_map(t: FamilyTables, sdk) -> dict[str, str]:
     return key_map
 
 
+def _clip_aliases(clips: set[str]) -> dict[str, tuple[tuple[str, ...], str]]:
+    """clip name -> (kohya prefixes, diffusers prefix) ComfyUI maps onto it. OpenCLIP-G takes the second-encoder
+    names only next to CLIP-L (SDXL); alone (refiner, Cascade) it takes the single-encoder names."""
+    aliases = {"clip_l": (("lora_te", "lora_te1"), "text_encoder"), "clip_h": (("lora_te", "lora_te1"), "text_encoder")}
+    if "clip_l" in clips:
+        aliases["clip_g"] = (("lora_te2",), "text_encoder_2")
+    else:
+        aliases["clip_g"] = (("lora_te", "lora_prior_te"), "text_encoder")
+    return aliases
+
+
 def _clip_key_map(family: str, sdk) -> dict[str, str]:
-    key_map: dict[str, str] = {}
-    for k in sdk:
-        if k.endswith(".weight") and not k.startswith("diffusion_model."):
-            key_map["text_encoders." + k[: -len(".weight")]] = k
-    clip_l_present = False
-    for layer in range(32):
-        for hf, kohya in _CLIP_MAP.items():
-            k = f"clip_h.transformer.text_model.encoder.layers.{layer}.{hf}.weight"
-            if k in sdk:
-                key_map[f"lora_te_text_model_encoder_layers_{layer}_{kohya}"] = k
-                key_map[f"lora_te1_text_model_encoder_layers_{layer}_{kohya}"] = k
-                key_map[f"text_encoder.text_model.encoder.layers.{layer}.{hf}"] = k
-            k = f"clip_l.transformer.text_model.encoder.layers.{layer}.{hf}.weight"
-            if k in sdk:
-                key_map[f"lora_te_text_model_encoder_layers_{layer}_{kohya}"] = k
-                key_map[f"lora_te1_text_model_encoder_layers_{layer}_{kohya}"] = k
-                key_map[f"text_encoder.text_model.encoder.layers.{layer}.{hf}"] = k
-                clip_l_present = True
-            k = f"clip_g.transformer.text_model.encoder.layers.{layer}.{hf}.weight"
-            if k in sdk:
-                if clip_l_present:
-                    key_map[f"lora_te2_text_model_encoder_layers_{layer}_{kohya}"] = k
-                    key_map[f"text_encoder_2.text_model.encoder.layers.{layer}.{hf}"] = k
-                else:
-                    key_map[f"lora_te_text_model_encoder_layers_{layer}_{kohya}"] = k
-                    key_map[f"text_encoder.text_model.encoder.layers.{layer}.{hf}"] = k
-                    key_map[f"lora_prior_te_text_model_encoder_layers_{layer}_{kohya}"] = k
-    k = "clip_g.transformer.text_projection.weight"
-    if k in sdk:
-        key_map["lora_prior_te_text_projection"] = k
-        key_map["lora_te2_text_projection"] = k
+    key_map = {
+        "text_encoders." + k[: -len(".weight")]: k
+        for k in sdk
+        if k.endswith(".weight") and not k.startswith("diffusion_model.")
+    }
+    clips = {k.split(".", 1)[0] for k in sdk if k.startswith("clip_")}
+    for clip, (kohya_prefixes, diffusers_prefix) in _clip_aliases(clips).items():
+        for layer in range(32):
+            for hf, kohya in _CLIP_MAP.items():
+                target = f"{clip}.transformer.text_model.encoder.layers.{layer}.{hf}.weight"
+                if target not in sdk:
+                    continue
+                for prefix in kohya_prefixes:
+                    key_map[f"{prefix}_text_model_encoder_layers_{layer}_{kohya}"] = target
+                key_map[f"{diffusers_prefix}.text_model.encoder.layers.{layer}.{hf}"] = target
+    projection = "clip_g.transformer.text_projection.weight"
+    if projection in sdk:
+        key_map["lora_prior_te_text_projection"] = projection
+        key_map["lora_te2_text_projection"] = projection
     return key_map
 
 
@@ -128,7 +123,6 @@ def key_map(family: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------------------- loading
 _SUFFIX_GROUPS = {  # adapter -> suffixes it may consume
-    "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
     "lokr": ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
     "glora": ("a1.weight", "a2.weight", "b1.weight", "b2.weight"),
 }

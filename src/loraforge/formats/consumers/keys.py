@@ -11,6 +11,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+
+class ConsumerMergeError(RuntimeError):
+    """A consumer cannot compute a module's weight (it logs or raises and leaves the layer unpatched)."""
+
+
 # (up, down) name pairs of plain LoRA, in the order ComfyUI tries them.
 LORA_PAIRS: tuple[tuple[str, str], ...] = (
     ("lora_up.weight", "lora_down.weight"),  # kohya / LyCORIS
