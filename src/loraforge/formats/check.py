@@ -1,0 +1,459 @@
+"""Consumer-compatibility check of a LoRA-family file: will ComfyUI v0.19.3, AUTOMATIC1111 v1.10.1 and diffusers
+0.42.1 load it, which modules does each apply, and is the file broken in a way one of them punishes?
+
+The verdicts come from the clean-room consumer models in `loraforge.formats.consumers` (key maps, acceptance rules,
+merge math) and from diffusers' own conversion code; no model is built beyond the family's meta-device shape tables.
+
+    report = check_file("my_lora.safetensors")
+    print(report.summary())   # ComfyUI 282/282 modules, A1111 282/282, diffusers loads
+    print(report)             # per consumer, unmatched keys by name, errors and warnings
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .consumers import a1111, comfyui, diffusers_rules
+from .consumers.keys import (
+    ADAPTER_LABELS,
+    KOHYA_PREFIXES,
+    ConsumerMergeError,
+    PEFT_PREFIXES,
+    FileModule,
+    _prod,
+    adapter_kind,
+    delta_shape,
+    dora_axis,
+    group_modules,
+    lora_pair,
+)
+from .consumers.tables import FAMILIES
+
+CONSUMERS = ("comfyui", "a1111", "diffusers")
+_FACTORED = ("lora", "locon_tucker", "loha", "lokr")
+
+
+@dataclass
+class Issue:
+    severity: str  # "error" (the file is broken for some consumer) or "warning"
+    code: str
+    message: str
+    keys: list[str] = field(default_factory=list)  # file keys, or module names for module-level issues
+
+    def __str__(self) -> str:
+        names = f": {', '.join(self.keys[:8])}" + (f" (+{len(self.keys) - 8} more)" if len(self.keys) > 8 else "")
+        return f"[{self.code}] {self.message}{names if self.keys else ''}"
+
+
+@dataclass
+class ConsumerReport:
+    consumer: str  # ComfyUI / A1111 / diffusers
+    version: str
+    loads: bool  # False: the consumer refuses the whole file
+    applied: int  # modules whose weight the consumer changes
+    total: int  # adapter modules in the file
+    unmatched: list[str] = field(default_factory=list)  # keys that reach no layer
+    skipped: dict[str, str] = field(default_factory=dict)  # module -> why it is matched but not applied
+    wrong: dict[str, str] = field(default_factory=dict)  # module -> why the consumer's weight is not the trained one
+    reason: str | None = None  # why the file is refused
+    detail: str | None = None  # the consumer's own error message, when it differs from `reason`
+
+    def short(self) -> str:
+        if self.consumer == "diffusers":
+            if not self.loads:
+                return f"diffusers: {self.reason}"
+            extra = "" if self.applied == self.total else f" {self.applied}/{self.total} modules"
+            return "diffusers loads" + extra + (" (DoRA as plain LoRA)" if self.wrong else "")
+        if not self.loads:
+            return f"{self.consumer}: fails to load ({self.reason})"
+        wrong = f" ({len(self.wrong)} mis-merged)" if self.wrong else ""
+        return f"{self.consumer} {self.applied}/{self.total}{wrong}"
+
+    def lines(self, limit: int = 50) -> list[str]:
+        head = f"{self.consumer} {self.version}: "
+        if not self.loads:
+            out = [head + f"does not load the file: {self.reason}"]
+            if self.detail and self.detail != self.reason:
+                out.append(f"  {self.detail}")
+        else:
+            out = [head + f"{self.applied}/{self.total} modules applied"]
+        if self.unmatched:
+            shown = ", ".join(self.unmatched[:limit])
+            more = f" (+{len(self.unmatched) - limit} more)" if len(self.unmatched) > limit else ""
+            out.append(f"  unmatched keys ({len(self.unmatched)}): {shown}{more}")
+        for title, items in (("not applied", self.skipped), ("mis-merged", self.wrong)):
+            by_reason: dict[str, list[str]] = {}
+            for module, why in items.items():
+                by_reason.setdefault(why, []).append(module)
+            for why, mods in by_reason.items():
+                shown = ", ".join(sorted(mods)[:8]) + (f" (+{len(mods) - 8} more)" if len(mods) > 8 else "")
+                out.append(f"  {title} ({len(mods)}): {why}: {shown}")
+        return out
+
+
+@dataclass
+class CheckReport:
+    family: str
+    family_evidence: str
+    modules: dict[str, str]  # module -> adapter kind
+    consumers: dict[str, ConsumerReport]
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.errors)
+
+    def issue(self, code: str) -> Issue | None:
+        return next((i for i in self.issues if i.code == code), None)
+
+    def summary(self) -> str:
+        c, a, d = (self.consumers[k] for k in CONSUMERS)
+        first = f"{c.consumer} {c.applied}/{c.total} modules" if c.loads else c.short()
+        if c.loads and c.wrong:
+            first += f" ({len(c.wrong)} mis-merged)"
+        return ", ".join([first, a.short(), d.short()])
+
+    def __str__(self) -> str:
+        kinds = adapters_in_names(self.modules)
+        out = [f"family: {self.family} ({self.family_evidence})", f"modules: {len(self.modules)} ({kinds})"]
+        for key in CONSUMERS:
+            out += self.consumers[key].lines()
+        for title, items in (("errors", self.errors), ("warnings", self.warnings)):
+            if items:
+                out.append(f"{title}:")
+                out += [f"  {i}" for i in items]
+        return "\n".join(out)
+
+
+def adapters_in_names(modules: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for kind in modules.values():
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{ADAPTER_LABELS.get(k, k)} {n}" for k, n in sorted(counts.items()))
+
+
+# ------------------------------------------------------------------------------------------------- family detection
+def _in_width(t) -> int | None:
+    shape = delta_shape(t)
+    return shape[1] if shape else None
+
+
+def detect_family(sd, metadata: dict | None = None) -> tuple[str, str]:
+    """(family, evidence): cross-attention / text-encoder widths first, then key names, then metadata, else SD 1.x."""
+    modules = group_modules(sd)
+    names = list(modules)
+    for name, m in modules.items():
+        if re.search(r"attn2_to_[kv]$", name):
+            width = _in_width(m.tensors)
+            found = {768: "sd15", 1024: "sd2", 2048: "sdxl"}.get(width)
+            if found:
+                return found, f"cross-attention input width {width} ({name})"
+    for name, m in modules.items():
+        if name.startswith("lora_te_") and name.endswith(("q_proj", "k_proj", "v_proj", "mlp_fc1", "out_proj")):
+            width = _in_width(m.tensors)
+            if width in (768, 1024):
+                return ("sd15" if width == 768 else "sd2"), f"text-encoder width {width} ({name})"
+    if any(n.startswith(("lora_te1_", "lora_te2_")) for n in names):
+        return "sdxl", "lora_te1_/lora_te2_ prefixes"
+    if any("resblocks" in n for n in names):
+        return "sd2", "OpenCLIP module names"
+    sgm = [n for n in names if re.search(r"input_blocks_7_1|label_emb|transformer_blocks_[1-9]", n)]
+    if sgm:
+        return "sdxl", f"SDXL-only block names ({sgm[0]})"
+    meta = metadata or {}
+    if str(meta.get("ss_base_model_version", "")).startswith("sdxl") or "-xl-" in str(
+        meta.get("modelspec.architecture", "")
+    ):
+        return "sdxl", "metadata"
+    if str(meta.get("ss_v2", "")) == "True" or "-v2-" in str(meta.get("modelspec.architecture", "")):
+        return "sd2", "metadata"
+    return "sd15", "default (no SD 2.x / SDXL evidence)"
+
+
+def _metadata_family(metadata: dict | None) -> str | None:
+    meta = metadata or {}
+    if str(meta.get("ss_base_model_version", "")).startswith("sdxl"):
+        return "sdxl"
+    if str(meta.get("ss_v2", "")) == "True":
+        return "sd2"
+    if meta.get("ss_base_model_version") or "ss_v2" in meta:
+        return "sd15"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------- checks
+def _meta(tensors: dict) -> dict:
+    """The module's tensors with everything but scalars on the meta device (shape-only merges)."""
+    return {
+        s: v if s in ("alpha", "scale") or v.numel() == 1 else torch.empty(v.shape, dtype=torch.float32, device="meta")
+        for s, v in tensors.items()
+    }
+
+
+_MERGE_CACHE: dict = {}
+
+
+def _try_merge(fn, shape, tensors) -> str | None:
+    """Run a consumer's merge on meta tensors; the error it would hit, or None. Cached per shape signature (the
+    outcome depends only on shapes and on which tensors are present)."""
+    signature = (fn, tuple(shape), tuple(sorted((s, tuple(v.shape)) for s, v in tensors.items())))
+    if signature not in _MERGE_CACHE:
+        _MERGE_CACHE[signature] = _merge_error(fn, shape, tensors)
+    return _MERGE_CACHE[signature]
+
+
+def _merge_error(fn, shape, tensors) -> str | None:
+    try:
+        out = fn(torch.empty(shape, device="meta"), _meta(tensors))
+    except (ConsumerMergeError, RuntimeError, KeyError, IndexError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    except NotImplementedError:
+        return None  # recognised adapter whose math is not modelled: assume it applies
+    return None if tuple(out.shape) == tuple(shape) else f"result {tuple(out.shape)} does not fit {tuple(shape)}"
+
+
+def _comfy_target_shape(family: str, module: str):
+    target = comfyui.key_map(family).get(module)
+    return comfyui.model_keys(family).get(target) if target else None
+
+
+def _a1111_target_shape(family: str, module: str):
+    _, layer = a1111.resolve(module, family)
+    if layer is None:
+        return None
+    kind, shape = a1111.layers(family)[layer]
+    return (shape[0] // 3, shape[1]) if kind == "mha" else shape  # q/k/v: their slice of in_proj_weight
+
+
+def _module_issues(modules: dict[str, FileModule], family: str, issues: list[Issue]) -> None:
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+
+    def flag(severity, code, message, name):
+        grouped.setdefault((severity, code, message), []).append(name)
+
+    for name, m in modules.items():
+        if m.unknown:
+            for key in m.unknown:
+                flag("error", "unknown-suffix", "tensor suffixes no consumer reads", key)
+        if "." in name:
+            peft = name.startswith(PEFT_PREFIXES) or (lora_pair(m.tensors) or ("",))[0] != "lora_up.weight"
+            if peft:
+                flag("error", "peft-style-keys", "PEFT/diffusers-style keys in a user-facing file: A1111 drops them "
+                     "all and ComfyUI drops every attention to_q/k/v/out (write kohya names)", name)
+            else:
+                flag("error", "dotted-module-name", "module names contain '.': A1111 splits keys on the first '.' "
+                     "(unmatched keys, or an AssertionError that loses the whole file)", name)
+        elif not name.startswith(KOHYA_PREFIXES) and name != "bundle_emb":
+            flag("warning", "non-kohya-prefix", "module names without a lora_unet_/lora_te*_ prefix", name)
+        kind = m.kind
+        if kind == "none":
+            if m.tensors:  # (a module made only of unknown keys is reported above)
+                flag("error", "incomplete-module", "modules without adapter tensors (only alpha / dora_scale)", name)
+            continue
+        if kind in _FACTORED:
+            alpha = m.tensors.get("alpha")
+            if alpha is None:
+                flag("error", "alpha-missing", "no alpha: every consumer uses scale 1.0 (alpha = rank); always "
+                     "write a 0-dim alpha", name)
+            elif alpha.dim() != 0:
+                bad = alpha.numel() != 1
+                flag("error", "alpha-not-0-dim", "alpha is not a 0-dim tensor" + (
+                    " (several elements: ComfyUI and A1111 fail to load the file)" if bad else ""), name)
+            elif float(alpha) == 0.0:
+                flag("warning", "alpha-zero", "alpha is 0: consumers scale ΔW by 0 (LyCORIS trains with alpha=rank)",
+                     name)
+            pair = lora_pair(m.tensors)
+            if pair and pair[0] != "lora_up.weight" and "." not in name:
+                flag("warning", "lora-A-B-names", "lora_A/lora_B under kohya names: A1111 drops alpha (scale 1.0) "
+                     "and diffusers refuses the file", name)
+        target = _comfy_target_shape(family, name) or _a1111_target_shape(family, name)
+        if target is not None:
+            got = delta_shape(m.tensors)
+            if got is not None and (got[0] != target[0] or got[1] != _prod(target[1:])):
+                flag("error", "shape-mismatch", f"ΔW shape does not fit the {family} weight", name)
+        dora = m.tensors.get("dora_scale")
+        if dora is not None and (target is not None or dora.dim() <= 1):
+            axis = dora_axis(dora, target or ())
+            if axis == "1d":
+                flag("error", "dora-scale-1d", "1-D dora_scale: ComfyUI and A1111 broadcast it wrongly (write "
+                     "[out,1,...] or [1,in,...])", name)
+            elif axis == "bad":
+                flag("error", "dora-scale-shape", "dora_scale shape fits neither [out,1,...] nor [1,in,...]", name)
+            elif axis == "output":
+                flag("warning", "dora-output-axis", "output-axis DoRA: ComfyUI normalises by ‖W‖ instead of "
+                     "‖W+ΔW‖ and A1111 has no output axis (both give wrong weights); diffusers drops dora_scale",
+                     name)
+    for (severity, code, message), names in grouped.items():
+        issues.append(Issue(severity, code, message, sorted(names)))
+
+
+def _comfy_report(sd, modules, family, total) -> ConsumerReport:
+    res = comfyui.load(sd, family)
+    rep = ConsumerReport(comfyui.LABEL, comfyui.VERSION, res.fatal is None, 0, total, list(res.not_loaded))
+    if res.fatal:
+        rep.reason = res.fatal
+        return rep
+    for name, why in res.dropped.items():
+        rep.skipped[name] = why
+    for name, patch in res.applied.items():
+        m = modules.get(name)
+        shape = comfyui.model_keys(family)[patch.target]
+        if m is None:
+            rep.applied += 1
+            continue
+        err = _try_merge(comfyui.merged_weight, shape, m.tensors)
+        if err:
+            rep.skipped[name] = f"ComfyUI logs an error and leaves the weight unpatched ({err})"
+            continue
+        rep.applied += 1
+        _dora_wrong(rep, m, shape, "ComfyUI normalises output-axis DoRA by ‖W‖, not ‖W+ΔW‖ (PR #15458)")
+    return rep
+
+
+def _dora_wrong(rep: ConsumerReport, m: FileModule, shape, why: str) -> None:
+    dora = m.tensors.get("dora_scale")
+    if dora is not None:
+        axis = dora_axis(dora, shape)
+        if axis == "output":
+            rep.wrong[m.name] = why
+        elif axis in ("1d", "bad"):
+            rep.wrong[m.name] = "dora_scale shape is broadcast against the weight norm (wrong weights)"
+
+
+def _a1111_report(sd, modules, family, total) -> ConsumerReport:
+    res = a1111.load(sd, family)
+    rep = ConsumerReport(a1111.LABEL, a1111.VERSION, res.fatal is None, 0, total, list(res.unmatched))
+    if res.fatal:
+        rep.reason = res.fatal
+        return rep
+    for name, m in modules.items():
+        if m.kind == "none":
+            continue
+        if "." in name:
+            continue  # a dotted name never reaches a layer as one module (A1111 cuts it at the first ".")
+        if name in res.skipped:
+            rep.skipped[name] = res.skipped[name]
+            continue
+        if name not in res.applied:
+            continue
+        shape = _a1111_target_shape(family, name)
+        err = _try_merge(a1111.merged_weight, shape, m.tensors) if shape else None
+        if err:
+            rep.skipped[name] = f"A1111 skips the layer ({err})"
+            continue
+        rep.applied += 1
+        _dora_wrong(rep, m, shape, "A1111 1.10.1 has no output-axis DoRA: [out,1] broadcasts against the column norm")
+        pair, alpha = lora_pair(m.tensors), m.tensors.get("alpha")
+        if pair and pair[0] == "lora_B.weight" and alpha is not None and pair[1] in m.tensors:
+            if alpha.numel() == 1 and float(alpha) != m.tensors[pair[1]].shape[0]:
+                rep.wrong[name] = "lora_A/lora_B names: A1111 drops alpha and applies scale 1.0"
+    return rep
+
+
+def _diffusers_report(sd, modules, family, total) -> ConsumerReport:
+    res = diffusers_rules.check(sd, family)
+    rep = ConsumerReport(diffusers_rules.LABEL, diffusers_rules.VERSION, res.loads, len(res.loaded), total)
+    if not res.loads:
+        rep.reason, rep.detail = res.reason, res.detail
+        if res.reason and res.reason.startswith("cannot load"):
+            rep.reason += " (use ComfyUI or A1111)"
+        return rep
+    rep.skipped = dict(res.dropped)
+    for name in res.loaded:
+        if modules.get(name) is not None and modules[name].tensors.get("dora_scale") is not None:
+            rep.wrong[name] = "dora_scale is dropped: loaded as plain LoRA"
+    return rep
+
+
+def check_state_dict(
+    sd: dict[str, torch.Tensor], family: str | None = None, metadata: dict | None = None
+) -> CheckReport:
+    """Check a LoRA-family state dict against ComfyUI, A1111 and diffusers for `family` (detected when None)."""
+    issues: list[Issue] = []
+    if family is None:
+        family, evidence = detect_family(sd, metadata)
+        claimed = _metadata_family(metadata)
+        if claimed and claimed != family and evidence != "metadata":
+            issues.append(Issue("warning", "family-metadata", f"metadata says {claimed}, keys say {family}"))
+    else:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+        evidence = "given"
+    body = {k: v for k, v in sd.items() if not k.startswith("bundle_emb.")}
+    if len(body) != len(sd):
+        issues.append(Issue("warning", "bundled-embeddings", "bundled embeddings (bundle_emb.*): only A1111 loads "
+                            "them; ship embeddings as separate files"))
+    modules = group_modules(body)
+    _module_issues(modules, family, issues)
+    total = sum(1 for m in modules.values() if m.kind != "none")
+    consumers = {
+        "comfyui": _comfy_report(body, modules, family, total),
+        "a1111": _a1111_report(sd, modules, family, total),
+        "diffusers": _diffusers_report(body, modules, family, total),
+    }
+    return CheckReport(family, evidence, {n: m.kind for n, m in modules.items()}, consumers, issues)
+
+
+def check_file(path: str | Path, family: str | None = None) -> CheckReport:
+    """`check_state_dict` on a .safetensors file (its header metadata is used for family hints). Never unpickles."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"{path}: only .safetensors files are checked (pickled .pt/.ckpt files are never loaded)")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    return check_state_dict(sd, family, metadata)
+
+
+def consumer_merged_delta(consumer: str, W: torch.Tensor, tensors: dict, strength: float = 1.0) -> torch.Tensor:
+    """ΔW = merged − W that `consumer` ("comfyui", "a1111", "diffusers") computes for one module.
+
+    `tensors` maps tensor suffixes (`lora_up.weight`, `alpha`, `hada_w1_a`, `dora_scale`, ...) to tensors. Raises
+    `ConsumerMergeError` when the consumer cannot apply the module (it would leave the weight unpatched).
+    """
+    W = W.detach().float()
+    if consumer == "comfyui":
+        return comfyui.merged_weight(W, tensors, strength) - W
+    if consumer == "a1111":
+        return a1111.merged_weight(W, tensors, strength) - W
+    if consumer == "diffusers":
+        return _diffusers_delta(W, tensors, strength)
+    raise ValueError(f"unknown consumer {consumer!r}; expected one of {CONSUMERS}")
+
+
+def _diffusers_delta(W: torch.Tensor, tensors: dict, strength: float) -> torch.Tensor:
+    """PEFT LoRA as diffusers loads a kohya module: alpha/rank · up @ down, `dora_scale` ignored."""
+    if adapter_kind(tensors) != "lora" or "lora_up.weight" not in tensors:
+        raise ConsumerMergeError(f"diffusers cannot load a {ADAPTER_LABELS[adapter_kind(tensors)]} module")
+    up, down = tensors["lora_up.weight"].float(), tensors["lora_down.weight"].float()
+    alpha = tensors.get("alpha")
+    scale = alpha.item() / down.shape[0] if alpha is not None else 1.0
+    diff = up.flatten(1) @ down.flatten(1)
+    if diff.numel() != W.numel():
+        raise ConsumerMergeError(f"ΔW {tuple(diff.shape)} does not fit {tuple(W.shape)}")
+    return strength * scale * diff.reshape(W.shape)
+
+
+__all__ = [
+    "CheckReport",
+    "ConsumerReport",
+    "Issue",
+    "check_file",
+    "check_state_dict",
+    "consumer_merged_delta",
+    "detect_family",
+]
