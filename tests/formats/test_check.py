@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from consumer_fixtures import adapter_tensors, lycoris_file, make_file
+from .consumer_fixtures import adapter_tensors, lycoris_file, make_file
 
 from loraforge.formats.check import check_file, check_state_dict, detect_family
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from consumer_fixtures import ALGOS, make_file
+from .consumer_fixtures import ALGOS, make_file
 
 from loraforge.formats.consumers import a1111
 from loraforge.formats.consumers.keys import group_modules

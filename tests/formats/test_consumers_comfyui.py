@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from consumer_fixtures import ALGOS, make_file, te_targets, unet_targets
+from .consumer_fixtures import ALGOS, make_file, te_targets, unet_targets
 
 from loraforge.formats.consumers import comfyui
 from loraforge.formats.consumers.keys import group_modules

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from consumer_fixtures import make_file
+from .consumer_fixtures import make_file
 
 from loraforge.formats.consumers import diffusers_rules
 from loraforge.formats.consumers.keys import group_modules

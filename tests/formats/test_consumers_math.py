@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from consumer_fixtures import lycoris_reference, rel_err
+from .consumer_fixtures import lycoris_reference, rel_err
 
 from loraforge.formats.check import consumer_merged_delta
 from loraforge.formats.consumers import a1111, comfyui

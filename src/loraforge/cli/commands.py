@@ -179,4 +179,30 @@ def cmd_config_docs(args) -> int:
     return 0
 
 
-REGISTRY = [add_train, add_demo, add_config_docs]
+# ------------------------------------------------------------------------------------------------------- check
+def add_check(sub) -> None:
+    p = sub.add_parser("check", help="will ComfyUI, A1111 and diffusers load this LoRA file exactly?")
+    p.add_argument("files", nargs="+", help=".safetensors LoRA / LyCORIS files (ours or from elsewhere)")
+    p.add_argument("--family", choices=["sd15", "sd2", "sdxl"], help="base model family (default: detected)")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_check(args) -> int:
+    from ..formats.check import check_file
+
+    worst = 0
+    for path in args.files:
+        try:
+            report = check_file(path, args.family)
+        except (ValueError, OSError) as e:
+            print(f"{path}: error: {e}", file=sys.stderr)
+            worst = 2
+            continue
+        print(f"{path}: {report.summary()}")
+        print(str(report))
+        if report.broken:
+            worst = max(worst, 1)
+    return worst
+
+
+REGISTRY = [add_train, add_demo, add_config_docs, add_check]

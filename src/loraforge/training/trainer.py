@@ -17,15 +17,12 @@ from pathlib import Path
 import torch
 
 from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig, dump_config
-from ..data.check import validate_items
-from ..data.dataset import EpochShuffleSampler, ImageCaptionDataset, collate
-from ..data.sources import collect_items
+from ..data.build import build_train_data
 from ..models.family import TINY_RESOLUTION
 from ..models.loading import load_model
-from ..models.text import encode_prompts, sdxl_time_ids
 from ..networks import create_network
 from ..utils.files import atomic_dir, write_text_atomic
-from .losses import diffusion_target, per_sample_mse
+from .step import StepMixin
 from .optim import build_optimizer, build_scheduler, param_groups
 from .outputs import WrittenFiles, write_lora_files
 from .state import STATE_FILE, TrainState, checkpoints_dir, read_state, register_network_hooks, resolve_resume
@@ -48,7 +45,7 @@ class RunResult:
     steps: int = 0
 
 
-class Trainer:
+class Trainer(StepMixin):
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.run_dir = Path(cfg.output.output_dir).expanduser() / cfg.output.output_name
@@ -119,29 +116,10 @@ class Trainer:
         log.info("model: %s — %s, predicts %s, training at %d px", m.source, m.family.label, m.prediction_type, self.resolution)
 
     def load_data(self) -> None:
-        cfg = self.cfg.dataset
-        items = validate_items(collect_items(cfg), cfg, self.resolution)
-        self.dataset = ImageCaptionDataset(
-            items, self.resolution, cfg.center_crop, cfg.random_flip, cfg.repeats, self.cfg.training.seed
-        )
-        self.sampler = EpochShuffleSampler(len(self.dataset), self.cfg.training.seed)
-        self.dataloader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_size=self.cfg.training.batch_size,
-            sampler=self.sampler,
-            collate_fn=collate,
-            num_workers=self.cfg.training.dataloader_num_workers,
-            persistent_workers=self.cfg.training.dataloader_num_workers > 0,
-            # Its own generator: creating an epoch's iterator must not draw from the global RNG that noise and
-            # timesteps come from, or a resumed run would drift from an uninterrupted one.
-            generator=torch.Generator().manual_seed(self.cfg.training.seed),
-        )
-        folder = str(items[0].path.parent)
-        self.run_info.update(
-            num_train_images=len(items),
-            dataset_dirs={folder: {"n_repeats": cfg.repeats, "img_count": len(items)}},
-        )
-        log.info("dataset: %d images × %d repeats from %s", len(items), cfg.repeats, folder)
+        self.data = build_train_data(self.cfg, self.resolution)
+        self.dataset, self.sampler, self.dataloader = self.data.dataset, self.data.sampler, self.data.dataloader
+        self.run_info.update(self.data.run_info)
+        log.info("dataset: %s", self.data.describe())
 
     def setup_network(self) -> None:
         m, acc = self.model, self.accelerator
@@ -212,46 +190,6 @@ class Trainer:
         log.info("resumed from %s at step %d (epoch %d)", folder, self.state.global_step, self.state.epoch)
 
     # ----------------------------------------------------------------------------------------------- the loop
-    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        pixels = pixel_values.to(self.accelerator.device, dtype=self.vae_dtype)
-        with torch.no_grad():
-            latents = m.vae.encode(pixels).latent_dist.sample()
-            shift = getattr(m.vae.config, "shift_factor", None) or 0.0
-            return ((latents - shift) * m.vae.config.scaling_factor).to(self.weight_dtype)
-
-    def compute_loss(
-        self,
-        batch: dict,
-        latents: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        timesteps: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Loss of one batch. Latents, noise and timesteps are drawn here unless given (tests fix them to overfit
-        one batch)."""
-        m, acc = self.model, self.accelerator
-        if latents is None:
-            latents = self.encode_latents(batch["pixel_values"])
-        if noise is None:
-            noise = torch.randn_like(latents)
-        if timesteps is None:
-            timesteps = torch.randint(
-                0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-            ).long()
-        noise, timesteps = noise.to(latents), timesteps.to(latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        with torch.set_grad_enabled(self.train_te):
-            cond = encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, batch["captions"])
-        added = None
-        if m.family.is_sdxl:
-            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], (self.resolution, self.resolution))
-            added = {"text_embeds": cond.pooled.to(self.weight_dtype), "time_ids": time_ids.to(acc.device, self.weight_dtype)}
-        pred = self.unet(
-            noisy, timesteps, cond.prompt_embeds.to(self.weight_dtype), added_cond_kwargs=added, return_dict=False
-        )[0]
-        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, m.prediction_type)
-        return per_sample_mse(pred, target).mean()
-
     def train(self) -> None:
         from accelerate.utils import tqdm
         from accelerate import skip_first_batches

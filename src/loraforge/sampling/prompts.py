@@ -1,0 +1,62 @@
+"""Prompt files in kohya's syntax (`--sample_prompts`): one prompt a line, `#` comments, options after ` --`:
+`--n` negative prompt, `--w` width, `--h` height, `--d` seed, `--l` CFG scale, `--s` steps, `--ss` sampler."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from .generate import SampleRequest
+from .samplers import normalize_sampler
+
+_OPTION = re.compile(r"\s--(n|w|h|d|l|s|ss)\s")
+
+
+class PromptFileError(ValueError):
+    pass
+
+
+def parse_prompt_line(line: str, base: SampleRequest, where: str = "prompt") -> SampleRequest:
+    parts = _OPTION.split(" " + line.strip() + " ")
+    prompt = parts[0].strip()
+    req = replace(base, prompt=prompt)
+    for flag, value in zip(parts[1::2], parts[2::2]):
+        value = value.strip()
+        try:
+            if flag == "n":
+                req = replace(req, negative_prompt=value)
+            elif flag == "w":
+                req = replace(req, width=int(value))
+            elif flag == "h":
+                req = replace(req, height=int(value))
+            elif flag == "d":
+                req = replace(req, seed=int(value))
+            elif flag == "l":
+                req = replace(req, guidance_scale=float(value))
+            elif flag == "s":
+                req = replace(req, steps=int(value))
+            elif flag == "ss":
+                req = replace(req, sampler=normalize_sampler(value))
+        except ValueError as e:
+            raise PromptFileError(f"{where}: --{flag} {value!r}: {e}") from None
+    for name in ("width", "height"):
+        if getattr(req, name) % 8:
+            raise PromptFileError(f"{where}: {name} {getattr(req, name)} is not a multiple of 8")
+    if not prompt:
+        raise PromptFileError(f"{where}: no prompt before the options")
+    return req
+
+
+def read_prompt_file(path: str | Path, base: SampleRequest) -> list[SampleRequest]:
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"{path}: no such prompt file")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        out.append(parse_prompt_line(line, base, f"{path}:{n}"))
+    if not out:
+        raise PromptFileError(f"{path}: holds no prompt")
+    return out
