@@ -1,0 +1,72 @@
+"""Textual-inversion embedding files, in the layouts AUTOMATIC1111, ComfyUI and diffusers read (formats.md §7):
+
+- SDXL: safetensors `{"clip_l": [n, 768], "clip_g": [n, 1280]}` (kohya, diffusers' advanced script, LyCORIS);
+- SD 1.x / 2.x: safetensors with a single tensor `{"emb_params": [n, d]}` (kohya's layout; A1111 reads any single
+  tensor, ComfyUI takes the first value, diffusers' `load_textual_inversion` takes a single-key dict).
+
+Reading also accepts diffusers' `learned_embeds` (`{"<token>": [d]}`) and, only when asked (`allow_pickle`), A1111's
+`.pt` (`string_to_param["*"]`), loaded with torch's `weights_only` mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..utils.files import save_safetensors_atomic
+
+SDXL_KEYS = ("clip_l", "clip_g")
+SD_KEY = "emb_params"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def embedding_keys(family: str) -> tuple[str, ...]:
+    return SDXL_KEYS if family == "sdxl" else (SD_KEY,)
+
+
+def save_embeddings(
+    path: str | Path, family: str, vectors: list[torch.Tensor], metadata: dict[str, str] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """`vectors[i]` are the new rows [n, d_i] of text encoder i, in token order (`<s0>`, `<s1>`, ...)."""
+    keys = embedding_keys(family)
+    if len(vectors) != len(keys):
+        raise ValueError(f"{family} needs {len(keys)} embedding tensors ({', '.join(keys)}), got {len(vectors)}")
+    n = {v.shape[0] for v in vectors}
+    if len(n) != 1:
+        raise ValueError(f"every text encoder needs the same number of vectors, got {[v.shape for v in vectors]}")
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in zip(keys, vectors)}
+    save_safetensors_atomic(tensors, path, metadata=metadata)
+    return Path(path)
+
+
+def load_embeddings(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Return `{"clip_l": [n, d]}` (SD 1.x/2.x) or `{"clip_l": ..., "clip_g": ...}` (SDXL), 2-D tensors."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ValueError(f"{path} is a pickle-based file; allow pickle explicitly (--allow-pickle) to read it")
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        data = load_file(str(path))
+    if "string_to_param" in data:  # A1111's TI trainer
+        params = data["string_to_param"]
+        if len(params) != 1:
+            raise ValueError(f"{path}: A1111 embedding with {len(params)} terms; exactly one is supported")
+        return {"clip_l": _2d(next(iter(params.values())))}
+    if all(k in data for k in SDXL_KEYS):
+        return {k: _2d(data[k]) for k in SDXL_KEYS}
+    if SD_KEY in data:
+        return {"clip_l": _2d(data[SD_KEY])}
+    tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
+    if len(tensors) == 1:  # diffusers learned_embeds, or any single-tensor file
+        return {"clip_l": _2d(tensors[0])}
+    raise ValueError(f"{path}: not an embedding file (keys: {', '.join(list(data)[:6])})")
+
+
+def _2d(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().float()
+    return t.unsqueeze(0) if t.ndim == 1 else t
