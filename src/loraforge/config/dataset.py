@@ -1,54 +1,117 @@
-"""`[dataset]`: the training images and their captions."""
+"""`[dataset]`: the training images and their captions, buckets, caches and prior preservation.
+
+Sources (any combination, except that a kohya `config_file` stands alone): `instance_dir` (one folder),
+`train_data_dir` / `reg_data_dir` (kohya `N_name` subfolders), `[[dataset.subsets]]`, `dataset_name` (the `datasets`
+library) and, with `with_prior_preservation`, `class_data_dir`. None of them: the shipped demo images.
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, create_model, model_validator
 
 from .base import Section
 
 
 class DatasetConfig(Section):
+    # ------------------------------------------------------------------------------------------ sources
     instance_dir: str | None = Field(
         None,
         description=(
-            "Folder of training images (png, jpg, jpeg, webp, bmp). Unset: the sample images loraforge ships "
-            "(8 pictures of a toy robot with captions), for trying things."
+            "Folder of training images (png, jpg, jpeg, webp, bmp). No image source at all: the sample images "
+            "loraforge ships (8 pictures of a toy robot with captions), for trying things."
         ),
     )
     instance_prompt: str | None = Field(
         None,
         description=(
             "Caption for every image that has none (DreamBooth style), e.g. `a photo of sks dog`. Required when "
-            "some image has no caption."
+            "some image has no caption and its subset has no `class_tokens`."
         ),
     )
-    caption_extension: str = Field(
-        ".txt", description="Extension of sidecar caption files: `cat.png` is captioned by `cat.txt`."
+    train_data_dir: str | None = Field(
+        None,
+        description=(
+            "kohya folder layout: a folder of `N_name` subfolders (`10_sks dog`): each is a subset repeated N times "
+            "whose uncaptioned images get the caption `name`. Subfolders without a leading number are skipped with "
+            "a warning."
+        ),
+    )
+    reg_data_dir: str | None = Field(
+        None,
+        description=(
+            "Like `train_data_dir`, for regularisation images (`1_dog`): their loss is weighted by "
+            "`prior_loss_weight`, and they are repeated so that an epoch holds as many of them as training images."
+        ),
+    )
+    config_file: str | None = Field(
+        None,
+        description=(
+            "A kohya dataset TOML (`[general]`, `[[datasets]]`, `[[datasets.subsets]]`); see docs/data.md. Its "
+            "values win over this section's, which fill in what it leaves unset. Replaces the other image sources."
+        ),
+    )
+    dataset_name: str | None = Field(
+        None,
+        description=(
+            "A dataset of the `datasets` library: a hub id (`lambdalabs/naruto-blip-captions`) or a local "
+            "ImageFolder (images + `metadata.jsonl`)."
+        ),
+    )
+    dataset_config_name: str | None = Field(None, description="Configuration name of `dataset_name`, if it has several.")
+    dataset_split: str = Field("train", description="Split of `dataset_name` to train on.")
+    image_column: str = Field("image", description="Image column of `dataset_name`.")
+    caption_column: str = Field(
+        "auto",
+        description=(
+            "Caption column of `dataset_name` and of `metadata_file`. `auto` takes the first of `text`, `caption`, "
+            "`prompt` present."
+        ),
     )
     metadata_file: str = Field(
         "metadata.jsonl",
         description=(
-            "ImageFolder metadata in `instance_dir` (one JSON object a line with `file_name` and a caption column). "
-            "Used when present; it wins over sidecar files."
+            "ImageFolder metadata in an image folder (one JSON object a line with `file_name` and a caption "
+            "column). Used when present; it wins over sidecar files."
         ),
     )
-    caption_column: str = Field(
-        "auto",
-        description="Caption column of `metadata_file`. `auto` takes the first of `text`, `caption`, `prompt` present.",
+    caption_extension: str = Field(
+        ".txt",
+        description="Extension of sidecar caption files: `cat.png` is captioned by `cat.txt` (kohya's default is `.caption`).",
     )
-    repeats: int = Field(1, ge=1, description="Each image (with its caption) appears this many times per epoch.")
+    repeats: int = Field(
+        1, ge=1, description="Each image (with its caption) appears this many times per epoch (kohya `num_repeats`)."
+    )
+    # ------------------------------------------------------------------------------------------ prior preservation
+    with_prior_preservation: bool = Field(
+        False,
+        description=(
+            "DreamBooth prior preservation: train on the class images of `class_data_dir` too (captioned "
+            "`class_prompt`), their loss weighted by `prior_loss_weight`. Missing class images are generated first."
+        ),
+    )
+    class_data_dir: str | None = Field(None, description="Folder of class images for `with_prior_preservation`.")
+    class_prompt: str | None = Field(
+        None, description="Prompt of the class images (`a photo of a dog`); their caption unless a sidecar file has one."
+    )
+    num_class_images: int = Field(
+        100, ge=1, description="Class images wanted; missing ones are generated from `class_prompt`, extra ones unused."
+    )
+    prior_loss_weight: float = Field(
+        1.0, ge=0.0, description="Loss weight of class and regularisation images (training images weigh 1)."
+    )
+    # ------------------------------------------------------------------------------------------ images
     resolution: int | None = Field(
         None,
         ge=64,
         description=(
-            "Training size in pixels (square), a multiple of 8. Unset: the family's native size "
-            "(512 SD 1.5, 768 SD 2.x, 1024 SDXL; 64 for the embedded tiny models)."
+            "Training size in pixels (square; the bucket area with `enable_bucket`), a multiple of 8. Unset: the "
+            "family's native size (512 SD 1.5, 768 SD 2.x, 1024 SDXL; 64 for the embedded tiny models)."
         ),
     )
     center_crop: bool = Field(
-        True, description="Crop the center after resizing the short side to `resolution`; false: a random crop."
+        True, description="Crop the center after resizing to cover the training size; false: a random crop."
     )
-    random_flip: bool = Field(False, description="Flip images horizontally at random (p = 0.5).")
+    random_flip: bool = Field(False, description="Flip images horizontally at random (p = 0.5); kohya `flip_aug`.")
     min_image_size: int | None = Field(
         None,
         ge=1,
@@ -61,3 +124,190 @@ class DatasetConfig(Section):
             "skipped (and listed) instead."
         ),
     )
+    # ------------------------------------------------------------------------------------------ buckets
+    enable_bucket: bool = Field(
+        False,
+        description=(
+            "Aspect-ratio buckets: each image goes to the bucket (w × h of about `resolution`² pixels) closest to "
+            "its aspect ratio, is resized to cover it and cropped; a batch holds one bucket."
+        ),
+    )
+    min_bucket_reso: int | None = Field(
+        None, ge=8, description="Smallest bucket side. Unset: half of `resolution` (kohya: 256)."
+    )
+    max_bucket_reso: int | None = Field(
+        None, ge=8, description="Largest bucket side. Unset: twice `resolution` (kohya: 1024)."
+    )
+    bucket_reso_steps: int = Field(
+        64, ge=8, description="Bucket sides are multiples of this (a multiple of 8; 32 is common for SDXL)."
+    )
+    bucket_no_upscale: bool = Field(
+        False,
+        description=(
+            "Never upscale: an image gets a bucket of its own size (shrunk to `resolution`² pixels if larger) "
+            "rounded down to `bucket_reso_steps`; `min/max_bucket_reso` are then ignored."
+        ),
+    )
+    # ------------------------------------------------------------------------------------------ captions
+    caption_prefix: str | None = Field(None, description="Text put before every caption (joined with a space).")
+    caption_suffix: str | None = Field(None, description="Text put after every caption (joined with a space).")
+    caption_dropout_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Probability that a sample's caption is left empty (unconditional training)."
+    )
+    caption_dropout_every_n_epochs: int = Field(
+        0, ge=0, description="Empty every caption in every N-th epoch (epochs counted from 1). 0: never."
+    )
+    caption_tag_dropout_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Probability that each tag (not kept by `keep_tokens`) is dropped."
+    )
+    enable_wildcard: bool = Field(
+        False,
+        description=(
+            "`{a|b|c}` in a caption becomes one of a, b, c at random each step (`{{`/`}}` for literal braces), and "
+            "a caption file of several lines gives one random line. Off: only the first line is used."
+        ),
+    )
+    keep_tokens: int = Field(
+        0, ge=0, description="The first N tags stay in front, never shuffled or dropped (with `shuffle_caption`)."
+    )
+    keep_tokens_separator: str | None = Field(
+        None,
+        description=(
+            "A marker (`|||`) that ends the fixed part instead of `keep_tokens`: `a, b ||| c, d ||| e` keeps "
+            "`a, b` first and `e` last and shuffles/drops only `c, d`. The marker never reaches the text encoder."
+        ),
+    )
+    shuffle_caption: bool = Field(False, description="Shuffle the tags of each caption every step.")
+    caption_separator: str = Field(",", description="What separates tags, for shuffling and dropping.")
+    secondary_separator: str | None = Field(
+        None,
+        description="A separator (`;;;`) inside a tag that is kept together, replaced by `caption_separator` at the end.",
+    )
+    # ------------------------------------------------------------------------------------------ caches
+    cache_latents: bool = Field(
+        False,
+        description=(
+            "Encode every image with the VAE once before training and keep the latent distributions in memory. "
+            "Needs `center_crop`; with `random_flip` both orientations are cached."
+        ),
+    )
+    cache_latents_to_disk: bool = Field(
+        False,
+        description=(
+            "Like `cache_latents`, kept on disk (safetensors in the VAE's precision, one file per image, bucket, "
+            "crop, flip and VAE) and reused by later runs; a changed image or setting gets a new entry."
+        ),
+    )
+    cache_text_encoder_outputs: bool = Field(
+        False,
+        description=(
+            "Encode every caption once with the frozen text encoder(s) and keep the outputs in memory. Not with "
+            "captions that change per step (shuffle, dropout, wildcards) nor a trained text encoder."
+        ),
+    )
+    cache_text_encoder_outputs_to_disk: bool = Field(
+        False, description="Like `cache_text_encoder_outputs`, kept on disk and reused by later runs."
+    )
+    vae_batch_size: int = Field(1, ge=1, description="Images per VAE call when caching latents.")
+    cache_dir: str | None = Field(
+        None,
+        description=(
+            "Folder of the disk caches. Unset: `.loraforge_cache/` inside each image folder (or in the loraforge "
+            "home for `dataset_name` images without a local file)."
+        ),
+    )
+    # ------------------------------------------------------------------------------------------ subsets
+    subsets: list["SubsetConfig"] = Field(
+        default_factory=list,
+        description="Folders of images with their own settings, as `[[dataset.subsets]]` tables (see below).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DatasetConfig":
+        problems = []
+        if self.config_file:
+            others = [k for k in ("instance_dir", "train_data_dir", "reg_data_dir", "dataset_name") if getattr(self, k)]
+            others += ["subsets"] if self.subsets else []
+            if others:
+                problems.append(
+                    f"dataset.config_file describes every image folder; remove {', '.join('dataset.' + o for o in others)}"
+                    " or list them in the config file"
+                )
+        if self.with_prior_preservation:
+            missing = [k for k in ("class_data_dir", "class_prompt") if not getattr(self, k)]
+            if missing:
+                problems.append(
+                    f"dataset.with_prior_preservation needs {' and '.join('dataset.' + m for m in missing)}"
+                )
+        elif self.class_data_dir or self.class_prompt:
+            problems.append(
+                "dataset.class_data_dir / dataset.class_prompt are only used with dataset.with_prior_preservation = "
+                "true; set it, or remove them"
+            )
+        if self.resolution is not None and self.enable_bucket and not self.bucket_no_upscale:
+            steps = self.bucket_reso_steps
+            problems += bucket_problems(self.resolution, self.min_bucket_reso, self.max_bucket_reso, steps, "dataset.")
+        if self.bucket_reso_steps % 8:
+            problems.append(f"dataset.bucket_reso_steps = {self.bucket_reso_steps} is not a multiple of 8")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def default_bucket_limits(resolution: int, min_reso: int | None, max_reso: int | None, steps: int) -> tuple[int, int]:
+    """`min/max_bucket_reso`, with unset ones derived from the resolution (half and twice, on the step grid)."""
+    lo = min_reso if min_reso is not None else max(steps, resolution // 2 // steps * steps)
+    hi = max_reso if max_reso is not None else resolution * 2 // steps * steps
+    return lo, hi
+
+
+def bucket_problems(resolution, min_reso, max_reso, steps, prefix="") -> list[str]:
+    """What is wrong with a bucket setting (kohya's rules): sides on the step grid and `min <= resolution <= max`."""
+    res = resolution if isinstance(resolution, (tuple, list)) else (resolution, resolution)
+    lo, hi = default_bucket_limits(min(res), min_reso, max_reso, steps)
+    out = []
+    for name, v in (("min_bucket_reso", lo), ("max_bucket_reso", hi)):
+        if v % steps:
+            out.append(f"{prefix}{name} = {v} is not a multiple of {prefix}bucket_reso_steps = {steps}")
+    if lo > min(res):
+        out.append(f"{prefix}min_bucket_reso = {lo} is larger than the resolution {min(res)}; lower it")
+    if hi < max(res):
+        out.append(f"{prefix}max_bucket_reso = {hi} is smaller than the resolution {max(res)}; raise it")
+    return out
+
+
+# Options a subset can set for itself; unset, it takes the `[dataset]` value.
+SUBSET_OVERRIDABLE = (
+    "caption_extension", "center_crop", "random_flip",
+    "caption_prefix", "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs",
+    "caption_tag_dropout_rate", "enable_wildcard", "keep_tokens", "keep_tokens_separator", "shuffle_caption",
+    "caption_separator", "secondary_separator",
+)
+
+
+def _optional(name: str):
+    f = DatasetConfig.model_fields[name]
+    bounds = {a: getattr(m, a) for m in f.metadata for a in ("ge", "gt", "le", "lt") if getattr(m, a, None) is not None}
+    return (f.annotation | None, Field(None, description=f"This subset's `{name}`; unset: the `[dataset]` value.", **bounds))
+
+
+SubsetConfig = create_model(
+    "SubsetConfig",
+    __base__=Section,
+    __doc__="`[[dataset.subsets]]`: one folder of images with its own repeats, captions and flags.",
+    image_dir=(str, Field(..., description="Folder of the subset's images.")),
+    num_repeats=(
+        int | None,
+        Field(None, ge=1, description="Times each image appears per epoch. Unset: `[dataset].repeats`."),
+    ),
+    class_tokens=(
+        str | None,
+        Field(None, description="Caption of images without a caption file. Unset: `[dataset].instance_prompt`."),
+    ),
+    is_reg=(
+        bool,
+        Field(False, description="Regularisation images: loss weighted by `prior_loss_weight`, balanced in number."),
+    ),
+    **{name: _optional(name) for name in SUBSET_OVERRIDABLE},
+)
+DatasetConfig.model_rebuild()

@@ -61,9 +61,19 @@ def render_config_docs() -> str:
     for name, field in TrainConfig.model_fields.items():
         section: type[BaseModel] = field.annotation  # type: ignore[assignment]
         lines += [f"## `[{name}]`", "", (section.__doc__ or "").strip().split("\n")[0], ""]
-        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
-        for key, f in section.model_fields.items():
-            desc = (f.description or "").replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{key}` | {_type_name(f.annotation)}{_bounds(f)} | {_default(f)} | {desc} |")
-        lines.append("")
+        lines += _table(section)
+        for key, f in section.model_fields.items():  # lists of tables, e.g. [[dataset.subsets]]
+            inner = typing.get_args(f.annotation)[0] if typing.get_origin(f.annotation) is list else None
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                lines += [f"### `[[{name}.{key}]]`", "", (inner.__doc__ or "").strip().split("\n")[0], ""]
+                lines += _table(inner)
     return "\n".join(lines)
+
+
+def _table(section: type[BaseModel]) -> list[str]:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, f in section.model_fields.items():
+        desc = (f.description or "").replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{key}` | {_type_name(f.annotation)}{_bounds(f)} | {_default(f)} | {desc} |")
+    lines.append("")
+    return lines

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ def _section_model(loc: tuple) -> tuple[type[BaseModel], str | None]:
             continue
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
+        if typing.get_origin(ann) is list:  # a list of tables, e.g. [[dataset.subsets]]
+            ann = typing.get_args(ann)[0]
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:

@@ -1,39 +1,127 @@
-"""From `[dataset]` to what the training loop iterates: items (checked), the dataset, its sampler and loader."""
+"""From `[dataset]` to what the training loop iterates: items (checked), the dataset, its bucket batch sampler and
+loader, and (once a model is there) the latent and text-encoder caches."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
+from .buckets import BucketBatchSampler
+from .cache import CacheContext, fill_latent_cache, fill_text_cache
 from .check import validate_items
-from .dataset import EpochShuffleSampler, ImageCaptionDataset, collate
-from .sources import ImageItem, collect_items
+from .dataset import ImageCaptionDataset, collate
+from .errors import DataError
+from .sources import ImageItem
+from .subsets import DataPlan, Subset, collect_all
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainData:
     items: list[ImageItem]
     dataset: ImageCaptionDataset
-    sampler: EpochShuffleSampler
+    sampler: BucketBatchSampler
     dataloader: torch.utils.data.DataLoader
     run_info: dict = field(default_factory=dict)  # for the ss_* metadata
+    plan: DataPlan | None = None
+    cfg: object = None
 
     def describe(self) -> str:
-        folders = ", ".join(self.run_info.get("dataset_dirs", {}))
-        return f"{len(self.items)} images × {self.dataset.repeats} repeats from {folders}"
+        info = self.run_info
+        text = (f"{info.get('num_train_images', len(self.items))} images ({len(self.dataset)} samples per epoch with "
+                f"repeats) from {', '.join(info.get('dataset_dirs', {}))}")
+        if info.get("num_reg_images"):
+            text += f", {info['num_reg_images']} of them regularisation/class images"
+        text += f"; {len(self.sampler)} batches per epoch"
+        if info.get("bucket_info"):
+            text += ", buckets " + ", ".join(f"{k}: {v}" for k, v in info["bucket_info"].items())
+        return text
+
+    @property
+    def wants_latent_cache(self) -> bool:
+        d = self.cfg.dataset
+        return d.cache_latents or d.cache_latents_to_disk
+
+    @property
+    def wants_text_cache(self) -> bool:
+        d = self.cfg.dataset
+        return d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk
+
+    def fill_caches(self, ctx: CacheContext) -> dict:
+        """Fill the requested caches with the model in `ctx`; returns hit/miss counts per cache."""
+        stats = {}
+        if self.wants_latent_cache:
+            c = fill_latent_cache(self.dataset, self.cfg.dataset, ctx)
+            stats["latents"] = {"hits": c.hits, "misses": c.misses}
+        if self.wants_text_cache:
+            c = fill_text_cache(self.dataset, self.cfg.dataset, ctx)
+            stats["text"] = {"hits": c.hits, "misses": c.misses}
+        return stats
 
 
-def build_train_data(cfg, resolution: int) -> TrainData:
-    """`cfg` is the whole `TrainConfig` (dataset, batch size, workers, seed)."""
+def check_cache_options(cfg, subsets: list[Subset], text_replacements: dict | None = None) -> None:
+    """Refuse caches that would be stale: random crops with cached latents; captions that vary per step, a trained
+    text encoder or pivotal tuning with cached text-encoder outputs."""
+    d = cfg.dataset
+    if d.cache_latents or d.cache_latents_to_disk:
+        crops = [s.name for s in subsets if s.random_crop]
+        if crops:
+            opt = "dataset.cache_latents_to_disk" if d.cache_latents_to_disk else "dataset.cache_latents"
+            raise DataError(
+                f"{opt} cannot be combined with random crops (dataset.center_crop = false, or kohya random_crop, in "
+                f"{', '.join(crops)}): the crop changes every step and a cached latent has one; set center_crop = "
+                f"true or turn {opt} off",
+            )
+    if not (d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk):
+        return
+    opt = "dataset.cache_text_encoder_outputs" + ("_to_disk" if d.cache_text_encoder_outputs_to_disk else "")
+    conflicts: dict[str, str] = {}
+    for s in subsets:
+        for name in s.captions.varying():
+            conflicts.setdefault(f"dataset.{name}", s.name)
+    why = "the captions change from step to step"
+    if cfg.network.train_text_encoder:
+        conflicts["network.train_text_encoder"] = ""
+        why = "the text encoder's outputs change as it trains"
+    if getattr(cfg.training, "train_text_encoder_ti", False):
+        conflicts["training.train_text_encoder_ti"] = ""
+        why = "pivotal tuning trains new token embeddings, which changes the text encoder's outputs"
+    if conflicts:
+        names = ", ".join(conflicts)
+        raise DataError(
+            f"{opt} cannot be combined with {names}: {why}, so cached outputs would be stale; turn {opt} off, or "
+            f"turn off {names}",
+            [f"{k} is set" + (f" (in {v})" if v else "") for k, v in conflicts.items()],
+        )
+
+
+def build_train_data(cfg, resolution: int, text_replacements: dict | None = None,
+                     cache_context: CacheContext | None = None) -> TrainData:
+    """`cfg` is the whole `TrainConfig` (dataset, batch size, workers, seed). `text_replacements` are applied to
+    every caption as the last step (pivotal tuning's `{"TOK": "<s0><s1>"}`). With `cache_context` the requested
+    caches are filled before returning; otherwise `TrainData.fill_caches` does it later (the trainer's caching
+    phase)."""
     d, t = cfg.dataset, cfg.training
-    items = validate_items(collect_items(d), d, resolution)
-    dataset = ImageCaptionDataset(items, resolution, d.center_crop, d.random_flip, d.repeats, t.seed)
-    sampler = EpochShuffleSampler(len(dataset), t.seed)
+    plan = collect_all(cfg, resolution)
+    plan.items = validate_items(plan.items, d, resolution)
+    check_cache_options(cfg, plan.subsets, text_replacements)
+    dataset = ImageCaptionDataset(
+        plan.items, resolution, seed=t.seed, subsets=plan.subsets, groups=plan.groups,
+        prior_loss_weight=d.prior_loss_weight, text_replacements=text_replacements,
+    )
+    empty = [str(dataset.items[i].path) for i, b in enumerate(dataset.item_buckets) if min(b) <= 0]
+    if empty:
+        raise DataError("image(s) smaller than dataset.bucket_reso_steps get an empty bucket with "
+                        "bucket_no_upscale; remove them or lower bucket_reso_steps", empty)
+    if len(dataset) == 0:
+        raise DataError("the dataset has no training images (regularisation images alone cannot be trained on)")
+    sampler = BucketBatchSampler(dataset.bucket_keys(), dataset.batch_sizes(), t.seed)
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=t.batch_size,
-        sampler=sampler,
+        batch_sampler=sampler,
         collate_fn=collate,
         num_workers=t.dataloader_num_workers,
         persistent_workers=t.dataloader_num_workers > 0,
@@ -41,6 +129,12 @@ def build_train_data(cfg, resolution: int) -> TrainData:
         # timesteps come from, or a resumed run would drift from an uninterrupted one.
         generator=torch.Generator().manual_seed(t.seed),
     )
-    folder = str(items[0].path.parent)
-    info = {"num_train_images": len(items), "dataset_dirs": {folder: {"n_repeats": d.repeats, "img_count": len(items)}}}
-    return TrainData(items, dataset, sampler, loader, info)
+    info = plan.run_info()
+    if any(g.buckets.enable for g in plan.groups):
+        info["bucket_info"] = sampler.summary()
+    if info["num_reg_images"]:
+        info["ss_prior_loss_weight"] = d.prior_loss_weight
+    data = TrainData(plan.items, dataset, sampler, loader, info, plan, cfg)
+    if cache_context is not None:
+        data.fill_caches(cache_context)
+    return data

@@ -17,7 +17,7 @@ def validate_items(items: list[ImageItem], cfg: DatasetConfig, resolution: int) 
     min_size = cfg.min_image_size if cfg.min_image_size is not None else resolution // 2
     good, problems = [], []
     for item in items:
-        problem = check_image(item.path, min_size)
+        problem = check_image(item.path, min_size, item.data)
         if problem is None:
             good.append(item)
         else:

@@ -1,5 +1,10 @@
-"""The training dataset: items × repeats, with per-sample randomness derived from (seed, epoch, index) so that a
-resumed run sees exactly the crops and flips an uninterrupted run would have seen."""
+"""The training dataset: items × repeats (regularisation images balanced against the training images), each in
+its aspect bucket, with per-sample randomness derived from (seed, epoch, index) so that a resumed run sees exactly
+the crops, flips and captions an uninterrupted run would have seen.
+
+A sample is addressed by `index` or by `(epoch, index)` (what `BucketBatchSampler` yields, so that worker
+processes started in an earlier epoch still know the current one).
+"""
 
 from __future__ import annotations
 
@@ -9,63 +14,201 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import load_rgb, resize_and_crop, to_tensor
+from .buckets import BucketManager, BucketSettings
+from .captions import CaptionOptions, process_caption
+from .errors import DataError
+from .images import center_crop_offset, load_rgb, probe_size, resize_and_crop, to_tensor
 from .sources import ImageItem
+from .subsets import Group, Subset
 
 
 @dataclass
 class Example:
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor | None  # None when the latents come from the cache
     caption: str
-    original_size: tuple[int, int]  # (h, w) before resizing
-    crop_top_left: tuple[int, int]
+    original_size: tuple[int, int]  # (h, w) of the file
+    crop_top_left: tuple[int, int]  # (top, left) in the resized image
+    target_size: tuple[int, int] = (0, 0)  # (h, w) of the bucket
+    is_reg: bool = False
+    loss_weight: float = 1.0
+    latent_seed: int = 0  # seeds the sample drawn from the VAE's latent distribution
+    latents: torch.Tensor | None = None  # scaled, from the latent cache
+    prompt_embeds: torch.Tensor | None = None  # from the text-encoder cache
+    pooled: torch.Tensor | None = None
+
+
+def balanced_repeats(items: list[ImageItem], subsets: list[Subset]) -> list[int]:
+    """Times each item appears per epoch: its subset's `num_repeats`; regularisation items are registered
+    round-robin (then given one more repeat each, round-robin) until there are as many of them as training samples,
+    as sd-scripts does, so unused regularisation images get 0."""
+    counts = [0] * len(items)
+    train = 0
+    for i, it in enumerate(items):
+        if not subsets[it.subset].is_reg:
+            counts[i] = subsets[it.subset].num_repeats
+            train += counts[i]
+    reg = [i for i, it in enumerate(items) if subsets[it.subset].is_reg]
+    n, first = 0, True
+    while reg and n < train:
+        for i in reg:
+            add = subsets[items[i].subset].num_repeats if first else 1
+            counts[i] += add
+            n += add
+            if n >= train:
+                break
+        first = False
+    return counts
 
 
 class ImageCaptionDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         items: list[ImageItem],
-        resolution: int,
+        resolution: int | tuple[int, int] = 512,
         center_crop: bool = True,
         random_flip: bool = False,
         repeats: int = 1,
         seed: int = 0,
+        *,
+        subsets: list[Subset] | None = None,
+        groups: list[Group] | None = None,
+        prior_loss_weight: float = 1.0,
+        text_replacements: dict[str, str] | None = None,
     ):
+        res = resolution if isinstance(resolution, tuple) else (resolution, resolution)
         self.items = items
         self.resolution = resolution
-        self.center_crop = center_crop
-        self.random_flip = random_flip
         self.repeats = repeats
         self.seed = seed
         self.epoch = 0
+        self.subsets = subsets or [
+            Subset("items", None, repeats, False, CaptionOptions(), random_flip, not center_crop)
+        ]
+        self.groups = groups or [Group(BucketSettings(res), 1)]
+        self.prior_loss_weight = prior_loss_weight
+        self.text_replacements = dict(text_replacements or {})
+        self.managers = [BucketManager(g.buckets) for g in self.groups]
+        self.counts = balanced_repeats(items, self.subsets)
+        self.index = [i for i, n in enumerate(self.counts) for _ in range(n)]
+        self._sizes: dict[int, tuple[int, int]] = {}
+        self.item_buckets = [self._bucket(i) for i in range(len(items))]
+        self.latent_cache = None  # set by `data.cache.fill_caches`
+        self.text_cache = None
 
+    # ------------------------------------------------------------------------------------------ items
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.items) * self.repeats
+        return len(self.index)
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index])
+    def subset_of(self, item_index: int) -> Subset:
+        return self.subsets[self.items[item_index].subset]
 
-    def __getitem__(self, index: int) -> Example:
-        item = self.items[index % len(self.items)]
-        rng = self.rng(index)
-        img = load_rgb(item.path)
+    def size_of(self, item_index: int) -> tuple[int, int]:
+        """(w, h) of an item's image as displayed (header only, remembered)."""
+        if item_index not in self._sizes:
+            it = self.items[item_index]
+            self._sizes[item_index] = probe_size(it.path, it.data)
+        return self._sizes[item_index]
+
+    def _bucket(self, item_index: int) -> tuple[int, int]:
+        group = self.subset_of(item_index).group
+        manager = self.managers[group]
+        if not manager.s.enable:
+            return manager.s.resolution
+        return manager.select(*self.size_of(item_index))
+
+    def bucket_keys(self) -> list[tuple[int, tuple[int, int]]]:
+        """(group, bucket (w, h)) of every sample: what `BucketBatchSampler` groups by."""
+        return [(self.subset_of(i).group, self.item_buckets[i]) for i in self.index]
+
+    def batch_sizes(self) -> dict[int, int]:
+        return {g: grp.batch_size for g, grp in enumerate(self.groups)}
+
+    # ------------------------------------------------------------------------------------------ randomness
+    def rng(self, index: int, epoch: int | None = None, stream: int | None = None) -> np.random.Generator:
+        key = [self.seed, self.epoch if epoch is None else epoch, index]
+        return np.random.default_rng(key + ([stream] if stream is not None else []))
+
+    def latent_seed(self, index: int, epoch: int) -> int:
+        return int(self.rng(index, epoch, 2).integers(2**62))
+
+    def caption(self, index: int, epoch: int | None = None) -> str:
+        epoch = self.epoch if epoch is None else epoch
+        item = self.items[self.index[index]]
+        opts = self.subsets[item.subset].captions
+        return process_caption(item.caption, opts, self.rng(index, epoch, 1), epoch, self.text_replacements)
+
+    def static_caption(self, item_index: int) -> str:
+        """The caption of an item whose captions never vary (what the text-encoder cache stores)."""
+        item = self.items[item_index]
+        opts = self.subsets[item.subset].captions
+        return process_caption(item.caption, opts, np.random.default_rng(0), 0, self.text_replacements)
+
+    # ------------------------------------------------------------------------------------------ pixels
+    def render(self, item_index: int, flip: bool, rng: np.random.Generator | None = None):
+        """The training pixels of an item: resized to cover its bucket, cropped (center unless the subset crops at
+        random and `rng` is given), flipped. Returns (tensor, original (h, w), crop (top, left))."""
+        item = self.items[item_index]
+        bw, bh = self.item_buckets[item_index]
+        img = load_rgb(item.path, item.data)
         original = (img.height, img.width)
-        img, crop = resize_and_crop(img, (self.resolution, self.resolution), self.center_crop, rng)
-        if self.random_flip and rng.random() < 0.5:
+        random_crop = self.subset_of(item_index).random_crop and rng is not None
+        img, crop = resize_and_crop(img, (bw, bh), not random_crop, rng)
+        if flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return Example(to_tensor(img), item.caption, original, crop)
+        return to_tensor(img), original, crop
+
+    def __getitem__(self, key) -> Example:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        item_index = self.index[index]
+        item, sub = self.items[item_index], self.subset_of(item_index)
+        bw, bh = self.item_buckets[item_index]
+        rng = self.rng(index, epoch)
+        ex = Example(
+            None, self.caption(index, epoch), (0, 0), (0, 0), (bh, bw), sub.is_reg,
+            self.prior_loss_weight if sub.is_reg else 1.0, self.latent_seed(index, epoch),
+        )
+        if self.latent_cache is not None:
+            # Center crop only (random crops are refused with the cache): the flip is the generator's first draw,
+            # as in the branch below, so a cached run flips the same samples as an uncached one.
+            flip = sub.random_flip and rng.random() < 0.5
+            w, h = self.size_of(item_index)
+            ex.original_size, ex.crop_top_left = (h, w), center_crop_offset((w, h), (bw, bh))
+            ex.latents = self.latent_cache.latents_for(self, item_index, flip, ex.latent_seed)
+        else:
+            random_crop = sub.random_crop
+            img = load_rgb(item.path, item.data)
+            ex.original_size = (img.height, img.width)
+            img, ex.crop_top_left = resize_and_crop(img, (bw, bh), not random_crop, rng)
+            if sub.random_flip and rng.random() < 0.5:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            ex.pixel_values = to_tensor(img)
+        if self.text_cache is not None:
+            ex.prompt_embeds, ex.pooled = self.text_cache.outputs_for(self, item_index, ex.caption)
+        return ex
 
 
 def collate(examples: list[Example]) -> dict:
-    return {
-        "pixel_values": torch.stack([e.pixel_values for e in examples]),
+    sizes = {e.target_size for e in examples}
+    if len(sizes) > 1:
+        raise DataError(f"a batch mixes bucket sizes {sorted(sizes)}; batches must come from one bucket")
+    batch = {
         "captions": [e.caption for e in examples],
         "original_sizes": [e.original_size for e in examples],
         "crops_top_left": [e.crop_top_left for e in examples],
+        "target_size": examples[0].target_size,
+        "loss_weights": torch.tensor([e.loss_weight for e in examples], dtype=torch.float32),
+        "is_reg": torch.tensor([e.is_reg for e in examples], dtype=torch.bool),
+        "latent_seeds": [e.latent_seed for e in examples],
     }
+    for key, attr in (("pixel_values", "pixel_values"), ("latents", "latents"), ("prompt_embeds", "prompt_embeds"),
+                      ("pooled", "pooled")):
+        values = [getattr(e, attr) for e in examples]
+        if all(v is not None for v in values):
+            batch[key] = torch.stack(values)
+    return batch
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):

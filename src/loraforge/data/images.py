@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,28 @@ class ImageProblem:
         return f"{self.path}: {self.reason}"
 
 
-def check_image(path: Path, min_size: int) -> ImageProblem | None:
+def _open(path: Path, data: bytes | None = None):
+    """A PIL image from a file, or from the bytes of an image held in memory (`datasets` rows)."""
+    return Image.open(io.BytesIO(data) if data is not None else path)
+
+
+def file_bytes(path: Path, data: bytes | None = None) -> bytes:
+    return data if data is not None else Path(path).read_bytes()
+
+
+def probe_size(path: Path, data: bytes | None = None) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF orientation applied), from the header only."""
+    with _open(path, data) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90° or 270°
+            w, h = h, w
+    return w, h
+
+
+def check_image(path: Path, min_size: int, data: bytes | None = None) -> ImageProblem | None:
     """Open and fully decode the image; None if it is usable."""
     try:
-        with Image.open(path) as im:
+        with _open(path, data) as im:
             im.load()
             w, h = ImageOps.exif_transpose(im).size
     except Exception as e:  # PIL raises many kinds for broken files
@@ -31,14 +50,27 @@ def check_image(path: Path, min_size: int) -> ImageProblem | None:
     return None
 
 
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
+def load_rgb(path: Path, data: bytes | None = None) -> Image.Image:
+    with _open(path, data) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
             return Image.alpha_composite(bg, im).convert("RGB")
         return im.convert("RGB")
+
+
+def cover_size(image: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(w, h) of the image scaled (keeping its aspect ratio) to just cover `size` (w, h)."""
+    (w, h), (tw, th) = image, size
+    scale = max(tw / w, th / h)
+    return max(tw, round(w * scale)), max(th, round(h * scale))
+
+
+def center_crop_offset(image: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of the center crop `resize_and_crop` takes, from the sizes alone (no decoding)."""
+    nw, nh = cover_size(image, size)
+    return (nh - size[1]) // 2, (nw - size[0]) // 2
 
 
 def resize_and_crop(
@@ -48,8 +80,7 @@ def resize_and_crop(
     scaled image (what SDXL's crop conditioning wants)."""
     tw, th = size
     w, h = img.size
-    scale = max(tw / w, th / h)
-    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
+    nw, nh = cover_size((w, h), size)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.LANCZOS)
     if center:

@@ -1,5 +1,5 @@
-"""Where images and captions come from: an instance folder, with captions from an ImageFolder `metadata.jsonl`,
-from sidecar text files, or from the instance prompt."""
+"""Where images and captions come from: image folders, with captions from an ImageFolder `metadata.jsonl`, from
+sidecar text files, or from a fallback (the instance prompt, a subset's class tokens, the class prompt)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,15 @@ DEMO_INSTANCE_PROMPT = "a photo of sks robot"
 
 @dataclass(frozen=True)
 class ImageItem:
-    path: Path
+    path: Path  # for `datasets` rows without a file: a name like `hub:<dataset>/<row>` (for messages)
     caption: str
-    caption_source: str  # "metadata", "sidecar" or "instance_prompt"
+    caption_source: str  # "metadata", "sidecar", "instance_prompt", "class_tokens", "class_prompt" or "dataset"
+    subset: int = 0  # index into the run's subsets
+    data: bytes | None = None  # the encoded image, for `datasets` rows that have no local file
+
+    @property
+    def is_file(self) -> bool:
+        return self.data is None
 
 
 def demo_dir() -> Path:
@@ -30,6 +36,13 @@ def demo_dir() -> Path:
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def pick_caption_column(row: dict, column: str) -> str:
+    """The caption column of one row: `column`, or with `auto` the first of text/caption/prompt present."""
+    if column != "auto":
+        return column
+    return next((c for c in CAPTION_COLUMNS if c in row), "")
 
 
 def _read_metadata(path: Path, column: str) -> dict[str, str]:
@@ -46,9 +59,7 @@ def _read_metadata(path: Path, column: str) -> dict[str, str]:
         if "file_name" not in row:
             problems.append(f"{path}:{n}: no 'file_name' field")
             continue
-        col = column
-        if col == "auto":
-            col = next((c for c in CAPTION_COLUMNS if c in row), "")
+        col = pick_caption_column(row, column)
         if col and col in row and row[col] is not None:
             captions[str(row["file_name"])] = str(row[col]).strip()
         elif column != "auto":
@@ -58,41 +69,74 @@ def _read_metadata(path: Path, column: str) -> dict[str, str]:
     return captions
 
 
-def collect_items(cfg: DatasetConfig) -> list[ImageItem]:
-    """Every image of the dataset with its caption. Raises `DataError` naming what is missing."""
-    folder = Path(cfg.instance_dir).expanduser() if cfg.instance_dir else demo_dir()
-    instance_prompt = cfg.instance_prompt
-    if cfg.instance_dir is None and instance_prompt is None:
-        instance_prompt = DEMO_INSTANCE_PROMPT
+def read_caption_file(path: Path, all_lines: bool) -> str:
+    """A sidecar caption: its first non-empty line, or every line (for wildcards, which pick one per step)."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return "\n".join(lines) if all_lines else lines[0]
+
+
+def collect_folder(
+    folder: Path,
+    *,
+    caption_extension: str,
+    metadata_file: str,
+    caption_column: str,
+    fallback: str | None,
+    fallback_source: str,
+    subset: int = 0,
+    all_lines: bool = False,
+    what: str = "dataset.instance_dir",
+) -> tuple[list[ImageItem], list[Path]]:
+    """The images of one folder with their captions, and the images that have none."""
     if not folder.is_dir():
-        raise DataError(f"dataset.instance_dir = {str(folder)!r}: no such folder")
+        raise DataError(f"{what} = {str(folder)!r}: no such folder")
     images = list_images(folder)
     if not images:
-        raise DataError(
-            f"dataset.instance_dir = {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-        )
-    meta_path = folder / cfg.metadata_file
-    metadata = _read_metadata(meta_path, cfg.caption_column) if meta_path.is_file() else {}
+        raise DataError(f"{what} = {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    meta_path = folder / metadata_file
+    metadata = _read_metadata(meta_path, caption_column) if meta_path.is_file() else {}
     items, uncaptioned = [], []
     for img in images:
-        if img.name in metadata and metadata[img.name]:
-            items.append(ImageItem(img, metadata[img.name], "metadata"))
+        if metadata.get(img.name):
+            items.append(ImageItem(img, metadata[img.name], "metadata", subset))
             continue
-        sidecar = img.with_suffix(cfg.caption_extension)
-        if sidecar.is_file():
-            text = sidecar.read_text(encoding="utf-8").strip().splitlines()
-            if text and text[0].strip():
-                items.append(ImageItem(img, text[0].strip(), "sidecar"))
-                continue
-        if instance_prompt:
-            items.append(ImageItem(img, instance_prompt, "instance_prompt"))
+        sidecar = img.with_suffix(caption_extension)
+        text = read_caption_file(sidecar, all_lines) if sidecar.is_file() else ""
+        if text:
+            items.append(ImageItem(img, text, "sidecar", subset))
+        elif fallback:
+            items.append(ImageItem(img, fallback, fallback_source, subset))
         else:
             uncaptioned.append(img)
+    return items, uncaptioned
+
+
+def uncaptioned_error(uncaptioned: list[Path], caption_extension: str, metadata_file: str, fix: str) -> DataError:
+    return DataError(
+        f"{len(uncaptioned)} image(s) have no caption ({caption_extension} sidecar or {metadata_file} entry); "
+        f"{fix}, or add captions",
+        [str(p) for p in uncaptioned[:20]],
+    )
+
+
+def collect_items(cfg: DatasetConfig) -> list[ImageItem]:
+    """The images of `instance_dir` (or of the demo folder) with their captions. Raises `DataError` naming what is
+    missing. (All sources together: `data.subsets.collect_all`.)"""
+    folder = Path(cfg.instance_dir).expanduser() if cfg.instance_dir else demo_dir()
+    prompt = cfg.instance_prompt
+    if cfg.instance_dir is None and prompt is None:
+        prompt = DEMO_INSTANCE_PROMPT
+    items, uncaptioned = collect_folder(
+        folder,
+        caption_extension=cfg.caption_extension,
+        metadata_file=cfg.metadata_file,
+        caption_column=cfg.caption_column,
+        fallback=prompt,
+        fallback_source="instance_prompt",
+        all_lines=cfg.enable_wildcard,
+    )
     if uncaptioned:
-        shown = [str(p) for p in uncaptioned[:20]]
-        raise DataError(
-            f"{len(uncaptioned)} image(s) have no caption ({cfg.caption_extension} sidecar or {cfg.metadata_file} "
-            "entry); set dataset.instance_prompt to caption them, or add captions",
-            shown,
-        )
+        raise uncaptioned_error(uncaptioned, cfg.caption_extension, cfg.metadata_file, "set dataset.instance_prompt to caption them")
     return items

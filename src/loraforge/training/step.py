@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import torch
 
-from ..models.text import encode_prompts, sdxl_time_ids
+from ..models.text import Conditioning, encode_prompts, sdxl_time_ids
 from .losses import diffusion_target, per_sample_mse
 
 
 class StepMixin:
     """The per-step computation of the `Trainer` (kept apart from the run's orchestration)."""
 
-    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode_latents(self, pixel_values: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+        """Scaled latents of a batch. With `seeds` (the batch's `latent_seeds`) each sample's draw from the latent
+        distribution uses its own generator, as the latent cache does, so cached and live runs agree."""
+        from ..data.cache import sample_latents, vae_scaling
+
         m = self.model
         pixels = pixel_values.to(self.accelerator.device, dtype=self.vae_dtype)
         with torch.no_grad():
-            latents = m.vae.encode(pixels).latent_dist.sample()
-            shift = getattr(m.vae.config, "shift_factor", None) or 0.0
-            return ((latents - shift) * m.vae.config.scaling_factor).to(self.weight_dtype)
+            dist = m.vae.encode(pixels).latent_dist
+            scale, shift = vae_scaling(m.vae)
+            if seeds is not None:
+                return sample_latents(dist.mean, dist.std, list(seeds), scale, shift).to(self.weight_dtype)
+            return ((dist.sample() - shift) * scale).to(self.weight_dtype)
 
     def compute_loss(
         self,
@@ -29,8 +35,10 @@ class StepMixin:
         """Loss of one batch. Latents, noise and timesteps are drawn here unless given (tests fix them to overfit
         one batch)."""
         m, acc = self.model, self.accelerator
+        if latents is None and "latents" in batch:  # from the latent cache, already scaled
+            latents = batch["latents"].to(acc.device, dtype=self.weight_dtype)
         if latents is None:
-            latents = self.encode_latents(batch["pixel_values"])
+            latents = self.encode_latents(batch["pixel_values"], batch.get("latent_seeds"))
         if noise is None:
             noise = torch.randn_like(latents)
         if timesteps is None:
@@ -39,14 +47,22 @@ class StepMixin:
             ).long()
         noise, timesteps = noise.to(latents), timesteps.to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        with torch.set_grad_enabled(self.train_te):
-            cond = encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, batch["captions"])
+        if "prompt_embeds" in batch:  # from the text-encoder cache
+            pooled = batch.get("pooled")
+            cond = Conditioning(batch["prompt_embeds"].to(acc.device), None if pooled is None else pooled.to(acc.device))
+        else:
+            with torch.set_grad_enabled(self.train_te):
+                cond = encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, batch["captions"])
         added = None
         if m.family.is_sdxl:
-            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], (self.resolution, self.resolution))
+            target_size = tuple(batch.get("target_size") or (self.resolution, self.resolution))  # the batch's bucket
+            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], target_size)
             added = {"text_embeds": cond.pooled.to(self.weight_dtype), "time_ids": time_ids.to(acc.device, self.weight_dtype)}
         pred = self.unet(
             noisy, timesteps, cond.prompt_embeds.to(self.weight_dtype), added_cond_kwargs=added, return_dict=False
         )[0]
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, m.prediction_type)
-        return per_sample_mse(pred, target).mean()
+        loss = per_sample_mse(pred, target)
+        if "loss_weights" in batch:  # prior_loss_weight for regularisation / class images
+            loss = loss * batch["loss_weights"].to(loss.device, loss.dtype)
+        return loss.mean()

@@ -64,6 +64,7 @@ class Trainer(StepMixin):
         self.load_model()
         self.load_data()
         self.setup_network()
+        self.cache()
         self.setup_optimization()
         self.maybe_resume()
 
@@ -116,10 +117,26 @@ class Trainer(StepMixin):
         log.info("model: %s — %s, predicts %s, training at %d px", m.source, m.family.label, m.prediction_type, self.resolution)
 
     def load_data(self) -> None:
-        self.data = build_train_data(self.cfg, self.resolution)
+        # `text_replacements` (e.g. pivotal tuning's {"TOK": "<s0><s1>"}) are applied to every caption, last.
+        self.data = build_train_data(self.cfg, self.resolution, text_replacements=getattr(self, "text_replacements", None))
         self.dataset, self.sampler, self.dataloader = self.data.dataset, self.data.sampler, self.data.dataloader
         self.run_info.update(self.data.run_info)
         log.info("dataset: %s", self.data.describe())
+
+    # ----------------------------------------------------------------------------------- data caches (data owner)
+    def cache(self) -> None:
+        """Fill the latent / text-encoder caches the dataset asks for with the frozen VAE and text encoders."""
+        from ..data.cache import CacheContext
+
+        if not (self.data.wants_latent_cache or self.data.wants_text_cache):
+            return
+        m, d = self.model, self.cfg.dataset
+        clip_skip = getattr(self.cfg.model, "clip_skip", None) or getattr(self.cfg.training, "clip_skip", None)
+        ctx = CacheContext(vae=m.vae, vae_dtype=self.vae_dtype, device=self.accelerator.device,
+                           text_encoders=m.text_encoders, tokenizers=m.tokenizers, is_sdxl=m.family.is_sdxl,
+                           clip_skip=clip_skip, vae_batch_size=d.vae_batch_size)
+        self.cache_stats = self.data.fill_caches(ctx)
+    # -----------------------------------------------------------------------------------------------------------
 
     def setup_network(self) -> None:
         m, acc = self.model, self.accelerator
@@ -152,7 +169,7 @@ class Trainer(StepMixin):
         cfg, acc = self.cfg, self.accelerator
         groups = param_groups(self.network, cfg.optimizer)
         self.optimizer = build_optimizer(cfg.optimizer, groups)
-        batches = math.ceil(len(self.dataset) / cfg.training.batch_size / acc.num_processes)
+        batches = math.ceil(len(self.dataloader) / acc.num_processes)  # bucket batches (data.buckets)
         self.steps_per_epoch = max(1, math.ceil(batches / cfg.training.gradient_accumulation_steps))
         t = cfg.training
         limits = []
@@ -205,6 +222,8 @@ class Trainer(StepMixin):
             st.epoch = epoch
             self.sampler.set_epoch(epoch)
             self.dataset.set_epoch(epoch)
+            if hasattr(self.train_dataloader, "set_epoch"):  # accelerate's loader would reset it to its own count
+                self.train_dataloader.set_epoch(epoch)
             loader = self.train_dataloader
             if st.batch_in_epoch:
                 loader = skip_first_batches(loader, st.batch_in_epoch)
