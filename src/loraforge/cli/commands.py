@@ -98,16 +98,18 @@ def cmd_train(args) -> int:
 
 
 def _dry_run(cfg, dump_config) -> int:
+    from ..data.build import check_cache_options
     from ..data.check import validate_items
-    from ..data.sources import collect_items
+    from ..data.subsets import collect_all
     from ..models.family import FAMILIES, TINY_RESOLUTION
 
     res = cfg.dataset.resolution or (TINY_RESOLUTION if cfg.uses_embedded_model else None)
-    items = collect_items(cfg.dataset)
     if res is None:
         fam = FAMILIES.get(cfg.model.family)
         res = fam.resolution if fam else 512
-    validate_items(items, cfg.dataset, res)
+    plan = collect_all(cfg, res)
+    items = validate_items(plan.items, cfg.dataset, res)
+    check_cache_options(cfg, plan.subsets)
     print(dump_config(cfg))
     print(f"# {len(items)} images OK", file=sys.stderr)
     return 0

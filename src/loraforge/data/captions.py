@@ -80,7 +80,7 @@ def _joiner(sep: str) -> str:
 
 
 def _wildcards(caption: str, rng: np.random.Generator) -> str:
-    open_mark, close_mark = "\x00{", "\x00}"
+    open_mark, close_mark = "\x00(", "\x00)"
     caption = caption.replace("{{", open_mark).replace("}}", close_mark)
 
     def pick(m: re.Match) -> str:
