@@ -152,7 +152,9 @@ def sample_latents(mean, std, seeds, scale: float, shift: float) -> torch.Tensor
         torch.randn(mean.shape[1:], generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
         for s in ([seeds] if one else seeds)
     ]).to(mean.device)
-    latents = (mean.float() + std.float() * eps - shift) * scale
+    # contiguous: the VAE's mean/std are strided views, and `randn_like` on a strided tensor draws the noise in
+    # another order; the cached and live paths must hand the step the same layout.
+    latents = ((mean.float() + std.float() * eps - shift) * scale).contiguous()
     return latents[0] if one else latents
 
 
