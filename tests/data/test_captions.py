@@ -107,3 +107,23 @@ def test_each_varying_option_is_reported(option):
     value = {"shuffle_caption": True, "enable_wildcard": True, "caption_dropout_every_n_epochs": 2}.get(option, 0.5)
     opts = CaptionOptions.from_config(load_config(None, [f"dataset.{option}={str(value).lower()}"]).dataset)
     assert opts.varying() == [option]
+
+
+def test_text_replacements_reach_every_caption(tmp_path):
+    _write(tmp_path / "img", ["a"])
+    (tmp_path / "img" / "a.txt").write_text("TOK, dog")
+    cfg = load_config(None, [f"dataset.instance_dir={str(tmp_path / 'img')!r}", "dataset.shuffle_caption=true"])
+    ds = build_train_data(cfg, 64, text_replacements={"TOK": "<s0><s1>"}).dataset
+    assert {ds.caption(0, e) for e in range(6)} == {"<s0><s1>, dog", "dog, <s0><s1>"}
+
+
+def test_worker_processes_see_each_epoch(tmp_path):
+    """Persistent workers hold a copy of the dataset made in epoch 0; the sampler passes the epoch with each index."""
+    _write(tmp_path / "img", ["a", "b"])
+    cfg = load_config(None, [f"dataset.instance_dir={str(tmp_path / 'img')!r}", "dataset.shuffle_caption=true",
+                             "training.dataloader_num_workers=1"])
+    data = build_train_data(cfg, 64)
+    for epoch in range(3):
+        data.sampler.set_epoch(epoch)
+        got = [c for batch in data.dataloader for c in batch["captions"]]
+        assert got == [data.dataset.caption(i, epoch) for b in data.sampler.batches(epoch) for i in b]
