@@ -205,4 +205,16 @@ def cmd_check(args) -> int:
     return worst
 
 
-REGISTRY = [add_train, add_demo, add_config_docs, add_check]
+def add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="print the recipe presets (preset = \"face\" | \"object\" | \"style\")")
+    p.set_defaults(func=cmd_presets)
+
+
+def cmd_presets(args) -> int:
+    from ..config.presets import presets_toml
+
+    print(presets_toml())
+    return 0
+
+
+REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -24,10 +24,13 @@ class TrainData:
         return f"{len(self.items)} images × {self.dataset.repeats} repeats from {folders}"
 
 
-def build_train_data(cfg, resolution: int) -> TrainData:
-    """`cfg` is the whole `TrainConfig` (dataset, batch size, workers, seed)."""
+def build_train_data(cfg, resolution: int, text_replacements: dict[str, str] | None = None) -> TrainData:
+    """`cfg` is the whole `TrainConfig` (dataset, batch size, workers, seed). `text_replacements` are applied to
+    every caption last (pivotal tuning's `TOK` → `<s0><s1>`)."""
     d, t = cfg.dataset, cfg.training
     items = validate_items(collect_items(d), d, resolution)
+    if text_replacements:
+        items = [replace(i, caption=_replace(i.caption, text_replacements)) for i in items]
     dataset = ImageCaptionDataset(items, resolution, d.center_crop, d.random_flip, d.repeats, t.seed)
     sampler = EpochShuffleSampler(len(dataset), t.seed)
     loader = torch.utils.data.DataLoader(
@@ -44,3 +47,9 @@ def build_train_data(cfg, resolution: int) -> TrainData:
     folder = str(items[0].path.parent)
     info = {"num_train_images": len(items), "dataset_dirs": {folder: {"n_repeats": d.repeats, "img_count": len(items)}}}
     return TrainData(items, dataset, sampler, loader, info)
+
+
+def _replace(text: str, replacements: dict[str, str]) -> str:
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    return text

@@ -1,11 +1,11 @@
-"""One training step's loss: latents → noise → UNet prediction → target → loss."""
+"""One training step's loss: latents → noise → UNet prediction → target → weighted loss."""
 
 from __future__ import annotations
 
 import torch
 
 from ..models.text import encode_prompts, sdxl_time_ids
-from .losses import diffusion_target, per_sample_mse
+from .losses import diffusion_target, min_snr_weights, offset_noise, per_sample_mse, pyramid_noise
 
 
 class StepMixin:
@@ -19,6 +19,21 @@ class StepMixin:
             shift = getattr(m.vae.config, "shift_factor", None) or 0.0
             return ((latents - shift) * m.vae.config.scaling_factor).to(self.weight_dtype)
 
+    def make_noise(self, latents: torch.Tensor) -> torch.Tensor:
+        t = self.cfg.training
+        noise = torch.randn_like(latents)
+        if t.noise_offset:
+            noise = offset_noise(noise, t.noise_offset)
+        if t.multires_noise_iterations:
+            noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount)
+        return noise
+
+    def encode_batch_text(self, captions: list[str]):
+        m = self.model
+        with torch.set_grad_enabled(self.text_needs_grad):
+            return encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, captions,
+                                  self.cfg.training.clip_skip)
+
     def compute_loss(
         self,
         batch: dict,
@@ -26,27 +41,32 @@ class StepMixin:
         noise: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Loss of one batch. Latents, noise and timesteps are drawn here unless given (tests fix them to overfit
-        one batch)."""
+        """Loss of one batch. Latents, noise and timesteps are drawn here unless given (tests fix them)."""
         m, acc = self.model, self.accelerator
         if latents is None:
             latents = self.encode_latents(batch["pixel_values"])
         if noise is None:
-            noise = torch.randn_like(latents)
+            noise = self.make_noise(latents)
         if timesteps is None:
             timesteps = torch.randint(
                 0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
             ).long()
         noise, timesteps = noise.to(latents), timesteps.to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        with torch.set_grad_enabled(self.train_te):
-            cond = encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, batch["captions"])
+        cond = self.encode_batch_text(batch["captions"])
         added = None
         if m.family.is_sdxl:
-            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], (self.resolution, self.resolution))
+            target_size = (self.resolution, self.resolution)
+            time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], target_size)
             added = {"text_embeds": cond.pooled.to(self.weight_dtype), "time_ids": time_ids.to(acc.device, self.weight_dtype)}
         pred = self.unet(
             noisy, timesteps, cond.prompt_embeds.to(self.weight_dtype), added_cond_kwargs=added, return_dict=False
         )[0]
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, m.prediction_type)
-        return per_sample_mse(pred, target).mean()
+        loss = per_sample_mse(pred, target)
+        if self.cfg.training.snr_gamma:
+            loss = loss * min_snr_weights(self.noise_scheduler, timesteps, self.cfg.training.snr_gamma,
+                                          m.prediction_type)
+        if "loss_weights" in batch:  # prior-preservation (class) samples weigh prior_loss_weight
+            loss = loss * batch["loss_weights"].to(loss)
+        return loss.mean()

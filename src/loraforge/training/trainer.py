@@ -23,9 +23,18 @@ from ..models.loading import load_model
 from ..networks import create_network
 from ..utils.files import atomic_dir, write_text_atomic
 from .step import StepMixin
-from .optim import build_optimizer, build_scheduler, param_groups
+from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
+from .pivotal import PivotalTuning
 from .outputs import WrittenFiles, write_lora_files
-from .state import STATE_FILE, TrainState, checkpoints_dir, read_state, register_network_hooks, resolve_resume
+from .state import (
+    STATE_FILE,
+    TrainState,
+    checkpoints_dir,
+    prune_checkpoints,
+    read_state,
+    register_network_hooks,
+    resolve_resume,
+)
 
 log = logging.getLogger("loraforge.train")
 
@@ -116,7 +125,13 @@ class Trainer(StepMixin):
         log.info("model: %s — %s, predicts %s, training at %d px", m.source, m.family.label, m.prediction_type, self.resolution)
 
     def load_data(self) -> None:
-        self.data = build_train_data(self.cfg, self.resolution)
+        self.pivotal = PivotalTuning(self.cfg.training) if self.cfg.training.train_text_encoder_ti else None
+        replacements = self.pivotal.replacements if self.pivotal else None
+        if getattr(self.cfg.dataset, "with_prior_preservation", False):
+            from .prior import ensure_class_images
+
+            ensure_class_images(self.cfg, self.model, self.accelerator, self.resolution, replacements)
+        self.data = build_train_data(self.cfg, self.resolution, text_replacements=replacements)
         self.dataset, self.sampler, self.dataloader = self.data.dataset, self.data.sampler, self.data.dataloader
         self.run_info.update(self.data.run_info)
         log.info("dataset: %s", self.data.describe())
@@ -128,13 +143,17 @@ class Trainer(StepMixin):
         m.unet.to(acc.device, dtype=self.weight_dtype)
         for te in m.text_encoders:
             te.to(acc.device, dtype=self.weight_dtype)
-        self.vae_dtype = torch.float32 if self.weight_dtype == torch.float16 else self.weight_dtype
+        keep_fp32 = self.weight_dtype == torch.float16 or self.cfg.training.no_half_vae
+        self.vae_dtype = torch.float32 if keep_fp32 else self.weight_dtype
         m.vae.to(acc.device, dtype=self.vae_dtype)
         self.network = create_network(self.cfg.network)
         self.network.apply(m)
         for part in self.network.parts:  # trainable tensors in fp32 whatever the base dtype
             for p in self.network.parameters(part):
                 p.data = p.data.float()
+        if self.pivotal:
+            gen = torch.Generator().manual_seed(self.cfg.training.seed)
+            self.pivotal.apply(m, gen)
         if self.cfg.training.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             if self.train_te:
@@ -146,11 +165,16 @@ class Trainer(StepMixin):
 
     @property
     def train_te(self) -> bool:
+        """A text-encoder LoRA is trained."""
         return any(p.startswith("te") for p in getattr(self.network, "parts", ()))
+
+    @property
+    def text_needs_grad(self) -> bool:
+        return self.train_te or bool(self.pivotal and self.pivotal.training)
 
     def setup_optimization(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        groups = param_groups(self.network, cfg.optimizer)
+        groups = param_groups(self.network, cfg.optimizer, self.pivotal.parameters() if self.pivotal else None)
         self.optimizer = build_optimizer(cfg.optimizer, groups)
         batches = math.ceil(len(self.dataset) / cfg.training.batch_size / acc.num_processes)
         self.steps_per_epoch = max(1, math.ceil(batches / cfg.training.gradient_accumulation_steps))
@@ -158,18 +182,22 @@ class Trainer(StepMixin):
         limits = []
         if t.max_train_steps:
             limits.append(t.max_train_steps)
+        elif t.max_train_steps_per_image:
+            limits.append(t.max_train_steps_per_image * len(self.data.items))
         if t.num_train_epochs:
             limits.append(t.num_train_epochs * self.steps_per_epoch)
         self.max_steps = min(limits) if limits else DEFAULT_MAX_TRAIN_STEPS
         self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
         self.lr_scheduler = build_scheduler(cfg.optimizer, self.optimizer, self.max_steps * acc.num_processes)
-        trained = [self.model.unet] + ([te for te in self.model.text_encoders] if self.train_te else [])
+        self.pivot_at = self.pivotal.pivot_step(self.max_steps) if self.pivotal else None
+        with_te = self.train_te or self.pivotal is not None
+        trained = [self.model.unet] + (list(self.model.text_encoders) if with_te else [])
         prepared = acc.prepare(*trained, self.optimizer, self.dataloader, self.lr_scheduler)
         self.trained_models = list(prepared[: len(trained)])
         self.unet = self.trained_models[0]
-        self.text_encoders = self.trained_models[1:] if self.train_te else self.model.text_encoders
+        self.text_encoders = self.trained_models[1:] if with_te else self.model.text_encoders
         self.optimizer, self.train_dataloader, self.lr_scheduler = prepared[len(trained):]
-        register_network_hooks(acc, self.network)
+        register_network_hooks(acc, self.network, self.pivotal)
         self.run_info.update(
             max_train_steps=self.max_steps, batches_per_epoch=batches, epochs=self.num_epochs,
             total_batch_size=cfg.training.batch_size * acc.num_processes * cfg.training.gradient_accumulation_steps,
@@ -187,61 +215,89 @@ class Trainer(StepMixin):
         folder = resolve_resume(self.cfg.training.resume, self.run_dir)
         self.accelerator.load_state(str(folder))
         self.state = read_state(folder)
+        self._maybe_pivot()
         log.info("resumed from %s at step %d (epoch %d)", folder, self.state.global_step, self.state.epoch)
 
     # ----------------------------------------------------------------------------------------------- the loop
     def train(self) -> None:
-        from accelerate.utils import tqdm
         from accelerate import skip_first_batches
+        from accelerate.utils import tqdm
 
         cfg, acc, st = self.cfg, self.accelerator, self.state
         for mod in self.trained_models:
             mod.train()
         bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True)
-        start_epoch = st.epoch
-        for epoch in range(start_epoch, self.num_epochs):
-            if st.global_step >= self.max_steps:
-                break
-            st.epoch = epoch
-            self.sampler.set_epoch(epoch)
-            self.dataset.set_epoch(epoch)
+        n_batches = len(self.train_dataloader)
+        while st.global_step < self.max_steps and st.epoch < self.num_epochs:
+            self.sampler.set_epoch(st.epoch)
+            self.dataset.set_epoch(st.epoch)
             loader = self.train_dataloader
             if st.batch_in_epoch:
                 loader = skip_first_batches(loader, st.batch_in_epoch)
             for batch in loader:
+                self._maybe_pivot()
                 with acc.accumulate(*self.trained_models):
                     loss = self.compute_loss(batch)
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.optimizer.max_grad_norm:
-                        params = [p for part in self.network.parts for p in self.network.parameters(part)]
-                        acc.clip_grad_norm_(params, cfg.optimizer.max_grad_norm)
+                        acc.clip_grad_norm_(self.trainable_parameters(), cfg.optimizer.max_grad_norm)
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 st.batch_in_epoch += 1
-                if not acc.sync_gradients:
-                    continue
-                st.global_step += 1
-                value = acc.gather(loss.detach()).mean().item()
-                self.losses.append(value)
-                lr = self.lr_scheduler.get_last_lr()[0]
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", epoch=epoch)
-                acc.log({"loss": value, "lr": lr}, step=st.global_step)
-                every = cfg.training.save_every_n_steps
-                if every and st.global_step % every == 0 and st.global_step < self.max_steps:
-                    self.save_checkpoint()
-                every = cfg.sampling.sample_every_n_steps
-                if every and st.global_step % every == 0:
-                    self.sample(f"{st.global_step:06d}")
+                epoch_end = st.batch_in_epoch >= n_batches
+                if epoch_end:  # the position is "start of the next epoch" from here on (also in checkpoints)
+                    st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+                if acc.sync_gradients:
+                    st.global_step += 1
+                    self._after_step(loss, bar)
+                if epoch_end:
+                    self._after_epoch()
                 if st.global_step >= self.max_steps:
                     break
-            else:
-                st.batch_in_epoch = 0
-                continue
-            break
         bar.close()
         acc.wait_for_everyone()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = [p for part in self.network.parts for p in self.network.parameters(part)]
+        if self.pivotal and self.pivotal.training:
+            params += self.pivotal.parameters()
+        return params
+
+    def _maybe_pivot(self) -> None:
+        if self.pivotal and self.pivotal.training and self.state.global_step >= self.pivot_at:
+            self.pivotal.freeze()
+            log.info("step %d: new token embeddings frozen (train_text_encoder_ti_frac = %g); the LoRA goes on",
+                     self.state.global_step, self.cfg.training.train_text_encoder_ti_frac)
+
+    def _after_step(self, loss: torch.Tensor, bar) -> None:
+        cfg, acc, st = self.cfg, self.accelerator, self.state
+        logs = {}
+        if cfg.optimizer.scale_weight_norms:
+            scaled, mean_norm, max_norm = self.network.apply_max_norm(cfg.optimizer.scale_weight_norms)
+            logs.update({"max_norm/keys_scaled": scaled, "max_norm/mean": mean_norm, "max_norm/max": max_norm})
+        value = acc.gather(loss.detach()).mean().item()
+        self.losses.append(value)
+        lrs = current_lrs(self.optimizer, self.lr_scheduler)
+        logs.update({"loss": value, **{f"lr/{k}": v for k, v in lrs.items()}})
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{next(iter(lrs.values())):.2e}", epoch=st.epoch)
+        acc.log(logs, step=st.global_step)
+        every = cfg.training.save_every_n_steps
+        if every and st.global_step % every == 0 and st.global_step < self.max_steps:
+            self.save_checkpoint()
+        every = cfg.sampling.sample_every_n_steps
+        if every and st.global_step % every == 0:
+            self.sample(f"{st.global_step:06d}")
+
+    def _after_epoch(self) -> None:
+        cfg, st = self.cfg, self.state
+        every = cfg.training.save_every_n_epochs
+        if every and st.epoch % every == 0 and st.global_step < self.max_steps:
+            self.save_checkpoint()
+        every = cfg.sampling.sample_every_n_epochs
+        if every and st.epoch % every == 0:
+            self.sample(f"e{st.epoch:03d}")
 
     # ----------------------------------------------------------------------------------------------- outputs
     def _run_info(self) -> dict:
@@ -254,9 +310,13 @@ class Trainer(StepMixin):
             acc.save_state(str(tmp))
             if acc.is_main_process:
                 name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
-                write_lora_files(self.cfg, self.network, self.model, self._run_info(), tmp, name)
+                write_lora_files(self.cfg, self.network, self.model, self._run_info(), tmp, name, self.pivotal)
                 (tmp / STATE_FILE).write_text(st.to_json())
         log.info("checkpoint: %s", target)
+        if acc.is_main_process:
+            t = self.cfg.training
+            for old in prune_checkpoints(self.run_dir, st, t.save_last_n_steps, t.save_last_n_epochs):
+                log.info("removed old checkpoint %s", old)
         return target
 
     def finish(self) -> RunResult:
@@ -265,8 +325,8 @@ class Trainer(StepMixin):
         samples: list[Path] = []
         if acc.is_main_process:
             files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), self.run_dir,
-                                     self.cfg.output.output_name)
-            for f in (files.kohya, files.diffusers):
+                                     self.cfg.output.output_name, self.pivotal)
+            for f in (files.kohya, files.diffusers, files.embeddings):
                 if f:
                     log.info("wrote %s", f)
             if self.cfg.sampling.at_end:
@@ -294,7 +354,8 @@ class Trainer(StepMixin):
             mod.eval()
         try:
             return sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
-                                          self.run_dir / "samples", tag, autocast=self.accelerator.autocast())
+                                          self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
+                                          replace=self.pivotal.replace if self.pivotal else None)
         finally:
             for mod in self.trained_models:
                 mod.train()
