@@ -29,7 +29,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set training.max_train_steps=200")
     key, _, raw = text.partition("=")
     path = [p for p in key.strip().split(".") if p]
-    if len(path) < 2:
+    if len(path) < 2 and path != ["preset"]:
         raise ConfigError(f"--set {text!r}: the key needs its section, e.g. network.rank=16 rather than rank=16")
     raw = raw.strip()
     try:

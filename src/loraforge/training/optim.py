@@ -52,6 +52,7 @@ def param_groups(network, cfg: OptimizerConfig, embeddings: list[torch.nn.Parame
 def build_optimizer(cfg: OptimizerConfig, groups: list[dict]) -> torch.optim.Optimizer:
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     for g in groups:
+        g.setdefault("lr", cfg.learning_rate)
         g.setdefault("initial_lr", g["lr"])
     if cfg.type == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon)
@@ -79,7 +80,7 @@ def build_optimizer(cfg: OptimizerConfig, groups: list[dict]) -> torch.optim.Opt
         relative = cfg.adafactor_relative_step
         if relative:
             for g in groups:  # the relative step computes each group's rate itself
-                g.pop("lr", None)
+                g["lr"] = None
         return Adafactor(
             groups, lr=None if relative else cfg.learning_rate, relative_step=relative,
             scale_parameter=cfg.adafactor_scale_parameter, warmup_init=cfg.adafactor_warmup_init and relative,

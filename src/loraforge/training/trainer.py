@@ -229,11 +229,12 @@ class Trainer(StepMixin):
         bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True)
         n_batches = len(self.train_dataloader)
         while st.global_step < self.max_steps and st.epoch < self.num_epochs:
-            self.sampler.set_epoch(st.epoch)
-            self.dataset.set_epoch(st.epoch)
             loader = self.train_dataloader
             if st.batch_in_epoch:
                 loader = skip_first_batches(loader, st.batch_in_epoch)
+            # accelerate's loaders set the epoch of our sampler and dataset from their own iteration counter when
+            # iterated; a resumed run's loaders must count from the resumed epoch, so set it on the loader itself.
+            loader.set_epoch(st.epoch)
             for batch in loader:
                 self._maybe_pivot()
                 with acc.accumulate(*self.trained_models):
