@@ -63,9 +63,12 @@ class Trainer(StepMixin):
 
     # ----------------------------------------------------------------------------------------------- phases
     def run(self) -> RunResult:
-        self.prepare()
-        self.train()
-        return self.finish()
+        try:
+            self.prepare()
+            self.train()
+            return self.finish()
+        finally:
+            self.close()
 
     def prepare(self) -> None:
         """Every phase before the loop."""
@@ -334,10 +337,17 @@ class Trainer(StepMixin):
                 samples = self.sample("final")
             write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
         acc.end_training()
-        self.close()
         return RunResult(self.run_dir, files, samples, self.losses, self.state.global_step)
 
     def close(self) -> None:
+        """Release what the run holds in the process: the log file, and accelerate's process-wide state (so a
+        next run in this process may choose another precision or accumulation)."""
+        acc = getattr(self, "accelerator", None)
+        if acc is not None and acc.num_processes == 1:
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state()
+            GradientState._reset_state()
         handler = getattr(self, "_log_handler", None)
         if handler is not None:
             root = logging.getLogger("loraforge")
