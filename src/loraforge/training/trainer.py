@@ -337,6 +337,7 @@ class Trainer(StepMixin):
                 samples = self.sample("final")
             write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
         acc.end_training()
+        self.close()
         return RunResult(self.run_dir, files, samples, self.losses, self.state.global_step)
 
     def close(self) -> None:
