@@ -114,6 +114,8 @@ def _dry_run(cfg, dump_config) -> int:
 
 
 def _print_result(result) -> None:
+    if not result.is_main_process:
+        return
     f = result.files
     print(f"\ndone: {result.steps} steps, run folder {result.run_dir}")
     if f.kohya:

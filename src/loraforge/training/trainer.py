@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ..data.build import build_train_data
 from ..models.family import TINY_RESOLUTION
 from ..models.loading import load_model
 from ..networks import create_network
-from ..utils.files import atomic_dir, write_text_atomic
+from ..utils.files import write_text_atomic
 from .step import StepMixin
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
 from .pivotal import PivotalTuning
@@ -52,6 +53,7 @@ class RunResult:
     samples: list[Path] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     steps: int = 0
+    is_main_process: bool = True
 
 
 class Trainer(StepMixin):
@@ -95,7 +97,10 @@ class Trainer(StepMixin):
             mp = "no"
             if torch.cuda.is_available():
                 mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Several processes without a GPU (torchrun on CPUs) need accelerate's CPU mode to start gloo DDP.
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(
+            cpu=several and not torch.cuda.is_available(),
             mixed_precision=mp,
             gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
             log_with=None if cfg.output.log_with == "none" else cfg.output.log_with,
@@ -103,22 +108,25 @@ class Trainer(StepMixin):
         )
         self.mixed_precision = mp
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
-        if self.accelerator.is_main_process:
+        root = logging.getLogger("loraforge")
+        self._saved_level = root.level
+        if not self.accelerator.is_main_process:
+            root.setLevel(logging.WARNING)  # one console voice: the main process
+        else:
             handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             handler.setLevel(logging.INFO)
-            root = logging.getLogger("loraforge")
-            self._saved_level = root.level
             if root.getEffectiveLevel() > logging.INFO:
                 root.setLevel(logging.INFO)  # the run log always gets the INFO lines
             root.addHandler(handler)
             self._log_handler = handler
-        set_seed(cfg.training.seed)
+        set_seed(cfg.training.seed, device_specific=True)  # seed + process index: each process its own noise
         self.run_info = {"session_id": uuid.uuid4().hex, "started_at": time.time(), "mixed_precision": mp}
         log.info("run folder: %s (device %s, precision %s)", self.run_dir, self.accelerator.device, mp)
 
     def load_model(self) -> None:
-        self.model = load_model(self.cfg.model)
+        with self.accelerator.main_process_first():  # one process builds caches / downloads, the others reuse
+            self.model = load_model(self.cfg.model)
         m = self.model
         self.resolution = self.cfg.dataset.resolution or (TINY_RESOLUTION if m.is_tiny else m.family.resolution)
         self.noise_scheduler = m.noise_scheduler()
@@ -308,19 +316,28 @@ class Trainer(StepMixin):
         return {**self.run_info, "step": self.state.global_step, "epoch": self.state.epoch}
 
     def save_checkpoint(self) -> Path:
+        """Write `checkpoints/step-N/` with every process's state; it appears only once complete."""
+        import shutil
+
         acc, st = self.accelerator, self.state
         target = checkpoints_dir(self.run_dir) / f"step-{st.global_step:06d}"
-        with atomic_dir(target) as tmp:
-            acc.save_state(str(tmp))
-            if acc.is_main_process:
-                name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
-                write_lora_files(self.cfg, self.network, self.model, self._run_info(), tmp, name, self.pivotal)
-                (tmp / STATE_FILE).write_text(st.to_json())
-        log.info("checkpoint: %s", target)
+        partial = target.with_name(f".{target.name}.partial")
         if acc.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(partial))  # every process writes its RNG state here
+        if acc.is_main_process:
+            name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
+            write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
+            (partial / STATE_FILE).write_text(st.to_json())  # last: marks the folder complete
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(partial, target)
+            log.info("checkpoint: %s", target)
             t = self.cfg.training
             for old in prune_checkpoints(self.run_dir, st, t.save_last_n_steps, t.save_last_n_epochs):
                 log.info("removed old checkpoint %s", old)
+        acc.wait_for_everyone()
         return target
 
     def finish(self) -> RunResult:
@@ -336,24 +353,26 @@ class Trainer(StepMixin):
             if self.cfg.sampling.at_end:
                 samples = self.sample("final")
             write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
+        is_main = acc.is_main_process
         acc.end_training()
         self.close()
-        return RunResult(self.run_dir, files, samples, self.losses, self.state.global_step)
+        return RunResult(self.run_dir, files, samples, self.losses, self.state.global_step, is_main)
 
     def close(self) -> None:
         """Release what the run holds in the process: the log file, and accelerate's process-wide state (so a
         next run in this process may choose another precision or accumulation)."""
         acc = getattr(self, "accelerator", None)
-        if acc is not None and acc.num_processes == 1:
-            from accelerate.state import AcceleratorState, GradientState
+        if acc is not None:
+            self.accelerator = None
+            logging.getLogger("loraforge").setLevel(self._saved_level)
+            if acc.num_processes == 1:
+                from accelerate.state import AcceleratorState, GradientState
 
-            AcceleratorState._reset_state()
-            GradientState._reset_state()
+                AcceleratorState._reset_state()
+                GradientState._reset_state()
         handler = getattr(self, "_log_handler", None)
         if handler is not None:
-            root = logging.getLogger("loraforge")
-            root.removeHandler(handler)
-            root.setLevel(self._saved_level)
+            logging.getLogger("loraforge").removeHandler(handler)
             handler.close()
             self._log_handler = None
 
