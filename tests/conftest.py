@@ -51,8 +51,9 @@ def make_config(tmp_path, tiny_dirs):
             "sampling.num_images_per_prompt": 1,
             "sampling.at_end": False,
         }
-        base.update(overrides)
-        return load_config(None, [f"{k}={v!r}" if isinstance(v, str) else f"{k}={_toml(v)}" for k, v in base.items()])
+        base.update(overrides)  # a value of None leaves the option unset
+        return load_config(None, [f"{k}={v!r}" if isinstance(v, str) else f"{k}={_toml(v)}"
+                                  for k, v in base.items() if v is not None])
 
     return make
 

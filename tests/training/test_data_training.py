@@ -69,13 +69,14 @@ def test_cached_runs_give_the_losses_of_live_runs_and_disk_caches_survive(make_c
 
 def test_prior_loss_weights_shape_the_trainers_loss(make_config, tmp_path):
     inst = images(tmp_path / "inst", [(64, 64), (64, 64)])
-    cls = images(tmp_path / "cls", [(64, 64), (72, 64)], caption="a robot")
+    cls = tmp_path / "cls"  # empty: the 2 class images are generated with the base model first
     cfg = make_config("sd15", **data_options(inst, **{
-        "dataset.with_prior_preservation": True, "dataset.class_data_dir": cls, "dataset.class_prompt": "a robot",
-        "dataset.prior_loss_weight": 0.3, "training.batch_size": 4}))
+        "dataset.with_prior_preservation": True, "dataset.class_data_dir": str(cls), "dataset.class_prompt": "a robot",
+        "dataset.prior_loss_weight": 0.3, "dataset.num_class_images": 2, "training.batch_size": 4}))
     t = Trainer(cfg)
     t.prepare()
     try:
+        assert sorted(p.name for p in cls.iterdir()) == ["class_00000.png", "class_00001.png"]
         batch = next(iter(t.train_dataloader))
         assert sorted(batch["loss_weights"].tolist()) == pytest.approx([0.3, 0.3, 1.0, 1.0])
         latents = t.encode_latents(batch["pixel_values"], batch["latent_seeds"])

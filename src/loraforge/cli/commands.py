@@ -116,6 +116,8 @@ def _dry_run(cfg, dump_config) -> int:
 
 
 def _print_result(result) -> None:
+    if not result.is_main_process:
+        return
     f = result.files
     print(f"\ndone: {result.steps} steps, run folder {result.run_dir}")
     if f.kohya:
@@ -207,4 +209,16 @@ def cmd_check(args) -> int:
     return worst
 
 
-REGISTRY = [add_train, add_demo, add_config_docs, add_check]
+def add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="print the recipe presets (preset = \"face\" | \"object\" | \"style\")")
+    p.set_defaults(func=cmd_presets)
+
+
+def cmd_presets(args) -> int:
+    from ..config.presets import presets_toml
+
+    print(presets_toml())
+    return 0
+
+
+REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets]

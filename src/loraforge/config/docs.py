@@ -58,7 +58,11 @@ def render_config_docs() -> str:
         "name the key and the fix. Relative paths are relative to the folder loraforge is started from.",
         "",
     ]
+    preset = TrainConfig.model_fields["preset"]
+    lines += ["## `preset` (top level)", "", preset.description or "", ""]
     for name, field in TrainConfig.model_fields.items():
+        if name == "preset":
+            continue
         section: type[BaseModel] = field.annotation  # type: ignore[assignment]
         lines += [f"## `[{name}]`", "", (section.__doc__ or "").strip().split("\n")[0], ""]
         lines += _table(section)

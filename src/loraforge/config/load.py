@@ -30,7 +30,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set training.max_train_steps=200")
     key, _, raw = text.partition("=")
     path = [p for p in key.strip().split(".") if p]
-    if len(path) < 2:
+    if len(path) < 2 and path != ["preset"]:
         raise ConfigError(f"--set {text!r}: the key needs its section, e.g. network.rank=16 rather than rank=16")
     raw = raw.strip()
     try:
@@ -81,7 +81,7 @@ def format_validation_error(err: ValidationError, source: str, overridden: set[t
         if tuple(loc[:2]) in overridden:
             where = f"--set {'.'.join(loc[:2])}"
         if e["type"] == "extra_forbidden":
-            if len(loc) == 1:
+            if len(loc) == 1 and loc[0] not in SECTIONS:
                 options = list(SECTIONS)
                 close = difflib.get_close_matches(loc[0], options, n=1, cutoff=0.5)
                 hint = f"did you mean [{close[0]}]?" if close else f"sections are: {', '.join(options)}"
@@ -131,6 +131,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate_config(data: dict[str, Any], source: str = "config", overridden: set | None = None) -> TrainConfig:
+    from .presets import apply_preset
+
+    try:
+        data = apply_preset(data)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:

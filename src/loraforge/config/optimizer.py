@@ -9,25 +9,65 @@ from pydantic import Field
 from .base import Section
 
 Scheduler = Literal[
-    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor"
 ]
 
 
 class OptimizerConfig(Section):
-    type: Literal["adamw"] = Field("adamw", description="Optimizer. `adamw`: torch AdamW.")
-    learning_rate: float = Field(1e-4, gt=0, description="Base learning rate; LoRA wants about 1e-4 with AdamW.")
+    type: Literal["adamw", "adamw8bit", "adafactor", "prodigy", "sgd"] = Field(
+        "adamw",
+        description=(
+            "`adamw` (torch), `adamw8bit` (bitsandbytes, 8-bit states), `adafactor` (transformers), `prodigy` "
+            "(prodigyopt: adapts the step size itself, use learning_rate ≈ 1.0), `sgd` (torch, with momentum)."
+        ),
+    )
+    learning_rate: float = Field(1e-4, gt=0, description="Base learning rate; LoRA wants about 1e-4 with AdamW, 1.0 with Prodigy.")
     unet_lr: float | None = Field(None, gt=0, description="UNet learning rate. Unset: `learning_rate`.")
     text_encoder_lr: float | None = Field(
-        None, gt=0, description="Text-encoder learning rate. Unset: `learning_rate`."
+        None, gt=0, description="Text-encoder learning rate (LoRA and new token embeddings). Unset: `learning_rate`."
     )
-    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
-    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
-    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    adam_weight_decay: float = Field(1e-2, ge=0, description="AdamW (decoupled) weight decay.")
+    embedding_lr: float | None = Field(
+        None, gt=0, description="Learning rate of the new token embeddings (pivotal tuning). Unset: `text_encoder_lr`."
+    )
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="Adam/Prodigy beta1 (SGD: momentum).")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="Adam/Prodigy beta2 (the Prodigy recipe uses 0.99).")
+    adam_epsilon: float = Field(1e-8, gt=0, description="Adam/Prodigy epsilon.")
+    adam_weight_decay: float = Field(1e-2, ge=0, description="Weight decay of the UNet parameters.")
+    adam_weight_decay_text_encoder: float | None = Field(
+        None, ge=0, description="Weight decay of text-encoder parameters and embeddings. Unset: `adam_weight_decay`."
+    )
+    prodigy_d0: float = Field(1e-6, gt=0, description="Prodigy: initial estimate of the step size D.")
+    prodigy_beta3: float | None = Field(
+        None, ge=0, lt=1, description="Prodigy: decay of the step-size estimate. Unset: sqrt(beta2)."
+    )
+    prodigy_decouple: bool = Field(True, description="Prodigy: AdamW-style decoupled weight decay.")
+    prodigy_use_bias_correction: bool = Field(True, description="Prodigy: Adam's bias correction.")
+    prodigy_safeguard_warmup: bool = Field(
+        True, description="Prodigy: avoid a too-large D during warm-up (recommended with warm-up or restarts)."
+    )
+    adafactor_relative_step: bool = Field(
+        False,
+        description=(
+            "Adafactor: compute the step size from the step count (then set `lr_scheduler = \"adafactor\"`; "
+            "`learning_rate` is the initial value). False: fixed learning rate with the chosen schedule."
+        ),
+    )
+    adafactor_scale_parameter: bool = Field(False, description="Adafactor: scale the step by the parameter's RMS.")
+    adafactor_warmup_init: bool = Field(False, description="Adafactor: warm-up initialisation (relative step only).")
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip the gradient norm to this value; unset: no clipping."
     )
-    lr_scheduler: Scheduler = Field("constant", description="Learning-rate schedule.")
+    scale_weight_norms: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Max-norm regularisation (kohya): after each step, LoRA modules whose update ‖ΔW‖ exceeds this are "
+            "scaled back to it; the number scaled is logged. 1.0 is the guide's value."
+        ),
+    )
+    lr_scheduler: Scheduler = Field(
+        "constant", description="Learning-rate schedule (`adafactor` only with Adafactor's relative step)."
+    )
     lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps at the start of the schedule.")
-    lr_num_cycles: int = Field(1, ge=1, description="Restarts for `cosine_with_restarts`.")
+    lr_num_cycles: int = Field(1, ge=1, description="Hard restarts of `cosine_with_restarts`.")
     lr_power: float = Field(1.0, gt=0, description="Power of the `polynomial` schedule.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from .base import Section
@@ -17,6 +19,13 @@ DEFAULT_MAX_TRAIN_STEPS = 1000
 
 
 class TrainConfig(Section):
+    preset: Literal["face", "object", "style"] | None = Field(
+        None,
+        description=(
+            "Fill defaults from a seed-guide recipe (`loraforge presets` prints them): `face`, `object`, `style`. "
+            "Options written in the config or with --set win over the preset."
+        ),
+    )
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Images and captions.")
     network: NetworkConfig = Field(default_factory=NetworkConfig, description="The adapter.")
@@ -32,6 +41,22 @@ class TrainConfig(Section):
                 f"dataset.resolution = {self.dataset.resolution} is not a multiple of 8; the VAE needs one "
                 f"(try {self.dataset.resolution // 8 * 8})"
             )
+        net, tr, opt = self.network, self.training, self.optimizer
+        if net.train_text_encoder and tr.train_text_encoder_ti:
+            raise ValueError(
+                "network.train_text_encoder and training.train_text_encoder_ti cannot be combined: pivotal tuning "
+                "learns only new token embeddings and keeps the text encoders frozen; choose one"
+            )
+        if opt.lr_scheduler == "adafactor" and not (opt.type == "adafactor" and opt.adafactor_relative_step):
+            raise ValueError(
+                "optimizer.lr_scheduler = 'adafactor' needs optimizer.type = 'adafactor' with "
+                "optimizer.adafactor_relative_step = true; pick another schedule otherwise"
+            )
+        if opt.type == "adafactor" and opt.adafactor_relative_step and opt.lr_scheduler != "adafactor":
+            raise ValueError(
+                "optimizer.adafactor_relative_step = true computes the step size itself: set "
+                "optimizer.lr_scheduler = 'adafactor' (or turn relative_step off to use a schedule)"
+            )
         return self
 
     @property
@@ -42,4 +67,5 @@ class TrainConfig(Section):
 SECTIONS: dict[str, type[Section]] = {
     name: field.annotation  # type: ignore[misc]
     for name, field in TrainConfig.model_fields.items()
+    if name != "preset"
 }

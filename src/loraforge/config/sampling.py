@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import Section
 
@@ -10,7 +10,20 @@ from .base import Section
 class SamplingConfig(Section):
     validation_prompts: list[str] = Field(
         default_factory=list,
-        description="Prompts sampled at the end of training. Empty: the instance prompt, else the first caption.",
+        description=(
+            "Prompts sampled during and after training (`TOK` replaced by the new tokens with pivotal tuning). "
+            "Empty (and no `validation_prompt`, no `sample_prompts`): the instance prompt, else the first caption."
+        ),
+    )
+    validation_prompt: str | None = Field(
+        None, description="One prompt (diffusers' `--validation_prompt`); sampled before `validation_prompts`."
+    )
+    sample_prompts: str | None = Field(
+        None,
+        description=(
+            "A prompt file in kohya's syntax: one prompt a line, `#` comments, options `--n` negative, `--w`, `--h`, "
+            "`--d` seed, `--l` CFG, `--s` steps, `--ss` sampler."
+        ),
     )
     negative_prompt: str = Field("", description="Negative prompt for every sample.")
     num_images_per_prompt: int = Field(2, ge=1, description="Images per prompt (seeds `seed`, `seed+1`, ...).")
@@ -19,7 +32,7 @@ class SamplingConfig(Section):
     width: int | None = Field(None, ge=64, description="Sample width; unset: the training resolution.")
     height: int | None = Field(None, ge=64, description="Sample height; unset: the training resolution.")
     seed: int = Field(0, description="Seed of the first sample image.")
-    sampler: str = Field(
+    sample_sampler: str = Field(
         "euler_a",
         description=(
             "Sampler by kohya name: ddim, pndm, lms, euler, euler_a, heun, dpm_2, dpm_2_a, dpmsolver, dpmsolver++, "
@@ -29,4 +42,17 @@ class SamplingConfig(Section):
     sample_every_n_steps: int | None = Field(
         None, ge=1, description="Also sample every N steps during training (files `samples/<step>_<n>.png`)."
     )
+    sample_every_n_epochs: int | None = Field(
+        None, ge=1, description="Also sample at the end of every N epochs (files `samples/e<epoch>_<n>.png`)."
+    )
+    sample_batch_size: int = Field(
+        4, ge=1, description="Images generated at once (class images for prior preservation)."
+    )
     at_end: bool = Field(True, description="Sample the validation prompts once training has finished.")
+
+    @field_validator("sample_sampler")
+    @classmethod
+    def _known_sampler(cls, v: str) -> str:
+        from ..sampling.samplers import normalize_sampler
+
+        return normalize_sampler(v)

@@ -47,3 +47,73 @@ class TrainingConfig(Section):
         description="Continue from a checkpoint folder, or `latest` for the newest one of this run.",
     )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes that load images.")
+    max_train_steps_per_image: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "When `max_train_steps` is unset: train this many steps per training image (the face recipe of the "
+            "seed guides: 100-120)."
+        ),
+    )
+    save_every_n_epochs: int | None = Field(None, ge=1, description="Also write a checkpoint folder every N epochs.")
+    save_last_n_steps: int | None = Field(
+        None, ge=1, description="Keep only the checkpoints of the last N steps (older ones are deleted)."
+    )
+    save_last_n_epochs: int | None = Field(
+        None, ge=1, description="Keep only the checkpoints of the last N epochs (older ones are deleted)."
+    )
+    # ---- loss and noise
+    snr_gamma: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Min-SNR-γ loss weighting (5.0 recommended). Each sample's loss is multiplied by min(SNR, γ)/SNR for "
+            "epsilon prediction and min(SNR, γ)/(SNR + 1) for v-prediction (the paper's form), SNR = ᾱ/(1 − ᾱ) at its "
+            "timestep; applied to prior-preservation samples too."
+        ),
+    )
+    noise_offset: float | None = Field(
+        None, ge=0, description="Add offset × N(0, 1) per image and channel to the noise (helps very dark/light images; 0.05-0.1)."
+    )
+    multires_noise_iterations: int | None = Field(
+        None, ge=1, description="Pyramid (multi-resolution) noise levels (6-10 recommended)."
+    )
+    multires_noise_discount: float = Field(
+        0.3, gt=0, le=1, description="Strength decay per pyramid level (the LyCORIS guide uses 0.1)."
+    )
+    # ---- conditioning
+    clip_skip: int | None = Field(
+        None,
+        ge=1,
+        le=11,
+        description=(
+            "Condition on an earlier text-encoder layer: 1 = the penultimate layer for SD 1.x (A1111's 'clip skip 2'); "
+            "for SDXL it counts from its usual penultimate layer. Used for training and sampling alike."
+        ),
+    )
+    no_half_vae: bool = Field(
+        False,
+        description="Keep the VAE in fp32 under bf16 too (it is always fp32 under fp16, where SD VAEs overflow).",
+    )
+    # ---- pivotal tuning
+    train_text_encoder_ti: bool = Field(
+        False,
+        description=(
+            "Pivotal tuning: learn new tokens (`<s0><s1>...`, replacing `token_abstraction` in every prompt) by "
+            "textual inversion in every text encoder, together with the LoRA. Only the new embedding rows train."
+        ),
+    )
+    train_text_encoder_ti_frac: float = Field(
+        0.5, gt=0, le=1, description="Fraction of the steps during which the new embeddings train (then only the LoRA)."
+    )
+    token_abstraction: str = Field(
+        "TOK", min_length=1, description="Placeholder in prompts and captions replaced by the new tokens."
+    )
+    num_new_tokens_per_abstraction: int = Field(2, ge=1, le=16, description="New tokens per abstraction.")
+    initializer_token: str | None = Field(
+        None,
+        description=(
+            "Initialise the new embeddings from this word's embedding (mean of its tokens). Unset: random with the "
+            "embedding table's standard deviation."
+        ),
+    )

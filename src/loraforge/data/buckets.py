@@ -97,6 +97,12 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def sampler(self):
+        """Itself: accelerate passes the epoch on to `loader.batch_sampler[.batch_sampler].sampler.set_epoch`, also
+        through the `SkipBatchSampler` of a resumed epoch."""
+        return self
+
     def batches(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch, 0xB0C])
         out = []

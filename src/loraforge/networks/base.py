@@ -46,6 +46,10 @@ class Network(ABC):
         """The update ΔW this module adds to its base weight (scale included): the reference every exported file
         must reproduce."""
 
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """Max-norm regularisation (`optimizer.scale_weight_norms`): (modules scaled, mean norm, max norm)."""
+        raise NotImplementedError(f"optimizer.scale_weight_norms is not available for network.algo = {self.algo!r}")
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """All trainable tensors (for checkpoints)."""
         raise NotImplementedError

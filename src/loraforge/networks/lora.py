@@ -95,6 +95,24 @@ class LoraNetwork(Network):
         layer = dict(_lora_layers(self.modules[part]))[module_path]
         return layer.get_delta_weight(ADAPTER).detach().float().cpu()
 
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """kohya's `scale_weight_norms`: scale each module whose ‖ΔW‖ exceeds `max_norm` back to it (both factors
+        by √ratio). Returns (modules scaled, mean norm, max norm) before scaling."""
+        norms, scaled = [], 0
+        for module in self.modules.values():
+            for _, layer in _lora_layers(module):
+                a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+                delta = b.flatten(1).float() @ a.flatten(1).float() * layer.scaling[ADAPTER]
+                norm = delta.norm().item()
+                norms.append(norm)
+                if norm > max_norm:
+                    ratio = (max_norm / norm) ** 0.5
+                    a.mul_(ratio)
+                    b.mul_(ratio)
+                    scaled += 1
+        return scaled, sum(norms) / max(1, len(norms)), max(norms, default=0.0)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
             f"{part}.{k}": v.detach().cpu().clone()

@@ -40,7 +40,28 @@ class SampleRequest:
         return "\n".join(lines)
 
 
-def generate(model, requests: list[SampleRequest], device=None, dtype=None, progress: bool = False) -> list[Image.Image]:
+def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_skip: int | None = None) -> dict:
+    """Prompt embeddings computed the way training computes them (clip skip, new tokens), passed to the pipeline
+    as `prompt_embeds`; the negative side follows diffusers (SDXL zeroes an empty negative prompt)."""
+    import torch
+
+    from ..models.text import encode_prompts
+
+    xl = model.family.is_sdxl
+    with torch.no_grad():
+        cond = encode_prompts(xl, model.tokenizers, model.text_encoders, [prompt], clip_skip)
+        if xl and not negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
+            neg = type(cond)(torch.zeros_like(cond.prompt_embeds), torch.zeros_like(cond.pooled))
+        else:
+            neg = encode_prompts(xl, model.tokenizers, model.text_encoders, [negative_prompt or ""], clip_skip)
+    kwargs = {"prompt_embeds": cond.prompt_embeds, "negative_prompt_embeds": neg.prompt_embeds}
+    if xl:
+        kwargs.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=neg.pooled)
+    return kwargs
+
+
+def generate(model, requests: list[SampleRequest], clip_skip: int | None = None, progress: bool = False
+             ) -> list[Image.Image]:
     """One image per request. The generator is a CPU generator seeded per request, so a seed gives the same image
     whatever the device."""
     import torch
@@ -56,10 +77,10 @@ def generate(model, requests: list[SampleRequest], device=None, dtype=None, prog
             pipes[key] = pipe
         pipe = pipes[key]
         gen = torch.Generator("cpu").manual_seed(req.seed)
+        embeds = encode_for_pipeline(model, pipe, req.prompt, req.negative_prompt, clip_skip)
         with torch.no_grad():
             out = pipe(
-                prompt=req.prompt,
-                negative_prompt=req.negative_prompt or None,
+                **embeds,
                 width=req.width,
                 height=req.height,
                 num_inference_steps=req.steps,

@@ -1,4 +1,4 @@
-"""The denoising objective."""
+"""The denoising objective and its variants: targets, min-SNR-γ weighting, noise offset, pyramid noise."""
 
 from __future__ import annotations
 
@@ -17,3 +17,40 @@ def diffusion_target(noise_scheduler, latents, noise, timesteps, prediction_type
 def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per sample, in fp32 (shape [B])."""
     return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
+
+
+def snr(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """SNR(t) = ᾱ_t / (1 − ᾱ_t) of the model's own beta schedule."""
+    abar = noise_scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)[timesteps]
+    return abar / (1.0 - abar)
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ (Hang et al. 2023): min(SNR, γ)/SNR for ε-prediction, min(SNR, γ)/(SNR + 1) for v-prediction
+    (the paper's form for v; diffusers' DreamBooth scripts use a different +1 floor, see diffusers.md §1.5)."""
+    s = snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(s, max=gamma)
+    if prediction_type == "v_prediction":
+        return clipped / (s + 1.0)
+    return clipped / s
+
+
+def offset_noise(noise: torch.Tensor, offset: float) -> torch.Tensor:
+    """Add a per-image, per-channel constant: lets the model learn overall brightness (Guttenberg's noise offset)."""
+    b, c = noise.shape[:2]
+    return noise + offset * torch.randn((b, c) + (1,) * (noise.ndim - 2), device=noise.device, dtype=noise.dtype)
+
+
+def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float) -> torch.Tensor:
+    """Multi-resolution noise: add upsampled coarser noise levels, each `discount` times weaker, at random scale
+    factors between 2 and 4, then renormalise to unit variance. Random draws come from torch's RNG (resumable)."""
+    b, c, h, w = noise.shape
+    out = noise.clone()
+    for i in range(iterations):
+        r = 2.0 + 2.0 * torch.rand(()).item()
+        hn, wn = max(1, int(h / r**i)), max(1, int(w / r**i))
+        coarse = torch.randn((b, c, hn, wn), device=noise.device, dtype=noise.dtype)
+        out = out + F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) * discount**i
+        if hn == 1 or wn == 1:
+            break
+    return out / out.std()

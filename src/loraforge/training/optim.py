@@ -1,42 +1,110 @@
-"""Optimizer and learning-rate schedule from `[optimizer]`."""
+"""Optimizers, parameter groups and learning-rate schedules from `[optimizer]`.
+
+Groups: one per adapted part (UNet, text encoder(s)) and one for new token embeddings (pivotal tuning), each with
+its learning rate and weight decay. The optimizers themselves come from their libraries: torch (AdamW, SGD),
+bitsandbytes (AdamW8bit), transformers (Adafactor), prodigyopt (Prodigy).
+"""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from ..config.optimizer import OptimizerConfig
 
+log = logging.getLogger(__name__)
+
 PART_LABELS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 
 
-def param_groups(network, cfg: OptimizerConfig) -> list[dict]:
-    """One group per adapted part, each with its learning rate (`unet_lr`, `text_encoder_lr`, else
-    `learning_rate`)."""
+class OptimizerSetupError(ValueError):
+    pass
+
+
+def param_groups(network, cfg: OptimizerConfig, embeddings: list[torch.nn.Parameter] | None = None) -> list[dict]:
+    """One group per adapted part, plus the new embeddings. Learning rates: `unet_lr` / `text_encoder_lr` /
+    `embedding_lr`, each falling back as documented; weight decay: `adam_weight_decay` for the UNet,
+    `adam_weight_decay_text_encoder` (else `adam_weight_decay`) for text-encoder parameters."""
+    te_decay = cfg.adam_weight_decay_text_encoder
+    te_decay = cfg.adam_weight_decay if te_decay is None else te_decay
+    te_lr = cfg.text_encoder_lr or cfg.learning_rate
     groups = []
     for part in network.parts:
         params = network.parameters(part)
         if not params:
             continue
-        lr = (cfg.unet_lr if part == "unet" else cfg.text_encoder_lr) or cfg.learning_rate
-        groups.append({"params": params, "lr": lr, "name": PART_LABELS[part]})
+        is_unet = part == "unet"
+        groups.append({
+            "params": params,
+            "lr": (cfg.unet_lr or cfg.learning_rate) if is_unet else te_lr,
+            "weight_decay": cfg.adam_weight_decay if is_unet else te_decay,
+            "name": PART_LABELS[part],
+        })
+    if embeddings:
+        groups.append({"params": embeddings, "lr": cfg.embedding_lr or te_lr, "weight_decay": te_decay,
+                       "name": "embeddings"})
     if not groups:
-        raise ValueError("the network has no trainable parameters")
+        raise OptimizerSetupError("nothing to train: the network has no trainable parameters")
     return groups
 
 
 def build_optimizer(cfg: OptimizerConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    for g in groups:
+        g.setdefault("lr", cfg.learning_rate)
+        g.setdefault("initial_lr", g["lr"])
     if cfg.type == "adamw":
-        return torch.optim.AdamW(
-            groups,
-            lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            eps=cfg.adam_epsilon,
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon)
+    if cfg.type == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.adam_beta1)
+    if cfg.type == "adamw8bit":
+        return _adamw8bit(cfg, groups, betas)
+    if cfg.type == "prodigy":
+        from prodigyopt import Prodigy
+
+        if not 0.1 <= cfg.learning_rate <= 10:
+            log.warning(
+                "optimizer.learning_rate = %g with Prodigy: Prodigy finds the step size itself and wants a learning "
+                "rate of about 1.0 (it multiplies its estimate D)", cfg.learning_rate,
+            )
+        return Prodigy(
+            groups, lr=cfg.learning_rate, betas=betas, beta3=cfg.prodigy_beta3, eps=cfg.adam_epsilon,
+            weight_decay=cfg.adam_weight_decay, decouple=cfg.prodigy_decouple,
+            use_bias_correction=cfg.prodigy_use_bias_correction, safeguard_warmup=cfg.prodigy_safeguard_warmup,
+            d0=cfg.prodigy_d0,
+        )
+    if cfg.type == "adafactor":
+        from transformers.optimization import Adafactor
+
+        relative = cfg.adafactor_relative_step
+        if relative:
+            for g in groups:  # the relative step computes each group's rate itself
+                g["lr"] = None
+        return Adafactor(
+            groups, lr=None if relative else cfg.learning_rate, relative_step=relative,
+            scale_parameter=cfg.adafactor_scale_parameter, warmup_init=cfg.adafactor_warmup_init and relative,
             weight_decay=cfg.adam_weight_decay,
         )
-    raise ValueError(f"unknown optimizer.type {cfg.type!r}")
+    raise OptimizerSetupError(f"unknown optimizer.type {cfg.type!r}")
+
+
+def _adamw8bit(cfg: OptimizerConfig, groups, betas):
+    try:
+        import bitsandbytes as bnb
+    except Exception as e:  # ImportError, or a broken CUDA setup raising at import
+        raise OptimizerSetupError(
+            f"optimizer.type = 'adamw8bit' needs bitsandbytes, which cannot be used here ({type(e).__name__}: {e}). "
+            "Install it with `pip install loraforge[bnb]` on a machine it supports, or use optimizer.type = 'adamw'"
+        ) from None
+    return bnb.optim.AdamW8bit(groups, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon)
 
 
 def build_scheduler(cfg: OptimizerConfig, optimizer, total_steps: int):
+    if cfg.lr_scheduler == "adafactor":
+        from transformers.optimization import AdafactorSchedule
+
+        return AdafactorSchedule(optimizer, initial_lr=cfg.learning_rate)
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(
@@ -47,3 +115,14 @@ def build_scheduler(cfg: OptimizerConfig, optimizer, total_steps: int):
         num_cycles=cfg.lr_num_cycles,
         power=cfg.lr_power,
     )
+
+
+def current_lrs(optimizer, scheduler) -> dict[str, float]:
+    """Learning rate of each named group as the optimizer will apply it (Prodigy: d × lr)."""
+    out = {}
+    opt = getattr(optimizer, "optimizer", optimizer)
+    lrs = scheduler.get_last_lr()
+    for g, lr in zip(opt.param_groups, lrs):
+        name = g.get("name", "group")
+        out[name] = lr * g["d"] if "d" in g else lr
+    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..formats.diffusers_lora import WEIGHT_NAME, save_diffusers_lora
+from ..formats.embeddings import save_embeddings
 from ..formats.kohya import kohya_state_dict
 from ..formats.metadata import model_hashes, training_metadata
 from ..utils.files import save_safetensors_atomic
@@ -23,10 +24,13 @@ SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 class WrittenFiles:
     kohya: Path | None = None
     diffusers: Path | None = None
+    embeddings: Path | None = None
     extra: dict[str, Path] = field(default_factory=dict)
 
 
-def write_lora_files(cfg, network, model, run_info: dict, folder: Path, kohya_name: str) -> WrittenFiles:
+def write_lora_files(
+    cfg, network, model, run_info: dict, folder: Path, kohya_name: str, pivotal=None
+) -> WrittenFiles:
     dtype = SAVE_DTYPES[cfg.output.save_precision]
     family = model.family.name
     out = WrittenFiles()
@@ -39,4 +43,7 @@ def write_lora_files(cfg, network, model, run_info: dict, folder: Path, kohya_na
         save_safetensors_atomic(sd, out.kohya, metadata=meta)
     if cfg.output.write_diffusers:
         out.diffusers = save_diffusers_lora(network, family, folder / WEIGHT_NAME, dtype)
+    if pivotal is not None:
+        meta = {"tokens": ",".join(pivotal.tokens), "token_abstraction": cfg.training.token_abstraction}
+        out.embeddings = save_embeddings(folder / f"{kohya_name}_emb.safetensors", family, pivotal.vectors(), meta, dtype)
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 
 STATE_FILE = "train_state.json"
 NETWORK_FILE = "network.safetensors"
+EMBEDDINGS_FILE = "embeddings.safetensors"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -62,8 +63,8 @@ def read_state(folder: Path) -> TrainState:
     return TrainState(**json.loads((folder / STATE_FILE).read_text()))
 
 
-def register_network_hooks(accelerator, network) -> None:
-    """Make accelerate save/load only the network, never the frozen base models."""
+def register_network_hooks(accelerator, network, pivotal=None) -> None:
+    """Make accelerate save/load only the network (and new token embeddings), never the frozen base models."""
     from safetensors.torch import load_file
 
     from ..utils.files import save_safetensors_atomic
@@ -71,11 +72,37 @@ def register_network_hooks(accelerator, network) -> None:
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             save_safetensors_atomic(network.state_dict(), Path(output_dir) / NETWORK_FILE)
+            if pivotal is not None:
+                save_safetensors_atomic(pivotal.state_dict(), Path(output_dir) / EMBEDDINGS_FILE)
         weights.clear()
 
     def load_hook(models, input_dir):
         models.clear()
         network.load_state_dict(load_file(str(Path(input_dir) / NETWORK_FILE)))
+        if pivotal is not None:
+            emb = Path(input_dir) / EMBEDDINGS_FILE
+            if not emb.is_file():
+                raise FileNotFoundError(f"{input_dir} has no {EMBEDDINGS_FILE}: it was not saved by a pivotal-tuning run")
+            pivotal.load_state_dict(load_file(str(emb)))
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def prune_checkpoints(run_dir: Path, current: TrainState, last_n_steps: int | None, last_n_epochs: int | None
+                      ) -> list[Path]:
+    """Delete complete checkpoints older than the last N steps / epochs (kohya's `save_last_n_*`)."""
+    import shutil
+
+    removed = []
+    for folder in complete_checkpoints(run_dir):
+        st = read_state(folder)
+        if st.global_step >= current.global_step:
+            continue
+        old = (last_n_steps and st.global_step <= current.global_step - last_n_steps) or (
+            last_n_epochs and st.epoch <= current.epoch - last_n_epochs
+        )
+        if old:
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed

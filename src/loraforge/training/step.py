@@ -1,11 +1,11 @@
-"""One training step's loss: latents → noise → UNet prediction → target → loss."""
+"""One training step's loss: latents → noise → UNet prediction → target → weighted loss."""
 
 from __future__ import annotations
 
 import torch
 
 from ..models.text import Conditioning, encode_prompts, sdxl_time_ids
-from .losses import diffusion_target, per_sample_mse
+from .losses import diffusion_target, min_snr_weights, offset_noise, per_sample_mse, pyramid_noise
 
 
 class StepMixin:
@@ -25,6 +25,21 @@ class StepMixin:
                 return sample_latents(dist.mean, dist.std, list(seeds), scale, shift).to(self.weight_dtype)
             return ((dist.sample() - shift) * scale).to(self.weight_dtype)
 
+    def make_noise(self, latents: torch.Tensor) -> torch.Tensor:
+        t = self.cfg.training
+        noise = torch.randn_like(latents)
+        if t.noise_offset:
+            noise = offset_noise(noise, t.noise_offset)
+        if t.multires_noise_iterations:
+            noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount)
+        return noise
+
+    def encode_batch_text(self, captions: list[str]):
+        m = self.model
+        with torch.set_grad_enabled(self.text_needs_grad):
+            return encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, captions,
+                                  self.cfg.training.clip_skip)
+
     def compute_loss(
         self,
         batch: dict,
@@ -32,15 +47,14 @@ class StepMixin:
         noise: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Loss of one batch. Latents, noise and timesteps are drawn here unless given (tests fix them to overfit
-        one batch)."""
+        """Loss of one batch. Latents, noise and timesteps are drawn here unless given (tests fix them)."""
         m, acc = self.model, self.accelerator
         if latents is None and "latents" in batch:  # from the latent cache, already scaled
             latents = batch["latents"].to(acc.device, dtype=self.weight_dtype)
         if latents is None:
             latents = self.encode_latents(batch["pixel_values"], batch.get("latent_seeds"))
         if noise is None:
-            noise = torch.randn_like(latents)
+            noise = self.make_noise(latents)
         if timesteps is None:
             timesteps = torch.randint(
                 0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
@@ -51,8 +65,7 @@ class StepMixin:
             pooled = batch.get("pooled")
             cond = Conditioning(batch["prompt_embeds"].to(acc.device), None if pooled is None else pooled.to(acc.device))
         else:
-            with torch.set_grad_enabled(self.train_te):
-                cond = encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, batch["captions"])
+            cond = self.encode_batch_text(batch["captions"])
         added = None
         if m.family.is_sdxl:
             target_size = tuple(batch.get("target_size") or (self.resolution, self.resolution))  # the batch's bucket
@@ -63,6 +76,9 @@ class StepMixin:
         )[0]
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, m.prediction_type)
         loss = per_sample_mse(pred, target)
-        if "loss_weights" in batch:  # prior_loss_weight for regularisation / class images
-            loss = loss * batch["loss_weights"].to(loss.device, loss.dtype)
+        if self.cfg.training.snr_gamma:
+            loss = loss * min_snr_weights(self.noise_scheduler, timesteps, self.cfg.training.snr_gamma,
+                                          m.prediction_type)
+        if "loss_weights" in batch:  # prior-preservation (class) samples weigh prior_loss_weight
+            loss = loss * batch["loss_weights"].to(loss)
         return loss.mean()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,11 +22,20 @@ from ..data.build import build_train_data
 from ..models.family import TINY_RESOLUTION
 from ..models.loading import load_model
 from ..networks import create_network
-from ..utils.files import atomic_dir, write_text_atomic
+from ..utils.files import write_text_atomic
 from .step import StepMixin
-from .optim import build_optimizer, build_scheduler, param_groups
+from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
+from .pivotal import PivotalTuning
 from .outputs import WrittenFiles, write_lora_files
-from .state import STATE_FILE, TrainState, checkpoints_dir, read_state, register_network_hooks, resolve_resume
+from .state import (
+    STATE_FILE,
+    TrainState,
+    checkpoints_dir,
+    prune_checkpoints,
+    read_state,
+    register_network_hooks,
+    resolve_resume,
+)
 
 log = logging.getLogger("loraforge.train")
 
@@ -43,6 +53,7 @@ class RunResult:
     samples: list[Path] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     steps: int = 0
+    is_main_process: bool = True
 
 
 class Trainer(StepMixin):
@@ -54,9 +65,12 @@ class Trainer(StepMixin):
 
     # ----------------------------------------------------------------------------------------------- phases
     def run(self) -> RunResult:
-        self.prepare()
-        self.train()
-        return self.finish()
+        try:
+            self.prepare()
+            self.train()
+            return self.finish()
+        finally:
+            self.close()
 
     def prepare(self) -> None:
         """Every phase before the loop."""
@@ -84,7 +98,10 @@ class Trainer(StepMixin):
             mp = "no"
             if torch.cuda.is_available():
                 mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # Several processes without a GPU (torchrun on CPUs) need accelerate's CPU mode to start gloo DDP.
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(
+            cpu=several and not torch.cuda.is_available(),
             mixed_precision=mp,
             gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
             log_with=None if cfg.output.log_with == "none" else cfg.output.log_with,
@@ -92,22 +109,25 @@ class Trainer(StepMixin):
         )
         self.mixed_precision = mp
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
-        if self.accelerator.is_main_process:
+        root = logging.getLogger("loraforge")
+        self._saved_level = root.level
+        if not self.accelerator.is_main_process:
+            root.setLevel(logging.WARNING)  # one console voice: the main process
+        else:
             handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             handler.setLevel(logging.INFO)
-            root = logging.getLogger("loraforge")
-            self._saved_level = root.level
             if root.getEffectiveLevel() > logging.INFO:
                 root.setLevel(logging.INFO)  # the run log always gets the INFO lines
             root.addHandler(handler)
             self._log_handler = handler
-        set_seed(cfg.training.seed)
+        set_seed(cfg.training.seed, device_specific=True)  # seed + process index: each process its own noise
         self.run_info = {"session_id": uuid.uuid4().hex, "started_at": time.time(), "mixed_precision": mp}
         log.info("run folder: %s (device %s, precision %s)", self.run_dir, self.accelerator.device, mp)
 
     def load_model(self) -> None:
-        self.model = load_model(self.cfg.model)
+        with self.accelerator.main_process_first():  # one process builds caches / downloads, the others reuse
+            self.model = load_model(self.cfg.model)
         m = self.model
         self.resolution = self.cfg.dataset.resolution or (TINY_RESOLUTION if m.is_tiny else m.family.resolution)
         self.noise_scheduler = m.noise_scheduler()
@@ -117,8 +137,13 @@ class Trainer(StepMixin):
         log.info("model: %s — %s, predicts %s, training at %d px", m.source, m.family.label, m.prediction_type, self.resolution)
 
     def load_data(self) -> None:
-        # `text_replacements` (e.g. pivotal tuning's {"TOK": "<s0><s1>"}) are applied to every caption, last.
-        self.data = build_train_data(self.cfg, self.resolution, text_replacements=getattr(self, "text_replacements", None))
+        self.pivotal = PivotalTuning(self.cfg.training) if self.cfg.training.train_text_encoder_ti else None
+        replacements = self.pivotal.replacements if self.pivotal else None
+        if getattr(self.cfg.dataset, "with_prior_preservation", False):
+            from .prior import ensure_class_images
+
+            ensure_class_images(self.cfg, self.model, self.accelerator, self.resolution, replacements)
+        self.data = build_train_data(self.cfg, self.resolution, text_replacements=replacements)
         self.dataset, self.sampler, self.dataloader = self.data.dataset, self.data.sampler, self.data.dataloader
         self.run_info.update(self.data.run_info)
         log.info("dataset: %s", self.data.describe())
@@ -145,13 +170,17 @@ class Trainer(StepMixin):
         m.unet.to(acc.device, dtype=self.weight_dtype)
         for te in m.text_encoders:
             te.to(acc.device, dtype=self.weight_dtype)
-        self.vae_dtype = torch.float32 if self.weight_dtype == torch.float16 else self.weight_dtype
+        keep_fp32 = self.weight_dtype == torch.float16 or self.cfg.training.no_half_vae
+        self.vae_dtype = torch.float32 if keep_fp32 else self.weight_dtype
         m.vae.to(acc.device, dtype=self.vae_dtype)
         self.network = create_network(self.cfg.network)
         self.network.apply(m)
         for part in self.network.parts:  # trainable tensors in fp32 whatever the base dtype
             for p in self.network.parameters(part):
                 p.data = p.data.float()
+        if self.pivotal:
+            gen = torch.Generator().manual_seed(self.cfg.training.seed)
+            self.pivotal.apply(m, gen)
         if self.cfg.training.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             if self.train_te:
@@ -163,11 +192,16 @@ class Trainer(StepMixin):
 
     @property
     def train_te(self) -> bool:
+        """A text-encoder LoRA is trained."""
         return any(p.startswith("te") for p in getattr(self.network, "parts", ()))
+
+    @property
+    def text_needs_grad(self) -> bool:
+        return self.train_te or bool(self.pivotal and self.pivotal.training)
 
     def setup_optimization(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        groups = param_groups(self.network, cfg.optimizer)
+        groups = param_groups(self.network, cfg.optimizer, self.pivotal.parameters() if self.pivotal else None)
         self.optimizer = build_optimizer(cfg.optimizer, groups)
         batches = math.ceil(len(self.dataloader) / acc.num_processes)  # bucket batches (data.buckets)
         self.steps_per_epoch = max(1, math.ceil(batches / cfg.training.gradient_accumulation_steps))
@@ -175,18 +209,22 @@ class Trainer(StepMixin):
         limits = []
         if t.max_train_steps:
             limits.append(t.max_train_steps)
+        elif t.max_train_steps_per_image:
+            limits.append(t.max_train_steps_per_image * len(self.data.items))
         if t.num_train_epochs:
             limits.append(t.num_train_epochs * self.steps_per_epoch)
         self.max_steps = min(limits) if limits else DEFAULT_MAX_TRAIN_STEPS
         self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
         self.lr_scheduler = build_scheduler(cfg.optimizer, self.optimizer, self.max_steps * acc.num_processes)
-        trained = [self.model.unet] + ([te for te in self.model.text_encoders] if self.train_te else [])
+        self.pivot_at = self.pivotal.pivot_step(self.max_steps) if self.pivotal else None
+        with_te = self.train_te or self.pivotal is not None
+        trained = [self.model.unet] + (list(self.model.text_encoders) if with_te else [])
         prepared = acc.prepare(*trained, self.optimizer, self.dataloader, self.lr_scheduler)
         self.trained_models = list(prepared[: len(trained)])
         self.unet = self.trained_models[0]
-        self.text_encoders = self.trained_models[1:] if self.train_te else self.model.text_encoders
+        self.text_encoders = self.trained_models[1:] if with_te else self.model.text_encoders
         self.optimizer, self.train_dataloader, self.lr_scheduler = prepared[len(trained):]
-        register_network_hooks(acc, self.network)
+        register_network_hooks(acc, self.network, self.pivotal)
         self.run_info.update(
             max_train_steps=self.max_steps, batches_per_epoch=batches, epochs=self.num_epochs,
             total_batch_size=cfg.training.batch_size * acc.num_processes * cfg.training.gradient_accumulation_steps,
@@ -204,78 +242,118 @@ class Trainer(StepMixin):
         folder = resolve_resume(self.cfg.training.resume, self.run_dir)
         self.accelerator.load_state(str(folder))
         self.state = read_state(folder)
+        self._maybe_pivot()
         log.info("resumed from %s at step %d (epoch %d)", folder, self.state.global_step, self.state.epoch)
 
     # ----------------------------------------------------------------------------------------------- the loop
     def train(self) -> None:
-        from accelerate.utils import tqdm
         from accelerate import skip_first_batches
+        from accelerate.utils import tqdm
 
         cfg, acc, st = self.cfg, self.accelerator, self.state
         for mod in self.trained_models:
             mod.train()
         bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True)
-        start_epoch = st.epoch
-        for epoch in range(start_epoch, self.num_epochs):
-            if st.global_step >= self.max_steps:
-                break
-            st.epoch = epoch
-            self.sampler.set_epoch(epoch)
-            self.dataset.set_epoch(epoch)
-            if hasattr(self.train_dataloader, "set_epoch"):  # accelerate's loader would reset it to its own count
-                self.train_dataloader.set_epoch(epoch)
+        n_batches = len(self.train_dataloader)
+        while st.global_step < self.max_steps and st.epoch < self.num_epochs:
             loader = self.train_dataloader
             if st.batch_in_epoch:
                 loader = skip_first_batches(loader, st.batch_in_epoch)
+            # accelerate's loaders set the epoch of our sampler and dataset from their own iteration counter when
+            # iterated; a resumed run's loaders must count from the resumed epoch, so set it on the loader itself.
+            loader.set_epoch(st.epoch)
             for batch in loader:
+                self._maybe_pivot()
                 with acc.accumulate(*self.trained_models):
                     loss = self.compute_loss(batch)
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.optimizer.max_grad_norm:
-                        params = [p for part in self.network.parts for p in self.network.parameters(part)]
-                        acc.clip_grad_norm_(params, cfg.optimizer.max_grad_norm)
+                        acc.clip_grad_norm_(self.trainable_parameters(), cfg.optimizer.max_grad_norm)
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 st.batch_in_epoch += 1
-                if not acc.sync_gradients:
-                    continue
-                st.global_step += 1
-                value = acc.gather(loss.detach()).mean().item()
-                self.losses.append(value)
-                lr = self.lr_scheduler.get_last_lr()[0]
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", epoch=epoch)
-                acc.log({"loss": value, "lr": lr}, step=st.global_step)
-                every = cfg.training.save_every_n_steps
-                if every and st.global_step % every == 0 and st.global_step < self.max_steps:
-                    self.save_checkpoint()
-                every = cfg.sampling.sample_every_n_steps
-                if every and st.global_step % every == 0:
-                    self.sample(f"{st.global_step:06d}")
+                epoch_end = st.batch_in_epoch >= n_batches
+                if epoch_end:  # the position is "start of the next epoch" from here on (also in checkpoints)
+                    st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+                if acc.sync_gradients:
+                    st.global_step += 1
+                    self._after_step(loss, bar)
+                if epoch_end:
+                    self._after_epoch()
                 if st.global_step >= self.max_steps:
                     break
-            else:
-                st.batch_in_epoch = 0
-                continue
-            break
         bar.close()
         acc.wait_for_everyone()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = [p for part in self.network.parts for p in self.network.parameters(part)]
+        if self.pivotal and self.pivotal.training:
+            params += self.pivotal.parameters()
+        return params
+
+    def _maybe_pivot(self) -> None:
+        if self.pivotal and self.pivotal.training and self.state.global_step >= self.pivot_at:
+            self.pivotal.freeze()
+            log.info("step %d: new token embeddings frozen (train_text_encoder_ti_frac = %g); the LoRA goes on",
+                     self.state.global_step, self.cfg.training.train_text_encoder_ti_frac)
+
+    def _after_step(self, loss: torch.Tensor, bar) -> None:
+        cfg, acc, st = self.cfg, self.accelerator, self.state
+        logs = {}
+        if cfg.optimizer.scale_weight_norms:
+            scaled, mean_norm, max_norm = self.network.apply_max_norm(cfg.optimizer.scale_weight_norms)
+            logs.update({"max_norm/keys_scaled": scaled, "max_norm/mean": mean_norm, "max_norm/max": max_norm})
+        value = acc.gather(loss.detach()).mean().item()
+        self.losses.append(value)
+        lrs = current_lrs(self.optimizer, self.lr_scheduler)
+        logs.update({"loss": value, **{f"lr/{k}": v for k, v in lrs.items()}})
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{next(iter(lrs.values())):.2e}", epoch=st.epoch)
+        acc.log(logs, step=st.global_step)
+        every = cfg.training.save_every_n_steps
+        if every and st.global_step % every == 0 and st.global_step < self.max_steps:
+            self.save_checkpoint()
+        every = cfg.sampling.sample_every_n_steps
+        if every and st.global_step % every == 0:
+            self.sample(f"{st.global_step:06d}")
+
+    def _after_epoch(self) -> None:
+        cfg, st = self.cfg, self.state
+        every = cfg.training.save_every_n_epochs
+        if every and st.epoch % every == 0 and st.global_step < self.max_steps:
+            self.save_checkpoint()
+        every = cfg.sampling.sample_every_n_epochs
+        if every and st.epoch % every == 0:
+            self.sample(f"e{st.epoch:03d}")
 
     # ----------------------------------------------------------------------------------------------- outputs
     def _run_info(self) -> dict:
         return {**self.run_info, "step": self.state.global_step, "epoch": self.state.epoch}
 
     def save_checkpoint(self) -> Path:
+        """Write `checkpoints/step-N/` with every process's state; it appears only once complete."""
+        import shutil
+
         acc, st = self.accelerator, self.state
         target = checkpoints_dir(self.run_dir) / f"step-{st.global_step:06d}"
-        with atomic_dir(target) as tmp:
-            acc.save_state(str(tmp))
-            if acc.is_main_process:
-                name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
-                write_lora_files(self.cfg, self.network, self.model, self._run_info(), tmp, name)
-                (tmp / STATE_FILE).write_text(st.to_json())
-        log.info("checkpoint: %s", target)
+        partial = target.with_name(f".{target.name}.partial")
+        if acc.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(partial))  # every process writes its RNG state here
+        if acc.is_main_process:
+            name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
+            write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
+            (partial / STATE_FILE).write_text(st.to_json())  # last: marks the folder complete
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(partial, target)
+            log.info("checkpoint: %s", target)
+            t = self.cfg.training
+            for old in prune_checkpoints(self.run_dir, st, t.save_last_n_steps, t.save_last_n_epochs):
+                log.info("removed old checkpoint %s", old)
+        acc.wait_for_everyone()
         return target
 
     def finish(self) -> RunResult:
@@ -284,23 +362,33 @@ class Trainer(StepMixin):
         samples: list[Path] = []
         if acc.is_main_process:
             files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), self.run_dir,
-                                     self.cfg.output.output_name)
-            for f in (files.kohya, files.diffusers):
+                                     self.cfg.output.output_name, self.pivotal)
+            for f in (files.kohya, files.diffusers, files.embeddings):
                 if f:
                     log.info("wrote %s", f)
             if self.cfg.sampling.at_end:
                 samples = self.sample("final")
             write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
+        is_main = acc.is_main_process
         acc.end_training()
         self.close()
-        return RunResult(self.run_dir, files, samples, self.losses, self.state.global_step)
+        return RunResult(self.run_dir, files, samples, self.losses, self.state.global_step, is_main)
 
     def close(self) -> None:
+        """Release what the run holds in the process: the log file, and accelerate's process-wide state (so a
+        next run in this process may choose another precision or accumulation)."""
+        acc = getattr(self, "accelerator", None)
+        if acc is not None:
+            self.accelerator = None
+            logging.getLogger("loraforge").setLevel(self._saved_level)
+            if acc.num_processes == 1:
+                from accelerate.state import AcceleratorState, GradientState
+
+                AcceleratorState._reset_state()
+                GradientState._reset_state()
         handler = getattr(self, "_log_handler", None)
         if handler is not None:
-            root = logging.getLogger("loraforge")
-            root.removeHandler(handler)
-            root.setLevel(self._saved_level)
+            logging.getLogger("loraforge").removeHandler(handler)
             handler.close()
             self._log_handler = None
 
@@ -313,7 +401,8 @@ class Trainer(StepMixin):
             mod.eval()
         try:
             return sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
-                                          self.run_dir / "samples", tag, autocast=self.accelerator.autocast())
+                                          self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
+                                          replace=self.pivotal.replace if self.pivotal else None)
         finally:
             for mod in self.trained_models:
                 mod.train()

@@ -1,0 +1,130 @@
+"""Pivotal tuning: new tokens learnt by textual inversion, together with the LoRA (cog-sdxl, diffusers' advanced
+scripts).
+
+Every occurrence of the token abstraction (`TOK`) in captions and prompts becomes the new tokens (`<s0><s1>`), which
+are added to every tokenizer of the family. Their embedding rows live in a small trainable parameter spliced after
+the frozen embedding table (`ExtendedEmbedding`), so only the new rows have gradients and optimizer state and every
+old row stays bit-identical — unlike the diffusers script, which trains the whole vocabulary matrix and copies the
+old rows back after each step. They train for `train_text_encoder_ti_frac` of the steps, then freeze.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+class ExtendedEmbedding(torch.nn.Module):
+    """A token-embedding table = the frozen original rows followed by trainable new rows."""
+
+    def __init__(self, base: torch.nn.Embedding, new_rows: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        self.new = torch.nn.Parameter(new_rows.detach().to(torch.float32).clone())
+        self.num_embeddings = base.num_embeddings + new_rows.shape[0]
+        self.embedding_dim = base.embedding_dim
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.base.weight, self.new.to(self.base.weight.dtype)], dim=0)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.weight)
+
+
+def _embeddings_module(text_encoder):
+    inner = getattr(text_encoder, "text_model", text_encoder)
+    return inner.embeddings
+
+
+class PivotalTuning:
+    def __init__(self, training_cfg):
+        self.cfg = training_cfg
+        abstractions = [a.strip() for a in training_cfg.token_abstraction.split(",") if a.strip()]
+        n = training_cfg.num_new_tokens_per_abstraction
+        self.tokens: list[str] = []
+        self.replacements: dict[str, str] = {}
+        for a in abstractions:
+            new = [f"<s{len(self.tokens) + j}>" for j in range(n)]
+            self.tokens += new
+            self.replacements[a] = "".join(new)
+        self.layers: list[ExtendedEmbedding] = []
+        self.token_ids: list[list[int]] = []
+        self.frozen = False
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def apply(self, model, generator: torch.Generator | None = None) -> None:
+        """Add the tokens to every tokenizer and splice trainable rows into every text encoder."""
+        for tok, te in zip(model.tokenizers, model.text_encoders):
+            clash = [t for t in self.tokens if t in tok.get_vocab()]
+            if clash:
+                raise ValueError(f"tokens {clash} already exist in the tokenizer; pick another token_abstraction")
+            tok.add_tokens(self.tokens)
+            ids = tok.convert_tokens_to_ids(self.tokens)
+            emb = _embeddings_module(te)
+            base = emb.token_embedding
+            if ids != list(range(base.num_embeddings, base.num_embeddings + len(self.tokens))):
+                raise ValueError(f"new token ids {ids} do not follow the embedding table ({base.num_embeddings} rows)")
+            rows = self._initial_rows(tok, base, generator)
+            layer = ExtendedEmbedding(base, rows).to(base.weight.device)
+            emb.token_embedding = layer
+            self.layers.append(layer)
+            self.token_ids.append(ids)
+        log.info("pivotal tuning: %s → %s in %d text encoder(s)", ", ".join(self.replacements),
+                 ", ".join(self.replacements.values()), len(self.layers))
+
+    def _initial_rows(self, tokenizer, base: torch.nn.Embedding, generator) -> torch.Tensor:
+        n, dim = len(self.tokens), base.embedding_dim
+        table = base.weight.detach().float()
+        word = self.cfg.initializer_token
+        if word:
+            ids = tokenizer(word, add_special_tokens=False).input_ids
+            if not ids:
+                raise ValueError(f"training.initializer_token = {word!r} tokenizes to nothing")
+            return table[ids].mean(0, keepdim=True).expand(n, dim).cpu().clone()
+        std = table.std().item()
+        return torch.randn((n, dim), generator=generator) * std
+
+    # ------------------------------------------------------------------------------------------------ training
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [layer.new for layer in self.layers]
+
+    def replace(self, text: str) -> str:
+        for a, toks in self.replacements.items():
+            text = text.replace(a, toks)
+        return text
+
+    def pivot_step(self, max_steps: int) -> int:
+        return int(round(self.cfg.train_text_encoder_ti_frac * max_steps))
+
+    def freeze(self) -> None:
+        """Stop training the embeddings (the 'pivot'); the LoRA goes on."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        self.frozen = True
+
+    @property
+    def training(self) -> bool:
+        return bool(self.layers) and not self.frozen
+
+    # ------------------------------------------------------------------------------------------------ state
+    def vectors(self) -> list[torch.Tensor]:
+        """New rows per text encoder, in token order (for the embeddings file)."""
+        return [layer.new.detach().float().cpu().clone() for layer in self.layers]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"embeddings.{i}": v for i, v in enumerate(self.vectors())}
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        for i, layer in enumerate(self.layers):
+            value = sd[f"embeddings.{i}"]
+            if value.shape != layer.new.shape:
+                raise ValueError(f"checkpoint embeddings {i} have shape {tuple(value.shape)}, expected {tuple(layer.new.shape)}")
+            with torch.no_grad():
+                layer.new.copy_(value)

@@ -1,0 +1,68 @@
+"""Prior preservation: make sure `class_data_dir` holds `num_class_images` class images, generating the missing
+ones with the base model (before any adapter is attached).
+
+Image i is `class_{i:05d}.png`, generated from its own seed (`training.seed + i`), written atomically: a run stopped
+while generating continues where it stopped, and the images do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..data.errors import DataError
+from ..data.sources import list_images
+
+log = logging.getLogger(__name__)
+
+
+def class_image_path(folder: Path, index: int) -> Path:
+    return folder / f"class_{index:05d}.png"
+
+
+def ensure_class_images(cfg, model, accelerator, resolution: int, replacements: dict | None = None,
+                        dtype: torch.dtype | None = None) -> list[Path]:
+    """Generate the missing class images; returns the paths written (empty when there were enough)."""
+    from ..sampling.generate import SampleRequest, encode_for_pipeline, save_png
+    from ..sampling.samplers import make_scheduler
+
+    d, s = cfg.dataset, cfg.sampling
+    if not d.class_data_dir or not d.class_prompt:
+        raise DataError(
+            "dataset.with_prior_preservation = true needs dataset.class_data_dir (a folder, created if missing) "
+            "and dataset.class_prompt (e.g. 'a photo of a dog')"
+        )
+    folder = Path(d.class_data_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = d.num_class_images - len(list_images(folder))
+    if missing <= 0:
+        return []
+    todo = [i for i in range(d.num_class_images * 2) if not class_image_path(folder, i).exists()][:missing]
+    prompt = d.class_prompt
+    for old, new in (replacements or {}).items():
+        prompt = prompt.replace(old, new)
+    written: list[Path] = []
+    if accelerator.is_main_process:
+        log.info("prior preservation: generating %d class image(s) of %r into %s", len(todo), prompt, folder)
+        for part in (model.unet, model.vae, *model.text_encoders):
+            part.to(accelerator.device, dtype=dtype) if dtype else part.to(accelerator.device)
+        sched = make_scheduler(s.sample_sampler, model.scheduler.config, model.prediction_type)
+        pipe = model.pipeline(scheduler=sched)
+        pipe.set_progress_bar_config(disable=True)
+        embeds = encode_for_pipeline(model, pipe, prompt, s.negative_prompt, cfg.training.clip_skip)
+        for start in range(0, len(todo), s.sample_batch_size):
+            batch = todo[start : start + s.sample_batch_size]
+            n = len(batch)
+            kwargs = {k: v.repeat(n, *([1] * (v.ndim - 1))) for k, v in embeds.items()}
+            gens = [torch.Generator("cpu").manual_seed(cfg.training.seed + i) for i in batch]
+            with torch.no_grad(), accelerator.autocast():
+                images = pipe(**kwargs, width=resolution, height=resolution, num_inference_steps=s.num_inference_steps,
+                              guidance_scale=s.guidance_scale, generator=gens).images
+            for i, img in zip(batch, images):
+                req = SampleRequest(prompt, s.negative_prompt, resolution, resolution, s.num_inference_steps,
+                                    s.guidance_scale, cfg.training.seed + i, s.sample_sampler)
+                written.append(save_png(img, class_image_path(folder, i), req.parameters_text()))
+    accelerator.wait_for_everyone()
+    return written

@@ -1,0 +1,136 @@
+"""Optimizers, parameter groups and schedules."""
+
+import logging
+
+import pytest
+import torch
+
+from loraforge.config import ConfigError, load_config
+from loraforge.training.optim import OptimizerSetupError, build_optimizer, build_scheduler, current_lrs
+from loraforge.training.trainer import Trainer
+
+
+def _opt_cfg(*overrides):
+    return load_config(None, list(overrides)).optimizer
+
+
+def _params():
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(64, 64)), torch.nn.Parameter(torch.randn(64, 64))]
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd", "prodigy", "adafactor"])
+def test_every_optimizer_steps(kind):
+    p = _params()
+    before = [x.detach().clone() for x in p]
+    opt = build_optimizer(_opt_cfg(f"optimizer.type={kind}"), [{"params": p[:1], "lr": 1e-3}, {"params": p[1:], "lr": 1e-3}])
+    for x in p:
+        x.grad = torch.randn_like(x)
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, p))
+
+
+def test_adamw8bit_steps_or_says_why():
+    p = [torch.nn.Parameter(torch.randn(256, 256))]
+    try:
+        opt = build_optimizer(_opt_cfg("optimizer.type=adamw8bit"), [{"params": p, "lr": 1e-3}])
+    except OptimizerSetupError as e:
+        assert "bitsandbytes" in str(e) and "adamw" in str(e)
+        return
+    before = p[0].detach().clone()
+    p[0].grad = torch.randn_like(p[0])
+    opt.step()
+    assert not torch.equal(before, p[0])
+    assert type(opt).__name__ == "AdamW8bit"
+
+
+def test_prodigy_warns_about_small_learning_rates(caplog):
+    with caplog.at_level(logging.WARNING, logger="loraforge"):
+        build_optimizer(_opt_cfg("optimizer.type=prodigy", "optimizer.learning_rate=1e-4"), [{"params": _params(), "lr": 1e-4}])
+    assert "about 1.0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="loraforge"):
+        build_optimizer(_opt_cfg("optimizer.type=prodigy", "optimizer.learning_rate=1.0"), [{"params": _params(), "lr": 1.0}])
+    assert "about 1.0" not in caplog.text
+
+
+def test_prodigy_options_reach_the_optimizer():
+    opt = build_optimizer(
+        _opt_cfg("optimizer.type=prodigy", "optimizer.learning_rate=1.0", "optimizer.prodigy_d0=1e-4",
+                 "optimizer.prodigy_decouple=false", "optimizer.prodigy_beta3=0.5",
+                 "optimizer.prodigy_use_bias_correction=false", "optimizer.prodigy_safeguard_warmup=false"),
+        [{"params": _params(), "lr": 1.0}],
+    )
+    g = opt.param_groups[0]
+    assert (g["d0"], g["decouple"], g["beta3"], g["use_bias_correction"], g["safeguard_warmup"]) == (1e-4, False, 0.5, False, False)
+
+
+def _lrs(kind, steps=10, **kw):
+    cfg = _opt_cfg(f"optimizer.lr_scheduler={kind}", "optimizer.learning_rate=1.0",
+                   *[f"optimizer.{k}={v}" for k, v in kw.items()])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(cfg, opt, steps)
+    out = []
+    for _ in range(steps):
+        out.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_schedules():
+    assert _lrs("constant") == [1.0] * 10
+    assert _lrs("constant_with_warmup", lr_warmup_steps=4)[:5] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    lin = _lrs("linear")
+    assert lin[0] == 1.0 and lin[5] == pytest.approx(0.5)
+    cos = _lrs("cosine")
+    assert cos[5] == pytest.approx(0.5) and cos[2] > 0.5 > cos[8]
+    restarts = _lrs("cosine_with_restarts", lr_num_cycles=2)
+    assert restarts[5] == pytest.approx(1.0) and restarts[4] < 0.5  # hard restart halfway
+    poly = _lrs("polynomial", lr_power=2.0)
+    assert poly[5] == pytest.approx(0.25, abs=1e-6)
+
+
+def test_adafactor_relative_step_and_its_schedule():
+    cfg = _opt_cfg("optimizer.type=adafactor", "optimizer.adafactor_relative_step=true", "optimizer.lr_scheduler=adafactor")
+    p = _params()
+    opt = build_optimizer(cfg, [{"params": p}])
+    sched = build_scheduler(cfg, opt, 10)
+    for x in p:
+        x.grad = torch.randn_like(x)
+    opt.step()
+    sched.step()
+    assert sched.get_last_lr()[0] > 0
+    with pytest.raises(ConfigError, match="lr_scheduler = 'adafactor'"):
+        load_config(None, ["optimizer.type=adafactor", "optimizer.adafactor_relative_step=true"])
+    with pytest.raises(ConfigError, match="needs optimizer.type = 'adafactor'"):
+        load_config(None, ["optimizer.lr_scheduler=adafactor"])
+
+
+def test_groups_rates_and_decay_in_a_run(make_config):
+    cfg = make_config("sdxl", **{
+        "network.train_text_encoder": True, "optimizer.unet_lr": 2e-4, "optimizer.text_encoder_lr": 5e-5,
+        "optimizer.adam_weight_decay": 0.1, "optimizer.adam_weight_decay_text_encoder": 0.0,
+    })
+    t = Trainer(cfg)
+    t.prepare()
+    t.close()
+    groups = {g["name"]: g for g in t.optimizer.optimizer.param_groups}
+    assert set(groups) == {"unet", "text_encoder", "text_encoder_2"}
+    assert groups["unet"]["lr"] == 2e-4 and groups["text_encoder_2"]["lr"] == 5e-5
+    assert groups["unet"]["weight_decay"] == 0.1 and groups["text_encoder"]["weight_decay"] == 0.0
+    assert set(current_lrs(t.optimizer, t.lr_scheduler)) == set(groups)
+
+
+def test_scale_weight_norms_caps_every_module(make_config):
+    cfg = make_config("sd15", **{"optimizer.scale_weight_norms": 0.05, "optimizer.learning_rate": 5e-2,
+                                  "network.init_lora_weights": "gaussian"})
+    t = Trainer(cfg)
+    t.run()
+    norms = []
+    for (part, path), mt in t.network.module_tensors().items():
+        up, down = mt.tensors["lora_up.weight"], mt.tensors["lora_down.weight"]
+        norms.append((up @ down * mt.alpha / down.shape[0]).norm().item())
+    assert max(norms) <= 0.05 * (1 + 1e-4)
+    scaled, mean_norm, max_norm = t.network.apply_max_norm(0.01)
+    assert scaled > 0 and max_norm > 0.01
