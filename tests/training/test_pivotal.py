@@ -37,7 +37,8 @@ def test_pivotal_tuning_end_to_end(make_config, tiny_dirs, tok_images, family):
     t.prepare()
     # tokens in every tokenizer, abstraction replaced in captions
     assert t.pivotal.tokens == ["<s0>", "<s1>"]
-    assert all(i.caption == "a photo of <s0><s1> robot" for i in t.data.items)
+    # (the replacement is the last step of caption processing: items keep their text, samples get the tokens)
+    assert all(t.dataset.caption(i) == "a photo of <s0><s1> robot" for i in range(len(t.dataset)))
     n_te = 2 if family == "sdxl" else 1
     assert len(t.pivotal.layers) == n_te
     old_tables = [layer.base.weight.detach().clone() for layer in t.pivotal.layers]
