@@ -156,10 +156,9 @@ class Trainer(StepMixin):
         if not (self.data.wants_latent_cache or self.data.wants_text_cache):
             return
         m, d = self.model, self.cfg.dataset
-        clip_skip = getattr(self.cfg.model, "clip_skip", None) or getattr(self.cfg.training, "clip_skip", None)
         ctx = CacheContext(vae=m.vae, vae_dtype=self.vae_dtype, device=self.accelerator.device,
                            text_encoders=m.text_encoders, tokenizers=m.tokenizers, is_sdxl=m.family.is_sdxl,
-                           clip_skip=clip_skip, vae_batch_size=d.vae_batch_size)
+                           clip_skip=self.cfg.training.clip_skip, vae_batch_size=d.vae_batch_size)
         self.cache_stats = self.data.fill_caches(ctx)
     # -----------------------------------------------------------------------------------------------------------
 
