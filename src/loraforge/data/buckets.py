@@ -88,7 +88,10 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     def __init__(self, keys: list, batch_sizes: dict, seed: int):
         """`keys[i]`: the (group, bucket) of sample i; `batch_sizes[group]`: that group's batch size."""
         self.keys, self.batch_sizes, self.seed, self.epoch = keys, batch_sizes, seed, 0
-        self.batch_size = max(batch_sizes.values())
+        # None tells accelerate's BatchSamplerShard (several processes) that batches have dynamic lengths: it then
+        # hands out whole batches round-robin (pads with whole batches) instead of re-cutting them across buckets.
+        self.batch_size = None
+        self.max_batch_size = max(batch_sizes.values())
         self.buckets: dict = {}
         for i, k in enumerate(keys):
             self.buckets.setdefault(k, []).append(i)
