@@ -126,7 +126,8 @@ def _inspect_lora(path: Path, sd: dict, metadata: dict) -> InspectReport:
         f"algo: {algo}",
         f"ranks: {_counts(Counter(m.rank for m in mods if m.rank is not None)) or '-'}",
         f"alphas: {_counts(Counter(m.alpha for m in mods if m.alpha is not None)) or 'none stored (scale 1.0)'}",
-        "modules: " + ", ".join(f"{PART_LABELS.get(p, p)} {n}" for p, n in sorted(parts.items())),
+        "modules: " + ", ".join(f"{PART_LABELS.get(p, p)} {parts[p]}" for p in ("unet", "te1", "te2", "other")
+                                if parts[p]),
         "unused keys: " + ("none" if not lora.unknown else f"{len(lora.unknown)}: " + "; ".join(
             lora.unknown_lines(5))),
     ]
@@ -204,7 +205,7 @@ def _metadata_lines(metadata: dict, everything: bool) -> list[str]:
     if "lora_adapter_metadata" in meta and not everything:
         cfg = json.loads(meta["lora_adapter_metadata"])
         shown["lora_adapter_metadata"] = ", ".join(
-            f"{k}={cfg[k]}" for k in sorted(cfg) if k.split(".", 1)[-1] in ("r", "lora_alpha", "use_dora"))
+            f"{k}={cfg[k]}" for k in sorted(cfg) if k.split(".", 1)[-1] in ("r", "lora_alpha"))
     for k, v in shown.items():
         v = str(v)
         out.append(f"  {k}: {v if len(v) <= 200 else v[:200] + '…'}")
