@@ -133,3 +133,23 @@ def test_checkpoint_merge_errors(single_files, trained, tmp_path):
         merge_checkpoints(str(trained["sd15"].model_dir), str(trained["sdxl"].model_dir), tmp_path / "o")
     assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "o").exists()
     assert not list(tmp_path.glob(".o*"))  # no temporary leftovers
+
+
+def test_add_difference_into_an_inpainting_model(tmp_path):
+    """A1111's recipe: inpainting A + (custom B − base C) merges B's and C's 4 input channels into A's first 4."""
+    from safetensors.torch import load_file, save_file
+
+    conv, other = "model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.out.2.weight"
+    g = torch.Generator().manual_seed(0)
+    files = {}
+    for name, channels in (("a", 9), ("b", 4), ("c", 4)):
+        files[name] = {conv: torch.randn(8, channels, 3, 3, generator=g), other: torch.randn(4, 8, 3, 3, generator=g)}
+        save_file(files[name], tmp_path / f"{name}.safetensors")
+    a, b, c = (str(tmp_path / f"{n}.safetensors") for n in "abc")
+    out = load_file(merge_checkpoints(a, b, tmp_path / "o.safetensors", c=c, multiplier=1.0, mode="add_difference"))
+    A, B, C = files["a"], files["b"], files["c"]
+    assert torch.equal(out[conv][:, 4:], A[conv][:, 4:])
+    assert torch.equal(out[conv][:, :4], A[conv][:, :4] + (B[conv] - C[conv]) * 1.0)
+    assert torch.equal(out[other], A[other] + (B[other] - C[other]) * 1.0)
+    with pytest.raises(ShapeMismatchError, match="inpainting model must be A"):
+        merge_checkpoints(b, a, tmp_path / "x.safetensors", c=c, multiplier=1.0, mode="add_difference")

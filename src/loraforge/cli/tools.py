@@ -164,7 +164,9 @@ def cmd_merge_model(args) -> int:
 def cmd_merge_loras(args) -> int:
     from ..tools.common import parse_weighted
     from ..tools.merge_loras import merge_loras
+    from .commands import _quiet_progress
 
+    _quiet_progress()
     result = merge_loras([parse_weighted(s) for s in args.loras], args.output, args.mode, _rule(args), args.alpha,
                          args.base, args.family, _dtype(args.dtype), args.allow_pickle, args.skip_unknown,
                          args.overwrite)
@@ -199,7 +201,9 @@ def add_resize(sub) -> None:
 
 def cmd_resize(args) -> int:
     from ..tools.resize import resize_lora
+    from .commands import _quiet_progress
 
+    _quiet_progress()
     rule = _rule(args)
     if rule.rank is None and rule.method is None and not rule.recipe:
         from ..tools.errors import ToolError

@@ -5,7 +5,8 @@
   original-layout `.safetensors` (LDM / SGM keys) that AUTOMATIC1111, ComfyUI and diffusers' `from_single_file` load
   (`formats.single_file`: diffusers ships only the other direction);
 * checkpoints (A1111's checkpoint merger): weighted sum `(1 − m)·A + m·B` and add-difference `A + m·(B − C)`. Two or
-  three original-layout `.safetensors` files are merged key by key (memory for one output, any layout the files share);
+  three original-layout `.safetensors` files are merged key by key (memory for one output, any layout the files share;
+  as in A1111, an inpainting / instruct-pix2pix A takes B's and C's 4 input channels into the first 4 of its 9 or 8);
   other inputs (diffusers folders, hub ids, `.ckpt` with `--allow-pickle`) are loaded as models and merged per
   component.
 """
@@ -22,6 +23,7 @@ from .errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, To
 log = logging.getLogger("loraforge.tools")
 
 MODES = ("weighted_sum", "add_difference")
+INPUT_CONV = "model.diffusion_model.input_blocks.0.0.weight"
 
 
 def write_model(model, output, dtype=None, metadata: dict | None = None, overwrite: bool = False) -> Path:
@@ -163,13 +165,24 @@ def _merge_single_files(sources: list[str], output: Path, multiplier: float, mod
     for key in a_keys:
         ta = handles[0].get_tensor(key)
         rest = [h.get_tensor(key) for h in handles[1:]]
+        channels = None
         for name, t in zip("BC", rest):
-            if t.shape != ta.shape:
-                raise ShapeMismatchError(f"{key}: A {tuple(ta.shape)} vs {name} {tuple(t.shape)}")
+            if t.shape == ta.shape:
+                continue
+            if key == INPUT_CONV and ta.dim() == 4 and ta.shape[1] in (8, 9) and t.shape[1] == 4:
+                channels = 4  # A is an inpainting / instruct-pix2pix UNet: merge its first 4 input channels
+                continue
+            hint = " (the inpainting model must be A)" if key == INPUT_CONV and t.shape[1] in (8, 9) else ""
+            raise ShapeMismatchError(f"{key}: A {tuple(ta.shape)} vs {name} {tuple(t.shape)}{hint}")
         if not ta.is_floating_point():
             out[key] = ta
             continue
-        merged = merge_tensor(ta, rest[0], rest[1] if len(rest) > 1 else None, multiplier, mode)
+        if channels:
+            merged = ta.float().clone()
+            merged[:, :channels] = merge_tensor(ta[:, :channels], rest[0], rest[1] if len(rest) > 1 else None,
+                                                multiplier, mode)
+        else:
+            merged = merge_tensor(ta, rest[0], rest[1] if len(rest) > 1 else None, multiplier, mode)
         out[key] = merged.to(dtype or ta.dtype)
     meta = {"format": "pt", "loraforge_merge": json.dumps({"mode": mode, "multiplier": multiplier, "sources": sources})}
     save_safetensors_atomic(out, output, metadata=meta)
