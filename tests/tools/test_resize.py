@@ -140,3 +140,14 @@ def test_recipe_parsing_errors():
         parse_recipe("fro_ckpt=1")
     with pytest.raises(ToolError, match="rank method"):
         RankRule(method="sv_magic", param=1)
+
+
+def test_diffusers_layout_comes_out_in_kohya_layout(trained, tmp_path):
+    t = trained["sdxl"]
+    resize_lora(t.diffusers, tmp_path / "r.safetensors", RankRule(rank=2), base=str(t.model_dir))
+    out = load_lora_file(tmp_path / "r.safetensors")
+    assert out.style == "kohya" and not out.unknown and "lora_adapter_metadata" not in out.metadata
+    reference = load_lora_file(t.kohya)
+    assert set(out.modules) == set(reference.modules)  # the trainer's own kohya names (SGM for SDXL)
+    name = next(iter(reference.modules))
+    assert out.modules[name].scale == reference.modules[name].scale == 0.5

@@ -16,7 +16,8 @@ from typing import Iterable
 import torch
 
 from ..tools.errors import UnsupportedError
-from .lora_file import DIFFUSERS_PREFIXES, LoraModule, ModelTree
+from .lora_file import LoraModule
+from .model_tree import DIFFUSERS_PREFIXES, ModelTree
 
 ADAPTER_METADATA = "lora_adapter_metadata"
 _TE_PREFIXES = {"sd15": {"te1": "lora_te"}, "sd2": {"te1": "lora_te"}, "sdxl": {"te1": "lora_te1", "te2": "lora_te2"}}

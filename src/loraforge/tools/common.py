@@ -36,6 +36,21 @@ def load_sd_model(source: str | None, family: str = "auto", allow_pickle: bool =
     return load_model(cfg, dtype=dtype)
 
 
+def model_tree(source: str | None, family: str = "auto", allow_pickle: bool = False, config_dir: str | None = None):
+    """The `ModelTree` LoRA names are resolved against: a diffusers folder's configs (no weights read), a single file
+    (loaded), or with no source the full-size model of `family`."""
+    from ..formats.model_tree import ModelTree
+
+    if source is None:
+        if family in (None, "auto"):
+            raise ToolError("name the base model (--base) or its family (--family)")
+        return ModelTree.for_family(family)
+    path = Path(source)
+    if path.is_dir() and (path / "model_index.json").is_file():
+        return ModelTree.from_folder(path)
+    return ModelTree.from_model(load_sd_model(source, family, allow_pickle, config_dir))
+
+
 def model_parts(model) -> dict:
     parts = {"unet": model.unet}
     for i, te in enumerate(model.text_encoders):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..formats.lora_file import PICKLE_SUFFIXES, ModelTree, bind, read_lora_state_dict
+from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict
 from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict, kohya_state_dict
 from ..utils.files import atomic_path, save_safetensors_atomic
-from .common import check_output, family_metadata, load_sd_model
+from .common import check_output, family_metadata, load_sd_model, model_tree
 from .errors import PickleRefusedError, ToolError, UnsupportedError
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -185,9 +185,9 @@ def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str |
         raise ToolError(f"{dst}: LoRA files are written as .safetensors (or a folder for diffusers)")
     check_output(dst, overwrite)
     fam = family if family != "auto" else lora.family
-    tree = ModelTree.from_source(base, fam, allow_pickle) if base else ModelTree.for_family(fam)
+    tree = model_tree(base, fam, allow_pickle)
     bind(lora, tree)
-    lora.require_known(skip_unknown=False)
+    lora.require_known(hint="a converted file must hold every key; is --base the model it was made for?")
     rest = {k: v for k, v in metadata.items() if k not in (ADAPTER_METADATA, "format")}
     modules = lora.modules.values()
     if target == "diffusers":

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from ..formats.consumers.keys import ADAPTER_LABELS
-from ..formats.lora_file import LoraModule, ModelTree, bind, load_lora_file, weak_evidence
+from ..formats.lora_file import LoraModule, bind, load_lora_file, weak_evidence
 from ..formats.lora_math import module_delta
 from ..formats.lora_write import kohya_state_dict
-from .common import check_output, lora_metadata, save_lora
+from .common import check_output, lora_metadata, model_tree, save_lora
 from .errors import FamilyMismatchError, ShapeMismatchError, ToolError, UnsupportedError
 from .svd import RankRule, fro_share, full_svd, select_rank, shape_factors, split_factors
 
@@ -77,7 +77,7 @@ def merge_loras(inputs: list[tuple[str, float]], output, mode: str = "concat", r
     output = check_output(output, overwrite)
     loras = [load_lora_file(path, allow_pickle) for path, _ in inputs]
     fam = _family(loras, family)
-    tree = ModelTree.from_source(base, fam, allow_pickle) if base else ModelTree.for_family(fam)
+    tree = model_tree(base, fam, allow_pickle)
     for lf in loras:
         bind(lf, tree)
         lf.require_known(skip_unknown)

@@ -5,7 +5,8 @@ Tucker LoCon modules are rebuilt in full first and come out as plain LoCon), the
 many directions stay, and the factors are written so that the consumers' scale is unchanged:
 `up = U·√(S/αf)`, `down = √(S/αf)·Vᵀ`, `alpha = αf·new_rank` with αf = alpha/r ("alpha semantics kept"; a module
 without alpha stays without). `dora_scale` is copied (exact at full rank only). LoHa / LoKr / full modules and keys
-the reader does not know are copied unchanged and listed.
+the reader does not know are copied unchanged and listed. A diffusers-layout input comes out in the kohya layout
+(names resolved against `base` or the family's full-size model).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from ..formats.consumers.keys import ADAPTER_LABELS
 from ..formats.lora_file import LoraModule, ModelTree, bind, read_lora_state_dict, read_tensors
 from ..formats.lora_math import raw_delta
-from .common import check_output, load_sd_model, lora_metadata, model_parts, save_lora
+from ..formats.lora_write import kohya_name
+from .common import check_output, load_sd_model, lora_metadata, model_parts, model_tree, save_lora
 from .errors import ToolError
 from .svd import RankRule, fro_share, full_svd, lowrank_svd, select_rank, split_factors
 
@@ -123,20 +125,26 @@ def resize_lora(src, output, rule: RankRule, base: str | None = None, family: st
     output = check_output(output, overwrite)
     sd, metadata = read_tensors(src, allow_pickle)
     lora = read_lora_state_dict(sd, metadata, source=str(src))
-    weights = {}
+    fam = family if family != "auto" else lora.family
+    weights, tree = {}, None
     if rule.needs_base:
         if base is None:
             raise ToolError(f"the recipe {rule.describe()} needs the base model's weights: pass --base MODEL")
-        model = load_sd_model(base, family if family != "auto" else lora.family, allow_pickle, config_dir)
-        bind(lora, ModelTree.from_model(model))
+        model = load_sd_model(base, fam, allow_pickle, config_dir)
+        tree = ModelTree.from_model(model)
+        bind(lora, tree)
         parts = model_parts(model)
         weights = {n: parts[m.part].get_submodule(m.path).weight.detach() for n, m in lora.modules.items()}
+    elif lora.style == "diffusers":  # written in the kohya layout: resolve the names
+        tree = model_tree(base, fam, allow_pickle, config_dir)
+        bind(lora, tree)
     result = ResizeResult(output, rule.describe(), unknown=dict(lora.unknown))
     out: dict[str, torch.Tensor] = {k: sd[k] for k in lora.unknown}
     for name, m in lora.modules.items():
         if m.kind == "lora" or m.kind == "locon_tucker":
             tensors, report = resize_module(m, rule, weights.get(name), dtype)
-            out.update({f"{name}.{suffix}": v for suffix, v in tensors.items()})
+            new = kohya_name(m.part, m.path, tree) if lora.style == "diffusers" else name
+            out.update({f"{new}.{suffix}": v for suffix, v in tensors.items()})
         else:
             out.update({k: sd[k] for k in m.keys})
             report = ModuleReport(name, m.kind, m.rank, note=f"{ADAPTER_LABELS.get(m.kind, m.kind)}: resize re-ranks "
@@ -146,6 +154,7 @@ def resize_lora(src, output, rule: RankRule, base: str | None = None, family: st
         raise ToolError(f"{src}: no LoRA / LoCon module to resize")
     ranks = {m.new_rank for m in result.resized}
     alphas = {float(out[f"{m.name}.alpha"]) for m in result.resized if f"{m.name}.alpha" in out}
+    metadata.pop("lora_adapter_metadata", None)
     meta = lora_metadata(metadata, lora.family, resize=rule.describe())
     meta["ss_network_dim"] = str(ranks.pop()) if len(ranks) == 1 else "Dynamic"
     if alphas:
