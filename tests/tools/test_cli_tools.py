@@ -67,7 +67,8 @@ def test_user_errors_are_one_line(trained, tmp_path, capsys):
 def test_sample_and_merge_cli(trained, tmp_path, capsys):
     t = trained["sd15"]
     code, out, _ = _run(capsys, "sample", "--model", t.model_dir, "--prompt", "a robot", "--lora", f"{t.kohya}:0.5",
-                        "--steps", "1", "--batch", "2", "--seed", "4", "-o", tmp_path / "png")
+                        "--steps", "1", "--batch", "2", "--seed", "4", "--width", "64", "--height", "64",
+                        "-o", tmp_path / "png")
     assert code == 0 and out.split() == [str(tmp_path / "png" / "00000-4.png"), str(tmp_path / "png" / "00001-5.png")]
     code, out, _ = _run(capsys, "merge", "loras", t.kohya, f"{t.kohya}:-1", "--mode", "svd", "--rank", "2",
                         "--base", t.model_dir, "-o", tmp_path / "zero.safetensors")

@@ -63,17 +63,16 @@ def test_lora_ldm_naming(trained, tmp_path):
 
 
 def test_checkpoint_single_file_folder_round_trip(trained, tmp_path):
-    from loraforge.tools.common import load_sd_model, model_parts
-
     t = trained["sdxl"]
     single = convert(t.model_dir, tmp_path / "model.safetensors").output
     folder = convert(single, tmp_path / "folder", config_dir=str(t.model_dir)).output
     again = convert(folder, tmp_path / "again.safetensors").output
     _same(load_file(single), load_file(again))
-    a, b = load_sd_model(str(t.model_dir)), load_sd_model(str(folder))
-    for (part, ma), mb in zip(model_parts(a).items(), model_parts(b).values()):
-        _same(ma.state_dict(), mb.state_dict())
-    _same(a.vae.state_dict(), b.vae.state_dict())
+    for weights in sorted(t.model_dir.glob("*/*.safetensors")):  # the folder holds the original weights
+        original = load_file(weights)
+        again = load_file(folder / weights.parent.name / weights.name)
+        _same({k: v for k, v in again.items() if k in original}, original)
+        assert set(original) - set(again) <= {"text_model.embeddings.position_ids"}
 
 
 def test_pickles_need_allow_pickle_and_convert_exactly(tmp_path):

@@ -25,10 +25,13 @@ def check_output(path, overwrite: bool) -> Path:
 
 def load_sd_model(source: str | None, family: str = "auto", allow_pickle: bool = False, config_dir: str | None = None,
                   dtype=None):
-    """`models.load_model` for a path / hub id / None (the embedded tiny model of `family`)."""
+    """`models.load_model` for a path / hub id / None (the embedded tiny model of `family`); an already loaded
+    `SDModel` is returned as it is."""
     from ..config.model import ModelConfig
     from ..models.loading import load_model
 
+    if hasattr(source, "unet"):
+        return source
     if family in (None, "auto") and source is not None:
         family = _single_file_family_hint(Path(source), config_dir) or "auto"
     cfg = ModelConfig(pretrained_model_name_or_path=source, family=family or "auto", allow_pickle=allow_pickle,
@@ -45,6 +48,8 @@ def model_tree(source: str | None, family: str = "auto", allow_pickle: bool = Fa
         if family in (None, "auto"):
             raise ToolError("name the base model (--base) or its family (--family)")
         return ModelTree.for_family(family)
+    if hasattr(source, "unet"):
+        return ModelTree.from_model(source)
     path = Path(source)
     if path.is_dir() and (path / "model_index.json").is_file():
         return ModelTree.from_folder(path)

@@ -70,7 +70,7 @@ def extract_lora(base: str | None, tuned: str, output, rule: RankRule, text_enco
                  min_diff: float = 0.0, family: str = "auto", dtype=None, allow_pickle: bool = False,
                  overwrite: bool = False, config_dir: str | None = None) -> ExtractResult:
     """Extract (tuned − base) into a LoRA file; `base`/`tuned` are any model names `load_model` takes (None: the
-    embedded tiny model)."""
+    embedded tiny model) or loaded `SDModel`s."""
     if rule.rank is None and rule.method is None and not rule.recipe:
         raise ToolError("give a rank (--rank) or a quality rule (--sv-fro 0.99, ...)")
     output = check_output(output, overwrite)
@@ -108,9 +108,9 @@ def extract_lora(base: str | None, tuned: str, output, rule: RankRule, text_enco
             result.modules[(part, path)] = (k, fro_share(s, k))
         _report_other_changes(part, model, parts_b[part], set(layers), min_diff, result)
     if not modules:
-        raise ToolError(f"{tuned} does not differ from {base or 'the base'} in any layer a LoRA can carry")
+        raise ToolError(f"{b.source} does not differ from {a.source} in any layer a LoRA can carry")
     ranks = {k for k, _ in result.modules.values()}
-    meta = lora_metadata(None, a.family.name, extract=rule.describe(), base=base or "tiny", tuned=tuned)
+    meta = lora_metadata(None, a.family.name, extract=rule.describe(), base=a.source, tuned=b.source)
     meta.update(ss_network_module="networks.lora", ss_network_dim=str(ranks.pop()) if len(ranks) == 1 else "Dynamic")
     meta["ss_network_alpha"] = meta["ss_network_dim"]
     save_lora(kohya_state_dict(modules, tree, naming="auto"), output, meta, overwrite)
