@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from loraforge.tools.common import LoraSpec, load_sd_model
-from loraforge.tools.sample import apply_lora_files
+from loraforge.tools.common import LoraSpec, apply_lora_files, load_sd_model
 
 from ..formats.consumer_fixtures import _OldClipNames
 

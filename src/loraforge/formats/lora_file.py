@@ -38,7 +38,7 @@ from .consumers.keys import (
     group_modules,
     split_key,
 )
-from .model_tree import DIFFUSERS_PREFIXES, FAMILY_LABELS, ModelTree
+from .model_tree import FAMILY_LABELS, ModelTree
 
 log = logging.getLogger(__name__)
 

@@ -158,3 +158,18 @@ def family_metadata(family: str) -> dict[str, str]:
 
     return {"ss_base_model_version": BASE_MODEL_VERSION[family], "ss_v2": str(family == "sd2"),
             "modelspec.architecture": f"{ARCHITECTURE[family]}/lora"}
+
+
+def apply_lora_files(model, loras: list[LoraSpec], allow_pickle: bool = False, skip_unknown: bool = False) -> int:
+    """Patch `model` (an `SDModel`) with the LoRA files in place; returns the number of weights changed."""
+    from ..formats.lora_file import ModelTree, load_bound
+    from ..formats.lora_math import apply_loras
+
+    if not loras:
+        return 0
+    tree = ModelTree.from_model(model)
+    bound = [(load_bound(s.path, tree, allow_pickle, skip_unknown), s.unet, s.te) for s in loras]
+    for lora, _, _ in bound:
+        parts = sorted({m.part for m in lora.modules.values()})
+        log.info("%s: %d modules (%s)", lora.source, len(lora.modules), ", ".join(parts))
+    return apply_loras(model_parts(model), bound)

@@ -11,7 +11,6 @@ reported.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from .common import check_output, load_sd_model, lora_metadata, model_parts, sav
 from .errors import FamilyMismatchError, ShapeMismatchError, ToolError
 from .svd import RankRule, fro_share, full_svd, select_rank, shape_factors, split_factors
 
-log = logging.getLogger("loraforge.tools")
 
 
 @dataclass

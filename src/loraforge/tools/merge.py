@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from .common import LoraSpec, check_output, load_sd_model
+from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
 from .errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
 
 log = logging.getLogger("loraforge.tools")
@@ -49,8 +49,6 @@ def merge_into_model(base: str | None, loras: list[LoraSpec], output, family: st
                      allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False,
                      config_dir: str | None = None) -> Path:
     """Bake the LoRA files into `base` and write the result (see `write_model`)."""
-    from .sample import apply_lora_files
-
     if not loras:
         raise ToolError("name at least one LoRA file to merge")
     check_output(output, overwrite)

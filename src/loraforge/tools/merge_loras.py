@@ -17,7 +17,6 @@ family.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from .common import check_output, lora_metadata, model_tree, save_lora
 from .errors import FamilyMismatchError, ShapeMismatchError, ToolError, UnsupportedError
 from .svd import RankRule, fro_share, full_svd, select_rank, shape_factors, split_factors
 
-log = logging.getLogger("loraforge.tools")
 
 MODES = ("concat", "svd", "interpolate")
 

@@ -11,7 +11,6 @@ the reader does not know are copied unchanged and listed. A diffusers-layout inp
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from .common import check_output, load_sd_model, lora_metadata, model_parts, mod
 from .errors import ToolError
 from .svd import RankRule, fro_share, full_svd, lowrank_svd, select_rank, split_factors
 
-log = logging.getLogger("loraforge.tools")
 
 
 @dataclass

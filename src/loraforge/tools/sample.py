@@ -10,15 +10,13 @@ prompt, so A1111's PNG Info reproduces the call.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..sampling.generate import SampleRequest, expand_requests, save_png
-from .common import LoraSpec, check_output, load_sd_model, model_parts
+from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
 from .errors import FamilyMismatchError, ShapeMismatchError, ToolError
 
-log = logging.getLogger("loraforge.tools")
 
 
 @dataclass
@@ -29,21 +27,6 @@ class EmbeddingSpec:
     @property
     def trigger(self) -> str:
         return self.token or Path(self.path).stem
-
-
-def apply_lora_files(model, loras: list[LoraSpec], allow_pickle: bool = False, skip_unknown: bool = False) -> int:
-    """Patch `model` (an `SDModel`) with the LoRA files in place; returns the number of weights changed."""
-    from ..formats.lora_file import ModelTree, load_bound
-    from ..formats.lora_math import apply_loras
-
-    if not loras:
-        return 0
-    tree = ModelTree.from_model(model)
-    bound = [(load_bound(s.path, tree, allow_pickle, skip_unknown), s.unet, s.te) for s in loras]
-    for (lora, _, te_scale), spec in zip(bound, loras):
-        parts = {m.part for m in lora.modules.values()}
-        log.info("%s: %d modules (%s)", spec.path, len(lora.modules), ", ".join(sorted(parts)))
-    return apply_loras(model_parts(model), bound)
 
 
 def load_embedding(model, spec: EmbeddingSpec, allow_pickle: bool = False) -> None:
