@@ -43,7 +43,6 @@ from .model_tree import FAMILY_LABELS, ModelTree
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth", ".ckpt")
-PARTS = ("unet", "te1", "te2")
 SUPPORTED_KINDS = ("lora", "locon_tucker", "loha", "lokr", "full")
 PART_LABELS = {"unet": "UNet", "te1": "text encoder 1", "te2": "text encoder 2"}
 _UP = {up: "lora_up.weight" for up, _ in LORA_PAIRS}
