@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from .tools import TOOLS  # the LoRA tools (argparse only at import time)
+
 
 def _quiet_libraries() -> None:
     """Keep the console for loraforge's own progress: no per-shard bars or info chatter from the libraries."""
@@ -42,9 +44,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..config import ConfigError
     from ..data.errors import DataError
     from ..models.loading import ModelLoadError
+    from ..tools.errors import ToolError
     from ..training.trainer import RunFolderError
 
-    return (ConfigError, DataError, ModelLoadError, RunFolderError, FileNotFoundError, FileExistsError)
+    return (ConfigError, DataError, ModelLoadError, RunFolderError, ToolError, FileNotFoundError, FileExistsError)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -221,4 +224,4 @@ def cmd_presets(args) -> int:
     return 0
 
 
-REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets]
+REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets] + TOOLS

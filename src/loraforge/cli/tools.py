@@ -1,0 +1,289 @@
+"""CLI of the tools around a LoRA: sample, merge, resize, extract, convert, inspect. Argparse only at import time;
+each command imports its tool (torch, diffusers) when it runs. The work is done by `loraforge.tools.*`."""
+
+from __future__ import annotations
+
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def _dtype(name: str | None):
+    if name is None:
+        return None
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _common(p, model: bool = True, pickle: bool = True, output: bool = True) -> None:
+    if model:
+        p.add_argument("--family", choices=["auto", "sd15", "sd2", "sdxl"], default="auto",
+                       help="base model family (default: detected; the embedded tiny model when no model is named)")
+        p.add_argument("--config-dir", help="diffusers folder describing a single-file model (default: built in)")
+    if pickle:
+        p.add_argument("--allow-pickle", action="store_true",
+                       help="read .bin/.pkl/.pt/.ckpt files (with torch's weights_only loader)")
+    if output:
+        p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _rank_args(p, what: str) -> None:
+    p.add_argument("--rank", type=int, help=f"{what} rank (the cap when a rule below is given)")
+    p.add_argument("--conv-rank", type=int, help="rank for 3x3 convolutions (default: --rank; 0 leaves them out)")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--sv-ratio", type=float, metavar="R", help="keep singular values above σ_max / R")
+    rule.add_argument("--sv-fro", type=float, metavar="P", help="smallest rank keeping the share P of ‖ΔW‖_F")
+    rule.add_argument("--sv-cumulative", type=float, metavar="P", help="smallest rank keeping the share P of Σσ")
+    rule.add_argument("--recipe", metavar="SPEC",
+                      help="resize_lora recipe, e.g. fro_ckpt=1,thr=-3.55 (fro_ckpt/spn_ckpt need --base)")
+
+
+def _rule(args):
+    from ..tools.svd import RankRule, parse_recipe
+
+    for method in ("sv_ratio", "sv_fro", "sv_cumulative"):
+        value = getattr(args, method, None)
+        if value is not None:
+            return RankRule(args.rank, args.conv_rank, method, value)
+    recipe = parse_recipe(args.recipe) if getattr(args, "recipe", None) else {}
+    return RankRule(args.rank, args.conv_rank, recipe=recipe)
+
+
+# ------------------------------------------------------------------------------------------------------- sample
+def add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate images with LoRA files and embeddings (txt2img / img2img)",
+                       description="Generate images. PNGs carry A1111's `parameters` text chunk.")
+    p.add_argument("--model", help="base model: hub id, diffusers folder or single file (default: embedded tiny)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt")
+    src.add_argument("--prompt-file", help="kohya prompt file: one prompt a line, --n --w --h --d --l --s --ss")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:W]",
+                   help="LoRA file with its strength: FILE, FILE:0.8, FILE:unet=0.6:te=0.9 (repeatable)")
+    p.add_argument("--unet-scale", type=float, default=1.0, help="multiplies every LoRA's UNet strength")
+    p.add_argument("--te-scale", type=float, default=1.0, help="multiplies every LoRA's text-encoder strength")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
+                   help="textual-inversion embedding; its token defaults to the file name (repeatable)")
+    p.add_argument("--sampler", default="euler_a", help="kohya sampler name (ddim, euler, euler_a, dpmsolver++, ...)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--cfg", type=float, default=7.0, help="guidance scale")
+    p.add_argument("--width", type=int, default=0, help="default: the model's resolution (img2img: the image's)")
+    p.add_argument("--height", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    p.add_argument("--init-image", help="img2img: the starting image")
+    p.add_argument("--strength", type=float, default=0.75, help="img2img denoising strength (default 0.75)")
+    p.add_argument("--skip-unknown", action="store_true", help="apply a LoRA even if some of its keys match nothing")
+    p.add_argument("-o", "--output-dir", default="samples", help="where the PNGs go (default samples/)")
+    _common(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def _embedding_spec(spec: str):
+    from ..tools.sample import EmbeddingSpec
+
+    path, sep, token = spec.rpartition(":")
+    if not sep or not path or any(c in token for c in "/\\.") or not token:
+        return EmbeddingSpec(spec)
+    return EmbeddingSpec(path, token)
+
+
+def cmd_sample(args) -> int:
+    from ..tools.common import parse_lora_spec
+    from ..tools.sample import build_requests, sample
+    from .commands import _quiet_progress
+
+    _quiet_progress()
+    requests = build_requests(args.prompt, args.prompt_file, args.negative, args.sampler, args.steps, args.cfg,
+                              args.width, args.height, args.seed, args.batch)
+    loras = [parse_lora_spec(s, args.unet_scale, args.te_scale) for s in args.lora]
+    paths = sample(args.model, requests, args.output_dir, loras, [_embedding_spec(e) for e in args.embedding],
+                   args.family, args.init_image, args.strength, args.allow_pickle, args.skip_unknown, args.overwrite,
+                   args.config_dir)
+    for path in paths:
+        print(path)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- merge
+def add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="merge LoRA files into a model, LoRA with LoRA, checkpoint with checkpoint")
+    kinds = p.add_subparsers(dest="merge_kind", metavar="KIND", required=True)
+
+    m = kinds.add_parser("into-model", help="bake LoRA files into a base model (single file or diffusers folder)")
+    m.add_argument("base", nargs="?", help="base model (default: the embedded tiny model of --family)")
+    m.add_argument("--lora", action="append", required=True, metavar="FILE[:W]",
+                   help="LoRA file with its strength: FILE, FILE:0.8, FILE:unet=0.6:te=0.9 (repeatable)")
+    m.add_argument("--unet-scale", type=float, default=1.0)
+    m.add_argument("--te-scale", type=float, default=1.0)
+    m.add_argument("-o", "--output", required=True, help="OUT.safetensors (original layout) or a folder (diffusers)")
+    m.add_argument("--dtype", choices=DTYPES, help="precision of the written weights (default: as loaded)")
+    m.add_argument("--skip-unknown", action="store_true", help="apply a LoRA even if some of its keys match nothing")
+    _common(m)
+    m.set_defaults(func=cmd_merge_model)
+
+    lo = kinds.add_parser("loras", help="LoRA with LoRA: concat (exact), svd (target rank), interpolate (cloneofsimo)")
+    lo.add_argument("loras", nargs="+", metavar="FILE[:W]", help="LoRA files with their weights")
+    lo.add_argument("--mode", choices=["concat", "svd", "interpolate"], default="concat")
+    lo.add_argument("--alpha", type=float, default=0.5, help="interpolate: (αA₁+(1−α)A₂)(αB₁+(1−α)B₂)ᵀ")
+    _rank_args(lo, "svd: target")
+    lo.add_argument("--base", help="model the files are for (resolves names; default: the family's full-size model)")
+    lo.add_argument("-o", "--output", required=True)
+    lo.add_argument("--dtype", choices=DTYPES)
+    lo.add_argument("--skip-unknown", action="store_true", help="merge even if some keys match no module")
+    _common(lo, model=False)
+    lo.add_argument("--family", choices=["auto", "sd15", "sd2", "sdxl"], default="auto")
+    lo.set_defaults(func=cmd_merge_loras)
+
+    c = kinds.add_parser("checkpoints", help="A1111 checkpoint merger: weighted sum or add difference")
+    c.add_argument("a", help="model A")
+    c.add_argument("b", help="model B")
+    c.add_argument("c", nargs="?", help="model C (add-difference: A + M·(B − C))")
+    c.add_argument("-m", "--multiplier", type=float, default=0.5, help="M (weighted sum: (1−M)·A + M·B)")
+    c.add_argument("--mode", choices=["weighted-sum", "add-difference"], default=None,
+                   help="default: add-difference with three models, else weighted-sum")
+    c.add_argument("-o", "--output", required=True, help="OUT.safetensors or a folder (diffusers)")
+    c.add_argument("--dtype", choices=DTYPES, help="default: A's")
+    _common(c)
+    c.set_defaults(func=cmd_merge_checkpoints)
+
+
+def cmd_merge_model(args) -> int:
+    from ..tools.common import parse_lora_spec
+    from ..tools.merge import merge_into_model
+    from .commands import _quiet_progress
+
+    _quiet_progress()
+    loras = [parse_lora_spec(s, args.unet_scale, args.te_scale) for s in args.lora]
+    out = merge_into_model(args.base, loras, args.output, args.family, _dtype(args.dtype), args.allow_pickle,
+                           args.skip_unknown, args.overwrite, args.config_dir)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_merge_loras(args) -> int:
+    from ..tools.common import parse_weighted
+    from ..tools.merge_loras import merge_loras
+    from .commands import _quiet_progress
+
+    _quiet_progress()
+    result = merge_loras([parse_weighted(s) for s in args.loras], args.output, args.mode, _rule(args), args.alpha,
+                         args.base, args.family, _dtype(args.dtype), args.allow_pickle, args.skip_unknown,
+                         args.overwrite)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_merge_checkpoints(args) -> int:
+    from ..tools.merge import merge_checkpoints
+    from .commands import _quiet_progress
+
+    _quiet_progress()
+    mode = (args.mode or ("add-difference" if args.c else "weighted-sum")).replace("-", "_")
+    out = merge_checkpoints(args.a, args.b, args.output, args.c, args.multiplier, mode, args.family,
+                            _dtype(args.dtype), args.allow_pickle, args.overwrite, args.config_dir)
+    print(f"wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- resize
+def add_resize(sub) -> None:
+    p = sub.add_parser("resize", help="re-rank a LoRA / LoCon by SVD (fixed rank, sv_ratio/fro/cumulative, recipes)")
+    p.add_argument("lora", help="the LoRA file")
+    p.add_argument("-o", "--output", required=True)
+    _rank_args(p, "new")
+    p.add_argument("--base", help="base model (needed by the fro_ckpt / spn_ckpt recipes)")
+    p.add_argument("--dtype", choices=DTYPES, help="precision of the re-ranked tensors (default: as stored)")
+    p.add_argument("-q", "--quiet", action="store_true", help="summary only, no per-module table")
+    _common(p)
+    p.set_defaults(func=cmd_resize)
+
+
+def cmd_resize(args) -> int:
+    from ..tools.resize import resize_lora
+    from .commands import _quiet_progress
+
+    _quiet_progress()
+    rule = _rule(args)
+    if rule.rank is None and rule.method is None and not rule.recipe:
+        from ..tools.errors import ToolError
+
+        raise ToolError("give --rank, a rule (--sv-ratio/--sv-fro/--sv-cumulative) or --recipe")
+    result = resize_lora(args.lora, args.output, rule, args.base, args.family, _dtype(args.dtype),
+                         args.allow_pickle, args.overwrite, args.config_dir)
+    print("\n".join(result.lines(per_module=not args.quiet)))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- extract
+def add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="extract a LoRA from (tuned − base) by SVD")
+    p.add_argument("--base", help="the base model (default: the embedded tiny model of --family)")
+    p.add_argument("--tuned", required=True, help="the fine-tuned model")
+    p.add_argument("-o", "--output", required=True)
+    _rank_args(p, "LoRA")
+    p.add_argument("--no-text-encoder", action="store_true", help="UNet only")
+    p.add_argument("--min-diff", type=float, default=0.0, help="skip weights whose largest change is below this")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--per-module", action="store_true", help="print every module's rank and share")
+    _common(p)
+    p.set_defaults(func=cmd_extract)
+
+
+def cmd_extract(args) -> int:
+    from ..tools.extract import extract_lora
+    from .commands import _quiet_progress
+
+    _quiet_progress()
+    result = extract_lora(args.base, args.tuned, args.output, _rule(args), not args.no_text_encoder, args.min_diff,
+                          args.family, _dtype(args.dtype), args.allow_pickle, args.overwrite, args.config_dir)
+    print("\n".join(result.lines(args.per_module)))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- convert
+def add_convert(sub) -> None:
+    p = sub.add_parser("convert", help=".bin/.pkl/.pt/.ckpt → safetensors, kohya ↔ diffusers LoRA, single file ↔ "
+                       "diffusers folder, embeddings .pt ↔ safetensors")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--to", choices=["kohya", "diffusers"], help="LoRA target layout (default: the other one)")
+    p.add_argument("--naming", choices=["auto", "diffusers", "ldm"], default="auto",
+                   help="kohya UNet names: auto = diffusers names for SD 1.x/2.x, SGM for SDXL")
+    p.add_argument("--base", help="model a LoRA is for (resolves names; default: the family's full-size model)")
+    p.add_argument("--dtype", choices=DTYPES, help="checkpoint conversions: precision of the written weights")
+    _common(p)
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> int:
+    from ..tools.convert import convert
+    from .commands import _quiet_progress
+
+    _quiet_progress()
+    result = convert(args.src, args.dst, args.to, args.family, args.base, args.allow_pickle, args.overwrite,
+                     args.naming, args.config_dir, _dtype(args.dtype))
+    print("\n".join(result.lines()))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------- inspect
+def add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="what is in a LoRA, checkpoint or embedding file")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--all-metadata", action="store_true", help="print every metadata key")
+    _common(p, model=False, output=False)
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args) -> int:
+    from ..tools.inspect import inspect_file
+
+    for i, path in enumerate(args.files):
+        if i:
+            print()
+        print(inspect_file(path, args.allow_pickle, args.all_metadata))
+    return 0
+
+
+TOOLS = [add_sample, add_merge, add_resize, add_extract, add_convert, add_inspect]

@@ -1,0 +1,356 @@
+"""Read any LoRA-family file into modules bound to the diffusers / transformers module each one patches.
+
+Accepted layouts (formats.md §2–§3, diffusers.md §3):
+
+* kohya / LyCORIS: `<prefix>_<module with "_">.<suffix>` with prefixes `lora_unet`, `lora_te` (SD 1.x/2.x),
+  `lora_te1` / `lora_te2` (SDXL); UNet modules in diffusers names (`lora_unet_down_blocks_1_...`), LDM names
+  (`lora_unet_input_blocks_4_1_...`, SD 1.x) or SGM names (SDXL); suffixes `lora_down/up` (+ `lora_mid` Tucker),
+  `hada_*` (LoHa, + `hada_t1/t2` Tucker), `lokr_*` (LoKr), `dora_scale`, `alpha`, and LyCORIS `diff` (full);
+* diffusers / PEFT: `unet.<path>`, `text_encoder.<path>`, `text_encoder_2.<path>` with `lora_A/lora_B`,
+  `lora.down/up`, `lora_linear_layer.down/up`, the old attention-processor `processor.to_q_lora.down`, and the alpha
+  from `.alpha` keys or from the `lora_adapter_metadata` header diffusers writes.
+
+Why our own reader: diffusers' `load_lora_weights` reads kohya LoRA/LoCon only (no LoHa/LoKr/Tucker, DoRA dropped,
+formats.md §11) and silently skips what it cannot place; ComfyUI / A1111 are not libraries. Names are resolved
+against the real module tree (`ModelTree`), because underscores cannot be turned back into dots by rule
+(`transformer_blocks`, `to_out_0`), and transformers 5's `CLIPTextModel` has no `text_model.` level while
+`CLIPTextModelWithProjection` keeps it. Keys that reach no module are collected in `LoraFile.unknown` with the reason,
+never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..tools.errors import FamilyMismatchError, MissingKeyError, PickleRefusedError, ShapeMismatchError
+from .consumers.keys import (
+    ADAPTER_LABELS,
+    KOHYA_PREFIXES,
+    LORA_PAIRS,
+    adapter_kind,
+    delta_shape,
+    group_modules,
+    split_key,
+)
+from .model_tree import FAMILY_LABELS, ModelTree
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth", ".ckpt")
+SUPPORTED_KINDS = ("lora", "locon_tucker", "loha", "lokr", "full")
+PART_LABELS = {"unet": "UNet", "te1": "text encoder 1", "te2": "text encoder 2"}
+_UP = {up: "lora_up.weight" for up, _ in LORA_PAIRS}
+_DOWN = {down: "lora_down.weight" for _, down in LORA_PAIRS}
+
+
+# ------------------------------------------------------------------------------------------------------- the file
+@dataclass
+class LoraModule:
+    """One adapted module: tensors by normalised suffix (`lora_up.weight`, `lora_down.weight`, `lora_mid.weight`,
+    `hada_*`, `lokr_*`, `dora_scale`, `diff`), its alpha, and once bound, the (part, path) it patches."""
+
+    name: str  # the module name in the file
+    tensors: dict[str, torch.Tensor]
+    alpha: float | None = None
+    alpha_tensor: torch.Tensor | None = None  # as stored (dtype kept for bit-exact rewrites)
+    part: str | None = None
+    path: str | None = None
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return adapter_kind(self.tensors)
+
+    @property
+    def rank(self) -> int | None:
+        t, kind = self.tensors, self.kind
+        if kind in ("lora", "locon_tucker"):
+            return int(t["lora_down.weight"].shape[0])
+        if kind == "loha":
+            return int(t["hada_w1_b"].shape[0])
+        if kind == "lokr":  # the factored half gives the rank (ComfyUI's and LyCORIS' rule); none: full matrices
+            for key in ("lokr_w2_b", "lokr_w1_b"):
+                if key in t:
+                    return int(t[key].shape[0])
+        return None
+
+    @property
+    def scale(self) -> float:
+        """alpha / rank, the factor every consumer applies (1.0 without alpha, and for LoKr without a factored
+        half)."""
+        rank = self.rank
+        if self.alpha is None or rank is None:
+            return 1.0
+        return self.alpha / rank
+
+    @property
+    def is_conv(self) -> bool:
+        t = self.tensors
+        return any(v.dim() == 4 and v.shape[2:] != (1, 1) for v in t.values()) or "lora_mid.weight" in t
+
+    @property
+    def target(self) -> tuple[str, str] | None:
+        return (self.part, self.path) if self.part else None
+
+
+@dataclass
+class LoraFile:
+    modules: dict[str, LoraModule]
+    unknown: dict[str, str]  # file key -> why no module uses it
+    metadata: dict[str, str]
+    family: str
+    family_evidence: str
+    style: str  # "kohya" or "diffusers"
+    source: str = ""
+
+    def by_target(self) -> dict[tuple[str, str], LoraModule]:
+        return {m.target: m for m in self.modules.values() if m.target}
+
+    def kinds(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for m in self.modules.values():
+            counts[m.kind] = counts.get(m.kind, 0) + 1
+        return counts
+
+    def unknown_lines(self, limit: int = 10) -> list[str]:
+        by_reason: dict[str, list[str]] = {}
+        for key, why in self.unknown.items():
+            by_reason.setdefault(why, []).append(key)
+        out = []
+        for why, keys in by_reason.items():
+            more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            out.append(f"{why}: {', '.join(keys[:limit])}{more}")
+        return out
+
+    def require_known(self, skip_unknown: bool = False, hint: str = "pass --skip-unknown to apply the rest") -> None:
+        """Raise `MissingKeyError` when keys reach no module, unless `skip_unknown` (then they are logged)."""
+        if not self.unknown:
+            return
+        lines = self.unknown_lines()
+        if not skip_unknown:
+            raise MissingKeyError(
+                f"{self.source or 'the LoRA'}: {len(self.unknown)} keys would not be applied ({hint}): "
+                + "; ".join(lines)
+            )
+        log.warning("%s: %d keys not applied: %s", self.source or "LoRA", len(self.unknown), "; ".join(lines))
+
+
+def load_lora_file(path, allow_pickle: bool = False) -> LoraFile:
+    """Read a .safetensors LoRA file (or, with `allow_pickle`, a .bin/.pt one in torch's weights_only mode)."""
+    sd, metadata = read_tensors(path, allow_pickle)
+    return read_lora_state_dict(sd, metadata, source=str(path))
+
+
+def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise PickleRefusedError(
+                f"{path} is a pickle-based file; unpickling can run code. Pass --allow-pickle to read it "
+                "(loraforge then uses torch's weights_only mode), or convert it once with `loraforge convert`"
+            )
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        data = data.get("state_dict", data) if isinstance(data, dict) else data
+        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def read_lora_state_dict(sd: dict[str, torch.Tensor], metadata: dict | None = None, source: str = "") -> LoraFile:
+    """Group a state dict into modules with normalised suffixes; not yet bound to a model (see `bind`)."""
+    metadata = dict(metadata or {})
+    unknown: dict[str, str] = {}
+    body = {}
+    for key, value in sd.items():
+        if key.startswith("bundle_emb."):
+            unknown[key] = "bundled embedding (only A1111 reads these; use a separate embeddings file)"
+        else:
+            body[key] = value
+    peft_alpha = _peft_alphas(metadata)
+    modules: dict[str, LoraModule] = {}
+    keys_of: dict[str, list[str]] = {}
+    for key in body:
+        module_name, _, known = split_key(key)
+        if known:
+            keys_of.setdefault(module_name, []).append(key)
+    for name, fm in group_modules(body).items():
+        for key in fm.unknown:
+            unknown[key] = "unknown tensor suffix"
+        module = LoraModule(name, {}, keys=keys_of.get(name, []))
+        for suffix, tensor in fm.tensors.items():
+            if suffix == "diff_b":
+                unknown[f"{name}.diff_b"] = "bias deltas are not applied by loraforge's tools"
+                module.keys.remove(f"{name}.diff_b")
+            elif suffix == "alpha":
+                if tensor.numel() != 1:
+                    raise ShapeMismatchError(f"{source}: {name}.alpha has {tensor.numel()} elements; it must be one")
+                module.alpha, module.alpha_tensor = float(tensor.reshape(())), tensor
+            elif suffix in _UP:
+                module.tensors["lora_up.weight"] = tensor
+            elif suffix in _DOWN:
+                module.tensors["lora_down.weight"] = tensor
+            elif suffix == "lora_magnitude_vector":  # PEFT DoRA: 1-D per output row
+                module.tensors["dora_scale"] = tensor
+            else:
+                module.tensors[suffix] = tensor
+        if module.alpha is None and "." in name and module.kind == "lora":
+            module.alpha = peft_alpha(name, module.rank)
+        problem = _incomplete(module)
+        if problem:
+            for key in module.keys:
+                unknown[key] = problem
+            continue
+        modules[name] = module
+    family, evidence = detect_lora_family(body, metadata)
+    style = "diffusers" if modules and all("." in n for n in modules) else "kohya"
+    return LoraFile(modules, unknown, metadata, family, evidence, style, source)
+
+
+def _incomplete(m: LoraModule) -> str | None:
+    kind, t = m.kind, m.tensors
+    if kind == "none":
+        return "module without adapter tensors (only alpha / dora_scale)"
+    if kind not in SUPPORTED_KINDS:
+        return f"{ADAPTER_LABELS.get(kind, kind)} modules are not supported by loraforge's tools"
+    need = {
+        "lora": ("lora_up.weight", "lora_down.weight"),
+        "locon_tucker": ("lora_up.weight", "lora_down.weight", "lora_mid.weight"),
+        "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
+        "full": ("diff",),
+    }.get(kind, ())
+    missing = [s for s in need if s not in t]
+    if kind == "lokr":
+        if "lokr_w1" not in t and not {"lokr_w1_a", "lokr_w1_b"} <= set(t):
+            missing.append("lokr_w1 (or lokr_w1_a + lokr_w1_b)")
+        if "lokr_w2" not in t and not {"lokr_w2_a", "lokr_w2_b"} <= set(t):
+            missing.append("lokr_w2 (or lokr_w2_a + lokr_w2_b)")
+    if kind == "loha" and ("hada_t1" in t) != ("hada_t2" in t):
+        missing.append("hada_t1 and hada_t2 together")
+    return f"incomplete module: missing {', '.join(missing)}" if missing else None
+
+
+def _peft_alphas(metadata: dict):
+    """alpha(module name, rank) from diffusers' `lora_adapter_metadata` (PEFT LoraConfig per part); rank when none."""
+    raw = metadata.get("lora_adapter_metadata")
+    config = json.loads(raw) if raw else {}
+
+    def alpha(name: str, rank: int | None) -> float | None:
+        prefix, _, rel = name.partition(".")
+        if f"{prefix}.lora_alpha" not in config:
+            return None  # diffusers then uses alpha = rank; None gives the same scale (1.0)
+        value = config[f"{prefix}.lora_alpha"]
+        for pattern, a in (config.get(f"{prefix}.alpha_pattern") or {}).items():
+            if re.match(rf"(.*\.)?({pattern})$", rel):
+                value = a
+                break
+        r = rank
+        for pattern, rr in (config.get(f"{prefix}.rank_pattern") or {}).items():
+            if re.match(rf"(.*\.)?({pattern})$", rel):
+                r = rr
+                break
+        value = float(value)
+        if config.get(f"{prefix}.use_rslora") and r:
+            value *= float(r) ** 0.5  # rsLoRA scale alpha/√r = (alpha·√r)/r
+        return value
+
+    return alpha
+
+
+def detect_lora_family(sd: dict, metadata: dict | None = None) -> tuple[str, str]:
+    """(family, evidence) of a LoRA state dict in any layout (`formats.check.detect_family` for kohya names)."""
+    from .check import detect_family
+
+    if any(k.startswith("text_encoder_2.") for k in sd):
+        return "sdxl", "text_encoder_2 keys"
+    widths = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
+    for key, value in sd.items():
+        if re.search(r"attn2\.(processor\.)?to_[kv](\.lora_A|\.lora\.down|_lora\.down)", key) and value.dim() >= 2:
+            if value.shape[1] in widths:
+                return widths[value.shape[1]], f"cross-attention input width {value.shape[1]} ({key})"
+    return detect_family(sd, metadata)
+
+
+def weak_evidence(evidence: str) -> bool:
+    return evidence.startswith("default") or evidence == "metadata"
+
+
+# ------------------------------------------------------------------------------------------------------- binding
+def bind(lora: LoraFile, tree: ModelTree, check_shapes: bool = True) -> LoraFile:
+    """Resolve every module to (part, path) in `tree`, in place. Modules that reach no module of the model go to
+    `lora.unknown`. Raises `FamilyMismatchError` for a file of another family and `ShapeMismatchError` when a
+    module's ΔW does not fit its weight."""
+    if lora.family != tree.family and not weak_evidence(lora.family_evidence):
+        raise FamilyMismatchError(
+            f"{lora.source or 'the LoRA'} is an {FAMILY_LABELS[lora.family]} LoRA ({lora.family_evidence}) but the "
+            f"model is {FAMILY_LABELS[tree.family]}"
+        )
+    seen: dict[tuple[str, str], str] = {}
+    bad: list[str] = []
+    for name, module in list(lora.modules.items()):
+        target = tree.resolve(name)
+        if target is None or target in seen:
+            why = (f"no module of the {FAMILY_LABELS[tree.family]} model has this name" if target is None
+                   else f"second module for {target[1]} (first: {seen[target]})")
+            for key in module.keys:
+                lora.unknown[key] = why
+            del lora.modules[name]
+            continue
+        seen[target] = name
+        module.part, module.path = target
+        weight = tree.shape(*target)
+        if check_shapes and weight is not None and not fits(module, weight):
+            bad.append(f"{name} (ΔW {delta_shape(module.tensors)} vs weight {tuple(weight)})")
+    if bad:
+        more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise ShapeMismatchError(
+            f"{lora.source or 'the LoRA'}: {len(bad)} modules do not fit the {FAMILY_LABELS[tree.family]} model's "
+            f"weights: {'; '.join(bad[:5])}{more}. Is this LoRA for another model?"
+        )
+    return lora
+
+
+def fits(module: LoraModule, weight_shape) -> bool:
+    weight_shape = tuple(weight_shape)
+    got = delta_shape(module.tensors)
+    if got is None or len(weight_shape) < 2:
+        return False
+    n_in = 1
+    for s in weight_shape[1:]:
+        n_in *= s
+    if got != (weight_shape[0], n_in):
+        return False
+    dora = module.tensors.get("dora_scale")
+    return dora is None or dora.numel() in (weight_shape[0], weight_shape[1])
+
+
+def load_bound(path, tree: ModelTree, allow_pickle: bool = False, skip_unknown: bool = False) -> LoraFile:
+    """`load_lora_file` + `bind` + `require_known`: a file ready to apply to `tree`'s model."""
+    lora = bind(load_lora_file(path, allow_pickle), tree)
+    lora.require_known(skip_unknown)
+    if not lora.modules:
+        raise MissingKeyError(f"{path}: no module of this file applies to the model")
+    return lora
+
+
+__all__ = [
+    "KOHYA_PREFIXES",
+    "LoraFile",
+    "LoraModule",
+    "ModelTree",
+    "bind",
+    "detect_lora_family",
+    "load_bound",
+    "load_lora_file",
+    "read_lora_state_dict",
+    "read_tensors",
+]

@@ -1,0 +1,102 @@
+"""Write bound LoRA modules (`formats.lora_file.LoraModule`) in the kohya layout or the diffusers layout.
+
+The kohya names follow `formats.kohya` (diffusers block names for SD 1.x/2.x, SGM names for SDXL, `text_model_` for
+text-encoder layers); `naming="ldm"` writes SD 1.x UNet modules in LDM names instead (`lora_unet_input_blocks_4_1_...`),
+which ComfyUI and A1111 read as well. The diffusers layout is the one our trainer writes through diffusers'
+`save_lora_weights` (`unet.<path>.lora.down.weight`, `text_encoder(_2).<path>.lora_linear_layer.down.weight`), with
+the alphas in the PEFT `lora_adapter_metadata` header (diffusers assumes alpha = rank without it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Iterable
+
+import torch
+
+from ..tools.errors import UnsupportedError
+from .lora_file import LoraModule
+from .model_tree import DIFFUSERS_PREFIXES, ModelTree
+
+ADAPTER_METADATA = "lora_adapter_metadata"
+_TE_PREFIXES = {"sd15": {"te1": "lora_te"}, "sd2": {"te1": "lora_te"}, "sdxl": {"te1": "lora_te1", "te2": "lora_te2"}}
+_TEXT_MODEL_PARTS = ("encoder.", "embeddings.", "final_layer_norm")
+
+
+def kohya_name(part: str, path: str, tree: ModelTree, naming: str = "auto") -> str:
+    """The kohya module name of (part, path): `naming` "auto" (diffusers names for SD 1.x/2.x, SGM for SDXL),
+    "diffusers" or "ldm" (LDM / SGM names) for the UNet."""
+    from .ldm import unet_module_to_original
+
+    if part == "unet":
+        ldm = naming == "ldm" or (naming == "auto" and tree.family == "sdxl")
+        return "lora_unet_" + (unet_module_to_original(path, tree.unet_config) if ldm else path).replace(".", "_")
+    prefix = _TE_PREFIXES[tree.family][part]
+    core = path.removeprefix("text_model.")
+    middle = "text_model_" if core.startswith(_TEXT_MODEL_PARTS) else ""
+    return f"{prefix}_{middle}{core.replace('.', '_')}"
+
+
+def _alpha_tensor(m: LoraModule, like: torch.Tensor) -> torch.Tensor:
+    if m.alpha_tensor is not None:
+        return m.alpha_tensor
+    return torch.tensor(float(m.alpha), dtype=like.dtype)
+
+
+def kohya_state_dict(modules: Iterable[LoraModule], tree: ModelTree, naming: str = "keep") -> dict[str, torch.Tensor]:
+    """Tensors as stored (no cast, so rewrites are bit-exact) under kohya names. `naming` "keep" keeps a module's
+    own kohya name when it has one (otherwise "auto"); see `kohya_name` for the others."""
+    sd: dict[str, torch.Tensor] = {}
+    for m in modules:
+        if naming == "keep" and "." not in m.name:
+            name = m.name
+        else:
+            name = kohya_name(m.part, m.path, tree, "auto" if naming == "keep" else naming)
+        for suffix, tensor in m.tensors.items():
+            if suffix == "dora_scale" and tensor.dim() == 1:  # PEFT's 1-D magnitude: keep-dim output axis
+                tensor = tensor.reshape(-1, *[1] * (len(tree.shape(m.part, m.path) or (0, 0)) - 1))
+            sd[f"{name}.{suffix}"] = tensor
+        if m.alpha is not None:
+            sd[f"{name}.alpha"] = _alpha_tensor(m, next(iter(m.tensors.values())))
+    return sd
+
+
+def diffusers_state_dict(modules: Iterable[LoraModule]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, header metadata) in the layout `pipe.load_lora_weights` reads. Plain LoRA / LoCon only: diffusers
+    has no LoHa / LoKr / Tucker and drops DoRA."""
+    modules = list(modules)
+    bad = [f"{m.name} ({'DoRA' if 'dora_scale' in m.tensors else m.kind})" for m in modules
+           if m.kind != "lora" or "dora_scale" in m.tensors]
+    if bad:
+        raise UnsupportedError(
+            f"diffusers loads plain LoRA/LoCon only; {len(bad)} modules are not: {', '.join(bad[:5])}. "
+            "Keep the kohya file for ComfyUI / A1111"
+        )
+    sd: dict[str, torch.Tensor] = {}
+    by_part: dict[str, list[LoraModule]] = {}
+    for m in modules:
+        prefix = DIFFUSERS_PREFIXES[m.part]
+        style = "lora" if m.part == "unet" else "lora_linear_layer"
+        sd[f"{prefix}.{m.path}.{style}.down.weight"] = m.tensors["lora_down.weight"]
+        sd[f"{prefix}.{m.path}.{style}.up.weight"] = m.tensors["lora_up.weight"]
+        by_part.setdefault(m.part, []).append(m)
+    config: dict = {}
+    for part, items in by_part.items():
+        prefix = DIFFUSERS_PREFIXES[part]
+        ranks = {m.path: m.rank for m in items}
+        alphas = {m.path: float(m.alpha if m.alpha is not None else m.rank) for m in items}
+        r = Counter(ranks.values()).most_common(1)[0][0]
+        alpha = Counter(alphas.values()).most_common(1)[0][0]
+        config.update({
+            f"{prefix}.r": r,
+            f"{prefix}.lora_alpha": alpha,
+            f"{prefix}.rank_pattern": {p: v for p, v in ranks.items() if v != r},
+            f"{prefix}.alpha_pattern": {p: v for p, v in alphas.items() if v != alpha},
+            f"{prefix}.target_modules": sorted(ranks),
+            f"{prefix}.use_dora": False,
+            f"{prefix}.use_rslora": False,
+            f"{prefix}.bias": "none",
+            f"{prefix}.lora_dropout": 0.0,
+        })
+    return sd, {"format": "pt", ADAPTER_METADATA: json.dumps(config, indent=2, sort_keys=True)}

@@ -1,0 +1,175 @@
+"""What every tool shares: loading a base model by any name, refusing to overwrite, parsing `FILE:SCALE` specs,
+writing a LoRA file."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ToolError
+
+log = logging.getLogger("loraforge.tools")
+
+_NUMBER = re.compile(r"^-?\d+(\.\d*)?(e-?\d+)?$|^-?\.\d+$")
+
+
+def check_output(path, overwrite: bool) -> Path:
+    """Refuse an existing output unless `overwrite` (outputs are then replaced atomically)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    return path
+
+
+def load_sd_model(source: str | None, family: str = "auto", allow_pickle: bool = False, config_dir: str | None = None,
+                  dtype=None):
+    """`models.load_model` for a path / hub id / None (the embedded tiny model of `family`); an already loaded
+    `SDModel` is returned as it is."""
+    from ..config.model import ModelConfig
+    from ..models.loading import load_model
+
+    if hasattr(source, "unet"):
+        return source
+    if family in (None, "auto") and source is not None:
+        family = _single_file_family_hint(Path(source), config_dir) or "auto"
+    cfg = ModelConfig(pretrained_model_name_or_path=source, family=family or "auto", allow_pickle=allow_pickle,
+                      config_dir=config_dir)
+    return load_model(cfg, dtype=dtype)
+
+
+def model_tree(source: str | None, family: str = "auto", allow_pickle: bool = False, config_dir: str | None = None):
+    """The `ModelTree` LoRA names are resolved against: a diffusers folder's configs (no weights read), a single file
+    (loaded), or with no source the full-size model of `family`."""
+    from ..formats.model_tree import ModelTree
+
+    if source is None:
+        if family in (None, "auto"):
+            raise ToolError("name the base model (--base) or its family (--family)")
+        return ModelTree.for_family(family)
+    if hasattr(source, "unet"):
+        return ModelTree.from_model(source)
+    path = Path(source)
+    if path.is_dir() and (path / "model_index.json").is_file():
+        return ModelTree.from_folder(path)
+    return ModelTree.from_model(load_sd_model(source, family, allow_pickle, config_dir))
+
+
+def model_parts(model) -> dict:
+    parts = {"unet": model.unet}
+    for i, te in enumerate(model.text_encoders):
+        parts[f"te{i + 1}"] = te
+    return parts
+
+
+def _single_file_family_hint(path: Path, config_dir: str | None) -> str | None:
+    """For a single file: the family of its `config_dir`, else SDXL when it holds `conditioner.embedders` keys.
+    (diffusers' probe looks for `resblocks.9` and so calls small SDXL-layout files SD 1.x.)"""
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    if config_dir:
+        from ..models.family import detect_family_from_folder
+
+        return detect_family_from_folder(Path(config_dir))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        if any(k.startswith("conditioner.embedders.1.") for k in f.keys()):
+            return "sdxl"
+    return None
+
+
+@dataclass
+class LoraSpec:
+    """A LoRA file with its strengths: `unet` for the UNet modules, `te` for the text-encoder ones."""
+
+    path: str
+    unet: float = 1.0
+    te: float = 1.0
+
+    @property
+    def label(self) -> str:
+        scale = f"{self.unet:g}" if self.unet == self.te else f"{self.te:g}:{self.unet:g}"
+        return f"{Path(self.path).stem}:{scale}"
+
+
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """`a.safetensors:0.8:te=0.5` -> ("a.safetensors", ["0.8", "te=0.5"]); colons inside the path (C:\\...) stay."""
+    parts = spec.split(":")
+    fields: list[str] = []
+    while len(parts) > 1 and (_NUMBER.match(parts[-1]) or re.match(r"^(unet|te)=", parts[-1])):
+        fields.insert(0, parts.pop())
+    return ":".join(parts), fields
+
+
+def parse_lora_spec(spec: str, unet_scale: float = 1.0, te_scale: float = 1.0) -> LoraSpec:
+    """`FILE`, `FILE:W` (both parts), `FILE:unet=U:te=T` or `FILE:W:te=T`; multiplied by the global scales."""
+    path, fields = split_spec(spec)
+    unet = te = 1.0
+    for f in fields:
+        try:
+            if f.startswith("unet="):
+                unet = float(f[5:])
+            elif f.startswith("te="):
+                te = float(f[3:])
+            else:
+                unet = te = float(f)
+        except ValueError:
+            raise ToolError(f"{spec!r}: {f!r} is not a scale; write FILE:0.8 or FILE:unet=0.6:te=0.9") from None
+    return LoraSpec(path, unet * unet_scale, te * te_scale)
+
+
+def parse_weighted(spec: str, default: float = 1.0) -> tuple[str, float]:
+    """`FILE[:W]`."""
+    path, fields = split_spec(spec)
+    if len(fields) > 1 or (fields and not _NUMBER.match(fields[0])):
+        raise ToolError(f"{spec!r}: write FILE or FILE:WEIGHT")
+    return path, float(fields[0]) if fields else default
+
+
+def save_lora(sd: dict, path, metadata: dict | None, overwrite: bool) -> Path:
+    from ..utils.files import save_safetensors_atomic
+
+    path = check_output(path, overwrite)
+    if path.suffix != ".safetensors":
+        raise ToolError(f"{path}: LoRA files are written as .safetensors")
+    save_safetensors_atomic(sd, path, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    return path
+
+
+def lora_metadata(source_meta: dict | None, family: str, **extra) -> dict[str, str]:
+    """The source file's metadata (minus stale hashes), the family keys A1111 / ComfyUI managers show, and what
+    the tool did."""
+    from .. import __version__
+
+    meta = {k: v for k, v in (source_meta or {}).items() if not k.startswith("sshs_") and k != "format"}
+    for k, v in family_metadata(family).items():
+        meta.setdefault(k, v)
+    meta["loraforge_version"] = str(__version__)
+    for k, v in extra.items():
+        meta[f"loraforge_{k}"] = str(v)
+    return meta
+
+
+def family_metadata(family: str) -> dict[str, str]:
+    """The header keys A1111, ComfyUI managers and Civitai read the base model from."""
+    from ..formats.metadata import ARCHITECTURE, BASE_MODEL_VERSION
+
+    return {"ss_base_model_version": BASE_MODEL_VERSION[family], "ss_v2": str(family == "sd2"),
+            "modelspec.architecture": f"{ARCHITECTURE[family]}/lora"}
+
+
+def apply_lora_files(model, loras: list[LoraSpec], allow_pickle: bool = False, skip_unknown: bool = False) -> int:
+    """Patch `model` (an `SDModel`) with the LoRA files in place; returns the number of weights changed."""
+    from ..formats.lora_file import ModelTree, load_bound
+    from ..formats.lora_math import apply_loras
+
+    if not loras:
+        return 0
+    tree = ModelTree.from_model(model)
+    bound = [(load_bound(s.path, tree, allow_pickle, skip_unknown), s.unet, s.te) for s in loras]
+    for lora, _, _ in bound:
+        parts = sorted({m.part for m in lora.modules.values()})
+        log.info("%s: %d modules (%s)", lora.source, len(lora.modules), ", ".join(parts))
+    return apply_loras(model_parts(model), bound)

@@ -1,0 +1,172 @@
+"""`loraforge sample`: txt2img and img2img with any number of LoRA files and embeddings.
+
+LoRA files of any algorithm and layout (ours, kohya / LyCORIS, diffusers) are applied by patching the weights,
+`W + s·ΔW`, with separate UNet and text-encoder strengths. That is exact for every algorithm (diffusers' runtime
+`load_lora_weights` knows LoRA/LoCon only and drops DoRA) and costs nothing per step. Embeddings go in through
+diffusers' `load_textual_inversion` (SDXL: `clip_l` into the first encoder, `clip_g` into the second). PNGs carry the
+generation parameters in A1111's `parameters` text chunk, with the LoRA files as `<lora:name:te:unet>` tags in the
+prompt, so A1111's PNG Info reproduces the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..sampling.generate import SampleRequest, expand_requests, save_png
+from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
+from .errors import FamilyMismatchError, ShapeMismatchError, ToolError
+
+
+
+@dataclass
+class EmbeddingSpec:
+    path: str
+    token: str | None = None  # default: the file name without extension (A1111's convention)
+
+    @property
+    def trigger(self) -> str:
+        return self.token or Path(self.path).stem
+
+
+def load_embedding(model, spec: EmbeddingSpec, allow_pickle: bool = False) -> None:
+    """Add the embedding's vectors to the tokenizers and text encoders under its trigger token (several vectors:
+    `tok`, `tok_1`, ...; the pipelines expand `tok` in prompts)."""
+    from ..formats.embeddings import load_embeddings
+
+    vectors = load_embeddings(spec.path, allow_pickle=allow_pickle)
+    sdxl = model.family.is_sdxl
+    if sdxl != ("clip_g" in vectors):
+        kind = "an SDXL" if "clip_g" in vectors else "an SD 1.x/2.x"
+        raise FamilyMismatchError(f"{spec.path} is {kind} embedding; the model is {model.family.label}")
+    pipe = model.pipeline()
+    for key, te, tok in zip(("clip_l", "clip_g"), model.text_encoders, model.tokenizers):
+        v = vectors[key]
+        width = te.get_input_embeddings().weight.shape[1]
+        if v.shape[1] != width:
+            raise ShapeMismatchError(f"{spec.path}: {key} vectors are {v.shape[1]} wide, the text encoder {width}")
+        pipe.load_textual_inversion(v.to(te.dtype), token=spec.trigger, text_encoder=te, tokenizer=tok)
+
+
+def prepare_model(model: str | None, loras: list[LoraSpec] = (), embeddings: list[EmbeddingSpec] = (),
+                  family: str = "auto", allow_pickle: bool = False, skip_unknown: bool = False,
+                  config_dir: str | None = None):
+    """Load the base model and apply the LoRA files and embeddings."""
+    sd = load_sd_model(model, family, allow_pickle, config_dir)
+    apply_lora_files(sd, list(loras), allow_pickle, skip_unknown)
+    for spec in embeddings:
+        load_embedding(sd, spec, allow_pickle)
+    return sd
+
+
+def _pipeline(model, sampler: str, img2img: bool):
+    from ..sampling.samplers import make_scheduler
+
+    pipe = model.pipeline(scheduler=make_scheduler(sampler, model.scheduler.config, model.prediction_type))
+    if img2img:
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+        if model.family.is_sdxl:
+            pipe = StableDiffusionXLImg2ImgPipeline(**{k: v for k, v in pipe.components.items()},
+                                                    add_watermarker=False)
+        else:
+            pipe = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_images(model, requests: list[SampleRequest], init_image=None, strength: float = 0.75,
+                    output_type: str = "pil") -> list:
+    """One image per request (seeded CPU generator per request). With `init_image` (a PIL image) img2img at
+    `strength`; the image is resized to each request's size."""
+    import torch
+
+    pipes: dict[str, object] = {}
+    images = []
+    for req in requests:
+        if req.sampler not in pipes:
+            pipes[req.sampler] = _pipeline(model, req.sampler, init_image is not None)
+        kwargs = dict(prompt=req.prompt, negative_prompt=req.negative_prompt or None, output_type=output_type,
+                      num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
+                      generator=torch.Generator("cpu").manual_seed(req.seed))
+        if init_image is not None:
+            kwargs.update(image=init_image.convert("RGB").resize((req.width, req.height)), strength=strength)
+        else:
+            kwargs.update(width=req.width, height=req.height)
+        with torch.no_grad():
+            images.append(pipes[req.sampler](**kwargs).images[0])
+    return images
+
+
+def build_requests(prompt: str | None = None, prompt_file: str | None = None, negative_prompt: str = "",
+                   sampler: str = "euler_a", steps: int = 25, guidance_scale: float = 7.0, width: int = 0,
+                   height: int = 0, seed: int = 0, batch: int = 1) -> list[SampleRequest]:
+    """Requests from a prompt or a kohya prompt file (its `--n --w --h --d --l --s --ss` override the defaults);
+    `batch` images per prompt with seeds seed, seed+1, ... A size of 0 means the model's own (`sample` fills it)."""
+    from ..sampling.prompts import PromptFileError, read_prompt_file
+    from ..sampling.samplers import normalize_sampler
+
+    try:
+        base = SampleRequest("", negative_prompt, width, height, steps, guidance_scale, seed, normalize_sampler(sampler))
+        if (prompt is None) == (prompt_file is None):
+            raise ToolError("give a prompt or a prompt file (--prompt-file), not both")
+        reqs = read_prompt_file(prompt_file, base) if prompt_file else [replace(base, prompt=prompt)]
+    except (PromptFileError, ValueError) as e:
+        if isinstance(e, ToolError):
+            raise
+        raise ToolError(str(e)) from None
+    for r in reqs:
+        if r.width % 8 or r.height % 8:
+            raise ToolError(f"size {r.width}x{r.height}: width and height must be multiples of 8")
+    return [r2 for r in reqs for r2 in expand_requests(r, [r.prompt], batch)]
+
+
+def parameters_text(req: SampleRequest, model_name: str, loras: list[LoraSpec], strength: float | None) -> str:
+    """A1111's `parameters` chunk; LoRA files as `<lora:name:te:unet>` tags after the prompt."""
+    lines = req.parameters_text(model_name).split("\n")
+    tags = " ".join(
+        f"<lora:{Path(s.path).stem}:{s.te:g}>" if s.te == s.unet else f"<lora:{Path(s.path).stem}:{s.te:g}:{s.unet:g}>"
+        for s in loras
+    )
+    if tags:
+        lines[0] = f"{lines[0]} {tags}"
+    if strength is not None:
+        lines[-1] += f", Denoising strength: {strength:g}"
+    return "\n".join(lines)
+
+
+def sample(model: str | None, requests: list[SampleRequest], out_dir, loras: list[LoraSpec] = (),
+           embeddings: list[EmbeddingSpec] = (), family: str = "auto", init_image=None, strength: float = 0.75,
+           allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False,
+           config_dir: str | None = None) -> list[Path]:
+    """Generate every request and write `out_dir/<n>-<seed>.png`; returns the paths. `init_image` is a path or a
+    PIL image (img2img)."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"{i:05d}-{r.seed}.png" for i, r in enumerate(requests)]
+    for p in paths:
+        check_output(p, overwrite)
+    if isinstance(init_image, (str, Path)):
+        if not Path(init_image).is_file():
+            raise FileNotFoundError(f"{init_image}: no such image")
+        init_image = Image.open(init_image)
+    sd = prepare_model(model, loras, embeddings, family, allow_pickle, skip_unknown, config_dir)
+    size = default_size(sd, init_image)
+    requests = [replace(r, width=r.width or size[0], height=r.height or size[1]) for r in requests]
+    images = generate_images(sd, requests, init_image, strength)
+    name = Path(model).stem if model else f"tiny-{sd.family.name}"
+    for path, image, req in zip(paths, images, requests):
+        save_png(image, path, parameters_text(req, name, list(loras), strength if init_image is not None else None))
+    return paths
+
+
+def default_size(model, init_image=None) -> tuple[int, int]:
+    """The init image's size (rounded down to multiples of 8), else the model's native resolution."""
+    from ..models.family import TINY_RESOLUTION
+
+    if init_image is not None:
+        w, h = init_image.size
+        return max(8, w // 8 * 8), max(8, h // 8 * 8)
+    side = TINY_RESOLUTION if model.is_tiny else model.family.resolution
+    return side, side

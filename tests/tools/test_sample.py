@@ -1,0 +1,70 @@
+"""sample: txt2img / img2img with LoRA files (per-part strengths), embeddings and kohya prompt files; the PNGs carry
+A1111's `parameters` chunk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from loraforge.formats.embeddings import save_embeddings
+from loraforge.tools.common import LoraSpec, load_sd_model, parse_lora_spec
+from loraforge.tools.errors import FamilyMismatchError, ShapeMismatchError
+from loraforge.tools.sample import EmbeddingSpec, build_requests, load_embedding, sample
+
+
+def test_txt2img_with_lora_embedding_and_prompt_file(trained, tmp_path):
+    t = trained["sd15"]
+    emb = save_embeddings(tmp_path / "sks-style.safetensors", "sd15", [torch.randn(2, 32)])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of sks-style robot --n blurry --d 7 --s 2\n# a comment\n"
+                       "a red cube --ss euler --d 20 --s 1 --l 5.5\n", encoding="utf-8")
+    requests = build_requests(prompt_file=str(prompts), width=64, height=64, batch=2)
+    assert [r.seed for r in requests] == [7, 8, 20, 21]
+    lora = parse_lora_spec(f"{t.kohya}:unet=0.8:te=0.5")
+    paths = sample(str(t.model_dir), requests, tmp_path / "out", [lora], [EmbeddingSpec(str(emb))])
+    assert [p.name for p in paths] == ["00000-7.png", "00001-8.png", "00002-20.png", "00003-21.png"]
+    params = [Image.open(p).text["parameters"] for p in paths]
+    assert params[0].splitlines() == [
+        "a photo of sks-style robot <lora:lora-sd15:0.5:0.8>",
+        "Negative prompt: blurry",
+        "Steps: 2, Sampler: Euler a, CFG scale: 7, Seed: 7, Size: 64x64, Model: tiny-sd15-v2",
+    ]
+    assert "Steps: 1, Sampler: Euler, CFG scale: 5.5, Seed: 21" in params[3]
+    assert Image.open(paths[0]).size == (64, 64)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        sample(str(t.model_dir), requests, tmp_path / "out", [lora])
+
+
+def test_img2img_and_seed_reproducibility(trained, tmp_path):
+    t = trained["sd15"]
+    init = Image.fromarray((torch.rand(72, 80, 3) * 255).byte().numpy())
+    init.save(tmp_path / "init.png")
+    requests = build_requests("a robot", steps=2, seed=5, sampler="ddim") * 2  # the same request twice
+    a, b = sample(str(t.model_dir), requests, tmp_path / "a", init_image=str(tmp_path / "init.png"), strength=0.5)
+    image = Image.open(a)
+    assert image.size == (80, 72)  # the init image's size, rounded to multiples of 8
+    assert "Denoising strength: 0.5" in image.text["parameters"]
+    assert list(image.getdata()) == list(Image.open(b).getdata())
+
+
+def test_lora_spec_parsing():
+    assert parse_lora_spec("a.safetensors") == LoraSpec("a.safetensors", 1.0, 1.0)
+    assert parse_lora_spec("C:\\x\\a.safetensors:0.7", unet_scale=0.5) == LoraSpec("C:\\x\\a.safetensors", 0.35, 0.7)
+    assert parse_lora_spec("a.safetensors:0.8:te=0.2") == LoraSpec("a.safetensors", 0.8, 0.2)
+
+
+def test_sdxl_embedding_goes_into_both_encoders(trained, tmp_path):
+    model = load_sd_model(str(trained["sdxl"].model_dir))
+    vectors = [torch.randn(2, 32), torch.randn(2, 64)]
+    path = save_embeddings(tmp_path / "y2k.safetensors", "sdxl", vectors)
+    load_embedding(model, EmbeddingSpec(str(path), "<y2k>"))
+    for tok, te, v in zip(model.tokenizers, model.text_encoders, vectors):
+        ids = tok.convert_tokens_to_ids(["<y2k>", "<y2k>_1"])
+        assert torch.equal(te.get_input_embeddings().weight[ids].detach(), v)
+    sd1 = save_embeddings(tmp_path / "sd1.safetensors", "sd15", [torch.randn(1, 32)])
+    with pytest.raises(FamilyMismatchError, match="SD 1.x/2.x embedding"):
+        load_embedding(model, EmbeddingSpec(str(sd1)))
+    wide = save_embeddings(tmp_path / "wide.safetensors", "sdxl", [torch.randn(1, 768), torch.randn(1, 64)])
+    with pytest.raises(ShapeMismatchError, match="768 wide"):
+        load_embedding(model, EmbeddingSpec(str(wide)))
