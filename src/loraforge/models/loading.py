@@ -120,9 +120,14 @@ def _pipeline_class(family: str):
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
-def _single_file_family(path: Path, allow_pickle: bool) -> str | None:
+def single_file_family(path: Path, config_dir: str | None = None) -> str | None:
+    """The family of a single file: that of its config folder when one is given, else diffusers' probe; an
+    SGM-layout file with a second text encoder is SDXL whatever the probe says (it looks for `resblocks.9`, which
+    small SDXL-layout files lack)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
+    if config_dir and (Path(config_dir) / "model_index.json").is_file():
+        return detect_family_from_folder(Path(config_dir))
     if path.suffix.lower() == ".safetensors":
         ckpt: Mapping = _LazyCheckpoint(path)
     else:
@@ -130,6 +135,8 @@ def _single_file_family(path: Path, allow_pickle: bool) -> str | None:
 
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
         ckpt = ckpt.get("state_dict", ckpt)
+    if any(k.startswith("conditioner.embedders.1.") for k in ckpt):
+        return "sdxl"
     return family_from_single_file_type(infer_diffusers_model_type(ckpt))
 
 
@@ -204,7 +211,7 @@ def _load_single_file(path: Path, cfg: ModelConfig, load_kw: dict):
         )
     if suffix not in (".safetensors",) + PICKLE_SUFFIXES:
         raise ModelLoadError(f"{path}: unknown model file type {suffix!r}; expected .safetensors or .ckpt")
-    family = _check_family(cfg.family, _single_file_family(path, cfg.allow_pickle), str(path))
+    family = _check_family(cfg.family, single_file_family(path, cfg.config_dir), str(path))
     if cfg.config_dir:
         config_dir = Path(cfg.config_dir)
         if not (config_dir / "model_index.json").is_file():

@@ -32,8 +32,6 @@ def load_sd_model(source: str | None, family: str = "auto", allow_pickle: bool =
 
     if hasattr(source, "unet"):
         return source
-    if family in (None, "auto") and source is not None:
-        family = _single_file_family_hint(Path(source), config_dir) or "auto"
     cfg = ModelConfig(pretrained_model_name_or_path=source, family=family or "auto", allow_pickle=allow_pickle,
                       config_dir=config_dir)
     return load_model(cfg, dtype=dtype)
@@ -61,23 +59,6 @@ def model_parts(model) -> dict:
     for i, te in enumerate(model.text_encoders):
         parts[f"te{i + 1}"] = te
     return parts
-
-
-def _single_file_family_hint(path: Path, config_dir: str | None) -> str | None:
-    """For a single file: the family of its `config_dir`, else SDXL when it holds `conditioner.embedders` keys.
-    (diffusers' probe looks for `resblocks.9` and so calls small SDXL-layout files SD 1.x.)"""
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    if config_dir:
-        from ..models.family import detect_family_from_folder
-
-        return detect_family_from_folder(Path(config_dir))
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        if any(k.startswith("conditioner.embedders.1.") for k in f.keys()):
-            return "sdxl"
-    return None
 
 
 @dataclass

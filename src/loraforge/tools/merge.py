@@ -131,13 +131,8 @@ def _check_keys(a: dict, others: list[dict], label: str) -> None:
             raise ShapeMismatchError(f"{label}: {len(wrong)} tensors of {name} differ in shape from A: {wrong[:3]}")
 
 
-def _single_file_family(path: str) -> str | None:
-    from ..models.loading import _single_file_family as detect
-
-    return detect(Path(path), allow_pickle=False)
-
-
 def _merge_single_files(sources: list[str], output: Path, multiplier: float, mode: str, dtype) -> Path:
+    from ..models.loading import single_file_family
     from safetensors import safe_open
 
     from ..utils.files import save_safetensors_atomic
@@ -147,7 +142,7 @@ def _merge_single_files(sources: list[str], output: Path, multiplier: float, mod
         with safe_open(s, framework="pt") as f:
             if not any(k.startswith("model.diffusion_model.") for k in f.keys()):
                 raise ToolError(f"{s} is not a Stable Diffusion checkpoint (no model.diffusion_model.* keys)")
-        families.append(_single_file_family(s))
+        families.append(single_file_family(Path(s)))
     if len(set(families)) > 1:
         raise FamilyMismatchError(
             "the checkpoints are of different families: " + ", ".join(f"{s} ({f})" for s, f in zip(sources, families))
