@@ -17,6 +17,10 @@ class MetaModel:
 
     def __init__(self, family: str):
         from accelerate import init_empty_weights
+
+        from loraforge.models.family import FAMILIES
+
+        self.family = FAMILIES[family]
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 

@@ -32,6 +32,13 @@ class TrainConfig(Section):
                 f"dataset.resolution = {self.dataset.resolution} is not a multiple of 8; the VAE needs one "
                 f"(try {self.dataset.resolution // 8 * 8})"
             )
+        family = self.model.family
+        if family != "auto" or self.uses_embedded_model:
+            from .network import block_count_problem
+
+            problem = block_count_problem(self.network, "sd15" if family == "auto" else family)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @property

@@ -10,15 +10,18 @@ PART_LABELS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 
 
 def param_groups(network, cfg: OptimizerConfig) -> list[dict]:
-    """One group per adapted part, each with its learning rate (`unet_lr`, `text_encoder_lr`, else
-    `learning_rate`)."""
+    """Optimizer groups: per adapted part (`unet_lr`, `text_encoder_lr`, else `learning_rate`), split by the
+    network into block-wise learning-rate weights (`network.block_lr_weights`) and LoRA+ up matrices
+    (`network.loraplus_lr_ratio`), each group at the part's learning rate × its scale. Names: `unet`,
+    `unet_lr×0.5`, `unet_plus`, `text_encoder`, ..."""
     groups = []
     for part in network.parts:
-        params = network.parameters(part)
-        if not params:
-            continue
-        lr = (cfg.unet_lr if part == "unet" else cfg.text_encoder_lr) or cfg.learning_rate
-        groups.append({"params": params, "lr": lr, "name": PART_LABELS[part]})
+        base = (cfg.unet_lr if part == "unet" else cfg.text_encoder_lr) or cfg.learning_rate
+        for group in network.param_groups(part):
+            if not group.params or group.lr_scale == 0:
+                continue
+            name = PART_LABELS[part] + (f"_{group.name}" if group.name else "")
+            groups.append({"params": group.params, "lr": base * group.lr_scale, "name": name})
     if not groups:
         raise ValueError("the network has no trainable parameters")
     return groups
