@@ -114,7 +114,10 @@ class NetworkConfig(Section):
     )
     use_tucker: bool = Field(
         False,
-        description="Tucker-decompose k×k convolutions (1×1 down, k×k core, 1×1 up). LyCORIS algos; no effect on 1×1.",
+        description=(
+            "Tucker-decompose k×k convolutions (1×1 down, k×k core, 1×1 up): `locon`, `loha`, `dora` (not `lokr`: "
+            "ComfyUI cannot merge its Tucker cores). No effect on linear and 1×1 layers. diffusers cannot load it."
+        ),
     )
     use_scalar: bool = Field(
         False,
@@ -239,6 +242,11 @@ def _problems(c: NetworkConfig) -> list[str]:
             out.append(f"network.{', network.'.join(changed)} are LoKr options; set network.algo = 'lokr' or remove them")
     elif c.factor == 0 or c.factor < -1:
         out.append(f"network.factor = {c.factor}: use -1 (balanced) or a positive factor")
+    if c.algo == "lokr" and c.use_tucker:
+        out.append(
+            "network.use_tucker with algo = 'lokr': ComfyUI 0.19.3 cannot merge a LoKr Tucker core on k×k "
+            "convolutions (it logs an error and leaves the layer unpatched); remove use_tucker (or use locon/loha)"
+        )
     if c.algo != "dora" and c.dora_axis != "input":
         out.append("network.dora_axis applies to algo = 'dora' only")
     if c.algo == "dora" and c.dropout > 0:
