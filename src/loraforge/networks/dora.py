@@ -53,7 +53,7 @@ class DoraMethod(LoconMethod):
         module.wd = True
         module.wd_on_out = cfg.dora_axis == "output"
         module.dora_norm_dims = weight.dim() - 1
-        module.dora_scale = torch.nn.Parameter(axis_norm(weight, cfg.dora_axis).to(weight.device))
+        module.dora_scale = torch.nn.Parameter(axis_norm(weight, cfg.dora_axis))
         return module
 
     def export(self, module) -> dict[str, torch.Tensor]:

@@ -116,10 +116,10 @@ class LycorisNetwork(PlannedNetwork):
             root.add_module(CONTAINER, containers[part])
         with quiet_lycoris():
             for t in plan:
-                weight = t.module.weight
-                with torch.device(weight.device):
-                    module = build_norm(t, self.cfg) if t.kind == "norm" else self.method.build(t, self.cfg)
-                module.to(device=weight.device)
+                # built on the CPU (LyCORIS calls .item() on shape tensors, which a meta default device breaks; the
+                # adapter tensors are small), then moved next to the weight it patches
+                module = build_norm(t, self.cfg) if t.kind == "norm" else self.method.build(t, self.cfg)
+                module.to(device=t.module.weight.device)
                 containers[t.part][t.path.replace(".", "__")] = module
                 module.apply_to()
                 self.adapters[t.key] = module

@@ -14,8 +14,20 @@ and with `train_norm` every GroupNorm / LayerNorm, inside them is a candidate) p
 | `unet-transformer-only` | Transformer2DModel | - | no |
 | `unet-convblock-only` | ResnetBlock2D, Downsample2D, Upsample2D, conv_in, conv_out | - | yes |
 
-Full-size SD 1.5 counts (tested): `attn-mlp` 192 UNet + 72 text-encoder modules (kohya's LoRA), `attn-only` 128 + 48,
-`full` 282 + 72 (LoCon), `full-lin` 212 + 72; SDXL `attn-mlp` 722 UNet + 264 text-encoder modules.
+Module counts on the full-size models (tested in tests/networks/test_presets.py), UNet + text encoders:
+
+| preset | SD 1.5 `lora` | SD 1.5 LyCORIS algos | SDXL `lora` | SDXL LyCORIS algos |
+|---|---|---|---|---|
+| `full` | 230 + 72 | 282 + 72 | 754 + 264 | 794 + 264 |
+| `full-lin` | 230 + 72 | 230 + 72 | 754 + 264 | 754 + 264 |
+| `attn-mlp` | 192 + 72 | 192 + 72 | 722 + 264 | 722 + 264 |
+| `attn-only` | 128 + 48 | 128 + 48 | 560 + 176 | 560 + 176 |
+| `unet-transformer-only` | 192 | 192 | 722 | 722 |
+| `unet-convblock-only` | 36 | 88 | 28 | 68 |
+
+`attn-mlp` is kohya's LoRA (16 Transformer2D × 12 = 192 on SD 1.5; 70 blocks × 10 + 11 × proj_in/out = 722 on SDXL;
+12 × 6 = 72 and 12 × 6 + 32 × 6 = 264 text-encoder layers); `lora` leaves out the k×k convolutions (LoRA-LierLa),
+the LyCORIS algos take them at `conv_dim` (LoCon = LoRA-C3Lier: 282 = formats.md §9.4's count for LoCon presets).
 The SDXL `text_projection` is never adapted: A1111 1.10.1 cannot load it and LyCORIS' presets leave it out too.
 """
 
