@@ -1,7 +1,7 @@
 """The diffusers/PEFT layout: `pytorch_lora_weights.safetensors` that `pipe.load_lora_weights(folder)` loads.
 
 Written through diffusers' own `save_lora_weights` from the network's kohya tensors (`lora_down` → `lora_A`,
-`lora_up` → `lora_B`, conv layers included), with a peft `LoraConfig` per part stored as `lora_adapter_metadata`:
+`lora_up` → `lora_B`, conv layers included, kept in PEFT spelling), with a peft `LoraConfig` per part stored as `lora_adapter_metadata`:
 target modules by full path, the most common rank/alpha as `r`/`lora_alpha` and the others in `rank_pattern` /
 `alpha_pattern`, so diffusers rebuilds the real scale of every module (block-wise ranks, conv ranks, rsLoRA's
 alpha·√rank) instead of assuming alpha = rank. Only plain LoRA / LoCon modules can be written: diffusers cannot load
@@ -57,14 +57,15 @@ def peft_layers(modules: dict, part: str, dtype: torch.dtype) -> tuple[dict[str,
 def save_diffusers_lora(network, family: str, target: Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write the network (LoRA or LoCon without Tucker) to `target` (a .safetensors path) atomically."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
 
     modules = network.module_tensors()
     kwargs = {}
     for part in network.parts:
         layers, config = peft_layers(modules, part, dtype)
         prefix = _PREFIX[part]
-        kwargs[f"{prefix}_lora_layers"] = convert_state_dict_to_diffusers(layers)
+        # PEFT spelling (`lora_A` / `lora_B`) for every module: diffusers' PEFT -> "lora.down" renaming only knows
+        # attention projections, and a file mixing both spellings loses the renamed ones on load
+        kwargs[f"{prefix}_lora_layers"] = layers
         kwargs[f"{prefix}_lora_adapter_metadata"] = config
     pipe_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     target = Path(target)
