@@ -12,13 +12,13 @@ from loraforge.models.configs import full_size_config
 from loraforge.networks.blocks import block_index, block_label, unet_block_indices
 from loraforge.training.optim import param_groups
 
-from .helpers import build, one_thread, tiny_model
+from .helpers import build, one_thread
 
 
 @pytest.fixture(scope="module")
-def models(tiny_dirs):
+def models(tiny_models):
     with one_thread():
-        yield {"sd15": tiny_model("sd15"), "sdxl": tiny_model("sdxl")}
+        yield {"sd15": tiny_models("sd15"), "sdxl": tiny_models("sdxl")}
 
 
 def test_block_numbers_on_the_full_size_unets():

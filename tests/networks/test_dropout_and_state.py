@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from .helpers import build, one_thread, randomize, rel_err, tiny_model
+from .helpers import build, one_thread, randomize, rel_err
 
 DROPOUTS = {
     "lora": {"network.dropout": 0.5},
@@ -19,9 +19,9 @@ DROPOUTS = {
 
 
 @pytest.fixture(scope="module")
-def sd15(tiny_dirs):
+def sd15(tiny_models):
     with one_thread():
-        yield tiny_model("sd15")
+        yield tiny_models("sd15")
 
 
 @pytest.mark.parametrize("algo", list(DROPOUTS))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from loraforge.formats.check import consumer_merged_delta
 from loraforge.formats.consumers import ConsumerMergeError
 
-from .helpers import build, file_tensors, one_thread, randomize, rel_err, tiny_model
+from .helpers import build, file_tensors, one_thread, randomize, rel_err
 
 FULL = {"network.preset": "full", "network.train_text_encoder": True}
 VARIANTS = {  # id -> network overrides (every variant adapts the UNet's full preset and the text encoders)
@@ -43,9 +43,9 @@ SDXL_VARIANTS = ("lora", "locon-tucker", "loha", "lokr", "dora")
 
 
 @pytest.fixture(scope="module")
-def models(tiny_dirs):
+def models(tiny_models):
     with one_thread():
-        yield {"sd15": tiny_model("sd15"), "sdxl": tiny_model("sdxl")}
+        yield {"sd15": tiny_models("sd15"), "sdxl": tiny_models("sdxl")}
     _CACHE.clear()
 
 
