@@ -181,7 +181,7 @@ class PlannedNetwork(Network):
             if has_convs:
                 args["conv_dim"] = c.conv_dim if c.conv_dim is not None else c.rank
                 args["conv_alpha"] = c.conv_alpha if c.conv_alpha is not None else (c.alpha or args["conv_dim"])
-        for name in ("dropout", "rank_dropout", "module_dropout"):
+        for name in ("rank_dropout", "module_dropout"):  # `dropout` is sd-scripts' --network_dropout (ss_network_dropout)
             if getattr(c, name):
                 args[name] = getattr(c, name)
         for name in ("use_tucker", "use_scalar", "rank_dropout_scale", "train_norm"):
