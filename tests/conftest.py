@@ -64,3 +64,20 @@ def _toml(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(repr(v) if isinstance(v, str) else _toml(v) for v in value) + "]"
     return str(value)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dirs):
+    """tiny_models("sdxl"): the loaded tiny SDModel of a family, loaded once per session. Read only: deep-copy it
+    before applying a network (tests/networks/helpers.py `build` does)."""
+    from loraforge.config.model import ModelConfig
+    from loraforge.models.loading import load_model
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_model(ModelConfig(family=family))
+        return cache[family]
+
+    return get

@@ -1,6 +1,7 @@
 """The trainer's own kohya export, on the full-size SD 1.5 / SD 2.1 / SDXL architectures (built on the meta device,
-only the LoRA tensors materialised): every module resolves to an existing weight in ComfyUI's and A1111's key maps,
-and diffusers accepts the file."""
+only the adapter tensors materialised): for every algo, UNet and text encoders, every module resolves to an existing
+weight in ComfyUI's and A1111's key maps (100 %), the layout follows formats.md (0-dim alpha, keep-dim dora_scale,
+the LyCORIS suffixes, no dotted module names, SGM names for the SDXL UNet), and diffusers accepts what it can load."""
 
 import pytest
 import torch
@@ -11,38 +12,36 @@ from loraforge.formats.kohya import kohya_module_name, kohya_state_dict
 from loraforge.models.configs import full_size_config
 from loraforge.networks import create_network
 
+from ..networks.helpers import MetaModel, materialise, network_config, one_thread
 
-class MetaModel:
-    """Just enough of an SDModel for `network.apply`: full-size modules on the meta device."""
-
-    def __init__(self, family: str):
-        from accelerate import init_empty_weights
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-        with init_empty_weights():
-            self.unet = UNet2DConditionModel.from_config(full_size_config(family, "unet"))
-            self.text_encoders = [CLIPTextModel(CLIPTextConfig.from_dict(full_size_config(family, "text_encoder")))]
-            if family == "sdxl":
-                cfg2 = CLIPTextConfig.from_dict(full_size_config(family, "text_encoder_2"))
-                self.text_encoders.append(CLIPTextModelWithProjection(cfg2))
+SUFFIXES = {  # the tensor suffixes each algo may write (besides alpha)
+    "lora": {"lora_down.weight", "lora_up.weight"},
+    "locon": {"lora_down.weight", "lora_up.weight"},
+    "loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"},
+    "lokr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"},
+    "dora": {"lora_down.weight", "lora_up.weight", "dora_scale"},
+}
+# UNet + text-encoder modules of the `full` preset (tests/networks/test_presets.py has the per-preset table)
+FULL_COUNTS = {("sd15", "lora"): 230 + 72, ("sd15", "lycoris"): 282 + 72,
+               ("sdxl", "lora"): 754 + 264, ("sdxl", "lycoris"): 794 + 264}  # fmt: skip
 
 
-def materialise_lora(module):
-    for name, sub in module.named_modules():
-        if name.endswith(("lora_A.default", "lora_B.default")):
-            sub.to_empty(device="cpu")
-            torch.nn.init.normal_(sub.weight, std=0.01)
+def _export(family: str, **overrides):
+    cfg = network_config(family, **overrides)
+    model = MetaModel(family)
+    net = create_network(cfg)
+    net.apply(model)
+    materialise(net)
+    return model, net, kohya_state_dict(net.module_tensors(), family, dict(model.unet.config))
 
 
 @pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl"])
-def test_full_size_export_resolves_in_every_consumer(family):
+def test_default_lora_resolves_in_every_consumer(family):
     cfg = load_config(None, ["network.rank=4", "network.alpha=2", "network.train_text_encoder=true"]).network
     model = MetaModel(family)
     net = create_network(cfg)
     net.apply(model)
-    for m in [model.unet, *model.text_encoders]:
-        materialise_lora(m)
+    materialise(net)
     sd = kohya_state_dict(net.module_tensors(), family, dict(model.unet.config))
     report = check_state_dict(sd, family)
     n_modules = len(sd) // 3
@@ -56,6 +55,78 @@ def test_full_size_export_resolves_in_every_consumer(family):
     assert unet_modules == {"sd15": 16 * 8, "sd2": 16 * 8, "sdxl": 70 * 8}[family]
     te_layers = {"sd15": 12, "sd2": 23, "sdxl": 12 + 32}[family]
     assert sum(1 for k in sd if k.startswith("lora_te") and k.endswith(".alpha")) == te_layers * 4
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("algo", ["lora", "locon", "loha", "lokr", "dora"])
+def test_every_algo_full_preset_maps_completely(family, algo):
+    with one_thread():
+        model, net, sd = _export(family, **{"network.algo": algo, "network.preset": "full",
+                                            "network.train_text_encoder": True, "network.alpha": 2.0})
+        report = check_state_dict(sd, family)
+    modules = {k.partition(".")[0] for k in sd}
+    assert len(modules) == FULL_COUNTS[(family, "lora" if algo == "lora" else "lycoris")]
+    assert report.errors == [] and report.warnings == [], [str(i) for i in report.issues]
+    for name in ("comfyui", "a1111"):
+        rep = report.consumers[name]
+        assert rep.loads and rep.applied == rep.total == len(modules), (name, rep.lines())
+        assert not rep.unmatched and not rep.skipped and not rep.wrong, (name, rep.lines())
+    diffusers = report.consumers["diffusers"]
+    if algo in ("lora", "locon"):
+        assert diffusers.loads and diffusers.applied == len(modules), diffusers.lines()
+    elif algo == "dora":  # loads, but as a plain LoRA: the trainer writes no diffusers file for DoRA
+        assert diffusers.loads and len(diffusers.wrong) == len(modules)
+    else:
+        assert not diffusers.loads and "cannot load" in diffusers.reason
+
+    # layout: no dot in module names, prefixes per part, 0-dim alpha everywhere, only the algo's suffixes
+    assert all("." not in m for m in modules)
+    prefixes = ("lora_unet_", "lora_te1_", "lora_te2_") if family == "sdxl" else ("lora_unet_", "lora_te_")
+    assert all(m.startswith(prefixes) for m in modules)
+    assert all(sd[f"{m}.alpha"].dim() == 0 for m in modules)
+    suffixes = {k.partition(".")[2] for k in sd} - {"alpha"}
+    assert suffixes <= SUFFIXES[algo], suffixes
+    if family == "sdxl":
+        assert not any(m.startswith(("lora_unet_down_blocks", "lora_unet_up_blocks", "lora_unet_mid_block"))
+                       for m in modules)  # SGM names, what sd-scripts writes for SDXL
+        assert "lora_unet_label_emb_0_0" in modules and "lora_unet_output_blocks_2_2_conv" in modules \
+            or algo == "lora"
+    if algo == "dora":
+        tensors = net.module_tensors()
+        for key, target in net.targets.items():
+            W = target.module.weight
+            dora = tensors[key].tensors["dora_scale"]
+            assert tuple(dora.shape) == (1, W.shape[1], *([1] * (W.dim() - 2))), key
+
+
+def test_sdxl_diffusers_names_would_lose_three_modules_in_a1111():
+    """Why the SDXL UNet is written with SGM names: with diffusers names, A1111 1.10.1 cannot place the upsampler of
+    up_blocks.0 and the add embedding (formats.md §2.3); SGM names have no gap. (`text_projection`, A1111's third
+    SDXL gap, is never adapted by any preset.)"""
+    with one_thread():
+        model, net, sd = _export("sdxl", **{"network.algo": "locon", "network.preset": "full"})
+        renamed = {}
+        for (part, path), mt in net.module_tensors().items():
+            name = "lora_unet_" + path.replace(".", "_")
+            for suffix, tensor in mt.tensors.items():
+                renamed[f"{name}.{suffix}"] = tensor
+            renamed[f"{name}.alpha"] = torch.tensor(mt.alpha)
+        report = check_state_dict(renamed, "sdxl")
+    a1111 = report.consumers["a1111"]
+    missed = {k.partition(".")[0] for k in a1111.unmatched}
+    assert missed == {"lora_unet_up_blocks_0_upsamplers_0_conv", "lora_unet_add_embedding_linear_1",
+                      "lora_unet_add_embedding_linear_2"}
+    assert a1111.applied == a1111.total - 3 and report.consumers["comfyui"].applied == a1111.total
+    assert not any(m.startswith("text_projection") for _, m in net.targets)
+
+
+def test_rslora_stores_alpha_times_sqrt_rank():
+    with one_thread():
+        for algo in ("lora", "locon"):
+            _, net, sd = _export("sd15", **{"network.algo": algo, "network.rank": 16, "network.alpha": 4.0,
+                                            "network.rs_lora": True})
+            alphas = {float(v) for k, v in sd.items() if k.endswith(".alpha")}
+            assert len(alphas) == 1 and alphas.pop() == pytest.approx(4.0 * 4), algo  # alpha·√16 = 16
 
 
 def test_names_follow_the_ecosystem():

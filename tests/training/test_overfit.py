@@ -1,4 +1,13 @@
-"""Training must be able to learn: overfitting one fixed batch lowers the loss by at least half."""
+"""Training must be able to learn: every algo overfits one fixed batch (fixed latents, noise and timesteps) on both
+tiny families.
+
+All runs use the `full` preset. The LyCORIS algos (`locon`, `loha`, `lokr`, `dora`) then adapt the resnet and
+sampler convolutions of every level too, and the loss falls by about 75-85 % in 12 steps (measured 0.14-0.25 of the
+first loss at 10 steps); we assert ≥ 65 %. `lora` adapts linear and 1×1 layers only: the tiny SDXL (the real SDXL
+layout) has no attention at its full-resolution level, so a linear-only adapter can only shape the prediction at
+half resolution and falls more slowly (measured -36 % SDXL, -50 % SD 1.5 at 10 steps; attention-only LoRA on SDXL
+levels off near -30 % even after 40 steps); we assert ≥ 25 %.
+"""
 
 import pytest
 import torch
@@ -6,20 +15,22 @@ import torch
 from loraforge.data.dataset import collate
 from loraforge.training.trainer import Trainer
 
+STEPS = 12
+MIN_FALL = {"lora": 0.25, "locon": 0.65, "loha": 0.65, "lokr": 0.65, "dora": 0.65}
 
-ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
-# The tiny SDXL has the real SDXL layout: no attention at the first (full-resolution) level. An attention-only LoRA
-# there can only shape the prediction at half the latent resolution, which caps how well it fits one batch's exact
-# noise (measured: about -30 %); with the resnet convolutions of every level adapted too (peft conv LoRA, the
-# LoCon layout) it fits like SD 1.5 does.
-@pytest.mark.parametrize(
-    "family,targets",
-    [("sd15", ATTENTION), ("sdxl", ATTENTION + ["conv1", "conv2"])],
-)
-def test_overfit_one_fixed_batch_halves_the_loss(make_config, family, targets):
-    cfg = make_config(family, **{"optimizer.learning_rate": 1e-2, "network.target_modules": targets})
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("algo", list(MIN_FALL))
+def test_overfit_one_fixed_batch(make_config, family, algo):
+    cfg = make_config(family, **{"optimizer.learning_rate": 1e-2, "network.algo": algo, "network.preset": "full"})
     t = Trainer(cfg)
     t.prepare()
     try:
@@ -29,7 +40,7 @@ def test_overfit_one_fixed_batch_halves_the_loss(make_config, family, targets):
         noise = torch.randn_like(latents)
         timesteps = torch.tensor([250, 650])
         losses = []
-        for _ in range(40):
+        for _ in range(STEPS):
             loss = t.compute_loss(batch, latents, noise, timesteps)
             t.accelerator.backward(loss)
             t.optimizer.step()
@@ -37,4 +48,4 @@ def test_overfit_one_fixed_batch_halves_the_loss(make_config, family, targets):
             losses.append(loss.item())
     finally:
         t.close()
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < (1 - MIN_FALL[algo]) * losses[0], losses

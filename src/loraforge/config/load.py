@@ -99,8 +99,8 @@ def format_validation_error(err: ValidationError, source: str, overridden: set[t
             problems.append(f"{where}: {msg}")
             continue
         model, key = _section_model(e["loc"])
-        accepted = _describe(model, key) if key else ""
         value = e.get("input")
+        accepted = _describe(model, key) if key and not isinstance(value, dict) else ""
         shown = f" = {value!r}" if not isinstance(value, dict) else ""
         msg = e["msg"].removeprefix("Value error, ")
         name = ".".join(loc)

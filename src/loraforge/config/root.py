@@ -52,11 +52,23 @@ class TrainConfig(Section):
                 "optimizer.lr_scheduler = 'adafactor' needs optimizer.type = 'adafactor' with "
                 "optimizer.adafactor_relative_step = true; pick another schedule otherwise"
             )
+        if opt.scale_weight_norms and net.algo != "lora":
+            raise ValueError(
+                f"optimizer.scale_weight_norms is implemented for network.algo = 'lora' only (not {net.algo!r}); "
+                "remove it or train a LoRA"
+            )
         if opt.type == "adafactor" and opt.adafactor_relative_step and opt.lr_scheduler != "adafactor":
             raise ValueError(
                 "optimizer.adafactor_relative_step = true computes the step size itself: set "
                 "optimizer.lr_scheduler = 'adafactor' (or turn relative_step off to use a schedule)"
             )
+        family = self.model.family
+        if family != "auto" or self.uses_embedded_model:
+            from .network import block_count_problem
+
+            problem = block_count_problem(self.network, "sd15" if family == "auto" else family)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @property

@@ -31,7 +31,7 @@ from .consumers.keys import (
     group_modules,
     lora_pair,
 )
-from .consumers.tables import FAMILIES
+from .consumers.tables import FAMILIES, family_of, model_tables_key
 
 CONSUMERS = ("comfyui", "a1111", "diffusers")
 _FACTORED = ("lora", "locon_tucker", "loha", "lokr")
@@ -282,7 +282,7 @@ def _module_issues(modules: dict[str, FileModule], family: str, issues: list[Iss
         if target is not None:
             got = delta_shape(m.tensors)
             if got is not None and (got[0] != target[0] or got[1] != _prod(target[1:])):
-                flag("error", "shape-mismatch", f"ΔW shape does not fit the {family} weight", name)
+                flag("error", "shape-mismatch", f"ΔW shape does not fit the {family_of(family)} weight", name)
         dora = m.tensors.get("dora_scale")
         if dora is not None and (target is not None or dora.dim() <= 1):
             axis = dora_axis(dora, target or ())
@@ -378,9 +378,18 @@ def _diffusers_report(sd, modules, family, total) -> ConsumerReport:
 
 
 def check_state_dict(
-    sd: dict[str, torch.Tensor], family: str | None = None, metadata: dict | None = None
+    sd: dict[str, torch.Tensor],
+    family: str | None = None,
+    metadata: dict | None = None,
+    *,
+    unet_config: dict | None = None,
+    text_encoder_configs: list[dict] | None = None,
 ) -> CheckReport:
-    """Check a LoRA-family state dict against ComfyUI, A1111 and diffusers for `family` (detected when None)."""
+    """Check a LoRA-family state dict against ComfyUI, A1111 and diffusers for `family` (detected when None).
+
+    By default the file is checked against the family's full-size architecture. Pass the actual model's diffusers
+    UNet config (and its text-encoder configs, in order) to check against that architecture instead, e.g. what a
+    run on a tiny or re-shaped model produced; ComfyUI's unet_config is derived from it as ComfyUI would."""
     issues: list[Issue] = []
     if family is None:
         family, evidence = detect_family(sd, metadata)
@@ -391,17 +400,21 @@ def check_state_dict(
         if family not in FAMILIES:
             raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
         evidence = "given"
+    tables = family
+    if unet_config is not None:
+        tables = model_tables_key(family, unet_config, text_encoder_configs)
+        evidence += ", checked against the model's own architecture"
     body = {k: v for k, v in sd.items() if not k.startswith("bundle_emb.")}
     if len(body) != len(sd):
         issues.append(Issue("warning", "bundled-embeddings", "bundled embeddings (bundle_emb.*): only A1111 loads "
                             "them; ship embeddings as separate files"))
     modules = group_modules(body)
-    _module_issues(modules, family, issues)
+    _module_issues(modules, tables, issues)
     total = sum(1 for m in modules.values() if m.kind != "none")
     consumers = {
-        "comfyui": _comfy_report(body, modules, family, total),
-        "a1111": _a1111_report(sd, modules, family, total),
-        "diffusers": _diffusers_report(body, modules, family, total),
+        "comfyui": _comfy_report(body, modules, tables, total),
+        "a1111": _a1111_report(sd, modules, tables, total),
+        "diffusers": _diffusers_report(body, modules, tables, total),
     }
     return CheckReport(family, evidence, {n: m.kind for n, m in modules.items()}, consumers, issues)
 

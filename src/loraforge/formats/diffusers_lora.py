@@ -1,11 +1,16 @@
 """The diffusers/PEFT layout: `pytorch_lora_weights.safetensors` that `pipe.load_lora_weights(folder)` loads.
 
-Written through diffusers' own `save_lora_weights`, with the peft `LoraConfig` of each part stored as
-`lora_adapter_metadata` so diffusers rebuilds the real alpha (otherwise it assumes alpha = rank).
+Written through diffusers' own `save_lora_weights` from the network's kohya tensors (`lora_down` → `lora_A`,
+`lora_up` → `lora_B`, conv layers included, kept in PEFT spelling), with a peft `LoraConfig` per part stored as `lora_adapter_metadata`:
+target modules by full path, the most common rank/alpha as `r`/`lora_alpha` and the others in `rank_pattern` /
+`alpha_pattern`, so diffusers rebuilds the real scale of every module (block-wise ranks, conv ranks, rsLoRA's
+alpha·√rank) instead of assuming alpha = rank. Only plain LoRA / LoCon modules can be written: diffusers cannot load
+LoHa, LoKr, Tucker cores or norm diffs, and drops `dora_scale` (networks say so in `diffusers_support()`).
 """
 
 from __future__ import annotations
 
+import collections
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,24 +20,53 @@ import torch
 from ..utils.files import atomic_path
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+_PREFIX = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
+
+
+def _most_common(values):
+    return collections.Counter(values).most_common(1)[0][0]
+
+
+def peft_layers(modules: dict, part: str, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict]:
+    """(PEFT state dict, LoraConfig dict) of one part from `module_tensors()` entries."""
+    from peft import LoraConfig
+
+    layers, ranks, alphas = {}, {}, {}
+    for (p, path), mt in modules.items():
+        if p != part:
+            continue
+        extra = set(mt.tensors) - {"lora_down.weight", "lora_up.weight"}
+        if extra:
+            raise ValueError(f"{part}:{path} has {sorted(extra)}: diffusers cannot load this module as a LoRA")
+        down, up = mt.tensors["lora_down.weight"], mt.tensors["lora_up.weight"]
+        layers[f"{path}.lora_A.weight"] = down.to(dtype).contiguous()
+        layers[f"{path}.lora_B.weight"] = up.to(dtype).contiguous()
+        ranks[path] = down.shape[0]
+        alphas[path] = float(mt.alpha) if mt.alpha is not None else float(down.shape[0])
+    r, alpha = _most_common(ranks.values()), _most_common(alphas.values())
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=sorted(ranks),
+        rank_pattern={k: v for k, v in ranks.items() if v != r},
+        alpha_pattern={k: v for k, v in alphas.items() if v != alpha},
+    )
+    return layers, config.to_dict()
 
 
 def save_diffusers_lora(network, family: str, target: Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Write the network (a peft-backed `LoraNetwork`) to `target` (a .safetensors path) atomically."""
+    """Write the network (LoRA or LoCon without Tucker) to `target` (a .safetensors path) atomically."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
 
-    def layers(part):
-        sd = convert_state_dict_to_diffusers(network.peft_state_dict(part))
-        return {k: v.detach().to(dtype).contiguous() for k, v in sd.items()}
-
-    kwargs = {"unet_lora_layers": layers("unet"), "unet_lora_adapter_metadata": network.peft_config("unet")}
-    if "te1" in network.parts:
-        kwargs["text_encoder_lora_layers"] = layers("te1")
-        kwargs["text_encoder_lora_adapter_metadata"] = network.peft_config("te1")
-    if "te2" in network.parts:
-        kwargs["text_encoder_2_lora_layers"] = layers("te2")
-        kwargs["text_encoder_2_lora_adapter_metadata"] = network.peft_config("te2")
+    modules = network.module_tensors()
+    kwargs = {}
+    for part in network.parts:
+        layers, config = peft_layers(modules, part, dtype)
+        prefix = _PREFIX[part]
+        # PEFT spelling (`lora_A` / `lora_B`) for every module: diffusers' PEFT -> "lora.down" renaming only knows
+        # attention projections, and a file mixing both spellings loses the renamed ones on load
+        kwargs[f"{prefix}_lora_layers"] = layers
+        kwargs[f"{prefix}_lora_adapter_metadata"] = config
     pipe_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     target = Path(target)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".diffusers-") as tmp:

@@ -7,7 +7,10 @@ Rules (reference: formats.md §1–§2, kohya.md §2):
   (`input_blocks_4_1_transformer_blocks_0_attn1_to_q`);
 - text-encoder modules always carry `text_model_` (transformers ≥ 5.6 dropped that level from `CLIPTextModel`; the
   ecosystem's files keep it);
-- one 0-dim `alpha` per module holding the real alpha (consumers scale by alpha / rank).
+- one 0-dim `alpha` per module holding the alpha consumers divide by the rank (alpha·√rank for rsLoRA); none for
+  modules that have no rank (`w_norm`/`b_norm` norm diffs);
+- the tensor suffixes of each algo as LyCORIS writes them (`lora_down.weight`/`lora_up.weight`/`lora_mid.weight`,
+  `hada_w1_a`..., `lokr_w1`..., keep-dim `dora_scale`), which the networks' `module_tensors()` already use.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def kohya_state_dict(
             raise ValueError(f"kohya module name {name!r} contains a dot; A1111 would drop the whole file")
         for suffix, tensor in mt.tensors.items():
             sd[f"{name}.{suffix}"] = tensor.to(dtype).contiguous()
-        sd[f"{name}.alpha"] = torch.tensor(mt.alpha, dtype=dtype)
+        if mt.alpha is not None:
+            sd[f"{name}.alpha"] = torch.tensor(mt.alpha, dtype=dtype)
     return sd
 
 

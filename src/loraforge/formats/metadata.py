@@ -16,7 +16,7 @@ ARCHITECTURE = {
     "sd2": "stable-diffusion-v2-768-v",
     "sdxl": "stable-diffusion-xl-v1-base",
 }
-NETWORK_MODULE = {"lora": "networks.lora"}
+NETWORK_MODULE = {"lora": "networks.lora", "locon": "networks.lora"}  # the rest: lycoris.kohya
 
 
 def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
@@ -33,8 +33,13 @@ def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     return new, legacy
 
 
-def training_metadata(cfg, run: dict, family: str, algo: str, network_args: dict | None = None) -> dict[str, str]:
-    """`cfg` is the `TrainConfig`; `run` holds what only the run knows (image count, steps, start time, ...)."""
+def training_metadata(
+    cfg, run: dict, family: str, algo: str, network_args: dict | None = None, network_module: str | None = None
+) -> dict[str, str]:
+    """`cfg` is the `TrainConfig`; `run` holds what only the run knows (image count, steps, start time, ...).
+
+    `network_module` / `network_args` are what sd-scripts would be given to build the same network
+    (`networks.lora` for LoRA and plain LoCon, `lycoris.kohya` with `algo=...` otherwise; values as strings)."""
     res = run.get("resolution")
     meta = {
         "ss_session_id": str(run.get("session_id", "")),
@@ -59,7 +64,7 @@ def training_metadata(cfg, run: dict, family: str, algo: str, network_args: dict
         "ss_lr_scheduler": cfg.optimizer.lr_scheduler,
         "ss_optimizer": run.get("optimizer", cfg.optimizer.type),
         "ss_max_grad_norm": str(cfg.optimizer.max_grad_norm or 0.0),
-        "ss_network_module": NETWORK_MODULE.get(algo, "lycoris.kohya"),
+        "ss_network_module": network_module or NETWORK_MODULE.get(algo, "lycoris.kohya"),
         "ss_network_dim": str(cfg.network.rank),
         "ss_network_alpha": str(cfg.network.alpha if cfg.network.alpha is not None else cfg.network.rank),
         "ss_network_dropout": str(cfg.network.dropout),

@@ -1,16 +1,19 @@
-"""LoRA on linear layers, through peft (the engine diffusers itself loads LoRA with).
+"""`lora`: LoRA on linear and 1×1 layers, through peft (the engine diffusers itself loads LoRA with).
 
 peft injects `LoraLayer`s into the diffusers UNet and the transformers CLIP models, which keeps the diffusers
-save/load path exact (`pipe.load_lora_weights` reproduces the trained model bit for bit); the kohya file is
-derived from the same tensors by `loraforge.formats.kohya`.
+save/load path exact (`pipe.load_lora_weights` reproduces the trained model bit for bit); the kohya file is derived
+from the same tensors by `loraforge.formats.kohya`. Presets and block-wise ranks become an explicit list of module
+paths with peft's `rank_pattern` / `alpha_pattern`.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..config.network import NetworkConfig
-from .base import Network, ModuleTensors
+from .base import ModuleTensors, PlannedNetwork
+from .targets import Target
 
 ADAPTER = "default"
 
@@ -23,115 +26,75 @@ def _lora_layers(module: torch.nn.Module):
             yield name, m
 
 
-class LoraNetwork(Network):
+class LoraNetwork(PlannedNetwork):
     algo = "lora"
+    up_param_names = ("lora_up",)
 
-    def __init__(self, cfg: NetworkConfig):
-        self.cfg = cfg
-        self.alpha = float(cfg.alpha) if cfg.alpha is not None else float(cfg.rank)
-        self.modules: dict[str, torch.nn.Module] = {}  # part -> module the adapter lives in
-        self._parts: tuple[str, ...] = ()
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.layers: dict[tuple[str, str], torch.nn.Module] = {}
 
-    def _config(self, targets: list[str]):
+    def _config(self, targets: list[Target]):
         from peft import LoraConfig
 
+        r, alpha = self.cfg.rank, self.alpha
         return LoraConfig(
-            r=self.cfg.rank,
-            lora_alpha=self.alpha,
-            target_modules=targets,
+            r=r,
+            lora_alpha=alpha,
+            target_modules=[t.path for t in targets],
+            rank_pattern={t.path: t.rank for t in targets if t.rank != r},
+            alpha_pattern={t.path: t.alpha for t in targets if t.alpha != alpha},
             lora_dropout=self.cfg.dropout,
+            use_rslora=self.cfg.rs_lora,
             init_lora_weights="gaussian" if self.cfg.init_lora_weights == "gaussian" else True,
         )
 
-    def apply(self, model) -> None:
-        model.unet.requires_grad_(False)
-        for te in model.text_encoders:
-            te.requires_grad_(False)
-        model.unet.add_adapter(self._config(self.cfg.target_modules))
-        if not list(_lora_layers(model.unet)):
-            raise ValueError(
-                f"network.target_modules = {self.cfg.target_modules} matched no UNet module; use names such as "
-                "to_q, to_k, to_v, to_out.0, proj_in, ff.net.2"
-            )
-        self.modules = {"unet": model.unet}
-        if self.cfg.train_text_encoder:
-            for i, te in enumerate(model.text_encoders):
-                te.add_adapter(self._config(self.cfg.text_encoder_target_modules))
-                self.modules[f"te{i + 1}"] = te
-        self._parts = tuple(self.modules)
+    def inject(self, plan: list[Target]) -> None:
+        for part, root in self.roots.items():
+            targets = [t for t in plan if t.part == part]
+            root.add_adapter(self._config(targets))
+            found = dict(_lora_layers(root))
+            for t in targets:
+                self.layers[t.key] = found[t.path]
 
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return self._parts
-
-    def parameters(self, part: str) -> list[torch.nn.Parameter]:
-        module = self.modules.get(part)
-        if module is None:
-            return []
-        return [p for n, p in module.named_parameters() if "lora_" in n and p.requires_grad]
-
-    def peft_state_dict(self, part: str) -> dict[str, torch.Tensor]:
-        from peft.utils import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.modules[part], adapter_name=ADAPTER)
-
-    def peft_config(self, part: str) -> dict:
-        return self.modules[part].peft_config[ADAPTER].to_dict()
+    def target_params(self, key) -> dict[str, torch.nn.Parameter]:
+        layer = self.layers[key]
+        return {"lora_down.weight": layer.lora_A[ADAPTER].weight, "lora_up.weight": layer.lora_B[ADAPTER].weight}
 
     def module_tensors(self) -> dict[tuple[str, str], ModuleTensors]:
         out = {}
-        for part, module in self.modules.items():
-            for name, layer in _lora_layers(module):
-                out[(part, name)] = ModuleTensors(
-                    {
-                        "lora_down.weight": layer.lora_A[ADAPTER].weight.detach().float().cpu().clone(),
-                        "lora_up.weight": layer.lora_B[ADAPTER].weight.detach().float().cpu().clone(),
-                    },
-                    float(layer.lora_alpha[ADAPTER]),
-                )
+        for key, layer in self.layers.items():
+            down = layer.lora_A[ADAPTER].weight
+            # the alpha consumers divide by the rank: alpha, or alpha·√rank for rsLoRA (peft's scaling × rank)
+            alpha = layer.lora_alpha[ADAPTER] * (math.sqrt(down.shape[0]) if layer.use_rslora.get(ADAPTER) else 1.0)
+            out[key] = ModuleTensors(
+                {
+                    "lora_down.weight": down.detach().float().cpu().clone(),
+                    "lora_up.weight": layer.lora_B[ADAPTER].weight.detach().float().cpu().clone(),
+                },
+                float(alpha),
+            )
         return out
 
     def delta_weight(self, part: str, module_path: str) -> torch.Tensor:
-        layer = dict(_lora_layers(self.modules[part]))[module_path]
-        return layer.get_delta_weight(ADAPTER).detach().float().cpu()
+        return self.layers[(part, module_path)].get_delta_weight(ADAPTER).detach().float().cpu()
 
     @torch.no_grad()
     def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
         """kohya's `scale_weight_norms`: scale each module whose ‖ΔW‖ exceeds `max_norm` back to it (both factors
         by √ratio). Returns (modules scaled, mean norm, max norm) before scaling."""
         norms, scaled = [], 0
-        for module in self.modules.values():
-            for _, layer in _lora_layers(module):
-                a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
-                delta = b.flatten(1).float() @ a.flatten(1).float() * layer.scaling[ADAPTER]
-                norm = delta.norm().item()
-                norms.append(norm)
-                if norm > max_norm:
-                    ratio = (max_norm / norm) ** 0.5
-                    a.mul_(ratio)
-                    b.mul_(ratio)
-                    scaled += 1
+        for layer in self.layers.values():
+            a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+            delta = b.flatten(1).float() @ a.flatten(1).float() * layer.scaling[ADAPTER]
+            norm = delta.norm().item()
+            norms.append(norm)
+            if norm > max_norm:
+                ratio = (max_norm / norm) ** 0.5
+                a.mul_(ratio)
+                b.mul_(ratio)
+                scaled += 1
         return scaled, sum(norms) / max(1, len(norms)), max(norms, default=0.0)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            f"{part}.{k}": v.detach().cpu().clone()
-            for part in self.modules
-            for k, v in self.peft_state_dict(part).items()
-        }
-
-    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        from peft.utils import set_peft_model_state_dict
-
-        for part, module in self.modules.items():
-            sub = {k[len(part) + 1 :]: v for k, v in sd.items() if k.startswith(part + ".")}
-            result = set_peft_model_state_dict(module, sub, adapter_name=ADAPTER)
-            unexpected = getattr(result, "unexpected_keys", [])
-            if unexpected:
-                raise ValueError(f"checkpoint has LoRA tensors this network does not: {unexpected[:5]}")
-
-
-def create_network(cfg: NetworkConfig) -> Network:
-    if cfg.algo == "lora":
-        return LoraNetwork(cfg)
-    raise ValueError(f"unknown network.algo {cfg.algo!r}")
+    def network_module(self) -> str:
+        return "networks.lora"

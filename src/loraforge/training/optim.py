@@ -23,24 +23,25 @@ class OptimizerSetupError(ValueError):
 
 
 def param_groups(network, cfg: OptimizerConfig, embeddings: list[torch.nn.Parameter] | None = None) -> list[dict]:
-    """One group per adapted part, plus the new embeddings. Learning rates: `unet_lr` / `text_encoder_lr` /
-    `embedding_lr`, each falling back as documented; weight decay: `adam_weight_decay` for the UNet,
-    `adam_weight_decay_text_encoder` (else `adam_weight_decay`) for text-encoder parameters."""
+    """Optimizer groups: per adapted part (`unet_lr`, `text_encoder_lr`, else `learning_rate`), split by the
+    network into block-wise learning-rate weights (`network.block_lr_weights`) and LoRA+ up matrices
+    (`network.loraplus_lr_ratio`), each group at the part's learning rate × its scale; plus the new token
+    embeddings (`embedding_lr`, else the text-encoder rate). Weight decay: `adam_weight_decay` for the UNet,
+    `adam_weight_decay_text_encoder` (else `adam_weight_decay`) for text-encoder parameters and embeddings.
+    Names: `unet`, `unet_lr×0.5`, `unet_plus`, `text_encoder`, ..., `embeddings`."""
     te_decay = cfg.adam_weight_decay_text_encoder
     te_decay = cfg.adam_weight_decay if te_decay is None else te_decay
     te_lr = cfg.text_encoder_lr or cfg.learning_rate
     groups = []
     for part in network.parts:
-        params = network.parameters(part)
-        if not params:
-            continue
         is_unet = part == "unet"
-        groups.append({
-            "params": params,
-            "lr": (cfg.unet_lr or cfg.learning_rate) if is_unet else te_lr,
-            "weight_decay": cfg.adam_weight_decay if is_unet else te_decay,
-            "name": PART_LABELS[part],
-        })
+        base = (cfg.unet_lr or cfg.learning_rate) if is_unet else te_lr
+        for group in network.param_groups(part):
+            if not group.params or group.lr_scale == 0:
+                continue
+            name = PART_LABELS[part] + (f"_{group.name}" if group.name else "")
+            groups.append({"params": group.params, "lr": base * group.lr_scale, "name": name,
+                           "weight_decay": cfg.adam_weight_decay if is_unet else te_decay})
     if embeddings:
         groups.append({"params": embeddings, "lr": cfg.embedding_lr or te_lr, "weight_decay": te_decay,
                        "name": "embeddings"})

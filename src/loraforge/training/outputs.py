@@ -1,5 +1,6 @@
 """Writing a trained network: the kohya file, the diffusers file, and their metadata. Used for the final result
-and for every checkpoint."""
+and for every checkpoint. After each save the kohya file goes through the consumer check (ComfyUI, A1111,
+diffusers) against the trained model's own architecture, and the verdict is logged."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class WrittenFiles:
     diffusers: Path | None = None
     embeddings: Path | None = None
     extra: dict[str, Path] = field(default_factory=dict)
+    check: object | None = None  # the CheckReport of the kohya file
 
 
 def write_lora_files(
@@ -37,13 +39,51 @@ def write_lora_files(
     folder.mkdir(parents=True, exist_ok=True)
     if cfg.output.write_kohya:
         sd = kohya_state_dict(network.module_tensors(), family, dict(model.unet.config), dtype)
-        meta = training_metadata(cfg, run_info, family, network.algo)
+        meta = training_metadata(cfg, run_info, family, network.algo, network.network_args(), network.network_module())
         meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(sd, meta)
         out.kohya = folder / f"{kohya_name}.safetensors"
         save_safetensors_atomic(sd, out.kohya, metadata=meta)
+        out.check = check_written(sd, meta, model, out.kohya)
     if cfg.output.write_diffusers:
-        out.diffusers = save_diffusers_lora(network, family, folder / WEIGHT_NAME, dtype)
+        why = network.diffusers_support()
+        if why is None:
+            out.diffusers = save_diffusers_lora(network, family, folder / WEIGHT_NAME, dtype)
+        elif not getattr(network, "_diffusers_note_logged", False):
+            network._diffusers_note_logged = True
+            log.info(
+                "no diffusers file: %s. Load the kohya file (%s.safetensors) in AUTOMATIC1111 or ComfyUI, or bake it "
+                "into the model with `loraforge merge`", why, kohya_name
+            )
     if pivotal is not None:
         meta = {"tokens": ",".join(pivotal.tokens), "token_abstraction": cfg.training.token_abstraction}
         out.embeddings = save_embeddings(folder / f"{kohya_name}_emb.safetensors", family, pivotal.vectors(), meta, dtype)
     return out
+
+
+def check_written(sd: dict, metadata: dict, model, path: Path):
+    """Run the consumer check on a kohya file just written, against the model's own architecture; log one summary
+    line (`ComfyUI 48/48 modules, A1111 48/48, diffusers loads`) and, for any miss, the consumer's details with the
+    key names."""
+    from ..formats.check import check_state_dict
+
+    try:
+        report = check_state_dict(
+            sd,
+            model.family.name,
+            metadata,
+            unet_config=dict(model.unet.config),
+            text_encoder_configs=[te.config.to_dict() for te in model.text_encoders],
+        )
+    except Exception as e:  # noqa: BLE001 - a checker failure must never lose a trained file
+        log.warning("check %s: the consumer check failed (%s: %s)", path.name, type(e).__name__, e)
+        return None
+    log.info("check %s: %s", path.name, report.summary())
+    for consumer in report.consumers.values():
+        # diffusers refusing LoHa/LoKr or loading DoRA as plain LoRA is said by the summary line already
+        own = consumer.consumer != "diffusers"
+        if consumer.unmatched or consumer.skipped or (own and (consumer.wrong or not consumer.loads)):
+            for line in consumer.lines(limit=20):
+                log.warning("check %s: %s", path.name, line)
+    for issue in report.errors:
+        log.warning("check %s: %s", path.name, issue)
+    return report

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .keys import ConsumerMergeError
-from .tables import Shape, family_tables, layer_kind
+from .tables import Shape, family_of, family_tables, layer_kind
 
 VERSION = "1.10.1"
 LABEL = "A1111"
@@ -88,9 +88,9 @@ def layers(family: str) -> dict[str, Layer]:
             else:
                 _add(out, prefix + "model." + module, layer_kind(module, shape), shape)
 
-    if family == "sd15":
+    if family_of(family) == "sd15":
         hf_encoder("", "te")
-    elif family == "sd2":
+    elif family_of(family) == "sd2":
         openclip_encoder("", "te")
     else:
         hf_encoder("0.", "te1")
@@ -358,6 +358,8 @@ def merged_weight(W: torch.Tensor, tensors: dict, multiplier: float = 1.0) -> to
             updown, out_shape, dim = _lokr_updown(W, t)
         elif kind == "full":
             updown, out_shape, dim = t["diff"].float(), list(t["diff"].shape), None
+        elif kind == "norm":  # ModuleTypeNorm: updown = w_norm, the bias gets b_norm; no dim, so scale 1
+            updown, out_shape, dim = t["w_norm"].float(), list(W.shape), None
         elif kind is None:
             raise ConsumerMergeError("no A1111 module type accepts these tensors (the whole file fails to load)")
         else:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .keys import LORA_PAIRS, ConsumerMergeError, join
-from .tables import FamilyTables, Shape, family_tables
+from .tables import FamilyTables, Shape, family_of, family_tables
 
 VERSION = "0.19.3"
 LABEL = "ComfyUI"
@@ -43,7 +43,7 @@ def model_keys(family: str) -> dict[str, Shape]:
     """The state-dict keys (weights and biases) ComfyUI's model + CLIP objects hold for `family`, with shapes."""
     t = family_tables(family)
     keys = {f"diffusion_model.{k}": v for k, v in t.unet_ldm.items()}
-    for role, clip in _CLIP_NAMES[family].items():
+    for role, clip in _CLIP_NAMES[family_of(family)].items():
         for k, v in t.consumer_text_encoder(role).items():
             if k == "text_projection.weight":
                 keys[f"{clip}.transformer.text_projection.weight"] = v
@@ -224,7 +224,7 @@ def load(sd, family: str) -> LoadResult:
         elif target in mkeys:
             applied[x] = winner
         else:
-            dropped[x] = f"target {target} is not in the {family} model (patch ignored)"
+            dropped[x] = f"target {target} is not in the {family_of(family)} model (patch ignored)"
     not_loaded = sorted(k for k in sd if k not in loaded)
     return LoadResult(patches, applied, dropped, not_loaded, fatal)
 
@@ -354,6 +354,8 @@ def _merged_weight(W: torch.Tensor, tensors: dict, strength: float) -> torch.Ten
         if "set_weight" in tensors:
             return tensors["set_weight"].float().reshape(W.shape).clone()
         return W + strength * tensors["diff"].float().reshape(W.shape)
+    elif kind == "norm":  # w_norm (and b_norm on the bias) are plain diff patches
+        return W + strength * tensors["w_norm"].float().reshape(W.shape)
     elif kind == "ia3":
         raise ConsumerMergeError("ComfyUI has no IA3 adapter: every key is logged as 'lora key not loaded'")
     else:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from .keys import ADAPTER_LABELS, group_modules, split_key
-from .tables import family_tables
+from .tables import family_of, family_tables
 
 VERSION = "0.42.1"
 LABEL = "diffusers"
@@ -42,7 +42,7 @@ class DiffusersResult:
 def _mixin(family: str):
     from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
-    return StableDiffusionXLLoraLoaderMixin if family == "sdxl" else StableDiffusionLoraLoaderMixin
+    return StableDiffusionXLLoraLoaderMixin if family_of(family) == "sdxl" else StableDiffusionLoraLoaderMixin
 
 
 def _quiet():
@@ -55,7 +55,7 @@ def _quiet():
 
 def _components(family: str) -> dict[str, str]:
     """state-dict prefix -> table role."""
-    if family == "sdxl":
+    if family_of(family) == "sdxl":
         return {"unet": "unet", "text_encoder": "te1", "text_encoder_2": "te2"}
     return {"unet": "unet", "text_encoder": "te"}
 
@@ -86,7 +86,8 @@ def _check(work, origin, modules, kinds, family) -> DiffusersResult:
         convert_unet_state_dict_to_peft,
     )
 
-    kwargs = {"unet_config": SimpleNamespace(layers_per_block=2)} if family == "sdxl" else {}
+    layers = family_tables(family).unet_config["num_res_blocks"][0]
+    kwargs = {"unet_config": SimpleNamespace(layers_per_block=layers)} if family_of(family) == "sdxl" else {}
     try:
         state_dict, network_alphas = _mixin(family).lora_state_dict(dict(work), **kwargs)
     except Exception as e:  # noqa: BLE001 - any exception is a refused file

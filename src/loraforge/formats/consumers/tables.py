@@ -1,4 +1,11 @@
-"""Full-size weight tables of SD 1.5, SD 2.1 and SDXL base, and the LDM <-> diffusers UNet name derivation.
+"""Weight tables of SD 1.5, SD 2.1 and SDXL base (full size) or of an actual model's architecture, and the
+LDM <-> diffusers UNet name derivation.
+
+An actual model (the tiny test models, a fine-tune with another depth) is described by its diffusers UNet config and
+text-encoder configs: `model_tables_key(family, unet_config, te_configs)` registers it and returns a key
+(`"sdxl@3f2a..."`) that every function below and the consumer models accept in place of a family name. ComfyUI's
+`unet_config` is then derived from the diffusers config (`comfy_unet_config`), as ComfyUI derives it from the
+checkpoint it loads.
 
 The consumer models need the full-size weight names and shapes of each family, but never the weights. The tables are
 derived once per process from the real diffusers / transformers classes instantiated on the meta device (no memory,
@@ -156,12 +163,15 @@ class FamilyTables:
     # role -> module names of the diffusers/transformers model as it is built today (CLIP-L is flattened in
     # transformers 5, so no `text_model.` there), mapped to the module's weight shape (None for containers)
     diffusers_modules: dict[str, dict[str, Shape | None]] = field(default_factory=dict)
+    custom: bool = False  # built from an actual model's configs (its text encoders have their own layer counts)
 
     def consumer_text_encoder(self, role: str) -> dict[str, Shape]:
         """HF-style text-encoder params as the consumers' single-file checkpoints hold them (SD 2.x: 24 layers)."""
         params = dict(self.text_encoders[role])
-        wanted = CONSUMER_TE_LAYERS[self.family][role]
         have = 1 + max(int(k.split(".")[3]) for k in params if k.startswith("text_model.encoder.layers."))
+        wanted = CONSUMER_TE_LAYERS[self.family][role]
+        if self.custom:  # single files keep the one layer diffusers' SD 2.x text encoder drops
+            wanted = have + (1 if self.family == "sd2" else 0)
         last = f"text_model.encoder.layers.{have - 1}."
         for extra in range(have, wanted):
             for k, v in list(params.items()):
@@ -225,14 +235,102 @@ def _module_table(model) -> dict[str, Shape | None]:
     return table
 
 
-@functools.lru_cache(maxsize=None)
-def family_tables(family: str) -> FamilyTables:
-    """Cached full-size tables of `family` ("sd15", "sd2", "sdxl"), built on the meta device at first use."""
+def comfy_unet_config(unet_config: dict) -> dict:
+    """ComfyUI's `unet_config` (what `comfy/model_detection.py` reads off a checkpoint) for a diffusers UNet config:
+    `num_res_blocks`, `channel_mult`, `transformer_depth` (per input res block), `transformer_depth_middle` and
+    `transformer_depth_output` (per output block, the last entry belonging to `output_blocks.0`)."""
+    down = list(unet_config["down_block_types"])
+    up = list(unet_config["up_block_types"])
+    levels = len(down)
+
+    def per_level(value) -> list[int]:
+        return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)] * levels
+
+    layers = per_level(unet_config.get("layers_per_block", 2))
+    depth = per_level(unet_config.get("transformer_layers_per_block", 1))
+    depth = [d[0] if isinstance(d, (list, tuple)) else d for d in depth]
+    reverse = unet_config.get("reverse_transformer_layers_per_block")
+    up_depth = [int(d if not isinstance(d, (list, tuple)) else d[0]) for d in reverse] if reverse else depth[::-1]
+    channels = list(unet_config["block_out_channels"])
+    transformer_depth = []
+    for level, block in enumerate(down):
+        transformer_depth += [depth[level] if "CrossAttn" in block else 0] * layers[level]
+    output = []  # output_blocks.0, 1, ... in order
+    for level, block in enumerate(up):
+        output += [up_depth[level] if "CrossAttn" in block else 0] * (layers[::-1][level] + 1)
+    middle = depth[-1] if unet_config.get("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn" else 0
+    return {
+        "num_res_blocks": layers,
+        "channel_mult": [c // channels[0] for c in channels],
+        "transformer_depth": transformer_depth,
+        "transformer_depth_middle": middle,
+        "transformer_depth_output": output[::-1],
+    }
+
+
+_MODEL_SPECS: dict[str, tuple[str, dict, list[dict]]] = {}
+
+
+def model_tables_key(family: str, unet_config: dict, text_encoder_configs: list[dict] | None = None) -> str:
+    """Register the architecture of an actual model (its diffusers UNet config and text-encoder configs, e.g. a
+    tiny or fine-tuned variant) and return the key that `family_tables` and the consumer models take in place of a
+    family name. Same configs, same key."""
+    import hashlib
+    import json
+
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    models = build_meta_models(family)
+    unet = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
+    tes = [{k: v for k, v in dict(c).items() if not k.startswith("_")} for c in (text_encoder_configs or [])]
+    blob = json.dumps([family, unet, tes], sort_keys=True, default=str)
+    key = f"{family}@{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+    _MODEL_SPECS.setdefault(key, (family, unet, tes))
+    return key
+
+
+def family_of(key: str) -> str:
+    """The family of a `family_tables` key ("sdxl" for "sdxl" and for "sdxl@<hash>")."""
+    return key.split("@", 1)[0]
+
+
+def _te_roles(family: str) -> list[str]:
+    return [spec[0] for spec in _TE_SPECS[family]]
+
+
+def _build_spec_models(key: str) -> tuple[dict, dict]:
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    family, unet_cfg, te_cfgs = _MODEL_SPECS[key]
+    with init_empty_weights():
+        models = {"unet": UNet2DConditionModel.from_config(unet_cfg)}
+        roles = _te_roles(family)
+        if te_cfgs and len(te_cfgs) != len(roles):
+            raise ValueError(f"{family} has {len(roles)} text encoder(s), got {len(te_cfgs)} configs")
+        for role, cfg in zip(roles, te_cfgs):
+            config = CLIPTextConfig.from_dict(cfg)
+            models[role] = (CLIPTextModelWithProjection if role == "te2" else CLIPTextModel)(config)
+    if not te_cfgs:  # UNet-only description: the family's full-size text encoders
+        full = build_meta_models(family)
+        models.update({r: full[r] for r in roles})
+    return models, comfy_unet_config(unet_cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def family_tables(family: str) -> FamilyTables:
+    """Cached tables of `family` ("sd15", "sd2", "sdxl": full size, built on the meta device at first use) or of a
+    key from `model_tables_key` (an actual model's architecture)."""
+    if "@" in family:
+        if family not in _MODEL_SPECS:
+            raise ValueError(f"unknown model tables key {family!r}; register it with model_tables_key")
+        models, cfg = _build_spec_models(family)
+        name = family_of(family)
+    elif family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    else:
+        models, cfg, name = build_meta_models(family), UNET_CONFIGS[family], family
     unet = models.pop("unet")
-    cfg = UNET_CONFIGS[family]
     d2l = unet_to_diffusers(cfg)
     unet_diffusers = {k: tuple(v.shape) for k, v in unet.named_parameters()}
     missing = [k for k in unet_diffusers if k not in d2l]
@@ -249,7 +347,7 @@ def family_tables(family: str) -> FamilyTables:
             params[k] = tuple(v.shape)
         text_encoders[role] = params
         diffusers_modules[role] = _module_table(model)
-    return FamilyTables(family, cfg, unet_diffusers, unet_ldm, d2l, text_encoders, diffusers_modules)
+    return FamilyTables(name, cfg, unet_diffusers, unet_ldm, d2l, text_encoders, diffusers_modules, "@" in family)
 
 
 def layer_kind(name: str, shape: Shape | None) -> str:

@@ -1,0 +1,60 @@
+"""`[network]` refuses combinations that cannot work, naming the fields and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraforge.config import ConfigError, load_config
+
+
+def _load(*overrides):
+    return load_config(None, list(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["network.use_tucker=true"], "network.use_tucker need the LyCORIS engine, not peft: use network.algo = 'locon'"),
+        (["network.rank_dropout=0.1", "network.module_dropout=0.1"],
+         "network.rank_dropout, network.module_dropout need the LyCORIS engine"),
+        (["network.conv_dim=8"], "network.conv_dim set, but algo = 'lora' adapts linear and 1×1 layers only: use "
+                                 "network.algo = 'locon'"),
+        (["network.algo='locon'", "network.factor=4"], "network.factor are LoKr options; set network.algo = 'lokr'"),
+        (["network.algo='lokr'", "network.use_tucker=true"], "ComfyUI 0.19.3 cannot merge a LoKr Tucker core"),
+        (["network.algo='lokr'", "network.loraplus_lr_ratio=16"], "LoKr has no up/down pair"),
+        (["network.algo='dora'", "network.dropout=0.1"], "use network.rank_dropout or network.module_dropout"),
+        (["network.dora_axis='output'"], "network.dora_axis applies to algo = 'dora' only"),
+        (["network.algo='loha'", "network.init_lora_weights='gaussian'"], "applies to algo = 'lora' only"),
+        (["network.algo='locon'", "network.rank_dropout_scale=true"], "needs network.rank_dropout > 0"),
+        (["network.preset='attn-mlp'", "network.target_modules=['to_q']"],
+         "network.preset = 'attn-mlp' and network.target_modules both choose modules"),
+        (["network.preset='unet-transformer-only'", "network.train_text_encoder=true"],
+         "adapts no text-encoder module but train_text_encoder = true"),
+        (["network.block_dims=[4, 4, 4]"], "network.block_dims has 3 values; it needs 25 for SD 1.x/2.x"),
+        (["network.block_alphas=" + str([1.0] * 25)], "network.block_alphas needs network.block_dims"),
+        (["network.block_dims=" + str([4] * 25), "network.block_lr_weights=" + str([1.0] * 23)],
+         "must all have the same length"),
+        (["model.family='sdxl'", "network.block_dims=" + str([4] * 25)],
+         "network.block_dims has 25 values but the model is sdxl: SDXL (emb, IN0-8, MID0-2, OUT0-8, out) takes 23"),
+        (["network.block_dims=" + str([4] * 23)], "has 23 values but the model is sd15"),  # the embedded model
+    ],
+)
+def test_bad_combinations_name_fields_and_fix(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        _load(*overrides)
+    assert message in str(e.value), str(e.value)
+    assert "accepted: NetworkConfig" not in str(e.value)
+
+
+def test_good_combinations_load():
+    cfg = _load("network.algo='lokr'", "network.factor=8", "network.decompose_both=true", "network.preset='full'",
+                "network.train_text_encoder=true").network
+    assert cfg.uses_lycoris and cfg.factor == 8
+    cfg = _load("network.algo='dora'", "network.dora_axis='output'", "network.use_tucker=true",
+                "network.rank_dropout=0.1", "network.rank_dropout_scale=true").network
+    assert cfg.dora_axis == "output"
+    cfg = _load("model.family='sdxl'", "model.pretrained_model_name_or_path='x'", "network.block_dims=" + str([4] * 23),
+                "network.block_alphas=" + str([2.0] * 23)).network
+    assert len(cfg.block_dims) == 23
+    # family auto on a model path: the count is checked when the network is built
+    assert _load("model.pretrained_model_name_or_path='x'", "network.block_dims=" + str([4] * 23)).network
