@@ -27,8 +27,8 @@ def _most_common(values):
     return collections.Counter(values).most_common(1)[0][0]
 
 
-def peft_layers(modules: dict, part: str, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict]:
-    """(PEFT state dict, LoraConfig dict) of one part from `module_tensors()` entries."""
+def peft_layers(modules: dict, part: str, dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(PEFT state dict, LoraConfig dict) of one part from `module_tensors()` entries (`dtype` None: as stored)."""
     from peft import LoraConfig
 
     layers, ranks, alphas = {}, {}, {}
@@ -39,8 +39,8 @@ def peft_layers(modules: dict, part: str, dtype: torch.dtype) -> tuple[dict[str,
         if extra:
             raise ValueError(f"{part}:{path} has {sorted(extra)}: diffusers cannot load this module as a LoRA")
         down, up = mt.tensors["lora_down.weight"], mt.tensors["lora_up.weight"]
-        layers[f"{path}.lora_A.weight"] = down.to(dtype).contiguous()
-        layers[f"{path}.lora_B.weight"] = up.to(dtype).contiguous()
+        layers[f"{path}.lora_A.weight"] = (down if dtype is None else down.to(dtype)).contiguous()
+        layers[f"{path}.lora_B.weight"] = (up if dtype is None else up.to(dtype)).contiguous()
         ranks[path] = down.shape[0]
         alphas[path] = float(mt.alpha) if mt.alpha is not None else float(down.shape[0])
     r, alpha = _most_common(ranks.values()), _most_common(alphas.values())

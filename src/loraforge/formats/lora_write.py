@@ -10,7 +10,6 @@ the alphas in the PEFT `lora_adapter_metadata` header (diffusers assumes alpha =
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Iterable
 
 import torch
@@ -73,30 +72,25 @@ def diffusers_state_dict(modules: Iterable[LoraModule]) -> tuple[dict[str, torch
             f"diffusers loads plain LoRA/LoCon only; {len(bad)} modules are not: {', '.join(bad[:5])}. "
             "Keep the kohya file for ComfyUI / A1111"
         )
+    from ..networks.base import ModuleTensors
+    from .diffusers_lora import peft_layers
+
+    tensors = {
+        (m.part, m.path): ModuleTensors(
+            {"lora_down.weight": m.tensors["lora_down.weight"], "lora_up.weight": m.tensors["lora_up.weight"]},
+            m.alpha,
+        )
+        for m in modules
+    }
+    # The trainer's layout exactly: PEFT spelling and diffusers' `lora_adapter_metadata` (the peft LoraConfig of
+    # each part, flattened with the part's prefix), tensors as stored.
     sd: dict[str, torch.Tensor] = {}
-    by_part: dict[str, list[LoraModule]] = {}
-    for m in modules:
-        prefix = DIFFUSERS_PREFIXES[m.part]
-        style = "lora" if m.part == "unet" else "lora_linear_layer"
-        sd[f"{prefix}.{m.path}.{style}.down.weight"] = m.tensors["lora_down.weight"]
-        sd[f"{prefix}.{m.path}.{style}.up.weight"] = m.tensors["lora_up.weight"]
-        by_part.setdefault(m.part, []).append(m)
     config: dict = {}
-    for part, items in by_part.items():
+    for part in DIFFUSERS_PREFIXES:
+        if not any(p == part for p, _ in tensors):
+            continue
+        layers, cfg = peft_layers(tensors, part, None)
         prefix = DIFFUSERS_PREFIXES[part]
-        ranks = {m.path: m.rank for m in items}
-        alphas = {m.path: float(m.alpha if m.alpha is not None else m.rank) for m in items}
-        r = Counter(ranks.values()).most_common(1)[0][0]
-        alpha = Counter(alphas.values()).most_common(1)[0][0]
-        config.update({
-            f"{prefix}.r": r,
-            f"{prefix}.lora_alpha": alpha,
-            f"{prefix}.rank_pattern": {p: v for p, v in ranks.items() if v != r},
-            f"{prefix}.alpha_pattern": {p: v for p, v in alphas.items() if v != alpha},
-            f"{prefix}.target_modules": sorted(ranks),
-            f"{prefix}.use_dora": False,
-            f"{prefix}.use_rslora": False,
-            f"{prefix}.bias": "none",
-            f"{prefix}.lora_dropout": 0.0,
-        })
+        sd.update({f"{prefix}.{k}": v for k, v in layers.items()})
+        config.update({f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in cfg.items()})
     return sd, {"format": "pt", ADAPTER_METADATA: json.dumps(config, indent=2, sort_keys=True)}
