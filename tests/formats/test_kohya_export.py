@@ -144,3 +144,11 @@ def test_names_follow_the_ecosystem():
         "lora_te2_text_model_encoder_layers_31_mlp_fc2"
     assert kohya_module_name("te1", "encoder.layers.11.self_attn.out_proj", "sdxl") == \
         "lora_te1_text_model_encoder_layers_11_self_attn_out_proj"
+
+
+def test_text_projection_has_no_text_model_level():
+    # consumers map `lora_te2_text_projection` (formats.md §2.1); CLIP keeps text_projection outside text_model
+    assert kohya_module_name("te2", "text_projection", "sdxl") == "lora_te2_text_projection"
+    unet = full_size_config("sd15", "unet")
+    assert kohya_module_name("unet", "down_blocks.1.attentions.0.proj_in", "sd15", unet, naming="ldm") == \
+        "lora_unet_input_blocks_4_1_proj_in"

@@ -20,19 +20,26 @@ import torch
 from ..networks.base import ModuleTensors
 
 TE_PREFIXES = {"sd15": {"te1": "lora_te"}, "sd2": {"te1": "lora_te"}, "sdxl": {"te1": "lora_te1", "te2": "lora_te2"}}
+_TEXT_MODEL_PARTS = ("encoder.", "embeddings.", "final_layer_norm")  # what lives under CLIP's `text_model`
 
 
-def kohya_module_name(part: str, module_path: str, family: str, unet_config: dict | None = None) -> str:
+def kohya_module_name(
+    part: str, module_path: str, family: str, unet_config: dict | None = None, naming: str = "auto"
+) -> str:
+    """The kohya module name of (part, diffusers/transformers module path). UNet `naming`: "auto" (diffusers names
+    for SD 1.x/2.x, SGM names for SDXL, as sd-scripts writes), "diffusers" or "ldm". Text encoders: `text_model_`
+    for what CLIP keeps under `text_model` (whatever the transformers version), none for `text_projection`."""
     if part == "unet":
         path = module_path
-        if family == "sdxl":
+        if naming == "ldm" or (naming == "auto" and family == "sdxl"):
             from .ldm import unet_module_to_original
 
             path = unet_module_to_original(module_path, unet_config)
         return "lora_unet_" + path.replace(".", "_")
     prefix = TE_PREFIXES[family][part]
-    path = module_path.removeprefix("text_model.")
-    return f"{prefix}_text_model_{path.replace('.', '_')}"
+    core = module_path.removeprefix("text_model.")
+    middle = "text_model_" if core.startswith(_TEXT_MODEL_PARTS) else ""
+    return f"{prefix}_{middle}{core.replace('.', '_')}"
 
 
 def kohya_state_dict(

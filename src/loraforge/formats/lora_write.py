@@ -15,26 +15,14 @@ from typing import Iterable
 import torch
 
 from ..tools.errors import UnsupportedError
+from .kohya import kohya_module_name
 from .lora_file import LoraModule
 from .model_tree import DIFFUSERS_PREFIXES, ModelTree
 
 ADAPTER_METADATA = "lora_adapter_metadata"
-_TE_PREFIXES = {"sd15": {"te1": "lora_te"}, "sd2": {"te1": "lora_te"}, "sdxl": {"te1": "lora_te1", "te2": "lora_te2"}}
-_TEXT_MODEL_PARTS = ("encoder.", "embeddings.", "final_layer_norm")
-
-
 def kohya_name(part: str, path: str, tree: ModelTree, naming: str = "auto") -> str:
-    """The kohya module name of (part, path): `naming` "auto" (diffusers names for SD 1.x/2.x, SGM for SDXL),
-    "diffusers" or "ldm" (LDM / SGM names) for the UNet."""
-    from .ldm import unet_module_to_original
-
-    if part == "unet":
-        ldm = naming == "ldm" or (naming == "auto" and tree.family == "sdxl")
-        return "lora_unet_" + (unet_module_to_original(path, tree.unet_config) if ldm else path).replace(".", "_")
-    prefix = _TE_PREFIXES[tree.family][part]
-    core = path.removeprefix("text_model.")
-    middle = "text_model_" if core.startswith(_TEXT_MODEL_PARTS) else ""
-    return f"{prefix}_{middle}{core.replace('.', '_')}"
+    """The kohya module name of (part, path) on `tree`'s model (see `formats.kohya.kohya_module_name`)."""
+    return kohya_module_name(part, path, tree.family, tree.unet_config, naming)
 
 
 def _alpha_tensor(m: LoraModule, like: torch.Tensor) -> torch.Tensor:
