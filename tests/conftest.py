@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 @pytest.fixture(scope="session")
 def tiny_dirs() -> dict[str, Path]:
-    """The embedded tiny SD 1.5 and SDXL diffusers folders, built once for the session."""
+    """The embedded tiny SD 1.5, SD 2.x and SDXL diffusers folders, built once for the session."""
     import torch
 
     from loraforge.models.tiny import tiny_model_dir
@@ -30,7 +30,7 @@ def tiny_dirs() -> dict[str, Path]:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     torch.set_num_threads(2)
-    return {f: tiny_model_dir(f) for f in ("sd15", "sdxl")}
+    return {f: tiny_model_dir(f) for f in ("sd15", "sd2", "sdxl")}
 
 
 @pytest.fixture

@@ -176,3 +176,10 @@ def lycoris_file(family: str, algo: str, flatten_te1: bool = False, **kwargs) ->
         for m in net.unet_loras + net.text_encoder_loras
         for k, v in m.state_dict().items()
     }
+
+
+# Small real layers the merge-math tests share: a 64x48 linear and a 3x3 conv 16 -> 32.
+LIN = torch.nn.Linear(48, 64)
+CONV = torch.nn.Conv2d(16, 32, 3, padding=1)
+DORA_IN = {"weight_decompose": True, "wd_on_out": False}
+DORA_OUT = {"weight_decompose": True, "wd_on_out": True}

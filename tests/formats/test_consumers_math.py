@@ -9,16 +9,12 @@ import copy
 
 import pytest
 import torch
-from .consumer_fixtures import lycoris_reference, rel_err
+from .consumer_fixtures import CONV, DORA_IN, DORA_OUT, LIN, lycoris_reference, rel_err
 
 from loraforge.formats.check import consumer_merged_delta
 from loraforge.formats.consumers import a1111, comfyui
 from loraforge.formats.consumers import ConsumerMergeError
 
-LIN = torch.nn.Linear(48, 64)  # 64x48
-CONV = torch.nn.Conv2d(16, 32, 3, padding=1)  # 3x3 conv 16 -> 32
-DORA_IN = {"weight_decompose": True, "wd_on_out": False}
-DORA_OUT = {"weight_decompose": True, "wd_on_out": True}
 
 CASES = [  # (id, algo, layer, rank, kwargs)
     ("lora-linear", "locon", LIN, 4, {}),

@@ -15,12 +15,8 @@ from loraforge.formats.lora_file import ModelTree, bind, read_lora_state_dict
 from loraforge.formats.lora_math import module_delta
 from loraforge.tools.errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError
 
-from .consumer_fixtures import lycoris_file, lycoris_reference, make_file, rel_err
+from .consumer_fixtures import CONV, DORA_IN, DORA_OUT, LIN, lycoris_file, lycoris_reference, make_file, rel_err
 
-LIN = torch.nn.Linear(48, 64)
-CONV = torch.nn.Conv2d(16, 32, 3, padding=1)
-DORA_IN = {"weight_decompose": True, "wd_on_out": False}
-DORA_OUT = {"weight_decompose": True, "wd_on_out": True}
 CASES = [  # (id, algo, layer, rank, kwargs)
     ("lora-linear", "locon", LIN, 4, {}),
     ("locon-conv3x3", "locon", CONV, 4, {}),

@@ -17,47 +17,10 @@ from loraforge.formats.single_file import (  # noqa: E402
 )
 
 
-def _build_tiny_sd2():
-    """SD 2.x-like: OpenCLIP-style text encoder (HF CLIPTextModel, gelu), linear projections, v-prediction."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from loraforge.models.tiny import _vae
-    from loraforge.models.tokenizer import clip_tokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        upcast_attention=True,
-        norm_num_groups=32,
-    )
-    te = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408, hidden_size=32, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-            max_position_embeddings=77, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=0,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-        steps_offset=1, prediction_type="v_prediction",
-    )
-    return StableDiffusionPipeline(
-        vae=_vae(), text_encoder=te, tokenizer=clip_tokenizer(pad_token="!"), unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-
-
 def _builders():
-    from loraforge.models.tiny import build_tiny_sd15, build_tiny_sdxl
+    from loraforge.models.tiny import BUILDERS
 
-    return {"sd15": build_tiny_sd15, "sd2": _build_tiny_sd2, "sdxl": build_tiny_sdxl}
+    return BUILDERS
 
 
 def _text_encoders(pipe):

@@ -38,8 +38,11 @@ def _te_out(pipe_or_model, family, prompts=("a photo of sks robot",)):
     return c.prompt_embeds, c.pooled
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
-@pytest.mark.parametrize("train_te", [False, True], ids=["unet", "unet+te"])
+@pytest.mark.parametrize(
+    "family,train_te",
+    [("sd15", False), ("sd15", True), ("sd2", False), ("sdxl", False), ("sdxl", True)],
+    ids=["sd15-unet", "sd15-unet+te", "sd2-vpred-unet", "sdxl-unet", "sdxl-unet+te"],
+)
 def test_outputs_reproduce_the_trained_model(make_config, tiny_dirs, family, train_te):
     cfg = make_config(family, **{"network.train_text_encoder": train_te, "sampling.at_end": True})
     trainer = Trainer(cfg)
@@ -51,6 +54,7 @@ def test_outputs_reproduce_the_trained_model(make_config, tiny_dirs, family, tra
     assert files.diffusers == run / "pytorch_lora_weights.safetensors" and files.diffusers.is_file()
 
     trained = trainer.model
+    assert trained.prediction_type == ("v_prediction" if family == "sd2" else "epsilon")
     trained.unet.eval()
     cond_dim = trained.unet.config.cross_attention_dim
     pooled_dim = trained.text_encoders[-1].config.projection_dim if family == "sdxl" else None

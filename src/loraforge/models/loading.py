@@ -163,8 +163,6 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
         from .tiny import tiny_model_dir
 
         family = "sd15" if cfg.family == "auto" else cfg.family
-        if family == "sd2":
-            raise ModelLoadError("there is no embedded tiny SD 2.x model; use model.family = sd15 or sdxl, or name a model")
         folder = tiny_model_dir(family)
         pipe = _pipeline_class(family).from_pretrained(str(folder), local_files_only=True, **load_kw)
         source, is_tiny = f"embedded tiny {family_info(family).label} model ({folder})", True

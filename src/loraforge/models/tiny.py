@@ -1,4 +1,4 @@
-"""The embedded default: tiny models of the real SD 1.5 and SDXL architectures.
+"""The embedded default: tiny models of the real SD 1.5, SD 2.x (v-prediction) and SDXL architectures.
 
 They are built in code from the same config classes as the real models (only the widths, depths and head counts are
 small), with the real 49,408-token CLIP vocabulary, so every code path (tokenizers, text encoders, UNet blocks,
@@ -90,6 +90,49 @@ def build_tiny_sd15():
     )
 
 
+def build_tiny_sd2():
+    """SD 2.x 768-v: OpenCLIP-H-style text encoder (an HF CLIPTextModel with gelu), linear projections, attention
+    upcast, v-prediction, tokenizer padding with `!` (id 0)."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        upcast_attention=True,
+        norm_num_groups=32,
+    )
+    te = _clip_config(32, "gelu")
+    te.num_hidden_layers, te.pad_token_id = 3, 0
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+    return StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(te),
+        tokenizer=clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def build_tiny_sdxl():
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -137,7 +180,7 @@ def build_tiny_sdxl():
     )
 
 
-BUILDERS = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl}
+BUILDERS = {"sd15": build_tiny_sd15, "sd2": build_tiny_sd2, "sdxl": build_tiny_sdxl}
 
 
 def tiny_model_dir(family: str, root: Path | None = None) -> Path:

@@ -310,21 +310,20 @@ class Trainer(StepMixin):
         bar.update(1)
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{next(iter(lrs.values())):.2e}", epoch=st.epoch)
         acc.log(logs, step=st.global_step)
-        every = cfg.training.save_every_n_steps
-        if every and st.global_step % every == 0 and st.global_step < self.max_steps:
-            self.save_checkpoint()
-        every = cfg.sampling.sample_every_n_steps
-        if every and st.global_step % every == 0:
-            self.sample(f"{st.global_step:06d}")
+        self._periodic(st.global_step, cfg.training.save_every_n_steps, cfg.sampling.sample_every_n_steps,
+                       f"{st.global_step:06d}")
 
     def _after_epoch(self) -> None:
         cfg, st = self.cfg, self.state
-        every = cfg.training.save_every_n_epochs
-        if every and st.epoch % every == 0 and st.global_step < self.max_steps:
+        self._periodic(st.epoch, cfg.training.save_every_n_epochs, cfg.sampling.sample_every_n_epochs,
+                       f"e{st.epoch:03d}")
+
+    def _periodic(self, count: int, save_every: int | None, sample_every: int | None, tag: str) -> None:
+        """Checkpoint (not at the last step: the final files follow) and/or sample every N steps or epochs."""
+        if save_every and count % save_every == 0 and self.state.global_step < self.max_steps:
             self.save_checkpoint()
-        every = cfg.sampling.sample_every_n_epochs
-        if every and st.epoch % every == 0:
-            self.sample(f"e{st.epoch:03d}")
+        if sample_every and count % sample_every == 0:
+            self.sample(tag)
 
     # ----------------------------------------------------------------------------------------------- outputs
     def _run_info(self) -> dict:
