@@ -190,3 +190,15 @@ def test_tucker_lokr_conv_is_not_applied_by_comfyui():
     assert not report.broken
     assert report.consumers["comfyui"].applied == 0 and "view size" in report.consumers["comfyui"].skipped[module]
     assert report.consumers["a1111"].applied == 1
+
+
+def test_cli_check_against_a_models_own_architecture(make_config, tiny_dirs, capsys):
+    from loraforge.cli import main
+    from loraforge.training.trainer import Trainer
+
+    result = Trainer(make_config("sd15", **{"training.max_train_steps": 1})).run()
+    assert main(["check", str(result.files.kohya), "--model", str(tiny_dirs["sd15"])]) == 0
+    out = capsys.readouterr().out
+    assert "ComfyUI 48/48 modules, A1111 48/48, diffusers loads" in out
+    # against the full-size family the tiny file cannot fit, and says so
+    assert main(["check", str(result.files.kohya)]) == 1

@@ -191,16 +191,34 @@ def add_check(sub) -> None:
     p = sub.add_parser("check", help="will ComfyUI, A1111 and diffusers load this LoRA file exactly?")
     p.add_argument("files", nargs="+", help=".safetensors LoRA / LyCORIS files (ours or from elsewhere)")
     p.add_argument("--family", choices=["sd15", "sd2", "sdxl"], help="base model family (default: detected)")
+    p.add_argument("--model", metavar="DIFFUSERS_FOLDER",
+                   help="check against this model's own architecture (its configs; no weights are read) instead of "
+                        "the full-size family, e.g. for a LoRA of the embedded tiny models")
     p.set_defaults(func=cmd_check)
 
 
 def cmd_check(args) -> int:
+    import json
+    from pathlib import Path
+
     from ..formats.check import check_file
 
+    arch = {}
+    if args.model:
+        from ..models.family import detect_family_from_folder
+
+        folder = Path(args.model)
+        if not (folder / "model_index.json").is_file():
+            print(f"error: --model {folder}: not a diffusers folder (no model_index.json)", file=sys.stderr)
+            return 2
+        args.family = args.family or detect_family_from_folder(folder)
+        arch["unet_config"] = json.loads((folder / "unet" / "config.json").read_text())
+        arch["text_encoder_configs"] = [json.loads((folder / te / "config.json").read_text())
+                                        for te in ("text_encoder", "text_encoder_2") if (folder / te).is_dir()]
     worst = 0
     for path in args.files:
         try:
-            report = check_file(path, args.family)
+            report = check_file(path, args.family, **arch)
         except (ValueError, OSError) as e:
             print(f"{path}: error: {e}", file=sys.stderr)
             worst = 2

@@ -419,8 +419,10 @@ def check_state_dict(
     return CheckReport(family, evidence, {n: m.kind for n, m in modules.items()}, consumers, issues)
 
 
-def check_file(path: str | Path, family: str | None = None) -> CheckReport:
-    """`check_state_dict` on a .safetensors file (its header metadata is used for family hints). Never unpickles."""
+def check_file(path: str | Path, family: str | None = None, **architecture) -> CheckReport:
+    """`check_state_dict` on a .safetensors file (its header metadata is used for family hints). Never unpickles.
+    `architecture` (`unet_config=`, `text_encoder_configs=`) checks against a model's own architecture instead of the
+    full-size family."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -429,7 +431,7 @@ def check_file(path: str | Path, family: str | None = None) -> CheckReport:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         sd = {k: f.get_tensor(k) for k in f.keys()}
-    return check_state_dict(sd, family, metadata)
+    return check_state_dict(sd, family, metadata, **architecture)
 
 
 def consumer_merged_delta(consumer: str, W: torch.Tensor, tensors: dict, strength: float = 1.0) -> torch.Tensor:
