@@ -252,7 +252,11 @@ class Trainer(StepMixin):
         cfg, acc, st = self.cfg, self.accelerator, self.state
         for mod in self.trained_models:
             mod.train()
-        bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True)
+        import sys
+
+        # on a terminal: a live bar (step, loss, lr, it/s, ETA); in a pipe or a log file: a line every 30 s
+        bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
         n_batches = len(self.train_dataloader)
         while st.global_step < self.max_steps and st.epoch < self.num_epochs:
             loader = self.train_dataloader
