@@ -73,3 +73,16 @@ def test_prediction_type_override(tiny_dirs):
     m = load_model(model_cfg("model.prediction_type=v_prediction"))
     assert m.prediction_type == "v_prediction"
     assert m.noise_scheduler().config.prediction_type == "v_prediction"
+
+
+def test_ckpt_loads_when_pickle_is_allowed(tmp_path, tiny_dirs):
+    from loraforge.formats.single_file import to_single_file_state_dict
+
+    src = load_model(model_cfg("model.family=sd15"))
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": to_single_file_state_dict("sd15", src.unet, src.vae, src.text_encoders)}, ckpt)
+    m = load_model(model_cfg(f"model.pretrained_model_name_or_path={str(ckpt)!r}", "model.allow_pickle=true",
+                             f"model.config_dir={str(tiny_dirs['sd15'])!r}"))
+    assert m.family.name == "sd15"
+    for a, b in zip(src.unet.state_dict().values(), m.unet.state_dict().values()):
+        assert torch.equal(a, b)

@@ -79,3 +79,29 @@ def test_steps_per_image(make_config):
     t.prepare()
     t.close()
     assert t.max_steps == 16  # 8 images × 2 (repeats do not count: they are the same images)
+
+
+def test_max_grad_norm_bounds_the_update(make_config):
+    cfg = make_config("sd15", **{"optimizer.type": "sgd", "optimizer.learning_rate": 1.0, "optimizer.adam_beta1": 0.0,
+                                  "optimizer.adam_weight_decay": 0.0, "optimizer.max_grad_norm": 1e-3, "training.max_train_steps": 1,
+                                  "network.init_lora_weights": "gaussian"})
+    t = Trainer(cfg)
+    t.prepare()
+    before = [p.detach().clone() for p in t.trainable_parameters()]
+    t.train()
+    t.close()
+    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(t.trainable_parameters(), before)))
+    assert 0 < step.item() <= 1e-3 * 1.0001  # SGD with lr 1: the update is the clipped gradient
+
+
+def test_gradient_checkpointing_and_save_precision(make_config):
+    from safetensors import safe_open
+
+    cfg = make_config("sdxl", **{"training.gradient_checkpointing": True, "output.save_precision": "fp16",
+                                  "network.train_text_encoder": True, "training.max_train_steps": 2})
+    t = Trainer(cfg)
+    result = t.run()
+    assert t.model.unet.is_gradient_checkpointing
+    assert all(te.is_gradient_checkpointing for te in t.model.text_encoders)
+    with safe_open(str(result.files.kohya), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}

@@ -2,7 +2,8 @@
 ones with the base model (before any adapter is attached).
 
 Image i is `class_{i:05d}.png`, generated from its own seed (`training.seed + i`), written atomically: a run stopped
-while generating continues where it stopped, and the images do not depend on the batch size.
+while generating continues where it stopped, and the images do not depend on the batch size (up to the
+float rounding of batched convolutions).
 """
 
 from __future__ import annotations
