@@ -50,9 +50,10 @@ def _clip_config(hidden: int, act: str, projection: int | None = None):
     )
 
 
-def build_tiny_sd15():
+def _tiny_sd_pipeline(scheduler, te_act: str, te_layers: int, te_pad_id: int, pad_token: str, **unet_extra):
+    """An SD 1.x/2.x-layout pipeline: two-level UNet with attention at full latent resolution, one CLIP."""
     import torch
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
@@ -63,11 +64,28 @@ def build_tiny_sd15():
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
-        attention_head_dim=8,
         norm_num_groups=32,
+        **unet_extra,
     )
     vae = _vae()
-    text_encoder = CLIPTextModel(_clip_config(32, "quick_gelu"))
+    te = _clip_config(32, te_act)
+    te.num_hidden_layers, te.pad_token_id = te_layers, te_pad_id
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(te),
+        tokenizer=clip_tokenizer(pad_token=pad_token),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_sd15():
+    """SD 1.5: CLIP-L-style text encoder (quick_gelu), 1×1-conv projections, epsilon prediction, PNDM."""
+    from diffusers import PNDMScheduler
+
     scheduler = PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -78,40 +96,14 @@ def build_tiny_sd15():
         steps_offset=1,
         prediction_type="epsilon",
     )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _tiny_sd_pipeline(scheduler, "quick_gelu", 2, 1, "<|endoftext|>", attention_head_dim=8)
 
 
 def build_tiny_sd2():
     """SD 2.x 768-v: OpenCLIP-H-style text encoder (an HF CLIPTextModel with gelu), linear projections, attention
     upcast, v-prediction, tokenizer padding with `!` (id 0)."""
-    import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import DDIMScheduler
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        upcast_attention=True,
-        norm_num_groups=32,
-    )
-    te = _clip_config(32, "gelu")
-    te.num_hidden_layers, te.pad_token_id = 3, 0
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -121,16 +113,8 @@ def build_tiny_sd2():
         steps_offset=1,
         prediction_type="v_prediction",
     )
-    return StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(te),
-        tokenizer=clip_tokenizer(pad_token="!"),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _tiny_sd_pipeline(scheduler, "gelu", 3, 0, "!", attention_head_dim=(2, 4), use_linear_projection=True,
+                             upcast_attention=True)
 
 
 def build_tiny_sdxl():
