@@ -129,3 +129,13 @@ def test_resume_restores_embeddings_bit_exactly(make_config, tok_images):
 def test_pivotal_and_text_encoder_lora_are_exclusive():
     with pytest.raises(ConfigError, match="cannot be combined"):
         load_config(None, ["network.train_text_encoder=true", "training.train_text_encoder_ti=true"])
+
+
+def test_pivotal_tuning_without_the_abstraction_in_any_caption_is_refused(make_config):
+    from loraforge.data.errors import DataError
+
+    # the demo images have captions without TOK: the new tokens could never learn
+    t = Trainer(make_config("sd15", **{"training.train_text_encoder_ti": True}))
+    with pytest.raises(DataError, match="no caption contains the token abstraction 'TOK'"):
+        t.prepare()
+    t.close()
