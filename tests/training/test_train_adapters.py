@@ -12,6 +12,8 @@ from safetensors import safe_open
 from .test_train_e2e import _fresh_pipe, _te_out, _unet_out
 from loraforge.training.trainer import Trainer
 
+from .resume import assert_same_tensors, straight_and_resumed
+
 
 def _log(result) -> str:
     return (result.run_dir / "train.log").read_text()
@@ -96,14 +98,6 @@ def test_resume_is_bit_exact_for_a_lycoris_algo_with_dropouts(make_config):
     common = {"training.max_train_steps": 4, "network.algo": "loha", "network.use_scalar": True,
               "network.rank_dropout": 0.3, "network.module_dropout": 0.2, "network.dropout": 0.1,
               "optimizer.lr_scheduler": "cosine", "network.loraplus_lr_ratio": 4.0}
-    straight = Trainer(make_config("sd15", **common, **{"output.output_name": "straight"})).run()
-    first = Trainer(make_config("sd15", **common, **{"output.output_name": "first",
-                                                      "training.save_every_n_steps": 2})).run()
-    ckpt = first.run_dir / "checkpoints" / "step-000002"
-    resumed = Trainer(make_config("sd15", **common, **{"output.output_name": "resumed",
-                                                        "training.resume": str(ckpt)})).run()
-    a, b = load_file(str(straight.files.kohya)), load_file(str(resumed.files.kohya))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    straight, resumed, _ = straight_and_resumed(make_config, "sd15", common, save_at=2)
+    assert_same_tensors(straight.files.kohya, resumed.files.kohya)
     assert resumed.losses == straight.losses[2:]

@@ -9,6 +9,8 @@ from loraforge.config import load_config
 from loraforge.models.text import encode_prompts
 from loraforge.training.trainer import RunFolderError, Trainer
 
+from .resume import assert_same_tensors, straight_and_resumed
+
 
 def _fresh_pipe(tiny_dirs, family):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -125,16 +127,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(make_config):
     # batch 2 over 8 images: 4 steps an epoch, so the resumed run crosses an epoch boundary
     common = {"training.max_train_steps": 6, "optimizer.lr_scheduler": "cosine", "optimizer.lr_warmup_steps": 2,
               "dataset.random_flip": True, "dataset.center_crop": False, "training.batch_size": 2}
-    straight = Trainer(make_config("sd15", **common, **{"output.output_name": "straight"})).run()
-    first = Trainer(make_config("sd15", **common, **{"output.output_name": "first",
-                                                      "training.save_every_n_steps": 3})).run()
-    ckpt = first.run_dir / "checkpoints" / "step-000003"
+    straight, resumed, ckpt = straight_and_resumed(make_config, "sd15", common, save_at=3)
     assert (ckpt / "train_state.json").is_file()
     assert (ckpt / "first-step00000003.safetensors").is_file()
-    resumed = Trainer(make_config("sd15", **common, **{"output.output_name": "resumed",
-                                                        "training.resume": str(ckpt)})).run()
-    a, b = load_file(str(straight.files.kohya)), load_file(str(resumed.files.kohya))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_tensors(straight.files.kohya, resumed.files.kohya)
     assert resumed.losses == straight.losses[3:]

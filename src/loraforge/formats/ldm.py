@@ -201,6 +201,20 @@ def _vae_keys(config_json: str) -> tuple[str, ...]:
     return tuple(model.state_dict().keys())
 
 
+def _translate_all(keys, table, what: str) -> dict[str, str]:
+    """Translate every key with `table`; ValueError listing the keys the original layout cannot name."""
+    out: dict[str, str] = {}
+    unknown = []
+    for key in keys:
+        try:
+            out[key] = _translate(key, table, f"diffusers {what} key")
+        except KeyError:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"{len(unknown)} {what} keys have no original name, e.g. {unknown[:5]}")
+    return out
+
+
 def unet_key_map(unet_config: Mapping[str, Any], keys=None) -> dict[str, str]:
     """Every diffusers UNet state-dict key -> original key (without `model.diffusion_model.`).
 
@@ -209,17 +223,7 @@ def unet_key_map(unet_config: Mapping[str, Any], keys=None) -> dict[str, str]:
     """
     if keys is None:
         keys = _unet_keys(_config_key(unet_config))
-    table = _unet_table(_unet_structure(unet_config))
-    out: dict[str, str] = {}
-    unknown = []
-    for key in keys:
-        try:
-            out[key] = _translate(key, table, "diffusers UNet key")
-        except KeyError:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"{len(unknown)} UNet keys have no original name, e.g. {unknown[:5]}")
-    return out
+    return _translate_all(keys, _unet_table(_unet_structure(unet_config)), "UNet")
 
 
 def unet_to_original(state_dict: Mapping[str, Any], unet_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,17 +286,7 @@ def vae_key_map(vae_config: Mapping[str, Any], keys=None) -> dict[str, str]:
     """Every diffusers AutoencoderKL state-dict key -> original key (without `first_stage_model.`)."""
     if keys is None:
         keys = _vae_keys(_config_key(vae_config))
-    table = _vae_table(*_vae_structure(vae_config))
-    out: dict[str, str] = {}
-    unknown = []
-    for key in keys:
-        try:
-            out[key] = _translate(key, table, "diffusers VAE key")
-        except KeyError:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"{len(unknown)} VAE keys have no original name, e.g. {unknown[:5]}")
-    return out
+    return _translate_all(keys, _vae_table(*_vae_structure(vae_config)), "VAE")
 
 
 _VAE_CONV_ATTENTION = re.compile(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$")
