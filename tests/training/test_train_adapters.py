@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from .test_train_e2e import _fresh_pipe, _te_out, _unet_out
 from loraforge.training.trainer import Trainer
 
 from .resume import assert_same_tensors, straight_and_resumed
+from .test_train_e2e import _fresh_pipe, _te_out, _unet_out
 
 
 def _log(result) -> str:
@@ -93,8 +93,6 @@ def test_output_axis_dora_logs_the_consumer_caveat(make_config):
 
 
 def test_resume_is_bit_exact_for_a_lycoris_algo_with_dropouts(make_config):
-    from safetensors.torch import load_file
-
     common = {"training.max_train_steps": 4, "network.algo": "loha", "network.use_scalar": True,
               "network.rank_dropout": 0.3, "network.module_dropout": 0.2, "network.dropout": 0.1,
               "optimizer.lr_scheduler": "cosine", "network.loraplus_lr_ratio": 4.0}

@@ -122,8 +122,6 @@ def test_refuses_to_overwrite_a_finished_run(make_config):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(make_config):
-    from safetensors.torch import load_file
-
     # batch 2 over 8 images: 4 steps an epoch, so the resumed run crosses an epoch boundary
     common = {"training.max_train_steps": 6, "optimizer.lr_scheduler": "cosine", "optimizer.lr_warmup_steps": 2,
               "dataset.random_flip": True, "dataset.center_crop": False, "training.batch_size": 2}
