@@ -14,9 +14,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loraforge",
         description="Fine-tune Stable Diffusion (SD 1.5, SD 2.x, SDXL) with LoRA; files for diffusers, A1111, ComfyUI.",
     )
+    debug_help = "show the full traceback of a user error too (for bug reports)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in commands.REGISTRY:
         register(sub)
+    for subparser in sub.choices.values():  # `loraforge train --debug ...` works as well as `loraforge --debug train`
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 

@@ -40,20 +40,12 @@ def _quiet_progress() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from ..config import ConfigError
-    from ..data.errors import DataError
-    from ..models.loading import ModelLoadError
-    from ..tools.errors import ToolError
-    from ..training.trainer import RunFolderError
-
-    return (ConfigError, DataError, ModelLoadError, RunFolderError, ToolError, FileNotFoundError, FileExistsError)
-
-
 def run(args: argparse.Namespace) -> int:
+    """Run a subcommand. A `LoraforgeError` (a user error) prints its message and exits 2 without a traceback; with
+    `--debug` the traceback is shown too. Anything else is a bug and keeps its traceback."""
     _quiet_libraries()
     _setup_logging(getattr(args, "verbose", False))
-    from ..config import ConfigError
+    from ..errors import ConfigError, LoraforgeError
 
     try:
         return args.func(args) or 0
@@ -61,18 +53,15 @@ def run(args: argparse.Namespace) -> int:
         print("\ninterrupted. Checkpoints already written are complete; continue with --set training.resume=latest",
               file=sys.stderr)
         return 130
-    except ConfigError as e:
-        print("config error:", file=sys.stderr)
+    except LoraforgeError as e:
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        print("config error:" if isinstance(e, ConfigError) else f"error: {e}", file=sys.stderr)
         for p in e.problems:
             print(f"  {p}", file=sys.stderr)
-        return 2
-    except Exception as e:  # only the known user errors are reported without a traceback
-        if not isinstance(e, user_errors()):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        for p in getattr(e, "problems", []) or []:
-            print(f"  {p}", file=sys.stderr)
-        return 2
+        return e.exit_code
 
 
 # ------------------------------------------------------------------------------------------------------- train

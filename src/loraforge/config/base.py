@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from ..errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
 
 
-class ConfigError(Exception):
-    """A user error in a config file or an override: the message names the file, the field and the fix."""
-
-    def __init__(self, message: str, problems: list[str] | None = None):
-        self.problems = problems or [message]
-        super().__init__(message)
 
 
 def _plain_type(ann) -> str:

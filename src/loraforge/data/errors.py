@@ -1,6 +1,5 @@
-class DataError(Exception):
-    """The dataset cannot be used as configured; the message lists every problem with its path and the fix."""
+"""The data layer's user error (defined with the others in `loraforge.errors`)."""
 
-    def __init__(self, message: str, problems: list[str] | None = None):
-        self.problems = problems or []
-        super().__init__(message)
+from ..errors import DataError
+
+__all__ = ["DataError"]

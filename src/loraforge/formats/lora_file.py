@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputNotFoundError
 from ..tools.errors import FamilyMismatchError, MissingKeyError, PickleRefusedError, ShapeMismatchError
 from .consumers.keys import (
     ADAPTER_LABELS,
@@ -150,7 +151,7 @@ def load_lora_file(path, allow_pickle: bool = False) -> LoraFile:
 def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise InputNotFoundError(f"{path}: no such file")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise PickleRefusedError(

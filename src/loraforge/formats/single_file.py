@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import OutputExistsError
 from . import ldm
 
 FAMILY_TEXT_ENCODERS = {"sd15": 1, "sd2": 1, "sdxl": 2}
@@ -111,7 +112,7 @@ def save_single_file(
     if path.suffix != ".safetensors":
         raise ValueError(f"single-file checkpoints are written as .safetensors only, got {path.name!r}")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{path} already exists; pass overwrite=True to replace it")
     tensors = to_single_file_state_dict(family, unet, vae, text_encoders)
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.model import ModelConfig
+from ..errors import ModelLoadError
 from .family import FamilyInfo, detect_family_from_folder, family_from_single_file_type, family_info
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,6 @@ log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-class ModelLoadError(Exception):
-    """The model named in `[model]` cannot be loaded; the message says why and what to pass instead."""
 
 
 @dataclass

@@ -7,14 +7,13 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from ..errors import PromptFileError
 from .generate import SampleRequest
 from .samplers import normalize_sampler
 
 _OPTION = re.compile(r"\s--(n|w|h|d|l|s|ss)\s")
 
 
-class PromptFileError(ValueError):
-    pass
 
 
 def parse_prompt_line(line: str, base: SampleRequest, where: str = "prompt") -> SampleRequest:

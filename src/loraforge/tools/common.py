@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import OutputExistsError
 from .errors import ToolError
 
 log = logging.getLogger("loraforge.tools")
@@ -19,7 +20,7 @@ def check_output(path, overwrite: bool) -> Path:
     """Refuse an existing output unless `overwrite` (outputs are then replaced atomically)."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
     return path
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputNotFoundError
 from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict
 from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict, kohya_state_dict
 from ..utils.files import atomic_path, save_safetensors_atomic
@@ -90,7 +91,7 @@ def convert(src, dst, to: str | None = None, family: str = "auto", base: str | N
     LoRA files)."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
-        raise FileNotFoundError(f"{src}: no such file or folder")
+        raise InputNotFoundError(f"{src}: no such file or folder")
     if src.is_dir():
         if (src / "model_index.json").is_file():
             return _folder_to_single_file(src, dst, family, overwrite, dtype)

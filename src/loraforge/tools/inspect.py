@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InputNotFoundError
 from ..formats.consumers.keys import ADAPTER_LABELS
 from ..formats.lora_file import PART_LABELS, PICKLE_SUFFIXES, read_lora_state_dict
 
@@ -63,7 +64,7 @@ def part_of(name: str) -> str:
 def inspect_file(path, allow_pickle: bool = False, all_metadata: bool = False) -> InspectReport:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise InputNotFoundError(f"{path}: no such file or folder")
     if path.is_dir():
         lora = path / "pytorch_lora_weights.safetensors"
         if (path / "model_index.json").is_file():

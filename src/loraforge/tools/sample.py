@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..errors import InputNotFoundError
 from ..sampling.generate import SampleRequest, expand_requests, save_png
 from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
 from .errors import FamilyMismatchError, ShapeMismatchError, ToolError
@@ -149,7 +150,7 @@ def sample(model: str | None, requests: list[SampleRequest], out_dir, loras: lis
         check_output(p, overwrite)
     if isinstance(init_image, (str, Path)):
         if not Path(init_image).is_file():
-            raise FileNotFoundError(f"{init_image}: no such image")
+            raise InputNotFoundError(f"{init_image}: no such image")
         init_image = Image.open(init_image)
     sd = prepare_model(model, loras, embeddings, family, allow_pickle, skip_unknown, config_dir)
     size = default_size(sd, init_image)

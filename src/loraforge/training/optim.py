@@ -12,14 +12,13 @@ import logging
 import torch
 
 from ..config.optimizer import OptimizerConfig
+from ..errors import OptimizerSetupError
 
 log = logging.getLogger(__name__)
 
 PART_LABELS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 
 
-class OptimizerSetupError(ValueError):
-    pass
 
 
 def param_groups(network, cfg: OptimizerConfig, embeddings: list[torch.nn.Parameter] | None = None) -> list[dict]:

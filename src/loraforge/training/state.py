@@ -9,6 +9,8 @@ never resumed from.
 
 from __future__ import annotations
 
+from ..errors import InputNotFoundError, RunFolderError
+
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -46,13 +48,13 @@ def resolve_resume(resume: str, run_dir: Path) -> Path:
     if resume == "latest":
         found = complete_checkpoints(run_dir)
         if not found:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"training.resume = 'latest' but {checkpoints_dir(run_dir)} holds no complete checkpoint"
             )
         return found[-1]
     path = Path(resume).expanduser()
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"training.resume = {resume!r} is not a complete loraforge checkpoint folder (no {STATE_FILE}); "
             f"checkpoints are under <output_dir>/<output_name>/checkpoints/step-N"
         )
@@ -82,7 +84,7 @@ def register_network_hooks(accelerator, network, pivotal=None) -> None:
         if pivotal is not None:
             emb = Path(input_dir) / EMBEDDINGS_FILE
             if not emb.is_file():
-                raise FileNotFoundError(f"{input_dir} has no {EMBEDDINGS_FILE}: it was not saved by a pivotal-tuning run")
+                raise RunFolderError(f"{input_dir} has no {EMBEDDINGS_FILE}: it was not saved by a pivotal-tuning run")
             pivotal.load_state_dict(load_file(str(emb)))
 
     accelerator.register_save_state_pre_hook(save_hook)

@@ -19,6 +19,7 @@ import torch
 
 from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig, dump_config
 from ..data.build import build_train_data
+from ..errors import RunFolderError
 from ..models.family import TINY_RESOLUTION
 from ..models.loading import load_model
 from ..networks import create_network
@@ -42,8 +43,6 @@ log = logging.getLogger("loraforge.train")
 FINAL_MARKER = "config.toml"  # written last: its presence means the run finished
 
 
-class RunFolderError(Exception):
-    pass
 
 
 @dataclass

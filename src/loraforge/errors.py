@@ -1,0 +1,92 @@
+"""Every user error loraforge reports, in one hierarchy.
+
+A `LoraforgeError` is a problem with the user's input or environment whose message names the file, the field and
+the fix. The CLI catches the base class and prints the message without a traceback (`--debug` shows it); anything
+else that escapes is a bug in loraforge and keeps its traceback. Each role has its subclass; the modules of that
+role raise it (or a subclass of it) and nothing else for user errors.
+
+This module is the bottom layer: it imports nothing from loraforge, so every layer may import it.
+"""
+
+from __future__ import annotations
+
+
+class LoraforgeError(Exception):
+    """A user error: `str(e)` says what is wrong and how to fix it; `problems` lists details, one per line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.problems = list(problems or [])
+        super().__init__(message)
+
+
+class ConfigError(LoraforgeError):
+    """A config file or an override is wrong: the message names the file, the field and the fix."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message, problems or [message])
+
+
+class DataError(LoraforgeError):
+    """The dataset cannot be used as configured; `problems` lists every problem with its path and the fix."""
+
+
+class ModelLoadError(LoraforgeError):
+    """The model named in `[model]` cannot be loaded; the message says why and what to pass instead."""
+
+
+class NetworkError(LoraforgeError):
+    """The adapter cannot be built as configured (targets that match nothing, a rank that does not fit...)."""
+
+
+class TrainingError(LoraforgeError):
+    """A run cannot start or go on (run folder, optimizer set-up, resume)."""
+
+
+class RunFolderError(TrainingError):
+    """The run folder holds another run, or a checkpoint that cannot be resumed."""
+
+
+class OptimizerSetupError(TrainingError):
+    """The optimizer named in `[optimizer]` cannot be built (a missing package, options it does not take)."""
+
+
+class SamplingError(LoraforgeError):
+    """Sample images cannot be made as asked (prompt files, sizes)."""
+
+
+class PromptFileError(SamplingError):
+    """A prompt file (kohya's `--sample_prompts` syntax) cannot be read; the message names the file and line."""
+
+
+class ToolError(LoraforgeError):
+    """A problem with a tool's inputs or options; the message says what to do."""
+
+
+class FamilyMismatchError(ToolError):
+    """A file made for one base-model family (SD 1.x, SD 2.x, SDXL) used with another."""
+
+
+class MissingKeyError(ToolError):
+    """A key or module one input needs and the other lacks (or a file key that reaches no module of the model)."""
+
+
+class ShapeMismatchError(ToolError):
+    """A tensor whose shape does not fit the weight it belongs to."""
+
+
+class PickleRefusedError(ToolError):
+    """A pickle-based file (.bin/.pkl/.pt/.ckpt/.pth) read without --allow-pickle (or `allow_pickle = true`)."""
+
+
+class UnsupportedError(ToolError):
+    """An adapter kind or a file layout the requested operation cannot handle."""
+
+
+class InputNotFoundError(LoraforgeError, FileNotFoundError):
+    """A file or folder the user named does not exist (also a `FileNotFoundError`, for callers of the Python API)."""
+
+
+class OutputExistsError(LoraforgeError, FileExistsError):
+    """An output would replace an existing file without `--overwrite` (also a `FileExistsError`)."""
