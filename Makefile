@@ -1,18 +1,35 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test`. Both install first, with the exact versions the test
+# suite passed with (LOCK, a constraints file), so a library released tomorrow cannot break today's first run.
+#
 # TORCH is what pip installs first. Here (CPU machines) it is the local CPU wheel; on a GPU machine pass the
 # build you want, e.g.  make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
+# INSTALLER=uv (default) installs everything but torch with uv, a pinned release from PyPI (about 5x faster than
+# pip here); INSTALLER=pip uses pip alone. LOCK= (empty) installs the newest versions pyproject.toml allows instead.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+INSTALLER ?= uv
+UV_VERSION := 0.13.9
+LOCK ?= src/loraforge/assets/lock.txt
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.loraforge-installed
+LATEST := .venv-latest
+CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
 
-.PHONY: install demo test docs clean
+.PHONY: install demo test test-latest lock docs clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
+	@lock_py=$$(sed -n 's/^# python //p' $(LOCK) 2>/dev/null); py=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	if [ -n "$$lock_py" ] && [ "$$py" != "$$lock_py" ]; then \
+	  echo "note: the lock was tested on Python $$lock_py and $(PYTHON) is $$py; if the install fails, use PYTHON=python$$lock_py, or LOCK= for the newest allowed versions"; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+ifeq ($(INSTALLER),uv)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install -q --python $(PY) $(CONSTRAINTS) -e '.[test]'
+else
+	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[test]'
+endif
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,8 +40,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The newest versions pyproject.toml allows, in a venv of their own, then the whole suite: drift seen by us first.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	$(LATEST)/bin/python -m pip install -q --upgrade -e '.[test]'
+	$(LATEST)/bin/python -m pip list
+	$(LATEST)/bin/python -m pytest -q
+
+# Refresh the lock: the newest allowed versions, kept only if the whole suite passes with them.
+lock: test-latest
+	{ sed -n '1,2p' $(LOCK); $(LATEST)/bin/python -c 'import sys; print("# python %d.%d" % sys.version_info[:2])'; \
+	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|loraforge)==|^-e '; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	@echo "wrote $(LOCK); review 'git diff $(LOCK)' and commit it"
+
 docs: $(STAMP)
 	$(VENV)/bin/loraforge config-docs --write docs/config.md
 
 clean:
-	rm -rf $(VENV) output
+	rm -rf $(VENV) $(LATEST) output

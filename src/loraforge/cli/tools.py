@@ -286,4 +286,25 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-TOOLS = [add_sample, add_merge, add_resize, add_extract, add_convert, add_inspect]
+# ------------------------------------------------------------------------------------------------------- doctor
+def add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="library versions, GPUs, free disk, and known-bad combinations with the fix",
+                       description="What this environment runs: versions of torch, diffusers, transformers, peft, "
+                                   "accelerate, lycoris-lora and friends; CUDA / MPS devices; free disk; where it "
+                                   "differs from the tested lock; known-bad combinations with the fix. Exit 1 if a "
+                                   "problem is found.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args) -> int:
+    import json
+
+    from ..tools.doctor import diagnose
+
+    report = diagnose()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else "\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+TOOLS = [add_sample, add_merge, add_resize, add_extract, add_convert, add_inspect, add_doctor]
