@@ -19,6 +19,9 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
+    # bitsandbytes (imported by peft when installed) warns on CPUs with AVX512-BF16 that its optional 4-bit kernels
+    # package is missing; loraforge uses no 4-bit kernels.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _setup_logging(verbose: bool = False) -> None:
