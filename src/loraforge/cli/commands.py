@@ -186,6 +186,7 @@ def cmd_check(args) -> int:
     import json
     from pathlib import Path
 
+    from ..errors import LoraforgeError, ToolError
     from ..formats.check import check_file
 
     arch = {}
@@ -194,8 +195,7 @@ def cmd_check(args) -> int:
 
         folder = Path(args.model)
         if not (folder / "model_index.json").is_file():
-            print(f"error: --model {folder}: not a diffusers folder (no model_index.json)", file=sys.stderr)
-            return 2
+            raise ToolError(f"--model {folder}: not a diffusers folder (no model_index.json)")
         args.family = args.family or detect_family_from_folder(folder)
         arch["unet_config"] = json.loads((folder / "unet" / "config.json").read_text())
         arch["text_encoder_configs"] = [json.loads((folder / te / "config.json").read_text())
@@ -204,8 +204,8 @@ def cmd_check(args) -> int:
     for path in args.files:
         try:
             report = check_file(path, args.family, **arch)
-        except (ValueError, OSError) as e:
-            print(f"{path}: error: {e}", file=sys.stderr)
+        except LoraforgeError as e:  # one message per bad file; the others are still checked
+            print(f"error: {e}", file=sys.stderr)
             worst = 2
             continue
         print(f"{path}: {report.summary()}")

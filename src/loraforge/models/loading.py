@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config.model import ModelConfig
 from ..errors import ModelLoadError
+from ..utils.files import open_safetensors
 from .family import FamilyInfo, detect_family_from_folder, family_from_single_file_type, family_info
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ class _LazyCheckpoint(Mapping):
     reading gigabytes twice."""
 
     def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        self._f = safe_open(str(path), framework="pt")
+        self._f = open_safetensors(path)
         self._keys = list(self._f.keys())
 
     def __getitem__(self, key):

@@ -15,6 +15,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from ..errors import RunFolderError, TrainingError
+
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +65,10 @@ class PivotalTuning:
         for tok, te in zip(model.tokenizers, model.text_encoders):
             clash = [t for t in self.tokens if t in tok.get_vocab()]
             if clash:
-                raise ValueError(f"tokens {clash} already exist in the tokenizer; pick another token_abstraction")
+                raise TrainingError(
+                    f"the new tokens {clash} already exist in the tokenizer; pick another "
+                    "training.token_abstraction"
+                )
             tok.add_tokens(self.tokens)
             ids = tok.convert_tokens_to_ids(self.tokens)
             emb = _embeddings_module(te)
@@ -85,7 +90,7 @@ class PivotalTuning:
         if word:
             ids = tokenizer(word, add_special_tokens=False).input_ids
             if not ids:
-                raise ValueError(f"training.initializer_token = {word!r} tokenizes to nothing")
+                raise TrainingError(f"training.initializer_token = {word!r} tokenizes to nothing; pick a word")
             return table[ids].mean(0, keepdim=True).expand(n, dim).cpu().clone()
         std = table.std().item()
         return torch.randn((n, dim), generator=generator) * std
@@ -125,6 +130,10 @@ class PivotalTuning:
         for i, layer in enumerate(self.layers):
             value = sd[f"embeddings.{i}"]
             if value.shape != layer.new.shape:
-                raise ValueError(f"checkpoint embeddings {i} have shape {tuple(value.shape)}, expected {tuple(layer.new.shape)}")
+                raise RunFolderError(
+                    f"the checkpoint's new token embeddings {i} have shape {tuple(value.shape)}, this run's "
+                    f"{tuple(layer.new.shape)}: resume with the training.num_new_tokens_per_abstraction and model "
+                    "of the run that wrote it"
+                )
             with torch.no_grad():
                 layer.new.copy_(value)
