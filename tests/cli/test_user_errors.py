@@ -68,7 +68,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
     for name in ("lora.bin", "emb.pt", "model.ckpt", "lora.ckpt"):
         torch.save({"x": torch.zeros(1)}, tmp / name)
     lora = _lora(tmp / "lora.safetensors")
-    (tmp / "corrupt.safetensors").write_text("not a safetensors file")
+    corrupt = tmp / "corrupt.safetensors"
+    corrupt.write_text("not a safetensors file")
     _lora(tmp / "exists.safetensors")
     finished = tmp / "out" / "done"
     finished.mkdir(parents=True)
@@ -88,10 +89,12 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
          ["dataset.train_data_dir", "noimg"]),
         ("images too small", ["train", "--set", f"dataset.instance_dir={str(tmp / 'small')!r}",
                               "--set", "dataset.instance_prompt='a dog'", "--dry-run"], ["a.png", "too small"]),
+        ("pivotal tuning without the token", ["train", "--set", "training.train_text_encoder_ti=true", "--dry-run"],
+         ["training.token_abstraction", "'TOK'"]),
         ("missing model file", ["train", "--set", f"model.pretrained_model_name_or_path={no!r}", "--dry-run"],
          ["missing.safetensors", "model.pretrained_model_name_or_path"]),
-        ("corrupt model file", ["train", "--set", f"model.pretrained_model_name_or_path={str(tmp / 'corrupt.safetensors')!r}",
-                                "--dry-run"], ["corrupt.safetensors"]),
+        ("corrupt model file", ["train", "--set", f"model.pretrained_model_name_or_path={str(corrupt)!r}", "--dry-run"],
+         ["corrupt.safetensors"]),
         ("pickled model", ["train", "--set", f"model.pretrained_model_name_or_path={str(tmp / 'model.ckpt')!r}",
                            "--dry-run"], ["model.ckpt", "allow_pickle"]),
         ("finished run folder", ["train", *out, "--set", "output.output_name='done'"], ["done", "output.overwrite"]),

@@ -178,7 +178,9 @@ def detect_model_family(cfg: ModelConfig) -> tuple[str, bool]:
         if suffix not in (".safetensors",) + PICKLE_SUFFIXES:
             raise ModelLoadError(f"{path}: unknown model file type {suffix!r}; expected .safetensors or .ckpt")
         if cfg.config_dir and not (Path(cfg.config_dir) / "model_index.json").is_file():
-            raise ModelLoadError(f"model.config_dir = {cfg.config_dir!r} is not a diffusers folder (no model_index.json)")
+            raise ModelLoadError(
+                f"model.config_dir = {cfg.config_dir!r} is not a diffusers folder (no model_index.json)"
+            )
         return _check_family(cfg.family, single_file_family(path, cfg.config_dir), str(path)), False
     if _looks_like_path(name):
         raise ModelLoadError(f"model.pretrained_model_name_or_path = {name!r}: no such file or folder")
@@ -206,7 +208,9 @@ def _hub_family(name: str, cfg: ModelConfig) -> str:
             try:
                 unet = UNet2DConditionModel.load_config(name, subfolder="unet", revision=cfg.revision)
             except Exception as e:
-                raise ModelLoadError(f"could not read {name!r}'s UNet config from the hub: {str(e).splitlines()[0][:200]}") from None
+                raise ModelLoadError(
+                    f"could not read {name!r}'s UNet config from the hub: {str(e).splitlines()[0][:200]}"
+                ) from None
             if unet.get("cross_attention_dim") == 1024:
                 detected = "sd2"
     return _check_family(cfg.family, detected, name)

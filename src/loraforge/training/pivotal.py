@@ -15,7 +15,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..errors import RunFolderError, TrainingError
+from ..errors import DataError, RunFolderError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,16 @@ class PivotalTuning:
         self.frozen = False
 
     # ------------------------------------------------------------------------------------------------ setup
+    def check_captions(self, items) -> None:
+        """Refuse a dataset whose captions never mention a token abstraction: the new tokens would learn nothing."""
+        if not any(a in item.caption for item in items for a in self.replacements):
+            raise DataError(
+                f"training.train_text_encoder_ti is on, but no caption contains the token abstraction "
+                f"{self.cfg.token_abstraction!r}, so the new tokens would learn nothing; write it where the "
+                f"subject's name goes (dataset.instance_prompt = 'a photo of {self.cfg.token_abstraction} "
+                "dog', and in caption files) or set training.token_abstraction to the word your captions use"
+            )
+
     def apply(self, model, generator: torch.Generator | None = None) -> None:
         """Add the tokens to every tokenizer and splice trainable rows into every text encoder."""
         for tok, te in zip(model.tokenizers, model.text_encoders):

@@ -15,6 +15,7 @@ from ..data.sources import list_images
 from ..models.family import TINY_RESOLUTION, FamilyInfo, family_info
 from ..models.loading import detect_model_family
 from .optim import warmup_steps
+from .pivotal import PivotalTuning
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,9 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
         name, is_tiny = detect_model_family(cfg.model)
         family = family_info(name)
     resolution = run_resolution(cfg, family, is_tiny)
-    notes = []
+    notes: list[str] = []
     if data is None:
-        missing = _missing_class_images(cfg)
-        data_cfg = cfg
-        if missing:
-            notes.append(f"prior preservation: {missing} of {cfg.dataset.num_class_images} class images are not in "
-                         "dataset.class_data_dir yet; training generates them first, and this plan counts without "
-                         "class images")
-            data_cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"with_prior_preservation": False})})
-        data = build_train_data(data_cfg, resolution)
+        data = _load_data(cfg, resolution, notes)
     t = cfg.training
     warmup = warmup_steps(cfg.optimizer)
     n_train = data.run_info["num_train_images"]
@@ -88,8 +82,9 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
     if t.max_train_steps:
         limits.append((t.max_train_steps, "training.max_train_steps"))
     elif t.max_train_steps_per_image:
-        limits.append((t.max_train_steps_per_image * n_train,
-                       f"training.max_train_steps_per_image {t.max_train_steps_per_image} × {n_train} training images"))
+        per_image = t.max_train_steps_per_image
+        limits.append((per_image * n_train,
+                       f"training.max_train_steps_per_image {per_image} × {n_train} training images"))
     if t.num_train_epochs:
         limits.append((t.num_train_epochs * steps_per_epoch, f"training.num_train_epochs {t.num_train_epochs}"))
     max_steps, steps_from = min(limits) if limits else (DEFAULT_MAX_TRAIN_STEPS, "the default")
@@ -102,6 +97,23 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
         steps_per_epoch=steps_per_epoch, max_steps=max_steps, num_epochs=math.ceil(max_steps / steps_per_epoch),
         warmup_steps=warmup, steps_from=steps_from, notes=notes,
     )
+
+
+def _load_data(cfg: TrainConfig, resolution: int, notes: list[str]) -> TrainData:
+    """The data as training loads it, before any model: without the class images prior preservation has yet to
+    generate (noted in `notes`)."""
+    missing = _missing_class_images(cfg)
+    if missing:
+        notes.append(f"prior preservation: {missing} of {cfg.dataset.num_class_images} class images are not in "
+                     "dataset.class_data_dir yet; training generates them first, and this plan counts without "
+                     "class images")
+        dataset = cfg.dataset.model_copy(update={"with_prior_preservation": False})
+        cfg = cfg.model_copy(update={"dataset": dataset})
+    pivotal = PivotalTuning(cfg.training) if cfg.training.train_text_encoder_ti else None
+    data = build_train_data(cfg, resolution, text_replacements=pivotal.replacements if pivotal else None)
+    if pivotal:
+        pivotal.check_captions(data.items)
+    return data
 
 
 def _missing_class_images(cfg: TrainConfig) -> int:

@@ -142,15 +142,8 @@ class Trainer(StepMixin):
 
             ensure_class_images(self.cfg, self.model, self.accelerator, self.resolution, replacements)
         self.data = build_train_data(self.cfg, self.resolution, text_replacements=replacements)
-        if self.pivotal and not any(a in item.caption for item in self.data.items for a in self.pivotal.replacements):
-            from ..data.errors import DataError
-
-            raise DataError(
-                f"training.train_text_encoder_ti is on, but no caption contains the token abstraction "
-                f"{self.cfg.training.token_abstraction!r}, so the new tokens would learn nothing; write it where the "
-                f"subject's name goes (dataset.instance_prompt = 'a photo of {self.pivotal.cfg.token_abstraction} "
-                "dog', and in caption files) or set training.token_abstraction to the word your captions use"
-            )
+        if self.pivotal:
+            self.pivotal.check_captions(self.data.items)
         self.dataset, self.sampler, self.dataloader = self.data.dataset, self.data.sampler, self.data.dataloader
         self.run_info.update(self.data.run_info)
         log.info("dataset: %s", self.data.describe())
