@@ -7,6 +7,7 @@ import pytest
 import torch
 from .consumer_fixtures import adapter_tensors, lycoris_file, make_file
 
+from loraforge.errors import UnsupportedError
 from loraforge.formats.check import check_file, check_state_dict, detect_family
 
 ATTN1_Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
@@ -139,7 +140,7 @@ def test_check_file_reads_safetensors_and_never_unpickles(tmp_path):
     assert report.summary() == "ComfyUI 27/27 modules, A1111 27/27, diffusers loads"
     pt = tmp_path / "lora.pt"
     torch.save(sd, pt)
-    with pytest.raises(ValueError, match="only .safetensors"):
+    with pytest.raises(UnsupportedError, match="only .safetensors"):
         check_file(pt)
 
 

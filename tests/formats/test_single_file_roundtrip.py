@@ -10,6 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from loraforge.errors import FamilyMismatchError, ToolError  # noqa: E402
 from loraforge.formats.single_file import (  # noqa: E402
     load_single_file_pipeline,
     save_single_file,
@@ -157,13 +158,13 @@ def test_atomic_on_writer_error(ldm_tiny_sd15_roundtrip, tmp_path, monkeypatch):
 
 def test_argument_checks(ldm_tiny_sd15_roundtrip, tmp_path):
     src, _, _ = ldm_tiny_sd15_roundtrip
-    with pytest.raises(ValueError, match=r"\.safetensors"):
+    with pytest.raises(ToolError, match=r"\.safetensors"):
         save_single_file(tmp_path / "m.ckpt", "sd15", src.unet, src.vae, [src.text_encoder])
     with pytest.raises(ValueError, match="unknown family"):
         to_single_file_state_dict("sd3", src.unet, src.vae, [src.text_encoder])
-    with pytest.raises(ValueError, match="text encoder"):
+    with pytest.raises(FamilyMismatchError, match="text encoder"):
         to_single_file_state_dict("sd15", src.unet, src.vae, [src.text_encoder, src.text_encoder])
-    with pytest.raises(ValueError, match="does not match the UNet"):
+    with pytest.raises(FamilyMismatchError, match="does not match the UNet"):
         to_single_file_state_dict("sdxl", src.unet, src.vae, [src.text_encoder, src.text_encoder])
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from loraforge.config.optimizer import OptimizerConfig
+from loraforge.errors import NetworkError
 from loraforge.models.configs import full_size_config
 from loraforge.networks.blocks import block_index, block_label, unet_block_indices
 from loraforge.training.optim import param_groups
@@ -96,7 +97,7 @@ def test_block_dims_sdxl_23_values(models):
 
 
 def test_block_count_must_fit_the_family(models):
-    with pytest.raises(ValueError, match="has 25 values but the model is sdxl: SDXL .* takes 23"):
+    with pytest.raises(NetworkError, match="has 25 values but the model is sdxl: SDXL .* takes 23"):
         build(models["sdxl"], "sdxl", **{"model.family": "sd15", "network.block_dims": [4] * 25})
 
 

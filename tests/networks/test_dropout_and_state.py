@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from loraforge.errors import NetworkError
+
 from .helpers import build, one_thread, randomize, rel_err
 
 DROPOUTS = {
@@ -60,7 +62,7 @@ def test_state_dict_round_trip(sd15, algo):
         assert a[key].alpha == b[key].alpha
         for suffix, tensor in a[key].tensors.items():
             assert torch.equal(tensor, b[key].tensors[suffix]), (key, suffix)
-    with pytest.raises(ValueError, match="lacks the network tensor"):
+    with pytest.raises(NetworkError, match="lacks the network tensor"):
         fresh.load_state_dict({k: v for k, v in list(state.items())[1:]})
-    with pytest.raises(ValueError, match="does not"):
+    with pytest.raises(NetworkError, match="does not"):
         fresh.load_state_dict({**state, "unet.nowhere.lora_up.weight": torch.zeros(1)})

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from loraforge.errors import NetworkError
 from loraforge.networks.presets import layer_kind
 from loraforge.networks.targets import plan_targets
 
@@ -84,9 +85,9 @@ def test_train_norm_adds_unet_norms_only(meta):
 def test_custom_targets_and_kxk_convs(meta):
     plan = _plan(meta["sd15"], "sd15", **{"network.algo": "locon", "network.target_modules": ["conv1", "to_k"]})
     assert {layer_kind(t.module) for t in plan} == {"conv", "linear"}
-    with pytest.raises(ValueError, match=r"k×k convolutions .*use network.algo = 'locon'"):
+    with pytest.raises(NetworkError, match=r"k×k convolutions .*use network.algo = 'locon'"):
         _plan(meta["sd15"], "sd15", **{"network.target_modules": ["conv1", "to_k"]})
-    with pytest.raises(ValueError, match=r"network.target_modules = \['nothing'\] matched no unet module"):
+    with pytest.raises(NetworkError, match=r"network.target_modules = \['nothing'\] matched no unet module"):
         _plan(meta["sd15"], "sd15", **{"network.target_modules": ["nothing"]})
 
 

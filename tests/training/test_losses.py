@@ -82,13 +82,25 @@ def test_loss_weights_in_the_batch_are_applied(make_config):
 
 def test_noise_options_reach_the_step(make_config):
     t, batch, latents, _ = _prepared(make_config, **{"training.noise_offset": 0.3})
-    torch.manual_seed(1)
-    a = t.make_noise(latents)
-    torch.manual_seed(1)
+    a, ts_a = t.make_noise(latents, batch["noise_seeds"])
     t.cfg.training.noise_offset = None
-    b = t.make_noise(latents)
+    b, ts_b = t.make_noise(latents, batch["noise_seeds"])
     t.close()
-    assert not torch.allclose(a, b)
+    assert not torch.allclose(a, b) and torch.equal(ts_a, ts_b)
+
+
+def test_noise_and_timesteps_belong_to_the_sample_not_the_batch(make_config):
+    # what makes N processes at batch B train as one process at batch N·B (tests/training/test_distributed.py)
+    t, batch, latents, _ = _prepared(make_config, **{"training.multires_noise_iterations": 3})
+    seeds = batch["noise_seeds"]
+    torch.manual_seed(0)
+    pair, ts_pair = t.make_noise(latents, seeds)
+    torch.manual_seed(1)  # the global RNG plays no part
+    second, ts_second = t.make_noise(latents[1:], seeds[1:])
+    t.close()
+    assert torch.equal(pair[1:], second) and torch.equal(ts_pair[1:], ts_second)
+    assert not torch.equal(pair[0], pair[1]) and len(set(seeds)) == 2
+    assert t.dataset[0].noise_seed != t.dataset[(1, 0)].noise_seed  # another epoch, other noise
 
 
 def test_v_prediction_target(make_config):

@@ -65,16 +65,17 @@ def test_prodigy_options_reach_the_optimizer():
     assert (g["d0"], g["decouple"], g["beta3"], g["use_bias_correction"], g["safeguard_warmup"]) == (1e-4, False, 0.5, False, False)
 
 
-def _lrs(kind, steps=10, **kw):
+def _lrs(kind, steps=10, processes=1, **kw):
     cfg = _opt_cfg(f"optimizer.lr_scheduler={kind}", "optimizer.learning_rate=1.0",
                    *[f"optimizer.{k}={v}" for k, v in kw.items()])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(cfg, opt, steps)
+    sched = build_scheduler(cfg, opt, steps, num_processes=processes)
     out = []
     for _ in range(steps):
         out.append(sched.get_last_lr()[0])
         opt.step()
-        sched.step()
+        for _ in range(processes):  # what accelerate's prepared scheduler does per optimizer step
+            sched.step()
     return out
 
 
@@ -89,6 +90,14 @@ def test_schedules():
     assert restarts[5] == pytest.approx(1.0) and restarts[4] < 0.5  # hard restart halfway
     poly = _lrs("polynomial", lr_power=2.0)
     assert poly[5] == pytest.approx(0.25, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"])
+def test_schedules_count_optimizer_steps_whatever_the_number_of_processes(kind):
+    one = _lrs(kind, lr_warmup_steps=4, lr_num_cycles=2)
+    assert _lrs(kind, processes=2, lr_warmup_steps=4, lr_num_cycles=2) == pytest.approx(one)
+    assert _lrs(kind, processes=3, lr_warmup_steps=4, lr_num_cycles=2) == pytest.approx(one)
+    assert one[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])  # warm-up, then the schedule from its top
 
 
 def test_adafactor_relative_step_and_its_schedule():

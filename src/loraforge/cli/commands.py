@@ -73,7 +73,9 @@ def add_train(sub) -> None:
     p.add_argument("config", nargs="?", help="TOML config file (see docs/config.md); omit to use only --set values")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one option, e.g. --set training.max_train_steps=200 (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="validate the config and the dataset, print the resolved config, stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, the model and every image; print the resolved config and the run plan "
+                        "(resolution, steps, epochs, warm-up); stop")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -93,20 +95,14 @@ def cmd_train(args) -> int:
 
 
 def _dry_run(cfg, dump_config) -> int:
-    from ..data.build import check_cache_options
-    from ..data.check import validate_items
-    from ..data.subsets import collect_all
-    from ..models.family import FAMILIES, TINY_RESOLUTION
+    """Resolve the run plan as training will (the model's family without loading its weights, every image opened)
+    and print it with the resolved config."""
+    from ..training.plan import plan_run
 
-    res = cfg.dataset.resolution or (TINY_RESOLUTION if cfg.uses_embedded_model else None)
-    if res is None:
-        fam = FAMILIES.get(cfg.model.family)
-        res = fam.resolution if fam else 512
-    plan = collect_all(cfg, res)
-    items = validate_items(plan.items, cfg.dataset, res)
-    check_cache_options(cfg, plan.subsets)
+    plan = plan_run(cfg, num_processes=int(os.environ.get("WORLD_SIZE", "1")))
     print(dump_config(cfg))
-    print(f"# {len(items)} images OK", file=sys.stderr)
+    print("\n".join(f"# {line}" for line in plan.describe(cfg).splitlines()), file=sys.stderr)
+    print(f"# {plan.num_train_images + plan.num_reg_images} images OK", file=sys.stderr)
     return 0
 
 
@@ -193,6 +189,7 @@ def cmd_check(args) -> int:
     import json
     from pathlib import Path
 
+    from ..errors import LoraforgeError, ToolError
     from ..formats.check import check_file
 
     arch = {}
@@ -201,8 +198,7 @@ def cmd_check(args) -> int:
 
         folder = Path(args.model)
         if not (folder / "model_index.json").is_file():
-            print(f"error: --model {folder}: not a diffusers folder (no model_index.json)", file=sys.stderr)
-            return 2
+            raise ToolError(f"--model {folder}: not a diffusers folder (no model_index.json)")
         args.family = args.family or detect_family_from_folder(folder)
         arch["unet_config"] = json.loads((folder / "unet" / "config.json").read_text())
         arch["text_encoder_configs"] = [json.loads((folder / te / "config.json").read_text())
@@ -211,8 +207,8 @@ def cmd_check(args) -> int:
     for path in args.files:
         try:
             report = check_file(path, args.family, **arch)
-        except (ValueError, OSError) as e:
-            print(f"{path}: error: {e}", file=sys.stderr)
+        except LoraforgeError as e:  # one message per bad file; the others are still checked
+            print(f"error: {e}", file=sys.stderr)
             worst = 2
             continue
         print(f"{path}: {report.summary()}")

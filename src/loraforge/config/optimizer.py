@@ -68,6 +68,9 @@ class OptimizerConfig(Section):
     lr_scheduler: Scheduler = Field(
         "constant", description="Learning-rate schedule (`adafactor` only with Adafactor's relative step)."
     )
-    lr_warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps at the start of the schedule.")
+    lr_warmup_steps: int = Field(
+        0, ge=0, description="Linear warm-up at the start of the schedule, in optimizer steps (whatever the number "
+        "of processes). `constant` and `adafactor` schedules have none."
+    )
     lr_num_cycles: int = Field(1, ge=1, description="Hard restarts of `cosine_with_restarts`.")
     lr_power: float = Field(1.0, gt=0, description="Power of the `polynomial` schedule.")

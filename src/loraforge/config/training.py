@@ -52,7 +52,7 @@ class TrainingConfig(Section):
         ge=1,
         description=(
             "When `max_train_steps` is unset: train this many steps per training image (the face recipe of the "
-            "seed guides: 100-120)."
+            "seed guides: 100-120). Class and regularisation images do not count; repeats do not either."
         ),
     )
     save_every_n_epochs: int | None = Field(None, ge=1, description="Also write a checkpoint folder every N epochs.")

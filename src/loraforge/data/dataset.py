@@ -32,6 +32,7 @@ class Example:
     is_reg: bool = False
     loss_weight: float = 1.0
     latent_seed: int = 0  # seeds the sample drawn from the VAE's latent distribution
+    noise_seed: int = 0  # seeds the sample's training noise and timestep
     latents: torch.Tensor | None = None  # scaled, from the latent cache
     prompt_embeds: torch.Tensor | None = None  # from the text-encoder cache
     pooled: torch.Tensor | None = None
@@ -134,6 +135,9 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def latent_seed(self, index: int, epoch: int) -> int:
         return int(self.rng(index, epoch, 2).integers(2**62))
 
+    def noise_seed(self, index: int, epoch: int) -> int:
+        return int(self.rng(index, epoch, 3).integers(2**62))
+
     def caption(self, index: int, epoch: int | None = None) -> str:
         epoch = self.epoch if epoch is None else epoch
         item = self.items[self.index[index]]
@@ -169,6 +173,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         ex = Example(
             None, self.caption(index, epoch), (0, 0), (0, 0), (bh, bw), sub.is_reg,
             self.prior_loss_weight if sub.is_reg else 1.0, self.latent_seed(index, epoch),
+            self.noise_seed(index, epoch),
         )
         if self.latent_cache is not None:
             # Center crop only (random crops are refused with the cache): the flip is the generator's first draw,
@@ -202,6 +207,7 @@ def collate(examples: list[Example]) -> dict:
         "loss_weights": torch.tensor([e.loss_weight for e in examples], dtype=torch.float32),
         "is_reg": torch.tensor([e.is_reg for e in examples], dtype=torch.bool),
         "latent_seeds": [e.latent_seed for e in examples],
+        "noise_seeds": [e.noise_seed for e in examples],
     }
     for key, attr in (("pixel_values", "pixel_values"), ("latents", "latents"), ("prompt_embeds", "prompt_embeds"),
                       ("pooled", "pooled")):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UnsupportedError
 from .consumers import a1111, comfyui, diffusers_rules
 from .consumers.keys import (
     ADAPTER_LABELS,
@@ -32,6 +33,7 @@ from .consumers.keys import (
     lora_pair,
 )
 from .consumers.tables import FAMILIES, family_of, model_tables_key
+from .lora_file import read_tensors
 
 CONSUMERS = ("comfyui", "a1111", "diffusers")
 _FACTORED = ("lora", "locon_tucker", "loha", "lokr")
@@ -422,15 +424,14 @@ def check_state_dict(
 def check_file(path: str | Path, family: str | None = None, **architecture) -> CheckReport:
     """`check_state_dict` on a .safetensors file (its header metadata is used for family hints). Never unpickles.
     `architecture` (`unet_config=`, `text_encoder_configs=`) checks against a model's own architecture instead of the
-    full-size family."""
-    from safetensors import safe_open
-
+    full-size family. A missing, pickled or unreadable file raises a `LoraforgeError` naming it."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
-        raise ValueError(f"{path}: only .safetensors files are checked (pickled .pt/.ckpt files are never loaded)")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        sd = {k: f.get_tensor(k) for k in f.keys()}
+        raise UnsupportedError(
+            f"{path}: only .safetensors files are checked (pickled .pt/.ckpt/.bin files are never loaded); convert "
+            f"it first: loraforge convert {path} {path.with_suffix('.safetensors')} --allow-pickle"
+        )
+    sd, metadata = read_tensors(path)
     return check_state_dict(sd, family, metadata, **architecture)
 
 

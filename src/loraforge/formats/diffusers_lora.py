@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UnsupportedError
 from ..utils.files import atomic_path
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -37,7 +38,10 @@ def peft_layers(modules: dict, part: str, dtype: torch.dtype | None) -> tuple[di
             continue
         extra = set(mt.tensors) - {"lora_down.weight", "lora_up.weight"}
         if extra:
-            raise ValueError(f"{part}:{path} has {sorted(extra)}: diffusers cannot load this module as a LoRA")
+            raise UnsupportedError(
+                f"{part}:{path} has {sorted(extra)}: diffusers cannot load this module as a LoRA; use the kohya "
+                "file in AUTOMATIC1111 / ComfyUI, or `loraforge merge` it into the model"
+            )
         down, up = mt.tensors["lora_down.weight"], mt.tensors["lora_up.weight"]
         layers[f"{path}.lora_A.weight"] = (down if dtype is None else down.to(dtype)).contiguous()
         layers[f"{path}.lora_B.weight"] = (up if dtype is None else up.to(dtype)).contiguous()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..utils.files import save_safetensors_atomic
+from ..errors import FamilyMismatchError, PickleRefusedError, UnsupportedError
+from ..utils.files import open_safetensors, save_safetensors_atomic
 
 SDXL_KEYS = ("clip_l", "clip_g")
 SD_KEY = "emb_params"
@@ -32,10 +33,15 @@ def save_embeddings(
     """`vectors[i]` are the new rows [n, d_i] of text encoder i, in token order (`<s0>`, `<s1>`, ...)."""
     keys = embedding_keys(family)
     if len(vectors) != len(keys):
-        raise ValueError(f"{family} needs {len(keys)} embedding tensors ({', '.join(keys)}), got {len(vectors)}")
+        raise FamilyMismatchError(
+            f"{family} needs {len(keys)} embedding tensors ({', '.join(keys)}), got {len(vectors)}: the embedding "
+            "is for another model family"
+        )
     n = {v.shape[0] for v in vectors}
     if len(n) != 1:
-        raise ValueError(f"every text encoder needs the same number of vectors, got {[v.shape for v in vectors]}")
+        raise UnsupportedError(
+            f"every text encoder needs the same number of vectors, got {[tuple(v.shape) for v in vectors]}"
+        )
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in zip(keys, vectors)}
     save_safetensors_atomic(tensors, path, metadata=metadata)
     return Path(path)
@@ -46,16 +52,18 @@ def load_embeddings(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
-            raise ValueError(f"{path} is a pickle-based file; allow pickle explicitly (--allow-pickle) to read it")
+            raise PickleRefusedError(
+                f"{path} is a pickle-based file; unpickling can run code. Pass --allow-pickle to read it (loraforge "
+                "then uses torch's weights_only mode)"
+            )
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     else:
-        from safetensors.torch import load_file
-
-        data = load_file(str(path))
+        with open_safetensors(path) as f:
+            data = {k: f.get_tensor(k) for k in f.keys()}
     if "string_to_param" in data:  # A1111's TI trainer
         params = data["string_to_param"]
         if len(params) != 1:
-            raise ValueError(f"{path}: A1111 embedding with {len(params)} terms; exactly one is supported")
+            raise UnsupportedError(f"{path}: A1111 embedding with {len(params)} terms; exactly one is supported")
         return {"clip_l": _2d(next(iter(params.values())))}
     if all(k in data for k in SDXL_KEYS):
         return {k: _2d(data[k]) for k in SDXL_KEYS}
@@ -64,7 +72,7 @@ def load_embeddings(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
     if len(tensors) == 1:  # diffusers learned_embeds, or any single-tensor file
         return {"clip_l": _2d(tensors[0])}
-    raise ValueError(f"{path}: not an embedding file (keys: {', '.join(list(data)[:6])})")
+    raise UnsupportedError(f"{path}: not an embedding file (keys: {', '.join(list(data)[:6])})")
 
 
 def _2d(t: torch.Tensor) -> torch.Tensor:

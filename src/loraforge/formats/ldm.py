@@ -33,6 +33,8 @@ import json
 import re
 from typing import Any, Mapping
 
+from ..errors import UnsupportedError
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 
@@ -101,7 +103,7 @@ def _unet_table(structure: tuple) -> dict[str, str]:
     down = list(cfg["down_block_types"])
     up = list(cfg["up_block_types"])
     if len(up) != len(down):
-        raise ValueError(f"UNet config has {len(down)} down blocks but {len(up)} up blocks")
+        raise UnsupportedError(f"the UNet config has {len(down)} down blocks but {len(up)} up blocks")
     n = len(down)
     layers = _per_block(cfg["layers_per_block"], n)
 
@@ -202,7 +204,7 @@ def _vae_keys(config_json: str) -> tuple[str, ...]:
 
 
 def _translate_all(keys, table, what: str) -> dict[str, str]:
-    """Translate every key with `table`; ValueError listing the keys the original layout cannot name."""
+    """Translate every key with `table`; `UnsupportedError` listing the keys the original layout cannot name."""
     out: dict[str, str] = {}
     unknown = []
     for key in keys:
@@ -211,7 +213,7 @@ def _translate_all(keys, table, what: str) -> dict[str, str]:
         except KeyError:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"{len(unknown)} {what} keys have no original name, e.g. {unknown[:5]}")
+        raise UnsupportedError(f"{len(unknown)} {what} keys have no original-layout name, e.g. {unknown[:5]}")
     return out
 
 
@@ -382,10 +384,10 @@ def clip_to_open_clip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         except KeyError:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"{len(unknown)} text-encoder keys have no OpenCLIP name, e.g. {unknown[:5]}")
+        raise UnsupportedError(f"{len(unknown)} text-encoder keys have no OpenCLIP name, e.g. {unknown[:5]}")
     for (layer, kind), parts in sorted(qkv.items()):
         if sorted(parts) != ["k", "q", "v"]:
-            raise ValueError(f"text-encoder layer {layer} lacks some of q/k/v_proj.{kind}")
+            raise UnsupportedError(f"text-encoder layer {layer} lacks some of q/k/v_proj.{kind}")
         name = "in_proj_weight" if kind == "weight" else "in_proj_bias"
         out[f"transformer.resblocks.{layer}.attn.{name}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out

@@ -29,7 +29,13 @@ from pathlib import Path
 import torch
 
 from ..errors import InputNotFoundError
-from ..tools.errors import FamilyMismatchError, MissingKeyError, PickleRefusedError, ShapeMismatchError
+from ..tools.errors import (
+    FamilyMismatchError,
+    MissingKeyError,
+    PickleRefusedError,
+    ShapeMismatchError,
+)
+from ..utils.files import open_safetensors
 from .consumers.keys import (
     ADAPTER_LABELS,
     KOHYA_PREFIXES,
@@ -161,9 +167,7 @@ def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
         data = torch.load(str(path), map_location="cpu", weights_only=True)
         data = data.get("state_dict", data) if isinstance(data, dict) else data
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
 

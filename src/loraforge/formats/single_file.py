@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import OutputExistsError
+from ..errors import FamilyMismatchError, OutputExistsError, ToolError, UnsupportedError
 from . import ldm
 
 FAMILY_TEXT_ENCODERS = {"sd15": 1, "sd2": 1, "sdxl": 2}
@@ -59,13 +59,14 @@ def to_single_file_state_dict(family: str, unet, vae, text_encoders: list) -> di
     _check_family(family)
     text_encoders = list(text_encoders)
     if len(text_encoders) != FAMILY_TEXT_ENCODERS[family]:
-        raise ValueError(
-            f"{family} takes {FAMILY_TEXT_ENCODERS[family]} text encoder(s), got {len(text_encoders)}"
+        raise FamilyMismatchError(
+            f"{family} takes {FAMILY_TEXT_ENCODERS[family]} text encoder(s), got {len(text_encoders)}: the model "
+            "is of another family"
         )
     is_xl_unet = unet.config.get("addition_embed_type") == "text_time"
     if is_xl_unet != (family == "sdxl"):
         kind = unet.config.get("addition_embed_type")
-        raise ValueError(f"family {family!r} does not match the UNet (addition_embed_type={kind!r})")
+        raise FamilyMismatchError(f"family {family!r} does not match the UNet (addition_embed_type={kind!r})")
 
     out: dict[str, Any] = {}
     out.update(_prefixed(ldm.UNET_PREFIX, ldm.unet_to_original(_state_dict("UNet", unet), unet.config)))
@@ -77,7 +78,7 @@ def to_single_file_state_dict(family: str, unet, vae, text_encoders: list) -> di
         layers = int(text_encoders[0].config.num_hidden_layers)
         if layers > 23:
             # diffusers drops `cond_stage_model.model.transformer.resblocks.23.*` by absolute name when loading.
-            raise ValueError(f"an SD 2.x text encoder has at most 23 layers in diffusers form, got {layers}")
+            raise UnsupportedError(f"an SD 2.x text encoder has at most 23 layers in diffusers form, got {layers}")
         text = ldm.clip_to_open_clip(_state_dict("text encoder", text_encoders[0]))
         out.update(_prefixed(ldm.SD2_TEXT_PREFIX, text))
     else:
@@ -110,7 +111,7 @@ def save_single_file(
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"single-file checkpoints are written as .safetensors only, got {path.name!r}")
+        raise ToolError(f"single-file checkpoints are written as .safetensors only, got {path.name!r}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass overwrite=True to replace it")
     tensors = to_single_file_state_dict(family, unet, vae, text_encoders)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config.model import ModelConfig
 from ..errors import ModelLoadError
+from ..utils.files import open_safetensors
 from .family import FamilyInfo, detect_family_from_folder, family_from_single_file_type, family_info
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ class _LazyCheckpoint(Mapping):
     reading gigabytes twice."""
 
     def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        self._f = safe_open(str(path), framework="pt")
+        self._f = open_safetensors(path)
         self._keys = list(self._f.keys())
 
     def __getitem__(self, key):
@@ -151,80 +150,47 @@ def _check_family(requested: str, detected: str | None, source: str) -> str:
     return detected
 
 
-def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
-    """Load the model described by `[model]`. Raises `ModelLoadError` with an actionable message."""
+def detect_model_family(cfg: ModelConfig) -> tuple[str, bool]:
+    """(family, is_tiny) of the model `[model]` names, without loading its weights: the embedded tiny model's
+    family, a diffusers folder's configs, a single file's keys (a pickle is read whole), a hub repo's configs.
+    Raises the `ModelLoadError` loading it would (no such path, a pickle without `allow_pickle`, an unknown file
+    type, an unreachable hub id, a family it cannot tell). `load_model` uses it, so a dry run plans for the very
+    family training loads."""
     name = cfg.pretrained_model_name_or_path
-    load_kw: dict[str, Any] = {}
-    if dtype is not None:
-        load_kw["torch_dtype"] = dtype
-    is_tiny = False
     if name is None:
-        from .tiny import tiny_model_dir
-
-        family = "sd15" if cfg.family == "auto" else cfg.family
-        folder = tiny_model_dir(family)
-        pipe = _pipeline_class(family).from_pretrained(str(folder), local_files_only=True, **load_kw)
-        source, is_tiny = f"embedded tiny {family_info(family).label} model ({folder})", True
-    else:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelLoadError(
-                    f"{path} is a folder but not a diffusers model (no model_index.json); pass the model's folder "
-                    "or a single .safetensors file"
-                )
-            family = _check_family(cfg.family, detect_family_from_folder(path), str(path))
-            pipe = _pipeline_class(family).from_pretrained(
-                str(path), local_files_only=True, variant=cfg.variant, **_pipeline_kwargs(family), **load_kw
-            )
-            source = str(path)
-        elif path.is_file():
-            pipe, family = _load_single_file(path, cfg, load_kw)
-            source = str(path)
-        elif _looks_like_path(name):
+        return ("sd15" if cfg.family == "auto" else cfg.family), True
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
             raise ModelLoadError(
-                f"model.pretrained_model_name_or_path = {name!r}: no such file or folder"
+                f"{path} is a folder but not a diffusers model (no model_index.json); pass the model's folder "
+                "or a single .safetensors file"
             )
-        else:
-            pipe, family = _load_from_hub(name, cfg, load_kw)
-            source = f"hub:{name}"
-    if cfg.vae:
-        pipe.vae = _load_vae(cfg.vae, cfg, load_kw)
-    prediction = cfg.prediction_type
-    if prediction == "auto":
-        prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
-    te = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
-    tok = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
-    return SDModel(family_info(family), source, pipe.unet, pipe.vae, te, tok, pipe.scheduler, prediction, is_tiny)
+        return _check_family(cfg.family, detect_family_from_folder(path), str(path)), False
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES and not cfg.allow_pickle:
+            raise ModelLoadError(
+                f"{path} is a pickle-based file; unpickling can run code. Convert it with "
+                f"`loraforge convert {path} --allow-pickle`, or set model.allow_pickle = true to load it "
+                "(loraforge then loads it with torch's weights_only mode)"
+            )
+        if suffix not in (".safetensors",) + PICKLE_SUFFIXES:
+            raise ModelLoadError(f"{path}: unknown model file type {suffix!r}; expected .safetensors or .ckpt")
+        if cfg.config_dir and not (Path(cfg.config_dir) / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"model.config_dir = {cfg.config_dir!r} is not a diffusers folder (no model_index.json)"
+            )
+        return _check_family(cfg.family, single_file_family(path, cfg.config_dir), str(path)), False
+    if _looks_like_path(name):
+        raise ModelLoadError(f"model.pretrained_model_name_or_path = {name!r}: no such file or folder")
+    return _hub_family(name, cfg), False
 
 
-def _load_single_file(path: Path, cfg: ModelConfig, load_kw: dict):
-    suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES and not cfg.allow_pickle:
-        raise ModelLoadError(
-            f"{path} is a pickle-based file; unpickling can run code. Convert it with "
-            f"`loraforge convert {path} --allow-pickle`, or set model.allow_pickle = true to load it "
-            "(loraforge then loads it with torch's weights_only mode)"
-        )
-    if suffix not in (".safetensors",) + PICKLE_SUFFIXES:
-        raise ModelLoadError(f"{path}: unknown model file type {suffix!r}; expected .safetensors or .ckpt")
-    family = _check_family(cfg.family, single_file_family(path, cfg.config_dir), str(path))
-    if cfg.config_dir:
-        config_dir = Path(cfg.config_dir)
-        if not (config_dir / "model_index.json").is_file():
-            raise ModelLoadError(f"model.config_dir = {cfg.config_dir!r} is not a diffusers folder (no model_index.json)")
-    else:
-        from .configs import config_folder
-
-        config_dir = config_folder(family)
-    pipe = _pipeline_class(family).from_single_file(
-        str(path), config=str(config_dir), local_files_only=True, **_pipeline_kwargs(family), **load_kw
-    )
-    return pipe, family
-
-
-def _load_from_hub(name: str, cfg: ModelConfig, load_kw: dict):
-    from diffusers import DiffusionPipeline
+def _hub_family(name: str, cfg: ModelConfig) -> str:
+    """A hub repo's family from its `model_index.json` (and, for a non-XL pipeline, its UNet config: a 1024-wide
+    cross-attention is SD 2.x)."""
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
 
     try:
         index = DiffusionPipeline.load_config(name, revision=cfg.revision)
@@ -237,17 +203,65 @@ def _load_from_hub(name: str, cfg: ModelConfig, load_kw: dict):
     cls = index.get("_class_name", "")
     detected = "sdxl" if "XL" in cls else None
     if detected is None and "StableDiffusion" in cls:
-        detected = "sd15"  # refined below from the loaded components
-    family = _check_family(cfg.family, detected, name)
-    try:
-        pipe = _pipeline_class(family).from_pretrained(
-            name, revision=cfg.revision, variant=cfg.variant, **_pipeline_kwargs(family), **load_kw
-        )
-    except OSError as e:
-        raise ModelLoadError(f"could not load {name!r} from the hub: {str(e).splitlines()[0][:300]}") from None
-    if family == "sd15" and cfg.family == "auto" and pipe.unet.config.cross_attention_dim == 1024:
-        family = "sd2"
-    return pipe, family
+        detected = "sd15"
+        if cfg.family == "auto":
+            try:
+                unet = UNet2DConditionModel.load_config(name, subfolder="unet", revision=cfg.revision)
+            except Exception as e:
+                raise ModelLoadError(
+                    f"could not read {name!r}'s UNet config from the hub: {str(e).splitlines()[0][:200]}"
+                ) from None
+            if unet.get("cross_attention_dim") == 1024:
+                detected = "sd2"
+    return _check_family(cfg.family, detected, name)
+
+
+def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
+    """Load the model described by `[model]`. Raises `ModelLoadError` with an actionable message."""
+    name = cfg.pretrained_model_name_or_path
+    load_kw: dict[str, Any] = {}
+    if dtype is not None:
+        load_kw["torch_dtype"] = dtype
+    family, is_tiny = detect_model_family(cfg)
+    if is_tiny:
+        from .tiny import tiny_model_dir
+
+        folder = tiny_model_dir(family)
+        pipe = _pipeline_class(family).from_pretrained(str(folder), local_files_only=True, **load_kw)
+        source = f"embedded tiny {family_info(family).label} model ({folder})"
+    else:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            pipe = _pipeline_class(family).from_pretrained(
+                str(path), local_files_only=True, variant=cfg.variant, **_pipeline_kwargs(family), **load_kw
+            )
+            source = str(path)
+        elif path.is_file():
+            config_dir = Path(cfg.config_dir) if cfg.config_dir else None
+            if config_dir is None:
+                from .configs import config_folder
+
+                config_dir = config_folder(family)
+            pipe = _pipeline_class(family).from_single_file(
+                str(path), config=str(config_dir), local_files_only=True, **_pipeline_kwargs(family), **load_kw
+            )
+            source = str(path)
+        else:
+            try:
+                pipe = _pipeline_class(family).from_pretrained(
+                    name, revision=cfg.revision, variant=cfg.variant, **_pipeline_kwargs(family), **load_kw
+                )
+            except OSError as e:
+                raise ModelLoadError(f"could not load {name!r} from the hub: {str(e).splitlines()[0][:300]}") from None
+            source = f"hub:{name}"
+    if cfg.vae:
+        pipe.vae = _load_vae(cfg.vae, cfg, load_kw)
+    prediction = cfg.prediction_type
+    if prediction == "auto":
+        prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    te = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+    tok = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
+    return SDModel(family_info(family), source, pipe.unet, pipe.vae, te, tok, pipe.scheduler, prediction, is_tiny)
 
 
 def _load_vae(name: str, cfg: ModelConfig, load_kw: dict):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config.network import NetworkConfig
+from ..errors import NetworkError
 from .targets import Target, describe_plan, part_modules, plan_targets
 
 log = logging.getLogger(__name__)
@@ -169,11 +170,17 @@ class PlannedNetwork(Network):
                     full = f"{key[0]}.{key[1]}.{name}"
                     expected.add(full)
                     if full not in sd:
-                        raise ValueError(f"checkpoint lacks the network tensor {full}")
+                        raise NetworkError(
+                            f"the checkpoint lacks the network tensor {full}: it was saved with other [network] "
+                            "settings; resume with the settings of the run that wrote it"
+                        )
                     p.copy_(sd[full].to(p.device, p.dtype))
         extra = sorted(set(sd) - expected)
         if extra:
-            raise ValueError(f"checkpoint has network tensors this network does not: {extra[:5]}")
+            raise NetworkError(
+                f"the checkpoint has network tensors this network does not ({', '.join(extra[:5])}): it was saved "
+                "with other [network] settings; resume with the settings of the run that wrote it"
+            )
 
     def network_args(self) -> dict[str, str]:
         c = self.cfg

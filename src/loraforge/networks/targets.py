@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config.network import NetworkConfig, block_count_problem
+from ..errors import NetworkError
 from .blocks import block_label, unet_block_indices
 from .presets import PRESETS, by_classes, by_suffixes, layer_kind
 
@@ -52,11 +53,11 @@ def _candidates(part: str, root, cfg: NetworkConfig) -> dict[str, torch.nn.Modul
 
 
 def plan_targets(model, cfg: NetworkConfig) -> list[Target]:
-    """The modules to adapt, in model order. Raises ValueError (naming the fields) when the plan cannot work."""
+    """The modules to adapt, in model order. Raises `NetworkError` (naming the fields) when the plan cannot work."""
     family = model.family.name
     problem = block_count_problem(cfg, family)
     if problem:
-        raise ValueError(problem)
+        raise NetworkError(problem)
     convs_allowed = cfg.algo != "lora" and (cfg.preset is None or PRESETS[cfg.preset].convs)
     targets: list[Target] = []
     skipped_convs: list[str] = []
@@ -64,7 +65,7 @@ def plan_targets(model, cfg: NetworkConfig) -> list[Target]:
         found = _candidates(part, root, cfg)
         if cfg.preset is None and not any(layer_kind(m) != "norm" for m in found.values()):
             field = "target_modules" if part == "unet" else "text_encoder_target_modules"
-            raise ValueError(
+            raise NetworkError(
                 f"network.{field} = {getattr(cfg, field)} matched no {part} module; use names such as "
                 + ("to_q, to_k, to_v, to_out.0, proj_in, ff.net.2, conv1" if part == "unet" else "q_proj, k_proj, v_proj, out_proj, fc1, fc2")
             )
@@ -78,7 +79,7 @@ def plan_targets(model, cfg: NetworkConfig) -> list[Target]:
                 continue
             targets.append(_resolve(cfg, part, path, module, kind, blocks.get(path)))
     if skipped_convs and cfg.algo == "lora" and cfg.preset is None:
-        raise ValueError(
+        raise NetworkError(
             f"network.target_modules selects {len(skipped_convs)} k×k convolutions ({', '.join(skipped_convs[:3])}"
             + (", ..." if len(skipped_convs) > 3 else "")
             + "); algo = 'lora' adapts linear and 1×1 layers only: use network.algo = 'locon'"
@@ -92,7 +93,7 @@ def plan_targets(model, cfg: NetworkConfig) -> list[Target]:
     if removed:
         log.info("network: %d modules removed by a block rank or learning-rate weight of 0", removed)
     if not any(t.kind != "norm" for t in kept):
-        raise ValueError("network: no module left to adapt (check network.preset, network.block_dims, "
+        raise NetworkError("network: no module left to adapt (check network.preset, network.block_dims, "
                          "network.conv_dim and network.block_lr_weights)")
     return kept
 

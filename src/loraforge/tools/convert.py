@@ -21,7 +21,7 @@ import torch
 from ..errors import InputNotFoundError
 from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict
 from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict, kohya_state_dict
-from ..utils.files import atomic_path, save_safetensors_atomic
+from ..utils.files import atomic_path, open_safetensors, save_safetensors_atomic
 from .common import check_output, family_metadata, load_sd_model, model_tree
 from .errors import PickleRefusedError, ToolError, UnsupportedError
 
@@ -103,9 +103,7 @@ def convert(src, dst, to: str | None = None, family: str = "auto", base: str | N
         return _pickle_to_safetensors(src, dst, allow_pickle, overwrite)
     if src.suffix != ".safetensors":
         raise ToolError(f"{src}: unknown file type {src.suffix!r} (expected .safetensors, .bin, .pkl, .pt, .ckpt)")
-    from safetensors import safe_open
-
-    with safe_open(str(src), framework="pt") as f:
+    with open_safetensors(src) as f:
         keys = list(f.keys())
     if any(k.startswith("model.diffusion_model.") for k in keys):
         return _single_file_to_folder(src, dst, family, allow_pickle, overwrite, config_dir, dtype)
@@ -139,12 +137,10 @@ def _pickle_to_safetensors(src: Path, dst: Path, allow_pickle: bool, overwrite: 
 
 
 def _embedding_to_pt(src: Path, dst: Path, overwrite: bool) -> ConvertResult:
-    from safetensors import safe_open
-
     if dst.suffix.lower() not in (".pt", ".pth"):
         raise ToolError(f"{dst}: an embedding converts to an A1111 .pt file")
     check_output(dst, overwrite)
-    with safe_open(str(src), framework="pt") as f:
+    with open_safetensors(src) as f:
         data = {k: f.get_tensor(k) for k in f.keys()}
         meta = f.metadata() or {}
     if "clip_g" in data:

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import InputNotFoundError
 from ..formats.consumers.keys import ADAPTER_LABELS
 from ..formats.lora_file import PART_LABELS, PICKLE_SUFFIXES, read_lora_state_dict
+from ..utils.files import open_safetensors
 
 SHOWN_METADATA = (
     "ss_output_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
@@ -90,9 +91,7 @@ def inspect_file(path, allow_pickle: bool = False, all_metadata: bool = False) -
             tensors, _ = flatten_tensors(data)
         metadata = {}
     else:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
+        with open_safetensors(path) as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             metadata = dict(f.metadata() or {})
     dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in tensors.values())
@@ -173,8 +172,6 @@ def _inspect_embedding(path: Path, sd: dict) -> InspectReport:
 
 
 def _inspect_folder(path: Path) -> InspectReport:
-    from safetensors import safe_open
-
     from ..models.family import detect_family_from_folder
 
     lines = ["kind: diffusers model folder", f"family: {detect_family_from_folder(path) or 'unknown'}"]
@@ -184,7 +181,7 @@ def _inspect_folder(path: Path) -> InspectReport:
             continue
         count = params = 0
         for file in files:
-            with safe_open(str(file), framework="pt") as f:
+            with open_safetensors(file) as f:
                 for k in f.keys():
                     count += 1
                     shape = f.get_slice(k).get_shape()

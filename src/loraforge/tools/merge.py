@@ -133,13 +133,11 @@ def _check_keys(a: dict, others: list[dict], label: str) -> None:
 
 def _merge_single_files(sources: list[str], output: Path, multiplier: float, mode: str, dtype) -> Path:
     from ..models.loading import single_file_family
-    from safetensors import safe_open
-
-    from ..utils.files import save_safetensors_atomic
+    from ..utils.files import open_safetensors, save_safetensors_atomic
 
     families = []
     for s in sources:
-        with safe_open(s, framework="pt") as f:
+        with open_safetensors(s) as f:
             if not any(k.startswith("model.diffusion_model.") for k in f.keys()):
                 raise ToolError(f"{s} is not a Stable Diffusion checkpoint (no model.diffusion_model.* keys)")
         families.append(single_file_family(Path(s)))
@@ -147,7 +145,7 @@ def _merge_single_files(sources: list[str], output: Path, multiplier: float, mod
         raise FamilyMismatchError(
             "the checkpoints are of different families: " + ", ".join(f"{s} ({f})" for s, f in zip(sources, families))
         )
-    handles = [safe_open(s, framework="pt") for s in sources]
+    handles = [open_safetensors(s) for s in sources]
     keys = [set(h.keys()) for h in handles]
     a_keys = list(handles[0].keys())
     for name, ks in zip("BC", keys[1:]):

@@ -35,21 +35,25 @@ def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, pred
     return clipped / s
 
 
-def offset_noise(noise: torch.Tensor, offset: float) -> torch.Tensor:
-    """Add a per-image, per-channel constant: lets the model learn overall brightness (Guttenberg's noise offset)."""
+def offset_noise(noise: torch.Tensor, offset: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Add a per-image, per-channel constant: lets the model learn overall brightness (Guttenberg's noise offset).
+    Draws from `generator` (on the noise's device), else from torch's RNG."""
     b, c = noise.shape[:2]
-    return noise + offset * torch.randn((b, c) + (1,) * (noise.ndim - 2), device=noise.device, dtype=noise.dtype)
+    shape = (b, c) + (1,) * (noise.ndim - 2)
+    return noise + offset * torch.randn(shape, generator=generator, device=noise.device, dtype=noise.dtype)
 
 
-def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float) -> torch.Tensor:
+def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Multi-resolution noise: add upsampled coarser noise levels, each `discount` times weaker, at random scale
-    factors between 2 and 4, then renormalise to unit variance. Random draws come from torch's RNG (resumable)."""
+    factors between 2 and 4, then renormalise to unit variance. Draws from `generator` (on the noise's device),
+    else from torch's RNG."""
     b, c, h, w = noise.shape
     out = noise.clone()
     for i in range(iterations):
-        r = 2.0 + 2.0 * torch.rand(()).item()
+        r = 2.0 + 2.0 * torch.rand((), generator=generator, device=noise.device).item()
         hn, wn = max(1, int(h / r**i)), max(1, int(w / r**i))
-        coarse = torch.randn((b, c, hn, wn), device=noise.device, dtype=noise.dtype)
+        coarse = torch.randn((b, c, hn, wn), generator=generator, device=noise.device, dtype=noise.dtype)
         out = out + F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) * discount**i
         if hn == 1 or wn == 1:
             break

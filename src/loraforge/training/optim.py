@@ -100,7 +100,20 @@ def _adamw8bit(cfg: OptimizerConfig, groups, betas):
     return bnb.optim.AdamW8bit(groups, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon)
 
 
-def build_scheduler(cfg: OptimizerConfig, optimizer, total_steps: int):
+SCHEDULES_WITHOUT_WARMUP = ("constant", "adafactor")  # diffusers' `constant` ignores num_warmup_steps
+
+
+def warmup_steps(cfg: OptimizerConfig) -> int:
+    """Optimizer steps of linear warm-up the schedule applies (`lr_warmup_steps`, 0 for schedules without one)."""
+    return 0 if cfg.lr_scheduler in SCHEDULES_WITHOUT_WARMUP else cfg.lr_warmup_steps
+
+
+def build_scheduler(cfg: OptimizerConfig, optimizer, total_steps: int, num_processes: int = 1):
+    """The learning-rate schedule over `total_steps` optimizer steps, with `warmup_steps(cfg)` of warm-up.
+
+    accelerate's prepared scheduler steps the wrapped one `num_processes` times per optimizer step (it assumes a
+    schedule sized for one process's batches), so the warm-up and the total are both scaled by `num_processes`
+    here: the schedule is in optimizer steps whatever the number of processes."""
     if cfg.lr_scheduler == "adafactor":
         from transformers.optimization import AdafactorSchedule
 
@@ -110,8 +123,8 @@ def build_scheduler(cfg: OptimizerConfig, optimizer, total_steps: int):
     return get_scheduler(
         cfg.lr_scheduler,
         optimizer=optimizer,
-        num_warmup_steps=cfg.lr_warmup_steps,
-        num_training_steps=total_steps,
+        num_warmup_steps=warmup_steps(cfg) * num_processes,
+        num_training_steps=total_steps * num_processes,
         num_cycles=cfg.lr_num_cycles,
         power=cfg.lr_power,
     )

@@ -15,6 +15,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from ..errors import DataError, RunFolderError, TrainingError
+
 log = logging.getLogger(__name__)
 
 
@@ -58,12 +60,25 @@ class PivotalTuning:
         self.frozen = False
 
     # ------------------------------------------------------------------------------------------------ setup
+    def check_captions(self, items) -> None:
+        """Refuse a dataset whose captions never mention a token abstraction: the new tokens would learn nothing."""
+        if not any(a in item.caption for item in items for a in self.replacements):
+            raise DataError(
+                f"training.train_text_encoder_ti is on, but no caption contains the token abstraction "
+                f"{self.cfg.token_abstraction!r}, so the new tokens would learn nothing; write it where the "
+                f"subject's name goes (dataset.instance_prompt = 'a photo of {self.cfg.token_abstraction} "
+                "dog', and in caption files) or set training.token_abstraction to the word your captions use"
+            )
+
     def apply(self, model, generator: torch.Generator | None = None) -> None:
         """Add the tokens to every tokenizer and splice trainable rows into every text encoder."""
         for tok, te in zip(model.tokenizers, model.text_encoders):
             clash = [t for t in self.tokens if t in tok.get_vocab()]
             if clash:
-                raise ValueError(f"tokens {clash} already exist in the tokenizer; pick another token_abstraction")
+                raise TrainingError(
+                    f"the new tokens {clash} already exist in the tokenizer; pick another "
+                    "training.token_abstraction"
+                )
             tok.add_tokens(self.tokens)
             ids = tok.convert_tokens_to_ids(self.tokens)
             emb = _embeddings_module(te)
@@ -85,7 +100,7 @@ class PivotalTuning:
         if word:
             ids = tokenizer(word, add_special_tokens=False).input_ids
             if not ids:
-                raise ValueError(f"training.initializer_token = {word!r} tokenizes to nothing")
+                raise TrainingError(f"training.initializer_token = {word!r} tokenizes to nothing; pick a word")
             return table[ids].mean(0, keepdim=True).expand(n, dim).cpu().clone()
         std = table.std().item()
         return torch.randn((n, dim), generator=generator) * std
@@ -125,6 +140,10 @@ class PivotalTuning:
         for i, layer in enumerate(self.layers):
             value = sd[f"embeddings.{i}"]
             if value.shape != layer.new.shape:
-                raise ValueError(f"checkpoint embeddings {i} have shape {tuple(value.shape)}, expected {tuple(layer.new.shape)}")
+                raise RunFolderError(
+                    f"the checkpoint's new token embeddings {i} have shape {tuple(value.shape)}, this run's "
+                    f"{tuple(layer.new.shape)}: resume with the training.num_new_tokens_per_abstraction and model "
+                    "of the run that wrote it"
+                )
             with torch.no_grad():
                 layer.new.copy_(value)

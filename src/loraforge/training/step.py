@@ -25,14 +25,24 @@ class StepMixin:
                 return sample_latents(dist.mean, dist.std, list(seeds), scale, shift).to(self.weight_dtype)
             return ((dist.sample() - shift) * scale).to(self.weight_dtype)
 
-    def make_noise(self, latents: torch.Tensor) -> torch.Tensor:
+    def make_noise(self, latents: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise (with `noise_offset` and pyramid noise) and timestep of each sample, drawn from the sample's own
+        generator seeded by the batch's `noise_seeds` (from (seed, epoch, index), like all of a sample's
+        randomness): a sample gets the same noise whatever batch or process it lands in, so N processes at batch B
+        train as one process at batch N·B, and a resumed run draws what an uninterrupted one would."""
         t = self.cfg.training
-        noise = torch.randn_like(latents)
-        if t.noise_offset:
-            noise = offset_noise(noise, t.noise_offset)
-        if t.multires_noise_iterations:
-            noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount)
-        return noise
+        num_timesteps = self.noise_scheduler.config.num_train_timesteps
+        noises, timesteps = [], []
+        for seed in seeds:
+            g = torch.Generator().manual_seed(int(seed))
+            timesteps.append(torch.randint(0, num_timesteps, (1,), generator=g))
+            noise = torch.randn((1, *latents.shape[1:]), generator=g)
+            if t.noise_offset:
+                noise = offset_noise(noise, t.noise_offset, g)
+            if t.multires_noise_iterations:
+                noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount, g)
+            noises.append(noise)
+        return torch.cat(noises).to(latents), torch.cat(timesteps).to(latents.device).long()
 
     def encode_batch_text(self, captions: list[str]):
         m = self.model
@@ -53,12 +63,10 @@ class StepMixin:
             latents = batch["latents"].to(acc.device, dtype=self.weight_dtype)
         if latents is None:
             latents = self.encode_latents(batch["pixel_values"], batch.get("latent_seeds"))
-        if noise is None:
-            noise = self.make_noise(latents)
-        if timesteps is None:
-            timesteps = torch.randint(
-                0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-            ).long()
+        if noise is None or timesteps is None:
+            drawn_noise, drawn_timesteps = self.make_noise(latents, batch["noise_seeds"])
+            noise = drawn_noise if noise is None else noise
+            timesteps = drawn_timesteps if timesteps is None else timesteps
         noise, timesteps = noise.to(latents), timesteps.to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if "prompt_embeds" in batch:  # from the text-encoder cache

@@ -8,7 +8,6 @@ precision, gradient accumulation and several GPUs (`accelerate launch -m lorafor
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import uuid
@@ -17,16 +16,16 @@ from pathlib import Path
 
 import torch
 
-from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig, dump_config
+from ..config import TrainConfig, dump_config
 from ..data.build import build_train_data
 from ..errors import RunFolderError
-from ..models.family import TINY_RESOLUTION
 from ..models.loading import load_model
 from ..networks import create_network
 from ..utils.files import write_text_atomic
 from .step import StepMixin
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
 from .pivotal import PivotalTuning
+from .plan import RunPlan, plan_run, run_resolution
 from .outputs import WrittenFiles, write_lora_files
 from .state import (
     STATE_FILE,
@@ -128,7 +127,7 @@ class Trainer(StepMixin):
         with self.accelerator.main_process_first():  # one process builds caches / downloads, the others reuse
             self.model = load_model(self.cfg.model)
         m = self.model
-        self.resolution = self.cfg.dataset.resolution or (TINY_RESOLUTION if m.is_tiny else m.family.resolution)
+        self.resolution = run_resolution(self.cfg, m.family, m.is_tiny)
         self.noise_scheduler = m.noise_scheduler()
         self.run_info.update(
             model_name=Path(m.source).name, prediction_type=m.prediction_type, resolution=self.resolution
@@ -143,15 +142,8 @@ class Trainer(StepMixin):
 
             ensure_class_images(self.cfg, self.model, self.accelerator, self.resolution, replacements)
         self.data = build_train_data(self.cfg, self.resolution, text_replacements=replacements)
-        if self.pivotal and not any(a in item.caption for item in self.data.items for a in self.pivotal.replacements):
-            from ..data.errors import DataError
-
-            raise DataError(
-                f"training.train_text_encoder_ti is on, but no caption contains the token abstraction "
-                f"{self.cfg.training.token_abstraction!r}, so the new tokens would learn nothing; write it where the "
-                f"subject's name goes (dataset.instance_prompt = 'a photo of {self.pivotal.cfg.token_abstraction} "
-                "dog', and in caption files) or set training.token_abstraction to the word your captions use"
-            )
+        if self.pivotal:
+            self.pivotal.check_captions(self.data.items)
         self.dataset, self.sampler, self.dataloader = self.data.dataset, self.data.sampler, self.data.dataloader
         self.run_info.update(self.data.run_info)
         log.info("dataset: %s", self.data.describe())
@@ -210,19 +202,10 @@ class Trainer(StepMixin):
         cfg, acc = self.cfg, self.accelerator
         groups = param_groups(self.network, cfg.optimizer, self.pivotal.parameters() if self.pivotal else None)
         self.optimizer = build_optimizer(cfg.optimizer, groups)
-        batches = math.ceil(len(self.dataloader) / acc.num_processes)  # bucket batches (data.buckets)
-        self.steps_per_epoch = max(1, math.ceil(batches / cfg.training.gradient_accumulation_steps))
-        t = cfg.training
-        limits = []
-        if t.max_train_steps:
-            limits.append(t.max_train_steps)
-        elif t.max_train_steps_per_image:
-            limits.append(t.max_train_steps_per_image * len(self.data.items))
-        if t.num_train_epochs:
-            limits.append(t.num_train_epochs * self.steps_per_epoch)
-        self.max_steps = min(limits) if limits else DEFAULT_MAX_TRAIN_STEPS
-        self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
-        self.lr_scheduler = build_scheduler(cfg.optimizer, self.optimizer, self.max_steps * acc.num_processes)
+        self.plan: RunPlan = plan_run(cfg, model=self.model, data=self.data, num_processes=acc.num_processes)
+        self.steps_per_epoch, self.max_steps, self.num_epochs = (
+            self.plan.steps_per_epoch, self.plan.max_steps, self.plan.num_epochs)
+        self.lr_scheduler = build_scheduler(cfg.optimizer, self.optimizer, self.max_steps, acc.num_processes)
         self.pivot_at = self.pivotal.pivot_step(self.max_steps) if self.pivotal else None
         with_te = self.train_te or self.pivotal is not None
         trained = [self.model.unet] + (list(self.model.text_encoders) if with_te else [])
@@ -233,7 +216,7 @@ class Trainer(StepMixin):
         self.optimizer, self.train_dataloader, self.lr_scheduler = prepared[len(trained):]
         register_network_hooks(acc, self.network, self.pivotal)
         self.run_info.update(
-            max_train_steps=self.max_steps, batches_per_epoch=batches, epochs=self.num_epochs,
+            max_train_steps=self.max_steps, batches_per_epoch=self.plan.batches_per_process, epochs=self.num_epochs,
             total_batch_size=cfg.training.batch_size * acc.num_processes * cfg.training.gradient_accumulation_steps,
             optimizer=type(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer).__name__,
         )

@@ -13,6 +13,21 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import InputNotFoundError, UnsupportedError
+
+
+def open_safetensors(path: str | Path):
+    """`safetensors.safe_open(path)` (use it in a `with`), with a missing, truncated or foreign file reported as a
+    `LoraforgeError` that names it."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise InputNotFoundError(f"{path}: no such file")
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # safetensors' own error for a header it cannot parse
+        raise UnsupportedError(f"{path}: not a readable .safetensors file ({e})") from None
+
 
 def _default_mode(base: int = 0o666) -> int:
     """The mode a plain `open()` would give (mkstemp makes files private)."""

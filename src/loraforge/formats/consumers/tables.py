@@ -28,6 +28,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+from ...errors import FamilyMismatchError
+
 Shape = tuple[int, ...]
 
 FAMILIES = ("sd15", "sd2", "sdxl")
@@ -307,7 +309,9 @@ def _build_spec_models(key: str) -> tuple[dict, dict]:
         models = {"unet": UNet2DConditionModel.from_config(unet_cfg)}
         roles = _te_roles(family)
         if te_cfgs and len(te_cfgs) != len(roles):
-            raise ValueError(f"{family} has {len(roles)} text encoder(s), got {len(te_cfgs)} configs")
+            raise FamilyMismatchError(
+                f"{family} has {len(roles)} text encoder(s), the model {len(te_cfgs)}: pass the model's own family"
+            )
         for role, cfg in zip(roles, te_cfgs):
             config = CLIPTextConfig.from_dict(cfg)
             models[role] = (CLIPTextModelWithProjection if role == "te2" else CLIPTextModel)(config)

@@ -1,0 +1,125 @@
+"""The run plan: what a run will do, resolved by one function from the config (and from the model and the data
+once they are loaded), so that `loraforge train --dry-run` and training agree: the model family and the training
+resolution, the images (training vs class/regularisation), steps per epoch, total steps, epochs and the
+learning-rate warm-up."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig
+from ..data.build import TrainData, build_train_data
+from ..data.sources import list_images
+from ..models.family import TINY_RESOLUTION, FamilyInfo, family_info
+from ..models.loading import detect_model_family
+from .optim import warmup_steps
+from .pivotal import PivotalTuning
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    family: FamilyInfo
+    is_tiny: bool  # the embedded tiny model
+    resolution: int
+    num_train_images: int  # instance / training images (repeats not counted)
+    num_reg_images: int  # class (prior preservation) and regularisation images
+    batches_per_epoch: int  # bucket batches of one epoch, all processes together
+    num_processes: int
+    steps_per_epoch: int  # optimizer steps
+    max_steps: int
+    num_epochs: int
+    warmup_steps: int  # optimizer steps of learning-rate warm-up
+    steps_from: str  # the option that set max_steps
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def batches_per_process(self) -> int:
+        """Batches each process draws in an epoch (accelerate deals whole bucket batches round-robin)."""
+        return math.ceil(self.batches_per_epoch / self.num_processes)
+
+    def describe(self, cfg: TrainConfig) -> str:
+        t, o = cfg.training, cfg.optimizer
+        model = f"the embedded tiny {self.family.label} model" if self.is_tiny else self.family.label
+        lines = [
+            f"model: {model}, training at {self.resolution} px",
+            f"images: {self.num_train_images} training + {self.num_reg_images} class/regularisation",
+            f"steps: {self.max_steps} ({self.steps_from}) = {self.num_epochs} epoch(s) of {self.steps_per_epoch} "
+            f"step(s); {self.batches_per_epoch} batch(es) an epoch, batch {t.batch_size} × accumulation "
+            f"{t.gradient_accumulation_steps} × {self.num_processes} process(es)",
+            f"learning rate: {o.lr_scheduler} schedule over {self.max_steps} steps, warm-up {self.warmup_steps} "
+            "step(s)",
+        ]
+        return "\n".join(lines + self.notes)
+
+
+def run_resolution(cfg: TrainConfig, family: FamilyInfo, is_tiny: bool) -> int:
+    """`dataset.resolution`, else 64 px for the embedded tiny models, else the family's native size."""
+    return cfg.dataset.resolution or (TINY_RESOLUTION if is_tiny else family.resolution)
+
+
+def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num_processes: int = 1) -> RunPlan:
+    """The plan of the run `cfg` describes. `model` (a loaded `SDModel`) gives the family, else it is detected
+    without loading weights; `data` (the loaded `TrainData`) gives the images, else they are collected and checked
+    here (every image opened, as training does). Class images that prior preservation will generate before training
+    are not there yet: the plan then counts without them and says so in `notes`."""
+    if model is not None:
+        family, is_tiny = model.family, model.is_tiny
+    else:
+        name, is_tiny = detect_model_family(cfg.model)
+        family = family_info(name)
+    resolution = run_resolution(cfg, family, is_tiny)
+    notes: list[str] = []
+    if data is None:
+        data = _load_data(cfg, resolution, notes)
+    t = cfg.training
+    warmup = warmup_steps(cfg.optimizer)
+    n_train = data.run_info["num_train_images"]
+    batches = len(data.sampler)
+    steps_per_epoch = max(1, math.ceil(math.ceil(batches / num_processes) / t.gradient_accumulation_steps))
+    limits = []
+    if t.max_train_steps:
+        limits.append((t.max_train_steps, "training.max_train_steps"))
+    elif t.max_train_steps_per_image:
+        per_image = t.max_train_steps_per_image
+        limits.append((per_image * n_train,
+                       f"training.max_train_steps_per_image {per_image} × {n_train} training images"))
+    if t.num_train_epochs:
+        limits.append((t.num_train_epochs * steps_per_epoch, f"training.num_train_epochs {t.num_train_epochs}"))
+    max_steps, steps_from = min(limits) if limits else (DEFAULT_MAX_TRAIN_STEPS, "the default")
+    if warmup > max_steps:
+        notes.append(f"optimizer.lr_warmup_steps = {warmup} is longer than the run ({max_steps} steps): the learning "
+                     "rate never reaches optimizer.learning_rate")
+    return RunPlan(
+        family=family, is_tiny=is_tiny, resolution=resolution, num_train_images=n_train,
+        num_reg_images=data.run_info["num_reg_images"], batches_per_epoch=batches, num_processes=num_processes,
+        steps_per_epoch=steps_per_epoch, max_steps=max_steps, num_epochs=math.ceil(max_steps / steps_per_epoch),
+        warmup_steps=warmup, steps_from=steps_from, notes=notes,
+    )
+
+
+def _load_data(cfg: TrainConfig, resolution: int, notes: list[str]) -> TrainData:
+    """The data as training loads it, before any model: without the class images prior preservation has yet to
+    generate (noted in `notes`)."""
+    missing = _missing_class_images(cfg)
+    if missing:
+        notes.append(f"prior preservation: {missing} of {cfg.dataset.num_class_images} class images are not in "
+                     "dataset.class_data_dir yet; training generates them first, and this plan counts without "
+                     "class images")
+        dataset = cfg.dataset.model_copy(update={"with_prior_preservation": False})
+        cfg = cfg.model_copy(update={"dataset": dataset})
+    pivotal = PivotalTuning(cfg.training) if cfg.training.train_text_encoder_ti else None
+    data = build_train_data(cfg, resolution, text_replacements=pivotal.replacements if pivotal else None)
+    if pivotal:
+        pivotal.check_captions(data.items)
+    return data
+
+
+def _missing_class_images(cfg: TrainConfig) -> int:
+    d = cfg.dataset
+    if not d.with_prior_preservation or not d.class_data_dir:
+        return 0
+    folder = Path(d.class_data_dir).expanduser()
+    have = len(list_images(folder)) if folder.is_dir() else 0
+    return max(0, d.num_class_images - have)

@@ -1,0 +1,86 @@
+"""One run plan for `--dry-run` and training: the same resolution, images, steps, epochs and warm-up."""
+
+import pytest
+from PIL import Image
+
+from loraforge.cli.commands import _dry_run
+from loraforge.config import dump_config
+from loraforge.data.errors import DataError
+from loraforge.training.plan import plan_run
+from loraforge.training.trainer import Trainer
+
+
+def _images(folder, n, size, color=(200, 40, 40)):
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", size, (color[0], color[1] + 30 * i, color[2])).save(folder / f"{i}.png")
+    return folder
+
+
+def _sdxl_folder_config(make_config, tiny_dirs, tmp_path, **overrides):
+    """A config naming a tiny SDXL diffusers folder with `model.family = auto`: the family (and so the 1024 px
+    default resolution) is known only by detecting it."""
+    return make_config("auto", **{"model.pretrained_model_name_or_path": str(tiny_dirs["sdxl"]),
+                                  "dataset.instance_dir": str(tmp_path / "img"),
+                                  "dataset.instance_prompt": "a photo of sks robot", **overrides})
+
+
+def test_dry_run_and_training_refuse_the_same_small_images(make_config, tiny_dirs, tmp_path, capsys):
+    # 320 px images: fine at 512 px (what the dry run used to assume), too small for SDXL's 1024 px (min 512)
+    _images(tmp_path / "img", 2, (320, 320))
+    cfg = _sdxl_folder_config(make_config, tiny_dirs, tmp_path)
+    with pytest.raises(DataError) as dry:
+        _dry_run(cfg, dump_config)
+    t = Trainer(cfg)
+    with pytest.raises(DataError) as train:
+        try:
+            t.prepare()
+        finally:
+            t.close()
+    assert "2 of 2 image(s) cannot be used" in str(dry.value)
+    assert dry.value.problems == train.value.problems
+    assert all("at least 512 px" in p for p in dry.value.problems)
+
+
+def test_dry_run_prints_the_plan_training_uses(make_config, tiny_dirs, tmp_path, capsys):
+    _images(tmp_path / "img", 3, (96, 96))
+    cfg = _sdxl_folder_config(make_config, tiny_dirs, tmp_path, **{
+        "dataset.resolution": 64, "training.max_train_steps": None, "training.num_train_epochs": 2,
+        "training.batch_size": 2, "optimizer.lr_scheduler": "constant_with_warmup", "optimizer.lr_warmup_steps": 3})
+    assert _dry_run(cfg, dump_config) == 0
+    printed = capsys.readouterr().err
+    t = Trainer(cfg)
+    try:
+        t.prepare()
+    finally:
+        t.close()
+    assert t.plan == plan_run(cfg)
+    assert (t.plan.family.name, t.plan.resolution, t.plan.max_steps, t.plan.num_epochs) == ("sdxl", 64, 4, 2)
+    assert t.max_steps == 4 and t.resolution == 64
+    for line in t.plan.describe(cfg).splitlines():
+        assert f"# {line}" in printed
+    assert "warm-up 3 step(s)" in printed and "training at 64 px" in printed
+
+
+def test_steps_per_image_count_training_images_only(make_config, tmp_path):
+    # 2 instance + 6 class images at 3 steps per image: 6 steps (class images are not what is being learnt)
+    _images(tmp_path / "img", 2, (64, 64))
+    _images(tmp_path / "class", 6, (64, 64), color=(20, 90, 200))
+    cfg = make_config("sd15", **{
+        "training.max_train_steps": None, "training.max_train_steps_per_image": 3,
+        "dataset.instance_dir": str(tmp_path / "img"), "dataset.instance_prompt": "a photo of sks robot",
+        "dataset.with_prior_preservation": True, "dataset.class_data_dir": str(tmp_path / "class"),
+        "dataset.class_prompt": "a photo of a robot", "dataset.num_class_images": 6})
+    plan = plan_run(cfg)
+    assert (plan.num_train_images, plan.num_reg_images, plan.max_steps) == (2, 6, 6)
+    assert "max_train_steps_per_image 3 × 2 training images" in plan.steps_from
+
+
+def test_plan_notes_class_images_still_to_generate(make_config, tmp_path):
+    _images(tmp_path / "img", 2, (64, 64))
+    cfg = make_config("sd15", **{
+        "dataset.instance_dir": str(tmp_path / "img"), "dataset.instance_prompt": "a photo of sks robot",
+        "dataset.with_prior_preservation": True, "dataset.class_data_dir": str(tmp_path / "class"),
+        "dataset.class_prompt": "a photo of a robot", "dataset.num_class_images": 4})
+    plan = plan_run(cfg)  # training generates the 4 class images first: the dry run must not refuse
+    assert plan.num_train_images == 2 and any("4 of 4 class images" in n for n in plan.notes)
