@@ -112,16 +112,16 @@ def _show(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def config_changes(old_toml: str, new_toml: str) -> list[str]:
-    """`field: old → new` for every option that differs between two dumped configs and may not change on resume."""
+def config_changes(old_toml: str, new_toml: str) -> dict[str, str]:
+    """field -> "old → new" for every option that differs between two dumped configs and may not change on resume."""
     old, new = _flat(tomllib.loads(old_toml)), _flat(tomllib.loads(new_toml))
-    changes = []
+    changes = {}
     for key in list(old) + [k for k in new if k not in old]:
         if key in RESUME_MAY_CHANGE or key.split(".")[0] in RESUME_MAY_CHANGE:
             continue
         a, b = old.get(key, _UNSET), new.get(key, _UNSET)
         if a != b:
-            changes.append(f"{key}: {_show(a)} → {_show(b)}")
+            changes[key] = f"{_show(a)} → {_show(b)}"
     return changes
 
 
@@ -152,13 +152,14 @@ def check_resume(folder: Path, run_dir: Path, config_toml: str) -> TrainState:
         changes = config_changes(stored.read_text(encoding="utf-8"), config_toml)
         if changes:
             raise RunFolderError(
-                f"training.resume: {folder} was written with another config, so resuming it would not continue "
-                f"the same run. Changed: {'; '.join(changes)}. Put the old values back (the checkpoint's config is "
+                f"training.resume: {folder} was written with another config ({len(changes)} options that shape the "
+                f"weights differ: {', '.join(changes)}; each is listed below), so resuming "
+                "it would not continue the same run. Put the old values back (the checkpoint's config is "
                 f"{stored}), or start a new run (another output.output_name, or output.overwrite = true without "
                 "training.resume, which deletes the old checkpoints). A resume may change only the length "
                 "(max_train_steps, num_train_epochs), the save and sampling options, [output], the precision and "
                 "the caches",
-                problems=changes,
+                problems=[f"{key}: {change}" for key, change in changes.items()],
             )
     foreign = [p.name for p in complete_checkpoints(run_dir)
                if state.run_id and read_state(p).run_id not in ("", state.run_id)]
