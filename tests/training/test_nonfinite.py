@@ -67,6 +67,22 @@ def test_skip_leaves_out_a_nan_batch_and_goes_on(make_config, monkeypatch, caplo
         assert torch.isfinite(value).all()
 
 
+def test_nan_gradients_under_a_finite_loss_stop_the_run(make_config, monkeypatch):
+    real = Trainer.compute_loss
+    calls = []
+
+    def bad_gradients(self, batch, *args, **kwargs):
+        loss = real(self, batch, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # sqrt(0) adds 0 to the loss and 0 · ∞ = NaN to the gradient of the first tensor
+            loss = loss + torch.sqrt(self.trainable_parameters()[0].sum() * 0)
+        return loss
+
+    monkeypatch.setattr(Trainer, "compute_loss", bad_gradients)
+    with pytest.raises(NonFiniteError, match=r"^step 2: the gradients became NaN or infinite at learning rate unet "):
+        Trainer(make_config("sd15", **{"training.max_train_steps": 3})).run()
+
+
 def test_skip_stops_after_the_limit_of_skips_in_a_row(make_config, monkeypatch):
     calls = _nan_on_calls(monkeypatch, lambda n: n >= 2)
     cfg = make_config("sd15", **{"training.max_train_steps": 4, "training.on_nonfinite": "skip",

@@ -12,7 +12,8 @@ from loraforge.training.trainer import Trainer
 
 
 def _interrupted(make_config, **overrides):
-    """A run stopped after its checkpoint at step 2 (Ctrl-C before the final files)."""
+    """A run stopped before its final files (Ctrl-C); by default 3 steps with a checkpoint at step 2. Returns the run
+    folder and its checkpoints."""
     cfg = make_config("sd15", **{"training.max_train_steps": 3, "training.save_every_n_steps": 2, **overrides})
     trainer = Trainer(cfg)
     trainer.prepare()
@@ -22,7 +23,7 @@ def _interrupted(make_config, **overrides):
         trainer.close()
     run = trainer.run_dir
     assert not (run / "config.toml").exists()
-    return run, run / "checkpoints" / "step-000002"
+    return run, sorted((run / "checkpoints").glob("step-*"))
 
 
 def _run_id(checkpoint) -> str:
@@ -30,7 +31,7 @@ def _run_id(checkpoint) -> str:
 
 
 def test_a_fresh_start_is_refused_where_checkpoints_are_and_overwrite_clears_them(make_config, tmp_path):
-    run, ckpt = _interrupted(make_config)
+    run, [ckpt] = _interrupted(make_config)
     old_id = _run_id(ckpt)
     with pytest.raises(RunFolderError) as e:
         Trainer(make_config("sd15", **{"training.max_train_steps": 3})).run()
@@ -41,16 +42,18 @@ def test_a_fresh_start_is_refused_where_checkpoints_are_and_overwrite_clears_the
 
     elsewhere = tmp_path / "elsewhere" / ckpt.name
     shutil.copytree(ckpt, elsewhere)
-    new_run, new_ckpt = _interrupted(make_config, **{"output.overwrite": True})
-    assert new_run == run and _run_id(new_ckpt) != old_id  # the old run's checkpoints are gone, the new run's only
+    new_run, new_ckpts = _interrupted(make_config, **{"output.overwrite": True, "training.max_train_steps": 2,
+                                                      "training.save_every_n_steps": 1})
+    assert new_run == run and [p.name for p in new_ckpts] == ["step-000001"]  # the old step-000002 is gone
+    assert _run_id(new_ckpts[0]) != old_id
 
     # the old run's checkpoint, resumed into the folder of the new one, would mix two runs
-    with pytest.raises(RunFolderError, match=r"holds checkpoints of another run \(step-000002\)"):
+    with pytest.raises(RunFolderError, match=r"holds checkpoints of another run \(step-000001\)"):
         Trainer(make_config("sd15", **{"training.max_train_steps": 3, "training.resume": str(elsewhere)})).run()
 
 
 def test_a_resume_refuses_a_changed_config_and_allows_a_longer_run(make_config):
-    run, ckpt = _interrupted(make_config)
+    run, [ckpt] = _interrupted(make_config)
     assert "rank = 4" in (ckpt / "config.toml").read_text()
     changed = {"training.max_train_steps": 5, "training.resume": "latest", "network.rank": 8,
                "optimizer.learning_rate": 1e-4}

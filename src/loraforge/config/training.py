@@ -44,7 +44,11 @@ class TrainingConfig(Section):
     )
     resume: str | None = Field(
         None,
-        description="Continue from a checkpoint folder, or `latest` for the newest one of this run.",
+        description=(
+            "Continue from a checkpoint folder, or `latest` for the newest one of this run. Refused when the config "
+            "differs from the checkpoint's in anything but the length, the save and sampling options, `[output]`, "
+            "the precision and the caches (each difference is listed)."
+        ),
     )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes that load images.")
     max_train_steps_per_image: int | None = Field(
