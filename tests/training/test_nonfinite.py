@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from loraforge.errors import NonFiniteError
+from loraforge.training.nonfinite import NonFiniteGuard
 from loraforge.training.outputs import write_lora_files
 from loraforge.training.trainer import Trainer
 
@@ -81,6 +82,37 @@ def test_nan_gradients_under_a_finite_loss_stop_the_run(make_config, monkeypatch
     monkeypatch.setattr(Trainer, "compute_loss", bad_gradients)
     with pytest.raises(NonFiniteError, match=r"^step 2: the gradients became NaN or infinite at learning rate unet "):
         Trainer(make_config("sd15", **{"training.max_train_steps": 3})).run()
+
+
+class _Accelerator:
+    """What the guard uses of accelerate's Accelerator; one process, so `reduce` is the identity."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, scaler=None):
+        self.scaler, self.sync_gradients = scaler, True
+
+    def reduce(self, tensor, reduction):
+        return tensor
+
+
+def test_the_guard_remembers_a_nan_micro_batch_and_leaves_inf_gradients_to_the_fp16_scaler(make_config, tmp_path):
+    cfg = make_config("sd15").training
+    param = torch.nn.Parameter(torch.zeros(2))
+    param.grad = torch.zeros(2)
+    acc = _Accelerator()
+    guard = NonFiniteGuard(cfg, acc, tmp_path)
+    acc.sync_gradients = False  # gradient accumulation: a NaN in the first micro-batch...
+    assert guard.check(torch.tensor(float("nan")), [param], 1, {"unet": 1e-4}) is False
+    acc.sync_gradients = True  # ...stops the step at the last one
+    with pytest.raises(NonFiniteError, match=r"^step 1: the loss became NaN or infinite at learning rate unet 0.0001"):
+        guard.check(torch.tensor(0.5), [param], 1, {"unet": 1e-4})
+
+    param.grad = torch.full((2,), float("inf"))  # under fp16, accelerate's GradScaler skips such steps itself
+    guard = NonFiniteGuard(cfg, _Accelerator(scaler=object()), tmp_path)
+    assert guard.check(torch.tensor(0.5), [param], 1, {"unet": 1e-4}) is False
+    with pytest.raises(NonFiniteError, match=r"^step 2: the loss became"):
+        guard.check(torch.tensor(float("inf")), [param], 2, {"unet": 1e-4})
 
 
 def test_skip_stops_after_the_limit_of_skips_in_a_row(make_config, monkeypatch):
