@@ -48,6 +48,11 @@ class RunFolderError(TrainingError):
     """The run folder holds another run, or a checkpoint that cannot be resumed."""
 
 
+class NonFiniteError(TrainingError):
+    """The loss, the gradients or the trained weights became NaN or infinite; the message gives the step, the
+    learning rate (or the tensors) and the usual fixes. No LoRA file with NaN/Inf values is ever written."""
+
+
 class OptimizerSetupError(TrainingError):
     """The optimizer named in `[optimizer]` cannot be built (a missing package, options it does not take)."""
 
@@ -82,6 +87,11 @@ class PickleRefusedError(ToolError):
 
 class UnsupportedError(ToolError):
     """An adapter kind or a file layout the requested operation cannot handle."""
+
+
+class NonFiniteTensorError(ToolError):
+    """A LoRA file holds NaN or infinite values (a diverged training run): applying it would turn every weight it
+    touches into NaN. The message names the file and the tensors."""
 
 
 class InputNotFoundError(LoraforgeError, FileNotFoundError):

@@ -100,8 +100,9 @@ def adapter_tensors(algo: str, shape, rank: int = 4, fill=torch.zeros, alpha: fl
 
 @functools.lru_cache(maxsize=None)
 def make_file(family: str, algo: str, *, unet_scope="full", naming="diffusers", te=True, projection=False, rank=4):
-    """A full-size kohya file for `family` and `algo`: UNet (+ text encoders); uninitialised values (only names,
-    shapes and alpha = 2 matter to the key-level tests). Cached: do not mutate."""
+    """A full-size kohya file for `family` and `algo`: UNet (+ text encoders); zero factors (only names, shapes and
+    alpha = 2 matter to the key-level tests; uninitialised memory may hold NaN, which `check` reports). Cached: do
+    not mutate."""
     sd = {}
     targets = dict(unet_targets(family, unet_scope, naming))
     if te:
@@ -110,7 +111,7 @@ def make_file(family: str, algo: str, *, unet_scope="full", naming="diffusers", 
         a = algo
         if algo == "lora" and len(shape) == 4 and shape[2:] != (1, 1):
             continue  # plain LoRA: Linear and 1x1 conv only
-        for suffix, tensor in adapter_tensors(a, shape, rank, fill=torch.empty).items():
+        for suffix, tensor in adapter_tensors(a, shape, rank, fill=torch.zeros).items():
             sd[f"{module}.{suffix}"] = tensor
     return sd
 

@@ -29,5 +29,8 @@ class OutputConfig(Section):
     )
     overwrite: bool = Field(
         False,
-        description="Allow training into a run folder that already holds a finished run (its files are replaced).",
+        description=(
+            "Start a new run in a run folder that holds a finished run (its files are replaced) or another run's "
+            "checkpoints (they are deleted first). Ignored when `training.resume` is set."
+        ),
     )

@@ -44,7 +44,11 @@ class TrainingConfig(Section):
     )
     resume: str | None = Field(
         None,
-        description="Continue from a checkpoint folder, or `latest` for the newest one of this run.",
+        description=(
+            "Continue from a checkpoint folder, or `latest` for the newest one of this run. Refused when the config "
+            "differs from the checkpoint's in anything but the length, the save and sampling options, `[output]`, "
+            "the precision and the caches (each difference is listed)."
+        ),
     )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes that load images.")
     max_train_steps_per_image: int | None = Field(
@@ -61,6 +65,18 @@ class TrainingConfig(Section):
     )
     save_last_n_epochs: int | None = Field(
         None, ge=1, description="Keep only the checkpoints of the last N epochs (older ones are deleted)."
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description=(
+            "When the loss or the gradients become NaN or infinite: `stop` ends the run with an error that gives the "
+            "step, the learning rate and the usual fixes (no final LoRA file is written; the checkpoints already "
+            "written stay resumable). `skip` leaves out that optimizer step (it does not count as a step) and goes "
+            "on, and stops after `nonfinite_skip_limit` skipped steps in a row."
+        ),
+    )
+    nonfinite_skip_limit: int = Field(
+        5, ge=1, description="With `on_nonfinite = \"skip\"`: stop after this many skipped steps in a row."
     )
     # ---- loss and noise
     snr_gamma: float | None = Field(

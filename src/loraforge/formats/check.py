@@ -31,6 +31,7 @@ from .consumers.keys import (
     dora_axis,
     group_modules,
     lora_pair,
+    nonfinite_tensors,
 )
 from .consumers.tables import FAMILIES, family_of, model_tables_key
 from .lora_file import read_tensors
@@ -125,7 +126,9 @@ class CheckReport:
         first = f"{c.consumer} {c.applied}/{c.total} modules" if c.loads else c.short()
         if c.loads and c.wrong:
             first += f" ({len(c.wrong)} mis-merged)"
-        return ", ".join([first, a.short(), d.short()])
+        line = ", ".join([first, a.short(), d.short()])
+        broken = self.issue("non-finite")
+        return f"BROKEN: NaN/Inf values in {len(broken.keys)} tensors; {line}" if broken else line
 
     def __str__(self) -> str:
         kinds = adapters_in_names(self.modules)
@@ -411,6 +414,10 @@ def check_state_dict(
         issues.append(Issue("warning", "bundled-embeddings", "bundled embeddings (bundle_emb.*): only A1111 loads "
                             "them; ship embeddings as separate files"))
     modules = group_modules(body)
+    bad = nonfinite_tensors(sd)
+    if bad:
+        issues.append(Issue("error", "non-finite", "NaN or infinite values: every consumer turns each weight these "
+                            "modules touch into NaN (black or noise images)", list(bad)))
     _module_issues(modules, tables, issues)
     total = sum(1 for m in modules.values() if m.kind != "none")
     consumers = {

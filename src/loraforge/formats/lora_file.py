@@ -32,6 +32,7 @@ from ..errors import InputNotFoundError
 from ..tools.errors import (
     FamilyMismatchError,
     MissingKeyError,
+    NonFiniteTensorError,
     PickleRefusedError,
     ShapeMismatchError,
 )
@@ -42,7 +43,9 @@ from .consumers.keys import (
     LORA_PAIRS,
     adapter_kind,
     delta_shape,
+    describe_nonfinite,
     group_modules,
+    nonfinite_tensors,
     split_key,
 )
 from .model_tree import FAMILY_LABELS, ModelTree
@@ -115,6 +118,7 @@ class LoraFile:
     family_evidence: str
     style: str  # "kohya" or "diffusers"
     source: str = ""
+    nonfinite: dict[str, str] = field(default_factory=dict)  # file key -> its NaN / Inf counts
 
     def by_target(self) -> dict[tuple[str, str], LoraModule]:
         return {m.target: m for m in self.modules.values() if m.target}
@@ -148,10 +152,24 @@ class LoraFile:
         log.warning("%s: %d keys not applied: %s", self.source or "LoRA", len(self.unknown), "; ".join(lines))
 
 
+    def require_finite(self) -> None:
+        """Raise `NonFiniteTensorError` naming the tensors when the file holds NaN or infinite values."""
+        if self.nonfinite:
+            raise NonFiniteTensorError(
+                f"{self.source or 'the LoRA'}: {len(self.nonfinite)} tensors hold NaN or infinite values, so every "
+                f"weight the file touches would become NaN (a training run that diverged): "
+                f"{describe_nonfinite(self.nonfinite)}. Use another file (an earlier checkpoint of the run), or "
+                "train again with a lower learning rate"
+            )
+
+
 def load_lora_file(path, allow_pickle: bool = False) -> LoraFile:
-    """Read a .safetensors LoRA file (or, with `allow_pickle`, a .bin/.pt one in torch's weights_only mode)."""
+    """Read a .safetensors LoRA file (or, with `allow_pickle`, a .bin/.pt one in torch's weights_only mode), to
+    apply it: a file with NaN / Inf values is refused (`NonFiniteTensorError`)."""
     sd, metadata = read_tensors(path, allow_pickle)
-    return read_lora_state_dict(sd, metadata, source=str(path))
+    lora = read_lora_state_dict(sd, metadata, source=str(path))
+    lora.require_finite()
+    return lora
 
 
 def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -172,7 +190,8 @@ def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
 
 
 def read_lora_state_dict(sd: dict[str, torch.Tensor], metadata: dict | None = None, source: str = "") -> LoraFile:
-    """Group a state dict into modules with normalised suffixes; not yet bound to a model (see `bind`)."""
+    """Group a state dict into modules with normalised suffixes; not yet bound to a model (see `bind`). Tensors with
+    NaN / Inf values are listed in `nonfinite` (`require_finite` refuses them)."""
     metadata = dict(metadata or {})
     unknown: dict[str, str] = {}
     body = {}
@@ -218,7 +237,7 @@ def read_lora_state_dict(sd: dict[str, torch.Tensor], metadata: dict | None = No
         modules[name] = module
     family, evidence = detect_lora_family(body, metadata)
     style = "diffusers" if modules and all("." in n for n in modules) else "kohya"
-    return LoraFile(modules, unknown, metadata, family, evidence, style, source)
+    return LoraFile(modules, unknown, metadata, family, evidence, style, source, nonfinite_tensors(sd))
 
 
 def _incomplete(m: LoraModule) -> str | None:

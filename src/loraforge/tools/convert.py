@@ -173,6 +173,7 @@ def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str |
 
     sd, metadata = read_tensors(src)
     lora = read_lora_state_dict(sd, metadata, source=str(src))
+    lora.require_finite()
     target = to or ("kohya" if lora.style == "diffusers" else "diffusers")
     if target not in ("kohya", "diffusers"):
         raise ToolError(f"--to {target!r}: LoRA files convert to kohya or diffusers")

@@ -3,11 +3,12 @@
 from ..errors import (
     FamilyMismatchError,
     MissingKeyError,
+    NonFiniteTensorError,
     PickleRefusedError,
     ShapeMismatchError,
     ToolError,
     UnsupportedError,
 )
 
-__all__ = ["FamilyMismatchError", "MissingKeyError", "PickleRefusedError", "ShapeMismatchError", "ToolError",
-           "UnsupportedError"]
+__all__ = ["FamilyMismatchError", "MissingKeyError", "NonFiniteTensorError", "PickleRefusedError",
+           "ShapeMismatchError", "ToolError", "UnsupportedError"]

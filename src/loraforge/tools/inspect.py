@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputNotFoundError
-from ..formats.consumers.keys import ADAPTER_LABELS
+from ..formats.consumers.keys import ADAPTER_LABELS, describe_nonfinite
 from ..formats.lora_file import PART_LABELS, PICKLE_SUFFIXES, read_lora_state_dict
 from ..utils.files import open_safetensors
 
@@ -130,6 +130,9 @@ def _inspect_lora(path: Path, sd: dict, metadata: dict) -> InspectReport:
                                 if parts[p]),
         "unused keys: " + ("none" if not lora.unknown else f"{len(lora.unknown)}: " + "; ".join(
             lora.unknown_lines(5))),
+        "values: " + ("all finite" if not lora.nonfinite else (
+            f"BROKEN, {len(lora.nonfinite)} tensors hold NaN/Inf (every weight they touch becomes NaN): "
+            + describe_nonfinite(lora.nonfinite))),
     ]
     try:
         report = check_state_dict(sd, None, metadata)

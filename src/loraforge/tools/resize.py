@@ -123,6 +123,7 @@ def resize_lora(src, output, rule: RankRule, base: str | None = None, family: st
     output = check_output(output, overwrite)
     sd, metadata = read_tensors(src, allow_pickle)
     lora = read_lora_state_dict(sd, metadata, source=str(src))
+    lora.require_finite()
     fam = family if family != "auto" else lora.family
     weights, tree = {}, None
     if rule.needs_base:

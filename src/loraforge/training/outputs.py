@@ -1,6 +1,7 @@
 """Writing a trained network: the kohya file, the diffusers file, and their metadata. Used for the final result
-and for every checkpoint. After each save the kohya file goes through the consumer check (ComfyUI, A1111,
-diffusers) against the trained model's own architecture, and the verdict is logged."""
+and for every checkpoint. Nothing is written when a tensor holds NaN or Inf (`NonFiniteError`). After each save the
+kohya file goes through the consumer check (ComfyUI, A1111, diffusers) against the trained model's own architecture,
+and the verdict is logged."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import NonFiniteError
+from ..formats.consumers.keys import describe_nonfinite, nonfinite_tensors
 from ..formats.diffusers_lora import WEIGHT_NAME, save_diffusers_lora
-from ..formats.embeddings import save_embeddings
+from ..formats.embeddings import embedding_keys, save_embeddings
 from ..formats.kohya import kohya_state_dict
 from ..formats.metadata import model_hashes, training_metadata
 from ..utils.files import save_safetensors_atomic
+from .nonfinite import FIXES
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +40,10 @@ def write_lora_files(
     dtype = SAVE_DTYPES[cfg.output.save_precision]
     family = model.family.name
     out = WrittenFiles()
+    sd = kohya_state_dict(network.module_tensors(), family, dict(model.unet.config), dtype)
+    refuse_nonfinite(sd, pivotal, family, dtype, folder / f"{kohya_name}.safetensors")
     folder.mkdir(parents=True, exist_ok=True)
     if cfg.output.write_kohya:
-        sd = kohya_state_dict(network.module_tensors(), family, dict(model.unet.config), dtype)
         meta = training_metadata(cfg, run_info, family, network.algo, network.network_args(), network.network_module())
         meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(sd, meta)
         out.kohya = folder / f"{kohya_name}.safetensors"
@@ -58,6 +63,23 @@ def write_lora_files(
         meta = {"tokens": ",".join(pivotal.tokens), "token_abstraction": cfg.training.token_abstraction}
         out.embeddings = save_embeddings(folder / f"{kohya_name}_emb.safetensors", family, pivotal.vectors(), meta, dtype)
     return out
+
+
+def refuse_nonfinite(sd: dict, pivotal, family: str, dtype: torch.dtype, target: Path) -> None:
+    """Raise `NonFiniteError` naming the tensors when the files about to be written would hold NaN or Inf (the kohya
+    state dict holds every tensor the diffusers file holds, in the same dtype)."""
+    tensors = dict(sd)
+    if pivotal is not None:
+        tensors.update({f"embeddings {k}": v.to(dtype) for k, v in zip(embedding_keys(family), pivotal.vectors())})
+    bad = nonfinite_tensors(tensors)
+    if not bad:
+        return
+    fp16 = (" With output.save_precision = \"fp16\", values beyond ±65504 become Inf: save in \"bf16\" or \"fp32\"."
+            if dtype == torch.float16 else "")
+    raise NonFiniteError(
+        f"not writing {target} (nor the other files of this save): {len(bad)} tensors hold NaN or infinite values: "
+        f"{describe_nonfinite(bad)}.{fp16} The training diverged; check {FIXES}"
+    )
 
 
 def check_written(sd: dict, metadata: dict, model, path: Path):

@@ -3,20 +3,35 @@
 The optimizer, scheduler and RNG states go through accelerate's `save_state`/`load_state` (the engine that also
 runs several GPUs; it reloads them with torch's `weights_only` mode). The frozen UNet and text encoders are never
 written: a hook swaps them for the network's own tensors (`network.safetensors`). `train_state.json` holds the
-step, the epoch and the data-loader position, and is written last, so a folder without it is incomplete and is
-never resumed from.
+run id, the step, the epoch and the data-loader position, and is written last, so a folder without it is incomplete
+and is never resumed from. `config.toml` is the run's resolved config.
+
+A run folder belongs to one run: a fresh start is refused where checkpoints are (`check_fresh_start`), and a resume
+is refused when the checkpoint's config differs in anything but `RESUME_MAY_CHANGE`, or when the folder holds
+checkpoints of another run (`check_resume`).
 """
 
 from __future__ import annotations
 
-from ..errors import InputNotFoundError, RunFolderError
-
 import json
+import logging
 import re
+import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..errors import InputNotFoundError, RunFolderError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger("loraforge.train")
+
 STATE_FILE = "train_state.json"
+RUN_CONFIG_FILE = "config.toml"  # in each checkpoint: the resolved config of the run that wrote it
 NETWORK_FILE = "network.safetensors"
 EMBEDDINGS_FILE = "embeddings.safetensors"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -27,6 +42,7 @@ class TrainState:
     global_step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    run_id: str = ""  # the same in every checkpoint of a run, resumes included ("": written by an older loraforge)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -63,6 +79,97 @@ def resolve_resume(resume: str, run_dir: Path) -> Path:
 
 def read_state(folder: Path) -> TrainState:
     return TrainState(**json.loads((folder / STATE_FILE).read_text()))
+
+
+# What a resumed run may change: how long it runs, when it saves and samples, where and how it writes files, and how
+# the same computation is carried out (precision, caches, memory). Every other option shapes the trained weights.
+RESUME_MAY_CHANGE = frozenset({
+    "training.resume", "training.max_train_steps", "training.num_train_epochs", "training.max_train_steps_per_image",
+    "training.save_every_n_steps", "training.save_every_n_epochs", "training.save_last_n_steps",
+    "training.save_last_n_epochs", "training.dataloader_num_workers", "training.gradient_checkpointing",
+    "training.mixed_precision", "training.no_half_vae", "training.on_nonfinite", "training.nonfinite_skip_limit",
+    "dataset.cache_latents", "dataset.cache_latents_to_disk", "dataset.cache_text_encoder_outputs",
+    "dataset.cache_text_encoder_outputs_to_disk", "dataset.vae_batch_size", "dataset.cache_dir",
+    "model.config_dir", "model.allow_pickle", "sampling", "output",
+})  # fmt: skip
+_UNSET = object()
+
+
+def _flat(table: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value) -> str:
+    if value is _UNSET:
+        return "unset"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def config_changes(old_toml: str, new_toml: str) -> dict[str, str]:
+    """field -> "old → new" for every option that differs between two dumped configs and may not change on resume."""
+    old, new = _flat(tomllib.loads(old_toml)), _flat(tomllib.loads(new_toml))
+    changes = {}
+    for key in list(old) + [k for k in new if k not in old]:
+        if key in RESUME_MAY_CHANGE or key.split(".")[0] in RESUME_MAY_CHANGE:
+            continue
+        a, b = old.get(key, _UNSET), new.get(key, _UNSET)
+        if a != b:
+            changes[key] = f"{_show(a)} → {_show(b)}"
+    return changes
+
+
+def check_fresh_start(run_dir: Path) -> None:
+    """A run that does not resume may not start where another run left checkpoints (they would mix)."""
+    found = complete_checkpoints(run_dir)
+    if found:
+        raise RunFolderError(
+            f"{run_dir} holds the checkpoints of an earlier run ({', '.join(p.name for p in found)}) and this run "
+            "starts afresh; set training.resume = \"latest\" to continue that run, output.overwrite = true to delete "
+            "its checkpoints and start over, or pick another output.output_name"
+        )
+
+
+def clear_checkpoints(run_dir: Path) -> None:
+    shutil.rmtree(checkpoints_dir(run_dir), ignore_errors=True)
+
+
+def check_resume(folder: Path, run_dir: Path, config_toml: str) -> TrainState:
+    """The state of checkpoint `folder`, once sure that continuing it with this config in `run_dir` continues the
+    same run."""
+    state = read_state(folder)
+    stored = folder / RUN_CONFIG_FILE
+    if not stored.is_file():
+        log.warning("%s has no %s (an older loraforge wrote it): the config cannot be compared", folder,
+                    RUN_CONFIG_FILE)
+    else:
+        changes = config_changes(stored.read_text(encoding="utf-8"), config_toml)
+        if changes:
+            raise RunFolderError(
+                f"training.resume: {folder} was written with another config ({len(changes)} options that shape the "
+                f"weights differ: {', '.join(changes)}; each is listed below), so resuming "
+                "it would not continue the same run. Put the old values back (the checkpoint's config is "
+                f"{stored}), or start a new run (another output.output_name, or output.overwrite = true without "
+                "training.resume, which deletes the old checkpoints). A resume may change only the length "
+                "(max_train_steps, num_train_epochs), the save and sampling options, [output], the precision and "
+                "the caches",
+                problems=[f"{key}: {change}" for key, change in changes.items()],
+            )
+    foreign = [p.name for p in complete_checkpoints(run_dir)
+               if state.run_id and read_state(p).run_id not in ("", state.run_id)]
+    if foreign:
+        raise RunFolderError(
+            f"training.resume: {run_dir} holds checkpoints of another run ({', '.join(foreign)}) than {folder}; "
+            "resuming here would mix the two runs. Resume that run (training.resume = \"latest\") or write this one "
+            "to another output.output_name"
+        )
+    return state
 
 
 def register_network_hooks(accelerator, network, pivotal=None) -> None:

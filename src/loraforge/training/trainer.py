@@ -25,12 +25,17 @@ from ..utils.files import write_text_atomic
 from .step import StepMixin
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
 from .pivotal import PivotalTuning
+from .nonfinite import NonFiniteGuard
 from .plan import RunPlan, plan_run, run_resolution
 from .outputs import WrittenFiles, write_lora_files
 from .state import (
+    RUN_CONFIG_FILE,
     STATE_FILE,
     TrainState,
+    check_fresh_start,
+    check_resume,
     checkpoints_dir,
+    clear_checkpoints,
     prune_checkpoints,
     read_state,
     register_network_hooks,
@@ -85,11 +90,14 @@ class Trainer(StepMixin):
         from accelerate.utils import ProjectConfiguration, set_seed
 
         cfg = self.cfg
-        if (self.run_dir / FINAL_MARKER).is_file() and not cfg.training.resume and not cfg.output.overwrite:
-            raise RunFolderError(
-                f"{self.run_dir} already holds a finished run; pick another output.output_name, set "
-                "output.overwrite = true to replace it, or set training.resume to continue it"
-            )
+        fresh = not cfg.training.resume
+        if fresh and not cfg.output.overwrite:
+            if (self.run_dir / FINAL_MARKER).is_file():
+                raise RunFolderError(
+                    f"{self.run_dir} already holds a finished run; pick another output.output_name, set "
+                    "output.overwrite = true to replace it, or set training.resume to continue it"
+                )
+            check_fresh_start(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         mp = cfg.training.mixed_precision
         if mp == "auto":
@@ -105,6 +113,11 @@ class Trainer(StepMixin):
             log_with=None if cfg.output.log_with == "none" else cfg.output.log_with,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
+        if fresh and cfg.output.overwrite and self.accelerator.is_main_process:
+            clear_checkpoints(self.run_dir)  # the old run's checkpoints would mix with this one's
+            (self.run_dir / FINAL_MARKER).unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+        self.state.run_id = uuid.uuid4().hex  # kept by every checkpoint; a resume takes the checkpoint's
         self.mixed_precision = mp
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
         root = logging.getLogger("loraforge")
@@ -230,8 +243,11 @@ class Trainer(StepMixin):
         if not self.cfg.training.resume:
             return
         folder = resolve_resume(self.cfg.training.resume, self.run_dir)
+        run_id = self.state.run_id
+        check_resume(folder, self.run_dir, dump_config(self.cfg))
         self.accelerator.load_state(str(folder))
         self.state = read_state(folder)
+        self.state.run_id = self.state.run_id or run_id  # a checkpoint of an older loraforge has none
         self._maybe_pivot()
         log.info("resumed from %s at step %d (epoch %d)", folder, self.state.global_step, self.state.epoch)
 
@@ -246,8 +262,9 @@ class Trainer(StepMixin):
         import sys
 
         # on a terminal: a live bar (step, loss, lr, it/s, ETA); in a pipe or a log file: a line every 30 s
-        bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step", dynamic_ncols=True,
-                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        bar = self._bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step",
+                               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        self.nonfinite = NonFiniteGuard(cfg.training, acc, self.run_dir)
         n_batches = len(self.train_dataloader)
         while st.global_step < self.max_steps and st.epoch < self.num_epochs:
             loader = self.train_dataloader
@@ -261,16 +278,19 @@ class Trainer(StepMixin):
                 with acc.accumulate(*self.trained_models):
                     loss = self.compute_loss(batch)
                     acc.backward(loss)
-                    if acc.sync_gradients and cfg.optimizer.max_grad_norm:
+                    skip = self.nonfinite.check(loss, self.trainable_parameters(), st.global_step + 1,
+                                                current_lrs(self.optimizer, self.lr_scheduler))
+                    if acc.sync_gradients and cfg.optimizer.max_grad_norm and not skip:
                         acc.clip_grad_norm_(self.trainable_parameters(), cfg.optimizer.max_grad_norm)
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
+                    if not skip:  # a skipped step (training.on_nonfinite = "skip") does not count
+                        self.optimizer.step()
+                        self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 st.batch_in_epoch += 1
                 epoch_end = st.batch_in_epoch >= n_batches
                 if epoch_end:  # the position is "start of the next epoch" from here on (also in checkpoints)
                     st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-                if acc.sync_gradients:
+                if acc.sync_gradients and not skip:
                     st.global_step += 1
                     self._after_step(loss, bar)
                 if epoch_end:
@@ -339,6 +359,7 @@ class Trainer(StepMixin):
         if acc.is_main_process:
             name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
             write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
+            (partial / RUN_CONFIG_FILE).write_text(dump_config(self.cfg), encoding="utf-8")
             (partial / STATE_FILE).write_text(st.to_json())  # last: marks the folder complete
             shutil.rmtree(target, ignore_errors=True)
             os.replace(partial, target)
@@ -370,6 +391,9 @@ class Trainer(StepMixin):
     def close(self) -> None:
         """Release what the run holds in the process: the log file, and accelerate's process-wide state (so a
         next run in this process may choose another precision or accumulation)."""
+        if getattr(self, "_bar", None) is not None:  # a run stopped by an error: the bar ends before its message
+            self._bar.close()
+            self._bar = None
         acc = getattr(self, "accelerator", None)
         if acc is not None:
             self.accelerator = None
