@@ -10,7 +10,8 @@ Each entry says how the flag relates to loraforge:
 - `same`: the key does what the flag does;
 - `differs`: the key is the nearest equivalent, and `note` says how the meaning differs (the importer lists it);
 - `builtin`: nothing to set, loraforge always behaves that way (`note` says how);
-- `none`: loraforge has no equivalent (`note` says what to do instead).
+- `none`: loraforge has no equivalent (`note` says what to do instead);
+- `expands`: the flag holds other flags (`--network_args`, `--optimizer_args`, `--config_file`), each mapped on its own.
 
 Flag names are written without the leading dashes, as argparse spells them (underscores). The flag names come from
 the seed guides' command lines (seed-practices.md §16) and the scripts' argument lists (kohya.md §1, diffusers.md
@@ -36,7 +37,7 @@ class Alias:
     flag: str
     key: str | None  # "section.key"; None for `builtin` and `none`
     tools: tuple[str, ...]
-    kind: str = "same"  # same | differs | builtin | none
+    kind: str = "same"  # same | differs | builtin | none | expands
     note: str = ""
 
 
@@ -177,7 +178,7 @@ def _entries() -> list[Alias]:
         ("network_alpha", "network.alpha", _K, same,
          "kohya's default is 1 (scale 1/rank), loraforge's the rank (scale 1)"),
         ("network_dropout", "network.dropout", _K, same, ""),
-        ("network_args", None, _K, differs, "each key=value is mapped on its own (see the network_args table)"),
+        ("network_args", None, _K, "expands", "each key=value is mapped on its own (see the network_args table)"),
         ("network_weights", None, _K, none, "training cannot start from an existing LoRA file"),
         ("dim_from_weights", None, _K, none, "training cannot start from an existing LoRA file"),
         ("network_train_unet_only", "network.train_text_encoder", _K, same,
@@ -205,7 +206,7 @@ def _entries() -> list[Alias]:
         ("optimizer", "optimizer.type", _D, same, "adamW / AdamW / prodigy, any case"),
         ("use_8bit_adam", "optimizer.type", _KD, same, "becomes optimizer.type = 'adamw8bit'"),
         ("use_lion_optimizer", None, _K, none, "no Lion optimizer"),
-        ("optimizer_args", None, _K, differs, "each key=value is mapped on its own (see the optimizer_args table)"),
+        ("optimizer_args", None, _K, "expands", "each key=value is mapped on its own (see the optimizer_args table)"),
         ("learning_rate", "optimizer.learning_rate", _KD, same,
          "defaults: kohya 2e-6, diffusers' train_dreambooth_lora.py 5e-4, loraforge and the other diffusers scripts 1e-4"),
         ("unet_lr", "optimizer.unet_lr", _K, same, ""),
@@ -338,7 +339,7 @@ def _entries() -> list[Alias]:
         ("training_comment", None, _K, none, "no free-text metadata option"),
         ("no_metadata", None, _K, none, "metadata is always written"),
         ("output_config", None, _K, none, "the resolved config is saved in the run folder"),
-        ("config_file", None, _K, differs,
+        ("config_file", None, _K, "expands",
          "a TOML file of kohya's flags; flags on the command line win"),
         ("push_to_hub", None, _D, none, "upload the run folder yourself (huggingface-cli upload)"),
         ("hub_token", None, _D, none, "upload the run folder yourself (huggingface-cli upload)"),
@@ -467,7 +468,8 @@ def tools_text(alias: Alias) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- docs
-_KIND_TEXT = {"same": "same", "differs": "differs", "builtin": "built in", "none": "no equivalent"}
+_KIND_TEXT = {"same": "same", "differs": "differs", "builtin": "built in", "none": "no equivalent",
+              "expands": "holds other flags"}
 
 
 def render_import_docs() -> str:
@@ -475,8 +477,7 @@ def render_import_docs() -> str:
     lines = [
         "# Importing a kohya or diffusers command: `loraforge import`",
         "",
-        "<!-- Generated from src/loraforge/config/aliases.py by `python -m loraforge.config.aliases docs/import.md`;"
-        " do not edit. -->",
+        "<!-- Generated from src/loraforge/config/aliases.py by `make docs` (write_import_docs); do not edit. -->",
         "",
         "`loraforge import` reads a kohya `train_network.py` / `sdxl_train_network.py` command line or its",
         "`--config_file` TOML, or a diffusers `train_dreambooth_lora.py`, `train_dreambooth_lora_sdxl.py`,",
@@ -502,7 +503,8 @@ def render_import_docs() -> str:
         "with the section it lives in (`it lives in [optimizer]: optimizer.learning_rate`).",
         "",
         "Kinds: **same** the key does what the flag does; **differs** the nearest key, the note says how it differs;",
-        "**built in** nothing to set; **no equivalent** the note says what to do instead.",
+        "**built in** nothing to set; **no equivalent** the note says what to do instead; **holds other flags** each",
+        "of its values is mapped on its own.",
         "",
     ]
     groups = [
@@ -536,8 +538,7 @@ def _defaults_text(values: dict) -> str:
     return ", ".join(f"`--{k}={v}`" for k, v in values.items())
 
 
-if __name__ == "__main__":  # pragma: no cover  (make docs)
-    import sys
+def write_import_docs(path: str = "docs/import.md") -> None:
     from pathlib import Path
 
-    Path(sys.argv[1]).write_text(render_import_docs(), encoding="utf-8")
+    Path(path).write_text(render_import_docs(), encoding="utf-8")

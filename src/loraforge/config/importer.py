@@ -151,7 +151,7 @@ def _scalar(kind: Any, value: Any) -> Any:
             return float(value)
         except ValueError:
             raise Unmappable(f"{value!r} is not a number") from None
-    return str(value).strip()
+    return str(value)
 
 
 def _items(value: Any) -> list[str]:

@@ -57,6 +57,8 @@ def key_hint(key: str, section: str | None, options: list[str] | None = None) ->
     if aliases:
         alias = next((a for a in aliases if a.key), aliases[0])
         who = _who(alias, name)
+        if alias.kind == "expands":
+            return f"{who} holds other options: write each key=value as its own key (docs/import.md maps them)"
         if alias.key is None:
             lead = "needs no option in loraforge" if alias.kind == "builtin" else "has no loraforge equivalent"
             return f"{who} {lead}: {alias.note}"
