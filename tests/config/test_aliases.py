@@ -30,6 +30,8 @@ CASES = [
     ("network", "network_args", "kohya's --network_args holds other options: write each key=value as its own key",
      "docs/config.md"),
     ("network", "batch_size", "it lives in [training]: training.batch_size", "docs/config.md"),  # not a peer's name
+    # a name loraforge shares with the peers points at loraforge's key, without the peers' notes
+    ("training", "output_dir", "it lives in [output]: output.output_dir", "kohya"),
     ("training", "learning_rat", "it lives in [optimizer]: optimizer.learning_rate", "docs/config.md"),  # a typo
 ]
 
