@@ -75,6 +75,16 @@ def test_set_without_section_names_the_home():
         load_config(None, ["nothing_like_it=8"])
 
 
+def test_hint_inside_a_subset(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[[dataset.subsets]]\nimage_dir = "a"\nflip_aug = true\nresolution = 512\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    message = str(e.value)
+    assert "unknown key 'flip_aug' in [dataset.subsets.0]; did you mean 'random_flip'? (kohya's --flip_aug" in message
+    assert "unknown key 'resolution' in [dataset.subsets.0]; it lives in [dataset]: dataset.resolution" in message
+
+
 def test_a_section_typo_still_suggests_the_section(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text("[trainng]\nseed = 1\n")

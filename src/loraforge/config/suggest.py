@@ -29,10 +29,12 @@ def _all_keys() -> dict[str, list[str]]:
     return out
 
 
-def _where(section: str | None, target: str) -> str:
-    """'did you mean 'rank'?' for a key of this section, else 'it lives in [optimizer]: optimizer.learning_rate'."""
+def _where(section: str | None, target: str, options: list[str] | None = None) -> str:
+    """'did you mean 'rank'?' for a key of this section (or of this table inside it, e.g. a subset), else 'it lives
+    in [optimizer]: optimizer.learning_rate'."""
     tsection, _, tkey = target.partition(".")
-    if section == tsection:
+    inside = section is not None and section.split(".")[0] == tsection and tkey in (options or [])
+    if section == tsection or inside:
         return f"did you mean '{tkey}'?"
     return f"it lives in [{tsection}]: {target}"
 
@@ -63,7 +65,7 @@ def key_hint(key: str, section: str | None, options: list[str] | None = None) ->
             lead = "needs no option in loraforge" if alias.kind == "builtin" else "has no loraforge equivalent"
             return f"{who} {lead}: {alias.note}"
         note = f"; {alias.note}" if alias.note else ""
-        return f"{_where(section, alias.key)} ({who}{note})"
+        return f"{_where(section, alias.key, options)} ({who}{note})"
     close = difflib.get_close_matches(name, options or [], n=1, cutoff=0.5)
     if close:
         return f"did you mean '{close[0]}'?"
@@ -71,5 +73,5 @@ def key_hint(key: str, section: str | None, options: list[str] | None = None) ->
     close = difflib.get_close_matches(name, [k.split(".")[1] for k in everywhere], n=1, cutoff=0.75)
     if close:
         target = next(k for k in everywhere if k.endswith("." + close[0]))
-        return _where(section, target)
+        return _where(section, target, options)
     return None
