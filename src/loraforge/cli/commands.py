@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from .import_command import add_import
 from .tools import TOOLS  # the LoRA tools (argparse only at import time)
 
 
@@ -230,4 +231,4 @@ def cmd_presets(args) -> int:
     return 0
 
 
-REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets] + TOOLS
+REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets, add_import] + TOOLS

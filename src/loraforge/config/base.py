@@ -7,7 +7,12 @@ anything; we do not).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import functools
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from ..errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
@@ -15,7 +20,26 @@ from ..errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _choice_case(cls, value: Any, info: ValidationInfo) -> Any:
+        """A choice written in another case is that choice: `type = "AdamW"` is `"adamw"` (the peers' spelling)."""
+        if isinstance(value, str) and info.field_name:
+            return str_choices(cls).get(info.field_name, {}).get(value.lower(), value)
+        return value
 
+
+@functools.cache
+def str_choices(model: type[BaseModel]) -> dict[str, dict[str, str]]:
+    """field -> {lower-case choice: choice} for every field whose type is a Literal of strings (or unset)."""
+    out = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if typing.get_origin(ann) in (typing.Union, types.UnionType):
+            ann = next((a for a in typing.get_args(ann) if typing.get_origin(a) is typing.Literal), None)
+        if typing.get_origin(ann) is typing.Literal:
+            out[name] = {c.lower(): c for c in typing.get_args(ann) if isinstance(c, str)}
+    return out
 
 
 def _plain_type(ann) -> str:

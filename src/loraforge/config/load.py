@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from .base import ConfigError, describe_field
 from .root import SECTIONS, TrainConfig
+from .suggest import key_hint
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +32,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, _, raw = text.partition("=")
     path = [p for p in key.strip().split(".") if p]
     if len(path) < 2 and path != ["preset"]:
-        raise ConfigError(f"--set {text!r}: the key needs its section, e.g. network.rank=16 rather than rank=16")
+        hint = key_hint(path[0], None) if path else None
+        raise ConfigError(f"--set {text!r}: the key needs its section" +
+                          (f"; {hint}" if hint else ", e.g. network.rank=16 rather than rank=16"))
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -81,17 +84,18 @@ def format_validation_error(err: ValidationError, source: str, overridden: set[t
         if tuple(loc[:2]) in overridden:
             where = f"--set {'.'.join(loc[:2])}"
         if e["type"] == "extra_forbidden":
-            if len(loc) == 1 and loc[0] not in SECTIONS:
+            if len(loc) == 1 and loc[0] not in SECTIONS and isinstance(e.get("input"), dict):
                 options = list(SECTIONS)
                 close = difflib.get_close_matches(loc[0], options, n=1, cutoff=0.5)
                 hint = f"did you mean [{close[0]}]?" if close else f"sections are: {', '.join(options)}"
                 problems.append(f"{where}: unknown section [{loc[0]}]; {hint}")
+            elif len(loc) == 1:  # a plain value outside any section
+                hint = key_hint(loc[0], None) or f"options go in a section: {', '.join(SECTIONS)}"
+                problems.append(f"{where}: unknown top-level key '{loc[0]}'; {hint}")
             else:
                 model, key = _section_model(e["loc"])
-                options = list(model.model_fields)
-                close = difflib.get_close_matches(key or "", options, n=1, cutoff=0.5)
                 section = ".".join(loc[:-1])
-                hint = f"did you mean '{close[0]}'?" if close else "see docs/config.md for the keys"
+                hint = key_hint(key or "", section, list(model.model_fields)) or "see docs/config.md for the keys"
                 problems.append(f"{where}: unknown key '{key}' in [{section}]; {hint}")
             continue
         if not loc:  # a model-level validator

@@ -1,0 +1,554 @@
+"""The flags of kohya sd-scripts and the diffusers training scripts, and the loraforge key each one becomes.
+
+One table serves two purposes: the config error messages ("kohya's --network_dim is network.rank") and
+`loraforge import`, which turns a pasted kohya or diffusers command line into a loraforge config. `docs/import.md`
+is generated from it (a test fails when it is stale), so what the docs, the errors and the importer say cannot drift
+apart.
+
+Each entry says how the flag relates to loraforge:
+
+- `same`: the key does what the flag does;
+- `differs`: the key is the nearest equivalent, and `note` says how the meaning differs (the importer lists it);
+- `builtin`: nothing to set, loraforge always behaves that way (`note` says how);
+- `none`: loraforge has no equivalent (`note` says what to do instead);
+- `expands`: the flag holds other flags (`--network_args`, `--optimizer_args`, `--config_file`), each mapped on its own.
+
+Flag names are written without the leading dashes, as argparse spells them (underscores). The flag names come from
+the seed guides' command lines (seed-practices.md §16) and the scripts' argument lists (kohya.md §1, diffusers.md
+§1-2). This module is data only: it imports nothing from loraforge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KOHYA = "kohya"  # train_network.py, sdxl_train_network.py (and their --config_file TOML)
+DIFFUSERS = "diffusers"  # train_dreambooth_lora*.py, train_text_to_image_lora*.py
+NETWORK_ARGS = "kohya network_args"  # `--network_args key=value ...` of networks.lora and lycoris.kohya
+OPTIMIZER_ARGS = "kohya optimizer_args"  # `--optimizer_args key=value ...`
+ACCELERATE = "accelerate launch"  # the launcher's own options, before the script
+
+TOOL_NAMES = {KOHYA: "kohya", DIFFUSERS: "diffusers", NETWORK_ARGS: "kohya network_args",
+              OPTIMIZER_ARGS: "kohya optimizer_args", ACCELERATE: "accelerate launch"}
+
+
+@dataclass(frozen=True)
+class Alias:
+    flag: str
+    key: str | None  # "section.key"; None for `builtin` and `none`
+    tools: tuple[str, ...]
+    kind: str = "same"  # same | differs | builtin | none | expands
+    note: str = ""
+
+
+_K, _D, _KD = (KOHYA,), (DIFFUSERS,), (KOHYA, DIFFUSERS)
+_NA, _OA, _A = (NETWORK_ARGS,), (OPTIMIZER_ARGS,), (ACCELERATE,)
+
+_ATTENTION = "loraforge uses diffusers' default attention, PyTorch's scaled-dot-product attention (SDPA)"
+_NOT_RESUMABLE = (
+    "only `latest` or a loraforge checkpoint folder can be resumed; a kohya state folder or a diffusers "
+    "checkpoint-N folder cannot"
+)
+_LAUNCH = "an option of the launcher: run `accelerate launch [its options] -m loraforge train CONFIG.toml`"
+
+
+def _entries() -> list[Alias]:
+    same, differs, builtin, none = "same", "differs", "builtin", "none"
+    rows: list[tuple] = [
+        # ------------------------------------------------------------------------------------------ model
+        ("pretrained_model_name_or_path", "model.pretrained_model_name_or_path", _KD, same, ""),
+        ("pretrained_vae_model_name_or_path", "model.vae", _D, same, ""),
+        ("vae", "model.vae", _K, same, ""),
+        ("revision", "model.revision", _D, same, ""),
+        ("variant", "model.variant", _D, same, ""),
+        ("v2", "model.family", _K, same, "`--v2` becomes model.family = 'sd2' (loraforge also detects it)"),
+        ("v_parameterization", "model.prediction_type", _K, same,
+         "`--v_parameterization` becomes model.prediction_type = 'v_prediction' (`auto` reads the scheduler config)"),
+        ("prediction_type", "model.prediction_type", _D, same, ""),
+        ("cache_dir", None, _D, none, "the hub download cache: set the HF_HOME environment variable"),
+        ("tokenizer_cache_dir", None, _K, none,
+         "tokenizers come with the model (or model.config_dir); set HF_HOME for the hub cache"),
+        ("tokenizer_name", None, _D, none, "the tokenizer always comes with the model"),
+        ("lowram", None, _K, none,
+         "there is no loading option; the model is loaded once, in the precision it trains in"),
+        ("highvram", None, _K, none, "no equivalent option"),
+        ("sdpa", None, _K, builtin, _ATTENTION),
+        ("xformers", None, _K, builtin, _ATTENTION),
+        ("mem_eff_attn", None, _K, builtin, _ATTENTION),
+        ("enable_xformers_memory_efficient_attention", None, _D, builtin, _ATTENTION),
+        ("allow_tf32", None, _D, none, "no equivalent option"),
+        ("full_fp16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),
+        ("full_bf16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),
+        ("fp8_base", None, _K, none, "no fp8 storage of the base model"),
+        ("fp8_base_unet", None, _K, none, "no fp8 storage of the base model"),
+        ("mixed_precision", "training.mixed_precision", _KD, same,
+         "kohya and diffusers take it from accelerate's config when it is not given (kohya's own default is 'no'); "
+         "loraforge's default 'auto' picks bf16 or fp16 on a GPU and fp32 on the CPU"),
+        ("no_half_vae", "training.no_half_vae", _K, same, ""),
+        ("clip_skip", "training.clip_skip", _K, differs,
+         "kohya counts the last layer as 1: its clip_skip N is loraforge's N - 1"),
+        ("clip_skip", "training.clip_skip", _D, same, "1 = the penultimate layer, as in diffusers"),
+        ("max_token_length", None, _K, none, "prompts are cut at 77 tokens (75 without BOS/EOS)"),
+        # ------------------------------------------------------------------------------------------ images
+        ("train_data_dir", "dataset.train_data_dir", _K, same, "kohya's `N_name` subfolder layout"),
+        ("train_data_dir", "dataset.instance_dir", _D, differs,
+         "diffusers reads an ImageFolder (images + metadata.jsonl, subfolders included); loraforge reads the "
+         "images of the folder itself with their metadata.jsonl (dataset.metadata_file) or .txt captions"),
+        ("reg_data_dir", "dataset.reg_data_dir", _K, same, ""),
+        ("dataset_config", "dataset.config_file", _K, same, "the kohya dataset TOML is read as it is"),
+        ("in_json", None, _K, none,
+         "kohya's fine-tuning metadata: caption the images with sidecar .txt files or a metadata.jsonl"),
+        ("dataset_repeats", None, _K, none,
+         "kohya applies it to --in_json datasets only; folder repeats come from `N_name` (or dataset.repeats)"),
+        ("instance_data_dir", "dataset.instance_dir", _D, same, ""),
+        ("dataset_name", "dataset.dataset_name", _D, same, ""),
+        ("dataset_config_name", "dataset.dataset_config_name", _D, same, ""),
+        ("image_column", "dataset.image_column", _D, same, ""),
+        ("caption_column", "dataset.caption_column", _D, same, ""),
+        ("instance_prompt", "dataset.instance_prompt", _D, same, ""),
+        ("repeats", "dataset.repeats", _D, same, ""),
+        ("max_train_samples", None, _D, none, "no equivalent option: use a folder with fewer images"),
+        ("with_prior_preservation", "dataset.with_prior_preservation", _D, differs,
+         "diffusers puts train_batch_size instance images and as many class images in every step; loraforge "
+         "treats class images like kohya's regularisation images: as many per epoch as instance images, shuffled "
+         "into the batches, so a batch of N holds N images of either kind"),
+        ("class_data_dir", "dataset.class_data_dir", _D, same, ""),
+        ("class_prompt", "dataset.class_prompt", _D, same, ""),
+        ("num_class_images", "dataset.num_class_images", _D, same, ""),
+        ("prior_loss_weight", "dataset.prior_loss_weight", _KD, same, ""),
+        ("prior_generation_precision", None, _D, none,
+         "class images are generated with the loaded model, in its training precision"),
+        ("resolution", "dataset.resolution", _K, differs,
+         "kohya's \"W,H\" becomes one number when W = H; a non-square size has no equivalent"),
+        ("resolution", "dataset.resolution", _D, same, ""),
+        ("center_crop", "dataset.center_crop", _D, same,
+         "diffusers crops at random unless --center_crop is given; loraforge's default is a center crop"),
+        ("random_crop", "dataset.center_crop", _K, same, "`--random_crop` becomes dataset.center_crop = false"),
+        ("random_flip", "dataset.random_flip", _D, same, ""),
+        ("flip_aug", "dataset.random_flip", _K, same, ""),
+        ("color_aug", None, _K, none, "no colour augmentation"),
+        ("face_crop_aug_range", None, _K, none, "no face-crop augmentation"),
+        ("enable_bucket", "dataset.enable_bucket", _K, same, ""),
+        ("min_bucket_reso", "dataset.min_bucket_reso", _K, same,
+         "kohya's default is 256, loraforge's half the resolution"),
+        ("max_bucket_reso", "dataset.max_bucket_reso", _K, same,
+         "kohya's default is 1024, loraforge's twice the resolution"),
+        ("bucket_reso_steps", "dataset.bucket_reso_steps", _K, same, ""),
+        ("bucket_no_upscale", "dataset.bucket_no_upscale", _K, same, ""),
+        ("resize_interpolation", None, _K, none, "images are resized with Lanczos"),
+        ("image_interpolation_mode", None, _D, none, "images are resized with Lanczos"),
+        ("alpha_mask", None, _K, none, "no masked loss"),
+        ("masked_loss", None, _K, none, "no masked loss"),
+        ("conditioning_data_dir", None, _K, none, "no masked loss"),
+        ("debug_dataset", None, _K, none, "use `loraforge train CONFIG --dry-run` to check every image"),
+        # ------------------------------------------------------------------------------------------ captions
+        ("caption_extension", "dataset.caption_extension", _K, same,
+         "kohya's default is .caption, loraforge's .txt"),
+        ("shuffle_caption", "dataset.shuffle_caption", _K, same, ""),
+        ("caption_separator", "dataset.caption_separator", _K, same, ""),
+        ("keep_tokens", "dataset.keep_tokens", _K, same, ""),
+        ("keep_tokens_separator", "dataset.keep_tokens_separator", _K, same, ""),
+        ("secondary_separator", "dataset.secondary_separator", _K, same, ""),
+        ("enable_wildcard", "dataset.enable_wildcard", _K, same, ""),
+        ("caption_prefix", "dataset.caption_prefix", _K, same, ""),
+        ("caption_suffix", "dataset.caption_suffix", _K, same, ""),
+        ("caption_dropout_rate", "dataset.caption_dropout_rate", _K, same, ""),
+        ("caption_dropout_every_n_epochs", "dataset.caption_dropout_every_n_epochs", _K, same, ""),
+        ("caption_tag_dropout_rate", "dataset.caption_tag_dropout_rate", _K, same, ""),
+        ("token_warmup_min", None, _K, none, "no caption token warm-up"),
+        ("token_warmup_step", None, _K, none, "no caption token warm-up"),
+        ("weighted_captions", None, _K, none, "captions are not weighted ((tag:1.3) is plain text)"),
+        # ------------------------------------------------------------------------------------------ caches
+        ("cache_latents", "dataset.cache_latents", _KD, same, ""),
+        ("cache_latents_to_disk", "dataset.cache_latents_to_disk", _K, same, ""),
+        ("cache_text_encoder_outputs", "dataset.cache_text_encoder_outputs", _K, same, ""),
+        ("cache_text_encoder_outputs_to_disk", "dataset.cache_text_encoder_outputs_to_disk", _K, same, ""),
+        ("pre_compute_text_embeddings", "dataset.cache_text_encoder_outputs", _D, same, ""),
+        ("vae_batch_size", "dataset.vae_batch_size", _K, same, ""),
+        ("max_data_loader_n_workers", "training.dataloader_num_workers", _K, same, ""),
+        ("dataloader_num_workers", "training.dataloader_num_workers", _D, same, ""),
+        ("persistent_data_loader_workers", None, _K, none, "no equivalent option"),
+        # ------------------------------------------------------------------------------------------ network
+        ("network_module", "network.algo", _K, differs,
+         "networks.lora becomes algo 'lora' with preset 'attn-mlp' (kohya's targets: every linear layer of the "
+         "transformer blocks and the text encoders' attention and MLP; loraforge's own default is attention only); "
+         "with conv_dim it becomes 'locon' with preset 'full' (which adds conv_in/conv_out and the time embeddings "
+         "to kohya's C3Lier set). lycoris.kohya takes algo and preset from --network_args (LyCORIS' defaults: "
+         "'lora', which is loraforge's 'locon', and 'full')"),
+        ("network_dim", "network.rank", _K, same,
+         "kohya's default is 4, loraforge's 16"),
+        ("network_alpha", "network.alpha", _K, same,
+         "kohya's default is 1 (scale 1/rank), loraforge's the rank (scale 1)"),
+        ("network_dropout", "network.dropout", _K, same, ""),
+        ("network_args", None, _K, "expands", "each key=value is mapped on its own (see the network_args table)"),
+        ("network_weights", None, _K, none, "training cannot start from an existing LoRA file"),
+        ("dim_from_weights", None, _K, none, "training cannot start from an existing LoRA file"),
+        ("network_train_unet_only", "network.train_text_encoder", _K, same,
+         "kohya trains the text encoder(s) too unless this flag is given; loraforge only with "
+         "network.train_text_encoder = true"),
+        ("network_train_text_encoder_only", None, _K, none, "the UNet always trains"),
+        ("base_weights", None, _K, none,
+         "bake the LoRA into the model first (`loraforge merge into-model`) and train on the result"),
+        ("base_weights_multiplier", None, _K, none, "see base_weights"),
+        ("rank", "network.rank", _D, same,
+         "diffusers' default is 4, loraforge's 16"),
+        ("lora_dropout", "network.dropout", _D, same, ""),
+        ("use_dora", "network.algo", _D, differs,
+         "becomes algo 'dora' on LyCORIS modules; diffusers (peft) keeps one magnitude per output row, loraforge "
+         "per input column by default (network.dora_axis = 'output' for peft's axis; ComfyUI mis-merges it)"),
+        ("train_text_encoder", "network.train_text_encoder", _D, same, ""),
+        ("train_text_encoder_frac", None, _D, none, "the text encoder trains for the whole run"),
+        ("lora_unet_blocks", None, _D, none, "use network.block_dims (0 removes a block)"),
+        ("use_blora", None, _D, none, "use network.block_dims (0 removes a block)"),
+        ("output_kohya_format", None, _D, builtin, "the kohya file is always written (output.write_kohya)"),
+        ("scale_weight_norms", "optimizer.scale_weight_norms", _K, same, ""),
+        # ------------------------------------------------------------------------------------------ optimizer
+        ("optimizer_type", "optimizer.type", _K, same,
+         "AdamW, AdamW8bit, Adafactor, Prodigy and SGD map (any case); the other kohya optimizers have no "
+         "equivalent. kohya's Adafactor defaults to relative_step = true, loraforge's to false"),
+        ("optimizer", "optimizer.type", _D, same, "adamW / AdamW / prodigy, any case"),
+        ("use_8bit_adam", "optimizer.type", _KD, same, "becomes optimizer.type = 'adamw8bit'"),
+        ("use_lion_optimizer", None, _K, none, "no Lion optimizer"),
+        ("optimizer_args", None, _K, "expands", "each key=value is mapped on its own (see the optimizer_args table)"),
+        ("learning_rate", "optimizer.learning_rate", _KD, same,
+         "defaults: kohya 2e-6, diffusers' train_dreambooth_lora.py 5e-4, loraforge and the other diffusers "
+         "scripts 1e-4"),
+        ("unet_lr", "optimizer.unet_lr", _K, same, ""),
+        ("text_encoder_lr", "optimizer.text_encoder_lr", _KD, same,
+         "kohya takes one value per text encoder; loraforge one for both (the first is used). It only matters when "
+         "a text encoder or new token embeddings train"),
+        ("lr_scheduler", "optimizer.lr_scheduler", _KD, same, ""),
+        ("lr_warmup_steps", "optimizer.lr_warmup_steps", _KD, same,
+         "diffusers' default is 500 steps, loraforge's 0; kohya's ratio form (0.1 = 10 % of the steps) becomes a "
+         "step count"),
+        ("lr_scheduler_num_cycles", "optimizer.lr_num_cycles", _K, same, ""),
+        ("lr_num_cycles", "optimizer.lr_num_cycles", _D, same, ""),
+        ("lr_scheduler_power", "optimizer.lr_power", _K, same, ""),
+        ("lr_power", "optimizer.lr_power", _D, same, ""),
+        ("lr_scheduler_type", None, _K, none, "only the named schedules of optimizer.lr_scheduler"),
+        ("lr_scheduler_args", None, _K, none, "only the named schedules of optimizer.lr_scheduler"),
+        ("lr_decay_steps", None, _K, none, "no decay-steps schedule"),
+        ("lr_scheduler_min_lr_ratio", None, _K, none, "no minimum-lr schedule"),
+        ("lr_scheduler_timescale", None, _K, none, "no inverse-sqrt schedule"),
+        ("scale_lr", None, _D, none, "write the scaled learning rate yourself"),
+        ("adam_beta1", "optimizer.adam_beta1", _D, same, ""),
+        ("adam_beta2", "optimizer.adam_beta2", _D, same, ""),
+        ("adam_epsilon", "optimizer.adam_epsilon", _D, same, ""),
+        ("adam_weight_decay", "optimizer.adam_weight_decay", _D, same,
+         "default 1e-4 in the diffusers SDXL DreamBooth scripts, 1e-2 in the others and loraforge"),
+        ("adam_weight_decay_text_encoder", "optimizer.adam_weight_decay_text_encoder", _D, same, ""),
+        ("prodigy_beta3", "optimizer.prodigy_beta3", _D, same, ""),
+        ("prodigy_decouple", "optimizer.prodigy_decouple", _D, differs,
+         "diffusers declares it type=bool, so any value, even False, means true there"),
+        ("prodigy_use_bias_correction", "optimizer.prodigy_use_bias_correction", _D, differs,
+         "diffusers declares it type=bool, so any value, even False, means true there"),
+        ("prodigy_safeguard_warmup", "optimizer.prodigy_safeguard_warmup", _D, differs,
+         "diffusers declares it type=bool, so any value, even False, means true there"),
+        ("max_grad_norm", "optimizer.max_grad_norm", _KD, same,
+         "kohya turns clipping off with 0; loraforge clips unless the key is unset, which a TOML file cannot write"),
+        # ------------------------------------------------------------------------------------------ loss and noise
+        ("snr_gamma", "training.snr_gamma", _D, differs,
+         "for v-prediction the diffusers DreamBooth SDXL scripts weight min(SNR, γ)/SNR + 1; loraforge "
+         "min(SNR, γ)/(SNR + 1), the paper's form (same for epsilon)"),
+        ("min_snr_gamma", "training.snr_gamma", _K, same, ""),
+        ("noise_offset", "training.noise_offset", _KD, same, ""),
+        ("multires_noise_iterations", "training.multires_noise_iterations", _K, same, ""),
+        ("multires_noise_discount", "training.multires_noise_discount", _K, same, ""),
+        ("noise_offset_random_strength", None, _K, none, "no random noise-offset strength"),
+        ("adaptive_noise_scale", None, _K, none, "no adaptive noise scale"),
+        ("ip_noise_gamma", None, _K, none, "no input-perturbation noise"),
+        ("zero_terminal_snr", None, _K, none, "no zero-terminal-SNR rescaling"),
+        ("min_timestep", None, _K, none, "timesteps are drawn from the whole schedule"),
+        ("max_timestep", None, _K, none, "timesteps are drawn from the whole schedule"),
+        ("loss_type", None, _K, none, "the loss is the mean squared error"),
+        ("huber_c", None, _K, none, "the loss is the mean squared error"),
+        ("huber_schedule", None, _K, none, "the loss is the mean squared error"),
+        ("debiased_estimation_loss", None, _K, none, "use training.snr_gamma for a timestep weighting"),
+        ("scale_v_pred_loss_like_noise_pred", None, _K, none, "no v-prediction loss rescaling"),
+        ("v_pred_like_loss", None, _K, none, "no v-prediction-like loss"),
+        ("do_edm_style_training", None, _D, none, "no EDM training"),
+        # ------------------------------------------------------------------------------------------ the loop
+        ("train_batch_size", "training.batch_size", _KD, same,
+         "diffusers' defaults are 4 (DreamBooth) and 16 (text-to-image), loraforge's 1"),
+        ("max_train_steps", "training.max_train_steps", _KD, same,
+         "diffusers: it overrides --num_train_epochs; kohya: --max_train_epochs wins over it, and kohya's default "
+         "is 1600 steps (loraforge's 1000); loraforge stops at whichever comes first"),
+        ("max_train_epochs", "training.num_train_epochs", _K, same,
+         "it wins over --max_train_steps in kohya; loraforge stops at whichever comes first"),
+        ("num_train_epochs", "training.num_train_epochs", _D, same,
+         "--max_train_steps overrides it in diffusers; loraforge stops at whichever comes first"),
+        ("gradient_accumulation_steps", "training.gradient_accumulation_steps", _KD, same, ""),
+        ("gradient_checkpointing", "training.gradient_checkpointing", _KD, same, ""),
+        ("seed", "training.seed", _KD, same,
+         "kohya and diffusers draw a random seed when it is not given; loraforge's default is 42"),
+        ("save_every_n_steps", "training.save_every_n_steps", _K, same, ""),
+        ("save_every_n_epochs", "training.save_every_n_epochs", _K, same, ""),
+        ("save_last_n_steps", "training.save_last_n_steps", _K, same, ""),
+        ("save_last_n_epochs", "training.save_last_n_epochs", _K, same, ""),
+        ("save_n_epoch_ratio", None, _K, none, "use training.save_every_n_epochs"),
+        ("save_state", None, _K, builtin, "every loraforge checkpoint holds the optimizer, scheduler and RNG state"),
+        ("save_state_on_train_end", None, _K, builtin,
+         "every loraforge checkpoint holds the optimizer, scheduler and RNG state"),
+        ("save_last_n_epochs_state", None, _K, builtin, "checkpoints and states are the same folders"),
+        ("save_last_n_steps_state", None, _K, builtin, "checkpoints and states are the same folders"),
+        ("checkpointing_steps", "training.save_every_n_steps", _D, same,
+         "diffusers' default is 500; loraforge writes no checkpoints unless asked"),
+        ("checkpoints_total_limit", "training.save_last_n_steps", _D, differs,
+         "a number of checkpoints becomes a number of steps: limit × checkpointing_steps"),
+        ("resume", "training.resume", _K, differs, _NOT_RESUMABLE),
+        ("resume_from_checkpoint", "training.resume", _D, differs, _NOT_RESUMABLE),
+        ("initial_epoch", None, _K, none, "resume from a checkpoint instead"),
+        ("initial_step", None, _K, none, "resume from a checkpoint instead"),
+        ("skip_until_initial_step", None, _K, none, "resume from a checkpoint instead"),
+        # ------------------------------------------------------------------------------------------ pivotal tuning
+        ("train_text_encoder_ti", "training.train_text_encoder_ti", _D, same, ""),
+        ("train_text_encoder_ti_frac", "training.train_text_encoder_ti_frac", _D, differs,
+         "diffusers counts it in whole epochs (int(frac × epochs), so with one epoch the embeddings never train); "
+         "loraforge in steps"),
+        ("token_abstraction", "training.token_abstraction", _D, same, ""),
+        ("num_new_tokens_per_abstraction", "training.num_new_tokens_per_abstraction", _D, same, ""),
+        ("initializer_token", "training.initializer_token", _D, same, ""),
+        # ------------------------------------------------------------------------------------------ sampling
+        ("sample_prompts", "sampling.sample_prompts", _K, same, ""),
+        ("sample_sampler", "sampling.sample_sampler", _K, same,
+         "kohya's default is ddim, loraforge's euler_a"),
+        ("sample_every_n_steps", "sampling.sample_every_n_steps", _K, same,
+         "kohya ignores it when --sample_every_n_epochs is given; loraforge samples at both"),
+        ("sample_every_n_epochs", "sampling.sample_every_n_epochs", _K, same, ""),
+        ("sample_at_first", None, _K, none, "no sampling before the first step"),
+        ("validation_prompt", "sampling.validation_prompt", _D, same, ""),
+        ("num_validation_images", "sampling.num_images_per_prompt", _D, same, ""),
+        ("validation_epochs", "sampling.sample_every_n_epochs", _D, same,
+         "diffusers samples only when --validation_prompt is given"),
+        ("validation_steps", "sampling.sample_every_n_steps", _D, same, ""),
+        ("sample_batch_size", "sampling.sample_batch_size", _D, same, ""),
+        # ------------------------------------------------------------------------------------------ output
+        ("output_dir", "output.output_dir", _K, differs,
+         "loraforge writes into output_dir/output_name/ (the kohya file is output_name.safetensors in it)"),
+        ("output_dir", "output.output_dir", _D, differs,
+         "diffusers writes into output_dir itself, loraforge into output_dir/output_name/"),
+        ("output_name", "output.output_name", _K, same, ""),
+        ("save_precision", "output.save_precision", _K, same,
+         "kohya's 'float' is fp32; not given, kohya saves in the training precision, loraforge in fp32"),
+        ("save_model_as", None, _K, builtin,
+         "LoRA files are always safetensors (kohya layout and diffusers layout); ckpt/pt are not written"),
+        ("log_with", "output.log_with", _K, differs, "loraforge logs to TensorBoard only ('tensorboard' or 'none')"),
+        ("report_to", "output.log_with", _D, differs,
+         "loraforge logs to TensorBoard only ('tensorboard' or 'none'); wandb, comet_ml and all have no equivalent"),
+        ("logging_dir", None, _KD, none, "logs go to <run folder>/logs"),
+        ("log_prefix", None, _K, none, "logs go to <run folder>/logs"),
+        ("log_tracker_name", None, _K, none, "TensorBoard only"),
+        ("log_tracker_config", None, _K, none, "TensorBoard only"),
+        ("log_config", None, _K, builtin, "the resolved config is saved in the run folder"),
+        ("wandb_run_name", None, _K, none, "TensorBoard only"),
+        ("wandb_api_key", None, _K, none, "TensorBoard only"),
+        ("training_comment", None, _K, none, "no free-text metadata option"),
+        ("no_metadata", None, _K, none, "metadata is always written"),
+        ("output_config", None, _K, none, "the resolved config is saved in the run folder"),
+        ("config_file", None, _K, "expands",
+         "a TOML file of kohya's flags; flags on the command line win"),
+        ("push_to_hub", None, _D, none, "upload the run folder yourself (huggingface-cli upload)"),
+        ("hub_token", None, _D, none, "upload the run folder yourself (huggingface-cli upload)"),
+        ("hub_model_id", None, _D, none, "upload the run folder yourself (huggingface-cli upload)"),
+        ("local_rank", None, _D, builtin, "accelerate sets it"),
+        ("ddp_timeout", None, _K, none, "configure distributed training with `accelerate config`"),
+        ("deepspeed", None, _K, none, "no DeepSpeed"),
+        ("validation_split", None, _K, none, "no validation-loss split"),
+        ("metadata_title", None, _K, none, "no model-spec metadata options"),
+        ("metadata_author", None, _K, none, "no model-spec metadata options"),
+        # ------------------------------------------------------------------------------------------ network_args
+        ("algo", "network.algo", _NA, differs,
+         "LyCORIS' 'lora' (with convolutions) is loraforge's 'locon'; 'locon', 'loha', 'lokr' map; the other "
+         "LyCORIS algorithms have no equivalent"),
+        ("preset", "network.preset", _NA, same, ""),
+        ("conv_dim", "network.conv_dim", _NA, same, ""),
+        ("conv_alpha", "network.conv_alpha", _NA, same, ""),
+        ("use_tucker", "network.use_tucker", _NA, same, ""),
+        ("use_scalar", "network.use_scalar", _NA, same, ""),
+        ("dropout", "network.dropout", _NA, same, ""),
+        ("rank_dropout", "network.rank_dropout", _NA, same, ""),
+        ("rank_dropout_scale", "network.rank_dropout_scale", _NA, same, ""),
+        ("module_dropout", "network.module_dropout", _NA, same, ""),
+        ("train_norm", "network.train_norm", _NA, same, ""),
+        ("block_dims", "network.block_dims", _NA, differs,
+         "25 values are the SD 1.x/2.x layout; SDXL has 23 blocks: 25 equal values become 23 equal values, others "
+         "need rewriting by hand"),
+        ("block_alphas", "network.block_alphas", _NA, differs, "as block_dims"),
+        ("conv_block_dims", "network.conv_block_dims", _NA, differs, "as block_dims"),
+        ("conv_block_alphas", "network.conv_block_alphas", _NA, differs, "as block_dims"),
+        ("factor", "network.factor", _NA, same, ""),
+        ("decompose_both", "network.decompose_both", _NA, same, ""),
+        ("full_matrix", "network.full_matrix", _NA, same, ""),
+        ("dora_wd", "network.algo", _NA, same, "`dora_wd=True` becomes network.algo = 'dora'"),
+        ("wd_on_output", "network.dora_axis", _NA, same, "`wd_on_output=True` becomes network.dora_axis = 'output'"),
+        ("rs_lora", "network.rs_lora", _NA, same, ""),
+        ("loraplus_lr_ratio", "network.loraplus_lr_ratio", _NA, same, ""),
+        ("loraplus_unet_lr_ratio", None, _NA, none, "one ratio for the UNet and the text encoders: loraplus_lr_ratio"),
+        ("loraplus_text_encoder_lr_ratio", None, _NA, none,
+         "one ratio for the UNet and the text encoders: loraplus_lr_ratio"),
+        ("down_lr_weight", None, _NA, none, "write the per-block multipliers as network.block_lr_weights"),
+        ("mid_lr_weight", None, _NA, none, "write the per-block multipliers as network.block_lr_weights"),
+        ("up_lr_weight", None, _NA, none, "write the per-block multipliers as network.block_lr_weights"),
+        ("block_lr_zero_threshold", None, _NA, none, "write 0 in network.block_lr_weights"),
+        ("use_reentrant", None, _NA, builtin, "gradient checkpointing uses the diffusers / transformers defaults"),
+        ("bypass_mode", None, _NA, none, "no bypass mode"),
+        # ------------------------------------------------------------------------------------------ optimizer_args
+        ("weight_decay", "optimizer.adam_weight_decay", _OA, same, ""),
+        ("betas", "optimizer.adam_beta1", _OA, same, "`betas=b1,b2` becomes adam_beta1 and adam_beta2"),
+        ("eps", "optimizer.adam_epsilon", _OA, same, ""),
+        ("momentum", "optimizer.adam_beta1", _OA, same, "SGD momentum"),
+        ("d0", "optimizer.prodigy_d0", _OA, same, ""),
+        ("beta3", "optimizer.prodigy_beta3", _OA, same, ""),
+        ("decouple", "optimizer.prodigy_decouple", _OA, same, ""),
+        ("use_bias_correction", "optimizer.prodigy_use_bias_correction", _OA, same, ""),
+        ("safeguard_warmup", "optimizer.prodigy_safeguard_warmup", _OA, same, ""),
+        ("relative_step", "optimizer.adafactor_relative_step", _OA, same, ""),
+        ("scale_parameter", "optimizer.adafactor_scale_parameter", _OA, same, ""),
+        ("warmup_init", "optimizer.adafactor_warmup_init", _OA, same, ""),
+        ("d_coef", None, _OA, none, "Prodigy's d_coef is not an option"),
+        ("growth_rate", None, _OA, none, "Prodigy's growth_rate is not an option"),
+        ("nesterov", None, _OA, none, "SGD without Nesterov momentum"),
+        # ------------------------------------------------------------------------------------------ accelerate
+        ("mixed_precision", "training.mixed_precision", _A, same, "the script's own --mixed_precision wins"),
+        ("num_processes", None, _A, none, _LAUNCH),
+        ("num_machines", None, _A, none, _LAUNCH),
+        ("machine_rank", None, _A, none, _LAUNCH),
+        ("multi_gpu", None, _A, none, _LAUNCH),
+        ("gpu_ids", None, _A, none, _LAUNCH),
+        ("num_cpu_threads_per_process", None, _A, none, _LAUNCH),
+        ("main_process_port", None, _A, none, _LAUNCH),
+        ("main_process_ip", None, _A, none, _LAUNCH),
+        ("config_file", None, _A, none, _LAUNCH),
+        ("dynamo_backend", None, _A, none, _LAUNCH),
+        ("cpu", None, _A, none, _LAUNCH),
+    ]
+    return [Alias(flag, key, tools, kind, note) for flag, key, tools, kind, note in rows]
+
+
+ALIASES: tuple[Alias, ...] = tuple(_entries())
+
+# Defaults of the peers' scripts that differ from loraforge's: the importer writes them when the flag is absent, so
+# the imported config trains as the command did. (Conditional ones are applied by the importer, e.g. the bucket
+# limits only with --enable_bucket.)
+KOHYA_DEFAULTS: dict[str, object] = {
+    "network_dim": 4,
+    "network_alpha": 1.0,
+    "learning_rate": 2e-6,
+    "max_train_steps": 1600,
+    "caption_extension": ".caption",
+}
+_DREAMBOOTH = {"rank": 4, "lr_warmup_steps": 500, "checkpointing_steps": 500, "train_batch_size": 4,
+               "num_train_epochs": 1, "validation_epochs": 50, "num_validation_images": 4}
+_TEXT_TO_IMAGE = {"rank": 4, "lr_warmup_steps": 500, "checkpointing_steps": 500, "train_batch_size": 16,
+                  "num_train_epochs": 100, "validation_epochs": 1, "num_validation_images": 4,
+                  "caption_column": "text"}
+DIFFUSERS_DEFAULTS: dict[str, dict[str, object]] = {
+    "train_dreambooth_lora.py": {**_DREAMBOOTH, "learning_rate": 5e-4},
+    "train_dreambooth_lora_sdxl.py": {**_DREAMBOOTH, "learning_rate": 1e-4, "text_encoder_lr": 5e-6,
+                                      "adam_weight_decay": 1e-4, "adam_weight_decay_text_encoder": 1e-3},
+    "train_dreambooth_lora_sdxl_advanced.py": {**_DREAMBOOTH, "learning_rate": 1e-4, "text_encoder_lr": 5e-6,
+                                               "adam_weight_decay": 1e-4},
+    "train_dreambooth_lora_sd15_advanced.py": {**_DREAMBOOTH, "learning_rate": 1e-4, "text_encoder_lr": 5e-6,
+                                               "adam_weight_decay": 1e-4},
+    "train_text_to_image_lora.py": dict(_TEXT_TO_IMAGE),
+    "train_text_to_image_lora_sdxl.py": dict(_TEXT_TO_IMAGE),
+}
+KOHYA_SCRIPTS = {"train_network.py": "auto", "sdxl_train_network.py": "sdxl"}  # script -> model.family
+DIFFUSERS_SCRIPTS = {name: ("sdxl" if "sdxl" in name else "auto") for name in DIFFUSERS_DEFAULTS}
+
+
+def normalise_flag(name: str) -> str:
+    """`--Network-Dim` -> `network_dim`."""
+    return name.strip().lstrip("-").replace("-", "_").lower()
+
+
+def find(flag: str, tools: tuple[str, ...] | None = None) -> list[Alias]:
+    """The entries for a flag (any spelling), optionally only those of the given tools."""
+    name = normalise_flag(flag)
+    return [a for a in ALIASES if a.flag == name and (tools is None or set(a.tools) & set(tools))]
+
+
+def tools_text(alias: Alias) -> str:
+    names = [TOOL_NAMES[t] for t in alias.tools]
+    return " and ".join(names)
+
+
+# ------------------------------------------------------------------------------------------------------- docs
+_KIND_TEXT = {"same": "same", "differs": "differs", "builtin": "built in", "none": "no equivalent",
+              "expands": "holds other flags"}
+
+
+def render_import_docs() -> str:
+    """`docs/import.md`: `loraforge import`, and every known flag with its loraforge key."""
+    lines = [
+        "# Importing a kohya or diffusers command: `loraforge import`",
+        "",
+        "<!-- Generated from src/loraforge/config/aliases.py by `make docs` (write_import_docs); do not edit. -->",
+        "",
+        "`loraforge import` reads a kohya `train_network.py` / `sdxl_train_network.py` command line or its",
+        "`--config_file` TOML, or a diffusers `train_dreambooth_lora.py`, `train_dreambooth_lora_sdxl.py`,",
+        "`train_dreambooth_lora_sdxl_advanced.py`, `train_dreambooth_lora_sd15_advanced.py`,",
+        "`train_text_to_image_lora.py` or `train_text_to_image_lora_sdxl.py` command line, pasted as it is",
+        "(`accelerate launch` and its options, `python`, `\\` / `^` / `` ` `` line continuations, quotes, `export VAR=...`",
+        "lines and `$VAR`), from a file or stdin, and writes the equivalent loraforge config:",
+        "",
+        "```bash",
+        "loraforge import my_command.sh -o run.toml      # refuses to replace run.toml without --overwrite",
+        "pbpaste | loraforge import -                    # TOML on stdout, the report on stderr",
+        "loraforge train run.toml --dry-run",
+        "```",
+        "",
+        "The report lists every flag it mapped (`--flag → section.key = value`), every flag it could not map and",
+        "why (no equivalent, nothing to set, an option of the launcher), the defaults of the script it wrote because",
+        "they differ from loraforge's (so the config trains as the command did), and every place where the meaning",
+        "differs. The config it writes is validated: a value loraforge refuses is moved to the unmapped list with",
+        "the reason.",
+        "",
+        "The same table gives the config errors their hints: `network_dim = 8` in `[network]` is answered with",
+        "`did you mean 'rank'? (kohya's --network_dim; kohya's default is 4, loraforge's 16)`, a key written in the",
+        "wrong section with the section it lives in (`it lives in [optimizer]: optimizer.learning_rate`), and a flag",
+        "loraforge has no option for with what to do instead. Choices are accepted in any case (`type = \"AdamW\"`).",
+        "",
+        "Every flag of the seed guides' command lines (seed-practices.md §16) is in the tables below (a test checks",
+        "it), and those commands import into configs that train on the embedded tiny models (tested).",
+        "",
+        "Kinds: **same** the key does what the flag does; **differs** the nearest key, the note says how it differs;",
+        "**built in** nothing to set; **no equivalent** the note says what to do instead; **holds other flags** each",
+        "of its values is mapped on its own.",
+        "",
+    ]
+    groups = [
+        (KOHYA, "kohya sd-scripts flags (`train_network.py`, `sdxl_train_network.py`)"),
+        (DIFFUSERS, "diffusers flags (`train_dreambooth_lora*.py`, `train_text_to_image_lora*.py`)"),
+        (NETWORK_ARGS, "kohya `--network_args` keys (`networks.lora`, `lycoris.kohya`)"),
+        (OPTIMIZER_ARGS, "kohya `--optimizer_args` keys"),
+        (ACCELERATE, "`accelerate launch` options"),
+    ]
+    for tool, title in groups:
+        lines += [f"## {title}", "", "| flag | loraforge key | kind | note |", "|---|---|---|---|"]
+        for a in sorted((a for a in ALIASES if tool in a.tools), key=lambda a: a.flag):
+            flag = a.flag if tool in (NETWORK_ARGS, OPTIMIZER_ARGS) else f"--{a.flag}"
+            key = f"`{a.key}`" if a.key else "–"
+            lines.append(f"| `{flag}` | {key} | {_KIND_TEXT[a.kind]} | {a.note.replace('|', '/')} |")
+        lines.append("")
+    lines += ["## Script defaults the import writes", "",
+              "When a flag is absent, the script's default is written where it differs from loraforge's:", "",
+              "| script | defaults |", "|---|---|"]
+    lines.append(f"| kohya | {_defaults_text(KOHYA_DEFAULTS)}; `--network_train_unet_only` absent: "
+                 "`network.train_text_encoder = true`; `--enable_bucket`: `--min_bucket_reso=256 "
+                 "--max_bucket_reso=1024`; `--sample_prompts`: `--sample_sampler=ddim` |")
+    for script, values in DIFFUSERS_DEFAULTS.items():
+        lines.append(f"| `{script}` | {_defaults_text(values)}; no `--center_crop`: `dataset.center_crop = false`;"
+                     " `network.init_lora_weights = \"gaussian\"` |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _defaults_text(values: dict) -> str:
+    return ", ".join(f"`--{k}={v}`" for k, v in values.items())
+
+
+def write_import_docs(path: str = "docs/import.md") -> None:
+    from pathlib import Path
+
+    Path(path).write_text(render_import_docs(), encoding="utf-8")

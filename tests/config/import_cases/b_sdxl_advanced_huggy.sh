@@ -1,0 +1,27 @@
+# [B] SDXL advanced baseline (Huggy), seed-practices.md §16, with the SNR comparison's --snr_gamma
+accelerate launch train_dreambooth_lora_sdxl_advanced.py \
+  --pretrained_model_name_or_path="stabilityai/stable-diffusion-xl-base-1.0" \
+  --pretrained_vae_model_name_or_path="madebyollin/sdxl-vae-fp16-fix" \
+  --dataset_name="./huggy_clean" \
+  --caption_column="prompt" \
+  --instance_prompt="a TOK emoji" \
+  --validation_prompt="a TOK emoji dressed as Yoda" \
+  --output_dir="huggy_v11" \
+  --mixed_precision="bf16" \
+  --resolution=1024 \
+  --train_batch_size=4 \
+  --repeats=1 \
+  --report_to="wandb" \
+  --gradient_accumulation_steps=1 \
+  --gradient_checkpointing \
+  --learning_rate=1e-4 \
+  --text_encoder_lr=3e-4 \
+  --optimizer="adamw" \
+  --train_text_encoder_ti \
+  --lr_scheduler="constant" \
+  --lr_warmup_steps=0 \
+  --rank=32 \
+  --max_train_steps=1000 \
+  --checkpointing_steps=2000 \
+  --seed="0" \
+  --snr_gamma=5.0

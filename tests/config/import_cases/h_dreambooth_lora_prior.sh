@@ -1,0 +1,21 @@
+# [H] SD1.5 DreamBooth LoRA with prior preservation (seed-practices.md §16)
+accelerate launch train_dreambooth_lora.py \
+  --pretrained_model_name_or_path="runwayml/stable-diffusion-v1-5" \
+  --instance_data_dir="./data/cat" \
+  --class_data_dir="./data/cat-class" \
+  --output_dir="./output/cat-lora-prior" \
+  --instance_prompt="a photo of sks cat" \
+  --class_prompt="a photo of a cat" \
+  --with_prior_preservation --prior_loss_weight=0.5 \
+  --num_class_images=200 \
+  --resolution=512 \
+  --center_crop \
+  --train_batch_size=2 \
+  --gradient_accumulation_steps=1 \
+  --checkpointing_steps=100 \
+  --learning_rate=1e-4 \
+  --lr_scheduler="constant" \
+  --lr_warmup_steps=0 \
+  --max_train_steps=1500 \
+  --validation_epochs=10 \
+  --seed=42
