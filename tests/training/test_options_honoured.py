@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraforge.config import load_config
+from loraforge.config import ConfigError, load_config
 from loraforge.data.dataset import collate
 from loraforge.training.losses import pyramid_noise
 from loraforge.training.optim import build_optimizer
@@ -110,6 +110,11 @@ def test_adafactor_options_reach_transformers_adafactor_and_change_the_update(op
     assert isinstance(opt, Adafactor) and group[option.removeprefix("adafactor_")] is True
     assert group["relative_step"] is relative
     assert not torch.allclose(default, changed, rtol=0.05, atol=0)
+
+
+def test_adafactor_warmup_init_without_relative_step_is_refused():
+    with pytest.raises(ConfigError, match="adafactor_warmup_init = true works only with"):
+        load_config(None, ["optimizer.type=adafactor", "optimizer.adafactor_warmup_init=true"])
 
 
 # ------------------------------------------------------------------------------------------------- noise
