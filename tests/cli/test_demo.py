@@ -26,4 +26,5 @@ def test_demo_writes_checked_lora_files_and_samples(tiny_dirs, tmp_path):
         assert re.search(check, proc.stderr), proc.stderr[-3000:]
         samples = [p for p in (run / "samples").glob("*.png") if "grid" not in p.name]
         assert len(samples) == 4 and all(Image.open(p).size == (64, 64) for p in samples)  # 2 prompts × 2 images
+        assert "Steps: 1," in Image.open(samples[0]).text["parameters"]
     assert "demo finished" in proc.stdout
