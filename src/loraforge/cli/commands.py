@@ -125,6 +125,7 @@ def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train on the embedded tiny SD 1.5 and SDXL with the shipped images (~1 min, CPU)")
     p.add_argument("--output-dir", default="output/demo", help="where the two runs go (default output/demo)")
     p.add_argument("--steps", type=int, default=100, help="steps per model (default 100)")
+    p.add_argument("--sample-steps", type=int, default=20, help="denoising steps of each sample image (default 20)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -146,7 +147,7 @@ def cmd_demo(args) -> int:
             f"training.max_train_steps={args.steps}",
             "network.rank=8",
             "optimizer.learning_rate=1e-3",
-            "sampling.num_inference_steps=20",
+            f"sampling.num_inference_steps={args.sample_steps}",
             "sampling.validation_prompts=['a photo of sks robot on the moon', 'a photo of sks robot in a forest']",
         ])
         print(f"\n== {family}: tiny model, {args.steps} steps ==")

@@ -62,6 +62,11 @@ class TrainConfig(Section):
                 "optimizer.adafactor_relative_step = true computes the step size itself: set "
                 "optimizer.lr_scheduler = 'adafactor' (or turn relative_step off to use a schedule)"
             )
+        if opt.adafactor_warmup_init and not (opt.type == "adafactor" and opt.adafactor_relative_step):
+            raise ValueError(
+                "optimizer.adafactor_warmup_init = true works only with optimizer.type = 'adafactor' and "
+                "optimizer.adafactor_relative_step = true (it warms up the relative step); remove it or turn both on"
+            )
         family = self.model.family
         if family != "auto" or self.uses_embedded_model:
             from .network import block_count_problem

@@ -83,7 +83,7 @@ def build_optimizer(cfg: OptimizerConfig, groups: list[dict]) -> torch.optim.Opt
                 g["lr"] = None
         return Adafactor(
             groups, lr=None if relative else cfg.learning_rate, relative_step=relative,
-            scale_parameter=cfg.adafactor_scale_parameter, warmup_init=cfg.adafactor_warmup_init and relative,
+            scale_parameter=cfg.adafactor_scale_parameter, warmup_init=cfg.adafactor_warmup_init,
             weight_decay=cfg.adam_weight_decay,
         )
     raise OptimizerSetupError(f"unknown optimizer.type {cfg.type!r}")
