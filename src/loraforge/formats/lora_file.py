@@ -151,7 +151,6 @@ class LoraFile:
             )
         log.warning("%s: %d keys not applied: %s", self.source or "LoRA", len(self.unknown), "; ".join(lines))
 
-
     def require_finite(self) -> None:
         """Raise `NonFiniteTensorError` naming the tensors when the file holds NaN or infinite values."""
         if self.nonfinite:

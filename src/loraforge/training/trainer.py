@@ -298,6 +298,9 @@ class Trainer(StepMixin):
                 if st.global_step >= self.max_steps:
                     break
         bar.close()
+        if self.nonfinite.skipped:
+            log.warning("NaN/Inf: %d optimizer step(s) skipped in this run (training.on_nonfinite = \"skip\")",
+                        self.nonfinite.skipped)
         acc.wait_for_everyone()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
