@@ -1,6 +1,7 @@
 """Optimizers, parameter groups and schedules."""
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -30,18 +31,26 @@ def test_every_optimizer_steps(kind):
     assert all(not torch.equal(a, b) for a, b in zip(before, p))
 
 
-def test_adamw8bit_steps_or_says_why():
-    p = [torch.nn.Parameter(torch.randn(256, 256))]
-    try:
-        opt = build_optimizer(_opt_cfg("optimizer.type=adamw8bit"), [{"params": p, "lr": 1e-3}])
-    except OptimizerSetupError as e:
-        assert "bitsandbytes" in str(e) and "adamw" in str(e)
-        return
+def test_adamw8bit_is_bitsandbytes_with_8bit_states():
+    bnb = pytest.importorskip("bitsandbytes")
+    p = [torch.nn.Parameter(torch.randn(256, 256))]  # ≥ 4096 values: bitsandbytes keeps its states in 8 bits
+    cfg = _opt_cfg("optimizer.type=adamw8bit", "optimizer.adam_beta2=0.99", "optimizer.adam_epsilon=1e-6")
+    opt = build_optimizer(cfg, [{"params": p, "lr": 1e-3}])
+    assert isinstance(opt, bnb.optim.AdamW8bit)
+    g = opt.param_groups[0]
+    assert (g["lr"], tuple(g["betas"]), g["eps"]) == (1e-3, (0.9, 0.99), 1e-6)
     before = p[0].detach().clone()
     p[0].grad = torch.randn_like(p[0])
     opt.step()
     assert not torch.equal(before, p[0])
-    assert type(opt).__name__ == "AdamW8bit"
+    state = opt.state[p[0]]
+    assert state["state1"].dtype == state["state2"].dtype == torch.uint8  # both Adam moments quantized
+
+
+def test_adamw8bit_without_bitsandbytes_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
+    with pytest.raises(OptimizerSetupError, match=r"needs bitsandbytes.*use optimizer.type = 'adamw'"):
+        build_optimizer(_opt_cfg("optimizer.type=adamw8bit"), [{"params": _params(), "lr": 1e-3}])
 
 
 def test_prodigy_warns_about_small_learning_rates(caplog):
