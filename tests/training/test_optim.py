@@ -1,5 +1,6 @@
 """Optimizers, parameter groups and schedules."""
 
+import importlib
 import logging
 import sys
 
@@ -20,11 +21,14 @@ def _params():
     return [torch.nn.Parameter(torch.randn(64, 64)), torch.nn.Parameter(torch.randn(64, 64))]
 
 
-@pytest.mark.parametrize("kind", ["adamw", "sgd", "prodigy", "adafactor"])
-def test_every_optimizer_steps(kind):
+@pytest.mark.parametrize("kind,cls", [("adamw", "torch.optim.AdamW"), ("sgd", "torch.optim.SGD"),
+                                      ("prodigy", "prodigyopt.Prodigy"), ("adafactor", "transformers.Adafactor")])
+def test_every_optimizer_steps(kind, cls):
     p = _params()
     before = [x.detach().clone() for x in p]
     opt = build_optimizer(_opt_cfg(f"optimizer.type={kind}"), [{"params": p[:1], "lr": 1e-3}, {"params": p[1:], "lr": 1e-3}])
+    module, name = cls.rsplit(".", 1)
+    assert type(opt) is getattr(importlib.import_module(module), name)
     for x in p:
         x.grad = torch.randn_like(x)
     opt.step()
@@ -104,12 +108,13 @@ def test_adafactor_relative_step_and_its_schedule():
     cfg = _opt_cfg("optimizer.type=adafactor", "optimizer.adafactor_relative_step=true", "optimizer.lr_scheduler=adafactor")
     p = _params()
     opt = build_optimizer(cfg, [{"params": p}])
+    assert [g["lr"] for g in opt.param_groups] == [None]  # no fixed rate: Adafactor computes it
     sched = build_scheduler(cfg, opt, 10)
     for x in p:
         x.grad = torch.randn_like(x)
     opt.step()
     sched.step()
-    assert sched.get_last_lr()[0] > 0
+    assert sched.get_last_lr() == [pytest.approx(1e-2)]  # Adafactor's relative step at step 1: min(1e-2, 1/√1)
     with pytest.raises(ConfigError, match="lr_scheduler = 'adafactor'"):
         load_config(None, ["optimizer.type=adafactor", "optimizer.adafactor_relative_step=true"])
     with pytest.raises(ConfigError, match="needs optimizer.type = 'adafactor'"):
