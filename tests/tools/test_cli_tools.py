@@ -4,6 +4,7 @@ never overwritten without --overwrite."""
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
 from loraforge.cli import main
 from loraforge.formats.lora_file import ModelTree, load_bound
@@ -72,6 +73,8 @@ def test_sample_and_merge_cli(trained, tmp_path, capsys):
                         "--steps", "1", "--batch", "2", "--seed", "4", "--width", "64", "--height", "64",
                         "-o", tmp_path / "png")
     assert code == 0 and out.split() == [str(tmp_path / "png" / "00000-4.png"), str(tmp_path / "png" / "00001-5.png")]
+    params = Image.open(tmp_path / "png" / "00001-5.png").text["parameters"]
+    assert params.startswith("a robot <lora:lora-sd15:0.5>\n") and "Steps: 1," in params and "Seed: 5," in params
     code, out, _ = _run(capsys, "merge", "loras", t.kohya, f"{t.kohya}:-1", "--mode", "svd", "--rank", "2",
                         "--base", t.model_dir, "-o", tmp_path / "zero.safetensors")
     assert code == 0 and "svd: 56 modules" in out
