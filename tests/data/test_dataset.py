@@ -1,8 +1,12 @@
+from dataclasses import replace
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from loraforge.data.dataset import EpochShuffleSampler, ImageCaptionDataset, collate
+from loraforge.data.errors import DataError
 from loraforge.data.images import resize_and_crop
 from loraforge.data.sources import ImageItem
 
@@ -37,10 +41,27 @@ def test_examples_are_deterministic_per_seed_epoch_index_and_flip_changes_pixels
     assert not all(torch.equal(x, ds[i].pixel_values) for i, x in enumerate(a))
 
 
-def test_repeats_and_collate():
-    items = [ImageItem(None, f"c{i}", "x") for i in range(3)]
+def test_repeats_and_collate(tmp_path):
+    items = []
+    for i, (w, h) in enumerate([(80, 80), (96, 64), (64, 72)]):
+        Image.new("RGB", (w, h), (40 * i, 255 - 40 * i, 128)).save(tmp_path / f"{i}.png")
+        items.append(ImageItem(tmp_path / f"{i}.png", f"c{i}", "x"))
     ds = ImageCaptionDataset(items, 64, repeats=4)
-    assert len(ds) == 12
+    assert len(ds) == 12 and ds.index == [0] * 4 + [1] * 4 + [2] * 4  # each item 4 times
+    examples = [ds[0], ds[4], ds[8], replace(ds[9], is_reg=True, loss_weight=0.25)]  # the last as a class image
+    batch = collate(examples)
+    assert batch["captions"] == ["c0", "c1", "c2", "c2"]
+    assert batch["original_sizes"] == [(80, 80), (64, 96), (72, 64), (72, 64)]
+    assert batch["crops_top_left"] == [(0, 0), (0, 16), (4, 0), (4, 0)] and batch["target_size"] == (64, 64)
+    assert torch.equal(batch["pixel_values"], torch.stack([e.pixel_values for e in examples]))
+    green = [(255 - 40 * i) / 127.5 - 1 for i in (0, 1, 2, 2)]  # each image's own colour, scaled to [-1, 1]
+    assert batch["pixel_values"][:, 1].amin(dim=(1, 2)).tolist() == pytest.approx(green, abs=1e-6)
+    assert batch["pixel_values"][:, 1].amax(dim=(1, 2)).tolist() == pytest.approx(green, abs=1e-6)
+    assert batch["loss_weights"].tolist() == [1.0, 1.0, 1.0, 0.25] and batch["is_reg"].tolist() == [False] * 3 + [True]
+    assert batch["latent_seeds"] == [e.latent_seed for e in examples] and len(set(batch["latent_seeds"])) == 4
+    assert "latents" not in batch and "prompt_embeds" not in batch  # no caches: nothing to stack
+    with pytest.raises(DataError, match="mixes bucket sizes"):
+        collate([examples[0], replace(examples[1], target_size=(64, 96))])
 
 
 def test_sampler_is_a_fresh_permutation_per_epoch_and_reproducible():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from loraforge.config import ConfigError, load_config
+from loraforge.networks import create_network
 
 
 def _load(*overrides):
@@ -46,7 +49,7 @@ def test_bad_combinations_name_fields_and_fix(overrides, message):
     assert "accepted: NetworkConfig" not in str(e.value)
 
 
-def test_good_combinations_load():
+def test_good_combinations_load(tiny_models):
     cfg = _load("network.algo='lokr'", "network.factor=8", "network.decompose_both=true", "network.preset='full'",
                 "network.train_text_encoder=true").network
     assert cfg.uses_lycoris and cfg.factor == 8
@@ -55,6 +58,10 @@ def test_good_combinations_load():
     assert cfg.dora_axis == "output"
     cfg = _load("model.family='sdxl'", "model.pretrained_model_name_or_path='x'", "network.block_dims=" + str([4] * 23),
                 "network.block_alphas=" + str([2.0] * 23)).network
-    assert len(cfg.block_dims) == 23
-    # family auto on a model path: the count is checked when the network is built
-    assert _load("model.pretrained_model_name_or_path='x'", "network.block_dims=" + str([4] * 23)).network
+    assert cfg.block_dims == [4] * 23 and cfg.block_alphas == [2.0] * 23
+    # family auto on a model path: the family is unknown until the model is loaded, so the 23 values are kept and
+    # the count is checked when the network is built (on an SD 1.x model: refused)
+    cfg = _load("model.pretrained_model_name_or_path='x'", "network.block_dims=" + str([4] * 23)).network
+    assert cfg.block_dims == [4] * 23
+    with pytest.raises(ValueError, match="network.block_dims has 23 values but the model is sd15: SD 1.x/2.x .* takes 25"):
+        create_network(cfg).apply(copy.deepcopy(tiny_models("sd15")))

@@ -4,8 +4,11 @@ never overwritten without --overwrite."""
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
 from loraforge.cli import main
+from loraforge.formats.lora_file import ModelTree, load_bound
+from loraforge.formats.lora_math import module_delta
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -70,6 +73,15 @@ def test_sample_and_merge_cli(trained, tmp_path, capsys):
                         "--steps", "1", "--batch", "2", "--seed", "4", "--width", "64", "--height", "64",
                         "-o", tmp_path / "png")
     assert code == 0 and out.split() == [str(tmp_path / "png" / "00000-4.png"), str(tmp_path / "png" / "00001-5.png")]
+    params = Image.open(tmp_path / "png" / "00001-5.png").text["parameters"]
+    assert params.startswith("a robot <lora:lora-sd15:0.5>\n") and "Steps: 1," in params and "Seed: 5," in params
     code, out, _ = _run(capsys, "merge", "loras", t.kohya, f"{t.kohya}:-1", "--mode", "svd", "--rank", "2",
                         "--base", t.model_dir, "-o", tmp_path / "zero.safetensors")
     assert code == 0 and "svd: 56 modules" in out
+    # t + (-1)·t: every module of the written file is ~0, where t's own are not
+    tree = ModelTree.from_folder(t.model_dir)
+    source = {target: module_delta(m, tree.shape(*target)) for target, m in load_bound(t.kohya, tree).by_target().items()}
+    merged = load_bound(tmp_path / "zero.safetensors", tree).by_target()
+    assert merged.keys() == source.keys()
+    for target, m in merged.items():
+        assert module_delta(m, tree.shape(*target)).abs().max() <= 1e-6 * source[target].abs().max(), target

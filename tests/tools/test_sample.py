@@ -3,6 +3,10 @@ A1111's `parameters` chunk."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -10,42 +14,85 @@ from PIL import Image
 from loraforge.formats.embeddings import save_embeddings
 from loraforge.tools.common import LoraSpec, load_sd_model, parse_lora_spec
 from loraforge.tools.errors import FamilyMismatchError, ShapeMismatchError
-from loraforge.tools.sample import EmbeddingSpec, build_requests, load_embedding, sample
+from loraforge.tools.sample import EmbeddingSpec, build_requests, generate_images, load_embedding, sample
+
+
+def _pixels(image) -> np.ndarray:
+    """An image (PIL or a PNG path) as int16 pixels, so that differences do not wrap around."""
+    return np.asarray(Image.open(image) if isinstance(image, Path) else image, dtype=np.int16)
 
 
 def test_txt2img_with_lora_embedding_and_prompt_file(trained, tmp_path):
     t = trained["sd15"]
-    emb = save_embeddings(tmp_path / "sks-style.safetensors", "sd15", [torch.randn(2, 32)])
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    emb = save_embeddings(tmp_path / "sks-style.safetensors", "sd15", [vectors])
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of sks-style robot --n blurry --d 7 --s 2\n# a comment\n"
-                       "a red cube --ss euler --d 20 --s 1 --l 5.5\n", encoding="utf-8")
+                       "a red cube --ss euler --d 20 --s 2 --l 5.5\n", encoding="utf-8")
     requests = build_requests(prompt_file=str(prompts), width=64, height=64, batch=2)
     assert [r.seed for r in requests] == [7, 8, 20, 21]
-    lora = parse_lora_spec(f"{t.kohya}:unet=0.8:te=0.5")
+    # the tiny 3-step LoRA is weak: large strengths make its effect show in 8-bit pixels
+    lora = parse_lora_spec(f"{t.kohya}:unet=8:te=5")
     paths = sample(str(t.model_dir), requests, tmp_path / "out", [lora], [EmbeddingSpec(str(emb))])
     assert [p.name for p in paths] == ["00000-7.png", "00001-8.png", "00002-20.png", "00003-21.png"]
     params = [Image.open(p).text["parameters"] for p in paths]
     assert params[0].splitlines() == [
-        "a photo of sks-style robot <lora:lora-sd15:0.5:0.8>",
+        "a photo of sks-style robot <lora:lora-sd15:5:8>",
         "Negative prompt: blurry",
         "Steps: 2, Sampler: Euler a, CFG scale: 7, Seed: 7, Size: 64x64, Model: tiny-sd15-v2",
     ]
-    assert "Steps: 1, Sampler: Euler, CFG scale: 5.5, Seed: 21" in params[3]
+    assert "Steps: 2, Sampler: Euler, CFG scale: 5.5, Seed: 21" in params[3]
     assert Image.open(paths[0]).size == (64, 64)
+    got = [_pixels(p) for p in paths]
+
+    # oracle: diffusers' runtime LoRA (peft layers, per-part weights) on the base model, same seeds; first without
+    # the embedding (the images of the prompt that uses its token differ, the others do not), then with it (all
+    # equal), then with the LoRA off (all differ)
+    oracle = load_sd_model(str(t.model_dir))
+    pipe = oracle.pipeline()
+    pipe.load_lora_weights(str(t.kohya), adapter_name="lora")
+    pipe.set_adapters("lora", {"unet": 8.0, "text_encoder": 5.0})
+
+    def diffs():  # float rounding may move a pixel by one level
+        return [int(np.abs(g - _pixels(want)).max()) for g, want in zip(got, generate_images(oracle, requests))]
+
+    no_embedding = diffs()
+    assert min(no_embedding[:2]) > 10 and max(no_embedding[2:]) <= 1, no_embedding
+    load_embedding(oracle, EmbeddingSpec(str(emb)))
+    assert max(diffs()) <= 1
+    pipe.disable_lora()
+    assert min(diffs()) > 10
+
     with pytest.raises(FileExistsError, match="--overwrite"):
         sample(str(t.model_dir), requests, tmp_path / "out", [lora])
 
 
-def test_img2img_and_seed_reproducibility(trained, tmp_path):
+def test_img2img_follows_the_init_image_and_strength(trained, tmp_path):
     t = trained["sd15"]
-    init = Image.fromarray((torch.rand(72, 80, 3) * 255).byte().numpy())
+    g = torch.Generator().manual_seed(0)
+    init, other = (Image.fromarray((torch.rand(72, 80, 3, generator=g) * 255).byte().numpy()) for _ in range(2))
     init.save(tmp_path / "init.png")
-    requests = build_requests("a robot", steps=2, seed=5, sampler="ddim") * 2  # the same request twice
-    a, b = sample(str(t.model_dir), requests, tmp_path / "a", init_image=str(tmp_path / "init.png"), strength=0.5)
+    requests = build_requests("a robot", steps=4, seed=5, sampler="ddim") * 2  # the same request twice
+    a, b = sample(str(t.model_dir), requests, tmp_path / "a", init_image=str(tmp_path / "init.png"), strength=0.25)
     image = Image.open(a)
     assert image.size == (80, 72)  # the init image's size, rounded to multiples of 8
-    assert "Denoising strength: 0.5" in image.text["parameters"]
-    assert list(image.getdata()) == list(Image.open(b).getdata())
+    assert "Denoising strength: 0.25" in image.text["parameters"]
+    got = _pixels(a)
+    assert np.array_equal(got, _pixels(b))  # same seed, same image
+
+    model = load_sd_model(str(t.model_dir))
+    request = replace(requests[0], width=80, height=72)
+
+    def run(init_image, strength):
+        return _pixels(generate_images(model, [request], init_image, strength)[0])
+
+    assert np.abs(got - run(init, 0.25)).max() <= 1  # what `sample` did: this init image at this strength
+    other_diff = np.abs(got - run(other, 0.25)).mean()
+    assert other_diff > 5  # another init image, another output
+    full, full_other = run(init, 1.0), run(other, 1.0)
+    assert np.abs(got - full).mean() > 5  # another strength, another output
+    # the lower the strength, the more of the init image is left (at 1.0 only a trace of it)
+    assert other_diff > 5 * np.abs(full - full_other).mean()
 
 
 def test_lora_spec_parsing():

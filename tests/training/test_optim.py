@@ -1,6 +1,8 @@
 """Optimizers, parameter groups and schedules."""
 
+import importlib
 import logging
+import sys
 
 import pytest
 import torch
@@ -19,29 +21,40 @@ def _params():
     return [torch.nn.Parameter(torch.randn(64, 64)), torch.nn.Parameter(torch.randn(64, 64))]
 
 
-@pytest.mark.parametrize("kind", ["adamw", "sgd", "prodigy", "adafactor"])
-def test_every_optimizer_steps(kind):
+@pytest.mark.parametrize("kind,cls", [("adamw", "torch.optim.AdamW"), ("sgd", "torch.optim.SGD"),
+                                      ("prodigy", "prodigyopt.Prodigy"), ("adafactor", "transformers.Adafactor")])
+def test_every_optimizer_steps(kind, cls):
     p = _params()
     before = [x.detach().clone() for x in p]
     opt = build_optimizer(_opt_cfg(f"optimizer.type={kind}"), [{"params": p[:1], "lr": 1e-3}, {"params": p[1:], "lr": 1e-3}])
+    module, name = cls.rsplit(".", 1)
+    assert type(opt) is getattr(importlib.import_module(module), name)
     for x in p:
         x.grad = torch.randn_like(x)
     opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, p))
 
 
-def test_adamw8bit_steps_or_says_why():
-    p = [torch.nn.Parameter(torch.randn(256, 256))]
-    try:
-        opt = build_optimizer(_opt_cfg("optimizer.type=adamw8bit"), [{"params": p, "lr": 1e-3}])
-    except OptimizerSetupError as e:
-        assert "bitsandbytes" in str(e) and "adamw" in str(e)
-        return
+def test_adamw8bit_is_bitsandbytes_with_8bit_states():
+    bnb = pytest.importorskip("bitsandbytes")
+    p = [torch.nn.Parameter(torch.randn(256, 256))]  # ≥ 4096 values: bitsandbytes keeps its states in 8 bits
+    cfg = _opt_cfg("optimizer.type=adamw8bit", "optimizer.adam_beta2=0.99", "optimizer.adam_epsilon=1e-6")
+    opt = build_optimizer(cfg, [{"params": p, "lr": 1e-3}])
+    assert isinstance(opt, bnb.optim.AdamW8bit)
+    g = opt.param_groups[0]
+    assert (g["lr"], tuple(g["betas"]), g["eps"]) == (1e-3, (0.9, 0.99), 1e-6)
     before = p[0].detach().clone()
     p[0].grad = torch.randn_like(p[0])
     opt.step()
     assert not torch.equal(before, p[0])
-    assert type(opt).__name__ == "AdamW8bit"
+    state = opt.state[p[0]]
+    assert state["state1"].dtype == state["state2"].dtype == torch.uint8  # both Adam moments quantized
+
+
+def test_adamw8bit_without_bitsandbytes_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
+    with pytest.raises(OptimizerSetupError, match=r"needs bitsandbytes.*use optimizer.type = 'adamw'"):
+        build_optimizer(_opt_cfg("optimizer.type=adamw8bit"), [{"params": _params(), "lr": 1e-3}])
 
 
 def test_prodigy_warns_about_small_learning_rates(caplog):
@@ -104,12 +117,13 @@ def test_adafactor_relative_step_and_its_schedule():
     cfg = _opt_cfg("optimizer.type=adafactor", "optimizer.adafactor_relative_step=true", "optimizer.lr_scheduler=adafactor")
     p = _params()
     opt = build_optimizer(cfg, [{"params": p}])
+    assert [g["lr"] for g in opt.param_groups] == [None]  # no fixed rate: Adafactor computes it
     sched = build_scheduler(cfg, opt, 10)
     for x in p:
         x.grad = torch.randn_like(x)
     opt.step()
     sched.step()
-    assert sched.get_last_lr()[0] > 0
+    assert sched.get_last_lr() == [pytest.approx(1e-2)]  # Adafactor's relative step at step 1: min(1e-2, 1/√1)
     with pytest.raises(ConfigError, match="lr_scheduler = 'adafactor'"):
         load_config(None, ["optimizer.type=adafactor", "optimizer.adafactor_relative_step=true"])
     with pytest.raises(ConfigError, match="needs optimizer.type = 'adafactor'"):

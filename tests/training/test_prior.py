@@ -1,10 +1,8 @@
 """Class images for prior preservation: generated with the base model, one seed per image, resumable."""
 
-from types import SimpleNamespace
-
 import pytest
 
-from loraforge.data.errors import DataError
+from loraforge.config import ConfigError
 from loraforge.models.loading import load_model
 from loraforge.training.prior import class_image_path, ensure_class_images
 
@@ -56,8 +54,13 @@ def test_class_images_are_generated_resumably_and_do_not_depend_on_the_batch(mak
 
 
 def test_class_images_need_a_folder_and_a_prompt(make_config, tmp_path):
-    cfg = _cfg(make_config, tmp_path, 2, 2)
-    model = SimpleNamespace()
-    cfg.dataset.__dict__["class_prompt"] = None  # bypass validation to reach the runtime check
-    with pytest.raises(DataError, match="class_prompt"):
-        ensure_class_images(cfg, model, _Acc(), 64)
+    """The config refuses prior preservation without a class folder or prompt, when loaded and when changed later, so
+    `ensure_class_images` always has both."""
+    with pytest.raises(ConfigError, match="with_prior_preservation needs dataset.class_prompt"):
+        make_config("sd15", **{"dataset.with_prior_preservation": True, "dataset.class_data_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="with_prior_preservation needs dataset.class_data_dir$"):
+        make_config("sd15", **{"dataset.with_prior_preservation": True, "dataset.class_prompt": "a dog"})
+    with pytest.raises(ValueError, match="with_prior_preservation needs dataset.class_prompt"):
+        _cfg(make_config, tmp_path, 2, 2).dataset.class_prompt = None
+    with pytest.raises(ValueError, match="with_prior_preservation needs dataset.class_data_dir"):
+        _cfg(make_config, tmp_path, 2, 2).dataset.class_data_dir = ""

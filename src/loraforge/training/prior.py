@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from ..data.errors import DataError
 from ..data.sources import list_images
 
 log = logging.getLogger(__name__)
@@ -29,12 +28,7 @@ def ensure_class_images(cfg, model, accelerator, resolution: int, replacements: 
     from ..sampling.generate import SampleRequest, encode_for_pipeline, save_png
     from ..sampling.samplers import make_scheduler
 
-    d, s = cfg.dataset, cfg.sampling
-    if not d.class_data_dir or not d.class_prompt:
-        raise DataError(
-            "dataset.with_prior_preservation = true needs dataset.class_data_dir (a folder, created if missing) "
-            "and dataset.class_prompt (e.g. 'a photo of a dog')"
-        )
+    d, s = cfg.dataset, cfg.sampling  # `DatasetConfig` guarantees class_data_dir and class_prompt
     folder = Path(d.class_data_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     missing = d.num_class_images - len(list_images(folder))
