@@ -18,7 +18,7 @@ def _cases(tmp):
     (tmp / "latin1.txt").write_bytes("un caf\xe9 --w 64\n".encode("latin-1"))
     (tmp / "a-file").write_text("")
     return [
-        ("width not a multiple of 8", ["sampling.width=100"], ["sampling.width", "96 or 104"]),
+        ("width not a multiple of 8", ["sampling.width=100"], ["sampling.width", "not a multiple of 8", "try 96 or 104"]),
         ("negative seed", ["training.seed=-1"], ["training.seed", ">= 0"]),
         ("seed of 2^32", ["training.seed=4294967296"], ["training.seed", "<= 4294967295"]),
         ("sampling seed of 2^32", ["sampling.seed=4294967296"], ["sampling.seed", "<= 4294967295"]),

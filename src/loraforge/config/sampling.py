@@ -60,7 +60,7 @@ class SamplingConfig(Section):
     def _multiple_of_8(cls, v: int | None, info) -> int | None:
         if v is not None and v % 8:
             lower, upper = max(64, v // 8 * 8), v // 8 * 8 + 8
-            raise ValueError(f"the VAE works on blocks of 8 pixels: use {lower} or {upper} instead of {v}")
+            raise ValueError(f"{v} is not a multiple of 8; the VAE needs one (try {lower} or {upper})")
         return v
 
     @field_validator("sample_sampler")
