@@ -96,13 +96,16 @@ def cmd_train(args) -> int:
 
 
 def _dry_run(cfg, dump_config) -> int:
-    """Resolve the run plan as training will (the model's family without loading its weights, every image opened)
-    and print it with the resolved config."""
+    """Resolve the run plan as training will (the model's family without loading its weights, every image opened),
+    run training's pre-flight checks (paths, prompt files, output folder, disk) and print it with the resolved
+    config. Nothing is written."""
     from ..training.plan import plan_run
+    from ..training.preflight import preflight
 
     plan = plan_run(cfg, num_processes=int(os.environ.get("WORLD_SIZE", "1")))
+    notes = preflight(cfg, plan.family.name)  # the checks training runs before its first step
     print(dump_config(cfg))
-    print("\n".join(f"# {line}" for line in plan.describe(cfg).splitlines()), file=sys.stderr)
+    print("\n".join(f"# {line}" for line in plan.describe(cfg).splitlines() + notes), file=sys.stderr)
     print(f"# {plan.num_train_images + plan.num_reg_images} images OK", file=sys.stderr)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from .base import Section
+from .training import MAX_SEED
 
 
 class SamplingConfig(Section):
@@ -29,9 +30,13 @@ class SamplingConfig(Section):
     num_images_per_prompt: int = Field(2, ge=1, description="Images per prompt (seeds `seed`, `seed+1`, ...).")
     num_inference_steps: int = Field(25, ge=1, description="Denoising steps.")
     guidance_scale: float = Field(7.0, ge=0, description="Classifier-free guidance scale (kohya `--l`).")
-    width: int | None = Field(None, ge=64, description="Sample width; unset: the training resolution.")
-    height: int | None = Field(None, ge=64, description="Sample height; unset: the training resolution.")
-    seed: int = Field(0, description="Seed of the first sample image.")
+    width: int | None = Field(
+        None, ge=64, description="Sample width, a multiple of 8; unset: the training resolution."
+    )
+    height: int | None = Field(
+        None, ge=64, description="Sample height, a multiple of 8; unset: the training resolution."
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the first sample image (0 to 2³² − 1).")
     sample_sampler: str = Field(
         "euler_a",
         description=(
@@ -49,6 +54,14 @@ class SamplingConfig(Section):
         4, ge=1, description="Images generated at once (class images for prior preservation)."
     )
     at_end: bool = Field(True, description="Sample the validation prompts once training has finished.")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int | None, info) -> int | None:
+        if v is not None and v % 8:
+            lower, upper = max(64, v // 8 * 8), v // 8 * 8 + 8
+            raise ValueError(f"{v} is not a multiple of 8; the VAE needs one (try {lower} or {upper})")
+        return v
 
     @field_validator("sample_sampler")
     @classmethod

@@ -8,6 +8,8 @@ from pydantic import Field
 
 from .base import Section
 
+MAX_SEED = 2**32 - 1  # numpy (seeded by accelerate) takes 0 .. 2³² − 1
+
 
 class TrainingConfig(Section):
     max_train_steps: int | None = Field(
@@ -33,7 +35,9 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: much less memory, about 20-30 % slower."
     )
-    seed: int = Field(42, description="Seed for noise, timesteps, data order and LoRA initialisation.")
+    seed: int = Field(
+        42, ge=0, le=MAX_SEED, description="Seed for noise, timesteps, data order and LoRA initialisation (0 to 2³² − 1)."
+    )
     save_every_n_steps: int | None = Field(
         None,
         ge=1,

@@ -10,7 +10,7 @@ import torch
 
 from .buckets import BucketBatchSampler
 from .cache import CacheContext, fill_latent_cache, fill_text_cache
-from .check import validate_items
+from .check import duplicate_notes, long_caption_note, validate_items
 from .dataset import ImageCaptionDataset, collate
 from .errors import DataError
 from .sources import ImageItem
@@ -28,6 +28,7 @@ class TrainData:
     run_info: dict = field(default_factory=dict)  # for the ss_* metadata
     plan: DataPlan | None = None
     cfg: object = None
+    notes: list[str] = field(default_factory=list)  # summary lines: skipped files, duplicates, long captions
 
     def describe(self) -> str:
         info = self.run_info
@@ -38,7 +39,7 @@ class TrainData:
         text += f"; {len(self.sampler)} batches per epoch"
         if info.get("bucket_info"):
             text += ", buckets " + ", ".join(f"{k}: {v}" for k, v in info["bucket_info"].items())
-        return text
+        return "\n".join([text] + [f"  {note}" for note in self.notes])
 
     @property
     def wants_latent_cache(self) -> bool:
@@ -134,7 +135,8 @@ def build_train_data(cfg, resolution: int, text_replacements: dict | None = None
         info["bucket_info"] = sampler.summary()
     if info["num_reg_images"]:
         info["ss_prior_loss_weight"] = d.prior_loss_weight
-    data = TrainData(plan.items, dataset, sampler, loader, info, plan, cfg)
+    notes = plan.notes + duplicate_notes(plan.items) + [long_caption_note(dataset)]
+    data = TrainData(plan.items, dataset, sampler, loader, info, plan, cfg, [n for n in notes if n])
     if cache_context is not None:
         data.fill_caches(cache_context)
     return data

@@ -1,13 +1,22 @@
 """Check a whole dataset before training starts: every image is opened and decoded once, so a bad file stops
-the run up front (with the list of them) instead of crashing it hours later."""
+the run up front (with the list of them) instead of crashing it hours later. What is usable but probably not what
+was meant (the same image twice, captions longer than the text encoder reads) becomes a line of the dataset
+summary."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+from dataclasses import replace
+
+import numpy as np
 
 from ..config.dataset import DatasetConfig
 from .errors import DataError
-from .images import ImageProblem, check_image
+from ..models.tokenizer import clip_tokenizer
+from .captions import process_caption
+from .images import ImageProblem, check_image, file_bytes
 from .sources import ImageItem
 
 log = logging.getLogger(__name__)
@@ -35,4 +44,38 @@ def validate_items(items: list[ImageItem], cfg: DatasetConfig, resolution: int) 
     return good
 
 
-__all__ = ["ImageProblem", "validate_items"]
+def duplicate_notes(items: list[ImageItem]) -> list[str]:
+    """One line per set of images with the same bytes (each trains as often as it appears)."""
+    by_hash: dict[str, list[ImageItem]] = {}
+    for item in items:
+        digest = hashlib.sha256(file_bytes(item.path, item.data)).hexdigest()
+        by_hash.setdefault(digest, []).append(item)
+    return [f"duplicate images (same bytes): {' = '.join(str(it.path) for it in same)}; remove all but one unless "
+            "the extra weight is meant" for same in by_hash.values() if len(same) > 1]
+
+
+@functools.cache
+def _tokenizer():
+    return clip_tokenizer()  # the vocabulary and the 77-token window of every SD 1.x / 2.x / SDXL text encoder
+
+
+def long_caption_note(dataset) -> str:
+    """How many captions (as trained: prefix, suffix, first line, before dropout) the text encoders cut at their
+    77-token window (start and end tokens included), with the longest; "" when none."""
+    tok = _tokenizer()
+    limit = tok.model_max_length
+    longest, count = (0, None), 0
+    for i, item in enumerate(dataset.items):
+        opts = replace(dataset.subset_of(i).captions, dropout_rate=0.0, dropout_every_n_epochs=0, tag_dropout_rate=0.0)
+        caption = process_caption(item.caption, opts, np.random.default_rng(0))
+        n = len(tok.tokenize(caption)) + 2  # with the start and end tokens
+        if n > limit:
+            count += 1
+            longest = max(longest, (n, str(item.path)), key=lambda x: x[0])
+    if not count:
+        return ""
+    return (f"{count} caption(s) longer than the text encoder's {limit} tokens are cut to {limit} (the longest: "
+            f"{longest[0]} tokens, {longest[1]}); shorten them or move what matters to the front")
+
+
+__all__ = ["ImageProblem", "validate_items", "duplicate_notes", "long_caption_note"]

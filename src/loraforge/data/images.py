@@ -50,9 +50,18 @@ def check_image(path: Path, min_size: int, data: bytes | None = None) -> ImagePr
     return None
 
 
+def _high_depth_to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image ("I;16*", or "I", which Pillow also uses for 16-bit PNGs) as 8-bit "L": 0-65535
+    scaled to 0-255 (Pillow's own `convert` clips every value above 255 to white)."""
+    arr = np.asarray(im).astype(np.float64)
+    return Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
 def load_rgb(path: Path, data: bytes | None = None) -> Image.Image:
     with _open(path, data) as im:
         im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I"):
+            im = _high_depth_to_8bit(im)
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))

@@ -4,6 +4,7 @@ sidecar text files, or from a fallback (the instance prompt, a subset's class to
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -11,7 +12,9 @@ from pathlib import Path
 from ..config.dataset import DatasetConfig
 from .errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # animated files: their first frame
+# Image files loraforge does not read: reported in the dataset summary as skipped, never dropped silently.
+OTHER_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".svg", ".psd", ".ico", ".jp2")
 CAPTION_COLUMNS = ("text", "caption", "prompt")
 DEMO_INSTANCE_PROMPT = "a photo of sks robot"
 
@@ -45,10 +48,21 @@ def pick_caption_column(row: dict, column: str) -> str:
     return next((c for c in CAPTION_COLUMNS if c in row), "")
 
 
-def _read_metadata(path: Path, column: str) -> dict[str, str]:
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file (a leading byte-order mark is dropped); `DataError` naming the file if it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); re-save it as UTF-8 "
+                        "(most editors offer 'UTF-8' under 'Save as' / 'Encoding')") from None
+
+
+def _read_metadata(path: Path, column: str, names: set[str]) -> dict[str, str]:
+    """file_name -> caption of an ImageFolder `metadata.jsonl`. Every row must name an image of the folder (`names`)
+    and have the caption column; `DataError` lists every bad row with its number."""
     captions: dict[str, str] = {}
     problems = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_file(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -56,25 +70,46 @@ def _read_metadata(path: Path, column: str) -> dict[str, str]:
         except json.JSONDecodeError as e:
             problems.append(f"{path}:{n}: not a JSON object ({e.msg})")
             continue
-        if "file_name" not in row:
+        if not isinstance(row, dict) or "file_name" not in row:
             problems.append(f"{path}:{n}: no 'file_name' field")
             continue
+        name = str(row["file_name"])
+        if name not in names:
+            problems.append(f"{path}:{n}: file_name {name!r} is not an image of {path.parent} (a missing file, a "
+                            f"typo, or a type loraforge does not read: {', '.join(IMAGE_EXTENSIONS)})")
+            continue
         col = pick_caption_column(row, column)
-        if col and col in row and row[col] is not None:
-            captions[str(row["file_name"])] = str(row[col]).strip()
-        elif column != "auto":
-            problems.append(f"{path}:{n}: no column {column!r} (fields: {', '.join(row)}); set dataset.caption_column")
+        if col and col in row:
+            if row[col] is not None:
+                captions[name] = str(row[col]).strip()
+        else:
+            valid = ", ".join(CAPTION_COLUMNS) if column == "auto" else repr(column)
+            problems.append(f"{path}:{n}: no caption column {valid} (its fields: {', '.join(row)}); rename the "
+                            "field or set dataset.caption_column")
     if problems:
-        raise DataError(f"{path} has {len(problems)} bad line(s)", problems)
+        raise DataError(f"{path} has {len(problems)} bad row(s); fix them (or remove the rows)", problems)
     return captions
 
 
 def read_caption_file(path: Path, all_lines: bool) -> str:
     """A sidecar caption: its first non-empty line, or every line (for wildcards, which pick one per step)."""
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
     if not lines:
         return ""
     return "\n".join(lines) if all_lines else lines[0]
+
+
+def skipped_files(folder: Path) -> list[str]:
+    """The files of an image folder that are not used and look as if they were meant to be: links to nothing, and
+    images of a type loraforge does not read. One line each, with the reason (for the dataset summary)."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.is_symlink() and not p.exists():
+            out.append(f"{p}: skipped, a link to {os.readlink(p)}, which does not exist")
+        elif p.is_file() and p.suffix.lower() in OTHER_IMAGE_EXTENSIONS:
+            out.append(f"{p}: skipped, {p.suffix} is not a type loraforge reads ({', '.join(IMAGE_EXTENSIONS)}); "
+                       "convert it to PNG or JPEG")
+    return out
 
 
 def collect_folder(
@@ -96,7 +131,8 @@ def collect_folder(
     if not images:
         raise DataError(f"{what} = {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     meta_path = folder / metadata_file
-    metadata = _read_metadata(meta_path, caption_column) if meta_path.is_file() else {}
+    names = {p.name for p in images}
+    metadata = _read_metadata(meta_path, caption_column, names) if meta_path.is_file() else {}
     items, uncaptioned = [], []
     for img in images:
         if metadata.get(img.name):

@@ -18,6 +18,7 @@ from .sources import (
     collect_folder,
     demo_dir,
     list_images,
+    skipped_files,
     uncaptioned_error,
 )
 
@@ -54,6 +55,7 @@ class DataPlan:
     subsets: list[Subset]
     groups: list[Group]
     items: list[ImageItem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the dataset summary: skipped files with the reason
 
     def run_info(self) -> dict:
         """What the `ss_*` metadata wants: image counts, folders with repeats, tag frequencies."""
@@ -188,6 +190,7 @@ def collect_plan_items(plan: DataPlan, d: DatasetConfig) -> DataPlan:
         )
         items += new
         uncaptioned += missing
+        plan.notes += skipped_files(s.image_dir)
     if uncaptioned:
         raise uncaptioned_error(
             uncaptioned, ", ".join(sorted({s.caption_extension for s in plan.subsets})), d.metadata_file,

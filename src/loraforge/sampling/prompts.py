@@ -7,6 +7,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from ..config.training import MAX_SEED
 from ..errors import PromptFileError
 from .generate import SampleRequest
 from .samplers import normalize_sampler
@@ -39,9 +40,12 @@ def parse_prompt_line(line: str, base: SampleRequest, where: str = "prompt") -> 
                 req = replace(req, sampler=normalize_sampler(value))
         except ValueError as e:
             raise PromptFileError(f"{where}: --{flag} {value!r}: {e}") from None
+    if not 0 <= req.seed <= MAX_SEED:
+        raise PromptFileError(f"{where}: --d {req.seed}: a seed is 0 to {MAX_SEED}")
     for name in ("width", "height"):
         if getattr(req, name) % 8:
-            raise PromptFileError(f"{where}: {name} {getattr(req, name)} is not a multiple of 8")
+            raise PromptFileError(f"{where}: {name} {getattr(req, name)} is not a multiple of 8; use a multiple of 8 "
+                                  "(the VAE works on blocks of 8 pixels)")
     if not prompt:
         raise PromptFileError(f"{where}: no prompt before the options")
     return req
@@ -50,9 +54,13 @@ def parse_prompt_line(line: str, base: SampleRequest, where: str = "prompt") -> 
 def read_prompt_file(path: str | Path, base: SampleRequest) -> list[SampleRequest]:
     path = Path(path)
     if not path.is_file():
-        raise PromptFileError(f"{path}: no such prompt file")
+        raise PromptFileError(f"{path}: no such prompt file; fix sampling.sample_prompts (or the --prompt-file path)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PromptFileError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         out.append(parse_prompt_line(line, base, f"{path}:{n}"))

@@ -27,9 +27,10 @@ def validation_prompts(cfg, items) -> list[str]:
     return [items[0].caption]
 
 
-def sample_requests(cfg, items, resolution: int, replace: Callable[[str], str] | None = None) -> list[SampleRequest]:
+def base_request(cfg, resolution: int) -> SampleRequest:
+    """The `[sampling]` settings as a request without a prompt (what a prompt file's options start from)."""
     s = cfg.sampling
-    base = SampleRequest(
+    return SampleRequest(
         prompt="",
         negative_prompt=s.negative_prompt,
         width=s.width or resolution,
@@ -39,6 +40,11 @@ def sample_requests(cfg, items, resolution: int, replace: Callable[[str], str] |
         seed=s.seed,
         sampler=s.sample_sampler,
     )
+
+
+def sample_requests(cfg, items, resolution: int, replace: Callable[[str], str] | None = None) -> list[SampleRequest]:
+    s = cfg.sampling
+    base = base_request(cfg, resolution)
     requests = expand_requests(base, validation_prompts(cfg, items), s.num_images_per_prompt)
     if s.sample_prompts:
         requests += read_prompt_file(s.sample_prompts, base)

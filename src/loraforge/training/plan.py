@@ -73,6 +73,7 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
     notes: list[str] = []
     if data is None:
         data = _load_data(cfg, resolution, notes)
+    notes += [f"dataset: {note}" for note in data.notes]  # skipped files, duplicates, long captions
     t = cfg.training
     warmup = warmup_steps(cfg.optimizer)
     n_train = data.run_info["num_train_images"]

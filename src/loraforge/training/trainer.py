@@ -27,6 +27,7 @@ from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
 from .pivotal import PivotalTuning
 from .nonfinite import NonFiniteGuard
 from .plan import RunPlan, plan_run, run_resolution
+from .preflight import preflight
 from .outputs import WrittenFiles, write_lora_files
 from .state import (
     RUN_CONFIG_FILE,
@@ -76,7 +77,9 @@ class Trainer(StepMixin):
             self.close()
 
     def prepare(self) -> None:
-        """Every phase before the loop."""
+        """Every phase before the loop, after the pre-flight checks (before anything is written)."""
+        for note in preflight(self.cfg):
+            log.info("%s", note)
         self.setup()
         self.load_model()
         self.load_data()

@@ -1,0 +1,126 @@
+"""Pre-flight checks: everything a run needs that can be checked before the first step, so that a run never trains
+for an hour and then fails on a prompt file or a full disk. `loraforge train --dry-run` and `Trainer.prepare` both
+call `preflight` before anything is written (the config's own checks, such as seed ranges and sample sizes in
+multiples of 8, ran when it was loaded)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..errors import ModelLoadError, TrainingError
+from ..models.family import TINY_RESOLUTION
+from ..models.loading import _looks_like_path as looks_like_path  # the rule loading applies
+from ..sampling.prompts import read_prompt_file
+from ..sampling.run import base_request
+from .state import resolve_resume
+
+log = logging.getLogger(__name__)
+
+# Σ (in + out features) of the layers the default targets adapt (the UNet's attention projections; plus the text
+# encoders' with network.train_text_encoder), counted on the full-size models: a LoRA of rank r has r × this many
+# parameters. Presets that adapt more layers (`full`, conv layers) are larger; the estimate is for a warning only.
+LORA_PARAMS_PER_RANK = {  # family -> (UNet only, UNet + text encoders)
+    "sd15": (199_296, 273_024),
+    "sd2": (207_488, 395_904),
+    "sdxl": (1_451_520, 1_852_928),
+}
+DISK_MARGIN = 1 << 30  # warn when less than the estimate plus 1 GiB is free
+_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def run_folder(cfg: TrainConfig) -> Path:
+    return Path(cfg.output.output_dir).expanduser() / cfg.output.output_name
+
+
+def preflight(cfg: TrainConfig, family: str | None = None) -> list[str]:
+    """Check what the run will need before it starts; raise the first problem as a `LoraforgeError` naming the
+    field and the fix. Returns notes for the plan (what could not be checked here, the disk estimate). `family`
+    (when known, e.g. detected by the dry run) sizes the disk estimate; without it, `model.family` or the largest."""
+    notes = [_check_model(cfg)]
+    run_dir = run_folder(cfg)
+    if cfg.training.resume:
+        resolve_resume(cfg.training.resume, run_dir)  # raises InputNotFoundError naming training.resume
+    if cfg.sampling.sample_prompts:
+        # Parsed as sampling will: every line, its options, sizes in multiples of 8, seeds in range.
+        read_prompt_file(cfg.sampling.sample_prompts, base_request(cfg, cfg.dataset.resolution or TINY_RESOLUTION))
+    parent = _check_writable(run_dir)
+    notes.append(_disk_note(cfg, parent, family))
+    return [n for n in notes if n]
+
+
+def _check_model(cfg: TrainConfig) -> str:
+    """A local model path (or VAE path) must exist; a hub id cannot be checked offline (the dry run reads its
+    configs from the hub or the local cache; training downloads the weights)."""
+    m = cfg.model
+    hub = []
+    for field, name in (("model.pretrained_model_name_or_path", m.pretrained_model_name_or_path),
+                        ("model.vae", m.vae), ("model.config_dir", m.config_dir)):
+        if name is None:
+            continue
+        if Path(name).expanduser().exists():
+            continue
+        if field == "model.config_dir" or looks_like_path(name):
+            raise ModelLoadError(
+                f"{field} = {name!r}: no such file or folder; fix the path (a local diffusers folder or a single "
+                ".safetensors file), or give a Hugging Face hub id such as 'stabilityai/stable-diffusion-xl-base-1.0'"
+            )
+        hub.append(f"{field} = {name!r}")
+    if not hub:
+        return ""
+    return (f"{' and '.join(hub)}: a hub id, not a local path; its weights are downloaded (or read from the hub "
+            "cache) when training loads the model, which this check cannot do offline")
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable(run_dir: Path) -> Path:
+    """The run folder (or the nearest folder above it that exists, where it will be created) must be a writable
+    folder. Returns that folder. Nothing is created."""
+    base = _existing_parent(run_dir.absolute())
+    if not base.is_dir():
+        raise TrainingError(
+            f"output folder {run_dir}: {base} is a file, not a folder; change output.output_dir (or "
+            "output.output_name)"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise TrainingError(
+            f"output folder {run_dir}: {base} is not writable; change output.output_dir to a folder you can write, "
+            "or fix its permissions"
+        )
+    return base
+
+
+def lora_size_estimate(cfg: TrainConfig, family: str | None) -> int:
+    """Bytes of the final files (kohya and diffusers layouts) plus one checkpoint (fp32 weights, optimizer state
+    of about two more copies, and its LoRA files) when checkpoints are saved."""
+    if cfg.model.pretrained_model_name_or_path is None:
+        return 0  # the embedded tiny model: kilobytes
+    fam = family or (cfg.model.family if cfg.model.family != "auto" else None)
+    fam = fam if fam in LORA_PARAMS_PER_RANK else "sdxl"  # unknown yet: the largest
+    params = cfg.network.rank * LORA_PARAMS_PER_RANK[fam][bool(cfg.network.train_text_encoder)]
+    one_file = params * _BYTES[cfg.output.save_precision]
+    files = int(cfg.output.write_kohya) + int(cfg.output.write_diffusers)
+    total = one_file * files
+    if cfg.training.save_every_n_steps or cfg.training.save_every_n_epochs:
+        total += params * 4 * 3 + one_file * files
+    return total
+
+
+def _disk_note(cfg: TrainConfig, folder: Path, family: str | None) -> str:
+    need = lora_size_estimate(cfg, family)
+    free = shutil.disk_usage(folder).free
+    size = f"about {need / 2**20:.0f} MiB" if need >= 2**20 else "under 1 MiB"
+    text = f"disk: {size} for the LoRA files (and a checkpoint, when saved), {free / 2**30:.1f} GiB free"
+    if free < need + DISK_MARGIN:
+        log.warning("only %.1f GiB free on %s, below the estimate (%.0f MiB) plus a 1 GiB margin: free some space "
+                    "or change output.output_dir", free / 2**30, folder, need / 2**20)
+        text += " — LOW: free some space or change output.output_dir"
+    return text
