@@ -58,10 +58,17 @@ def test_variant_picks_the_variant_weights(tiny_dirs, tmp_path):
 
 def test_hub_revision_and_variant_reach_from_pretrained(tiny_dirs, monkeypatch):
     # The hub is offline in tests: record what loraforge asks diffusers for, and answer with the tiny model.
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 
     load_tiny, read_config = StableDiffusionPipeline.from_pretrained, DiffusionPipeline.load_config
+    read_unet_config = UNet2DConditionModel.load_config
     asked = {}
+
+    def unet_config(name, **kw):  # the family check reads the UNet config (SD 1.x vs SD 2.x)
+        if name != "someone/some-model":
+            return read_unet_config(name, **kw)
+        asked["unet_config"] = (name, kw)
+        return {"cross_attention_dim": 768}
 
     def load_config(name, **kw):
         if name != "someone/some-model":  # diffusers reading the tiny model's own index
@@ -76,8 +83,10 @@ def test_hub_revision_and_variant_reach_from_pretrained(tiny_dirs, monkeypatch):
 
     monkeypatch.setattr(DiffusionPipeline, "load_config", load_config)
     monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(UNet2DConditionModel, "load_config", unet_config)
     m = load_model(model_cfg(pretrained_model_name_or_path="someone/some-model", revision="0123abc", variant="fp16"))
     assert m.source == "hub:someone/some-model" and m.family.name == "sd15"
     assert asked["load_config"] == ("someone/some-model", {"revision": "0123abc"})
+    assert asked["unet_config"] == ("someone/some-model", {"subfolder": "unet", "revision": "0123abc"})
     name, kw = asked["from_pretrained"]
     assert name == "someone/some-model" and kw["revision"] == "0123abc" and kw["variant"] == "fp16"

@@ -126,21 +126,29 @@ def test_multires_noise_is_the_noise_of_the_step(make_config):
     latents = t.encode_latents(batch["pixel_values"], batch["latent_seeds"])
     ts = torch.tensor([300])
 
+    seed = int(batch["noise_seeds"][0])
+    num_timesteps = t.noise_scheduler.config.num_train_timesteps
+
+    def sample_noise(iterations=None, discount=None):
+        """The sample's own generator (seeded by its noise seed) draws the timestep, then the noise."""
+        g = torch.Generator().manual_seed(seed)
+        torch.randint(0, num_timesteps, (1,), generator=g)
+        noise = torch.randn((1, *latents.shape[1:]), generator=g)
+        return noise if iterations is None else pyramid_noise(noise, iterations, discount, g)
+
     def loss(noise=None):
-        torch.manual_seed(3)
-        if noise is not None:
-            noise = noise(latents)
         with torch.no_grad():
             return t.compute_loss(batch, latents, noise, ts)
 
     try:
         pyramid = loss()
-        assert pyramid == loss(lambda x: pyramid_noise(torch.randn_like(x), 4, 0.5))
+        assert pyramid == loss(sample_noise(4, 0.5))
         t.cfg.training.multires_noise_discount = 0.9
         other_discount = loss()
+        assert other_discount == loss(sample_noise(4, 0.9))
         t.cfg.training.multires_noise_iterations = None
         plain = loss()
-        assert plain == loss(torch.randn_like)
+        assert plain == loss(sample_noise())
     finally:
         t.close()
     assert pyramid != plain and other_discount != pyramid
