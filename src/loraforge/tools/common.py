@@ -38,15 +38,18 @@ def load_sd_model(source: str | None, family: str = "auto", allow_pickle: bool =
     return load_model(cfg, dtype=dtype)
 
 
-def model_tree(source: str | None, family: str = "auto", allow_pickle: bool = False, config_dir: str | None = None):
+def model_tree(source: str | None, family: str = "auto", allow_pickle: bool = False, config_dir: str | None = None,
+               tiny: bool = False):
     """The `ModelTree` LoRA names are resolved against: a diffusers folder's configs (no weights read), a single file
-    (loaded), or with no source the full-size model of `family`."""
+    (loaded), or with no source the full-size model of `family` (its embedded tiny model with `tiny`: the file was
+    made for that one, `LoraFile.tiny`)."""
     from ..formats.model_tree import ModelTree
+    from ..models.tiny import tiny_model_dir
 
     if source is None:
         if family in (None, "auto"):
             raise ToolError("name the base model (--base) or its family (--family)")
-        return ModelTree.for_family(family)
+        return ModelTree.from_folder(tiny_model_dir(family)) if tiny else ModelTree.for_family(family)
     if hasattr(source, "unet"):
         return ModelTree.from_model(source)
     path = Path(source)

@@ -143,7 +143,8 @@ class Trainer(StepMixin):
         self.resolution = run_resolution(self.cfg, m.family, m.is_tiny)
         self.noise_scheduler = m.noise_scheduler()
         self.run_info.update(
-            model_name=Path(m.source).name, prediction_type=m.prediction_type, resolution=self.resolution
+            model_name=f"tiny-{m.family.name}" if m.is_tiny else Path(m.source).name,
+            prediction_type=m.prediction_type, resolution=self.resolution, tiny_model=m.is_tiny,
         )
         log.info("model: %s — %s, predicts %s, training at %d px", m.source, m.family.label, m.prediction_type, self.resolution)
 

@@ -1,0 +1,46 @@
+"""Files made from the embedded tiny models work with every tool without naming the model: the family and the tiny
+architecture are read from the file (`loraforge_base_model` metadata, else the tiny models' widths)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from loraforge.cli import main
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _strip_metadata(src, dst):
+    save_file(load_file(str(src)), str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_check_and_inspect_find_the_tiny_architecture(trained, tmp_path, capsys, family):
+    t = trained[family]
+    bare = _strip_metadata(t.kohya, tmp_path / "bare.safetensors")  # older files: detected by the widths
+    for path, evidence in ((t.kohya, "metadata loraforge_base_model = tiny-"), (bare, "cross-attention input width")):
+        code, out, err = _run(capsys, "check", path)
+        assert code == 0, err
+        n = re.search(r"ComfyUI (\d+)/(\d+) modules, A1111 (\d+)/(\d+)", out).groups()
+        assert n[0] == n[1] == n[2] == n[3] and int(n[0]) > 0, out
+        assert f"family: {family} ({evidence}" in out and "checked against the embedded tiny model" in out
+        code, out, _ = _run(capsys, "inspect", path)
+        assert code == 0 and f"check: ComfyUI {n[0]}/{n[0]} modules" in out, out
+
+
+def test_merge_loras_and_convert_resolve_against_the_tiny_model(trained, tmp_path, capsys):
+    t = trained["sd15"]
+    code, out, err = _run(capsys, "merge", "loras", t.kohya, f"{t.diffusers}:0.5", "-o", tmp_path / "m.safetensors")
+    assert code == 0 and "concat: 56 modules" in out, err
+    code, out, err = _run(capsys, "convert", t.diffusers, tmp_path / "k.safetensors")
+    assert code == 0 and "diffusers LoRA -> kohya LoRA (56 modules)" in out, err
+    code, out, _ = _run(capsys, "check", tmp_path / "k.safetensors")
+    assert code == 0 and "ComfyUI 56/56 modules, A1111 56/56" in out, out
