@@ -44,3 +44,19 @@ def test_merge_loras_and_convert_resolve_against_the_tiny_model(trained, tmp_pat
     assert code == 0 and "diffusers LoRA -> kohya LoRA (56 modules)" in out, err
     code, out, _ = _run(capsys, "check", tmp_path / "k.safetensors")
     assert code == 0 and "ComfyUI 56/56 modules, A1111 56/56" in out, out
+
+
+def test_convert_pickled_lora_honours_to(trained, tmp_path, capsys):
+    import torch
+
+    t = trained["sd15"]
+    torch.save(load_file(str(t.diffusers)), tmp_path / "pytorch_lora_weights.bin")
+    code, out, err = _run(capsys, "convert", tmp_path / "pytorch_lora_weights.bin", tmp_path / "k.safetensors",
+                          "--to", "kohya", "--allow-pickle")
+    assert code == 0 and "diffusers LoRA -> kohya LoRA (56 modules)" in out, err
+    got, want = load_file(str(tmp_path / "k.safetensors")), load_file(str(t.kohya))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    # without --to a pickle keeps its keys (pickle -> safetensors only)
+    code, out, _ = _run(capsys, "convert", tmp_path / "pytorch_lora_weights.bin", tmp_path / "same.safetensors",
+                        "--allow-pickle")
+    assert code == 0 and load_file(str(tmp_path / "same.safetensors")).keys() == load_file(str(t.diffusers)).keys()

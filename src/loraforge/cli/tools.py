@@ -39,7 +39,13 @@ def _rank_args(p, what: str) -> None:
 
 
 def _rule(args):
+    from ..tools.errors import ToolError
     from ..tools.svd import RankRule, parse_recipe
+
+    if args.rank is not None and args.rank < 1:
+        raise ToolError(f"--rank {args.rank}: a rank must be 1 or more")
+    if args.conv_rank is not None and args.conv_rank < 0:
+        raise ToolError(f"--conv-rank {args.conv_rank}: give 0 (no 3x3 convolutions) or more")
 
     for method in ("sv_ratio", "sv_fro", "sv_cumulative"):
         value = getattr(args, method, None)

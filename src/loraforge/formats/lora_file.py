@@ -35,6 +35,7 @@ from ..tools.errors import (
     NonFiniteTensorError,
     PickleRefusedError,
     ShapeMismatchError,
+    UnsupportedError,
 )
 from ..utils.files import open_safetensors
 from .consumers.keys import (
@@ -184,8 +185,13 @@ def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
                 f"{path} is a pickle-based file; unpickling can run code. Pass --allow-pickle to read it "
                 "(loraforge then uses torch's weights_only mode), or convert it once with `loraforge convert`"
             )
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, not a pickle, or objects weights_only refuses
+            raise UnsupportedError(f"{path}: not a readable tensor file ({str(e).splitlines()[0][:200]})") from None
         data = data.get("state_dict", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            raise UnsupportedError(f"{path} holds a {type(data).__name__}, not a dict of tensors")
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
     with open_safetensors(path) as f:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
