@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import OutputExistsError, OutputNotWritableError
 from ..formats.diffusers_lora import WEIGHT_NAME as DIFFUSERS_WEIGHT_NAME
+from ..formats.embeddings import EMBEDDINGS_SUFFIX
 from .errors import ToolError
 
 log = logging.getLogger("loraforge.tools")
@@ -165,7 +166,7 @@ def find_lora_file(path) -> Path:
     named = path / f"{path.name}.safetensors"
     if named.is_file():
         return named
-    kohya = [p for p in path.glob("*.safetensors") if p.name != DIFFUSERS_WEIGHT_NAME and not p.stem.endswith("_emb")]
+    kohya = [p for p in path.glob("*.safetensors") if p.name != DIFFUSERS_WEIGHT_NAME and not p.stem.endswith(EMBEDDINGS_SUFFIX)]
     if len(kohya) == 1:
         return kohya[0]
     if not kohya and (path / DIFFUSERS_WEIGHT_NAME).is_file():
