@@ -60,3 +60,24 @@ def test_convert_pickled_lora_honours_to(trained, tmp_path, capsys):
     code, out, _ = _run(capsys, "convert", tmp_path / "pytorch_lora_weights.bin", tmp_path / "same.safetensors",
                         "--allow-pickle")
     assert code == 0 and load_file(str(tmp_path / "same.safetensors")).keys() == load_file(str(t.diffusers)).keys()
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd2"])  # sd2: diffusers' own probe takes the tiny file for SD 1.x
+def test_a_tiny_single_file_loads_without_config_dir(tiny_dirs, tmp_path, capsys, family):
+    import torch
+
+    from loraforge.tools.common import load_sd_model
+
+    single = tmp_path / f"{family}.safetensors"
+    code, _, err = _run(capsys, "convert", tiny_dirs[family], single)
+    assert code == 0, err
+    bare = _strip_metadata(single, tmp_path / "bare.safetensors")  # found by its shapes, not by metadata
+    code, out, err = _run(capsys, "convert", bare, tmp_path / "folder")
+    assert code == 0 and f"({'SD 2.x' if family == 'sd2' else 'SD 1.x'})" in out, err
+    want, got = load_sd_model(str(tiny_dirs[family])), load_sd_model(str(tmp_path / "folder"))
+    for a, b in ((want.unet, got.unet), (want.text_encoders[0], got.text_encoders[0]), (want.vae, got.vae)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    code, out, err = _run(capsys, "sample", "--model", single, "--prompt", "a robot", "--steps", "1",
+                          "-o", tmp_path / "png")
+    assert code == 0 and out.strip().endswith("00000-0.png"), err
