@@ -52,8 +52,9 @@ def test_resize_cli_and_overwrite_refusal(trained, tmp_path, capsys):
 def test_user_errors_are_one_line(trained, tmp_path, capsys):
     sd15, sdxl = trained["sd15"], trained["sdxl"]
     code, _, err = _run(capsys, "merge", "loras", sd15.kohya, sdxl.kohya, "-o", tmp_path / "m.safetensors")
-    # the tiny SD 1.5 file carries no family evidence (widths are not full-size); the SDXL file decides
-    assert code == 2 and "do not fit the SDXL model" in err and "Traceback" not in err
+    # each file says which (tiny) model it was trained on
+    assert code == 2 and "the LoRA files are for different families" in err and "Traceback" not in err
+    assert "lora-sd15.safetensors (sd15)" in err and "lora-sdxl.safetensors (sdxl)" in err
     code, _, err = _run(capsys, "merge", "into-model", sd15.model_dir, "--lora", sdxl.kohya, "-o", tmp_path / "x")
     assert code == 2 and "SDXL LoRA" in err and "the model is SD 1.x" in err
     torch.save({"x": torch.ones(1)}, tmp_path / "w.bin")

@@ -394,13 +394,14 @@ def check_state_dict(
 ) -> CheckReport:
     """Check a LoRA-family state dict against ComfyUI, A1111 and diffusers for `family` (detected when None).
 
-    By default the file is checked against the family's full-size architecture, or against the embedded tiny
-    model's when the file was made for one (`lora_file.detect_tiny_model`: metadata, else widths). Pass the actual model's diffusers
+    By default the file is checked against the family's full-size architecture, or, when no family is given and the
+    file was made for an embedded tiny model (`lora_file.detect_tiny_model`: metadata, else widths), against that
+    model's. Pass the actual model's diffusers
     UNet config (and its text-encoder configs, in order) to check against that architecture instead, e.g. what a
     run on a tiny or re-shaped model produced; ComfyUI's unet_config is derived from it as ComfyUI would."""
     issues: list[Issue] = []
     tiny = detect_tiny_model(sd, metadata) if unet_config is None else (None, "")
-    if tiny[0] and family in (None, tiny[0]):  # a LoRA of the embedded tiny model: check against that model
+    if tiny[0] and family is None:  # a LoRA of the embedded tiny model: check against that model
         family, evidence = tiny
         arch = folder_architecture(tiny_model_dir(family))
         unet_config, text_encoder_configs = arch["unet_config"], arch["text_encoder_configs"]

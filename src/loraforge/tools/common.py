@@ -54,7 +54,7 @@ def model_tree(source: str | None, family: str = "auto", allow_pickle: bool = Fa
                tiny: bool = False):
     """The `ModelTree` LoRA names are resolved against: a diffusers folder's configs (no weights read), a single file
     (loaded), or with no source the full-size model of `family` (its embedded tiny model with `tiny`: the file was
-    made for that one, `LoraFile.tiny`)."""
+    made for that one, `LoraFile.tiny`, and no family was given)."""
     from ..formats.model_tree import ModelTree
     from ..models.tiny import tiny_model_dir
 

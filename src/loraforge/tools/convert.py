@@ -188,7 +188,7 @@ def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str |
         raise ToolError(f"{dst}: LoRA files are written as .safetensors (or a folder for diffusers)")
     check_output(dst, overwrite)
     fam = family if family != "auto" else lora.family
-    tree = model_tree(base, fam, allow_pickle, tiny=lora.tiny and fam == lora.family)
+    tree = model_tree(base, fam, allow_pickle, tiny=lora.tiny and family in (None, "auto"))
     bind(lora, tree)
     lora.require_known(hint="a converted file must hold every key; is --base the model it was made for?")
     rest = {k: v for k, v in metadata.items() if k not in (ADAPTER_METADATA, "format")}
