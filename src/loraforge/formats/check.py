@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UnsupportedError
+from ..models.family import folder_architecture
+from ..models.tiny import tiny_model_dir
 from .consumers import a1111, comfyui, diffusers_rules
 from .consumers.keys import (
     ADAPTER_LABELS,
@@ -34,8 +36,6 @@ from .consumers.keys import (
     nonfinite_tensors,
 )
 from .consumers.tables import FAMILIES, family_of, model_tables_key
-from ..models.family import folder_architecture
-from ..models.tiny import tiny_model_dir
 from .lora_file import detect_tiny_model, read_tensors
 
 CONSUMERS = ("comfyui", "a1111", "diffusers")
@@ -396,9 +396,9 @@ def check_state_dict(
 
     By default the file is checked against the family's full-size architecture, or, when no family is given and the
     file was made for an embedded tiny model (`lora_file.detect_tiny_model`: metadata, else widths), against that
-    model's. Pass the actual model's diffusers
-    UNet config (and its text-encoder configs, in order) to check against that architecture instead, e.g. what a
-    run on a tiny or re-shaped model produced; ComfyUI's unet_config is derived from it as ComfyUI would."""
+    model's. Pass the actual model's diffusers UNet config (and its text-encoder configs, in order) to check against
+    that architecture instead, e.g. what a run on a re-shaped model produced; ComfyUI's unet_config is derived from
+    it as ComfyUI would."""
     issues: list[Issue] = []
     tiny = detect_tiny_model(sd, metadata) if unet_config is None else (None, "")
     if tiny[0] and family is None:  # a LoRA of the embedded tiny model: check against that model

@@ -267,7 +267,8 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
             source = str(path)
         elif path.is_file():
             config_dir = Path(cfg.config_dir) if cfg.config_dir else None
-            if config_dir is None and tiny_single_file(_read_checkpoint(path)) == family:
+            is_safetensors = path.suffix.lower() == ".safetensors"  # (a pickle is not read twice)
+            if config_dir is None and is_safetensors and tiny_single_file(_read_checkpoint(path)) == family:
                 from .tiny import tiny_model_dir
 
                 config_dir = tiny_model_dir(family)  # a file of an embedded tiny model: its own configs
