@@ -147,8 +147,6 @@ def sample(model: str | None, requests: list[SampleRequest], out_dir, loras: lis
            config_dir: str | None = None) -> list[Path]:
     """Generate every request and write `out_dir/<n>-<seed>.png`, numbered on from the images already there; returns
     the paths. `init_image` is a path or a PIL image (img2img). A LoRA may be named by its run folder."""
-    from PIL import Image
-
     out_dir = Path(out_dir)
     first = next_image_number(out_dir)
     paths = [out_dir / f"{first + i:05d}-{r.seed}.png" for i, r in enumerate(requests)]
