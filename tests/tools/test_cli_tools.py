@@ -23,7 +23,7 @@ def test_inspect_lora_embedding_folder_and_pickle(trained, tmp_path, capsys):
                  "  ss_network_dim: 4", "  ss_network_alpha: 2"):
         assert line in out, line
     code, out, _ = _run(capsys, "inspect", trained["sdxl"].diffusers)
-    assert "diffusers layout" in out and "family: sdxl (text_encoder_2 keys)" in out and "text encoder 2" in out
+    assert "diffusers layout" in out and "family: sdxl (cross-attention input width 96 of the embedded tiny model" in out and "text encoder 2" in out
     assert "lora_adapter_metadata: text_encoder.lora_alpha=2.0" in out
 
     from loraforge.formats.embeddings import save_embeddings

@@ -55,6 +55,8 @@ def test_convert_pickled_lora_honours_to(trained, tmp_path, capsys):
                           "--to", "kohya", "--allow-pickle")
     assert code == 0 and "diffusers LoRA -> kohya LoRA (56 modules)" in out, err
     got, want = load_file(str(tmp_path / "k.safetensors")), load_file(str(t.kohya))
+    # the same kohya keys and factors (the pickle lost the alphas, which diffusers keeps in the header)
+    want = {k: v for k, v in want.items() if not k.endswith(".alpha")}
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     # without --to a pickle keeps its keys (pickle -> safetensors only)
     code, out, _ = _run(capsys, "convert", tmp_path / "pytorch_lora_weights.bin", tmp_path / "same.safetensors",
