@@ -100,3 +100,8 @@ class InputNotFoundError(LoraforgeError, FileNotFoundError):
 
 class OutputExistsError(LoraforgeError, FileExistsError):
     """An output would replace an existing file without `--overwrite` (also a `FileExistsError`)."""
+
+
+class OutputNotWritableError(LoraforgeError, PermissionError):
+    """An output cannot be written where it was asked for (a read-only folder, or a file where a folder should be);
+    also a `PermissionError`."""

@@ -145,18 +145,26 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
     ]
 
 
-def test_every_user_error_is_one_message_without_traceback(tmp_path, tiny_dirs):
-    cases = _cases(tmp_path)
-    runs = [(argv, [name.split("[without ")[1].rstrip("]")] if "[without " in name else []) for name, argv, _ in cases]
+def run_user_error_cases(cases: list[tuple], cwd: Path) -> list[str]:
+    """Run (name, argv, expected substrings[, forbidden substrings]) cases through the CLI in one process; the
+    failures: an exit code other than 2, a traceback, an expected substring missing from stderr or a forbidden one
+    present."""
+    runs = [(argv, [name.split("[without ")[1].rstrip("]")] if "[without " in name else []) for name, argv, *_ in cases]
     proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(runs)],
-                          env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                          env=_env(), capture_output=True, text=True, timeout=600, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.split("RESULTS ", 1)[1])
     failures = []
-    for (name, _, expected), r in zip(cases, results):
+    for (name, _, expected, *forbidden), r in zip(cases, results):
         missing = [s for s in expected if s not in r["stderr"]]
-        if r["code"] != 2 or "Traceback" in r["stderr"] or missing:
-            failures.append(f"{name}: exit {r['code']}, missing {missing}\n{r['stderr'][-1500:]}")
+        present = [s for s in (forbidden[0] if forbidden else []) if s in r["stderr"]]
+        if r["code"] != 2 or "Traceback" in r["stderr"] or missing or present:
+            failures.append(f"{name}: exit {r['code']}, missing {missing}, present {present}\n{r['stderr'][-1500:]}")
+    return failures
+
+
+def test_every_user_error_is_one_message_without_traceback(tmp_path, tiny_dirs):
+    failures = run_user_error_cases(_cases(tmp_path), tmp_path)
     assert not failures, "\n\n".join(failures)
 
 

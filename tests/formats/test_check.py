@@ -201,5 +201,7 @@ def test_cli_check_against_a_models_own_architecture(make_config, tiny_dirs, cap
     assert main(["check", str(result.files.kohya), "--model", str(tiny_dirs["sd15"])]) == 0
     out = capsys.readouterr().out
     assert "ComfyUI 48/48 modules, A1111 48/48, diffusers loads" in out
-    # against the full-size family the tiny file cannot fit, and says so
-    assert main(["check", str(result.files.kohya)]) == 1
+    # with no flags the file's own metadata names the tiny model; against the full-size family it cannot fit
+    assert main(["check", str(result.files.kohya)]) == 0
+    assert "ComfyUI 48/48 modules, A1111 48/48, diffusers loads" in capsys.readouterr().out
+    assert main(["check", str(result.files.kohya), "--family", "sd15"]) == 1

@@ -26,7 +26,7 @@ def test_inspect_lora_embedding_folder_and_pickle(trained, tmp_path, capsys):
                  "  ss_network_dim: 4", "  ss_network_alpha: 2"):
         assert line in out, line
     code, out, _ = _run(capsys, "inspect", trained["sdxl"].diffusers)
-    assert "diffusers layout" in out and "family: sdxl (text_encoder_2 keys)" in out and "text encoder 2" in out
+    assert "diffusers layout" in out and "family: sdxl (cross-attention input width 96 of the embedded tiny model" in out and "text encoder 2" in out
     assert "lora_adapter_metadata: text_encoder.lora_alpha=2.0" in out
 
     from loraforge.formats.embeddings import save_embeddings
@@ -55,8 +55,9 @@ def test_resize_cli_and_overwrite_refusal(trained, tmp_path, capsys):
 def test_user_errors_are_one_line(trained, tmp_path, capsys):
     sd15, sdxl = trained["sd15"], trained["sdxl"]
     code, _, err = _run(capsys, "merge", "loras", sd15.kohya, sdxl.kohya, "-o", tmp_path / "m.safetensors")
-    # the tiny SD 1.5 file carries no family evidence (widths are not full-size); the SDXL file decides
-    assert code == 2 and "do not fit the SDXL model" in err and "Traceback" not in err
+    # each file says which (tiny) model it was trained on
+    assert code == 2 and "the LoRA files are for different families" in err and "Traceback" not in err
+    assert "lora-sd15.safetensors (sd15)" in err and "lora-sdxl.safetensors (sdxl)" in err
     code, _, err = _run(capsys, "merge", "into-model", sd15.model_dir, "--lora", sdxl.kohya, "-o", tmp_path / "x")
     assert code == 2 and "SDXL LoRA" in err and "the model is SD 1.x" in err
     torch.save({"x": torch.ones(1)}, tmp_path / "w.bin")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from loraforge.formats.embeddings import save_embeddings
 from loraforge.tools.common import LoraSpec, load_sd_model, parse_lora_spec
-from loraforge.tools.errors import FamilyMismatchError, ShapeMismatchError
+from loraforge.tools.errors import FamilyMismatchError, ShapeMismatchError, ToolError
 from loraforge.tools.sample import EmbeddingSpec, build_requests, generate_images, load_embedding, sample
 
 
@@ -63,8 +63,29 @@ def test_txt2img_with_lora_embedding_and_prompt_file(trained, tmp_path):
     pipe.disable_lora()
     assert min(diffs()) > 10
 
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        sample(str(t.model_dir), requests, tmp_path / "out", [lora])
+    # a second run into the folder numbers on, as A1111 does; the first run's images stay
+    before = [p.read_bytes() for p in paths]
+    again = sample(str(t.model_dir), requests[:1], tmp_path / "out", [lora], [EmbeddingSpec(str(emb))])
+    assert [p.name for p in again] == ["00004-7.png"]
+    assert [p.read_bytes() for p in paths] == before
+
+
+def test_lora_named_by_its_run_folder(trained, tmp_path):
+    from loraforge.tools.common import find_lora_file
+
+    t = trained["sd15"]
+    run = t.kohya.parent
+    assert find_lora_file(run) == t.kohya  # the kohya file, not pytorch_lora_weights.safetensors
+    requests = build_requests("a robot", steps=1, width=64, height=64)
+    by_folder = sample(None, requests, tmp_path / "a", [parse_lora_spec(f"{run}:0.5")])[0]
+    by_file = sample(None, requests, tmp_path / "b", [parse_lora_spec(f"{t.kohya}:0.5")])[0]
+    assert Image.open(by_folder).text["parameters"].startswith("a robot <lora:lora-sd15:0.5>")
+    assert list(Image.open(by_folder).getdata()) == list(Image.open(by_file).getdata())
+    (tmp_path / "two").mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        (tmp_path / "two" / name).write_bytes(t.kohya.read_bytes())
+    with pytest.raises(ToolError, match="a.safetensors, b.safetensors; name the LoRA file itself"):
+        find_lora_file(tmp_path / "two")
 
 
 def test_img2img_follows_the_init_image_and_strength(trained, tmp_path):

@@ -72,11 +72,13 @@ def test_pivotal_tuning_end_to_end(make_config, tiny_dirs, tok_images, family):
     for te, tok, vec in zip(encoders, tokenizers, trained):
         ids = tok.convert_tokens_to_ids(toks)
         torch.testing.assert_close(te.get_input_embeddings().weight[ids], vec)
-    # validation prompts were sampled with the tokens, not the abstraction
+    # the samples' parameters are what A1111 takes with the run's files: the embedding file's name for the
+    # abstraction (not the <s0><s1> the model was sampled with) and the LoRA tag
     from PIL import Image
 
     text = Image.open(result.run_dir / "samples" / "final_0.png").text["parameters"]
-    assert text.startswith("<s0><s1> on the moon")
+    assert text.startswith(f"run-{family}_emb on the moon <lora:run-{family}:1>\n"), text
+    assert f"Model: tiny-{family}" in text
 
 
 def test_embeddings_freeze_at_the_pivot(make_config, tok_images):

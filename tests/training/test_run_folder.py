@@ -67,3 +67,14 @@ def test_a_resume_refuses_a_changed_config_and_allows_a_longer_run(make_config):
                                             "training.save_every_n_steps": 2})).run()
     assert result.steps == 5 and len(result.losses) == 3
     assert _run_id(run / "checkpoints" / "step-000004") == _run_id(ckpt)  # the same run, continued
+
+
+def test_a_finished_run_continues_from_its_last_step(make_config):
+    finished = Trainer(make_config("sd15", **{"training.max_train_steps": 2})).run()
+    last = finished.run_dir / "checkpoints" / "step-000002"
+    assert (last / "train_state.json").is_file()  # the final step is a checkpoint
+    assert (finished.run_dir / "run-sd15.safetensors").is_file()
+    # only the length changes: allowed, and the run goes on from step 2 (one more step, not three)
+    longer = Trainer(make_config("sd15", **{"training.max_train_steps": 3, "training.resume": "latest"})).run()
+    assert longer.steps == 3 and len(longer.losses) == 1
+    assert _run_id(longer.run_dir / "checkpoints" / "step-000003") == _run_id(last)

@@ -15,19 +15,19 @@ def test_save_every_n_epochs_and_keep_last_n_steps(make_config):
                                   "training.save_every_n_epochs": 1, "training.save_last_n_steps": 2})
     result = Trainer(cfg).run()
     kept = complete_checkpoints(result.run_dir)
-    # saves at steps 2, 4, 6 (the final step writes the final files instead); only the last 2 steps' remain
-    assert [p.name for p in kept] == ["step-000006"]
+    # saves at steps 2, 4, 6 and the final step 8; only the last 2 steps' remain
+    assert [p.name for p in kept] == ["step-000008"]
     st = read_state(kept[0])
-    assert (st.global_step, st.epoch, st.batch_in_epoch) == (6, 3, 0)
-    assert (kept[0] / "run-sd15-step00000006.safetensors").is_file()
+    assert (st.global_step, st.epoch, st.batch_in_epoch) == (8, 4, 0)
+    assert (kept[0] / "run-sd15-step00000008.safetensors").is_file()
 
 
 def test_save_last_n_epochs(make_config):
-    cfg = make_config("sd15", **{"training.max_train_steps": 8, "training.batch_size": 4,
+    cfg = make_config("sd15", **{"training.max_train_steps": 7, "training.batch_size": 4,
                                   "training.save_every_n_steps": 1, "training.save_last_n_epochs": 1})
     result = Trainer(cfg).run()
     names = [p.name for p in complete_checkpoints(result.run_dir)]
-    assert names == ["step-000006", "step-000007"]  # epoch 3 (steps 6-7) kept, older epochs pruned
+    assert names == ["step-000006", "step-000007"]  # epoch 3 (steps 6-7, 7 the final one) kept, older pruned
 
 
 def test_sampling_during_training_by_steps_epochs_and_prompt_file(make_config, tmp_path):
@@ -41,7 +41,7 @@ def test_sampling_during_training_by_steps_epochs_and_prompt_file(make_config, t
     assert names == ["000003_0.png", "000003_1.png", "000003_grid.png",
                      "e001_0.png", "e001_1.png", "e001_grid.png", "e002_0.png", "e002_1.png", "e002_grid.png"]
     params = Image.open(result.run_dir / "samples" / "000003_1.png").text["parameters"]
-    assert params.splitlines()[0] == "a robot in space"
+    assert params.splitlines()[0] == "a robot in space <lora:run-sd15:1>"
     assert "Negative prompt: blurry" in params and "Steps: 3, Sampler: DDIM" in params and "Seed: 7" in params
 
 

@@ -191,7 +191,6 @@ def add_check(sub) -> None:
 
 
 def cmd_check(args) -> int:
-    import json
     from pathlib import Path
 
     from ..errors import LoraforgeError, ToolError
@@ -199,15 +198,13 @@ def cmd_check(args) -> int:
 
     arch = {}
     if args.model:
-        from ..models.family import detect_family_from_folder
+        from ..models.family import detect_family_from_folder, folder_architecture
 
         folder = Path(args.model)
         if not (folder / "model_index.json").is_file():
             raise ToolError(f"--model {folder}: not a diffusers folder (no model_index.json)")
         args.family = args.family or detect_family_from_folder(folder)
-        arch["unet_config"] = json.loads((folder / "unet" / "config.json").read_text())
-        arch["text_encoder_configs"] = [json.loads((folder / te / "config.json").read_text())
-                                        for te in ("text_encoder", "text_encoder_2") if (folder / te).is_dir()]
+        arch = folder_architecture(folder)
     worst = 0
     for path in args.files:
         try:

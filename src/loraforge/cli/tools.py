@@ -39,7 +39,13 @@ def _rank_args(p, what: str) -> None:
 
 
 def _rule(args):
+    from ..tools.errors import ToolError
     from ..tools.svd import RankRule, parse_recipe
+
+    if args.rank is not None and args.rank < 1:
+        raise ToolError(f"--rank {args.rank}: a rank must be 1 or more")
+    if args.conv_rank is not None and args.conv_rank < 0:
+        raise ToolError(f"--conv-rank {args.conv_rank}: give 0 (no 3x3 convolutions) or more")
 
     for method in ("sv_ratio", "sv_fro", "sv_cumulative"):
         value = getattr(args, method, None)
@@ -59,7 +65,8 @@ def add_sample(sub) -> None:
     src.add_argument("--prompt-file", help="kohya prompt file: one prompt a line, --n --w --h --d --l --s --ss")
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:W]",
-                   help="LoRA file with its strength: FILE, FILE:0.8, FILE:unet=0.6:te=0.9 (repeatable)")
+                   help="LoRA file (or a training run folder) with its strength: FILE, FILE:0.8, FILE:unet=0.6:te=0.9 "
+                        "(repeatable)")
     p.add_argument("--unet-scale", type=float, default=1.0, help="multiplies every LoRA's UNet strength")
     p.add_argument("--te-scale", type=float, default=1.0, help="multiplies every LoRA's text-encoder strength")
     p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
@@ -74,7 +81,8 @@ def add_sample(sub) -> None:
     p.add_argument("--init-image", help="img2img: the starting image")
     p.add_argument("--strength", type=float, default=0.75, help="img2img denoising strength (default 0.75)")
     p.add_argument("--skip-unknown", action="store_true", help="apply a LoRA even if some of its keys match nothing")
-    p.add_argument("-o", "--output-dir", default="samples", help="where the PNGs go (default samples/)")
+    p.add_argument("-o", "--output-dir", default="samples",
+                   help="where the PNGs go (default samples/); numbering goes on from the images already there")
     _common(p)
     p.set_defaults(func=cmd_sample)
 
@@ -127,7 +135,8 @@ def add_merge(sub) -> None:
     lo.add_argument("--mode", choices=["concat", "svd", "interpolate"], default="concat")
     lo.add_argument("--alpha", type=float, default=0.5, help="interpolate: (αA₁+(1−α)A₂)(αB₁+(1−α)B₂)ᵀ")
     _rank_args(lo, "svd: target")
-    lo.add_argument("--base", help="model the files are for (resolves names; default: the family's full-size model)")
+    lo.add_argument("--base", help="model the files are for (resolves names; default: the embedded tiny model the "
+                                   "files were trained on, else the family's full-size model)")
     lo.add_argument("-o", "--output", required=True)
     lo.add_argument("--dtype", choices=DTYPES)
     lo.add_argument("--skip-unknown", action="store_true", help="merge even if some keys match no module")
@@ -250,7 +259,8 @@ def add_convert(sub) -> None:
     p.add_argument("--to", choices=["kohya", "diffusers"], help="LoRA target layout (default: the other one)")
     p.add_argument("--naming", choices=["auto", "diffusers", "ldm"], default="auto",
                    help="kohya UNet names: auto = diffusers names for SD 1.x/2.x, SGM for SDXL")
-    p.add_argument("--base", help="model a LoRA is for (resolves names; default: the family's full-size model)")
+    p.add_argument("--base", help="model a LoRA is for (resolves names; default: the embedded tiny model the file "
+                                  "was trained on, else the family's full-size model)")
     p.add_argument("--dtype", choices=DTYPES, help="checkpoint conversions: precision of the written weights")
     _common(p)
     p.set_defaults(func=cmd_convert)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UnsupportedError
+from ..models.family import folder_architecture
+from ..models.tiny import tiny_model_dir
 from .consumers import a1111, comfyui, diffusers_rules
 from .consumers.keys import (
     ADAPTER_LABELS,
@@ -34,7 +36,7 @@ from .consumers.keys import (
     nonfinite_tensors,
 )
 from .consumers.tables import FAMILIES, family_of, model_tables_key
-from .lora_file import read_tensors
+from .lora_file import detect_tiny_model, read_tensors
 
 CONSUMERS = ("comfyui", "a1111", "diffusers")
 _FACTORED = ("lora", "locon_tucker", "loha", "lokr")
@@ -392,11 +394,19 @@ def check_state_dict(
 ) -> CheckReport:
     """Check a LoRA-family state dict against ComfyUI, A1111 and diffusers for `family` (detected when None).
 
-    By default the file is checked against the family's full-size architecture. Pass the actual model's diffusers
-    UNet config (and its text-encoder configs, in order) to check against that architecture instead, e.g. what a
-    run on a tiny or re-shaped model produced; ComfyUI's unet_config is derived from it as ComfyUI would."""
+    By default the file is checked against the family's full-size architecture, or, when no family is given and the
+    file was made for an embedded tiny model (`lora_file.detect_tiny_model`: metadata, else widths), against that
+    model's. Pass the actual model's diffusers UNet config (and its text-encoder configs, in order) to check against
+    that architecture instead, e.g. what a run on a re-shaped model produced; ComfyUI's unet_config is derived from
+    it as ComfyUI would."""
     issues: list[Issue] = []
-    if family is None:
+    tiny = detect_tiny_model(sd, metadata) if unet_config is None else (None, "")
+    if tiny[0] and family is None:  # a LoRA of the embedded tiny model: check against that model
+        family, evidence = tiny
+        arch = folder_architecture(tiny_model_dir(family))
+        unet_config, text_encoder_configs = arch["unet_config"], arch["text_encoder_configs"]
+        evidence = evidence.replace(" of the embedded tiny model", "") + ", checked against the embedded tiny model"
+    elif family is None:
         family, evidence = detect_family(sd, metadata)
         claimed = _metadata_family(metadata)
         if claimed and claimed != family and evidence != "metadata":
@@ -408,7 +418,8 @@ def check_state_dict(
     tables = family
     if unet_config is not None:
         tables = model_tables_key(family, unet_config, text_encoder_configs)
-        evidence += ", checked against the model's own architecture"
+        if not tiny[0]:
+            evidence += ", checked against the model's own architecture"
     body = {k: v for k, v in sd.items() if not k.startswith("bundle_emb.")}
     if len(body) != len(sd):
         issues.append(Issue("warning", "bundled-embeddings", "bundled embeddings (bundle_emb.*): only A1111 loads "

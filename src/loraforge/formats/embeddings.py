@@ -21,6 +21,12 @@ SDXL_KEYS = ("clip_l", "clip_g")
 SD_KEY = "emb_params"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
+EMBEDDINGS_SUFFIX = "_emb"  # a run's embeddings file: <output_name>_emb.safetensors (A1111's trigger: its file name)
+
+
+def embeddings_file_name(output_name: str) -> str:
+    return f"{output_name}{EMBEDDINGS_SUFFIX}.safetensors"
+
 
 def embedding_keys(family: str) -> tuple[str, ...]:
     return SDXL_KEYS if family == "sdxl" else (SD_KEY,)

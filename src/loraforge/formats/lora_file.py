@@ -35,6 +35,7 @@ from ..tools.errors import (
     NonFiniteTensorError,
     PickleRefusedError,
     ShapeMismatchError,
+    UnsupportedError,
 )
 from ..utils.files import open_safetensors
 from .consumers.keys import (
@@ -48,6 +49,7 @@ from .consumers.keys import (
     nonfinite_tensors,
     split_key,
 )
+from .metadata import BASE_MODEL_KEY, tiny_family
 from .model_tree import FAMILY_LABELS, ModelTree
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ class LoraFile:
     style: str  # "kohya" or "diffusers"
     source: str = ""
     nonfinite: dict[str, str] = field(default_factory=dict)  # file key -> its NaN / Inf counts
+    tiny: bool = False  # made for loraforge's embedded tiny model of `family` (`detect_tiny_model`)
 
     def by_target(self) -> dict[tuple[str, str], LoraModule]:
         return {m.target: m for m in self.modules.values() if m.target}
@@ -181,8 +184,13 @@ def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
                 f"{path} is a pickle-based file; unpickling can run code. Pass --allow-pickle to read it "
                 "(loraforge then uses torch's weights_only mode), or convert it once with `loraforge convert`"
             )
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, not a pickle, or objects weights_only refuses
+            raise UnsupportedError(f"{path}: not a readable tensor file ({str(e).splitlines()[0][:200]})") from None
         data = data.get("state_dict", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            raise UnsupportedError(f"{path} holds a {type(data).__name__}, not a dict of tensors")
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}
     with open_safetensors(path) as f:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
@@ -235,8 +243,11 @@ def read_lora_state_dict(sd: dict[str, torch.Tensor], metadata: dict | None = No
             continue
         modules[name] = module
     family, evidence = detect_lora_family(body, metadata)
+    tiny, tiny_evidence = detect_tiny_model(body, metadata)
+    if tiny:
+        family, evidence = tiny, tiny_evidence
     style = "diffusers" if modules and all("." in n for n in modules) else "kohya"
-    return LoraFile(modules, unknown, metadata, family, evidence, style, source, nonfinite_tensors(sd))
+    return LoraFile(modules, unknown, metadata, family, evidence, style, source, nonfinite_tensors(sd), bool(tiny))
 
 
 def _incomplete(m: LoraModule) -> str | None:
@@ -301,6 +312,38 @@ def detect_lora_family(sd: dict, metadata: dict | None = None) -> tuple[str, str
             if value.shape[1] in widths:
                 return widths[value.shape[1]], f"cross-attention input width {value.shape[1]} ({key})"
     return detect_family(sd, metadata)
+
+
+# cross-attention input width of the embedded tiny models (`models.tiny`): no full-size model has these
+TINY_CROSS_ATTENTION = {32: "sd15", 96: "sdxl"}
+
+
+def detect_tiny_model(sd: dict, metadata: dict | None = None) -> tuple[str | None, str]:
+    """(family, evidence) when a LoRA state dict was made for loraforge's embedded tiny model of that family, else
+    (None, ""): the `loraforge_base_model` metadata loraforge writes, else the tiny models' cross-attention width
+    (SD 2.x's tiny model has SD 1.5's width and linear `proj_in` layers)."""
+    family = tiny_family(metadata)
+    if family:
+        return family, f"metadata {BASE_MODEL_KEY} = tiny-{family}"
+    modules = group_modules(sd)
+    for name, m in modules.items():
+        if re.search(r"attn2[._](processor[._])?to_[kv]$", name):
+            shape = delta_shape(m.tensors)
+            family = TINY_CROSS_ATTENTION.get(shape[1]) if shape else None
+            if family is None:
+                return None, ""
+            if family == "sd15" and _linear_proj_in(modules):
+                family = "sd2"
+            return family, f"cross-attention input width {shape[1]} of the embedded tiny model ({name})"
+    return None, ""
+
+
+def _linear_proj_in(modules) -> bool:
+    for name, m in modules.items():
+        if re.search(r"proj_in$", name):
+            down = next((t for s, t in m.tensors.items() if s in _DOWN or s == "lora_down.weight"), None)
+            return down is not None and down.dim() == 2
+    return False
 
 
 def weak_evidence(evidence: str) -> bool:

@@ -17,6 +17,21 @@ ARCHITECTURE = {
     "sdxl": "stable-diffusion-xl-v1-base",
 }
 NETWORK_MODULE = {"lora": "networks.lora", "locon": "networks.lora"}  # the rest: lycoris.kohya
+# Which model a file was made from, when that is loraforge's embedded tiny model of a family ("tiny-sd15"): the tools
+# then resolve and check the file against the tiny architecture instead of the full-size one. Written in LoRA files
+# trained on a tiny model and in single files saved from one; kept by the tools that rewrite a LoRA.
+BASE_MODEL_KEY = "loraforge_base_model"
+
+
+def tiny_base_model(family: str) -> str:
+    return f"tiny-{family}"
+
+
+def tiny_family(metadata: dict | None) -> str | None:
+    """The family of the embedded tiny model a file says it was made from, or None."""
+    value = str((metadata or {}).get(BASE_MODEL_KEY, ""))
+    family = value.removeprefix("tiny-")
+    return family if value.startswith("tiny-") and family in BASE_MODEL_VERSION else None
 
 
 def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
@@ -88,6 +103,8 @@ def training_metadata(
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "modelspec.prediction_type": "v" if run.get("prediction_type") == "v_prediction" else "epsilon",
     }
+    if run.get("tiny_model"):
+        meta[BASE_MODEL_KEY] = tiny_base_model(family)
     for key in ("ss_min_snr_gamma", "ss_noise_offset", "ss_clip_skip", "ss_prior_loss_weight"):
         if key in run:
             meta[key] = str(run[key])

@@ -56,6 +56,17 @@ def detect_family_from_folder(folder: Path) -> str | None:
     return None
 
 
+def folder_architecture(folder: Path) -> dict:
+    """A diffusers folder's own architecture as `formats.check.check_state_dict` takes it: `unet_config` and the
+    `text_encoder_configs` in order (only configs are read)."""
+    folder = Path(folder)
+    return {
+        "unet_config": json.loads((folder / "unet" / "config.json").read_text()),
+        "text_encoder_configs": [json.loads((folder / te / "config.json").read_text())
+                                 for te in ("text_encoder", "text_encoder_2") if (folder / te / "config.json").is_file()],
+    }
+
+
 def family_from_single_file_type(model_type: str) -> str | None:
     """Map diffusers' `infer_diffusers_model_type` names to ours."""
     if model_type.startswith("xl_base") or model_type in ("xl_inpaint", "playground-v2-5"):

@@ -23,6 +23,8 @@ from .family import FamilyInfo, detect_family_from_folder, family_from_single_fi
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+TINY_PROBE_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+TINY_UNET_CHANNELS = 32  # block_out_channels[0] of every embedded tiny model (`models.tiny`)
 
 
 
@@ -81,6 +83,7 @@ class _LazyCheckpoint(Mapping):
     def __init__(self, path: Path):
         self._f = open_safetensors(path)
         self._keys = list(self._f.keys())
+        self.metadata = dict(self._f.metadata() or {})
 
     def __getitem__(self, key):
         if key not in self._keys:
@@ -118,24 +121,50 @@ def _pipeline_class(family: str):
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
+def _read_checkpoint(path: Path) -> Mapping:
+    if path.suffix.lower() == ".safetensors":
+        return _LazyCheckpoint(path)
+    import torch
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a pickle, or objects weights_only refuses
+        raise ModelLoadError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200]})") from None
+    return ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
+
+
 def single_file_family(path: Path, config_dir: str | None = None) -> str | None:
     """The family of a single file: that of its config folder when one is given, else diffusers' probe; an
     SGM-layout file with a second text encoder is SDXL whatever the probe says (it looks for `resblocks.9`, which
-    small SDXL-layout files lack)."""
+    small SDXL-layout files lack); a file of an embedded tiny model is that model's family (`tiny_single_file`)."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     if config_dir and (Path(config_dir) / "model_index.json").is_file():
         return detect_family_from_folder(Path(config_dir))
-    if path.suffix.lower() == ".safetensors":
-        ckpt: Mapping = _LazyCheckpoint(path)
-    else:
-        import torch
-
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-        ckpt = ckpt.get("state_dict", ckpt)
+    ckpt = _read_checkpoint(path)
+    tiny = tiny_single_file(ckpt)
+    if tiny:
+        return tiny
     if any(k.startswith("conditioner.embedders.1.") for k in ckpt):
         return "sdxl"
     return family_from_single_file_type(infer_diffusers_model_type(ckpt))
+
+
+def tiny_single_file(ckpt: Mapping) -> str | None:
+    """The family when a single-file checkpoint holds one of loraforge's embedded tiny models (its `loraforge_base_model`
+    metadata, else the tiny UNet's 32-channel input convolution: full-size models have 320), else None. Such a file
+    is loaded with the tiny model's configs, so it needs no `config_dir`."""
+    from ..formats.metadata import tiny_family
+
+    meta_family = tiny_family(getattr(ckpt, "metadata", None))
+    if meta_family:
+        return meta_family
+    conv = ckpt.get(TINY_PROBE_KEY) if TINY_PROBE_KEY in ckpt else None
+    if conv is None or conv.shape[0] != TINY_UNET_CHANNELS:
+        return None
+    if any(k.startswith("conditioner.embedders.1.") for k in ckpt):
+        return "sdxl"
+    return "sd2" if any(k.startswith("cond_stage_model.model.") for k in ckpt) else "sd15"
 
 
 def _check_family(requested: str, detected: str | None, source: str) -> str:
@@ -238,13 +267,25 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
             source = str(path)
         elif path.is_file():
             config_dir = Path(cfg.config_dir) if cfg.config_dir else None
-            if config_dir is None:
+            is_safetensors = path.suffix.lower() == ".safetensors"  # (a pickle is not read twice)
+            if config_dir is None and is_safetensors and tiny_single_file(_read_checkpoint(path)) == family:
+                from .tiny import tiny_model_dir
+
+                config_dir = tiny_model_dir(family)  # a file of an embedded tiny model: its own configs
+            elif config_dir is None:
                 from .configs import config_folder
 
                 config_dir = config_folder(family)
-            pipe = _pipeline_class(family).from_single_file(
-                str(path), config=str(config_dir), local_files_only=True, **_pipeline_kwargs(family), **load_kw
-            )
+            try:
+                pipe = _pipeline_class(family).from_single_file(
+                    str(path), config=str(config_dir), local_files_only=True, **_pipeline_kwargs(family), **load_kw
+                )
+            except (RuntimeError, ValueError, KeyError) as e:  # shapes or keys that do not fit the configs
+                raise ModelLoadError(
+                    f"{path}: its weights do not fit the {family_info(family).label} configs in {config_dir} "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); pass the diffusers folder that describes "
+                    "this file as --config-dir (model.config_dir), or its family (--family / model.family)"
+                ) from None
             source = str(path)
         else:
             try:

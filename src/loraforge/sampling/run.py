@@ -53,8 +53,31 @@ def sample_requests(cfg, items, resolution: int, replace: Callable[[str], str] |
     return requests
 
 
+def with_embedding_names(text: str, embeddings: dict[str, str] | None) -> str:
+    """`text` with each token abstraction replaced by the name of the embedding file (A1111's trigger word);
+    `embeddings` maps abstraction -> name."""
+    for abstraction, name in (embeddings or {}).items():
+        text = text.replace(abstraction, name)
+    return text
+
+
+def a1111_prompt(prompt: str, lora_name: str, embeddings: dict[str, str] | None = None) -> str:
+    """The prompt as it is written in A1111 to get the same image from the run's files: embedding names for the
+    token abstractions, and the LoRA as `<lora:name:1>`."""
+    return f"{with_embedding_names(prompt, embeddings)} <lora:{lora_name}:1>"
+
+
+def model_name(model) -> str:
+    """The base model's name for the `Model:` field (the embedded tiny model: `tiny-<family>`)."""
+    return f"tiny-{model.family.name}" if model.is_tiny else Path(model.source.removeprefix("hub:")).stem
+
+
 def sample_during_training(cfg, model, items, resolution: int, folder: Path, tag: str, autocast=None,
-                           replace: Callable[[str], str] | None = None) -> list[Path]:
+                           replace: Callable[[str], str] | None = None,
+                           embeddings: dict[str, str] | None = None) -> list[Path]:
+    """Sample the run's prompts with the network active. Each PNG's `parameters` chunk holds the prompt A1111 takes
+    (`a1111_prompt`: `<lora:output_name:1>`, embedding names for the token abstractions, never `<s0><s1>`)."""
+    written_as = sample_requests(cfg, items, resolution)
     requests = sample_requests(cfg, items, resolution, replace)
     # Sampling must not disturb the training RNG streams (resume equality depends on them).
     cpu_state = torch.get_rng_state()
@@ -67,9 +90,13 @@ def sample_during_training(cfg, model, items, resolution: int, folder: Path, tag
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)
     written = []
-    for i, (img, req) in enumerate(zip(images, requests)):
-        written.append(save_png(img, folder / f"{tag}_{i}.png", req.parameters_text(cfg.output.output_name)))
+    name = cfg.output.output_name
+    texts = [dc_replace(r, prompt=a1111_prompt(r.prompt, name, embeddings),
+                        negative_prompt=with_embedding_names(r.negative_prompt, embeddings)
+                        ).parameters_text(model_name(model)) for r in written_as]
+    for i, (img, text) in enumerate(zip(images, texts)):
+        written.append(save_png(img, folder / f"{tag}_{i}.png", text))
     if len(images) > 1:
-        written.append(save_png(make_grid(images), folder / f"{tag}_grid.png", requests[0].parameters_text()))
+        written.append(save_png(make_grid(images), folder / f"{tag}_grid.png", texts[0]))
     log.info("samples: %d image(s) in %s", len(images), folder)
     return written

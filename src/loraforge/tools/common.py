@@ -4,11 +4,14 @@ writing a LoRA file."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OutputExistsError
+from ..errors import OutputExistsError, OutputNotWritableError
+from ..formats.diffusers_lora import WEIGHT_NAME as DIFFUSERS_WEIGHT_NAME
+from ..formats.embeddings import EMBEDDINGS_SUFFIX
 from .errors import ToolError
 
 log = logging.getLogger("loraforge.tools")
@@ -17,10 +20,19 @@ _NUMBER = re.compile(r"^-?\d+(\.\d*)?(e-?\d+)?$|^-?\.\d+$")
 
 
 def check_output(path, overwrite: bool) -> Path:
-    """Refuse an existing output unless `overwrite` (outputs are then replaced atomically)."""
+    """Refuse an existing output unless `overwrite` (outputs are then replaced atomically), and one that cannot be
+    written: its nearest existing folder must be a writable folder (before any work is done)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputNotWritableError(f"cannot write {path}: {folder} is a file, not a folder; choose another output")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputNotWritableError(f"cannot write {path}: the folder {folder} is not writable; choose another "
+                                     "output or change the folder's permissions")
     return path
 
 
@@ -38,15 +50,18 @@ def load_sd_model(source: str | None, family: str = "auto", allow_pickle: bool =
     return load_model(cfg, dtype=dtype)
 
 
-def model_tree(source: str | None, family: str = "auto", allow_pickle: bool = False, config_dir: str | None = None):
+def model_tree(source: str | None, family: str = "auto", allow_pickle: bool = False, config_dir: str | None = None,
+               tiny: bool = False):
     """The `ModelTree` LoRA names are resolved against: a diffusers folder's configs (no weights read), a single file
-    (loaded), or with no source the full-size model of `family`."""
+    (loaded), or with no source the full-size model of `family` (its embedded tiny model with `tiny`: the file was
+    made for that one, `LoraFile.tiny`, and no family was given)."""
     from ..formats.model_tree import ModelTree
+    from ..models.tiny import tiny_model_dir
 
     if source is None:
         if family in (None, "auto"):
             raise ToolError("name the base model (--base) or its family (--family)")
-        return ModelTree.for_family(family)
+        return ModelTree.from_folder(tiny_model_dir(family)) if tiny else ModelTree.for_family(family)
     if hasattr(source, "unet"):
         return ModelTree.from_model(source)
     path = Path(source)
@@ -142,6 +157,24 @@ def family_metadata(family: str) -> dict[str, str]:
             "modelspec.architecture": f"{ARCHITECTURE[family]}/lora"}
 
 
+def find_lora_file(path) -> Path:
+    """A LoRA file, or the one a folder holds: a training run folder's kohya file (`<output_name>.safetensors`),
+    else a diffusers LoRA folder's `pytorch_lora_weights.safetensors`."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    named = path / f"{path.name}.safetensors"
+    if named.is_file():
+        return named
+    kohya = [p for p in path.glob("*.safetensors") if p.name != DIFFUSERS_WEIGHT_NAME and not p.stem.endswith(EMBEDDINGS_SUFFIX)]
+    if len(kohya) == 1:
+        return kohya[0]
+    if not kohya and (path / DIFFUSERS_WEIGHT_NAME).is_file():
+        return path / DIFFUSERS_WEIGHT_NAME
+    found = ", ".join(sorted(p.name for p in kohya)) or "no LoRA file"
+    raise ToolError(f"{path} is a folder with {found}; name the LoRA file itself")
+
+
 def apply_lora_files(model, loras: list[LoraSpec], allow_pickle: bool = False, skip_unknown: bool = False) -> int:
     """Patch `model` (an `SDModel`) with the LoRA files in place; returns the number of weights changed."""
     from ..formats.lora_file import ModelTree, load_bound
@@ -150,7 +183,7 @@ def apply_lora_files(model, loras: list[LoraSpec], allow_pickle: bool = False, s
     if not loras:
         return 0
     tree = ModelTree.from_model(model)
-    bound = [(load_bound(s.path, tree, allow_pickle, skip_unknown), s.unet, s.te) for s in loras]
+    bound = [(load_bound(find_lora_file(s.path), tree, allow_pickle, skip_unknown), s.unet, s.te) for s in loras]
     for lora, _, _ in bound:
         parts = sorted({m.part for m in lora.modules.values()})
         log.info("%s: %d modules (%s)", lora.source, len(lora.modules), ", ".join(parts))

@@ -5,7 +5,8 @@
   `weights_only` loader (no code runs). The tensors keep their keys and dtypes (a `.ckpt`'s `state_dict` is
   unwrapped); anything that is not a tensor is listed and left out (harrywang's converter, seed-practices.md §14);
 * A1111 `.pt` embeddings (`string_to_param`) <-> safetensors `{"emb_params": [n, d]}` (SD 1.x / 2.x);
-* LoRA: kohya <-> diffusers (`formats.lora_write`; names resolved against `base` or the family's full-size model);
+* LoRA: kohya <-> diffusers (`formats.lora_write`; names resolved against `base`, or the family's full-size model, or
+  the embedded tiny model a file was made for); a pickled LoRA with `to` goes straight into that layout;
 * checkpoint: single original-layout `.safetensors` <-> diffusers folder (`formats.single_file`, SD 1.x / 2.x / SDXL).
 
 Every output is written atomically and never over an existing path without `overwrite`.
@@ -100,6 +101,8 @@ def convert(src, dst, to: str | None = None, family: str = "auto", base: str | N
         else:
             raise ToolError(f"{src} is neither a diffusers model folder nor a diffusers LoRA folder")
     if src.suffix.lower() in PICKLE_SUFFIXES:
+        if to is not None:  # a pickled LoRA (diffusers' pytorch_lora_weights.bin) into the layout asked for
+            return _convert_lora(src, dst, to, family, base, allow_pickle, overwrite, naming)
         return _pickle_to_safetensors(src, dst, allow_pickle, overwrite)
     if src.suffix != ".safetensors":
         raise ToolError(f"{src}: unknown file type {src.suffix!r} (expected .safetensors, .bin, .pkl, .pt, .ckpt)")
@@ -171,8 +174,10 @@ def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str |
                   overwrite: bool, naming: str) -> ConvertResult:
     from ..formats.lora_file import read_tensors
 
-    sd, metadata = read_tensors(src)
+    sd, metadata = read_tensors(src, allow_pickle)
     lora = read_lora_state_dict(sd, metadata, source=str(src))
+    if not lora.modules:
+        raise UnsupportedError(f"{src}: no LoRA modules found, so it cannot be written as a {to or 'LoRA'} file")
     lora.require_finite()
     target = to or ("kohya" if lora.style == "diffusers" else "diffusers")
     if target not in ("kohya", "diffusers"):
@@ -183,7 +188,7 @@ def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str |
         raise ToolError(f"{dst}: LoRA files are written as .safetensors (or a folder for diffusers)")
     check_output(dst, overwrite)
     fam = family if family != "auto" else lora.family
-    tree = model_tree(base, fam, allow_pickle)
+    tree = model_tree(base, fam, allow_pickle, tiny=lora.tiny and family in (None, "auto"))
     bind(lora, tree)
     lora.require_known(hint="a converted file must hold every key; is --base the model it was made for?")
     rest = {k: v for k, v in metadata.items() if k not in (ADAPTER_METADATA, "format")}

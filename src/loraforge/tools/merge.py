@@ -17,6 +17,7 @@ import json
 import logging
 from pathlib import Path
 
+from ..formats.metadata import BASE_MODEL_KEY, tiny_base_model
 from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
 from .errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
 
@@ -33,6 +34,8 @@ def write_model(model, output, dtype=None, metadata: dict | None = None, overwri
 
     output = check_output(output, overwrite)
     if output.suffix == ".safetensors":
+        if model.is_tiny:  # read back by `models.loading.tiny_single_file`: no --config-dir needed
+            metadata = {**(metadata or {}), BASE_MODEL_KEY: tiny_base_model(model.family.name)}
         return save_single_file(output, model.family.name, model.unet, model.vae, model.text_encoders, dtype=dtype,
                                 metadata=metadata, overwrite=overwrite)
     if output.suffix:

@@ -75,7 +75,7 @@ def merge_loras(inputs: list[tuple[str, float]], output, mode: str = "concat", r
     output = check_output(output, overwrite)
     loras = [load_lora_file(path, allow_pickle) for path, _ in inputs]
     fam = _family(loras, family)
-    tree = model_tree(base, fam, allow_pickle)
+    tree = model_tree(base, fam, allow_pickle, tiny=all(lf.tiny for lf in loras) and family in (None, "auto"))
     for lf in loras:
         bind(lf, tree)
         lf.require_known(skip_unknown)

@@ -135,7 +135,7 @@ def resize_lora(src, output, rule: RankRule, base: str | None = None, family: st
         parts = model_parts(model)
         weights = {n: parts[m.part].get_submodule(m.path).weight.detach() for n, m in lora.modules.items()}
     elif lora.style == "diffusers":  # written in the kohya layout: resolve the names
-        tree = model_tree(base, fam, allow_pickle, config_dir)
+        tree = model_tree(base, fam, allow_pickle, config_dir, tiny=lora.tiny and family in (None, "auto"))
         bind(lora, tree)
     result = ResizeResult(output, rule.describe(), unknown=dict(lora.unknown))
     out: dict[str, torch.Tensor] = {k: sd[k] for k in lora.unknown}

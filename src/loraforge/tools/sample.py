@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputNotFoundError
 from ..sampling.generate import SampleRequest, expand_requests, save_png
-from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
+from .common import LoraSpec, apply_lora_files, check_output, find_lora_file, load_sd_model
 from .errors import FamilyMismatchError, ShapeMismatchError, ToolError
 
 
@@ -116,7 +116,12 @@ def build_requests(prompt: str | None = None, prompt_file: str | None = None, ne
         if isinstance(e, ToolError):
             raise
         raise ToolError(str(e)) from None
+    if steps < 1 or batch < 1:
+        flag, value = ("--steps", steps) if steps < 1 else ("--batch", batch)
+        raise ToolError(f"{flag} {value}: it must be 1 or more")
     for r in reqs:
+        if r.steps < 1:
+            raise ToolError(f"{prompt_file}: the prompt {r.prompt!r} asks for {r.steps} steps (--s); give 1 or more")
         if r.width % 8 or r.height % 8:
             raise ToolError(f"size {r.width}x{r.height}: width and height must be multiples of 8")
     return [r2 for r in reqs for r2 in expand_requests(r, [r.prompt], batch)]
@@ -140,18 +145,16 @@ def sample(model: str | None, requests: list[SampleRequest], out_dir, loras: lis
            embeddings: list[EmbeddingSpec] = (), family: str = "auto", init_image=None, strength: float = 0.75,
            allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False,
            config_dir: str | None = None) -> list[Path]:
-    """Generate every request and write `out_dir/<n>-<seed>.png`; returns the paths. `init_image` is a path or a
-    PIL image (img2img)."""
-    from PIL import Image
-
+    """Generate every request and write `out_dir/<n>-<seed>.png`, numbered on from the images already there; returns
+    the paths. `init_image` is a path or a PIL image (img2img). A LoRA may be named by its run folder."""
     out_dir = Path(out_dir)
-    paths = [out_dir / f"{i:05d}-{r.seed}.png" for i, r in enumerate(requests)]
+    first = next_image_number(out_dir)
+    paths = [out_dir / f"{first + i:05d}-{r.seed}.png" for i, r in enumerate(requests)]
     for p in paths:
         check_output(p, overwrite)
+    loras = [replace(s, path=str(find_lora_file(s.path))) for s in loras]
     if isinstance(init_image, (str, Path)):
-        if not Path(init_image).is_file():
-            raise InputNotFoundError(f"{init_image}: no such image")
-        init_image = Image.open(init_image)
+        init_image = open_image(init_image)
     sd = prepare_model(model, loras, embeddings, family, allow_pickle, skip_unknown, config_dir)
     size = default_size(sd, init_image)
     requests = [replace(r, width=r.width or size[0], height=r.height or size[1]) for r in requests]
@@ -160,6 +163,27 @@ def sample(model: str | None, requests: list[SampleRequest], out_dir, loras: lis
     for path, image, req in zip(paths, images, requests):
         save_png(image, path, parameters_text(req, name, list(loras), strength if init_image is not None else None))
     return paths
+
+
+def next_image_number(folder: Path) -> int:
+    """The number the next image in `folder` gets: one more than the highest `NNNNN-*.png` there (A1111's rule), so
+    a second run into the same folder adds to it."""
+    numbers = [int(p.name[:5]) for p in folder.glob("[0-9][0-9][0-9][0-9][0-9]-*.png")] if folder.is_dir() else []
+    return max(numbers, default=-1) + 1
+
+
+def open_image(path) -> "Image.Image":
+    """An `--init-image`, fully read: a missing, truncated or non-image file is a `ToolError` naming it."""
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise InputNotFoundError(f"{path}: no such image")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, "image file is truncated"
+        raise ToolError(f"--init-image {path}: not a readable image ({e}); pass a PNG, JPEG or WebP file") from None
+    return image
 
 
 def default_size(model, init_image=None) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import torch
 from ..errors import NonFiniteError
 from ..formats.consumers.keys import describe_nonfinite, nonfinite_tensors
 from ..formats.diffusers_lora import WEIGHT_NAME, save_diffusers_lora
-from ..formats.embeddings import embedding_keys, save_embeddings
+from ..formats.embeddings import embedding_keys, embeddings_file_name, save_embeddings
 from ..formats.kohya import kohya_state_dict
 from ..formats.metadata import model_hashes, training_metadata
 from ..utils.files import save_safetensors_atomic
@@ -61,7 +61,7 @@ def write_lora_files(
             )
     if pivotal is not None:
         meta = {"tokens": ",".join(pivotal.tokens), "token_abstraction": cfg.training.token_abstraction}
-        out.embeddings = save_embeddings(folder / f"{kohya_name}_emb.safetensors", family, pivotal.vectors(), meta, dtype)
+        out.embeddings = save_embeddings(folder / embeddings_file_name(kohya_name), family, pivotal.vectors(), meta, dtype)
     return out
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, RunFolderError, TrainingError
+from ..formats.embeddings import embeddings_file_name
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ class PivotalTuning:
     # ------------------------------------------------------------------------------------------------ training
     def parameters(self) -> list[torch.nn.Parameter]:
         return [layer.new for layer in self.layers]
+
+    def a1111_names(self, output_name: str) -> dict[str, str]:
+        """abstraction -> the trigger A1111 uses for the run's embeddings file (`<output_name>_emb.safetensors`:
+        its file name; the file holds every new token's vector)."""
+        return dict.fromkeys(self.replacements, embeddings_file_name(output_name).removesuffix(".safetensors"))
 
     def replace(self, text: str) -> str:
         for a, toks in self.replacements.items():

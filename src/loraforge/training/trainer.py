@@ -146,7 +146,8 @@ class Trainer(StepMixin):
         self.resolution = run_resolution(self.cfg, m.family, m.is_tiny)
         self.noise_scheduler = m.noise_scheduler()
         self.run_info.update(
-            model_name=Path(m.source).name, prediction_type=m.prediction_type, resolution=self.resolution
+            model_name=f"tiny-{m.family.name}" if m.is_tiny else Path(m.source).name,
+            prediction_type=m.prediction_type, resolution=self.resolution, tiny_model=m.is_tiny,
         )
         log.info("model: %s — %s, predicts %s, training at %d px", m.source, m.family.label, m.prediction_type, self.resolution)
 
@@ -340,7 +341,7 @@ class Trainer(StepMixin):
                        f"e{st.epoch:03d}")
 
     def _periodic(self, count: int, save_every: int | None, sample_every: int | None, tag: str) -> None:
-        """Checkpoint (not at the last step: the final files follow) and/or sample every N steps or epochs."""
+        """Checkpoint (not at the last step: `finish` saves that one) and/or sample every N steps or epochs."""
         if save_every and count % save_every == 0 and self.state.global_step < self.max_steps:
             self.save_checkpoint()
         if sample_every and count % sample_every == 0:
@@ -380,6 +381,10 @@ class Trainer(StepMixin):
         acc = self.accelerator
         files = WrittenFiles()
         samples: list[Path] = []
+        # the last step is a checkpoint too, so a finished run continues with a larger max_train_steps and
+        # training.resume = "latest" (a resume that ends where it started has it already)
+        if not (checkpoints_dir(self.run_dir) / f"step-{self.state.global_step:06d}").is_dir():
+            self.save_checkpoint()
         if acc.is_main_process:
             files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), self.run_dir,
                                      self.cfg.output.output_name, self.pivotal)
@@ -425,7 +430,9 @@ class Trainer(StepMixin):
         try:
             return sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
                                           self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
-                                          replace=self.pivotal.replace if self.pivotal else None)
+                                          replace=self.pivotal.replace if self.pivotal else None,
+                                          embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
+                                          if self.pivotal else None)
         finally:
             for mod in self.trained_models:
                 mod.train()
