@@ -25,3 +25,21 @@ def test_subcommand_help(capsys):
     except SystemExit as e:
         assert e.code == 0
     assert "--set" in capsys.readouterr().out
+
+
+def test_console_log_follows_the_current_stderr(monkeypatch):
+    """`cli.main` may run many times in one process (tests, the Python API) while callers swap stderr: the console
+    handler must write to the stderr of the moment, never to a stream closed since."""
+    import io
+    import logging
+
+    from loraforge.cli.commands import _setup_logging
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    _setup_logging()
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("loraforge.test").info("after the swap")
+    assert second.getvalue() == "after the swap\n"

@@ -7,6 +7,7 @@ import copy
 import pytest
 
 from loraforge.config import ConfigError, load_config
+from loraforge.errors import NetworkError
 from loraforge.networks import create_network
 
 
@@ -63,5 +64,5 @@ def test_good_combinations_load(tiny_models):
     # the count is checked when the network is built (on an SD 1.x model: refused)
     cfg = _load("model.pretrained_model_name_or_path='x'", "network.block_dims=" + str([4] * 23)).network
     assert cfg.block_dims == [4] * 23
-    with pytest.raises(ValueError, match="network.block_dims has 23 values but the model is sd15: SD 1.x/2.x .* takes 25"):
+    with pytest.raises(NetworkError, match="network.block_dims has 23 values but the model is sd15: SD 1.x/2.x .* takes 25"):
         create_network(cfg).apply(copy.deepcopy(tiny_models("sd15")))

@@ -1,6 +1,8 @@
 """Training options that change a run, each checked where ignoring it would show: gradient accumulation, epochs,
 the optimizer's settings, pyramid noise, the TensorBoard log and `resume = "latest"`."""
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -175,13 +177,15 @@ def test_tensorboard_logs_the_loss_and_learning_rate(make_config, tmp_path):
 
 
 def test_resume_latest_continues_from_the_newest_complete_checkpoint(make_config, tmp_path):
-    # 2 images, batch 1, 3 steps: checkpoints at steps 1 and 2, and a newer folder left incomplete by an interrupted
-    # save. "latest" is step 2: the resumed run trains step 3 and ends where the uninterrupted run ended.
+    # 2 images, batch 1, 3 steps: checkpoints at steps 1, 2 and 3 (the final step). The run is made to look
+    # interrupted after step 2 (its step-3 checkpoint taken away), and a newer folder is left incomplete by an
+    # interrupted save. "latest" is step 2: the resumed run trains step 3 and ends where the uninterrupted run ended.
     folder = images(tmp_path / "img", [(64, 64)] * 2)
     common = data_options(folder, **{"training.max_train_steps": 3, "training.save_every_n_steps": 1})
     first = Trainer(make_config("sd15", **common)).run()
     straight = load_file(str(first.files.kohya))
-    assert [p.name for p in complete_checkpoints(first.run_dir)] == ["step-000001", "step-000002"]
+    assert [p.name for p in complete_checkpoints(first.run_dir)] == ["step-000001", "step-000002", "step-000003"]
+    shutil.rmtree(first.run_dir / "checkpoints" / "step-000003")
     (first.run_dir / "checkpoints" / "step-000009").mkdir()  # no train_state.json: incomplete
     resumed = Trainer(make_config("sd15", **common, **{"training.resume": "latest"})).run()
     assert resumed.steps == 3 and resumed.losses == first.losses[2:]

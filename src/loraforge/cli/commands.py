@@ -25,10 +25,23 @@ def _quiet_libraries() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A console handler that writes to whatever `sys.stderr` is when a record comes (not the stream of the moment
+    it was made): `loraforge.cli.main` may run several times in one process, under callers that swap stderr."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
+        pass
+
+
 def _setup_logging(verbose: bool = False) -> None:
     logger = logging.getLogger("loraforge")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
