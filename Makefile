@@ -15,6 +15,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.loraforge-installed
 LATEST := .venv-latest
 CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
+# The suite runs in JOBS pytest-xdist workers (one thread each); a test file stays on one worker (--dist loadfile),
+# so its module fixtures are built once and the two torchrun tests never share a port. JOBS=0 runs in-process.
+JOBS ?= 2
+PYTEST := -m pytest -q $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
 
 .PHONY: install demo test test-latest lock docs clean
 
@@ -38,7 +42,7 @@ demo: $(STAMP)
 	$(VENV)/bin/loraforge demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) $(PYTEST)
 
 # The newest versions pyproject.toml allows, in a venv of their own, then the whole suite: drift seen by us first.
 test-latest:
@@ -47,7 +51,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q $(TORCH)
 	$(LATEST)/bin/python -m pip install -q --upgrade -e '.[test]'
 	$(LATEST)/bin/python -m pip list
-	$(LATEST)/bin/python -m pytest -q
+	$(LATEST)/bin/python $(PYTEST)
 
 # Refresh the lock: the newest allowed versions, kept only if the whole suite passes with them.
 lock: test-latest

@@ -12,6 +12,8 @@ import pytest
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="loraforge-test-home-"))
 os.environ["LORAFORGE_HOME"] = str(_SESSION_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -29,7 +31,8 @@ def tiny_dirs() -> dict[str, Path]:
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    torch.set_num_threads(2)
+    # two pytest-xdist workers on the 2 cores: one thread each (tiny models gain little from a second thread)
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     return {f: tiny_model_dir(f) for f in ("sd15", "sd2", "sdxl")}
 
 
