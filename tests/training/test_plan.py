@@ -1,5 +1,7 @@
 """One run plan for `--dry-run` and training: the same resolution, images, steps, epochs and warm-up."""
 
+import logging
+
 import pytest
 from PIL import Image
 
@@ -84,3 +86,24 @@ def test_plan_notes_class_images_still_to_generate(make_config, tmp_path):
         "dataset.class_prompt": "a photo of a robot", "dataset.num_class_images": 4})
     plan = plan_run(cfg)  # training generates the 4 class images first: the dry run must not refuse
     assert plan.num_train_images == 2 and any("4 of 4 class images" in n for n in plan.notes)
+
+
+def test_a_text_encoder_rate_without_a_trained_text_encoder_is_named(make_config, tmp_path):
+    """kohya trains the text encoder when text_encoder_lr is given; loraforge does not, and says so (plan and log)."""
+    _images(tmp_path / "img", 2, (64, 64))
+    common = {"dataset.instance_dir": str(tmp_path / "img"), "dataset.instance_prompt": "a photo of sks robot",
+              "optimizer.text_encoder_lr": 5e-5, "training.max_train_steps": 1}
+    plan = plan_run(make_config("sd15", **common))
+    [note] = [n for n in plan.notes if "text_encoder_lr" in n]
+    assert "optimizer.text_encoder_lr = 5e-05 has no effect" in note and "network.train_text_encoder = true" in note
+    assert not [n for n in plan_run(make_config("sd15", **common, **{"network.train_text_encoder": True})).notes
+                if "text_encoder_lr" in n]
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("loraforge").addHandler(handler)  # the CLI may have stopped its propagation to the root
+    try:
+        Trainer(make_config("sd15", **common)).run()
+    finally:
+        logging.getLogger("loraforge").removeHandler(handler)
+    assert sum("text_encoder_lr = 5e-05 has no effect" in r.getMessage() for r in records) == 1

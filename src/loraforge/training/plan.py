@@ -89,6 +89,11 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
     if t.num_train_epochs:
         limits.append((t.num_train_epochs * steps_per_epoch, f"training.num_train_epochs {t.num_train_epochs}"))
     max_steps, steps_from = min(limits) if limits else (DEFAULT_MAX_TRAIN_STEPS, "the default")
+    o, n = cfg.optimizer, cfg.network
+    if o.text_encoder_lr is not None and not n.train_text_encoder and not t.train_text_encoder_ti:
+        notes.append(f"optimizer.text_encoder_lr = {o.text_encoder_lr:g} has no effect: no text encoder trains "
+                     "(network.train_text_encoder = false). kohya's train_network.py would train it; set "
+                     "network.train_text_encoder = true for that, or drop text_encoder_lr")
     if warmup > max_steps:
         notes.append(f"optimizer.lr_warmup_steps = {warmup} is longer than the run ({max_steps} steps): the learning "
                      "rate never reaches optimizer.learning_rate")

@@ -242,6 +242,9 @@ class Trainer(StepMixin):
         log.info("training %d steps (%d per epoch, %d epochs), batch %d × accumulation %d × %d process(es)",
                  self.max_steps, self.steps_per_epoch, self.num_epochs, cfg.training.batch_size,
                  cfg.training.gradient_accumulation_steps, acc.num_processes)
+        for note in self.plan.notes:  # what --dry-run prints too (the dataset's own notes are in its description)
+            if note.removeprefix("dataset: ") not in self.data.notes:
+                log.warning("note: %s", note)
 
     def maybe_resume(self) -> None:
         if not self.cfg.training.resume:
