@@ -62,7 +62,7 @@ lock: test-latest
 
 docs: $(STAMP)
 	$(VENV)/bin/loraforge config-docs --write docs/config.md
-	$(PY) -c 'from loraforge.config.aliases import write_import_docs; write_import_docs("docs/import.md")'
+	$(PY) -c 'from loraforge.config.import_docs import write_import_docs; write_import_docs("docs/import.md")'
 
 clean:
 	rm -rf $(VENV) $(LATEST) output

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from loraforge.config import ConfigError, load_config
-from loraforge.config.aliases import ALIASES, render_import_docs
+from loraforge.config.aliases import ALIASES
+from loraforge.config.import_docs import render_import_docs
 from loraforge.config.root import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
