@@ -41,10 +41,9 @@ class NonFiniteGuard:
         if not self.accelerator.sync_gradients:
             return False
         bad_grads = torch.zeros((), dtype=torch.bool, device=self.bad_loss.device)
-        if self.check_grads:
-            for p in params:
-                if p.grad is not None:
-                    bad_grads |= ~torch.isfinite(p.grad).all()
+        grads = [p.grad for p in params if p.grad is not None] if self.check_grads else []
+        if grads:  # one fused norm (foreach kernels) instead of a test per tensor: NaN or Inf in any makes it so
+            bad_grads = ~torch.isfinite(torch.nn.utils.get_total_norm(grads)).to(bad_grads.device)
         flags = self.accelerator.reduce(torch.stack([self.bad_loss, bad_grads]).float(), reduction="sum")
         self.bad_loss = torch.zeros_like(self.bad_loss)
         bad_loss, bad_grads = (bool(f > 0) for f in flags)
