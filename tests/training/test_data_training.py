@@ -28,13 +28,13 @@ def test_sdxl_time_ids_from_buckets_reach_the_unet(make_config, tmp_path):
     t = Trainer(cfg)
     t.prepare()
     seen = []
-    unet = t.unet
+    unet = t.step.unet
 
     def spy(sample, timesteps, hidden, added_cond_kwargs=None, **kw):
         seen.append((tuple(sample.shape), added_cond_kwargs["time_ids"].tolist()))
         return unet(sample, timesteps, hidden, added_cond_kwargs=added_cond_kwargs, **kw)
 
-    t.unet = spy
+    t.step.unet = spy
     try:
         for batch in t.train_dataloader:
             t.compute_loss(batch)

@@ -1,23 +1,40 @@
-"""One training step's loss: latents → noise → UNet prediction → target → weighted loss."""
+"""One training step's loss: latents → noise → UNet prediction → target → weighted loss.
+
+`LossStep` names everything the loss depends on; the `Trainer` builds one once its models are prepared and the
+loop (and the tests) call it. Nothing here reaches back into the trainer.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
+from ..config.training import TrainingConfig
+from ..data.cache import sample_latents, vae_scaling
 from ..models.text import Conditioning, encode_prompts, sdxl_time_ids
 from .losses import diffusion_target, min_snr_weights, offset_noise, per_sample_mse, pyramid_noise
 
 
-class StepMixin:
-    """The per-step computation of the `Trainer` (kept apart from the run's orchestration)."""
+@dataclass
+class LossStep:
+    training: TrainingConfig
+    model: object  # the `SDModel`: family, VAE, tokenizers, prediction type
+    unet: torch.nn.Module  # as prepared by accelerate (maybe wrapped)
+    text_encoders: list
+    noise_scheduler: object
+    device: torch.device
+    weight_dtype: torch.dtype
+    vae_dtype: torch.dtype
+    resolution: int
+    text_needs_grad: Callable[[], bool]  # changes when pivotal tuning freezes the new embeddings
 
     def encode_latents(self, pixel_values: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
         """Scaled latents of a batch. With `seeds` (the batch's `latent_seeds`) each sample's draw from the latent
         distribution uses its own generator, as the latent cache does, so cached and live runs agree."""
-        from ..data.cache import sample_latents, vae_scaling
-
         m = self.model
-        pixels = pixel_values.to(self.accelerator.device, dtype=self.vae_dtype)
+        pixels = pixel_values.to(self.device, dtype=self.vae_dtype)
         with torch.no_grad():
             dist = m.vae.encode(pixels).latent_dist
             scale, shift = vae_scaling(m.vae)
@@ -30,7 +47,7 @@ class StepMixin:
         generator seeded by the batch's `noise_seeds` (from (seed, epoch, index), like all of a sample's
         randomness): a sample gets the same noise whatever batch or process it lands in, so N processes at batch B
         train as one process at batch N·B, and a resumed run draws what an uninterrupted one would."""
-        t = self.cfg.training
+        t = self.training
         num_timesteps = self.noise_scheduler.config.num_train_timesteps
         noises, timesteps = [], []
         for seed in seeds:
@@ -46,9 +63,9 @@ class StepMixin:
 
     def encode_batch_text(self, captions: list[str]):
         m = self.model
-        with torch.set_grad_enabled(self.text_needs_grad):
+        with torch.set_grad_enabled(self.text_needs_grad()):
             return encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, captions,
-                                  self.cfg.training.clip_skip)
+                                  self.training.clip_skip)
 
     def compute_loss(
         self,
@@ -58,9 +75,9 @@ class StepMixin:
         timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss of one batch. Latents, noise and timesteps are drawn here unless given (tests fix them)."""
-        m, acc = self.model, self.accelerator
+        m, device = self.model, self.device
         if latents is None and "latents" in batch:  # from the latent cache, already scaled
-            latents = batch["latents"].to(acc.device, dtype=self.weight_dtype)
+            latents = batch["latents"].to(device, dtype=self.weight_dtype)
         if latents is None:
             latents = self.encode_latents(batch["pixel_values"], batch.get("latent_seeds"))
         if noise is None or timesteps is None:
@@ -71,21 +88,21 @@ class StepMixin:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if "prompt_embeds" in batch:  # from the text-encoder cache
             pooled = batch.get("pooled")
-            cond = Conditioning(batch["prompt_embeds"].to(acc.device), None if pooled is None else pooled.to(acc.device))
+            cond = Conditioning(batch["prompt_embeds"].to(device), None if pooled is None else pooled.to(device))
         else:
             cond = self.encode_batch_text(batch["captions"])
         added = None
         if m.family.is_sdxl:
             target_size = tuple(batch.get("target_size") or (self.resolution, self.resolution))  # the batch's bucket
             time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], target_size)
-            added = {"text_embeds": cond.pooled.to(self.weight_dtype), "time_ids": time_ids.to(acc.device, self.weight_dtype)}
+            added = {"text_embeds": cond.pooled.to(self.weight_dtype), "time_ids": time_ids.to(device, self.weight_dtype)}
         pred = self.unet(
             noisy, timesteps, cond.prompt_embeds.to(self.weight_dtype), added_cond_kwargs=added, return_dict=False
         )[0]
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, m.prediction_type)
         loss = per_sample_mse(pred, target)
-        if self.cfg.training.snr_gamma:
-            loss = loss * min_snr_weights(self.noise_scheduler, timesteps, self.cfg.training.snr_gamma,
+        if self.training.snr_gamma:
+            loss = loss * min_snr_weights(self.noise_scheduler, timesteps, self.training.snr_gamma,
                                           m.prediction_type)
         if "loss_weights" in batch:  # prior-preservation (class) samples weigh prior_loss_weight
             loss = loss * batch["loss_weights"].to(loss)

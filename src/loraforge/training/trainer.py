@@ -22,7 +22,7 @@ from ..errors import RunFolderError
 from ..models.loading import load_model
 from ..networks import create_network
 from ..utils.files import write_text_atomic
-from .step import StepMixin
+from .step import LossStep
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
 from .pivotal import PivotalTuning
 from .nonfinite import NonFiniteGuard
@@ -60,7 +60,7 @@ class RunResult:
     is_main_process: bool = True
 
 
-class Trainer(StepMixin):
+class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.run_dir = Path(cfg.output.output_dir).expanduser() / cfg.output.output_name
@@ -232,6 +232,10 @@ class Trainer(StepMixin):
         self.text_encoders = self.trained_models[1:] if with_te else self.model.text_encoders
         self.optimizer, self.train_dataloader, self.lr_scheduler = prepared[len(trained):]
         register_network_hooks(acc, self.network, self.pivotal)
+        self.step = LossStep(
+            training=cfg.training, model=self.model, unet=self.unet, text_encoders=self.text_encoders,
+            noise_scheduler=self.noise_scheduler, device=acc.device, weight_dtype=self.weight_dtype,
+            vae_dtype=self.vae_dtype, resolution=self.resolution, text_needs_grad=lambda: self.text_needs_grad)
         self.run_info.update(
             max_train_steps=self.max_steps, batches_per_epoch=self.plan.batches_per_process, epochs=self.num_epochs,
             total_batch_size=cfg.training.batch_size * acc.num_processes * cfg.training.gradient_accumulation_steps,
@@ -309,6 +313,19 @@ class Trainer(StepMixin):
             log.warning("NaN/Inf: %d optimizer step(s) skipped in this run (training.on_nonfinite = \"skip\")",
                         self.nonfinite.skipped)
         acc.wait_for_everyone()
+
+    # The step's math is `self.step` (a `LossStep`); the loop and the tests call it through these.
+    def compute_loss(self, batch: dict, latents=None, noise=None, timesteps=None) -> torch.Tensor:
+        return self.step.compute_loss(batch, latents, noise, timesteps)
+
+    def encode_latents(self, pixel_values: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+        return self.step.encode_latents(pixel_values, seeds)
+
+    def make_noise(self, latents: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.step.make_noise(latents, seeds)
+
+    def encode_batch_text(self, captions: list[str]):
+        return self.step.encode_batch_text(captions)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         params = [p for part in self.network.parts for p in self.network.parameters(part)]
