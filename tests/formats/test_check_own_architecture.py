@@ -50,7 +50,7 @@ def test_tiny_export_maps_completely_on_its_own_architecture(models, family, alg
     model, net = build(models[family], family, **{"network.algo": algo, "network.preset": "full",
                                                   "network.train_text_encoder": True})
     randomize(net)
-    sd = kohya_state_dict(net.module_tensors(), family, dict(model.unet.config))
+    sd = kohya_state_dict(net.module_tensors().values(), family, dict(model.unet.config))
     unet_cfg, te_cfgs = _configs(model)
     report = check_state_dict(sd, family, unet_config=unet_cfg, text_encoder_configs=te_cfgs)
     n = len(net.targets)
@@ -66,7 +66,7 @@ def test_tiny_export_maps_completely_on_its_own_architecture(models, family, alg
 def test_our_files_broken_the_known_ways_are_reported(models):
     model, net = build(models["sd15"], "sd15", **{"network.algo": "dora", "network.train_text_encoder": True})
     randomize(net)
-    good = kohya_state_dict(net.module_tensors(), "sd15", None)
+    good = kohya_state_dict(net.module_tensors().values(), "sd15", None)
     cfgs = _configs(model)
 
     def check(sd):

@@ -32,7 +32,7 @@ def _export(family: str, **overrides):
     net = create_network(cfg)
     net.apply(model)
     materialise(net)
-    return model, net, kohya_state_dict(net.module_tensors(), family, dict(model.unet.config))
+    return model, net, kohya_state_dict(net.module_tensors().values(), family, dict(model.unet.config))
 
 
 @pytest.mark.parametrize("family", ["sd15", "sd2", "sdxl"])
@@ -42,7 +42,7 @@ def test_default_lora_resolves_in_every_consumer(family):
     net = create_network(cfg)
     net.apply(model)
     materialise(net)
-    sd = kohya_state_dict(net.module_tensors(), family, dict(model.unet.config))
+    sd = kohya_state_dict(net.module_tensors().values(), family, dict(model.unet.config))
     report = check_state_dict(sd, family)
     n_modules = len(sd) // 3
     assert report.errors == [], [str(i) for i in report.errors]

@@ -12,8 +12,8 @@ import torch
 
 from loraforge.formats.check import consumer_merged_delta
 from loraforge.formats.lora_file import ModelTree, bind, read_lora_state_dict
-from loraforge.formats.lora_math import module_delta
-from loraforge.tools.errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError
+from loraforge.adapters import module_delta
+from loraforge.errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError
 
 from .consumer_fixtures import CONV, DORA_IN, DORA_OUT, LIN, lycoris_file, lycoris_reference, make_file, rel_err
 

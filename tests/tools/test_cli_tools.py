@@ -8,7 +8,7 @@ from PIL import Image
 
 from loraforge.cli import main
 from loraforge.formats.lora_file import ModelTree, load_bound
-from loraforge.formats.lora_math import module_delta
+from loraforge.adapters import module_delta
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loraforge.formats.lora_file import ModelTree, load_bound
-from loraforge.formats.lora_math import module_delta
+from loraforge.adapters import module_delta
 from loraforge.tools.common import LoraSpec, load_sd_model
 from loraforge.tools.errors import FamilyMismatchError, ToolError
 from loraforge.tools.extract import extract_lora

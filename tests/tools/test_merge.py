@@ -52,7 +52,7 @@ def test_merge_then_sample_equals_runtime_lora(trained, tmp_path, family):
 def test_merge_to_folder_with_part_scales(trained, single_files):
     """B was merged with UNet strength 0.5 and text-encoder strength 0 (fixture below)."""
     from loraforge.formats.lora_file import ModelTree, load_bound
-    from loraforge.formats.lora_math import module_delta
+    from loraforge.adapters import module_delta
 
     t = trained["sd15"]
     base, merged = load_sd_model(str(t.model_dir)), load_sd_model(str(single_files[2]))

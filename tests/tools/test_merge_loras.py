@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from loraforge.formats.lora_file import ModelTree, load_bound
-from loraforge.formats.lora_math import module_delta
-from loraforge.formats.lora_write import kohya_name
+from loraforge.adapters import module_delta
+from loraforge.formats.kohya import kohya_module_name
 from loraforge.tools.errors import UnsupportedError
 from loraforge.tools.merge_loras import merge_loras
 from loraforge.tools.svd import RankRule
@@ -25,7 +25,7 @@ def pair(trained, tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     sd = {}
     for (part, path), m in first.by_target().items():
-        name = kohya_name(part, path, tree, "ldm")
+        name = kohya_module_name(part, path, tree.family, tree.unet_config, "ldm")
         up, down = m.tensors["lora_up.weight"], m.tensors["lora_down.weight"]
         sd[f"{name}.lora_up.weight"] = 0.05 * torch.randn(up.shape, generator=g)
         sd[f"{name}.lora_down.weight"] = torch.randn(down.shape, generator=g)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from loraforge.formats.lora_file import load_lora_file
-from loraforge.formats.lora_math import module_delta
+from loraforge.adapters import module_delta
 from loraforge.tools.errors import ToolError
 from loraforge.tools.resize import resize_lora
 from loraforge.tools.svd import RankRule, parse_recipe

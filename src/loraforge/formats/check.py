@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UnsupportedError
+from ..adapters import AdapterModule, module_delta
+from ..errors import ShapeMismatchError, UnsupportedError
 from ..models.family import folder_architecture
 from ..models.tiny import tiny_model_dir
+from ..utils.tensors import nonfinite_tensors
 from .consumers import a1111, comfyui, diffusers_rules
 from .consumers.keys import (
     ADAPTER_LABELS,
@@ -33,7 +35,6 @@ from .consumers.keys import (
     dora_axis,
     group_modules,
     lora_pair,
-    nonfinite_tensors,
 )
 from .consumers.tables import FAMILIES, family_of, model_tables_key
 from .lora_file import detect_tiny_model, read_tensors
@@ -470,16 +471,17 @@ def consumer_merged_delta(consumer: str, W: torch.Tensor, tensors: dict, strengt
 
 
 def _diffusers_delta(W: torch.Tensor, tensors: dict, strength: float) -> torch.Tensor:
-    """PEFT LoRA as diffusers loads a kohya module: alpha/rank · up @ down, `dora_scale` ignored."""
+    """PEFT LoRA as diffusers loads a kohya module: alpha/rank · up @ down (`adapters.module_delta`), `dora_scale`
+    ignored."""
     if adapter_kind(tensors) != "lora" or "lora_up.weight" not in tensors:
         raise ConsumerMergeError(f"diffusers cannot load a {ADAPTER_LABELS[adapter_kind(tensors)]} module")
-    up, down = tensors["lora_up.weight"].float(), tensors["lora_down.weight"].float()
     alpha = tensors.get("alpha")
-    scale = alpha.item() / down.shape[0] if alpha is not None else 1.0
-    diff = up.flatten(1) @ down.flatten(1)
-    if diff.numel() != W.numel():
-        raise ConsumerMergeError(f"ΔW {tuple(diff.shape)} does not fit {tuple(W.shape)}")
-    return strength * scale * diff.reshape(W.shape)
+    module = AdapterModule("", {k: tensors[k] for k in ("lora_down.weight", "lora_up.weight")},
+                           float(alpha) if alpha is not None else None)
+    try:
+        return strength * module_delta(module, W.shape)
+    except ShapeMismatchError as e:
+        raise ConsumerMergeError(str(e)) from None
 
 
 __all__ = [

@@ -10,14 +10,19 @@ Rules (reference: formats.md §1–§2, kohya.md §2):
 - one 0-dim `alpha` per module holding the alpha consumers divide by the rank (alpha·√rank for rsLoRA); none for
   modules that have no rank (`w_norm`/`b_norm` norm diffs);
 - the tensor suffixes of each algo as LyCORIS writes them (`lora_down.weight`/`lora_up.weight`/`lora_mid.weight`,
-  `hada_w1_a`..., `lokr_w1`..., keep-dim `dora_scale`), which the networks' `module_tensors()` already use.
+  `hada_w1_a`..., `lokr_w1`..., keep-dim `dora_scale`): the spelling of `loraforge.adapters.AdapterModule`, which the
+  networks' `module_tensors()`, the file reader and the tools use.
+
+One writer for the trainer's export and the tools' rewrites (`kohya_state_dict`).
 """
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 
-from ..networks.base import ModuleTensors
+from ..adapters import AdapterModule
 
 TE_PREFIXES = {"sd15": {"te1": "lora_te"}, "sd2": {"te1": "lora_te"}, "sdxl": {"te1": "lora_te1", "te2": "lora_te2"}}
 _TEXT_MODEL_PARTS = ("encoder.", "embeddings.", "final_layer_norm")  # what lives under CLIP's `text_model`
@@ -43,24 +48,33 @@ def kohya_module_name(
 
 
 def kohya_state_dict(
-    modules: dict[tuple[str, str], ModuleTensors],
+    modules: Iterable[AdapterModule],
     family: str,
-    unet_config: dict | None,
-    dtype: torch.dtype = torch.float32,
+    unet_config: dict | None = None,
+    naming: str = "auto",
+    dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
+    """The kohya state dict of bound modules (part and path set). `naming`: "auto", "diffusers", "ldm" (see
+    `kohya_module_name`) or "keep" (a module's own kohya name from the file it was read from, when it has one, else
+    "auto"). `dtype` None keeps the tensors as stored (bit-exact rewrites); else every tensor is cast to it. A PEFT 1-D
+    `dora_scale` is written keep-dim on the output axis."""
     sd: dict[str, torch.Tensor] = {}
-    for (part, path), mt in modules.items():
-        name = kohya_module_name(part, path, family, unet_config)
+    for m in modules:
+        if naming == "keep" and m.name and "." not in m.name:
+            name = m.name
+        else:
+            name = kohya_module_name(m.part, m.path, family, unet_config, "auto" if naming == "keep" else naming)
         if "." in name:
             raise ValueError(f"kohya module name {name!r} contains a dot; A1111 would drop the whole file")
-        for suffix, tensor in mt.tensors.items():
-            sd[f"{name}.{suffix}"] = tensor.to(dtype).contiguous()
-        if mt.alpha is not None:
-            sd[f"{name}.alpha"] = torch.tensor(mt.alpha, dtype=dtype)
+        dims = 4 if any(t.dim() == 4 for t in m.tensors.values()) else 2
+        for suffix, tensor in m.tensors.items():
+            if suffix == "dora_scale" and tensor.dim() == 1:  # PEFT's 1-D magnitude: keep-dim output axis
+                tensor = tensor.reshape(-1, *[1] * (dims - 1))
+            sd[f"{name}.{suffix}"] = tensor if dtype is None else tensor.to(dtype).contiguous()
+        if m.alpha is not None:
+            if m.alpha_tensor is not None and dtype is None:
+                sd[f"{name}.alpha"] = m.alpha_tensor
+            else:
+                like = dtype or next(iter(m.tensors.values())).dtype
+                sd[f"{name}.alpha"] = torch.tensor(float(m.alpha), dtype=like)
     return sd
-
-
-def split_kohya_key(key: str) -> tuple[str, str]:
-    """`lora_unet_x_y.lora_up.weight` → (`lora_unet_x_y`, `lora_up.weight`)."""
-    module, _, suffix = key.partition(".")
-    return module, suffix

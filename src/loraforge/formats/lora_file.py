@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputNotFoundError
-from ..tools.errors import (
+from ..adapters import ADAPTER_LABELS, AdapterModule, delta_shape, missing_tensors
+from ..errors import (
     FamilyMismatchError,
+    InputNotFoundError,
     MissingKeyError,
     NonFiniteTensorError,
     PickleRefusedError,
@@ -38,17 +39,8 @@ from ..tools.errors import (
     UnsupportedError,
 )
 from ..utils.files import open_safetensors
-from .consumers.keys import (
-    ADAPTER_LABELS,
-    KOHYA_PREFIXES,
-    LORA_PAIRS,
-    adapter_kind,
-    delta_shape,
-    describe_nonfinite,
-    group_modules,
-    nonfinite_tensors,
-    split_key,
-)
+from ..utils.tensors import describe_nonfinite, nonfinite_tensors
+from .lora_keys import DOWN, group_keys
 from .metadata import BASE_MODEL_KEY, tiny_family
 from .model_tree import FAMILY_LABELS, ModelTree
 
@@ -57,63 +49,12 @@ log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth", ".ckpt")
 SUPPORTED_KINDS = ("lora", "locon_tucker", "loha", "lokr", "full")
 PART_LABELS = {"unet": "UNet", "te1": "text encoder 1", "te2": "text encoder 2"}
-_UP = {up: "lora_up.weight" for up, _ in LORA_PAIRS}
-_DOWN = {down: "lora_down.weight" for _, down in LORA_PAIRS}
 
 
 # ------------------------------------------------------------------------------------------------------- the file
 @dataclass
-class LoraModule:
-    """One adapted module: tensors by normalised suffix (`lora_up.weight`, `lora_down.weight`, `lora_mid.weight`,
-    `hada_*`, `lokr_*`, `dora_scale`, `diff`), its alpha, and once bound, the (part, path) it patches."""
-
-    name: str  # the module name in the file
-    tensors: dict[str, torch.Tensor]
-    alpha: float | None = None
-    alpha_tensor: torch.Tensor | None = None  # as stored (dtype kept for bit-exact rewrites)
-    part: str | None = None
-    path: str | None = None
-    keys: list[str] = field(default_factory=list)
-
-    @property
-    def kind(self) -> str:
-        return adapter_kind(self.tensors)
-
-    @property
-    def rank(self) -> int | None:
-        t, kind = self.tensors, self.kind
-        if kind in ("lora", "locon_tucker"):
-            return int(t["lora_down.weight"].shape[0])
-        if kind == "loha":
-            return int(t["hada_w1_b"].shape[0])
-        if kind == "lokr":  # the factored half gives the rank (ComfyUI's and LyCORIS' rule); none: full matrices
-            for key in ("lokr_w2_b", "lokr_w1_b"):
-                if key in t:
-                    return int(t[key].shape[0])
-        return None
-
-    @property
-    def scale(self) -> float:
-        """alpha / rank, the factor every consumer applies (1.0 without alpha, and for LoKr without a factored
-        half)."""
-        rank = self.rank
-        if self.alpha is None or rank is None:
-            return 1.0
-        return self.alpha / rank
-
-    @property
-    def is_conv(self) -> bool:
-        t = self.tensors
-        return any(v.dim() == 4 and v.shape[2:] != (1, 1) for v in t.values()) or "lora_mid.weight" in t
-
-    @property
-    def target(self) -> tuple[str, str] | None:
-        return (self.part, self.path) if self.part else None
-
-
-@dataclass
 class LoraFile:
-    modules: dict[str, LoraModule]
+    modules: dict[str, AdapterModule]
     unknown: dict[str, str]  # file key -> why no module uses it
     metadata: dict[str, str]
     family: str
@@ -123,7 +64,7 @@ class LoraFile:
     nonfinite: dict[str, str] = field(default_factory=dict)  # file key -> its NaN / Inf counts
     tiny: bool = False  # made for loraforge's embedded tiny model of `family` (`detect_tiny_model`)
 
-    def by_target(self) -> dict[tuple[str, str], LoraModule]:
+    def by_target(self) -> dict[tuple[str, str], AdapterModule]:
         return {m.target: m for m in self.modules.values() if m.target}
 
     def kinds(self) -> dict[str, int]:
@@ -208,32 +149,20 @@ def read_lora_state_dict(sd: dict[str, torch.Tensor], metadata: dict | None = No
         else:
             body[key] = value
     peft_alpha = _peft_alphas(metadata)
-    modules: dict[str, LoraModule] = {}
-    keys_of: dict[str, list[str]] = {}
-    for key in body:
-        module_name, _, known = split_key(key)
-        if known:
-            keys_of.setdefault(module_name, []).append(key)
-    for name, fm in group_modules(body).items():
-        for key in fm.unknown:
-            unknown[key] = "unknown tensor suffix"
-        module = LoraModule(name, {}, keys=keys_of.get(name, []))
-        for suffix, tensor in fm.tensors.items():
-            if suffix == "diff_b":
-                unknown[f"{name}.diff_b"] = "bias deltas are not applied by loraforge's tools"
-                module.keys.remove(f"{name}.diff_b")
-            elif suffix == "alpha":
-                if tensor.numel() != 1:
-                    raise ShapeMismatchError(f"{source}: {name}.alpha has {tensor.numel()} elements; it must be one")
-                module.alpha, module.alpha_tensor = float(tensor.reshape(())), tensor
-            elif suffix in _UP:
-                module.tensors["lora_up.weight"] = tensor
-            elif suffix in _DOWN:
-                module.tensors["lora_down.weight"] = tensor
-            elif suffix == "lora_magnitude_vector":  # PEFT DoRA: 1-D per output row
-                module.tensors["dora_scale"] = tensor
-            else:
-                module.tensors[suffix] = tensor
+    grouped, unknown_keys = group_keys(body)
+    for key in unknown_keys:
+        unknown[key] = "unknown tensor suffix"
+    modules: dict[str, AdapterModule] = {}
+    for name, module in grouped.items():
+        if "diff_b" in module.tensors:
+            del module.tensors["diff_b"]
+            unknown[f"{name}.diff_b"] = "bias deltas are not applied by loraforge's tools"
+            module.keys.remove(f"{name}.diff_b")
+        alpha = module.tensors.pop("alpha", None)
+        if alpha is not None:
+            if alpha.numel() != 1:
+                raise ShapeMismatchError(f"{source}: {name}.alpha has {alpha.numel()} elements; it must be one")
+            module.alpha, module.alpha_tensor = float(alpha.reshape(())), alpha
         if module.alpha is None and "." in name and module.kind == "lora":
             module.alpha = peft_alpha(name, module.rank)
         problem = _incomplete(module)
@@ -250,26 +179,13 @@ def read_lora_state_dict(sd: dict[str, torch.Tensor], metadata: dict | None = No
     return LoraFile(modules, unknown, metadata, family, evidence, style, source, nonfinite_tensors(sd), bool(tiny))
 
 
-def _incomplete(m: LoraModule) -> str | None:
-    kind, t = m.kind, m.tensors
+def _incomplete(m: AdapterModule) -> str | None:
+    kind = m.kind
     if kind == "none":
         return "module without adapter tensors (only alpha / dora_scale)"
     if kind not in SUPPORTED_KINDS:
         return f"{ADAPTER_LABELS.get(kind, kind)} modules are not supported by loraforge's tools"
-    need = {
-        "lora": ("lora_up.weight", "lora_down.weight"),
-        "locon_tucker": ("lora_up.weight", "lora_down.weight", "lora_mid.weight"),
-        "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
-        "full": ("diff",),
-    }.get(kind, ())
-    missing = [s for s in need if s not in t]
-    if kind == "lokr":
-        if "lokr_w1" not in t and not {"lokr_w1_a", "lokr_w1_b"} <= set(t):
-            missing.append("lokr_w1 (or lokr_w1_a + lokr_w1_b)")
-        if "lokr_w2" not in t and not {"lokr_w2_a", "lokr_w2_b"} <= set(t):
-            missing.append("lokr_w2 (or lokr_w2_a + lokr_w2_b)")
-    if kind == "loha" and ("hada_t1" in t) != ("hada_t2" in t):
-        missing.append("hada_t1 and hada_t2 together")
+    missing = missing_tensors(m.tensors)
     return f"incomplete module: missing {', '.join(missing)}" if missing else None
 
 
@@ -325,7 +241,7 @@ def detect_tiny_model(sd: dict, metadata: dict | None = None) -> tuple[str | Non
     family = tiny_family(metadata)
     if family:
         return family, f"metadata {BASE_MODEL_KEY} = tiny-{family}"
-    modules = group_modules(sd)
+    modules, _ = group_keys(sd)
     for name, m in modules.items():
         if re.search(r"attn2[._](processor[._])?to_[kv]$", name):
             shape = delta_shape(m.tensors)
@@ -341,7 +257,7 @@ def detect_tiny_model(sd: dict, metadata: dict | None = None) -> tuple[str | Non
 def _linear_proj_in(modules) -> bool:
     for name, m in modules.items():
         if re.search(r"proj_in$", name):
-            down = next((t for s, t in m.tensors.items() if s in _DOWN or s == "lora_down.weight"), None)
+            down = m.tensors.get(DOWN)
             return down is not None and down.dim() == 2
     return False
 
@@ -385,7 +301,7 @@ def bind(lora: LoraFile, tree: ModelTree, check_shapes: bool = True) -> LoraFile
     return lora
 
 
-def fits(module: LoraModule, weight_shape) -> bool:
+def fits(module: AdapterModule, weight_shape) -> bool:
     weight_shape = tuple(weight_shape)
     got = delta_shape(module.tensors)
     if got is None or len(weight_shape) < 2:
@@ -409,9 +325,7 @@ def load_bound(path, tree: ModelTree, allow_pickle: bool = False, skip_unknown: 
 
 
 __all__ = [
-    "KOHYA_PREFIXES",
     "LoraFile",
-    "LoraModule",
     "ModelTree",
     "bind",
     "detect_lora_family",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..tools.errors import MissingKeyError
+from ..errors import MissingKeyError
 
 FAMILY_LABELS = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 # diffusers part prefixes, and kohya prefixes each part answers to (ComfyUI maps lora_te_ onto SDXL's CLIP-L too)

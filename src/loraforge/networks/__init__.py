@@ -7,9 +7,9 @@ See docs/networks.md.
 """
 
 from ..config.network import NetworkConfig
-from .base import ModuleTensors, Network, ParamGroup, network_args_json
+from .base import Network, ParamGroup, network_args_json
 
-__all__ = ["ModuleTensors", "Network", "ParamGroup", "create_network", "network_args_json"]
+__all__ = ["Network", "ParamGroup", "create_network", "network_args_json"]
 
 
 def create_network(cfg: NetworkConfig) -> Network:

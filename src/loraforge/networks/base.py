@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..adapters import AdapterModule, module_delta
 from ..config.network import NetworkConfig
 from ..errors import NetworkError
 from .targets import Target, describe_plan, part_modules, plan_targets
@@ -24,16 +25,6 @@ log = logging.getLogger(__name__)
 
 PARTS_SD = ("unet", "te1")
 PARTS_SDXL = ("unet", "te1", "te2")
-
-
-@dataclass
-class ModuleTensors:
-    """One adapted module as the kohya/LyCORIS layout stores it: suffix → tensor (`lora_down.weight`, ...) plus the
-    alpha consumers must read (a float written as a 0-dim tensor: alpha·√rank for rsLoRA; None for modules without
-    one, e.g. `w_norm`/`b_norm`)."""
-
-    tensors: dict[str, torch.Tensor]
-    alpha: float | None
 
 
 @dataclass
@@ -57,13 +48,14 @@ class Network(ABC):
         """Trainable parameters of one part (`unet`, `te1`, `te2`); empty if that part is not adapted."""
 
     @abstractmethod
-    def module_tensors(self) -> dict[tuple[str, str], ModuleTensors]:
-        """(part, module path) → tensors in the kohya layout, detached, on the CPU, fp32."""
+    def module_tensors(self) -> dict[tuple[str, str], AdapterModule]:
+        """(part, module path) → the module in the kohya layout (`AdapterModule` with part and path set; tensors
+        detached, on the CPU, fp32; alpha as consumers must read it: alpha·√rank for rsLoRA, None for norm diffs)."""
 
     @abstractmethod
     def delta_weight(self, part: str, module_path: str) -> torch.Tensor:
-        """The update ΔW this module adds to its base weight (scale included, eval mode): the reference every
-        exported file must reproduce."""
+        """The update ΔW this module adds to its base weight (scale included, eval mode), on the CPU: the reference
+        every exported file must reproduce."""
 
     def param_groups(self, part: str) -> list[ParamGroup]:
         """Learning-rate groups of one part; by default a single group."""
@@ -133,6 +125,21 @@ class PlannedNetwork(Network):
     @abstractmethod
     def target_params(self, key: tuple[str, str]) -> dict[str, torch.nn.Parameter]:
         """Trainable parameters of one adapted module, by name (`lora_down.weight`, `hada_w1_a`, ...)."""
+
+    @abstractmethod
+    def export_module(self, key: tuple[str, str]) -> AdapterModule:
+        """One adapted module as `module_tensors` returns it."""
+
+    def module_tensors(self) -> dict[tuple[str, str], AdapterModule]:
+        return {key: self.export_module(key) for key in self.targets}
+
+    def delta_weight(self, part: str, module_path: str) -> torch.Tensor:
+        """ΔW of the exported tensors (`adapters.module_delta`, the math the file reader and the tools use too); the
+        tests check it against the engine's own forward (peft, LyCORIS) and the consumer models."""
+        key = (part, module_path)
+        weight = self.targets[key].module.weight.detach().float().cpu()
+        with torch.no_grad():
+            return module_delta(self.export_module(key), weight.shape, weight)
 
     def parameters(self, part: str) -> list[torch.nn.Parameter]:
         return [p for key in self.targets if key[0] == part for p in self.target_params(key).values()]

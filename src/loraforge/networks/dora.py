@@ -20,26 +20,11 @@ import logging
 
 import torch
 
+from ..adapters import axis_norm
 from .locon import LoconMethod
 from .targets import Target
 
 log = logging.getLogger(__name__)
-
-EPS = torch.finfo(torch.float32).eps
-
-
-def axis_norm(weight: torch.Tensor, axis: str) -> torch.Tensor:
-    """‖W‖ per output row ([out, 1, ...]) or per input column ([1, in, ...]), keep-dim."""
-    ones = [1] * (weight.dim() - 1)
-    if axis == "output":
-        return weight.reshape(weight.shape[0], -1).norm(dim=1).reshape(weight.shape[0], *ones)
-    cols = weight.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1)
-    return cols.reshape(weight.shape[1], *ones).transpose(0, 1)
-
-
-def decompose(weight: torch.Tensor, magnitude: torch.Tensor, axis: str) -> torch.Tensor:
-    """(W + ΔW) · m / (‖W + ΔW‖ + eps) for an already merged weight (LyCORIS' formula at multiplier 1)."""
-    return weight * (magnitude / (axis_norm(weight, axis) + EPS))
 
 
 class DoraMethod(LoconMethod):
@@ -60,12 +45,6 @@ class DoraMethod(LoconMethod):
         out = super().export(module)
         out["dora_scale"] = module.dora_scale.detach().float().cpu().clone()
         return out
-
-    def delta(self, module) -> torch.Tensor:
-        W = module.org_module[0].weight.detach().float()
-        diff = super().delta(module).to(W.device)
-        axis = "output" if module.wd_on_out else "input"
-        return decompose(W + diff, module.dora_scale.detach().float(), axis) - W
 
     def algo_args(self, cfg) -> dict[str, object]:
         return {"algo": "lora", "dora_wd": True, "wd_on_output": cfg.dora_axis == "output"}

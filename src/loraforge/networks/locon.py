@@ -3,7 +3,8 @@
 Linear: down [r, in], up [out, r]. k×k conv: down is a conv with the layer's kernel, stride and padding [r, in, k, k],
 up a 1×1 conv [out, r, 1, 1]; with `use_tucker` the down becomes 1×1 [r, in, 1, 1] and a k×k core `lora_mid`
 [r, r, k, k] sits between. ΔW = scale · scalar · up ∘ (mid) ∘ down, scale = alpha / rank (alpha / √rank with
-rsLoRA). The file stores `lora_up` multiplied by the scalar, so consumers need no scalar key (formats.md §3, §4.1).
+rsLoRA). The file stores `lora_up` multiplied by the scalar, so consumers need no scalar key (formats.md §3, §4.1);
+ΔW is computed from the exported tensors by `loraforge.adapters`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,6 @@ import torch
 
 from .lycoris_engine import Method, common_kwargs, cpu, scalar_of
 from .targets import Target
-
-
-def locon_delta(up: torch.Tensor, down: torch.Tensor, mid: torch.Tensor | None, shape) -> torch.Tensor:
-    """up ∘ (mid) ∘ down as a weight of `shape` (no scale)."""
-    up2 = up.reshape(up.shape[0], -1).float()
-    down2 = down.reshape(down.shape[0], -1).float()
-    if mid is None:
-        return (up2 @ down2).reshape(shape)
-    return torch.einsum("oa,abkl,bi->oikl", up2, mid.float(), down2).reshape(shape)
 
 
 class LoconMethod(Method):
@@ -43,11 +35,6 @@ class LoconMethod(Method):
         if module.tucker:
             out["lora_mid.weight"] = cpu(module.lora_mid.weight)
         return out
-
-    def delta(self, module) -> torch.Tensor:
-        mid = module.lora_mid.weight if module.tucker else None
-        diff = locon_delta(module.lora_up.weight, module.lora_down.weight, mid, module.shape)
-        return diff * (module.scale * scalar_of(module))
 
     def algo_args(self, cfg) -> dict[str, object]:
         # files sd-scripts' networks.lora reads carry no algo; Tucker files need LyCORIS

@@ -15,22 +15,6 @@ from .targets import Target
 _NAMES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
-def tucker(t: torch.Tensor, wb: torch.Tensor, wa: torch.Tensor) -> torch.Tensor:
-    """Core t [r, r, k, k], wb [r, in], wa [r, out] -> [out, in, k, k]."""
-    return torch.einsum("ijkl,jr,ip->prkl", t.float(), wb.float(), wa.float())
-
-
-def loha_delta(t: dict[str, torch.Tensor], shape) -> torch.Tensor:
-    """(w1_a @ w1_b) ⊙ (w2_a @ w2_b) as a weight of `shape` (no scale)."""
-    if "hada_t1" in t:
-        one = tucker(t["hada_t1"], t["hada_w1_b"], t["hada_w1_a"])
-        two = tucker(t["hada_t2"], t["hada_w2_b"], t["hada_w2_a"])
-    else:
-        one = t["hada_w1_a"].float() @ t["hada_w1_b"].float().reshape(t["hada_w1_b"].shape[0], -1)
-        two = t["hada_w2_a"].float() @ t["hada_w2_b"].float().reshape(t["hada_w2_b"].shape[0], -1)
-    return (one * two).reshape(shape)
-
-
 class LohaMethod(Method):
     algo = "loha"
     up_param_names = ("hada_w1_a", "hada_w2_a")  # the output-side factors (LoRA+)
@@ -49,9 +33,3 @@ class LohaMethod(Method):
         if module.tucker:
             out["hada_t1"], out["hada_t2"] = cpu(module.hada_t1), cpu(module.hada_t2)
         return out
-
-    def delta(self, module) -> torch.Tensor:
-        t = {name: getattr(module, name) for name in _NAMES}
-        if module.tucker:
-            t["hada_t1"], t["hada_t2"] = module.hada_t1, module.hada_t2
-        return loha_delta(t, module.shape) * (module.scale * scalar_of(module))

@@ -16,20 +16,6 @@ from .lycoris_engine import Method, common_kwargs, cpu, scalar_of
 from .targets import Target
 
 
-def lokr_delta(t: dict[str, torch.Tensor], shape) -> torch.Tensor:
-    """kron(w1, w2) as a weight of `shape` (no scale)."""
-    w1 = t["lokr_w1"].float() if "lokr_w1" in t else t["lokr_w1_a"].float() @ t["lokr_w1_b"].float()
-    if "lokr_w2" in t:
-        w2 = t["lokr_w2"].float()
-    elif "lokr_t2" in t:  # core [r, r, k, k], w2_a [r, b], w2_b [r, d] -> [b, d, k, k]
-        w2 = torch.einsum("ijkl,ip,jr->prkl", t["lokr_t2"].float(), t["lokr_w2_a"].float(), t["lokr_w2_b"].float())
-    else:
-        w2 = t["lokr_w2_a"].float() @ t["lokr_w2_b"].float()
-    if w2.dim() == 4:
-        w1 = w1[:, :, None, None]
-    return torch.kron(w1, w2.contiguous()).reshape(shape)
-
-
 def _tensors(module) -> dict[str, torch.Tensor]:
     t = {}
     if module.use_w1:
@@ -71,9 +57,6 @@ class LokrMethod(Method):
         first = "lokr_w1" if module.use_w1 else "lokr_w1_a"
         out[first] = cpu(out[first] * scalar_of(module).cpu())
         return out
-
-    def delta(self, module) -> torch.Tensor:
-        return lokr_delta(_tensors(module), module.shape) * (module.scale * scalar_of(module))
 
     def algo_args(self, cfg) -> dict[str, object]:
         args: dict[str, object] = {"algo": "lokr", "factor": cfg.factor}

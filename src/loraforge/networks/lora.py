@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from .base import ModuleTensors, PlannedNetwork
+from ..adapters import AdapterModule, module_delta
+from .base import PlannedNetwork
 from .targets import Target
 
 ADAPTER = "default"
@@ -61,33 +62,28 @@ class LoraNetwork(PlannedNetwork):
         layer = self.layers[key]
         return {"lora_down.weight": layer.lora_A[ADAPTER].weight, "lora_up.weight": layer.lora_B[ADAPTER].weight}
 
-    def module_tensors(self) -> dict[tuple[str, str], ModuleTensors]:
-        out = {}
-        for key, layer in self.layers.items():
-            down = layer.lora_A[ADAPTER].weight
-            # the alpha consumers divide by the rank: alpha, or alpha·√rank for rsLoRA (peft's scaling × rank)
-            alpha = layer.lora_alpha[ADAPTER] * (math.sqrt(down.shape[0]) if layer.use_rslora.get(ADAPTER) else 1.0)
-            out[key] = ModuleTensors(
-                {
-                    "lora_down.weight": down.detach().float().cpu().clone(),
-                    "lora_up.weight": layer.lora_B[ADAPTER].weight.detach().float().cpu().clone(),
-                },
-                float(alpha),
-            )
-        return out
+    def _adapter(self, key) -> AdapterModule:
+        """The module's live tensors (on the training device) as an `AdapterModule`."""
+        layer = self.layers[key]
+        down = layer.lora_A[ADAPTER].weight
+        # the alpha consumers divide by the rank: alpha, or alpha·√rank for rsLoRA (peft's scaling × rank)
+        alpha = layer.lora_alpha[ADAPTER] * (math.sqrt(down.shape[0]) if layer.use_rslora.get(ADAPTER) else 1.0)
+        tensors = {"lora_down.weight": down, "lora_up.weight": layer.lora_B[ADAPTER].weight}
+        return AdapterModule("", tensors, float(alpha), part=key[0], path=key[1])
 
-    def delta_weight(self, part: str, module_path: str) -> torch.Tensor:
-        return self.layers[(part, module_path)].get_delta_weight(ADAPTER).detach().float().cpu()
+    def export_module(self, key) -> AdapterModule:
+        module = self._adapter(key)
+        module.tensors = {k: v.detach().float().cpu().clone() for k, v in module.tensors.items()}
+        return module
 
     @torch.no_grad()
     def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
         """kohya's `scale_weight_norms`: scale each module whose ‖ΔW‖ exceeds `max_norm` back to it (both factors
         by √ratio). Returns (modules scaled, mean norm, max norm) before scaling."""
         norms, scaled = [], 0
-        for layer in self.layers.values():
+        for key, layer in self.layers.items():
             a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
-            delta = b.flatten(1).float() @ a.flatten(1).float() * layer.scaling[ADAPTER]
-            norm = delta.norm().item()
+            norm = module_delta(self._adapter(key), self.targets[key].module.weight.shape).norm().item()
             norms.append(norm)
             if norm > max_norm:
                 ratio = (max_norm / norm) ** 0.5

@@ -9,8 +9,8 @@ the UNet / text encoder they patch, so `.to()`, `.train()/.eval()`, accelerate a
 What we take from LyCORIS: the forward (bypass mode, i.e. `W·x + ΔW·x`, for LoCon/LoHa/LoKr; the weight-rebuild
 mode for DoRA, which needs `W + ΔW`), the parametrisation and initialisation, the dropouts. What is ours: module
 selection, the DoRA magnitude (created by us so it works on meta-device models too, on the axis we choose), the
-exported tensors (`export`) and the reference ΔW (`delta`, plain torch written from formats.md §4, cross-checked
-against `lycoris.functional` and against the forward in tests).
+exported tensors (`export`) and the reference ΔW (`adapters.module_delta` of the exported tensors, the math the file
+reader and the tools use too; cross-checked against LyCORIS' forward and `lycoris.functional` in tests).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import os
 
 import torch
 
-from .base import ModuleTensors, PlannedNetwork
+from ..adapters import AdapterModule
+from .base import PlannedNetwork
+from .norm import build_norm, export_norm
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ def quiet_lycoris():
 
 
 class Method:
-    """One LyCORIS algorithm: how to build its module for a target, its file tensors and its ΔW."""
+    """One LyCORIS algorithm: how to build its module for a target and its file tensors."""
 
     algo = ""
     module_path = "lycoris.kohya"
@@ -57,10 +59,6 @@ class Method:
         raise NotImplementedError
 
     def export(self, module) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def delta(self, module) -> torch.Tensor:
-        """ΔW with scale and scalar, no dropout (eval), in the base weight's shape."""
         raise NotImplementedError
 
     def algo_args(self, cfg) -> dict[str, object]:
@@ -108,8 +106,6 @@ class LycorisNetwork(PlannedNetwork):
         self.adapters: dict[tuple[str, str], torch.nn.Module] = {}
 
     def inject(self, plan: list[Target]) -> None:
-        from .norm import build_norm
-
         containers = {}
         for part, root in self.roots.items():
             containers[part] = torch.nn.ModuleDict()
@@ -127,25 +123,11 @@ class LycorisNetwork(PlannedNetwork):
     def target_params(self, key) -> dict[str, torch.nn.Parameter]:
         return dict(self.adapters[key].named_parameters())
 
-    def module_tensors(self) -> dict[tuple[str, str], ModuleTensors]:
-        from .norm import export_norm
-
-        out = {}
-        for key, module in self.adapters.items():
-            if self.targets[key].kind == "norm":
-                out[key] = ModuleTensors(export_norm(module), None)
-            else:
-                out[key] = ModuleTensors(self.method.export(module), consumer_alpha(module))
-        return out
-
-    def delta_weight(self, part: str, module_path: str) -> torch.Tensor:
-        from .norm import norm_delta
-
-        module = self.adapters[(part, module_path)]
-        if self.targets[(part, module_path)].kind == "norm":
-            return norm_delta(module)
-        with torch.no_grad():
-            return self.method.delta(module).float().cpu()
+    def export_module(self, key) -> AdapterModule:
+        module = self.adapters[key]
+        if self.targets[key].kind == "norm":
+            return AdapterModule("", export_norm(module), None, part=key[0], path=key[1])
+        return AdapterModule("", self.method.export(module), consumer_alpha(module), part=key[0], path=key[1])
 
     def network_module(self) -> str:
         if self.method.module_path == "networks.lora" and not self.cfg.use_tucker and not self.cfg.train_norm:

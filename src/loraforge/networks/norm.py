@@ -24,6 +24,3 @@ def export_norm(module) -> dict[str, torch.Tensor]:
         out["b_norm"] = module.b_norm.detach().float().cpu().clone()
     return out
 
-
-def norm_delta(module) -> torch.Tensor:
-    return module.w_norm.detach().float().cpu().clone()

@@ -178,7 +178,7 @@ def find_lora_file(path) -> Path:
 def apply_lora_files(model, loras: list[LoraSpec], allow_pickle: bool = False, skip_unknown: bool = False) -> int:
     """Patch `model` (an `SDModel`) with the LoRA files in place; returns the number of weights changed."""
     from ..formats.lora_file import ModelTree, load_bound
-    from ..formats.lora_math import apply_loras
+    from ..formats.lora_apply import apply_loras
 
     if not loras:
         return 0

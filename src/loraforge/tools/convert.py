@@ -21,7 +21,8 @@ import torch
 
 from ..errors import InputNotFoundError
 from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict
-from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict, kohya_state_dict
+from ..formats.kohya import kohya_state_dict
+from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict
 from ..utils.files import atomic_path, open_safetensors, save_safetensors_atomic
 from .common import check_output, family_metadata, load_sd_model, model_tree
 from .errors import PickleRefusedError, ToolError, UnsupportedError
@@ -197,7 +198,7 @@ def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str |
         out, meta = diffusers_state_dict(modules)
         meta.update(rest)
     else:
-        out = kohya_state_dict(modules, tree, naming=naming)
+        out = kohya_state_dict(modules, tree.family, tree.unet_config, naming=naming)
         meta = rest if "ss_base_model_version" in rest else {**rest, **family_metadata(tree.family)}
     save_safetensors_atomic(out, dst, metadata=meta)
     return ConvertResult(f"{lora.style} LoRA -> {target} LoRA ({len(lora.modules)} modules)", dst)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..formats.lora_file import LoraModule, ModelTree
-from ..formats.lora_write import kohya_state_dict
+from ..adapters import AdapterModule
+from ..formats.kohya import kohya_state_dict
+from ..formats.lora_file import ModelTree
 from .common import check_output, load_sd_model, lora_metadata, model_parts, save_lora
 from .errors import FamilyMismatchError, ShapeMismatchError, ToolError
 from .svd import RankRule, fro_share, full_svd, select_rank, shape_factors, split_factors
@@ -79,7 +80,7 @@ def extract_lora(base: str | None, tuned: str, output, rule: RankRule, text_enco
     tree = ModelTree.from_model(a)
     parts_a, parts_b = model_parts(a), model_parts(b)
     result = ExtractResult(output, rule.describe())
-    modules: list[LoraModule] = []
+    modules: list[AdapterModule] = []
     out_dtype = dtype or torch.float32
     for part, model in parts_a.items():
         if part != "unet" and not text_encoders:
@@ -102,7 +103,7 @@ def extract_lora(base: str | None, tuned: str, output, rule: RankRule, text_enco
             k = select_rank(s, rule, conv, w0, tuple(w0.shape))
             up, down = shape_factors(*split_factors(u, s, vh, k), tuple(w0.shape))
             tensors = {"lora_up.weight": up.to(out_dtype), "lora_down.weight": down.to(out_dtype)}
-            modules.append(LoraModule("", tensors, float(k), torch.tensor(float(k), dtype=out_dtype), part, path))
+            modules.append(AdapterModule("", tensors, float(k), torch.tensor(float(k), dtype=out_dtype), part, path))
             result.modules[(part, path)] = (k, fro_share(s, k))
         _report_other_changes(part, model, parts_b[part], set(layers), min_diff, result)
     if not modules:
@@ -111,7 +112,7 @@ def extract_lora(base: str | None, tuned: str, output, rule: RankRule, text_enco
     meta = lora_metadata(None, a.family.name, extract=rule.describe(), base=a.source, tuned=b.source)
     meta.update(ss_network_module="networks.lora", ss_network_dim=str(ranks.pop()) if len(ranks) == 1 else "Dynamic")
     meta["ss_network_alpha"] = meta["ss_network_dim"]
-    save_lora(kohya_state_dict(modules, tree, naming="auto"), output, meta, overwrite)
+    save_lora(kohya_state_dict(modules, tree.family, tree.unet_config, naming="auto"), output, meta, overwrite)
     return result
 
 

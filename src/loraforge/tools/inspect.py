@@ -14,10 +14,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..adapters import ADAPTER_LABELS
 from ..errors import InputNotFoundError
-from ..formats.consumers.keys import ADAPTER_LABELS, describe_nonfinite
 from ..formats.lora_file import PART_LABELS, PICKLE_SUFFIXES, read_lora_state_dict
 from ..utils.files import open_safetensors
+from ..utils.tensors import describe_nonfinite
 
 SHOWN_METADATA = (
     "ss_output_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",

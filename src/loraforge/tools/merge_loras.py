@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ..formats.consumers.keys import ADAPTER_LABELS
-from ..formats.lora_file import LoraModule, bind, load_lora_file, weak_evidence
-from ..formats.lora_math import module_delta
-from ..formats.lora_write import kohya_state_dict
+from ..adapters import ADAPTER_LABELS, AdapterModule, module_delta
+from ..formats.kohya import kohya_state_dict
+from ..formats.lora_file import bind, load_lora_file, weak_evidence
 from .common import check_output, lora_metadata, model_tree, save_lora
 from .errors import FamilyMismatchError, ShapeMismatchError, ToolError, UnsupportedError
 from .svd import RankRule, fro_share, full_svd, select_rank, shape_factors, split_factors
@@ -80,12 +79,12 @@ def merge_loras(inputs: list[tuple[str, float]], output, mode: str = "concat", r
         bind(lf, tree)
         lf.require_known(skip_unknown)
     weights = [w for _, w in inputs] if mode != "interpolate" else [alpha, 1.0 - alpha]
-    targets: dict[tuple[str, str], list[tuple[LoraModule, float]]] = {}
+    targets: dict[tuple[str, str], list[tuple[AdapterModule, float]]] = {}
     for lf, w in zip(loras, weights):
         for target, m in lf.by_target().items():
             targets.setdefault(target, []).append((m, w))
     result = LoraMergeResult(output, mode)
-    merged: list[LoraModule] = []
+    merged: list[AdapterModule] = []
     for target, items in targets.items():
         shape = tree.shape(*target)
         if mode == "svd":
@@ -105,7 +104,7 @@ def merge_loras(inputs: list[tuple[str, float]], output, mode: str = "concat", r
     ranks = {m.rank for m in merged}
     meta.update(ss_network_module="networks.lora", ss_network_dim=str(ranks.pop()) if len(ranks) == 1 else "Dynamic")
     meta["ss_network_alpha"] = meta["ss_network_dim"]
-    save_lora(kohya_state_dict(merged, tree, naming="keep"), output, meta, overwrite)
+    save_lora(kohya_state_dict(merged, tree.family, tree.unet_config, naming="keep"), output, meta, overwrite)
     return result
 
 
@@ -121,7 +120,7 @@ def _named(items) -> str:
     return next((m.name for m, _ in items if "." not in m.name), items[0][0].name)
 
 
-def _concat(items) -> LoraModule:
+def _concat(items) -> AdapterModule:
     _plain(items, "concat")
     first_up, first_down = items[0][0].tensors["lora_up.weight"], items[0][0].tensors["lora_down.weight"]
     ups, downs = [], []
@@ -134,10 +133,10 @@ def _concat(items) -> LoraModule:
     up = torch.cat(ups, dim=1)
     up = up.reshape(up.shape[0], up.shape[1], *first_up.shape[2:])
     down = torch.cat(downs, dim=0)
-    return LoraModule(_named(items), {"lora_up.weight": up, "lora_down.weight": down}, float(down.shape[0]))
+    return AdapterModule(_named(items), {"lora_up.weight": up, "lora_down.weight": down}, float(down.shape[0]))
 
 
-def _interpolate(items) -> LoraModule:
+def _interpolate(items) -> AdapterModule:
     _plain(items, "interpolate")
     ranks = {m.rank for m, _ in items}
     if len(ranks) != 1:
@@ -146,10 +145,10 @@ def _interpolate(items) -> LoraModule:
     (m1, a), (m2, b) = items
     up = a * m1.scale * m1.tensors["lora_up.weight"].float() + b * m2.scale * m2.tensors["lora_up.weight"].float()
     down = a * m1.tensors["lora_down.weight"].float() + b * m2.tensors["lora_down.weight"].float()
-    return LoraModule(_named(items), {"lora_up.weight": up, "lora_down.weight": down}, float(m1.rank))
+    return AdapterModule(_named(items), {"lora_up.weight": up, "lora_down.weight": down}, float(m1.rank))
 
 
-def _svd(items, shape, rule: RankRule) -> tuple[LoraModule, float]:
+def _svd(items, shape, rule: RankRule) -> tuple[AdapterModule, float]:
     total = torch.zeros(shape)
     for m, w in items:
         if "dora_scale" in m.tensors:
@@ -160,4 +159,4 @@ def _svd(items, shape, rule: RankRule) -> tuple[LoraModule, float]:
     k = select_rank(s, rule, conv, None, tuple(shape))
     like = next((m.tensors.get("lora_up.weight") for m, _ in items if "lora_up.weight" in m.tensors), None)
     up, down = shape_factors(*split_factors(u, s, vh, k), tuple(shape), like)
-    return LoraModule(_named(items), {"lora_up.weight": up, "lora_down.weight": down}, float(k)), fro_share(s, k)
+    return AdapterModule(_named(items), {"lora_up.weight": up, "lora_down.weight": down}, float(k)), fro_share(s, k)

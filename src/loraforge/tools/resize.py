@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..formats.consumers.keys import ADAPTER_LABELS
-from ..formats.lora_file import LoraModule, ModelTree, bind, read_lora_state_dict, read_tensors
-from ..formats.lora_math import raw_delta
-from ..formats.lora_write import kohya_name
+from ..adapters import ADAPTER_LABELS, AdapterModule, raw_delta
+from ..formats.kohya import kohya_module_name
+from ..formats.lora_file import ModelTree, bind, read_lora_state_dict, read_tensors
 from .common import check_output, load_sd_model, lora_metadata, model_parts, model_tree, save_lora
 from .errors import ToolError
 from .svd import RankRule, fro_share, full_svd, lowrank_svd, select_rank, split_factors
@@ -82,7 +81,7 @@ def _span(values: list[int]) -> str:
     return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
 
 
-def resize_module(m: LoraModule, rule: RankRule, weight: torch.Tensor | None = None, dtype=None):
+def resize_module(m: AdapterModule, rule: RankRule, weight: torch.Tensor | None = None, dtype=None):
     """(tensors by suffix incl. alpha, report) of one LoRA / LoCon module re-ranked by `rule`."""
     t = m.tensors
     up, down = t["lora_up.weight"], t["lora_down.weight"]
@@ -142,7 +141,7 @@ def resize_lora(src, output, rule: RankRule, base: str | None = None, family: st
     for name, m in lora.modules.items():
         if m.kind == "lora" or m.kind == "locon_tucker":
             tensors, report = resize_module(m, rule, weights.get(name), dtype)
-            new = kohya_name(m.part, m.path, tree) if lora.style == "diffusers" else name
+            new = kohya_module_name(m.part, m.path, tree.family, tree.unet_config) if lora.style == "diffusers" else name
             out.update({f"{new}.{suffix}": v for suffix, v in tensors.items()})
         else:
             out.update({k: sd[k] for k in m.keys})

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from ..errors import NonFiniteError
-from ..formats.consumers.keys import describe_nonfinite, nonfinite_tensors
 from ..formats.diffusers_lora import WEIGHT_NAME, save_diffusers_lora
 from ..formats.embeddings import embedding_keys, embeddings_file_name, save_embeddings
 from ..formats.kohya import kohya_state_dict
 from ..formats.metadata import model_hashes, training_metadata
 from ..utils.files import save_safetensors_atomic
+from ..utils.tensors import describe_nonfinite, nonfinite_tensors
 from .nonfinite import FIXES
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def write_lora_files(
     dtype = SAVE_DTYPES[cfg.output.save_precision]
     family = model.family.name
     out = WrittenFiles()
-    sd = kohya_state_dict(network.module_tensors(), family, dict(model.unet.config), dtype)
+    sd = kohya_state_dict(network.module_tensors().values(), family, dict(model.unet.config), dtype=dtype)
     refuse_nonfinite(sd, pivotal, family, dtype, folder / f"{kohya_name}.safetensors")
     folder.mkdir(parents=True, exist_ok=True)
     if cfg.output.write_kohya:

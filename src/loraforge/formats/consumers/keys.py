@@ -8,7 +8,6 @@ module names are recognised as such instead of being cut at the first dot the wa
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 
@@ -83,24 +82,6 @@ def group_modules(keys_or_sd) -> dict[str, FileModule]:
     return out
 
 
-def nonfinite_tensors(sd) -> dict[str, str]:
-    """key -> "12 NaN, 3 Inf of 64 values" for every floating-point tensor holding NaN or ±Inf: the one test every
-    reader and writer of LoRA files uses (a diverged run's file turns each weight it touches into NaN)."""
-    out: dict[str, str] = {}
-    for key, value in sd.items():
-        if not hasattr(value, "is_floating_point") or not value.is_floating_point() or bool(value.isfinite().all()):
-            continue
-        counts = [f"{int(n)} {what}" for n, what in ((value.isnan().sum(), "NaN"), (value.isinf().sum(), "Inf")) if n]
-        out[key] = f"{', '.join(counts)} of {value.numel()} values"
-    return out
-
-
-def describe_nonfinite(bad: dict[str, str], limit: int = 5) -> str:
-    """`nonfinite_tensors`' result in one phrase: the first `limit` tensors, then a count of the others."""
-    shown = "; ".join(f"{key} ({what})" for key, what in list(bad.items())[:limit])
-    return shown + (f" (+{len(bad) - limit} more)" if len(bad) > limit else "")
-
-
 def lora_pair(tensors) -> tuple[str, str] | None:
     for up, down in LORA_PAIRS:
         if up in tensors or down in tensors:
@@ -143,13 +124,6 @@ ADAPTER_LABELS = {
     "norm": "norm",
     "none": "no adapter",
 }
-
-
-def adapters_in(modules: dict[str, FileModule]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for m in modules.values():
-        counts[m.kind] += 1
-    return dict(counts)
 
 
 def dora_axis(dora_scale, weight_shape) -> str:
