@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..formats.metadata import BASE_MODEL_KEY, tiny_base_model
 from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
-from .errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
+from ..errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
 
 log = logging.getLogger("loraforge.tools")
 
@@ -48,7 +48,7 @@ def write_model(model, output, dtype=None, metadata: dict | None = None, overwri
     return output
 
 
-def merge_into_model(base: str | None, loras: list[LoraSpec], output, family: str = "auto", dtype=None,
+def merge_into_model(base: str | None, loras: list[LoraSpec], output, *, family: str = "auto", dtype=None,
                      allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False,
                      config_dir: str | None = None) -> Path:
     """Bake the LoRA files into `base` and write the result (see `write_model`)."""
@@ -83,7 +83,7 @@ def _is_single_file(source) -> bool:
     return source is not None and Path(source).suffix == ".safetensors" and Path(source).is_file()
 
 
-def merge_checkpoints(a: str, b: str, output, c: str | None = None, multiplier: float = 0.5,
+def merge_checkpoints(a: str, b: str, output, *, c: str | None = None, multiplier: float = 0.5,
                       mode: str = "weighted_sum", family: str = "auto", dtype=None, allow_pickle: bool = False,
                       overwrite: bool = False, config_dir: str | None = None) -> Path:
     """A1111-style checkpoint merge; the result takes A's dtype unless `dtype` is given."""
