@@ -58,9 +58,3 @@ def kohya_state_dict(
         if mt.alpha is not None:
             sd[f"{name}.alpha"] = torch.tensor(mt.alpha, dtype=dtype)
     return sd
-
-
-def split_kohya_key(key: str) -> tuple[str, str]:
-    """`lora_unet_x_y.lora_up.weight` → (`lora_unet_x_y`, `lora_up.weight`)."""
-    module, _, suffix = key.partition(".")
-    return module, suffix

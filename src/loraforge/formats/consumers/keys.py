@@ -8,7 +8,6 @@ module names are recognised as such instead of being cut at the first dot the wa
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 
@@ -143,13 +142,6 @@ ADAPTER_LABELS = {
     "norm": "norm",
     "none": "no adapter",
 }
-
-
-def adapters_in(modules: dict[str, FileModule]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for m in modules.values():
-        counts[m.kind] += 1
-    return dict(counts)
 
 
 def dora_axis(dora_scale, weight_shape) -> str:
