@@ -94,3 +94,19 @@ def test_each_algo_has_its_own_options_class():
         _load("network.algo='lycoris'")
     with pytest.raises(ConfigError, match="unknown key 'rnak' in \\[network\\]; did you mean 'rank'"):
         _load("network.algo='loha'", "network.rnak=4")
+
+
+def test_dumped_config_lists_every_network_option_and_loads_back():
+    """The resolved config (config.toml of a run and of each checkpoint) lists every [network] option whatever the
+    algo, another algo's at its off value, so it reads back and compares with configs stored by earlier versions."""
+    import tomllib
+
+    from loraforge.config import dump_config, validate_config
+    from loraforge.config.network import NetworkOptions
+
+    for algo in ("lora", "lokr"):
+        text = dump_config(_load(f"network.algo='{algo}'"))
+        net = tomllib.loads(text)["network"]
+        assert set(net) == {k for k, f in NetworkOptions.model_fields.items() if f.default is not None}
+        assert net["algo"] == algo and net["use_tucker"] is False and net["factor"] == -1
+        assert dump_config(validate_config(tomllib.loads(text))) == text

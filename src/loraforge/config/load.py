@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .base import ConfigError, describe_field
-from .network import NETWORK_CLASSES
+from .network import NETWORK_CLASSES, every_option
 from .root import SECTIONS, TrainConfig
 from .suggest import key_hint
 
@@ -169,4 +169,6 @@ def dump_config(cfg: TrainConfig) -> str:
     """The resolved config as TOML (None values are left out: TOML has no null)."""
     import tomli_w
 
-    return tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["network"] = every_option(cfg.network)
+    return tomli_w.dumps(data)

@@ -383,6 +383,13 @@ NetworkOptions = create_model(
 )
 
 
+def every_option(net: NetworkBase) -> dict:
+    """All `[network]` options as JSON values, another algo's at its off value: what a dumped config lists (the same
+    keys whatever the algo, as before the per-algo classes, so the configs stored in checkpoints compare)."""
+    values = {**OFF_VALUES, **net.model_dump(mode="json")}
+    return {k: values[k] for k in NetworkOptions.model_fields if values[k] is not None}
+
+
 def _block_problems(c: NetworkBase) -> list[str]:
     out: list[str] = []
     lists = {n: getattr(c, n) for n in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weights")}
