@@ -3,6 +3,7 @@ each command imports its tool (torch, diffusers) when it runs. The work is done 
 
 from __future__ import annotations
 
+from ..errors import ToolError
 from .common import quiet_progress
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -41,7 +42,6 @@ def _rank_args(p, what: str) -> None:
 
 
 def _rule(args):
-    from ..errors import ToolError
     from ..tools.svd import RankRule, parse_recipe
 
     if args.rank is not None and args.rank < 1:
@@ -219,8 +219,6 @@ def cmd_resize(args) -> int:
     quiet_progress()
     rule = _rule(args)
     if rule.rank is None and rule.method is None and not rule.recipe:
-        from ..errors import ToolError
-
         raise ToolError("give --rank, a rule (--sv-ratio/--sv-fro/--sv-cumulative) or --recipe")
     result = resize_lora(args.lora, args.output, rule, base=args.base, family=args.family, dtype=_dtype(args.dtype),
                          allow_pickle=args.allow_pickle, overwrite=args.overwrite, config_dir=args.config_dir)

@@ -43,10 +43,11 @@ class SampleRequest:
 def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_skip: int | None = None) -> dict:
     """Prompt embeddings computed the way training computes them (clip skip, new tokens), passed to the pipeline
     as `prompt_embeds`; the negative side follows diffusers (SDXL zeroes an empty negative prompt). A token of a
-    multi-vector embedding (`tok` with `tok_1`, ...) is expanded per tokenizer, as the pipelines' `encode_prompt` does."""
+    multi-vector embedding (`tok` with `tok_1`, ...) is expanded per tokenizer, as the pipelines' `encode_prompt`
+    does."""
     import torch
 
-    from ..models.text import encode_tokens, tokenize
+    from ..models.text import encode_tokens, tokenize  # lazy, like torch: models.text imports torch
 
     xl = model.family.is_sdxl
 

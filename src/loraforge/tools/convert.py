@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputNotFoundError, PickleRefusedError, ToolError, UnsupportedError
-from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict
+from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict, read_tensors
 from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict, kohya_state_dict
 from ..utils.files import atomic_path, open_safetensors, save_safetensors_atomic
 from .common import check_output, family_metadata, load_sd_model, model_tree
@@ -171,8 +171,6 @@ def _embedding_to_pt(src: Path, dst: Path, overwrite: bool) -> ConvertResult:
 
 def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str | None, allow_pickle: bool,
                   overwrite: bool, naming: str) -> ConvertResult:
-    from ..formats.lora_file import read_tensors
-
     sd, metadata = read_tensors(src, allow_pickle)
     lora = read_lora_state_dict(sd, metadata, source=str(src))
     if not lora.modules:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputNotFoundError
+from ..formats.check import check_state_dict
 from ..formats.consumers.keys import ADAPTER_LABELS, describe_nonfinite
 from ..formats.lora_file import PART_LABELS, PICKLE_SUFFIXES, read_lora_state_dict
 from ..utils.files import open_safetensors
@@ -108,8 +109,6 @@ def inspect_file(path, allow_pickle: bool = False, all_metadata: bool = False) -
 
 
 def _inspect_lora(path: Path, sd: dict, metadata: dict) -> InspectReport:
-    from ..formats.check import check_state_dict
-
     lora = read_lora_state_dict(sd, metadata, source=str(path))
     if not lora.modules:
         return InspectReport(path, "unknown", ["kind: no LoRA modules, checkpoint or embedding found"]

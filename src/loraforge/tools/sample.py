@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import FamilyMismatchError, InputNotFoundError, ShapeMismatchError, ToolError
+from ..formats.embeddings import load_embeddings
 from ..sampling.generate import SampleRequest, expand_requests, generate, save_png
 from ..sampling.prompts import PromptFileError, read_prompt_file
 from ..sampling.samplers import normalize_sampler
@@ -33,8 +34,6 @@ class EmbeddingSpec:
 def load_embedding(model, spec: EmbeddingSpec, allow_pickle: bool = False) -> None:
     """Add the embedding's vectors to the tokenizers and text encoders under its trigger token (several vectors:
     `tok`, `tok_1`, ...; the pipelines expand `tok` in prompts)."""
-    from ..formats.embeddings import load_embeddings
-
     vectors = load_embeddings(spec.path, allow_pickle=allow_pickle)
     sdxl = model.family.is_sdxl
     if sdxl != ("clip_g" in vectors):
