@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from loraforge.data.dataset import EpochShuffleSampler, ImageCaptionDataset, collate
+from loraforge.data.dataset import ImageCaptionDataset, collate
 from loraforge.data.errors import DataError
 from loraforge.data.images import resize_and_crop
 from loraforge.data.sources import ImageItem
@@ -62,14 +62,6 @@ def test_repeats_and_collate(tmp_path):
     assert "latents" not in batch and "prompt_embeds" not in batch  # no caches: nothing to stack
     with pytest.raises(DataError, match="mixes bucket sizes"):
         collate([examples[0], replace(examples[1], target_size=(64, 96))])
-
-
-def test_sampler_is_a_fresh_permutation_per_epoch_and_reproducible():
-    s = EpochShuffleSampler(10, seed=7)
-    e0 = list(s)
-    assert sorted(e0) == list(range(10)) and list(s) == e0
-    s.set_epoch(1)
-    assert list(s) != e0
 
 
 def test_collate_shapes(tmp_path):

@@ -9,7 +9,7 @@ from loraforge.config import ConfigError, load_config
 from loraforge.data.build import build_train_data
 from loraforge.data.dataset import balanced_repeats
 from loraforge.data.errors import DataError
-from loraforge.data.subsets import collect_all
+from loraforge.data.build import collect_all
 
 
 def images(folder, n, size=(64, 64), captions=None):

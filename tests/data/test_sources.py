@@ -8,7 +8,8 @@ from PIL import Image
 from loraforge.config import load_config
 from loraforge.data.check import validate_items
 from loraforge.data.errors import DataError
-from loraforge.data.sources import DEMO_INSTANCE_PROMPT, collect_items, demo_dir
+from loraforge.data.build import collect_all
+from loraforge.data.sources import DEMO_INSTANCE_PROMPT, demo_dir
 
 
 def img(path, size=(128, 96), color=(200, 30, 30)):
@@ -18,6 +19,13 @@ def img(path, size=(128, 96), color=(200, 30, 30)):
 
 def cfg(**kv):
     return load_config(None, [f"dataset.{k}={v!r}" if isinstance(v, str) else f"dataset.{k}={v}" for k, v in kv.items()]).dataset
+
+
+def collect_items(dataset):
+    """The images and captions of a run whose only source is `[dataset]` (instance_dir or the demo images)."""
+    run = load_config(None)
+    run.dataset = dataset
+    return collect_all(run, 64).items
 
 
 def test_demo_images_ship_with_captions():

@@ -1,4 +1,4 @@
-"""Opt-in (LORAFORGE_FULL_SIZE=1): full-size random fp16 pipelines -> single file -> `load_single_file_pipeline` with
+"""Opt-in (LORAFORGE_FULL_SIZE=1): full-size random fp16 pipelines -> single file -> `models.loading.load_model` with
 the code-written config folder (no `config_dir` given) -> every tensor equal. SD 1.5 takes ~30 s and ~5 GB; SDXL
 minutes and ~15 GB, so they are not part of the default run."""
 
@@ -36,7 +36,9 @@ def test_full_size_round_trip(family, tmp_path, monkeypatch):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from loraforge.formats.single_file import load_single_file_pipeline, save_single_file
+    from loraforge.config.model import ModelConfig
+    from loraforge.formats.single_file import save_single_file
+    from loraforge.models.loading import load_model
     from loraforge.models.configs import full_size_config
 
     monkeypatch.setenv("LORAFORGE_HOME", str(tmp_path / "home"))
@@ -54,7 +56,8 @@ def test_full_size_round_trip(family, tmp_path, monkeypatch):
         )
     tes = [models["text_encoder"]] + ([models["text_encoder_2"]] if family == "sdxl" else [])
     path = save_single_file(tmp_path / "model.safetensors", family, models["unet"], models["vae"], tes)
-    pipe = load_single_file_pipeline(path, family, torch_dtype=torch.float16)
+    cfg = ModelConfig(pretrained_model_name_or_path=str(path), family=family)
+    pipe = load_model(cfg, dtype=torch.float16).pipeline()
     for name, model in models.items():
         a, b = model.state_dict(), getattr(pipe, name).state_dict()
         a = {k: v for k, v in a.items() if not k.endswith("position_ids")}

@@ -11,11 +11,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from loraforge.errors import FamilyMismatchError, ToolError  # noqa: E402
-from loraforge.formats.single_file import (  # noqa: E402
-    load_single_file_pipeline,
-    save_single_file,
-    to_single_file_state_dict,
-)
+from loraforge.config.model import ModelConfig  # noqa: E402
+from loraforge.formats.single_file import save_single_file, to_single_file_state_dict  # noqa: E402
+from loraforge.models.loading import load_model  # noqa: E402
 
 
 def _builders():
@@ -33,7 +31,8 @@ def _make(family, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"ldm-{family}")
     pipe.save_pretrained(root / "diffusers")  # its configs, tokenizers and scheduler describe the single file
     path = save_single_file(root / "model.safetensors", family, pipe.unet, pipe.vae, _text_encoders(pipe))
-    loaded = load_single_file_pipeline(path, family, root / "diffusers")
+    cfg = ModelConfig(pretrained_model_name_or_path=str(path), family=family, config_dir=str(root / "diffusers"))
+    loaded = load_model(cfg).pipeline()  # the one single-file loader training and the tools use
     return pipe, loaded, path
 
 

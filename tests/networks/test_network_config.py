@@ -53,7 +53,7 @@ def test_bad_combinations_name_fields_and_fix(overrides, message):
 def test_good_combinations_load(tiny_models):
     cfg = _load("network.algo='lokr'", "network.factor=8", "network.decompose_both=true", "network.preset='full'",
                 "network.train_text_encoder=true").network
-    assert cfg.uses_lycoris and cfg.factor == 8
+    assert cfg.algo == "lokr" and cfg.factor == 8
     cfg = _load("network.algo='dora'", "network.dora_axis='output'", "network.use_tucker=true",
                 "network.rank_dropout=0.1", "network.rank_dropout_scale=true").network
     assert cfg.dora_axis == "output"
@@ -66,3 +66,47 @@ def test_good_combinations_load(tiny_models):
     assert cfg.block_dims == [4] * 23
     with pytest.raises(NetworkError, match="network.block_dims has 23 values but the model is sd15: SD 1.x/2.x .* takes 25"):
         create_network(cfg).apply(copy.deepcopy(tiny_models("sd15")))
+
+
+def test_each_algo_has_its_own_options_class():
+    """`[network]` is a union on `algo`: each algo's class has only its options; another algo's option reads as its
+    off value (so code reading `cfg.network.<option>` works for every algo), and may be written at that value (the
+    TOML users wrote before stays valid)."""
+    import typing
+
+    from loraforge.config.network import NETWORK_CLASSES, OFF_VALUES, Algo
+
+    assert set(typing.get_args(Algo)) == set(NETWORK_CLASSES)  # the documented choices are the classes
+
+    lora = _load("network.use_tucker=false", "network.rank_dropout=0", "network.dora_axis='input'",
+                 "network.factor=-1").network
+    assert type(lora) is NETWORK_CLASSES["lora"] and lora.algo == "lora"
+    assert "use_tucker" not in type(lora).model_fields and "factor" not in type(lora).model_fields
+    assert (lora.use_tucker, lora.conv_dim, lora.factor, lora.dora_axis) == (False, None, -1, "input")
+    lokr = _load("network.algo='LoKr'", "network.factor=4").network  # the algo in any case, as before
+    assert type(lokr) is NETWORK_CLASSES["lokr"] and lokr.factor == 4 and lokr.loraplus_lr_ratio is None
+    assert "loraplus_lr_ratio" not in type(lokr).model_fields and "dropout" in type(lokr).model_fields
+    # every option is some algo's own, and every option that some algo lacks has an off value
+    every = {k for cls in NETWORK_CLASSES.values() for k in cls.model_fields}
+    some_lack = {k for k in every if any(k not in cls.model_fields for cls in NETWORK_CLASSES.values())}
+    assert some_lack == set(OFF_VALUES)
+    with pytest.raises(ConfigError, match=r"network.algo = 'lycoris': unknown algo; choose one of 'lora', 'locon'"):
+        _load("network.algo='lycoris'")
+    with pytest.raises(ConfigError, match="unknown key 'rnak' in \\[network\\]; did you mean 'rank'"):
+        _load("network.algo='loha'", "network.rnak=4")
+
+
+def test_dumped_config_lists_every_network_option_and_loads_back():
+    """The resolved config (config.toml of a run and of each checkpoint) lists every [network] option whatever the
+    algo, another algo's at its off value, so it reads back and compares with configs stored by earlier versions."""
+    import tomllib
+
+    from loraforge.config import dump_config, validate_config
+    from loraforge.config.network import NetworkOptions
+
+    for algo in ("lora", "lokr"):
+        text = dump_config(_load(f"network.algo='{algo}'"))
+        net = tomllib.loads(text)["network"]
+        assert set(net) == {k for k, f in NetworkOptions.model_fields.items() if f.default is not None}
+        assert net["algo"] == algo and net["use_tucker"] is False and net["factor"] == -1
+        assert dump_config(validate_config(tomllib.loads(text))) == text

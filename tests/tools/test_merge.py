@@ -9,7 +9,8 @@ import torch
 from loraforge.tools.common import LoraSpec, load_sd_model, model_parts
 from loraforge.tools.errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError
 from loraforge.tools.merge import merge_checkpoints, merge_into_model
-from loraforge.tools.sample import build_requests, generate_images
+from loraforge.sampling.generate import generate
+from loraforge.tools.sample import build_requests
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -44,8 +45,8 @@ def test_merge_then_sample_equals_runtime_lora(trained, tmp_path, family):
     base_w = runtime.unet.get_submodule(path).base_layer.weight
     assert (merged.unet.get_submodule(path).weight - base_w).abs().max() > 1e-4  # the LoRA changes the weights
     requests = build_requests("a photo of sks robot", steps=2, width=64, height=64, seed=3, sampler="euler")
-    want = generate_images(runtime, requests, output_type="np")[0]
-    got = generate_images(merged, requests, output_type="np")[0]
+    want = generate(runtime, requests, output_type="np")[0]
+    got = generate(merged, requests, output_type="np")[0]
     assert np.abs(got - want).max() < 1e-4
 
 

@@ -44,7 +44,7 @@ def _deltas(path, tree):
 def test_concat_is_exact(pair, tmp_path):
     tree, a, b, base = pair
     out = tmp_path / "concat.safetensors"
-    result = merge_loras([(str(a), 0.7), (str(b), -0.4)], out, "concat", base=base)
+    result = merge_loras([(str(a), 0.7), (str(b), -0.4)], out, mode="concat", base=base)
     da, _ = _deltas(a, tree)
     db, _ = _deltas(b, tree)
     merged, lora = _deltas(out, tree)
@@ -60,13 +60,15 @@ def test_svd_merge_full_and_reduced_rank(pair, tmp_path):
     tree, a, b, base = pair
     da, _ = _deltas(a, tree)
     db, _ = _deltas(b, tree)
-    full = merge_loras([(str(a), 1.0), (str(b), 0.5)], tmp_path / "f.safetensors", "svd", RankRule(rank=8), base=base)
+    full = merge_loras([(str(a), 1.0), (str(b), 0.5)], tmp_path / "f.safetensors", mode="svd", rule=RankRule(rank=8),
+                       base=base)
     merged, _ = _deltas(tmp_path / "f.safetensors", tree)
     for t, d in merged.items():
         want = da[t] + 0.5 * db[t]
         assert float((d - want).norm() / want.norm()) < 1e-5
         assert full.modules[t][2] == pytest.approx(1.0)
-    low = merge_loras([(str(a), 1.0), (str(b), 0.5)], tmp_path / "l.safetensors", "svd", RankRule(rank=3), base=base)
+    low = merge_loras([(str(a), 1.0), (str(b), 0.5)], tmp_path / "l.safetensors", mode="svd", rule=RankRule(rank=3),
+                      base=base)
     merged, lora = _deltas(tmp_path / "l.safetensors", tree)
     for t, d in merged.items():
         want = da[t] + 0.5 * db[t]
@@ -76,7 +78,7 @@ def test_svd_merge_full_and_reduced_rank(pair, tmp_path):
 
 def test_cloneofsimo_interpolation(pair, tmp_path):
     tree, a, b, base = pair
-    merge_loras([(str(a), 1.0), (str(b), 1.0)], tmp_path / "i.safetensors", "interpolate", alpha=0.3, base=base)
+    merge_loras([(str(a), 1.0), (str(b), 1.0)], tmp_path / "i.safetensors", mode="interpolate", alpha=0.3, base=base)
     la, lb = load_bound(a, tree), load_bound(b, tree)
     merged, _ = _deltas(tmp_path / "i.safetensors", tree)
     ma, mb = la.by_target(), lb.by_target()
@@ -97,6 +99,6 @@ def test_concat_refuses_loha(tmp_path):
     save_file(lora, tmp_path / "lora.safetensors")
     files = [(str(tmp_path / "loha.safetensors"), 1.0), (str(tmp_path / "lora.safetensors"), 1.0)]
     with pytest.raises(UnsupportedError, match="LoHa: use --mode svd"):
-        merge_loras(files, tmp_path / "o.safetensors", "concat")
-    result = merge_loras(files, tmp_path / "o.safetensors", "svd", RankRule(rank=4))  # full-size SD 1.5 names
+        merge_loras(files, tmp_path / "o.safetensors", mode="concat")
+    result = merge_loras(files, tmp_path / "o.safetensors", mode="svd", rule=RankRule(rank=4))  # full-size SD 1.5 names
     assert len(result.modules) == 1

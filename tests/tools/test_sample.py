@@ -14,7 +14,8 @@ from PIL import Image
 from loraforge.formats.embeddings import save_embeddings
 from loraforge.tools.common import LoraSpec, load_sd_model, parse_lora_spec
 from loraforge.tools.errors import FamilyMismatchError, ShapeMismatchError, ToolError
-from loraforge.tools.sample import EmbeddingSpec, build_requests, generate_images, load_embedding, sample
+from loraforge.sampling.generate import generate
+from loraforge.tools.sample import EmbeddingSpec, build_requests, load_embedding, sample
 
 
 def _pixels(image) -> np.ndarray:
@@ -33,7 +34,7 @@ def test_txt2img_with_lora_embedding_and_prompt_file(trained, tmp_path):
     assert [r.seed for r in requests] == [7, 8, 20, 21]
     # the tiny 3-step LoRA is weak: large strengths make its effect show in 8-bit pixels
     lora = parse_lora_spec(f"{t.kohya}:unet=8:te=5")
-    paths = sample(str(t.model_dir), requests, tmp_path / "out", [lora], [EmbeddingSpec(str(emb))])
+    paths = sample(str(t.model_dir), requests, tmp_path / "out", loras=[lora], embeddings=[EmbeddingSpec(str(emb))])
     assert [p.name for p in paths] == ["00000-7.png", "00001-8.png", "00002-20.png", "00003-21.png"]
     params = [Image.open(p).text["parameters"] for p in paths]
     assert params[0].splitlines() == [
@@ -54,7 +55,7 @@ def test_txt2img_with_lora_embedding_and_prompt_file(trained, tmp_path):
     pipe.set_adapters("lora", {"unet": 8.0, "text_encoder": 5.0})
 
     def diffs():  # float rounding may move a pixel by one level
-        return [int(np.abs(g - _pixels(want)).max()) for g, want in zip(got, generate_images(oracle, requests))]
+        return [int(np.abs(g - _pixels(want)).max()) for g, want in zip(got, generate(oracle, requests))]
 
     no_embedding = diffs()
     assert min(no_embedding[:2]) > 10 and max(no_embedding[2:]) <= 1, no_embedding
@@ -65,7 +66,7 @@ def test_txt2img_with_lora_embedding_and_prompt_file(trained, tmp_path):
 
     # a second run into the folder numbers on, as A1111 does; the first run's images stay
     before = [p.read_bytes() for p in paths]
-    again = sample(str(t.model_dir), requests[:1], tmp_path / "out", [lora], [EmbeddingSpec(str(emb))])
+    again = sample(str(t.model_dir), requests[:1], tmp_path / "out", loras=[lora], embeddings=[EmbeddingSpec(str(emb))])
     assert [p.name for p in again] == ["00004-7.png"]
     assert [p.read_bytes() for p in paths] == before
 
@@ -77,8 +78,8 @@ def test_lora_named_by_its_run_folder(trained, tmp_path):
     run = t.kohya.parent
     assert find_lora_file(run) == t.kohya  # the kohya file, not pytorch_lora_weights.safetensors
     requests = build_requests("a robot", steps=1, width=64, height=64)
-    by_folder = sample(None, requests, tmp_path / "a", [parse_lora_spec(f"{run}:0.5")])[0]
-    by_file = sample(None, requests, tmp_path / "b", [parse_lora_spec(f"{t.kohya}:0.5")])[0]
+    by_folder = sample(None, requests, tmp_path / "a", loras=[parse_lora_spec(f"{run}:0.5")])[0]
+    by_file = sample(None, requests, tmp_path / "b", loras=[parse_lora_spec(f"{t.kohya}:0.5")])[0]
     assert Image.open(by_folder).text["parameters"].startswith("a robot <lora:lora-sd15:0.5>")
     assert list(Image.open(by_folder).getdata()) == list(Image.open(by_file).getdata())
     (tmp_path / "two").mkdir()
@@ -105,7 +106,7 @@ def test_img2img_follows_the_init_image_and_strength(trained, tmp_path):
     request = replace(requests[0], width=80, height=72)
 
     def run(init_image, strength):
-        return _pixels(generate_images(model, [request], init_image, strength)[0])
+        return _pixels(generate(model, [request], init_image=init_image, strength=strength)[0])
 
     assert np.abs(got - run(init, 0.25)).max() <= 1  # what `sample` did: this init image at this strength
     other_diff = np.abs(got - run(other, 0.25)).mean()
@@ -136,3 +137,46 @@ def test_sdxl_embedding_goes_into_both_encoders(trained, tmp_path):
     wide = save_embeddings(tmp_path / "wide.safetensors", "sdxl", [torch.randn(1, 768), torch.randn(1, 64)])
     with pytest.raises(ShapeMismatchError, match="768 wide"):
         load_embedding(model, EmbeddingSpec(str(wide)))
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_prompt_embeds_equal_the_pipelines_with_a_multi_vector_embedding(tiny_dirs, tmp_path, family):
+    """`generate` encodes prompts itself (clip skip, trained tokens); with a 2-vector embedding its token must expand
+    to `tok tok_1` in every tokenizer, as diffusers' own `encode_prompt` does."""
+    from loraforge.sampling.generate import encode_for_pipeline
+
+    model = load_sd_model(str(tiny_dirs[family]))
+    g = torch.Generator().manual_seed(1)
+    vectors = [torch.randn(2, 32, generator=g)] + ([torch.randn(2, 64, generator=g)] if family == "sdxl" else [])
+    load_embedding(model, EmbeddingSpec(str(save_embeddings(tmp_path / "sks-style.safetensors", family, vectors))))
+    pipe = model.pipeline()
+    prompt, negative = "a photo of sks-style robot", "blurry, sks-style"
+    ours = encode_for_pipeline(model, pipe, prompt, negative)
+    with torch.no_grad():
+        if family == "sdxl":
+            want = dict(zip(("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                             "negative_pooled_prompt_embeds"),
+                            pipe.encode_prompt(prompt, device="cpu", negative_prompt=negative)))
+        else:
+            want = dict(zip(("prompt_embeds", "negative_prompt_embeds"),
+                            pipe.encode_prompt(prompt, "cpu", 1, True, negative)))
+    assert ours.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(ours[key], value), key
+
+
+def test_sample_clip_skip_and_keyword_only_options(tiny_dirs, tmp_path):
+    """`loraforge sample --clip-skip` reaches the one `generate` (as `training.clip_skip` does); the options after the
+    model, requests and folder are keyword-only, so a call with them in the wrong order fails."""
+    from loraforge.cli import main
+
+    requests = build_requests("a robot", steps=1, width=64, height=64, seed=2)
+    assert main(["sample", "--prompt", "a robot", "--steps", "1", "--width", "64", "--height", "64", "--seed", "2",
+                 "--clip-skip", "1", "-o", str(tmp_path / "cli")]) == 0
+    got = _pixels(tmp_path / "cli" / "00000-2.png")
+    model = load_sd_model(None)
+    # the same path, so the very same pixels; without clip skip some differ (the tiny 1-step model moves few levels)
+    assert np.array_equal(got, _pixels(generate(model, requests, clip_skip=1)[0]))
+    assert not np.array_equal(got, _pixels(generate(model, requests)[0]))
+    with pytest.raises(TypeError):
+        sample(None, requests, tmp_path / "x", [], [], "sd15")

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from .common import quiet_progress
 from .import_command import add_import
 from .tools import TOOLS  # the LoRA tools (argparse only at import time)
 
@@ -46,15 +47,6 @@ def _setup_logging(verbose: bool = False) -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
-
-
-def _quiet_progress() -> None:
-    """Silence the libraries' per-component loading bars (called only by commands that load models)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +94,7 @@ def cmd_train(args) -> int:
         return _dry_run(cfg, dump_config)
     from ..training.trainer import Trainer
 
-    _quiet_progress()
+    quiet_progress()
     result = Trainer(cfg).run()
     _print_result(result)
     return 0
@@ -152,7 +144,7 @@ def cmd_demo(args) -> int:
     from ..config import load_config
     from ..training.trainer import Trainer
 
-    _quiet_progress()
+    quiet_progress()
     t0 = time.time()
     for family in ("sd15", "sdxl"):
         cfg = load_config(None, [

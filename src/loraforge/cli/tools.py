@@ -3,6 +3,9 @@ each command imports its tool (torch, diffusers) when it runs. The work is done 
 
 from __future__ import annotations
 
+from ..errors import ToolError
+from .common import quiet_progress
+
 DTYPES = ("fp32", "fp16", "bf16")
 
 
@@ -39,7 +42,6 @@ def _rank_args(p, what: str) -> None:
 
 
 def _rule(args):
-    from ..tools.errors import ToolError
     from ..tools.svd import RankRule, parse_recipe
 
     if args.rank is not None and args.rank < 1:
@@ -80,6 +82,8 @@ def add_sample(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
     p.add_argument("--init-image", help="img2img: the starting image")
     p.add_argument("--strength", type=float, default=0.75, help="img2img denoising strength (default 0.75)")
+    p.add_argument("--clip-skip", type=int, help="text-encoder layers to skip, as training.clip_skip (1: penultimate "
+                                               "layer of SD 1.x/2.x; default: none)")
     p.add_argument("--skip-unknown", action="store_true", help="apply a LoRA even if some of its keys match nothing")
     p.add_argument("-o", "--output-dir", default="samples",
                    help="where the PNGs go (default samples/); numbering goes on from the images already there")
@@ -99,15 +103,17 @@ def _embedding_spec(spec: str):
 def cmd_sample(args) -> int:
     from ..tools.common import parse_lora_spec
     from ..tools.sample import build_requests, sample
-    from .commands import _quiet_progress
 
-    _quiet_progress()
-    requests = build_requests(args.prompt, args.prompt_file, args.negative, args.sampler, args.steps, args.cfg,
-                              args.width, args.height, args.seed, args.batch)
+    quiet_progress()
+    requests = build_requests(args.prompt, args.prompt_file, negative_prompt=args.negative, sampler=args.sampler,
+                              steps=args.steps, guidance_scale=args.cfg, width=args.width, height=args.height,
+                              seed=args.seed, batch=args.batch)
     loras = [parse_lora_spec(s, args.unet_scale, args.te_scale) for s in args.lora]
-    paths = sample(args.model, requests, args.output_dir, loras, [_embedding_spec(e) for e in args.embedding],
-                   args.family, args.init_image, args.strength, args.allow_pickle, args.skip_unknown, args.overwrite,
-                   args.config_dir)
+    paths = sample(args.model, requests, args.output_dir, loras=loras,
+                   embeddings=[_embedding_spec(e) for e in args.embedding], family=args.family,
+                   init_image=args.init_image, strength=args.strength, clip_skip=args.clip_skip,
+                   allow_pickle=args.allow_pickle, skip_unknown=args.skip_unknown, overwrite=args.overwrite,
+                   config_dir=args.config_dir)
     for path in paths:
         print(path)
     return 0
@@ -160,12 +166,12 @@ def add_merge(sub) -> None:
 def cmd_merge_model(args) -> int:
     from ..tools.common import parse_lora_spec
     from ..tools.merge import merge_into_model
-    from .commands import _quiet_progress
 
-    _quiet_progress()
+    quiet_progress()
     loras = [parse_lora_spec(s, args.unet_scale, args.te_scale) for s in args.lora]
-    out = merge_into_model(args.base, loras, args.output, args.family, _dtype(args.dtype), args.allow_pickle,
-                           args.skip_unknown, args.overwrite, args.config_dir)
+    out = merge_into_model(args.base, loras, args.output, family=args.family, dtype=_dtype(args.dtype),
+                           allow_pickle=args.allow_pickle, skip_unknown=args.skip_unknown, overwrite=args.overwrite,
+                           config_dir=args.config_dir)
     print(f"wrote {out}")
     return 0
 
@@ -173,24 +179,23 @@ def cmd_merge_model(args) -> int:
 def cmd_merge_loras(args) -> int:
     from ..tools.common import parse_weighted
     from ..tools.merge_loras import merge_loras
-    from .commands import _quiet_progress
 
-    _quiet_progress()
-    result = merge_loras([parse_weighted(s) for s in args.loras], args.output, args.mode, _rule(args), args.alpha,
-                         args.base, args.family, _dtype(args.dtype), args.allow_pickle, args.skip_unknown,
-                         args.overwrite)
+    quiet_progress()
+    result = merge_loras([parse_weighted(s) for s in args.loras], args.output, mode=args.mode, rule=_rule(args),
+                         alpha=args.alpha, base=args.base, family=args.family, dtype=_dtype(args.dtype),
+                         allow_pickle=args.allow_pickle, skip_unknown=args.skip_unknown, overwrite=args.overwrite)
     print("\n".join(result.lines()))
     return 0
 
 
 def cmd_merge_checkpoints(args) -> int:
     from ..tools.merge import merge_checkpoints
-    from .commands import _quiet_progress
 
-    _quiet_progress()
+    quiet_progress()
     mode = (args.mode or ("add-difference" if args.c else "weighted-sum")).replace("-", "_")
-    out = merge_checkpoints(args.a, args.b, args.output, args.c, args.multiplier, mode, args.family,
-                            _dtype(args.dtype), args.allow_pickle, args.overwrite, args.config_dir)
+    out = merge_checkpoints(args.a, args.b, args.output, c=args.c, multiplier=args.multiplier, mode=mode,
+                            family=args.family, dtype=_dtype(args.dtype), allow_pickle=args.allow_pickle,
+                            overwrite=args.overwrite, config_dir=args.config_dir)
     print(f"wrote {out}")
     return 0
 
@@ -210,16 +215,13 @@ def add_resize(sub) -> None:
 
 def cmd_resize(args) -> int:
     from ..tools.resize import resize_lora
-    from .commands import _quiet_progress
 
-    _quiet_progress()
+    quiet_progress()
     rule = _rule(args)
     if rule.rank is None and rule.method is None and not rule.recipe:
-        from ..tools.errors import ToolError
-
         raise ToolError("give --rank, a rule (--sv-ratio/--sv-fro/--sv-cumulative) or --recipe")
-    result = resize_lora(args.lora, args.output, rule, args.base, args.family, _dtype(args.dtype),
-                         args.allow_pickle, args.overwrite, args.config_dir)
+    result = resize_lora(args.lora, args.output, rule, base=args.base, family=args.family, dtype=_dtype(args.dtype),
+                         allow_pickle=args.allow_pickle, overwrite=args.overwrite, config_dir=args.config_dir)
     print("\n".join(result.lines(per_module=not args.quiet)))
     return 0
 
@@ -241,11 +243,11 @@ def add_extract(sub) -> None:
 
 def cmd_extract(args) -> int:
     from ..tools.extract import extract_lora
-    from .commands import _quiet_progress
 
-    _quiet_progress()
-    result = extract_lora(args.base, args.tuned, args.output, _rule(args), not args.no_text_encoder, args.min_diff,
-                          args.family, _dtype(args.dtype), args.allow_pickle, args.overwrite, args.config_dir)
+    quiet_progress()
+    result = extract_lora(args.base, args.tuned, args.output, _rule(args), text_encoders=not args.no_text_encoder,
+                          min_diff=args.min_diff, family=args.family, dtype=_dtype(args.dtype),
+                          allow_pickle=args.allow_pickle, overwrite=args.overwrite, config_dir=args.config_dir)
     print("\n".join(result.lines(args.per_module)))
     return 0
 
@@ -268,11 +270,11 @@ def add_convert(sub) -> None:
 
 def cmd_convert(args) -> int:
     from ..tools.convert import convert
-    from .commands import _quiet_progress
 
-    _quiet_progress()
-    result = convert(args.src, args.dst, args.to, args.family, args.base, args.allow_pickle, args.overwrite,
-                     args.naming, args.config_dir, _dtype(args.dtype))
+    quiet_progress()
+    result = convert(args.src, args.dst, to=args.to, family=args.family, base=args.base,
+                     allow_pickle=args.allow_pickle, overwrite=args.overwrite, naming=args.naming,
+                     config_dir=args.config_dir, dtype=_dtype(args.dtype))
     print("\n".join(result.lines()))
     return 0
 

@@ -8,7 +8,7 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .root import TrainConfig
+from .root import SECTIONS, TrainConfig
 
 
 def _type_name(ann) -> str:
@@ -60,10 +60,7 @@ def render_config_docs() -> str:
     ]
     preset = TrainConfig.model_fields["preset"]
     lines += ["## `preset` (top level)", "", preset.description or "", ""]
-    for name, field in TrainConfig.model_fields.items():
-        if name == "preset":
-            continue
-        section: type[BaseModel] = field.annotation  # type: ignore[assignment]
+    for name, section in SECTIONS.items():
         lines += [f"## `[{name}]`", "", (section.__doc__ or "").strip().split("\n")[0], ""]
         lines += _table(section)
         for key, f in section.model_fields.items():  # lists of tables, e.g. [[dataset.subsets]]

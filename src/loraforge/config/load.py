@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .base import ConfigError, describe_field
+from .network import NETWORK_CLASSES, every_option
 from .root import SECTIONS, TrainConfig
 from .suggest import key_hint
 
@@ -60,10 +61,20 @@ def _describe(model: type[BaseModel], name: str) -> str:
     return describe_field(field) if field is not None else ""
 
 
+def _plain_loc(loc: tuple) -> tuple:
+    """An error's location without the tag pydantic puts after `network` (the algo whose class validated it)."""
+    if len(loc) > 1 and loc[0] == "network" and loc[1] in NETWORK_CLASSES:
+        return (loc[0], *loc[2:])
+    return tuple(loc)
+
+
 def _section_model(loc: tuple) -> tuple[type[BaseModel], str | None]:
     model: type[BaseModel] = TrainConfig
     for part in loc[:-1]:
         if isinstance(part, int):
+            continue
+        if model is TrainConfig and part in SECTIONS:
+            model = SECTIONS[part]
             continue
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
@@ -79,10 +90,16 @@ def _section_model(loc: tuple) -> tuple[type[BaseModel], str | None]:
 def format_validation_error(err: ValidationError, source: str, overridden: set[tuple[str, ...]]) -> list[str]:
     problems = []
     for e in err.errors():
+        e["loc"] = _plain_loc(e["loc"])
         loc = tuple(str(p) for p in e["loc"])
         where = source
         if tuple(loc[:2]) in overridden:
             where = f"--set {'.'.join(loc[:2])}"
+        if e["type"] == "network_algo":  # the union found no class for the algo written
+            if ("network", "algo") in overridden:
+                where = "--set network.algo"
+            problems.append(f"{where}: network.algo = {e['input'].get('algo')!r}: {e['msg']}")
+            continue
         if e["type"] == "extra_forbidden":
             if len(loc) == 1 and loc[0] not in SECTIONS and isinstance(e.get("input"), dict):
                 options = list(SECTIONS)
@@ -152,4 +169,6 @@ def dump_config(cfg: TrainConfig) -> str:
     """The resolved config as TOML (None values are left out: TOML has no null)."""
     import tomli_w
 
-    return tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["network"] = every_option(cfg.network)
+    return tomli_w.dumps(data)

@@ -1,16 +1,17 @@
 """`[network]`: the adapter that is trained.
 
 The option names follow the LyCORIS / sd-scripts `network_args` users already pass (`conv_dim`, `use_tucker`,
-`block_dims`, ...), so a kohya command line translates key for key. Combinations that cannot work are refused here,
-with the field names and the fix; what depends on the model (the number of block-wise values) is checked again when
-the network is built.
+`block_dims`, ...), so a kohya command line translates key for key. Each `algo` has its own options class (a pydantic
+discriminated union on `algo`, like peft's one config class per method), so an option of another algo cannot be
+written: it is refused with the field, the algo and the fix. What depends on the model (the number of block-wise
+values) is checked again when the network is built.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, create_model, model_validator
 
 from .base import Section
 
@@ -19,7 +20,6 @@ Preset = Literal["full", "full-lin", "attn-mlp", "attn-only", "unet-transformer-
 
 # Block-wise lists: SD 1.x / 2.x = IN0-11, MID, OUT0-11; SDXL = emb, IN0-8, MID0-2, OUT0-8, out (kohya.md §2.1).
 BLOCK_COUNTS = {"sd15": 25, "sd2": 25, "sdxl": 23}
-LYCORIS_ALGOS = ("locon", "loha", "lokr", "dora")
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 DEFAULT_TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -30,7 +30,81 @@ _BLOCKS_DOC = (
 )
 
 
-class NetworkConfig(Section):
+# Options that are shared by several algos (each algo's class below lists the ones it takes).
+_DROPOUT = Field(
+    0.0,
+    ge=0.0,
+    lt=1.0,
+    description=(
+        "Dropout on the adapter path during training: on its input for `lora` (peft), on its output for "
+        "`locon`/`loha`/`lokr` (LyCORIS). Not available with `dora` (the weight is rebuilt; use the other dropouts)."
+    ),
+)
+_LORAPLUS = Field(
+    None,
+    gt=0,
+    description=(
+        "LoRA+: the up matrices (`lora_up`; LoHa's output-side `hada_w?_a`) train at learning rate × this ratio "
+        "(16 is the paper's suggestion). Not for `lokr`."
+    ),
+)
+_TUCKER = Field(
+    False,
+    description=(
+        "Tucker-decompose k×k convolutions (1×1 down, k×k core, 1×1 up): `locon`, `loha`, `dora` (not `lokr`: "
+        "ComfyUI cannot merge its Tucker cores). No effect on linear and 1×1 layers. diffusers cannot load it."
+    ),
+)
+
+# What an option reads as on an algo that does not take it: the value that means "off". A config may still write
+# it at that value (the TOML users wrote before per-algo classes stays valid); any other value is refused with the
+# advice in `_ADVICE`.
+OFF_VALUES: dict[str, object] = {
+    "conv_dim": None, "conv_alpha": None, "conv_block_dims": None, "conv_block_alphas": None, "use_tucker": False,
+    "use_scalar": False, "dropout": 0.0, "rank_dropout": 0.0, "rank_dropout_scale": False, "module_dropout": 0.0,
+    "train_norm": False, "factor": -1, "decompose_both": False, "full_matrix": False, "dora_axis": "input",
+    "loraplus_lr_ratio": None, "init_lora_weights": "default",
+}
+_LYCORIS_ONLY = ("use_tucker", "use_scalar", "rank_dropout", "rank_dropout_scale", "module_dropout", "train_norm")
+_CONV = ("conv_dim", "conv_alpha", "conv_block_dims", "conv_block_alphas")
+_LOKR = ("factor", "decompose_both", "full_matrix")
+
+# (options, the algos the advice is for (None: any algo without them), advice); `{options}` names the ones set.
+_ADVICE: list[tuple[tuple[str, ...], tuple[str, ...] | None, str]] = [
+    (_LYCORIS_ONLY, ("lora",),
+     "{options} need the LyCORIS engine, not peft: use network.algo = 'locon' (the same LoRA file layout)"),
+    (_CONV, ("lora",), "{options} set, but algo = 'lora' adapts linear and 1×1 layers only: use network.algo = "
+                       "'locon' to train k×k convolutions"),
+    (("use_tucker",), ("lokr",),
+     "network.use_tucker with algo = 'lokr': ComfyUI 0.19.3 cannot merge a LoKr Tucker core on k×k convolutions (it "
+     "logs an error and leaves the layer unpatched); remove use_tucker (or use locon/loha)"),
+    (("init_lora_weights",), None,
+     "network.init_lora_weights applies to algo = 'lora' only (algo is {algo!r}); remove it"),
+    (_LOKR, None, "{options} are LoKr options; set network.algo = 'lokr' or remove them"),
+    (("dora_axis",), None, "network.dora_axis applies to algo = 'dora' only"),
+    (("dropout",), ("dora",), "network.dropout has no effect with algo = 'dora' (LyCORIS rebuilds the weight and "
+                              "ignores it): use network.rank_dropout or network.module_dropout"),
+    (("loraplus_lr_ratio",), ("lokr",), "network.loraplus_lr_ratio: LoKr has no up/down pair for LoRA+ to speed up; "
+                                        "remove it or use lora/locon/loha/dora"),
+]
+
+
+def _advice(algo: str, options: list[str]) -> list[str]:
+    """The messages for `options` set on an algo that does not take them, one per advice, in `_ADVICE` order."""
+    out, left = [], list(options)
+    for names, algos, text in _ADVICE:
+        hit = [o for o in left if o in names]
+        if hit and (algos is None or algo in algos):
+            out.append(text.format(options="network." + ", network.".join(hit), algo=algo))
+            left = [o for o in left if o not in hit]
+    out += [f"network.{o} does not apply to algo = {algo!r}; remove it" for o in left]
+    return out
+
+
+class NetworkBase(Section):
+    """Options every algo takes. Each algo has its own class (below) with the options that apply to it, so a
+    combination that cannot work cannot be written; an option of another algo reads as its `OFF_VALUES` value."""
+
     algo: Algo = Field(
         "lora",
         description=(
@@ -77,6 +151,90 @@ class NetworkConfig(Section):
         default_factory=lambda: list(DEFAULT_TE_TARGETS),
         description="With no `preset`: text-encoder modules that get an adapter when `train_text_encoder` is on.",
     )
+    block_dims: list[int] | None = Field(
+        None,
+        description=(
+            f"Per-block rank of the UNet's linear and 1×1 layers: {_BLOCKS_DOC}. A 0 removes the block's modules. "
+            "Modules outside these blocks and the text encoders use `rank`."
+        ),
+    )
+    block_alphas: list[float] | None = Field(
+        None, description="Per-block alpha, same layout as `block_dims` (needs it). Unset: `alpha`."
+    )
+    block_lr_weights: list[float] | None = Field(
+        None,
+        description=(
+            "Per-block learning-rate multipliers of the UNet adapter (same layout as `block_dims`): each block's "
+            "modules train at `unet_lr` × weight; a 0 removes the block's modules (sd-scripts' block lr weights)."
+        ),
+    )
+    rs_lora: bool = Field(
+        False,
+        description=(
+            "rsLoRA: scale by alpha / √rank instead of alpha / rank. Files store alpha·√rank so every consumer "
+            "computes the same scale."
+        ),
+    )
+
+    def __getattr__(self, name: str):
+        if name in OFF_VALUES and name not in type(self).model_fields:
+            return OFF_VALUES[name]
+        return super().__getattr__(name)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _options_of_other_algos(cls, data):
+        """Refuse an option this algo does not take (with the advice that fits); drop one written at its off value."""
+        if not isinstance(data, dict):
+            return data
+        foreign = [k for k in data if k in OFF_VALUES and k not in cls.model_fields]
+        set_ = [k for k in foreign if data[k] != OFF_VALUES[k]]
+        if set_:
+            raise ValueError("; ".join(_advice(cls.model_fields["algo"].default, set_)))
+        return {k: v for k, v in data.items() if k not in foreign}
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "NetworkBase":
+        problems = self._problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _problems(self) -> list[str]:
+        out: list[str] = []
+        if self.preset is not None:
+            custom = [n for n in ("target_modules", "text_encoder_target_modules") if n in self.model_fields_set]
+            if custom:
+                out.append(
+                    f"network.preset = {self.preset!r} and network.{', network.'.join(custom)} both choose modules: "
+                    "keep one of them"
+                )
+            if self.train_text_encoder and self.preset.startswith("unet-"):
+                out.append(
+                    f"network.preset = {self.preset!r} adapts no text-encoder module but train_text_encoder = true: "
+                    "pick 'attn-mlp', 'attn-only', 'full' or 'full-lin', or set train_text_encoder = false"
+                )
+        return out + _block_problems(self)
+
+
+class LoraNetwork(NetworkBase):
+    """`algo = "lora"`: peft LoRA on linear and 1×1 layers."""
+
+    algo: Literal["lora"] = "lora"
+    dropout: float = _DROPOUT
+    loraplus_lr_ratio: float | None = _LORAPLUS
+    init_lora_weights: Literal["default", "gaussian"] = Field(
+        "default",
+        description=(
+            "`lora` only: how the down matrices start: `default` is Kaiming-uniform, `gaussian` is N(0, 1/rank). "
+            "Up starts at 0."
+        ),
+    )
+
+
+class LycorisNetwork(NetworkBase):
+    """Options of every LyCORIS algo (locon, loha, lokr, dora)."""
+
     conv_dim: int | None = Field(
         None,
         ge=0,
@@ -88,16 +246,6 @@ class NetworkConfig(Section):
     conv_alpha: float | None = Field(
         None, gt=0, description="Alpha of k×k convolutions. Unset: `alpha` (or each module's rank)."
     )
-    block_dims: list[int] | None = Field(
-        None,
-        description=(
-            f"Per-block rank of the UNet's linear and 1×1 layers: {_BLOCKS_DOC}. A 0 removes the block's modules. "
-            "Modules outside these blocks and the text encoders use `rank`."
-        ),
-    )
-    block_alphas: list[float] | None = Field(
-        None, description="Per-block alpha, same layout as `block_dims` (needs it). Unset: `alpha`."
-    )
     conv_block_dims: list[int] | None = Field(
         None,
         description="Per-block rank of k×k convolutions, same layout as `block_dims`. Unset: `conv_dim` everywhere.",
@@ -105,39 +253,9 @@ class NetworkConfig(Section):
     conv_block_alphas: list[float] | None = Field(
         None, description="Per-block alpha of k×k convolutions (needs `conv_block_dims`). Unset: `conv_alpha`."
     )
-    block_lr_weights: list[float] | None = Field(
-        None,
-        description=(
-            "Per-block learning-rate multipliers of the UNet adapter (same layout as `block_dims`): each block's "
-            "modules train at `unet_lr` × weight; a 0 removes the block's modules (sd-scripts' block lr weights)."
-        ),
-    )
-    use_tucker: bool = Field(
-        False,
-        description=(
-            "Tucker-decompose k×k convolutions (1×1 down, k×k core, 1×1 up): `locon`, `loha`, `dora` (not `lokr`: "
-            "ComfyUI cannot merge its Tucker cores). No effect on linear and 1×1 layers. diffusers cannot load it."
-        ),
-    )
     use_scalar: bool = Field(
         False,
         description="A trained scalar on each update, starting at 0 (the up weights then start non-zero). LyCORIS algos.",
-    )
-    rs_lora: bool = Field(
-        False,
-        description=(
-            "rsLoRA: scale by alpha / √rank instead of alpha / rank. Files store alpha·√rank so every consumer "
-            "computes the same scale."
-        ),
-    )
-    dropout: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description=(
-            "Dropout on the adapter path during training: on its input for `lora` (peft), on its output for "
-            "`locon`/`loha`/`lokr` (LyCORIS). Not available with `dora` (the weight is rebuilt; use the other dropouts)."
-        ),
     )
     rank_dropout: float = Field(
         0.0,
@@ -161,6 +279,37 @@ class NetworkConfig(Section):
             "the text encoders': ComfyUI has no key for their norms."
         ),
     )
+
+    def _problems(self) -> list[str]:
+        out = super()._problems()
+        if self.rank_dropout_scale and self.rank_dropout == 0:
+            out.append("network.rank_dropout_scale needs network.rank_dropout > 0")
+        return out
+
+
+class LoConNetwork(LycorisNetwork):
+    """`algo = "locon"`: LoRA that also adapts k×k convolutions."""
+
+    algo: Literal["locon"] = "locon"
+    use_tucker: bool = _TUCKER
+    dropout: float = _DROPOUT
+    loraplus_lr_ratio: float | None = _LORAPLUS
+
+
+class LoHaNetwork(LycorisNetwork):
+    """`algo = "loha"`: Hadamard product of two low-rank updates."""
+
+    algo: Literal["loha"] = "loha"
+    use_tucker: bool = _TUCKER
+    dropout: float = _DROPOUT
+    loraplus_lr_ratio: float | None = _LORAPLUS
+
+
+class LoKrNetwork(LycorisNetwork):
+    """`algo = "lokr"`: Kronecker product."""
+
+    algo: Literal["lokr"] = "lokr"
+    dropout: float = _DROPOUT
     factor: int = Field(
         -1,
         description=(
@@ -172,6 +321,19 @@ class NetworkConfig(Section):
     full_matrix: bool = Field(
         False, description="LoKr: full (not low-rank) Kronecker factors (LyCORIS also falls back to full when rank ≥ half the factor)."
     )
+
+    def _problems(self) -> list[str]:
+        out = super()._problems()
+        if self.factor == 0 or self.factor < -1:
+            out.append(f"network.factor = {self.factor}: use -1 (balanced) or a positive factor")
+        return out
+
+
+class DoRANetwork(LycorisNetwork):
+    """`algo = "dora"`: weight-decomposed LoRA/LoCon."""
+
+    algo: Literal["dora"] = "dora"
+    use_tucker: bool = _TUCKER
     dora_axis: Literal["input", "output"] = Field(
         "input",
         description=(
@@ -180,101 +342,55 @@ class NetworkConfig(Section):
             "[out, 1, 1, 1]; ComfyUI 0.19 mis-merges it and A1111 1.10 has no output axis (wrong weights)."
         ),
     )
-    loraplus_lr_ratio: float | None = Field(
-        None,
-        gt=0,
-        description=(
-            "LoRA+: the up matrices (`lora_up`; LoHa's output-side `hada_w?_a`) train at learning rate × this ratio "
-            "(16 is the paper's suggestion). Not for `lokr`."
-        ),
-    )
-    init_lora_weights: Literal["default", "gaussian"] = Field(
-        "default",
-        description=(
-            "`lora` only: how the down matrices start: `default` is Kaiming-uniform, `gaussian` is N(0, 1/rank). "
-            "Up starts at 0."
-        ),
-    )
-
-    @property
-    def uses_lycoris(self) -> bool:
-        return self.algo in LYCORIS_ALGOS
-
-    @model_validator(mode="after")
-    def _check_combinations(self) -> "NetworkConfig":
-        problems = _problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    loraplus_lr_ratio: float | None = _LORAPLUS
 
 
-def _problems(c: NetworkConfig) -> list[str]:
-    out: list[str] = []
-    if c.algo == "lora":
-        lycoris_only = [
-            name
-            for name, on in (
-                ("use_tucker", c.use_tucker),
-                ("use_scalar", c.use_scalar),
-                ("rank_dropout", c.rank_dropout > 0),
-                ("module_dropout", c.module_dropout > 0),
-                ("train_norm", c.train_norm),
-            )
-            if on
-        ]
-        if lycoris_only:
-            out.append(
-                f"network.{', network.'.join(lycoris_only)} need the LyCORIS engine, not peft: use "
-                "network.algo = 'locon' (the same LoRA file layout)"
-            )
-        conv = [n for n in ("conv_dim", "conv_alpha", "conv_block_dims", "conv_block_alphas") if getattr(c, n) is not None]
-        if conv:
-            out.append(
-                f"network.{', network.'.join(conv)} set, but algo = 'lora' adapts linear and 1×1 layers only: use "
-                "network.algo = 'locon' to train k×k convolutions"
-            )
-    else:
-        if c.init_lora_weights != "default":
-            out.append(f"network.init_lora_weights applies to algo = 'lora' only (algo is {c.algo!r}); remove it")
-    if c.algo != "lokr":
-        changed = [n for n, d in (("factor", -1), ("decompose_both", False), ("full_matrix", False)) if getattr(c, n) != d]
-        if changed:
-            out.append(f"network.{', network.'.join(changed)} are LoKr options; set network.algo = 'lokr' or remove them")
-    elif c.factor == 0 or c.factor < -1:
-        out.append(f"network.factor = {c.factor}: use -1 (balanced) or a positive factor")
-    if c.algo == "lokr" and c.use_tucker:
-        out.append(
-            "network.use_tucker with algo = 'lokr': ComfyUI 0.19.3 cannot merge a LoKr Tucker core on k×k "
-            "convolutions (it logs an error and leaves the layer unpatched); remove use_tucker (or use locon/loha)"
-        )
-    if c.algo != "dora" and c.dora_axis != "input":
-        out.append("network.dora_axis applies to algo = 'dora' only")
-    if c.algo == "dora" and c.dropout > 0:
-        out.append(
-            "network.dropout has no effect with algo = 'dora' (LyCORIS rebuilds the weight and ignores it): use "
-            "network.rank_dropout or network.module_dropout"
-        )
-    if c.algo == "lokr" and c.loraplus_lr_ratio is not None:
-        out.append("network.loraplus_lr_ratio: LoKr has no up/down pair for LoRA+ to speed up; remove it or use lora/locon/loha/dora")
-    if c.rank_dropout_scale and c.rank_dropout == 0:
-        out.append("network.rank_dropout_scale needs network.rank_dropout > 0")
-    if c.preset is not None:
-        custom = [n for n in ("target_modules", "text_encoder_target_modules") if n in c.model_fields_set]
-        if custom:
-            out.append(
-                f"network.preset = {c.preset!r} and network.{', network.'.join(custom)} both choose modules: "
-                "keep one of them"
-            )
-        if c.train_text_encoder and c.preset.startswith("unet-"):
-            out.append(
-                f"network.preset = {c.preset!r} adapts no text-encoder module but train_text_encoder = true: pick "
-                "'attn-mlp', 'attn-only', 'full' or 'full-lin', or set train_text_encoder = false"
-            )
-    out += _block_problems(c)
-    return out
+NETWORK_CLASSES: dict[str, type[NetworkBase]] = {
+    cls.model_fields["algo"].default: cls
+    for cls in (LoraNetwork, LoConNetwork, LoHaNetwork, LoKrNetwork, DoRANetwork)
+}
 
 
-def _block_problems(c: NetworkConfig) -> list[str]:
+def _algo_of(value) -> str | None:
+    """The union's tag: `algo` as written (any case; unset: lora), or the algo of a built config."""
+    if isinstance(value, dict):
+        return str(value.get("algo", "lora")).strip().lower()
+    return getattr(value, "algo", None)
+
+
+# `[network]`: one of the per-algo classes, chosen by `algo` (pydantic's discriminated union).
+NetworkConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(algo)] for algo, cls in NETWORK_CLASSES.items())],  # noqa: UP007
+    Discriminator(
+        _algo_of,
+        custom_error_type="network_algo",
+        custom_error_message=f"unknown algo; choose one of {', '.join(map(repr, NETWORK_CLASSES))}",
+    ),
+]
+
+# Every `[network]` key with its description, in one model (docs, key suggestions and the importer read it; it
+# validates nothing): the shared options, then each algo's own.
+NetworkOptions = create_model(
+    "NetworkOptions",
+    __base__=Section,
+    __doc__="The adapter: `algo` chooses its kind; an option that does not apply to the chosen algo is refused.",
+    **{
+        name: (field.annotation, field)
+        for cls in (NetworkBase, *NETWORK_CLASSES.values())
+        for name, field in cls.model_fields.items()
+        if name != "algo" or cls is NetworkBase
+    },
+)
+
+
+def every_option(net: NetworkBase) -> dict:
+    """All `[network]` options as JSON values, another algo's at its off value: what a dumped config lists (the same
+    keys whatever the algo, as before the per-algo classes, so the configs stored in checkpoints compare)."""
+    values = {**OFF_VALUES, **net.model_dump(mode="json")}
+    return {k: values[k] for k in NetworkOptions.model_fields if values[k] is not None}
+
+
+def _block_problems(c: NetworkBase) -> list[str]:
     out: list[str] = []
     lists = {n: getattr(c, n) for n in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weights")}
     given = {n: v for n, v in lists.items() if v is not None}
@@ -299,7 +415,7 @@ def _block_problems(c: NetworkConfig) -> list[str]:
     return out
 
 
-def block_count_problem(c: NetworkConfig, family: str) -> str | None:
+def block_count_problem(c: NetworkBase, family: str) -> str | None:
     """The error for block-wise lists whose length does not fit `family` (sd15, sd2, sdxl), else None."""
     want = BLOCK_COUNTS[family]
     for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weights"):

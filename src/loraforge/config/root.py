@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from .base import Section
 from .dataset import DatasetConfig
 from .model import ModelConfig
-from .network import NetworkConfig
+from .network import LoraNetwork, NetworkConfig, NetworkOptions
 from .optimizer import OptimizerConfig
 from .output import OutputConfig
 from .sampling import SamplingConfig
@@ -28,7 +28,7 @@ class TrainConfig(Section):
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Images and captions.")
-    network: NetworkConfig = Field(default_factory=NetworkConfig, description="The adapter.")
+    network: NetworkConfig = Field(default_factory=LoraNetwork, description="The adapter.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="Optimizer and schedule.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sample images.")
@@ -81,8 +81,9 @@ class TrainConfig(Section):
         return self.model.pretrained_model_name_or_path is None
 
 
+# Each section's keys; `[network]` is a union of per-algo classes, listed together by `NetworkOptions`.
 SECTIONS: dict[str, type[Section]] = {
-    name: field.annotation  # type: ignore[misc]
+    name: NetworkOptions if name == "network" else field.annotation  # type: ignore[misc]
     for name, field in TrainConfig.model_fields.items()
     if name != "preset"
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from .base import Section
+from .samplers import normalize_sampler
 from .training import MAX_SEED
 
 
@@ -66,6 +67,4 @@ class SamplingConfig(Section):
     @field_validator("sample_sampler")
     @classmethod
     def _known_sampler(cls, v: str) -> str:
-        from ..sampling.samplers import normalize_sampler
-
         return normalize_sampler(v)

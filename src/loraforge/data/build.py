@@ -13,11 +13,19 @@ from .cache import CacheContext, fill_latent_cache, fill_text_cache
 from .check import duplicate_notes, long_caption_note, validate_items
 from .dataset import ImageCaptionDataset, collate
 from .errors import DataError
+from .kohya_toml import plan_from_file
 from .sources import ImageItem
-from .subsets import DataPlan, Subset, collect_all
+from .subsets import DataPlan, Subset, collect_plan_items, native_plan
 
 log = logging.getLogger(__name__)
 
+
+
+def collect_all(cfg, resolution: int) -> DataPlan:
+    """Every subset, group and image of the run described by `cfg` (a `TrainConfig`): from the kohya dataset config
+    file when one is named, else from `[dataset]`."""
+    plan = plan_from_file(cfg, resolution) if cfg.dataset.config_file else native_plan(cfg, resolution)
+    return collect_plan_items(plan, cfg.dataset)
 
 @dataclass
 class TrainData:

@@ -215,20 +215,3 @@ def collate(examples: list[Example]) -> dict:
         if all(v is not None for v in values):
             batch[key] = torch.stack(values)
     return batch
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler):
-    """A fresh permutation each epoch from (seed, epoch): reproducible, and resumable mid-epoch."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..config.dataset import DatasetConfig
 from .errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # animated files: their first frame
@@ -156,23 +155,3 @@ def uncaptioned_error(uncaptioned: list[Path], caption_extension: str, metadata_
         [str(p) for p in uncaptioned[:20]],
     )
 
-
-def collect_items(cfg: DatasetConfig) -> list[ImageItem]:
-    """The images of `instance_dir` (or of the demo folder) with their captions. Raises `DataError` naming what is
-    missing. (All sources together: `data.subsets.collect_all`.)"""
-    folder = Path(cfg.instance_dir).expanduser() if cfg.instance_dir else demo_dir()
-    prompt = cfg.instance_prompt
-    if cfg.instance_dir is None and prompt is None:
-        prompt = DEMO_INSTANCE_PROMPT
-    items, uncaptioned = collect_folder(
-        folder,
-        caption_extension=cfg.caption_extension,
-        metadata_file=cfg.metadata_file,
-        caption_column=cfg.caption_column,
-        fallback=prompt,
-        fallback_source="instance_prompt",
-        all_lines=cfg.enable_wildcard,
-    )
-    if uncaptioned:
-        raise uncaptioned_error(uncaptioned, cfg.caption_extension, cfg.metadata_file, "set dataset.instance_prompt to caption them")
-    return items

@@ -1,5 +1,6 @@
 """All image sources of a run, resolved into subsets (a folder with its repeats, captions and flags) and groups
-(a kohya `[[datasets]]` entry: resolution, buckets, batch size), with every image and its caption."""
+(a kohya `[[datasets]]` entry: resolution, buckets, batch size), with every image and its caption. The plan of a
+kohya dataset config file is `data.kohya_toml`; `data.build.collect_all` picks one of the two."""
 
 from __future__ import annotations
 
@@ -216,13 +217,3 @@ def _class_items(s: Subset, d: DatasetConfig, index: int) -> list[ImageItem]:
                     "training with those", len(items), d.num_class_images)
     return items[: d.num_class_images]
 
-
-def collect_all(cfg, resolution: int) -> DataPlan:
-    """Every subset, group and image of the run described by `cfg` (a `TrainConfig`)."""
-    if cfg.dataset.config_file:
-        from .kohya_toml import plan_from_file
-
-        plan = plan_from_file(cfg, resolution)
-    else:
-        plan = native_plan(cfg, resolution)
-    return collect_plan_items(plan, cfg.dataset)

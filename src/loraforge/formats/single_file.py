@@ -1,5 +1,6 @@
 """Write a diffusers pipeline as one original-layout `.safetensors` checkpoint (the file A1111 / ComfyUI / Forge load),
-and read one back through diffusers with no hub access.
+read back by the one model loader, `loraforge.models.loading.load_model` (diffusers' `from_single_file` with a local
+config folder, no hub access).
 
 Why we write this ourselves: diffusers only converts original -> diffusers (`from_single_file`); the reverse scripts are
 not part of the package (see `loraforge.formats.ldm`). Prefixes written:
@@ -121,27 +122,3 @@ def save_single_file(
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     save_safetensors_atomic(tensors, path, metadata=meta)
     return path
-
-
-def load_single_file_pipeline(path, family: str, config_dir=None, torch_dtype=None):
-    """`StableDiffusion(XL)Pipeline.from_single_file` with a local config folder and no hub access.
-
-    `config_dir` is a diffusers folder whose configs, tokenizers and scheduler describe the checkpoint (weights are not
-    needed); by default the full-size one of `family` (`loraforge.models.configs.config_folder`). Without a local
-    config, diffusers tries to download the default repository's configs even with `local_files_only=True`.
-    """
-    _check_family(family)
-    extra: dict[str, Any] = {}
-    if family == "sdxl":
-        from diffusers import StableDiffusionXLPipeline as Pipeline
-
-        extra["add_watermarker"] = False  # else it depends on whether invisible-watermark happens to be installed
-    else:
-        from diffusers import StableDiffusionPipeline as Pipeline
-    if config_dir is None:
-        from ..models.configs import config_folder
-
-        config_dir = config_folder(family)
-    return Pipeline.from_single_file(
-        str(path), config=str(config_dir), local_files_only=True, torch_dtype=torch_dtype, **extra
-    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 
-from ..config.network import BLOCK_COUNTS
 
 _INPUT = re.compile(r"^input_blocks\.(\d+)\.")
 _MIDDLE = re.compile(r"^middle_block\.(\d+)\.")
@@ -71,7 +70,3 @@ def unet_block_indices(unet_config, family: str, paths) -> dict[str, int | None]
             continue
         out[path] = block_index(family, original)
     return out
-
-
-def block_count(family: str) -> int:
-    return BLOCK_COUNTS[family]

@@ -42,28 +42,56 @@ class SampleRequest:
 
 def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_skip: int | None = None) -> dict:
     """Prompt embeddings computed the way training computes them (clip skip, new tokens), passed to the pipeline
-    as `prompt_embeds`; the negative side follows diffusers (SDXL zeroes an empty negative prompt)."""
+    as `prompt_embeds`; the negative side follows diffusers (SDXL zeroes an empty negative prompt). A token of a
+    multi-vector embedding (`tok` with `tok_1`, ...) is expanded per tokenizer, as the pipelines' `encode_prompt`
+    does."""
     import torch
 
-    from ..models.text import encode_prompts
+    from ..models.text import encode_tokens, tokenize  # lazy, like torch: models.text imports torch
 
     xl = model.family.is_sdxl
+
+    def encode(text: str):
+        ids = []
+        for tok, te in zip(model.tokenizers, model.text_encoders):
+            if hasattr(pipe, "maybe_convert_prompt"):
+                text_for_tok = pipe.maybe_convert_prompt(text, tok)
+            else:
+                text_for_tok = text
+            ids.append(tokenize(tok, [text_for_tok]).to(te.device))
+        return encode_tokens(xl, model.text_encoders, ids, clip_skip)
+
     with torch.no_grad():
-        cond = encode_prompts(xl, model.tokenizers, model.text_encoders, [prompt], clip_skip)
+        cond = encode(prompt)
         if xl and not negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
             neg = type(cond)(torch.zeros_like(cond.prompt_embeds), torch.zeros_like(cond.pooled))
         else:
-            neg = encode_prompts(xl, model.tokenizers, model.text_encoders, [negative_prompt or ""], clip_skip)
+            neg = encode(negative_prompt or "")
     kwargs = {"prompt_embeds": cond.prompt_embeds, "negative_prompt_embeds": neg.prompt_embeds}
     if xl:
         kwargs.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=neg.pooled)
     return kwargs
 
 
-def generate(model, requests: list[SampleRequest], clip_skip: int | None = None, progress: bool = False
-             ) -> list[Image.Image]:
-    """One image per request. The generator is a CPU generator seeded per request, so a seed gives the same image
-    whatever the device."""
+def make_pipeline(model, sampler: str, img2img: bool = False, progress: bool = False):
+    """A pipeline over the model's modules with the sampler's scheduler; img2img's pipeline class when asked."""
+    pipe = model.pipeline(scheduler=make_scheduler(sampler, model.scheduler.config, model.prediction_type))
+    if img2img:
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+        if model.family.is_sdxl:
+            pipe = StableDiffusionXLImg2ImgPipeline(**pipe.components, add_watermarker=False)
+        else:
+            pipe = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=not progress)
+    return pipe
+
+
+def generate(model, requests: list[SampleRequest], *, clip_skip: int | None = None, init_image=None,
+             strength: float = 0.75, output_type: str = "pil", progress: bool = False) -> list:
+    """One image per request: the only generation path (training samples, `loraforge sample`). The generator is a
+    CPU generator seeded per request, so a seed gives the same image whatever the device. With `init_image` (a PIL
+    image) img2img at `strength`, the image resized to each request's size."""
     import torch
 
     images = []
@@ -71,22 +99,17 @@ def generate(model, requests: list[SampleRequest], clip_skip: int | None = None,
     for req in requests:
         key = normalize_sampler(req.sampler)
         if key not in pipes:
-            sched = make_scheduler(key, model.scheduler.config, model.prediction_type)
-            pipe = model.pipeline(scheduler=sched)
-            pipe.set_progress_bar_config(disable=not progress)
-            pipes[key] = pipe
+            pipes[key] = make_pipeline(model, key, img2img=init_image is not None, progress=progress)
         pipe = pipes[key]
         gen = torch.Generator("cpu").manual_seed(req.seed)
-        embeds = encode_for_pipeline(model, pipe, req.prompt, req.negative_prompt, clip_skip)
+        kwargs = encode_for_pipeline(model, pipe, req.prompt, req.negative_prompt, clip_skip)
+        if init_image is not None:
+            kwargs.update(image=init_image.convert("RGB").resize((req.width, req.height)), strength=strength)
+        else:
+            kwargs.update(width=req.width, height=req.height)
         with torch.no_grad():
-            out = pipe(
-                **embeds,
-                width=req.width,
-                height=req.height,
-                num_inference_steps=req.steps,
-                guidance_scale=req.guidance_scale,
-                generator=gen,
-            )
+            out = pipe(**kwargs, num_inference_steps=req.steps, guidance_scale=req.guidance_scale, generator=gen,
+                       output_type=output_type)
         images.append(out.images[0])
     return images
 

@@ -9,10 +9,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OutputExistsError, OutputNotWritableError
+from ..errors import OutputExistsError, OutputNotWritableError, ToolError
 from ..formats.diffusers_lora import WEIGHT_NAME as DIFFUSERS_WEIGHT_NAME
 from ..formats.embeddings import EMBEDDINGS_SUFFIX
-from .errors import ToolError
 
 log = logging.getLogger("loraforge.tools")
 

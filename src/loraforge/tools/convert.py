@@ -19,13 +19,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputNotFoundError
-from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict
+from ..errors import InputNotFoundError, PickleRefusedError, ToolError, UnsupportedError
 from ..formats.kohya import kohya_state_dict
+from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict, read_tensors
 from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict
 from ..utils.files import atomic_path, open_safetensors, save_safetensors_atomic
 from .common import check_output, family_metadata, load_sd_model, model_tree
-from .errors import PickleRefusedError, ToolError, UnsupportedError
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 EMBEDDING_KEYS = ("emb_params", "clip_l", "clip_g", "clip_h")
@@ -86,7 +85,7 @@ def _a1111_embedding(data) -> bool:
     return isinstance(data, dict) and "string_to_param" in data
 
 
-def convert(src, dst, to: str | None = None, family: str = "auto", base: str | None = None,
+def convert(src, dst, *, to: str | None = None, family: str = "auto", base: str | None = None,
             allow_pickle: bool = False, overwrite: bool = False, naming: str = "auto",
             config_dir: str | None = None, dtype=None) -> ConvertResult:
     """Convert `src` into `dst`; the kind of conversion follows from the files (or `to`: "kohya" / "diffusers" for
@@ -173,8 +172,6 @@ def _embedding_to_pt(src: Path, dst: Path, overwrite: bool) -> ConvertResult:
 
 def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str | None, allow_pickle: bool,
                   overwrite: bool, naming: str) -> ConvertResult:
-    from ..formats.lora_file import read_tensors
-
     sd, metadata = read_tensors(src, allow_pickle)
     lora = read_lora_state_dict(sd, metadata, source=str(src))
     if not lora.modules:

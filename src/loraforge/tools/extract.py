@@ -20,7 +20,7 @@ from ..adapters import AdapterModule
 from ..formats.kohya import kohya_state_dict
 from ..formats.lora_file import ModelTree
 from .common import check_output, load_sd_model, lora_metadata, model_parts, save_lora
-from .errors import FamilyMismatchError, ShapeMismatchError, ToolError
+from ..errors import FamilyMismatchError, ShapeMismatchError, ToolError
 from .svd import RankRule, fro_share, full_svd, select_rank, shape_factors, split_factors
 
 
@@ -65,7 +65,7 @@ def _candidates(part: str, model: torch.nn.Module):
         yield path, module
 
 
-def extract_lora(base: str | None, tuned: str, output, rule: RankRule, text_encoders: bool = True,
+def extract_lora(base: str | None, tuned: str, output, rule: RankRule, *, text_encoders: bool = True,
                  min_diff: float = 0.0, family: str = "auto", dtype=None, allow_pickle: bool = False,
                  overwrite: bool = False, config_dir: str | None = None) -> ExtractResult:
     """Extract (tuned − base) into a LoRA file; `base`/`tuned` are any model names `load_model` takes (None: the

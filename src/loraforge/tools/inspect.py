@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..adapters import ADAPTER_LABELS
 from ..errors import InputNotFoundError
+from ..formats.check import check_state_dict
 from ..formats.lora_file import PART_LABELS, PICKLE_SUFFIXES, read_lora_state_dict
 from ..utils.files import open_safetensors
 from ..utils.tensors import describe_nonfinite
@@ -109,8 +110,6 @@ def inspect_file(path, allow_pickle: bool = False, all_metadata: bool = False) -
 
 
 def _inspect_lora(path: Path, sd: dict, metadata: dict) -> InspectReport:
-    from ..formats.check import check_state_dict
-
     lora = read_lora_state_dict(sd, metadata, source=str(path))
     if not lora.modules:
         return InspectReport(path, "unknown", ["kind: no LoRA modules, checkpoint or embedding found"]

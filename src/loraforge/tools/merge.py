@@ -17,9 +17,11 @@ import json
 import logging
 from pathlib import Path
 
+from ..errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
 from ..formats.metadata import BASE_MODEL_KEY, tiny_base_model
+from ..formats.single_file import save_single_file
+from ..utils.files import atomic_dir, open_safetensors, save_safetensors_atomic
 from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
-from .errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
 
 log = logging.getLogger("loraforge.tools")
 
@@ -29,9 +31,6 @@ INPUT_CONV = "model.diffusion_model.input_blocks.0.0.weight"
 
 def write_model(model, output, dtype=None, metadata: dict | None = None, overwrite: bool = False) -> Path:
     """`.safetensors` -> one original-layout file; a path without suffix -> a diffusers folder. Atomic."""
-    from ..formats.single_file import save_single_file
-    from ..utils.files import atomic_dir
-
     output = check_output(output, overwrite)
     if output.suffix == ".safetensors":
         if model.is_tiny:  # read back by `models.loading.tiny_single_file`: no --config-dir needed
@@ -48,7 +47,7 @@ def write_model(model, output, dtype=None, metadata: dict | None = None, overwri
     return output
 
 
-def merge_into_model(base: str | None, loras: list[LoraSpec], output, family: str = "auto", dtype=None,
+def merge_into_model(base: str | None, loras: list[LoraSpec], output, *, family: str = "auto", dtype=None,
                      allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False,
                      config_dir: str | None = None) -> Path:
     """Bake the LoRA files into `base` and write the result (see `write_model`)."""
@@ -83,7 +82,7 @@ def _is_single_file(source) -> bool:
     return source is not None and Path(source).suffix == ".safetensors" and Path(source).is_file()
 
 
-def merge_checkpoints(a: str, b: str, output, c: str | None = None, multiplier: float = 0.5,
+def merge_checkpoints(a: str, b: str, output, *, c: str | None = None, multiplier: float = 0.5,
                       mode: str = "weighted_sum", family: str = "auto", dtype=None, allow_pickle: bool = False,
                       overwrite: bool = False, config_dir: str | None = None) -> Path:
     """A1111-style checkpoint merge; the result takes A's dtype unless `dtype` is given."""
@@ -136,8 +135,6 @@ def _check_keys(a: dict, others: list[dict], label: str) -> None:
 
 def _merge_single_files(sources: list[str], output: Path, multiplier: float, mode: str, dtype) -> Path:
     from ..models.loading import single_file_family
-    from ..utils.files import open_safetensors, save_safetensors_atomic
-
     families = []
     for s in sources:
         with open_safetensors(s) as f:

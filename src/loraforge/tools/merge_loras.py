@@ -26,7 +26,7 @@ from ..adapters import ADAPTER_LABELS, AdapterModule, module_delta
 from ..formats.kohya import kohya_state_dict
 from ..formats.lora_file import bind, load_lora_file, weak_evidence
 from .common import check_output, lora_metadata, model_tree, save_lora
-from .errors import FamilyMismatchError, ShapeMismatchError, ToolError, UnsupportedError
+from ..errors import FamilyMismatchError, ShapeMismatchError, ToolError, UnsupportedError
 from .svd import RankRule, fro_share, full_svd, select_rank, shape_factors, split_factors
 
 
@@ -59,7 +59,7 @@ def _family(loras, family: str) -> str:
     return strong.pop() if strong else loras[0].family
 
 
-def merge_loras(inputs: list[tuple[str, float]], output, mode: str = "concat", rule: RankRule | None = None,
+def merge_loras(inputs: list[tuple[str, float]], output, *, mode: str = "concat", rule: RankRule | None = None,
                 alpha: float = 0.5, base: str | None = None, family: str = "auto", dtype=None,
                 allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False) -> LoraMergeResult:
     """Merge `inputs` [(path, weight), ...] into one kohya LoRA file (weights are ignored by `interpolate`)."""

@@ -20,7 +20,7 @@ from ..adapters import ADAPTER_LABELS, AdapterModule, raw_delta
 from ..formats.kohya import kohya_module_name
 from ..formats.lora_file import ModelTree, bind, read_lora_state_dict, read_tensors
 from .common import check_output, load_sd_model, lora_metadata, model_parts, model_tree, save_lora
-from .errors import ToolError
+from ..errors import ToolError
 from .svd import RankRule, fro_share, full_svd, lowrank_svd, select_rank, split_factors
 
 
@@ -115,7 +115,7 @@ def resize_module(m: AdapterModule, rule: RankRule, weight: torch.Tensor | None 
     return tensors, report
 
 
-def resize_lora(src, output, rule: RankRule, base: str | None = None, family: str = "auto", dtype=None,
+def resize_lora(src, output, rule: RankRule, *, base: str | None = None, family: str = "auto", dtype=None,
                 allow_pickle: bool = False, overwrite: bool = False, config_dir: str | None = None) -> ResizeResult:
     """Re-rank every LoRA / LoCon module of `src` and write `output`. `base` (any model name `load_model` takes)
     is needed for recipes that reference the checkpoint (`fro_ckpt`, `spn_ckpt`)."""

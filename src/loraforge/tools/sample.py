@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import InputNotFoundError
-from ..sampling.generate import SampleRequest, expand_requests, save_png
+from ..errors import FamilyMismatchError, InputNotFoundError, ShapeMismatchError, ToolError
+from ..formats.embeddings import load_embeddings
+from ..sampling.generate import SampleRequest, expand_requests, generate, save_png
+from ..sampling.prompts import PromptFileError, read_prompt_file
+from ..sampling.samplers import normalize_sampler
 from .common import LoraSpec, apply_lora_files, check_output, find_lora_file, load_sd_model
-from .errors import FamilyMismatchError, ShapeMismatchError, ToolError
-
 
 
 @dataclass
@@ -33,8 +34,6 @@ class EmbeddingSpec:
 def load_embedding(model, spec: EmbeddingSpec, allow_pickle: bool = False) -> None:
     """Add the embedding's vectors to the tokenizers and text encoders under its trigger token (several vectors:
     `tok`, `tok_1`, ...; the pipelines expand `tok` in prompts)."""
-    from ..formats.embeddings import load_embeddings
-
     vectors = load_embeddings(spec.path, allow_pickle=allow_pickle)
     sdxl = model.family.is_sdxl
     if sdxl != ("clip_g" in vectors):
@@ -49,7 +48,7 @@ def load_embedding(model, spec: EmbeddingSpec, allow_pickle: bool = False) -> No
         pipe.load_textual_inversion(v.to(te.dtype), token=spec.trigger, text_encoder=te, tokenizer=tok)
 
 
-def prepare_model(model: str | None, loras: list[LoraSpec] = (), embeddings: list[EmbeddingSpec] = (),
+def prepare_model(model: str | None, loras: list[LoraSpec] = (), embeddings: list[EmbeddingSpec] = (), *,
                   family: str = "auto", allow_pickle: bool = False, skip_unknown: bool = False,
                   config_dir: str | None = None):
     """Load the base model and apply the LoRA files and embeddings."""
@@ -60,53 +59,11 @@ def prepare_model(model: str | None, loras: list[LoraSpec] = (), embeddings: lis
     return sd
 
 
-def _pipeline(model, sampler: str, img2img: bool):
-    from ..sampling.samplers import make_scheduler
-
-    pipe = model.pipeline(scheduler=make_scheduler(sampler, model.scheduler.config, model.prediction_type))
-    if img2img:
-        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
-
-        if model.family.is_sdxl:
-            pipe = StableDiffusionXLImg2ImgPipeline(**{k: v for k, v in pipe.components.items()},
-                                                    add_watermarker=False)
-        else:
-            pipe = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def generate_images(model, requests: list[SampleRequest], init_image=None, strength: float = 0.75,
-                    output_type: str = "pil") -> list:
-    """One image per request (seeded CPU generator per request). With `init_image` (a PIL image) img2img at
-    `strength`; the image is resized to each request's size."""
-    import torch
-
-    pipes: dict[str, object] = {}
-    images = []
-    for req in requests:
-        if req.sampler not in pipes:
-            pipes[req.sampler] = _pipeline(model, req.sampler, init_image is not None)
-        kwargs = dict(prompt=req.prompt, negative_prompt=req.negative_prompt or None, output_type=output_type,
-                      num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
-                      generator=torch.Generator("cpu").manual_seed(req.seed))
-        if init_image is not None:
-            kwargs.update(image=init_image.convert("RGB").resize((req.width, req.height)), strength=strength)
-        else:
-            kwargs.update(width=req.width, height=req.height)
-        with torch.no_grad():
-            images.append(pipes[req.sampler](**kwargs).images[0])
-    return images
-
-
-def build_requests(prompt: str | None = None, prompt_file: str | None = None, negative_prompt: str = "",
+def build_requests(prompt: str | None = None, prompt_file: str | None = None, *, negative_prompt: str = "",
                    sampler: str = "euler_a", steps: int = 25, guidance_scale: float = 7.0, width: int = 0,
                    height: int = 0, seed: int = 0, batch: int = 1) -> list[SampleRequest]:
     """Requests from a prompt or a kohya prompt file (its `--n --w --h --d --l --s --ss` override the defaults);
     `batch` images per prompt with seeds seed, seed+1, ... A size of 0 means the model's own (`sample` fills it)."""
-    from ..sampling.prompts import PromptFileError, read_prompt_file
-    from ..sampling.samplers import normalize_sampler
-
     try:
         base = SampleRequest("", negative_prompt, width, height, steps, guidance_scale, seed, normalize_sampler(sampler))
         if (prompt is None) == (prompt_file is None):
@@ -141,12 +98,13 @@ def parameters_text(req: SampleRequest, model_name: str, loras: list[LoraSpec], 
     return "\n".join(lines)
 
 
-def sample(model: str | None, requests: list[SampleRequest], out_dir, loras: list[LoraSpec] = (),
+def sample(model: str | None, requests: list[SampleRequest], out_dir, *, loras: list[LoraSpec] = (),
            embeddings: list[EmbeddingSpec] = (), family: str = "auto", init_image=None, strength: float = 0.75,
-           allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False,
-           config_dir: str | None = None) -> list[Path]:
+           clip_skip: int | None = None, allow_pickle: bool = False, skip_unknown: bool = False,
+           overwrite: bool = False, config_dir: str | None = None) -> list[Path]:
     """Generate every request and write `out_dir/<n>-<seed>.png`, numbered on from the images already there; returns
-    the paths. `init_image` is a path or a PIL image (img2img). A LoRA may be named by its run folder."""
+    the paths. `init_image` is a path or a PIL image (img2img). A LoRA may be named by its run folder. `clip_skip`
+    as in training (`training.clip_skip`: 1 = the penultimate layer of SD 1.x/2.x). Options are keyword-only."""
     out_dir = Path(out_dir)
     first = next_image_number(out_dir)
     paths = [out_dir / f"{first + i:05d}-{r.seed}.png" for i, r in enumerate(requests)]
@@ -155,10 +113,11 @@ def sample(model: str | None, requests: list[SampleRequest], out_dir, loras: lis
     loras = [replace(s, path=str(find_lora_file(s.path))) for s in loras]
     if isinstance(init_image, (str, Path)):
         init_image = open_image(init_image)
-    sd = prepare_model(model, loras, embeddings, family, allow_pickle, skip_unknown, config_dir)
+    sd = prepare_model(model, loras, embeddings, family=family, allow_pickle=allow_pickle, skip_unknown=skip_unknown,
+                       config_dir=config_dir)
     size = default_size(sd, init_image)
     requests = [replace(r, width=r.width or size[0], height=r.height or size[1]) for r in requests]
-    images = generate_images(sd, requests, init_image, strength)
+    images = generate(sd, requests, clip_skip=clip_skip, init_image=init_image, strength=strength)
     name = Path(model).stem if model else f"tiny-{sd.family.name}"
     for path, image, req in zip(paths, images, requests):
         save_png(image, path, parameters_text(req, name, list(loras), strength if init_image is not None else None))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ToolError
+from ..errors import ToolError
 
 METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 RECIPE_REFS = ("spn_ckpt", "fro_ckpt", "spn_lora", "fro_lora", "params")
