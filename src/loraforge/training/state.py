@@ -6,6 +6,10 @@ written: a hook swaps them for the network's own tensors (`network.safetensors`)
 run id, the step, the epoch and the data-loader position, and is written last, so a folder without it is incomplete
 and is never resumed from. `config.toml` is the run's resolved config.
 
+A checkpoint is written into a temporary folder (`partial_dir`) renamed into place once complete; a save that fails
+(a full disk, a folder that became read-only) raises `SaveFailedError` (`save_failed`) and keeps the checkpoints
+already written, and what a killed process left behind is removed at the next start (`remove_stale_temporaries`).
+
 A run folder belongs to one run: a fresh start is refused where checkpoints are (`check_fresh_start`), and a resume
 is refused when the checkpoint's config differs in anything but `RESUME_MAY_CHANGE`, or when the folder holds
 checkpoints of another run (`check_resume`).
@@ -13,15 +17,18 @@ checkpoints of another run (`check_resume`).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import InputNotFoundError, RunFolderError
+from ..errors import InputNotFoundError, RunFolderError, SaveFailedError
+from ..utils.files import TEMP_MARK, remove_temporaries
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,6 +44,9 @@ EMBEDDINGS_FILE = "embeddings.safetensors"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+DIFFUSERS_TEMP_PREFIX = ".diffusers-"  # formats/diffusers_lora.py's scratch folder next to the file it writes
+
+
 @dataclass
 class TrainState:
     global_step: int = 0
@@ -50,6 +60,59 @@ class TrainState:
 
 def checkpoints_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
+
+
+def partial_dir(target: Path) -> Path:
+    """Where checkpoint `target` is written before it is renamed into place (a temporary name: see `is_temporary`)."""
+    return target.with_name(f".{target.name}{TEMP_MARK}partial")
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the temporary files and partial checkpoint folders an interrupted run left in `run_dir`, one log line
+    each; return them."""
+    removed = remove_temporaries(run_dir)
+    for path in run_dir.glob(f"**/{DIFFUSERS_TEMP_PREFIX}*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for path in removed:
+        log.info("removed %s (left by an interrupted save)", path)
+    return removed
+
+
+_CAUSES = {
+    errno.ENOSPC: ("the disk is full", "free space on that disk"),
+    errno.EDQUOT: ("the disk quota is used up", "free space within your quota"),
+    errno.EACCES: ("permission denied", "make the run folder writable again (chmod u+w)"),
+    errno.EPERM: ("operation not permitted", "make the run folder writable again (chmod u+w)"),
+    errno.EROFS: ("the filesystem is read-only", "remount it read-write"),
+}
+
+
+def save_failed(error: OSError, what: str, path: Path, run_dir: Path) -> SaveFailedError:
+    """The `SaveFailedError` for an `OSError` met while writing `what` at `path` in `run_dir`: the cause, what to
+    free or fix (with the size of a checkpoint) and how to resume."""
+    cause, fix = _CAUSES.get(error.errno, (error.strerror or str(error), "fix the cause"))
+    found = complete_checkpoints(run_dir)
+    if found:
+        size = sum(f.stat().st_size for f in found[-1].iterdir() if f.is_file())
+        fix += f" (a checkpoint takes {size / 2**20:.1f} MiB)"
+        then = (f"The last complete checkpoint, {found[-1]}, is kept: continue from it with "
+                "training.resume = \"latest\" (--set training.resume=latest)")
+    else:
+        then = "No checkpoint was written yet: start the run again"
+    detail = f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error)
+    return SaveFailedError(f"could not write {what} {path}: {cause} ({detail}). {fix[0].upper()}{fix[1:]}, then go "
+                           f"on. {then}; what this save left half-written is removed at the next start.")
+
+
+def as_os_error(error: RuntimeError, folder: Path) -> OSError | None:
+    """torch.save reports a failed write as a RuntimeError ("... file write failed"); the OSError it stands for (a
+    full disk when little space is left), or None for any other RuntimeError."""
+    if "write failed" not in str(error) and "unexpected pos" not in str(error):
+        return None
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    return OSError(errno.ENOSPC if free < 64 * 2**20 else errno.EIO, str(error).strip().splitlines()[-1])
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,14 +34,18 @@ from .state import (
     RUN_CONFIG_FILE,
     STATE_FILE,
     TrainState,
+    as_os_error,
     check_fresh_start,
     check_resume,
     checkpoints_dir,
     clear_checkpoints,
+    partial_dir,
     prune_checkpoints,
     read_state,
     register_network_hooks,
+    remove_stale_temporaries,
     resolve_resume,
+    save_failed,
 )
 
 log = logging.getLogger("loraforge.train")
@@ -135,6 +140,7 @@ class Trainer(StepMixin):
                 root.setLevel(logging.INFO)  # the run log always gets the INFO lines
             root.addHandler(handler)
             self._log_handler = handler
+            remove_stale_temporaries(self.run_dir)  # left by a killed or failed save (logged, so in train.log too)
         set_seed(cfg.training.seed, device_specific=True)  # seed + process index: each process its own noise
         self.run_info = {"session_id": uuid.uuid4().hex, "started_at": time.time(), "mixed_precision": mp}
         log.info("run folder: %s (device %s, precision %s)", self.run_dir, self.accelerator.device, mp)
@@ -355,24 +361,31 @@ class Trainer(StepMixin):
         return {**self.run_info, "step": self.state.global_step, "epoch": self.state.epoch}
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoints/step-N/` with every process's state; it appears only once complete."""
-        import shutil
-
+        """Write `checkpoints/step-N/` with every process's state; it appears only once complete. A failed write
+        (a full disk, a read-only folder) removes the partial folder and raises `SaveFailedError`."""
         acc, st = self.accelerator, self.state
         target = checkpoints_dir(self.run_dir) / f"step-{st.global_step:06d}"
-        partial = target.with_name(f".{target.name}.partial")
-        if acc.is_main_process:
+        partial = partial_dir(target)
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+            acc.wait_for_everyone()
+            acc.save_state(str(partial))  # every process writes its RNG state here
+            if acc.is_main_process:
+                name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
+                write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
+                write_text_atomic(partial / RUN_CONFIG_FILE, dump_config(self.cfg))
+                write_text_atomic(partial / STATE_FILE, st.to_json())  # last: marks the folder complete
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(partial, target)
+        except (OSError, RuntimeError) as e:
             shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(partial))  # every process writes its RNG state here
+            error = e if isinstance(e, OSError) else as_os_error(e, partial)
+            if error is None:
+                raise
+            raise save_failed(error, "the checkpoint", target, self.run_dir) from e
         if acc.is_main_process:
-            name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
-            write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
-            (partial / RUN_CONFIG_FILE).write_text(dump_config(self.cfg), encoding="utf-8")
-            (partial / STATE_FILE).write_text(st.to_json())  # last: marks the folder complete
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(partial, target)
             log.info("checkpoint: %s", target)
             t = self.cfg.training
             for old in prune_checkpoints(self.run_dir, st, t.save_last_n_steps, t.save_last_n_epochs):
@@ -389,14 +402,20 @@ class Trainer(StepMixin):
         if not (checkpoints_dir(self.run_dir) / f"step-{self.state.global_step:06d}").is_dir():
             self.save_checkpoint()
         if acc.is_main_process:
-            files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), self.run_dir,
-                                     self.cfg.output.output_name, self.pivotal)
+            try:
+                files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), self.run_dir,
+                                         self.cfg.output.output_name, self.pivotal)
+            except OSError as e:
+                raise save_failed(e, "the LoRA files", self.run_dir, self.run_dir) from e
             for f in (files.kohya, files.diffusers, files.embeddings):
                 if f:
                     log.info("wrote %s", f)
             if self.cfg.sampling.at_end:
                 samples = self.sample("final")
-            write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
+            try:
+                write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
+            except OSError as e:
+                raise save_failed(e, "the finished-run marker", self.run_dir / FINAL_MARKER, self.run_dir) from e
         is_main = acc.is_main_process
         acc.end_training()
         self.close()
