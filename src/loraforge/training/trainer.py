@@ -19,7 +19,7 @@ import torch
 
 from ..config import TrainConfig, dump_config
 from ..data.build import build_train_data
-from ..errors import RunFolderError
+from ..errors import RunFolderError, RunInterruptedError
 from ..models.loading import load_model
 from ..networks import create_network
 from ..utils.files import write_text_atomic
@@ -29,6 +29,7 @@ from .pivotal import PivotalTuning
 from .nonfinite import NonFiniteGuard
 from .plan import RunPlan, plan_run, run_resolution
 from .preflight import preflight
+from .interrupt import StopOnCtrlC
 from .outputs import WrittenFiles, write_lora_files
 from .state import (
     RUN_CONFIG_FILE,
@@ -266,7 +267,7 @@ class Trainer(StepMixin):
 
     # ----------------------------------------------------------------------------------------------- the loop
     def train(self) -> None:
-        from accelerate import skip_first_batches
+        """The loop; Ctrl-C stops it after the current step with a checkpoint of that step (`RunInterruptedError`)."""
         from accelerate.utils import tqdm
 
         cfg, acc, st = self.cfg, self.accelerator, self.state
@@ -278,6 +279,18 @@ class Trainer(StepMixin):
         bar = self._bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step",
                                dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
         self.nonfinite = NonFiniteGuard(cfg.training, acc, self.run_dir)
+        with StopOnCtrlC() as ctrl_c:
+            self._loop(bar, ctrl_c)
+        bar.close()
+        if self.nonfinite.skipped:
+            log.warning("NaN/Inf: %d optimizer step(s) skipped in this run (training.on_nonfinite = \"skip\")",
+                        self.nonfinite.skipped)
+        acc.wait_for_everyone()
+
+    def _loop(self, bar, ctrl_c: StopOnCtrlC) -> None:
+        from accelerate import skip_first_batches
+
+        cfg, acc, st = self.cfg, self.accelerator, self.state
         n_batches = len(self.train_dataloader)
         while st.global_step < self.max_steps and st.epoch < self.num_epochs:
             loader = self.train_dataloader
@@ -308,13 +321,27 @@ class Trainer(StepMixin):
                     self._after_step(loss, bar)
                 if epoch_end:
                     self._after_epoch()
+                if acc.sync_gradients and not skip and self._stop_requested(ctrl_c):
+                    self._stop_at_checkpoint()
                 if st.global_step >= self.max_steps:
                     break
-        bar.close()
-        if self.nonfinite.skipped:
-            log.warning("NaN/Inf: %d optimizer step(s) skipped in this run (training.on_nonfinite = \"skip\")",
-                        self.nonfinite.skipped)
-        acc.wait_for_everyone()
+
+    def _stop_requested(self, ctrl_c: StopOnCtrlC) -> bool:
+        """Ctrl-C was pressed (in any process: with several, all stop at the same step)."""
+        if self.accelerator.num_processes == 1:
+            return ctrl_c.requested
+        flag = torch.tensor([float(ctrl_c.requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item())
+
+    def _stop_at_checkpoint(self) -> None:
+        st = self.state
+        target = checkpoints_dir(self.run_dir) / f"step-{st.global_step:06d}"
+        if not (target / STATE_FILE).is_file():  # not saved by save_every_n_* at this step already
+            target = self.save_checkpoint()
+        raise RunInterruptedError(
+            f"stopped by Ctrl-C after step {st.global_step} of {self.max_steps}: the checkpoint {target} holds it. "
+            "Continue the run with training.resume = \"latest\" (--set training.resume=latest)"
+        )
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         params = [p for part in self.network.parts for p in self.network.parameters(part)]
