@@ -3,8 +3,10 @@
 The optimizer, scheduler and RNG states go through accelerate's `save_state`/`load_state` (the engine that also
 runs several GPUs; it reloads them with torch's `weights_only` mode). The frozen UNet and text encoders are never
 written: a hook swaps them for the network's own tensors (`network.safetensors`). `train_state.json` holds the
-run id, the step, the epoch and the data-loader position, and is written last, so a folder without it is incomplete
-and is never resumed from. `config.toml` is the run's resolved config.
+run id, the step, the epoch and the data-loader position; a folder without it is incomplete and is never resumed
+from. `config.toml` is the run's resolved config. `manifest.json` (written last) holds the size and SHA-256 of every
+other file: a resume verifies them, so a damaged file (a truncated RNG state...) is refused instead of silently
+making the resume inexact; `resume = "latest"` then takes the newest checkpoint that verifies.
 
 A checkpoint is written into a temporary folder (`partial_dir`) renamed into place once complete; a save that fails
 (a full disk, a folder that became read-only) raises `SaveFailedError` (`save_failed`) and keeps the checkpoints
@@ -18,6 +20,7 @@ checkpoints of another run (`check_resume`).
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import InputNotFoundError, RunFolderError, SaveFailedError
-from ..utils.files import TEMP_MARK, remove_temporaries
+from ..utils.files import TEMP_MARK, remove_temporaries, write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,6 +44,7 @@ STATE_FILE = "train_state.json"
 RUN_CONFIG_FILE = "config.toml"  # in each checkpoint: the resolved config of the run that wrote it
 NETWORK_FILE = "network.safetensors"
 EMBEDDINGS_FILE = "embeddings.safetensors"
+MANIFEST_FILE = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -124,20 +128,80 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def resolve_resume(resume: str, run_dir: Path) -> Path:
+    """The checkpoint folder `training.resume` names, verified against its manifest (`verify_checkpoint`)."""
     if resume == "latest":
         found = complete_checkpoints(run_dir)
         if not found:
             raise InputNotFoundError(
                 f"training.resume = 'latest' but {checkpoints_dir(run_dir)} holds no complete checkpoint"
             )
-        return found[-1]
+        for folder in reversed(found):
+            problems = verify_checkpoint(folder)
+            if not problems:
+                return folder
+            log.warning("training.resume = 'latest': skipping %s, which is damaged (%s)", folder, "; ".join(problems))
+        raise RunFolderError(
+            f"training.resume = 'latest': every checkpoint in {checkpoints_dir(run_dir)} is damaged (see the warnings "
+            "above); start the run afresh with output.overwrite = true"
+        )
     path = Path(resume).expanduser()
     if not (path / STATE_FILE).is_file():
         raise InputNotFoundError(
             f"training.resume = {resume!r} is not a complete loraforge checkpoint folder (no {STATE_FILE}); "
             f"checkpoints are under <output_dir>/<output_name>/checkpoints/step-N"
         )
+    problems = verify_checkpoint(path)
+    if problems:
+        step = int(STEP_DIR.match(path.name).group(1)) if STEP_DIR.match(path.name) else None
+        older = [p for p in complete_checkpoints(path.parent.parent)
+                 if step is not None and int(STEP_DIR.match(p.name).group(1)) < step and not verify_checkpoint(p)]
+        offer = (f"resume from the previous complete checkpoint instead: training.resume = \"{older[-1]}\""
+                 if older else "no earlier checkpoint of this run verifies: start it afresh")
+        raise RunFolderError(
+            f"training.resume = {resume!r}: {path} is damaged, so resuming it would not continue the run exactly: "
+            f"{'; '.join(problems)}. {offer[0].upper()}{offer[1:]}",
+            problems=problems,
+        )
     return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Write `manifest.json` (size and SHA-256 of every other file of the checkpoint folder), atomically; the last
+    file of a checkpoint."""
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    write_text_atomic(folder / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
+
+
+def verify_checkpoint(folder: Path) -> list[str]:
+    """What is wrong with checkpoint `folder` against its manifest, one line per file (missing, size, content);
+    [] when it verifies. A folder without manifest (an older loraforge) is accepted with a warning."""
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        log.warning("%s has no %s (an older loraforge wrote it): its files cannot be verified", folder, MANIFEST_FILE)
+        return []
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"{manifest}: unreadable ({e})"]
+    problems = []
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != want["size"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes instead of {want['size']}")
+        elif _sha256(path) != want["sha256"]:
+            problems.append(f"{path}: its content changed since it was written (SHA-256 differs)")
+    return problems
 
 
 def read_state(folder: Path) -> TrainState:

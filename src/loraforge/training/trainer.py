@@ -47,6 +47,7 @@ from .state import (
     remove_stale_temporaries,
     resolve_resume,
     save_failed,
+    write_manifest,
 )
 
 log = logging.getLogger("loraforge.train")
@@ -403,7 +404,8 @@ class Trainer(StepMixin):
                 name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
                 write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
                 write_text_atomic(partial / RUN_CONFIG_FILE, dump_config(self.cfg))
-                write_text_atomic(partial / STATE_FILE, st.to_json())  # last: marks the folder complete
+                write_text_atomic(partial / STATE_FILE, st.to_json())  # marks the folder complete
+                write_manifest(partial)  # last: sizes and hashes of all the others
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(partial, target)
         except (OSError, RuntimeError) as e:
