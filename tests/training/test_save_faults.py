@@ -112,3 +112,13 @@ def test_stale_temporaries_are_removed_at_the_next_start(make_config, caplog):
     assert _leftovers(run) == [] and keep.read_text() == "mine"
     for path in stale[:3]:
         assert f"removed {path} (left by an interrupted save)" in caplog.text
+
+
+def test_a_failed_torch_save_counts_as_a_write_error(tmp_path):
+    """torch.save (the optimizer state in a checkpoint) reports a full disk as a RuntimeError."""
+    from loraforge.training.state import as_os_error
+
+    err = as_os_error(RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing "
+                                   "file data/0: file write failed"), tmp_path)
+    assert isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EIO) and "file write failed" in str(err)
+    assert as_os_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), tmp_path) is None

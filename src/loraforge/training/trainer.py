@@ -400,6 +400,7 @@ class Trainer(StepMixin):
                 partial.mkdir(parents=True)
             acc.wait_for_everyone()
             acc.save_state(str(partial))  # every process writes its RNG state here
+            acc.wait_for_everyone()  # all of them written before the manifest lists them
             if acc.is_main_process:
                 name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
                 write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
@@ -408,9 +409,9 @@ class Trainer(StepMixin):
                 write_manifest(partial)  # last: sizes and hashes of all the others
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(partial, target)
-        except (OSError, RuntimeError) as e:
+        except BaseException as e:  # nothing partial stays (a NaN refusal, a second Ctrl-C, a failed write)
             shutil.rmtree(partial, ignore_errors=True)
-            error = e if isinstance(e, OSError) else as_os_error(e, partial)
+            error = e if isinstance(e, OSError) else as_os_error(e, partial) if isinstance(e, RuntimeError) else None
             if error is None:
                 raise
             raise save_failed(error, "the checkpoint", target, self.run_dir) from e
