@@ -23,7 +23,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import sys

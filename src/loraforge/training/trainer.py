@@ -485,6 +485,10 @@ class Trainer(StepMixin):
                                           replace=self.pivotal.replace if self.pivotal else None,
                                           embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
                                           if self.pivotal else None)
+        except OSError as e:  # a full disk or a read-only folder: said like a failed checkpoint
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise save_failed(e, "the sample images", self.run_dir / "samples", self.run_dir) from e
         finally:
             for mod in self.trained_models:
                 mod.train()
