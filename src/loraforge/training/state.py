@@ -327,8 +327,6 @@ def register_network_hooks(accelerator, network, pivotal=None) -> None:
 def prune_checkpoints(run_dir: Path, current: TrainState, last_n_steps: int | None, last_n_epochs: int | None
                       ) -> list[Path]:
     """Delete complete checkpoints older than the last N steps / epochs (kohya's `save_last_n_*`)."""
-    import shutil
-
     removed = []
     for folder in complete_checkpoints(run_dir):
         st = read_state(folder)
