@@ -30,7 +30,7 @@ def _fail_writes(monkeypatch, code: int, when) -> None:
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
 
 
-def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_goes_on(make_config, monkeypatch):
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_goes_on(make_config, monkeypatch, caplog):
     cfg = dict(**{"training.max_train_steps": 3, "training.save_every_n_steps": 1})
     _fail_writes(monkeypatch, errno.ENOSPC, lambda f: "step-000002" in f)
     with pytest.raises(SaveFailedError) as e:
@@ -45,9 +45,22 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_goes_on(make_
     assert _leftovers(run) == []
     assert not (run / "run-sd15.safetensors").exists()
 
+    # what a killed save leaves (a partial checkpoint, temporaries, diffusers' scratch folder) goes at the next start
+    stale = [run / ".run-sd15.safetensors.tmp-abc123.safetensors", ckpts / ".step-000004.tmp-partial",
+             run / ".diffusers-x1y2", ckpts / ".step-000004.tmp-partial" / ".network.safetensors.tmp-q"]
+    for path in stale[1:3]:
+        path.mkdir(parents=True)
+    for path in stale[::3]:
+        path.write_bytes(b"")
+    keep = run / "notes.tmp"
+    keep.write_text("mine")
+    caplog.set_level("INFO", logger="loraforge")
     monkeypatch.undo()
     done = Trainer(make_config("sd15", **cfg, **{"training.resume": "latest"})).run()
     assert done.steps == 3 and len(done.losses) == 2 and done.files.kohya.is_file()
+    assert _leftovers(run) == [] and keep.read_text() == "mine"
+    for path in stale[:3]:
+        assert f"removed {path} (left by an interrupted save)" in caplog.text
 
 
 def test_a_full_disk_at_the_final_write_leaves_no_empty_file_and_resume_writes_it(make_config, monkeypatch):
@@ -94,24 +107,6 @@ def test_a_read_only_run_folder_at_a_checkpoint(make_config, monkeypatch):
     finally:
         os.chmod(Trainer(cfg).run_dir / "checkpoints", 0o755)
     assert sorted(p.name for p in (Trainer(cfg).run_dir / "checkpoints").iterdir()) == ["step-000001"]
-
-
-def test_stale_temporaries_are_removed_at_the_next_start(make_config, caplog):
-    cfg = {"training.max_train_steps": 1}
-    run = Trainer(make_config("sd15", **cfg)).run_dir
-    stale = [run / ".run-sd15.safetensors.tmp-abc123.safetensors", run / "checkpoints" / ".step-000004.tmp-partial",
-             run / ".diffusers-x1y2", run / "checkpoints" / ".step-000004.tmp-partial" / ".network.safetensors.tmp-q"]
-    for path in stale[1:3]:
-        path.mkdir(parents=True)
-    for path in stale[::3]:
-        path.write_bytes(b"")
-    keep = run / "notes.tmp"
-    keep.write_text("mine")
-    caplog.set_level("INFO", logger="loraforge")
-    Trainer(make_config("sd15", **cfg)).run()
-    assert _leftovers(run) == [] and keep.read_text() == "mine"
-    for path in stale[:3]:
-        assert f"removed {path} (left by an interrupted save)" in caplog.text
 
 
 def test_a_failed_torch_save_counts_as_a_write_error(tmp_path):
