@@ -117,3 +117,19 @@ def test_a_failed_torch_save_counts_as_a_write_error(tmp_path):
                                    "file data/0: file write failed"), tmp_path)
     assert isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EIO) and "file write failed" in str(err)
     assert as_os_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), tmp_path) is None
+
+
+def test_the_message_fits_the_cause(tmp_path):
+    from loraforge.training.state import save_failed
+
+    ckpt = tmp_path / "checkpoints" / "step-000003"
+    ckpt.mkdir(parents=True)
+    (ckpt / "train_state.json").write_text("{}")
+    (ckpt / "network.safetensors").write_bytes(b"x" * 3 * 2**20)
+    full = str(save_failed(OSError(errno.ENOSPC, "No space left on device", "f"), "the LoRA files", tmp_path, tmp_path))
+    assert "the disk is full (f: No space left on device). Free space on that disk (a checkpoint takes 3.0 MiB)" in full
+    assert f"{ckpt}, is kept" in full
+    ro = str(save_failed(OSError(errno.EROFS, "Read-only file system"), "the checkpoint", ckpt, tmp_path))
+    assert "the filesystem is read-only" in ro and "Remount it read-write, then go on" in ro and "MiB" not in ro
+    other = str(save_failed(OSError(errno.EIO, "Input/output error"), "the checkpoint", ckpt, tmp_path))
+    assert "could not write the checkpoint" in other and "Input/output error" in other and "Fix the cause" in other

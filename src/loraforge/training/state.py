@@ -97,9 +97,10 @@ def save_failed(error: OSError, what: str, path: Path, run_dir: Path) -> SaveFai
     free or fix (with the size of a checkpoint) and how to resume."""
     cause, fix = _CAUSES.get(error.errno, (error.strerror or str(error), "fix the cause"))
     found = complete_checkpoints(run_dir)
-    if found:
+    if found and error.errno in (errno.ENOSPC, errno.EDQUOT):
         size = sum(f.stat().st_size for f in found[-1].iterdir() if f.is_file())
         fix += f" (a checkpoint takes {size / 2**20:.1f} MiB)"
+    if found:
         then = (f"The last complete checkpoint, {found[-1]}, is kept: continue from it with "
                 "training.resume = \"latest\" (--set training.resume=latest)")
     else:
