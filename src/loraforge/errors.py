@@ -48,6 +48,19 @@ class RunFolderError(TrainingError):
     """The run folder holds another run, or a checkpoint that cannot be resumed."""
 
 
+class SaveFailedError(RunFolderError):
+    """A checkpoint or the final LoRA could not be written (a full disk, a folder that became read-only...): the
+    message names the path, the cause, what to free or fix and how to resume; the last complete checkpoint is kept,
+    and nothing partial is left (or it is removed at the next start)."""
+
+
+class RunInterruptedError(TrainingError):
+    """The run was stopped with Ctrl-C (SIGINT) after a checkpoint of its current step; exit code 130 (128 + SIGINT),
+    as for any interrupted command."""
+
+    exit_code = 130
+
+
 class NonFiniteError(TrainingError):
     """The loss, the gradients or the trained weights became NaN or infinite; the message gives the step, the
     learning rate (or the tensors) and the usual fixes. No LoRA file with NaN/Inf values is ever written."""

@@ -3,8 +3,14 @@
 The optimizer, scheduler and RNG states go through accelerate's `save_state`/`load_state` (the engine that also
 runs several GPUs; it reloads them with torch's `weights_only` mode). The frozen UNet and text encoders are never
 written: a hook swaps them for the network's own tensors (`network.safetensors`). `train_state.json` holds the
-run id, the step, the epoch and the data-loader position, and is written last, so a folder without it is incomplete
-and is never resumed from. `config.toml` is the run's resolved config.
+run id, the step, the epoch and the data-loader position; a folder without it is incomplete and is never resumed
+from. `config.toml` is the run's resolved config. `manifest.json` (written last) holds the size and SHA-256 of every
+other file: a resume verifies them, so a damaged file (a truncated RNG state...) is refused instead of silently
+making the resume inexact; `resume = "latest"` then takes the newest checkpoint that verifies.
+
+A checkpoint is written into a temporary folder (`partial_dir`) renamed into place once complete; a save that fails
+(a full disk, a folder that became read-only) raises `SaveFailedError` (`save_failed`) and keeps the checkpoints
+already written, and what a killed process left behind is removed at the next start (`remove_stale_temporaries`).
 
 A run folder belongs to one run: a fresh start is refused where checkpoints are (`check_fresh_start`), and a resume
 is refused when the checkpoint's config differs in anything but `RESUME_MAY_CHANGE`, or when the folder holds
@@ -13,6 +19,8 @@ checkpoints of another run (`check_resume`).
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import re
@@ -21,7 +29,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import InputNotFoundError, RunFolderError
+from ..errors import InputNotFoundError, RunFolderError, SaveFailedError
+from ..utils.files import TEMP_MARK, remove_temporaries, write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +43,11 @@ STATE_FILE = "train_state.json"
 RUN_CONFIG_FILE = "config.toml"  # in each checkpoint: the resolved config of the run that wrote it
 NETWORK_FILE = "network.safetensors"
 EMBEDDINGS_FILE = "embeddings.safetensors"
+MANIFEST_FILE = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+DIFFUSERS_TEMP_PREFIX = ".diffusers-"  # formats/diffusers_lora.py's scratch folder next to the file it writes
 
 
 @dataclass
@@ -52,6 +65,60 @@ def checkpoints_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
+def partial_dir(target: Path) -> Path:
+    """Where checkpoint `target` is written before it is renamed into place (a temporary name: see `is_temporary`)."""
+    return target.with_name(f".{target.name}{TEMP_MARK}partial")
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the temporary files and partial checkpoint folders an interrupted run left in `run_dir`, one log line
+    each; return them."""
+    removed = remove_temporaries(run_dir)
+    for path in run_dir.glob(f"**/{DIFFUSERS_TEMP_PREFIX}*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    for path in removed:
+        log.info("removed %s (left by an interrupted save)", path)
+    return removed
+
+
+_CAUSES = {
+    errno.ENOSPC: ("the disk is full", "free space on that disk"),
+    errno.EDQUOT: ("the disk quota is used up", "free space within your quota"),
+    errno.EACCES: ("permission denied", "make the run folder writable again (chmod u+w)"),
+    errno.EPERM: ("operation not permitted", "make the run folder writable again (chmod u+w)"),
+    errno.EROFS: ("the filesystem is read-only", "remount it read-write"),
+}
+
+
+def save_failed(error: OSError, what: str, path: Path, run_dir: Path) -> SaveFailedError:
+    """The `SaveFailedError` for an `OSError` met while writing `what` at `path` in `run_dir`: the cause, what to
+    free or fix (with the size of a checkpoint) and how to resume."""
+    cause, fix = _CAUSES.get(error.errno, (error.strerror or str(error), "fix the cause"))
+    found = complete_checkpoints(run_dir)
+    if found and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        size = sum(f.stat().st_size for f in found[-1].iterdir() if f.is_file())
+        fix += f" (a checkpoint takes {size / 2**20:.1f} MiB)"
+    if found:
+        then = (f"The last complete checkpoint, {found[-1]}, is kept: continue from it with "
+                "training.resume = \"latest\" (--set training.resume=latest)")
+    else:
+        then = "No checkpoint was written yet: start the run again"
+    detail = f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error)
+    return SaveFailedError(f"could not write {what} {path}: {cause} ({detail}). {fix[0].upper()}{fix[1:]}, then go "
+                           f"on. {then}; what this save left half-written is removed at the next start.")
+
+
+def as_os_error(error: RuntimeError, folder: Path) -> OSError | None:
+    """torch.save reports a failed write as a RuntimeError ("... file write failed"); the OSError it stands for (a
+    full disk when little space is left), or None for any other RuntimeError."""
+    if "write failed" not in str(error) and "unexpected pos" not in str(error):
+        return None
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    return OSError(errno.ENOSPC if free < 64 * 2**20 else errno.EIO, str(error).strip().splitlines()[-1])
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     folder = checkpoints_dir(run_dir)
     if not folder.is_dir():
@@ -61,20 +128,80 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def resolve_resume(resume: str, run_dir: Path) -> Path:
+    """The checkpoint folder `training.resume` names, verified against its manifest (`verify_checkpoint`)."""
     if resume == "latest":
         found = complete_checkpoints(run_dir)
         if not found:
             raise InputNotFoundError(
                 f"training.resume = 'latest' but {checkpoints_dir(run_dir)} holds no complete checkpoint"
             )
-        return found[-1]
+        for folder in reversed(found):
+            problems = verify_checkpoint(folder)
+            if not problems:
+                return folder
+            log.warning("training.resume = 'latest': skipping %s, which is damaged (%s)", folder, "; ".join(problems))
+        raise RunFolderError(
+            f"training.resume = 'latest': every checkpoint in {checkpoints_dir(run_dir)} is damaged (see the warnings "
+            "above); start the run afresh with output.overwrite = true"
+        )
     path = Path(resume).expanduser()
     if not (path / STATE_FILE).is_file():
         raise InputNotFoundError(
             f"training.resume = {resume!r} is not a complete loraforge checkpoint folder (no {STATE_FILE}); "
             f"checkpoints are under <output_dir>/<output_name>/checkpoints/step-N"
         )
+    problems = verify_checkpoint(path)
+    if problems:
+        step = int(STEP_DIR.match(path.name).group(1)) if STEP_DIR.match(path.name) else None
+        older = [p for p in complete_checkpoints(path.parent.parent)
+                 if step is not None and int(STEP_DIR.match(p.name).group(1)) < step and not verify_checkpoint(p)]
+        offer = (f"resume from the previous complete checkpoint instead: training.resume = \"{older[-1]}\""
+                 if older else "no earlier checkpoint of this run verifies: start it afresh")
+        raise RunFolderError(
+            f"training.resume = {resume!r}: {path} is damaged, so resuming it would not continue the run exactly: "
+            f"{'; '.join(problems)}. {offer[0].upper()}{offer[1:]}",
+            problems=problems,
+        )
     return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Write `manifest.json` (size and SHA-256 of every other file of the checkpoint folder), atomically; the last
+    file of a checkpoint."""
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    write_text_atomic(folder / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
+
+
+def verify_checkpoint(folder: Path) -> list[str]:
+    """What is wrong with checkpoint `folder` against its manifest, one line per file (missing, size, content);
+    [] when it verifies. A folder without manifest (an older loraforge) is accepted with a warning."""
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        log.warning("%s has no %s (an older loraforge wrote it): its files cannot be verified", folder, MANIFEST_FILE)
+        return []
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"{manifest}: unreadable ({e})"]
+    problems = []
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != want["size"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes instead of {want['size']}")
+        elif _sha256(path) != want["sha256"]:
+            problems.append(f"{path}: its content changed since it was written (SHA-256 differs)")
+    return problems
 
 
 def read_state(folder: Path) -> TrainState:
@@ -201,8 +328,6 @@ def register_network_hooks(accelerator, network, pivotal=None) -> None:
 def prune_checkpoints(run_dir: Path, current: TrainState, last_n_steps: int | None, last_n_epochs: int | None
                       ) -> list[Path]:
     """Delete complete checkpoints older than the last N steps / epochs (kohya's `save_last_n_*`)."""
-    import shutil
-
     removed = []
     for folder in complete_checkpoints(run_dir):
         st = read_state(folder)

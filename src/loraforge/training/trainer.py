@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 
 from ..config import TrainConfig, dump_config
 from ..data.build import build_train_data
-from ..errors import RunFolderError
+from ..errors import RunFolderError, RunInterruptedError
 from ..models.loading import load_model
 from ..networks import create_network
 from ..utils.files import write_text_atomic
@@ -28,19 +29,25 @@ from .pivotal import PivotalTuning
 from .nonfinite import NonFiniteGuard
 from .plan import RunPlan, plan_run, run_resolution
 from .preflight import preflight
+from .interrupt import StopOnCtrlC
 from .outputs import WrittenFiles, write_lora_files
 from .state import (
     RUN_CONFIG_FILE,
     STATE_FILE,
     TrainState,
+    as_os_error,
     check_fresh_start,
     check_resume,
     checkpoints_dir,
     clear_checkpoints,
+    partial_dir,
     prune_checkpoints,
     read_state,
     register_network_hooks,
+    remove_stale_temporaries,
     resolve_resume,
+    save_failed,
+    write_manifest,
 )
 
 log = logging.getLogger("loraforge.train")
@@ -135,6 +142,7 @@ class Trainer:
                 root.setLevel(logging.INFO)  # the run log always gets the INFO lines
             root.addHandler(handler)
             self._log_handler = handler
+            remove_stale_temporaries(self.run_dir)  # left by a killed or failed save (logged, so in train.log too)
         set_seed(cfg.training.seed, device_specific=True)  # seed + process index: each process its own noise
         self.run_info = {"session_id": uuid.uuid4().hex, "started_at": time.time(), "mixed_precision": mp}
         log.info("run folder: %s (device %s, precision %s)", self.run_dir, self.accelerator.device, mp)
@@ -264,7 +272,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- the loop
     def train(self) -> None:
-        from accelerate import skip_first_batches
+        """The loop; Ctrl-C stops it after the current step with a checkpoint of that step (`RunInterruptedError`)."""
         from accelerate.utils import tqdm
 
         cfg, acc, st = self.cfg, self.accelerator, self.state
@@ -276,6 +284,18 @@ class Trainer:
         bar = self._bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step",
                                dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
         self.nonfinite = NonFiniteGuard(cfg.training, acc, self.run_dir)
+        with StopOnCtrlC() as ctrl_c:
+            self._loop(bar, ctrl_c)
+        bar.close()
+        if self.nonfinite.skipped:
+            log.warning("NaN/Inf: %d optimizer step(s) skipped in this run (training.on_nonfinite = \"skip\")",
+                        self.nonfinite.skipped)
+        acc.wait_for_everyone()
+
+    def _loop(self, bar, ctrl_c: StopOnCtrlC) -> None:
+        from accelerate import skip_first_batches
+
+        cfg, acc, st = self.cfg, self.accelerator, self.state
         n_batches = len(self.train_dataloader)
         while st.global_step < self.max_steps and st.epoch < self.num_epochs:
             loader = self.train_dataloader
@@ -306,13 +326,27 @@ class Trainer:
                     self._after_step(loss, bar)
                 if epoch_end:
                     self._after_epoch()
+                if acc.sync_gradients and not skip and self._stop_requested(ctrl_c):
+                    self._stop_at_checkpoint()
                 if st.global_step >= self.max_steps:
                     break
-        bar.close()
-        if self.nonfinite.skipped:
-            log.warning("NaN/Inf: %d optimizer step(s) skipped in this run (training.on_nonfinite = \"skip\")",
-                        self.nonfinite.skipped)
-        acc.wait_for_everyone()
+
+    def _stop_requested(self, ctrl_c: StopOnCtrlC) -> bool:
+        """Ctrl-C was pressed (in any process: with several, all stop at the same step)."""
+        if self.accelerator.num_processes == 1:
+            return ctrl_c.requested
+        flag = torch.tensor([float(ctrl_c.requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item())
+
+    def _stop_at_checkpoint(self) -> None:
+        st = self.state
+        target = checkpoints_dir(self.run_dir) / f"step-{st.global_step:06d}"
+        if not (target / STATE_FILE).is_file():  # not saved by save_every_n_* at this step already
+            target = self.save_checkpoint()
+        raise RunInterruptedError(
+            f"stopped by Ctrl-C after step {st.global_step} of {self.max_steps}: the checkpoint {target} holds it. "
+            "Continue the run with training.resume = \"latest\" (--set training.resume=latest)"
+        )
 
     # The step's math is `self.step` (a `LossStep`); the loop and the tests call it through these.
     def compute_loss(self, batch: dict, latents=None, noise=None, timesteps=None) -> torch.Tensor:
@@ -372,24 +406,33 @@ class Trainer:
         return {**self.run_info, "step": self.state.global_step, "epoch": self.state.epoch}
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoints/step-N/` with every process's state; it appears only once complete."""
-        import shutil
-
+        """Write `checkpoints/step-N/` with every process's state; it appears only once complete. A failed write
+        (a full disk, a read-only folder) removes the partial folder and raises `SaveFailedError`."""
         acc, st = self.accelerator, self.state
         target = checkpoints_dir(self.run_dir) / f"step-{st.global_step:06d}"
-        partial = target.with_name(f".{target.name}.partial")
-        if acc.is_main_process:
+        partial = partial_dir(target)
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+            acc.wait_for_everyone()
+            acc.save_state(str(partial))  # every process writes its RNG state here
+            acc.wait_for_everyone()  # all of them written before the manifest lists them
+            if acc.is_main_process:
+                name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
+                write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
+                write_text_atomic(partial / RUN_CONFIG_FILE, dump_config(self.cfg))
+                write_text_atomic(partial / STATE_FILE, st.to_json())  # marks the folder complete
+                write_manifest(partial)  # last: sizes and hashes of all the others
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(partial, target)
+        except BaseException as e:  # nothing partial stays (a NaN refusal, a second Ctrl-C, a failed write)
             shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(partial))  # every process writes its RNG state here
+            error = e if isinstance(e, OSError) else as_os_error(e, partial) if isinstance(e, RuntimeError) else None
+            if error is None:
+                raise
+            raise save_failed(error, "the checkpoint", target, self.run_dir) from e
         if acc.is_main_process:
-            name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
-            write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
-            (partial / RUN_CONFIG_FILE).write_text(dump_config(self.cfg), encoding="utf-8")
-            (partial / STATE_FILE).write_text(st.to_json())  # last: marks the folder complete
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(partial, target)
             log.info("checkpoint: %s", target)
             t = self.cfg.training
             for old in prune_checkpoints(self.run_dir, st, t.save_last_n_steps, t.save_last_n_epochs):
@@ -406,14 +449,20 @@ class Trainer:
         if not (checkpoints_dir(self.run_dir) / f"step-{self.state.global_step:06d}").is_dir():
             self.save_checkpoint()
         if acc.is_main_process:
-            files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), self.run_dir,
-                                     self.cfg.output.output_name, self.pivotal)
+            try:
+                files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), self.run_dir,
+                                         self.cfg.output.output_name, self.pivotal)
+            except OSError as e:
+                raise save_failed(e, "the LoRA files", self.run_dir, self.run_dir) from e
             for f in (files.kohya, files.diffusers, files.embeddings):
                 if f:
                     log.info("wrote %s", f)
             if self.cfg.sampling.at_end:
                 samples = self.sample("final")
-            write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
+            try:
+                write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
+            except OSError as e:
+                raise save_failed(e, "the finished-run marker", self.run_dir / FINAL_MARKER, self.run_dir) from e
         is_main = acc.is_main_process
         acc.end_training()
         self.close()
@@ -453,6 +502,10 @@ class Trainer:
                                           replace=self.pivotal.replace if self.pivotal else None,
                                           embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
                                           if self.pivotal else None)
+        except OSError as e:  # a full disk or a read-only folder: said like a failed checkpoint
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise save_failed(e, "the sample images", self.run_dir / "samples", self.run_dir) from e
         finally:
             for mod in self.trained_models:
                 mod.train()

@@ -1,7 +1,8 @@
 """Atomic writes: a crash or Ctrl-C never leaves a half-written output behind.
 
 Everything is written to a temporary name in the destination folder, flushed, then renamed over the target
-(`os.replace` is atomic on POSIX and Windows when both live on the same filesystem).
+(`os.replace` is atomic on POSIX and Windows when both live on the same filesystem). Temporary names start with a dot
+and hold `TEMP_MARK` (`.name.tmp-abc123.safetensors`), so `is_temporary` tells what a killed process left behind.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +32,24 @@ def open_safetensors(path: str | Path):
         raise UnsupportedError(f"{path}: not a readable .safetensors file ({e})") from None
 
 
+TEMP_MARK = ".tmp-"  # in every temporary name made here: `.<target name>.tmp-<random><suffix>`
+
+
+def is_temporary(name: str) -> bool:
+    """A file or folder name made by `atomic_path` / `atomic_dir` (left behind only by a killed process)."""
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def _pause_for_test(target: Path, tmp: Path) -> None:
+    """Test hook for the kill test (tests/training/test_kill_resume.py): with LORAFORGE_TEST_PAUSE_AT set to a part
+    of a target path, the first write of such a target stops here, its temporary written and not yet renamed, so the
+    test can SIGKILL the process in the middle of a save. Unset (always, outside that test), it does nothing."""
+    want = os.environ.get("LORAFORGE_TEST_PAUSE_AT")
+    if want and want in target.as_posix():
+        print(f"LORAFORGE_TEST_PAUSED {tmp}", file=sys.stderr, flush=True)
+        time.sleep(600)
+
+
 def _default_mode(base: int = 0o666) -> int:
     """The mode a plain `open()` would give (mkstemp makes files private)."""
     umask = os.umask(0)
@@ -41,7 +62,7 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     """Yield a temporary path next to `target`; on success it replaces `target`, on error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}", suffix=suffix or "", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,10 +70,11 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp_path, _default_mode())
+        _pause_for_test(target, tmp_path)
         os.replace(tmp_path, target)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):  # a folder that became read-only: the next run start removes it
+            tmp_path.unlink(missing_ok=True)
 
 
 def write_text_atomic(target: str | Path, text: str) -> None:
@@ -73,12 +95,12 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to `target`; on success it replaces `target` as a whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMP_MARK}", dir=target.parent))
     os.chmod(tmp, _default_mode(0o777))
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
+            old = target.with_name(f".{target.name}{TEMP_MARK}old")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)
@@ -89,6 +111,22 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Remove what interrupted atomic writes left anywhere under `folder` (see `is_temporary`); return the paths."""
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            if is_temporary(name):
+                path = Path(root) / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        dirs[:] = [d for d in dirs if not is_temporary(d)]
+    return removed
 
 
 def cache_home() -> Path:
