@@ -167,3 +167,21 @@ def test_text_encoder_cache_refused_with_pivotal_tuning():
     with pytest.raises(DataError, match="_to_disk cannot be combined with training.train_text_encoder_ti: pivotal"):
         check_cache_options(cfg, [])
     check_cache_options(load_config(None, ["dataset.cache_text_encoder_outputs_to_disk=true"]), [])  # fine
+
+
+def test_a_killed_cache_write_is_cleaned_at_the_next_fill_but_not_a_live_one(tmp_path, sdxl):
+    import os
+    import time
+
+    folder = images(tmp_path / "img", [(64, 64)])
+    cache = tmp_path / "c"
+    cache.mkdir()
+    stale, live = cache / ".abc.safetensors.tmp-x1.safetensors", cache / ".def.safetensors.tmp-x2.safetensors"
+    for path in (stale, live):
+        path.write_bytes(b"")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    data = data_for(folder, "dataset.cache_latents_to_disk=true", f"dataset.cache_dir={str(cache)!r}")
+    data.fill_caches(ctx_for(sdxl))
+    assert not stale.exists() and live.exists()
+    assert len([p for p in cache.glob("*.safetensors") if not p.name.startswith(".")]) == 1  # the entry itself

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..utils.files import cache_home, save_safetensors_atomic
+from ..utils.files import cache_home, remove_temporaries, save_safetensors_atomic
 from .errors import DataError
 from .images import file_bytes
 
@@ -74,11 +74,18 @@ class _Store:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.memory: dict[str, dict[str, torch.Tensor]] = {}
         self.hits = self.misses = 0
+        self._swept: set[Path] = set()
 
     def folder(self, item) -> Path:
         if self.cache_dir is not None:
-            return self.cache_dir
-        return item.path.parent / CACHE_FOLDER if item.is_file else cache_home() / "data-cache"
+            folder = self.cache_dir
+        else:
+            folder = item.path.parent / CACHE_FOLDER if item.is_file else cache_home() / "data-cache"
+        if self.to_disk and folder not in self._swept:  # what a killed run left (an hour old: not a live writer's)
+            self._swept.add(folder)
+            for path in remove_temporaries(folder, older_than_s=3600) if folder.is_dir() else ():
+                log.info("removed %s (left by an interrupted cache write)", path)
+        return folder
 
     def file(self, key: str, item) -> Path:
         return self.folder(item) / f"{key}.safetensors"

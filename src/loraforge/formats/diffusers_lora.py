@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnsupportedError
-from ..utils.files import atomic_path
+from ..utils.files import TEMP_MARK, atomic_path
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _PREFIX = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
@@ -73,7 +73,7 @@ def save_diffusers_lora(network, family: str, target: Path, dtype: torch.dtype =
         kwargs[f"{prefix}_lora_adapter_metadata"] = config
     pipe_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     target = Path(target)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".diffusers-") as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}{TEMP_MARK}diffusers-") as tmp:
         pipe_cls.save_lora_weights(tmp, weight_name=WEIGHT_NAME, **kwargs)
         with atomic_path(target, suffix=".safetensors") as out:
             shutil.copyfile(Path(tmp) / WEIGHT_NAME, out)

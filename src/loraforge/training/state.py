@@ -47,7 +47,6 @@ MANIFEST_FILE = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-DIFFUSERS_TEMP_PREFIX = ".diffusers-"  # formats/diffusers_lora.py's scratch folder next to the file it writes
 
 
 @dataclass
@@ -74,10 +73,6 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Remove the temporary files and partial checkpoint folders an interrupted run left in `run_dir`, one log line
     each; return them."""
     removed = remove_temporaries(run_dir)
-    for path in run_dir.glob(f"**/{DIFFUSERS_TEMP_PREFIX}*"):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
     for path in removed:
         log.info("removed %s (left by an interrupted save)", path)
     return removed

@@ -113,13 +113,15 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_temporaries(folder: Path) -> list[Path]:
-    """Remove what interrupted atomic writes left anywhere under `folder` (see `is_temporary`); return the paths."""
+def remove_temporaries(folder: Path, older_than_s: float = 0.0) -> list[Path]:
+    """Remove what interrupted atomic writes left anywhere under `folder` (see `is_temporary`); return the paths.
+    `older_than_s` spares younger ones (in a folder another live process may be writing to, such as a shared cache)."""
     removed = []
+    now = time.time()
     for root, dirs, files in os.walk(folder):
         for name in [*dirs, *files]:
-            if is_temporary(name):
-                path = Path(root) / name
+            path = Path(root) / name
+            if is_temporary(name) and (not older_than_s or now - path.lstat().st_mtime > older_than_s):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)
                 else:
