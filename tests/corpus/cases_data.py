@@ -129,8 +129,8 @@ def _cases_text() -> list[C]:
 def _cases_sources() -> list[C]:
     return [
         C("data/kohya-no-repeats-prefix", "data", lambda d, x: _kohya(d, x, "dog"), file="dog",
-          field="dataset.train_data_dir", fix="10_dog"),
-        C("data/kohya-zero-repeats", "data", lambda d, x: _kohya(d, x, "0_dog"), file="0_dog", fix="1 or more"),
+          field="dataset.train_data_dir", fix="10_sks dog"),
+        C("data/kohya-zero-repeats", "data", lambda d, x: _kohya(d, x, "0_dog"), file="0_dog", fix="10_sks dog"),
         C("data/kohya-empty", "data", lambda d, x: _kohya(d, x), file="img", field="dataset.train_data_dir"),
         C("data/reg-dir-missing", "data",
           lambda d, x: _kohya(d, x, "10_dog", more=(f"dataset.reg_data_dir={str(d / 'reg')!r}",)), file="reg",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .runner import Case as C
 
+DAMAGED = "download or export it again"  # the fix every damaged .safetensors message gives
 NAN_FIX = "diverged"  # the NaN messages say the file comes from a diverged run and what to do
 SAMPLE = ["sample", "--prompt", "a cat", "--steps", "1", "--width", "64", "--height", "64"]
 
@@ -80,7 +81,7 @@ def _damaged_cases() -> list[C]:
     for kind in kinds:
         f = f"{kind}.safetensors"
         cases.append(C(f"inspect/{kind}", "no-file", lambda d, x, k=kind: ["inspect", _damaged(x, d, k)], file=f,
-                       fix="not a valid .safetensors"))
+                       fix=DAMAGED))
     tools = {
         "check": lambda d, b: ["check", b],
         "resize": lambda d, b: ["resize", b, "-o", d / "r.safetensors", "--rank", "1"],
@@ -97,7 +98,7 @@ def _damaged_cases() -> list[C]:
             x.lora(d)
             return argv(d, _damaged(x, d, kind))
 
-        cases.append(C(f"{tool}/{kind}", "no-file", build, file=f, fix="not a valid .safetensors",
+        cases.append(C(f"{tool}/{kind}", "no-file", build, file=f, fix=DAMAGED,
                        forbid=("lora.safetensors:",)))
     return cases
 
@@ -135,9 +136,9 @@ def _kind_cases() -> list[C]:
     """A file of one kind where another is expected: a model as a LoRA, a LoRA as a model, an embedding as a LoRA."""
     return [
         C("sample/lora-as-model", "no-file", lambda d, x: [*SAMPLE, "--model", x.lora(d), "-o", d / "s"],
-          file="lora.safetensors", field="--model", fix="--lora"),
+          file="lora.safetensors", field="model", fix="apply it with --lora"),
         C("sample/model-as-lora", "no-file", lambda d, x: [*SAMPLE, "--lora", x.fake_model(d), "-o", d / "s"],
-          file="model.safetensors", fix="not a LoRA"),
+          file="model.safetensors", field="--lora", fix="it is a base model"),
         C("sample/lora-as-embedding", "no-file", lambda d, x: [*SAMPLE, "--embedding", x.lora(d), "-o", d / "s"],
           file="lora.safetensors", field="--embedding", fix="--lora"),
         C("merge-into-model/lora-as-base", "no-file",
@@ -145,18 +146,18 @@ def _kind_cases() -> list[C]:
                         "-o", d / "m.safetensors"], file="base.safetensors", fix="--lora"),
         C("merge-checkpoints/lora-as-model", "no-file",
           lambda d, x: ["merge", "checkpoints", x.lora(d), x.tiny(), "-o", d / "m.safetensors"],
-          file="lora.safetensors", fix="not a model"),
+          file="lora.safetensors", fix="not a Stable Diffusion model"),
         C("resize/model-as-lora", "no-file",
           lambda d, x: ["resize", x.fake_model(d), "-o", d / "r.safetensors", "--rank", "2"], file="model.safetensors",
           fix="not a LoRA"),
         C("extract/lora-as-tuned", "no-file",
           lambda d, x: ["extract", "--tuned", x.lora(d), "-o", d / "x.safetensors", "--rank", "2"],
-          file="lora.safetensors", field="--tuned", fix="model"),
+          file="lora.safetensors", fix="not a Stable Diffusion model"),
         C("check/model-file", "no-file", lambda d, x: ["check", x.fake_model(d)], file="model.safetensors",
           fix="not a LoRA"),
         C("check/embedding-file", "no-file", lambda d, x: ["check", x.embedding(d)], file="emb.safetensors",
           fix="embedding"),
-        C("inspect/folder", "no-file", lambda d, x: ["inspect", d], file=None, fix="folder"),
+        C("inspect/folder", "no-file", lambda d, x: ["inspect", d], rc=0, fix="not a diffusers model or LoRA folder"),
         C("merge-into-model/unknown-keys", "no-file",
           lambda d, x: ["merge", "into-model", "--lora", _unknown_keys_lora(x, d), "-o", d / "m.safetensors"],
           file="elsewhere.safetensors", field="no_such_block", fix="--skip-unknown"),
@@ -165,7 +166,7 @@ def _kind_cases() -> list[C]:
           file="wide.safetensors", fix="shape"),
         C("merge-into-model/truncated-lora", "no-file",
           lambda d, x: ["merge", "into-model", "--lora", _truncated_lora(x, d), "-o", d / "m.safetensors"],
-          file="cut.safetensors", fix="not a valid .safetensors"),
+          file="cut.safetensors", fix=DAMAGED),
         C("resize/loha", "no-file", lambda d, x: ["resize", _loha(x, d), "-o", d / "r.safetensors", "--rank", "1"],
           file="loha.safetensors", fix="loha"),
         C("merge-checkpoints/families-differ", "no-file",
@@ -176,7 +177,7 @@ def _kind_cases() -> list[C]:
 
 def _pickle_cases() -> list[C]:
     return [
-        C("inspect/pickle", "no-file", lambda d, x: ["inspect", x.pickle(d, "lora.pt")], file="lora.pt",
+        C("inspect/pickle", "no-file", lambda d, x: ["inspect", x.pickle(d, "lora.pt")], rc=0, file="lora.pt",
           fix="--allow-pickle"),
         C("resize/pickle", "no-file", lambda d, x: ["resize", x.pickle(d, "lora.bin"), "-o", d / "r.safetensors",
                                                     "--rank", "1"], file="lora.bin", fix="--allow-pickle"),
@@ -203,7 +204,7 @@ def _option_cases() -> list[C]:
         C("resize/sv-ratio-0", "cli", lambda d, x: ["resize", x.lora(d), "-o", o(d), "--sv-ratio", "0"],
           field="--sv-ratio", fix="1 or more"),
         C("resize/bad-recipe", "cli", lambda d, x: ["resize", x.lora(d), "-o", o(d), "--recipe", "fro=banana"],
-          field="--recipe", fix="fro_ckpt"),
+          field="recipe 'fro=banana'", fix="fro_ckpt"),
         C("resize/no-rank", "cli", lambda d, x: ["resize", x.lora(d), "-o", o(d)], field="--rank", fix="give"),
         C("resize/rank-not-a-number", "cli", lambda d, x: ["resize", x.lora(d), "-o", o(d), "--rank", "four"],
           field="--rank", fix="invalid int value"),
@@ -214,18 +215,18 @@ def _option_cases() -> list[C]:
         C("convert/output-exists", "cli",
           lambda d, x: ["convert", x.lora(d), _existing(x, d), "--to", "diffusers"], file="out.safetensors",
           fix="--overwrite"),
-        C("convert/same-file", "cli", lambda d, x: ["convert", x.lora(d), d / "lora.safetensors", "--overwrite"],
-          file="lora.safetensors", fix="another"),
+        C("convert/same-file", "cli", lambda d, x: ["convert", x.lora(d), d / "lora.safetensors"],
+          file="lora.safetensors", fix="--overwrite"),
         C("convert/unknown-output-type", "cli", lambda d, x: ["convert", x.lora(d), d / "lora.txt"], file="lora.txt",
           fix=".safetensors"),
         C("convert/folder-not-a-model", "no-file", lambda d, x: ["convert", (d / "f").mkdir() or d / "f",
-                                                                 d / "m.safetensors"], file="f", fix="model_index"),
+                                                                 d / "m.safetensors"], file="f", fix="neither a diffusers model folder"),
         C("merge-loras/bad-weight", "cli",
           lambda d, x: ["merge", "loras", f"{x.lora(d)}:heavy", x.lora(d, "b.safetensors"), "-o", o(d)],
           field="heavy", fix="FILE:WEIGHT"),
         C("merge-loras/svd-without-rank", "cli",
           lambda d, x: ["merge", "loras", x.lora(d), x.lora(d, "b.safetensors"), "--mode", "svd", "-o", o(d)],
-          field="--rank", fix="--mode svd"),
+          field="--rank", fix="--sv-fro"),
         C("merge-loras/interpolate-three", "cli",
           lambda d, x: ["merge", "loras", x.lora(d), x.lora(d, "b.safetensors"), x.lora(d, "c.safetensors"),
                         "--mode", "interpolate", "-o", o(d)], field="interpolate", fix="two"),
@@ -243,7 +244,7 @@ def _option_cases() -> list[C]:
           file="lora.safetensors", fix="SD 1"),
         C("merge-checkpoints/add-difference-without-c", "cli",
           lambda d, x: ["merge", "checkpoints", x.tiny(), x.tiny(), "--mode", "add-difference", "-o", o(d)],
-          field="add-difference", fix="C"),
+          field="add_difference", fix="third checkpoint C"),
         C("merge-checkpoints/multiplier-nan", "nonfinite",
           lambda d, x: ["merge", "checkpoints", x.tiny(), x.tiny(), "-m", "nan", "-o", o(d)], field="-m",
           fix="number"),

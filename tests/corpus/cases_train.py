@@ -19,11 +19,11 @@ def _nonfinite_cases() -> list[C]:
           field="optimizer.learning_rate", fix="training.no_half_vae = true",
           also=("step 2", "is kept and resumable"), new_ok=(*RUN_LOG, "out/nan/checkpoints/step-000001/*")),
         C("train/on-nonfinite-typo", "nonfinite",
-          lambda d, x: x.train(d, "training.on_nonfinite='ignore'", "--dry-run"), field="training.on_nonfinite",
+          lambda d, x: [*x.train(d, "training.on_nonfinite='ignore'"), "--dry-run"], field="training.on_nonfinite",
           fix="'skip'"),
     ]
     for key in ("optimizer.learning_rate=nan", "optimizer.learning_rate=inf", "network.alpha=nan",
-                "training.snr_gamma=nan", "training.noise_offset=inf", "training.max_grad_norm=nan",
+                "training.snr_gamma=nan", "training.noise_offset=inf", "optimizer.max_grad_norm=nan",
                 "dataset.caption_dropout_rate=nan", "dataset.prior_loss_weight=inf", "optimizer.adam_epsilon=nan"):
         field, value = key.split("=")
         cases.append(C(f"config/{field}-{value}", "nonfinite",
@@ -56,11 +56,12 @@ def _damaged_checkpoint(d: Path, x, what: str) -> list[str]:
     ckpt = x.checkpoint(d)
     if what == "state-truncated":
         (ckpt / "train_state.json").write_text('{"step": 2, "run_')
-    elif what == "lora-missing":
-        next(ckpt.glob("base-step*.safetensors")).unlink()
-    elif what == "lora-truncated":
-        f = next(ckpt.glob("base-step*.safetensors"))
-        f.write_bytes(f.read_bytes()[:100])
+    elif what == "network-missing":
+        (ckpt / "network.safetensors").unlink()
+    elif what == "network-truncated":
+        (ckpt / "network.safetensors").write_bytes((ckpt / "network.safetensors").read_bytes()[:100])
+    elif what == "optimizer-truncated":
+        (ckpt / "optimizer.bin").write_bytes((ckpt / "optimizer.bin").read_bytes()[:100])
     elif what == "config-missing":
         (ckpt / "config.toml").unlink()
     return x.train(d, "training.resume='latest'", "training.max_train_steps=3")
@@ -90,7 +91,7 @@ def _run_folder_cases() -> list[C]:
           lambda d, x: (x.checkpoint(d), x.train(d, *latest, "training.seed=7"))[1], file="step-000002",
           field="training.seed", fix="7"),
         C("train/resume-another-runs-checkpoint", "run-folder", _foreign_resume, file="other",
-          field="another run", fix="output.overwrite"),
+          field="another run", fix="another output.output_name"),
         C("train/resume-latest-no-checkpoint", "run-folder", lambda d, x: x.train(d, *latest), field="training.resume",
           fix="checkpoint"),
         C("train/resume-not-a-checkpoint", "run-folder",
@@ -98,10 +99,13 @@ def _run_folder_cases() -> list[C]:
           file="empty", field="training.resume", fix="step-"),
         C("train/resume-state-truncated", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "state-truncated"),
           file="train_state.json", field="training.resume", fix="step-000001"),
-        C("train/resume-lora-missing", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "lora-missing"),
-          file="step-000002", field="training.resume", fix="step-000001"),
-        C("train/resume-lora-truncated", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "lora-truncated"),
-          file="base-step00000002.safetensors", field="training.resume", fix="step-000001"),
+        C("train/resume-network-missing", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "network-missing"),
+          file="network.safetensors", field="training.resume", fix="step-000001"),
+        C("train/resume-network-truncated", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "network-truncated"),
+          file="network.safetensors", field="training.resume", fix="step-000001"),
+        C("train/resume-optimizer-truncated", "run-folder",
+          lambda d, x: _damaged_checkpoint(d, x, "optimizer-truncated"), file="optimizer.bin",
+          field="training.resume", fix="step-000001"),
         C("train/resume-config-missing", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "config-missing"),
           file="config.toml", field="training.resume", fix="step-000001"),
         C("train/resume-past-the-end", "run-folder",
@@ -176,7 +180,7 @@ def _config_file_cases() -> list[C]:
 
     return [
         cfg("key-typo", "[network]\nrnak = 4\n", None, field="rnak", fix="'rank'"),
-        cfg("section-typo", "[netwrok]\nrank = 4\n", None, field="netwrok", fix="'network'"),
+        cfg("section-typo", "[netwrok]\nrank = 4\n", None, field="netwrok", fix="did you mean [network]"),
         cfg("kohya-key", "[network]\nnetwork_dim = 8\n", None, field="network_dim", fix="'rank'"),
         cfg("key-in-wrong-section", "[training]\nlearning_rate = 1e-4\n", None, field="learning_rate",
             fix="optimizer.learning_rate"),
@@ -184,7 +188,7 @@ def _config_file_cases() -> list[C]:
         cfg("toml-syntax", "[network\nrank = 4\n", "not valid TOML"),
         cfg("not-utf8", "[dataset]\ninstance_prompt = \"un café\"\n", "UTF-8", encoding="latin-1"),
         cfg("top-level-key", "rank = 4\n", None, field="rank", fix="network"),
-        cfg("section-is-a-value", "network = 4\n", None, field="network", fix="table"),
+        cfg("section-is-a-value", "network = 4\n", None, field="network", fix="is a section"),
         C("config/file-is-a-folder", "config", lambda d, x: ["train", d, "--dry-run"], file=None, fix="folder"),
         C("config/file-missing", "config", lambda d, x: ["train", d / "nope.toml", "--dry-run"], file="nope.toml",
           fix="no such config file"),
@@ -199,12 +203,12 @@ def _config_value_cases() -> list[C]:
 
     return [
         V("set-without-equals", "training.max_train_steps", field="training.max_train_steps", fix="section.key=value"),
-        V("set-unknown-section", "trainin.seed=1", field="trainin", fix="'training'"),
-        V("lr-negative", "optimizer.learning_rate=-1e-4", fix=">= 0"),
+        V("set-unknown-section", "trainin.seed=1", field="trainin", fix="did you mean [training]"),
+        V("lr-negative", "optimizer.learning_rate=-1e-4", fix="> 0"),
         V("rank-0", "network.rank=0", fix=">= 1"),
         V("rank-huge", "network.rank=100000", fix="<= 1024"),
-        V("resolution-100", "dataset.resolution=100", fix="try 96 or 104"),
-        V("resolution-0", "dataset.resolution=0", fix="multiple of 8"),
+        V("resolution-100", "dataset.resolution=100", fix="try 96"),
+        V("resolution-0", "dataset.resolution=0", fix=">= 64"),
         V("batch-size-0", "training.batch_size=0", fix=">= 1"),
         V("grad-accum-0", "training.gradient_accumulation_steps=0", fix=">= 1"),
         V("max-steps-negative", "training.max_train_steps=-1", fix=">= 1"),
@@ -216,7 +220,7 @@ def _config_value_cases() -> list[C]:
         V("network-preset-unknown", "network.preset='everything'", fix="attn-mlp"),
         V("algo-unknown", "network.algo='lorax'", fix="loha"),
         V("block-dims-length", "network.block_dims=[4, 4]", fix="25"),
-        V("dropout-above-1", "network.dropout=1.5", fix="<= 1"),
+        V("dropout-above-1", "network.dropout=1.5", fix="< 1"),
         V("caption-dropout-2", "dataset.caption_dropout_rate=2", fix="<= 1"),
         V("ti-and-te", "training.train_text_encoder_ti=true", "network.train_text_encoder=true",
           field="network.train_text_encoder", fix="train_text_encoder_ti"),
@@ -224,7 +228,7 @@ def _config_value_cases() -> list[C]:
           field="cache_text_encoder_outputs", fix="train_text_encoder"),
         V("prior-without-class-dir", "dataset.with_prior_preservation=true", field="dataset.class_data_dir"),
         V("dataset-config-missing", "dataset.config_file='nope.toml'", field="dataset.config_file", fix="nope.toml"),
-        V("value-not-toml", "dataset.instance_prompt=a dog", field="dataset.instance_prompt", fix="quote"),
+        V("rank-bare-word", "network.rank=four", fix="integer"),
     ]
 
 

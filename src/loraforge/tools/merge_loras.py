@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..formats.consumers.keys import ADAPTER_LABELS
+from ..formats.file_kind import require_kind
 from ..formats.lora_file import LoraModule, bind, load_lora_file, weak_evidence
 from ..formats.lora_math import module_delta
 from ..formats.lora_write import kohya_state_dict
@@ -73,6 +74,8 @@ def merge_loras(inputs: list[tuple[str, float]], output, mode: str = "concat", r
     if mode == "svd" and (rule is None or (rule.rank is None and rule.method is None)):
         raise ToolError("svd needs a target rank (--rank) or a quality rule (--sv-fro 0.99, ...)")
     output = check_output(output, overwrite)
+    for path, _ in inputs:
+        require_kind(path, ("lora",), "merge loras", ToolError)
     loras = [load_lora_file(path, allow_pickle) for path, _ in inputs]
     fam = _family(loras, family)
     tree = model_tree(base, fam, allow_pickle, tiny=all(lf.tiny for lf in loras) and family in (None, "auto"))

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..formats.consumers.keys import ADAPTER_LABELS
+from ..formats.file_kind import require_kind
 from ..formats.lora_file import LoraModule, ModelTree, bind, read_lora_state_dict, read_tensors
 from ..formats.lora_math import raw_delta
 from ..formats.lora_write import kohya_name
@@ -121,6 +122,7 @@ def resize_lora(src, output, rule: RankRule, base: str | None = None, family: st
     """Re-rank every LoRA / LoCon module of `src` and write `output`. `base` (any model name `load_model` takes)
     is needed for recipes that reference the checkpoint (`fro_ckpt`, `spn_ckpt`)."""
     output = check_output(output, overwrite)
+    require_kind(src, ("lora",), "resize", ToolError)
     sd, metadata = read_tensors(src, allow_pickle)
     lora = read_lora_state_dict(sd, metadata, source=str(src))
     lora.require_finite()

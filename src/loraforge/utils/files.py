@@ -26,7 +26,8 @@ def open_safetensors(path: str | Path):
     try:
         return safe_open(str(path), framework="pt")
     except Exception as e:  # safetensors' own error for a header it cannot parse
-        raise UnsupportedError(f"{path}: not a readable .safetensors file ({e})") from None
+        raise UnsupportedError(f"{path}: not a readable .safetensors file ({e}); the file is damaged (cut short by a "
+                               "download or a copy?) or is another kind of file: download or export it again") from None
 
 
 def _default_mode(base: int = 0o666) -> int:
