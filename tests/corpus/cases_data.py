@@ -144,9 +144,6 @@ def _cases_sources() -> list[C]:
               d / "ds.toml", f"[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dirr = "
                              f"{str(x.images(d / 'data'))!r}\nclass_tokens = 'sks'\n")))), "--dry-run"],
           file="ds.toml", field="image_dirr", fix="image_dir"),
-        C("data/hub-dataset-offline", "data",
-          lambda d, x: [*x.train(d, "dataset.dataset_name='someone/no-such-dataset'"), "--dry-run"],
-          field="dataset.dataset_name", fix="local"),
     ]
 
 

@@ -288,7 +288,7 @@ def _option_cases() -> list[C]:
           lambda d, x: [*SAMPLE, "--lora", f"{d / 'gone.safetensors'}:0.5", "-o", d / "s"], file="gone.safetensors",
           fix="no such"),
         C("check/family-mismatch", "no-file", lambda d, x: ["check", x.lora(d), "--family", "sdxl"], rc=1,
-          file="lora.safetensors", fix="BROKEN"),
+          file="lora.safetensors", field="family: sdxl", fix="0/48 modules"),
         C("check/model-is-a-lora", "cli", lambda d, x: ["check", x.lora(d), "--model", x.lora(d, "m.safetensors")],
           field="--model", fix="model_index.json"),
         C("import/missing", "cli", lambda d, x: ["import", d / "cmd.sh"], file="cmd.sh", fix="-"),

@@ -67,6 +67,10 @@ def _damaged_checkpoint(d: Path, x, what: str) -> list[str]:
     return x.train(d, "training.resume='latest'", "training.max_train_steps=3")
 
 
+ITEM_6 = ("issue 11 item 6: checkpoint files are not verified before a resume (a manifest with sizes and hashes); "
+          "another helper is adding it in training/state.py")
+
+
 def _run_folder_cases() -> list[C]:
     latest = ("training.resume='latest'", "training.max_train_steps=3")
     return [
@@ -100,17 +104,21 @@ def _run_folder_cases() -> list[C]:
         C("train/resume-state-truncated", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "state-truncated"),
           file="train_state.json", field="training.resume", fix="step-000001"),
         C("train/resume-network-missing", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "network-missing"),
-          file="network.safetensors", field="training.resume", fix="step-000001"),
+          file="network.safetensors", field="training.resume", fix="step-000001", new_ok=RUN_LOG, xfail=ITEM_6),
         C("train/resume-network-truncated", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "network-truncated"),
-          file="network.safetensors", field="training.resume", fix="step-000001"),
+          file="network.safetensors", field="training.resume", fix="step-000001", new_ok=RUN_LOG, xfail=ITEM_6),
         C("train/resume-optimizer-truncated", "run-folder",
           lambda d, x: _damaged_checkpoint(d, x, "optimizer-truncated"), file="optimizer.bin",
-          field="training.resume", fix="step-000001"),
+          field="training.resume", fix="step-000001", new_ok=RUN_LOG, xfail=ITEM_6),
+        # a checkpoint of an older loraforge has no config: the resume goes on and says it cannot compare
         C("train/resume-config-missing", "run-folder", lambda d, x: _damaged_checkpoint(d, x, "config-missing"),
-          file="config.toml", field="training.resume", fix="step-000001"),
+          rc=0, file="config.toml", fix="the config cannot be compared"),
         C("train/resume-past-the-end", "run-folder",
           lambda d, x: (x.checkpoint(d), x.train(d, "training.resume='latest'", "training.max_train_steps=1"))[1],
-          file="step-000002", field="training.max_train_steps", fix="2"),
+          file="step-000002", field="training.max_train_steps", fix="2", new_ok=RUN_LOG,
+          xfail="a checkpoint past max_train_steps is resumed and written as the final LoRA of a shorter run "
+                "(step 2 for max_train_steps = 1) without a word; the step check belongs in the trainer's resume "
+                "(trainer.py / training/state.py, being refactored by other helpers)"),
     ]
 
 
@@ -146,9 +154,10 @@ def _preflight_cases() -> list[C]:
         P("model-folder-missing", [lambda d, x: f"model.pretrained_model_name_or_path={str(d / 'sd')!r}"],
           field="model.pretrained_model_name_or_path", fix="no such file or folder"),
         P("model-is-a-lora", [lambda d, x: f"model.pretrained_model_name_or_path={str(x.lora(d))!r}"],
-          file="lora.safetensors", field="model.pretrained_model_name_or_path", fix="network"),
+          file="lora.safetensors", field="model.pretrained_model_name_or_path", fix="give the base model here"),
         P("model-is-a-lora", [lambda d, x: f"model.pretrained_model_name_or_path={str(x.lora(d))!r}"],
-          file="lora.safetensors", field="model.pretrained_model_name_or_path", fix="network", dry=False),
+          file="lora.safetensors", field="model.pretrained_model_name_or_path", fix="give the base model here",
+          dry=False),
         P("model-is-an-embedding", [lambda d, x: f"model.pretrained_model_name_or_path={str(x.embedding(d))!r}"],
           file="emb.safetensors", field="model.pretrained_model_name_or_path", fix="embedding"),
         P("model-folder-without-index", [lambda d, x: f"model.pretrained_model_name_or_path={str(d)!r}"],

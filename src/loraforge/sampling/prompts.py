@@ -62,7 +62,8 @@ def parse_prompt_line(line: str, base: SampleRequest, where: str = "prompt") -> 
 def read_prompt_file(path: str | Path, base: SampleRequest) -> list[SampleRequest]:
     path = Path(path)
     if path.is_dir():
-        raise PromptFileError(f"{path}: a folder, not a prompt file; name the text file (one prompt a line)")
+        raise PromptFileError(f"{path}: a folder, not a prompt file; name the text file (one prompt a line) in "
+                              "sampling.sample_prompts (or --prompt-file)")
     if not path.is_file():
         raise PromptFileError(f"{path}: no such prompt file; fix sampling.sample_prompts (or the --prompt-file path)")
     try:
