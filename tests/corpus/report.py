@@ -22,7 +22,7 @@ def run_corpus(root: Path, select: str | None = None, verbose: bool = False) -> 
     from .runner import CLASSES, OUTCOMES, run_case
 
     inputs = Inputs(root)
-    rows, t0 = [], time.perf_counter()
+    rows, t0, cpu0 = [], time.perf_counter(), time.process_time()
     for case in CASES:
         if select and select not in case.id:
             continue
@@ -41,7 +41,8 @@ def run_corpus(root: Path, select: str | None = None, verbose: bool = False) -> 
             "known_failures": [{"id": row["id"], "outcome": row["outcome"], "reason": row["xfail"]}
                                for row in rows if row["xfail"]],
             "unexpected": unexpected, "by_class": {k: v for k, v in by_class.items() if v},
-            "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+            "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - cpu0, 1),
+            "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_corpus(Path(tmp), args.select, args.verbose)
     print(f"{report['cases']} cases: {report['clear']} clear messages, {report['traceback']} tracebacks, "
           f"{report['silent']} silent wrong, {report['lost']} lost outputs, {report['leftover']} left a partial "
-          f"file, {report['vague']} vague ({report['seconds']} s)")
+          f"file, {report['vague']} vague ({report['seconds']} s, {report['cpu_seconds']} s of CPU)")
     for cls, outcomes in report["by_class"].items():
         print(f"  {cls}: " + ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())))
     for known in report["known_failures"]:
