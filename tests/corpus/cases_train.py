@@ -122,6 +122,33 @@ def _run_folder_cases() -> list[C]:
     ]
 
 
+# ------------------------------------------------------------------------------------------------------- item 6
+def _partial_checkpoint(d: Path, x) -> list[str]:
+    """An interrupted run whose last checkpoint was cut off while it was written (no train_state.json yet)."""
+    ckpt = x.checkpoint(d)
+    partial = ckpt.parent / "step-000003"
+    partial.mkdir()
+    (partial / "network.safetensors").write_bytes((ckpt / "network.safetensors").read_bytes()[:64])
+    return x.train(d, "training.resume='latest'", "training.max_train_steps=3")
+
+
+def _fault_cases() -> list[C]:
+    """What already holds when a run is cut short (the kill test and the save-time faults are elsewhere)."""
+    return [
+        C("faults/interrupted-run-resumes", "faults",
+          lambda d, x: (x.checkpoint(d), x.train(d, "training.resume='latest'", "training.max_train_steps=3"))[1],
+          rc=0, file="base", also=("done: 3 steps",)),
+        C("faults/partial-checkpoint-is-not-resumed", "faults", _partial_checkpoint, rc=0,
+          also=("step-000002", "done: 3 steps")),
+        C("faults/sample-into-a-file", "faults",
+          lambda d, x: ["sample", "--prompt", "a cat", "--steps", "1", "-o", x.text(d / "afile", "") / "s"],
+          file="afile", fix="not a folder"),
+        C("faults/merge-into-a-file", "faults",
+          lambda d, x: ["merge", "loras", x.lora(d), x.lora(d, "b.safetensors"), "-o",
+                        x.text(d / "afile", "") / "m.safetensors"], file="afile", fix="choose another output"),
+    ]
+
+
 # ------------------------------------------------------------------------------------------------------- item 3
 def _preflight_cases() -> list[C]:
     """Each is refused before the first step, by --dry-run and by train alike (the two alternate here; the preflight
@@ -243,5 +270,5 @@ def _config_value_cases() -> list[C]:
 
 
 def train_cases() -> list[C]:
-    return (_nonfinite_cases() + _run_folder_cases() + _preflight_cases() + _config_file_cases()
+    return (_nonfinite_cases() + _run_folder_cases() + _fault_cases() + _preflight_cases() + _config_file_cases()
             + _config_value_cases())
