@@ -7,6 +7,8 @@ line and the expected exit code and message of each), to look at or to run by ha
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
@@ -54,7 +56,8 @@ class Inputs:
 
             out = self.shared / "out"
             cfg = load_config(None, [*BASE_SETS, f"output.output_dir={str(out)!r}", "output.output_name='base'"])
-            Trainer(cfg).run()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                Trainer(cfg).run()  # quietly: its progress is not a case's output
             self._run = out / "base"
         return self._run
 
