@@ -105,10 +105,11 @@ def _dry_run(cfg, dump_config) -> int:
     run training's pre-flight checks (paths, prompt files, output folder, disk) and print it with the resolved
     config. Nothing is written."""
     from ..training.plan import plan_run
-    from ..training.preflight import preflight
+    from ..training.preflight import check_inputs, disk_note
 
+    notes = check_inputs(cfg)  # the checks training runs before its first step (the model path first)
     plan = plan_run(cfg, num_processes=int(os.environ.get("WORLD_SIZE", "1")))
-    notes = preflight(cfg, plan.family.name)  # the checks training runs before its first step
+    notes.append(disk_note(cfg, plan.family.name))
     print(dump_config(cfg))
     print("\n".join(f"# {line}" for line in plan.describe(cfg).splitlines() + notes), file=sys.stderr)
     print(f"# {plan.num_train_images + plan.num_reg_images} images OK", file=sys.stderr)

@@ -3,10 +3,31 @@ each command imports its tool (torch, diffusers) when it runs. The work is done 
 
 from __future__ import annotations
 
+import argparse
+import math
+
 from ..errors import ToolError
 from .common import quiet_progress
 
 DTYPES = ("fp32", "fp16", "bf16")
+
+
+def number(text: str) -> float:
+    """A finite number (argparse type): `nan` or `inf` for a scale, a weight or a threshold would write NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number; give a number such as 0.5")
+    return value
+
+
+def non_negative(text: str) -> float:
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: give 0 or more")
+    return value
 
 
 def _dtype(name: str | None):
@@ -34,9 +55,9 @@ def _rank_args(p, what: str) -> None:
     p.add_argument("--rank", type=int, help=f"{what} rank (the cap when a rule below is given)")
     p.add_argument("--conv-rank", type=int, help="rank for 3x3 convolutions (default: --rank; 0 leaves them out)")
     rule = p.add_mutually_exclusive_group()
-    rule.add_argument("--sv-ratio", type=float, metavar="R", help="keep singular values above σ_max / R")
-    rule.add_argument("--sv-fro", type=float, metavar="P", help="smallest rank keeping the share P of ‖ΔW‖_F")
-    rule.add_argument("--sv-cumulative", type=float, metavar="P", help="smallest rank keeping the share P of Σσ")
+    rule.add_argument("--sv-ratio", type=number, metavar="R", help="keep singular values above σ_max / R")
+    rule.add_argument("--sv-fro", type=number, metavar="P", help="smallest rank keeping the share P of ‖ΔW‖_F")
+    rule.add_argument("--sv-cumulative", type=number, metavar="P", help="smallest rank keeping the share P of Σσ")
     rule.add_argument("--recipe", metavar="SPEC",
                       help="resize_lora recipe, e.g. fro_ckpt=1,thr=-3.55 (fro_ckpt/spn_ckpt need --base)")
 
@@ -51,8 +72,15 @@ def _rule(args):
 
     for method in ("sv_ratio", "sv_fro", "sv_cumulative"):
         value = getattr(args, method, None)
-        if value is not None:
-            return RankRule(args.rank, args.conv_rank, method, value)
+        if value is None:
+            continue
+        flag = "--" + method.replace("_", "-")
+        if method == "sv_ratio" and value < 1:
+            raise ToolError(f"{flag} {value:g}: give 1 or more (singular values above σ_max / {value:g} are kept; "
+                            "below 1 that keeps none)")
+        if method != "sv_ratio" and not 0 < value <= 1:
+            raise ToolError(f"{flag} {value:g}: a share, between 0 and 1 (0.95 keeps 95 %)")
+        return RankRule(args.rank, args.conv_rank, method, value)
     recipe = parse_recipe(args.recipe) if getattr(args, "recipe", None) else {}
     return RankRule(args.rank, args.conv_rank, recipe=recipe)
 
@@ -69,19 +97,19 @@ def add_sample(sub) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:W]",
                    help="LoRA file (or a training run folder) with its strength: FILE, FILE:0.8, FILE:unet=0.6:te=0.9 "
                         "(repeatable)")
-    p.add_argument("--unet-scale", type=float, default=1.0, help="multiplies every LoRA's UNet strength")
-    p.add_argument("--te-scale", type=float, default=1.0, help="multiplies every LoRA's text-encoder strength")
+    p.add_argument("--unet-scale", type=number, default=1.0, help="multiplies every LoRA's UNet strength")
+    p.add_argument("--te-scale", type=number, default=1.0, help="multiplies every LoRA's text-encoder strength")
     p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
                    help="textual-inversion embedding; its token defaults to the file name (repeatable)")
     p.add_argument("--sampler", default="euler_a", help="kohya sampler name (ddim, euler, euler_a, dpmsolver++, ...)")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--cfg", type=float, default=7.0, help="guidance scale")
+    p.add_argument("--cfg", type=number, default=7.0, help="guidance scale")
     p.add_argument("--width", type=int, default=0, help="default: the model's resolution (img2img: the image's)")
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
     p.add_argument("--init-image", help="img2img: the starting image")
-    p.add_argument("--strength", type=float, default=0.75, help="img2img denoising strength (default 0.75)")
+    p.add_argument("--strength", type=number, default=0.75, help="img2img denoising strength (default 0.75)")
     p.add_argument("--clip-skip", type=int, help="text-encoder layers to skip, as training.clip_skip (1: penultimate "
                                                "layer of SD 1.x/2.x; default: none)")
     p.add_argument("--skip-unknown", action="store_true", help="apply a LoRA even if some of its keys match nothing")
@@ -128,8 +156,8 @@ def add_merge(sub) -> None:
     m.add_argument("base", nargs="?", help="base model (default: the embedded tiny model of --family)")
     m.add_argument("--lora", action="append", required=True, metavar="FILE[:W]",
                    help="LoRA file with its strength: FILE, FILE:0.8, FILE:unet=0.6:te=0.9 (repeatable)")
-    m.add_argument("--unet-scale", type=float, default=1.0)
-    m.add_argument("--te-scale", type=float, default=1.0)
+    m.add_argument("--unet-scale", type=number, default=1.0)
+    m.add_argument("--te-scale", type=number, default=1.0)
     m.add_argument("-o", "--output", required=True, help="OUT.safetensors (original layout) or a folder (diffusers)")
     m.add_argument("--dtype", choices=DTYPES, help="precision of the written weights (default: as loaded)")
     m.add_argument("--skip-unknown", action="store_true", help="apply a LoRA even if some of its keys match nothing")
@@ -139,7 +167,7 @@ def add_merge(sub) -> None:
     lo = kinds.add_parser("loras", help="LoRA with LoRA: concat (exact), svd (target rank), interpolate (cloneofsimo)")
     lo.add_argument("loras", nargs="+", metavar="FILE[:W]", help="LoRA files with their weights")
     lo.add_argument("--mode", choices=["concat", "svd", "interpolate"], default="concat")
-    lo.add_argument("--alpha", type=float, default=0.5, help="interpolate: (αA₁+(1−α)A₂)(αB₁+(1−α)B₂)ᵀ")
+    lo.add_argument("--alpha", type=number, default=0.5, help="interpolate: (αA₁+(1−α)A₂)(αB₁+(1−α)B₂)ᵀ")
     _rank_args(lo, "svd: target")
     lo.add_argument("--base", help="model the files are for (resolves names; default: the embedded tiny model the "
                                    "files were trained on, else the family's full-size model)")
@@ -154,7 +182,7 @@ def add_merge(sub) -> None:
     c.add_argument("a", help="model A")
     c.add_argument("b", help="model B")
     c.add_argument("c", nargs="?", help="model C (add-difference: A + M·(B − C))")
-    c.add_argument("-m", "--multiplier", type=float, default=0.5, help="M (weighted sum: (1−M)·A + M·B)")
+    c.add_argument("-m", "--multiplier", type=number, default=0.5, help="M (weighted sum: (1−M)·A + M·B)")
     c.add_argument("--mode", choices=["weighted-sum", "add-difference"], default=None,
                    help="default: add-difference with three models, else weighted-sum")
     c.add_argument("-o", "--output", required=True, help="OUT.safetensors or a folder (diffusers)")
@@ -234,7 +262,7 @@ def add_extract(sub) -> None:
     p.add_argument("-o", "--output", required=True)
     _rank_args(p, "LoRA")
     p.add_argument("--no-text-encoder", action="store_true", help="UNet only")
-    p.add_argument("--min-diff", type=float, default=0.0, help="skip weights whose largest change is below this")
+    p.add_argument("--min-diff", type=non_negative, default=0.0, help="skip weights whose largest change is below this")
     p.add_argument("--dtype", choices=DTYPES, default="fp32")
     p.add_argument("--per-module", action="store_true", help="print every module's rank and share")
     _common(p)

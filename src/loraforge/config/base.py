@@ -18,7 +18,10 @@ from ..errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+    # allow_inf_nan: TOML has `nan` and `inf`; no option means them (a NaN rate would fail every bound check with a
+    # misleading message, an infinite one would pass a lower bound and diverge)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False,
+                              allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -115,6 +115,10 @@ def format_validation_error(err: ValidationError, source: str, overridden: set[t
                 hint = key_hint(key or "", section, list(model.model_fields)) or "see docs/config.md for the keys"
                 problems.append(f"{where}: unknown key '{key}' in [{section}]; {hint}")
             continue
+        if len(loc) == 1 and loc[0] in SECTIONS and not isinstance(e.get("input"), dict):
+            problems.append(f"{where}: {loc[0]} = {e.get('input')!r}: [{loc[0]}] is a section (a TOML table), not a "
+                            f"value; write its options under a [{loc[0]}] line, e.g. [network] then rank = 16")
+            continue
         if not loc:  # a model-level validator
             msg = e["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {msg}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import Section
 
@@ -13,8 +13,6 @@ class OutputConfig(Section):
     output_dir: str = Field("output", description="Parent folder of runs.")
     output_name: str = Field(
         "lora",
-        min_length=1,
-        pattern=r"^[^/\\]+$",
         description="Run name: files go to `output_dir/output_name/` and the kohya file is `<output_name>.safetensors`.",
     )
     save_precision: Literal["fp32", "fp16", "bf16"] = Field(
@@ -34,3 +32,12 @@ class OutputConfig(Section):
             "checkpoints (they are deleted first). Ignored when `training.resume` is set."
         ),
     )
+
+    @field_validator("output_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """A folder name inside output_dir: `a/b` or `..` would put the run (and its files) somewhere else."""
+        if not value.strip() or value in (".", "..") or "/" in value or "\\" in value:
+            raise ValueError("the run's folder name inside output.output_dir: give a plain name such as 'my-lora' "
+                             "(no '/', '\\', '.' or '..'; put folders in output.output_dir)")
+        return value

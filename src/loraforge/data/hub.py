@@ -20,7 +20,9 @@ def load_rows(d):
     try:
         ds = datasets.load_dataset(str(local) if local.is_dir() else name, d.dataset_config_name, split=d.dataset_split)
     except Exception as e:  # the library raises many kinds (missing, offline, bad split)
-        raise DataError(f"dataset.dataset_name = {name!r} cannot be loaded: {type(e).__name__}: {e}") from None
+        raise DataError(f"dataset.dataset_name = {name!r} cannot be loaded: {type(e).__name__}: {e}; check the id "
+                        "(and dataset.dataset_config_name, dataset.dataset_split), or pass a local ImageFolder folder "
+                        "(offline: a folder of images, or dataset.instance_dir)") from None
     if d.image_column not in ds.column_names:
         raise DataError(
             f"dataset.image_column = {d.image_column!r} is not a column of {name!r} (columns: "

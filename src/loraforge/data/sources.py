@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # animated files: their first frame
+CAPTION_EXTENSIONS = (".txt", ".caption")  # the sidecar extensions in use (ours and kohya's default)
 # Image files loraforge does not read: reported in the dataset summary as skipped, never dropped silently.
 OTHER_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".svg", ".psd", ".ico", ".jp2")
 CAPTION_COLUMNS = ("text", "caption", "prompt")
@@ -108,6 +109,24 @@ def skipped_files(folder: Path) -> list[str]:
         elif p.is_file() and p.suffix.lower() in OTHER_IMAGE_EXTENSIONS:
             out.append(f"{p}: skipped, {p.suffix} is not a type loraforge reads ({', '.join(IMAGE_EXTENSIONS)}); "
                        "convert it to PNG or JPEG")
+    return out
+
+
+def unread_captions(folder: Path, caption_extension: str) -> list[str]:
+    """Caption files of an image folder that look meant but are not read: a sidecar name that is a folder, and
+    sidecars with the other usual extension when no image has one with `caption_extension` (kohya's default is
+    `.caption`, ours `.txt`). One line each, for the dataset summary."""
+    images = list_images(folder)
+    out = [f"{img.with_suffix(caption_extension)}: a folder, not a caption file; {img.name} gets the fallback caption"
+           for img in images if img.with_suffix(caption_extension).is_dir()]
+    if any(img.with_suffix(caption_extension).is_file() for img in images):
+        return out
+    for ext in CAPTION_EXTENSIONS:
+        found = [img.with_suffix(ext) for img in images if ext != caption_extension and img.with_suffix(ext).is_file()]
+        if found:
+            more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+            out.append(f"{found[0]}{more}: {ext} caption files are not read (dataset.caption_extension = "
+                       f"{caption_extension!r}); set dataset.caption_extension = {ext!r} to use them")
     return out
 
 

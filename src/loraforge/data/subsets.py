@@ -21,6 +21,7 @@ from .sources import (
     list_images,
     skipped_files,
     uncaptioned_error,
+    unread_captions,
 )
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def collect_plan_items(plan: DataPlan, d: DatasetConfig) -> DataPlan:
         )
         items += new
         uncaptioned += missing
-        plan.notes += skipped_files(s.image_dir)
+        plan.notes += skipped_files(s.image_dir) + unread_captions(s.image_dir, s.caption_extension)
     if uncaptioned:
         raise uncaptioned_error(
             uncaptioned, ", ".join(sorted({s.caption_extension for s in plan.subsets})), d.metadata_file,

@@ -37,6 +37,7 @@ from .consumers.keys import (
     lora_pair,
 )
 from .consumers.tables import FAMILIES, family_of, model_tables_key
+from .file_kind import require_kind
 from .lora_file import detect_tiny_model, read_tensors
 
 CONSUMERS = ("comfyui", "a1111", "diffusers")
@@ -450,6 +451,7 @@ def check_file(path: str | Path, family: str | None = None, **architecture) -> C
             f"{path}: only .safetensors files are checked (pickled .pt/.ckpt/.bin files are never loaded); convert "
             f"it first: loraforge convert {path} {path.with_suffix('.safetensors')} --allow-pickle"
         )
+    require_kind(path, ("lora",), "check", UnsupportedError)
     sd, metadata = read_tensors(path)
     return check_state_dict(sd, family, metadata, **architecture)
 

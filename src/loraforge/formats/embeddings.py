@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FamilyMismatchError, PickleRefusedError, UnsupportedError
+from ..errors import FamilyMismatchError, NonFiniteTensorError, PickleRefusedError, UnsupportedError
 from ..utils.files import open_safetensors, save_safetensors_atomic
+from .file_kind import require_kind
 
 SDXL_KEYS = ("clip_l", "clip_g")
 SD_KEY = "emb_params"
@@ -64,8 +65,19 @@ def load_embeddings(path: str | Path, allow_pickle: bool = False) -> dict[str, t
             )
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     else:
+        require_kind(path, ("embedding",), "--embedding", UnsupportedError)
         with open_safetensors(path) as f:
             data = {k: f.get_tensor(k) for k in f.keys()}
+    vectors = _vectors(path, data)
+    bad = [key for key, v in vectors.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteTensorError(f"{path}: the embedding holds NaN or infinite values ({', '.join(bad)}), as a "
+                                   "diverged training run leaves; use an earlier checkpoint's embedding or train again "
+                                   "with a lower learning rate")
+    return vectors
+
+
+def _vectors(path: Path, data: dict) -> dict[str, torch.Tensor]:
     if "string_to_param" in data:  # A1111's TI trainer
         params = data["string_to_param"]
         if len(params) != 1:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -39,11 +40,18 @@ def parse_prompt_line(line: str, base: SampleRequest, where: str = "prompt") -> 
             elif flag == "ss":
                 req = replace(req, sampler=normalize_sampler(value))
         except ValueError as e:
-            raise PromptFileError(f"{where}: --{flag} {value!r}: {e}") from None
+            if flag == "ss":
+                raise PromptFileError(f"{where}: --{flag} {value!r}: {e}") from None
+            kind, example = ("a number", "7.5") if flag == "l" else ("a whole number", "512" if flag in "wh" else "20")
+            raise PromptFileError(f"{where}: --{flag} {value!r} is not {kind}; write e.g. --{flag} {example}") from None
+    if not math.isfinite(req.guidance_scale):
+        raise PromptFileError(f"{where}: --l {req.guidance_scale}: give a finite guidance scale, e.g. --l 7.5")
+    if req.steps < 1:
+        raise PromptFileError(f"{where}: --s {req.steps}: give 1 or more denoising steps, e.g. --s 20")
     if not 0 <= req.seed <= MAX_SEED:
         raise PromptFileError(f"{where}: --d {req.seed}: a seed is 0 to {MAX_SEED}")
     for name in ("width", "height"):
-        if getattr(req, name) % 8:
+        if getattr(req, name) % 8 or getattr(req, name) < 0:
             raise PromptFileError(f"{where}: {name} {getattr(req, name)} is not a multiple of 8; use a multiple of 8 "
                                   "(the VAE works on blocks of 8 pixels)")
     if not prompt:
@@ -53,6 +61,9 @@ def parse_prompt_line(line: str, base: SampleRequest, where: str = "prompt") -> 
 
 def read_prompt_file(path: str | Path, base: SampleRequest) -> list[SampleRequest]:
     path = Path(path)
+    if path.is_dir():
+        raise PromptFileError(f"{path}: a folder, not a prompt file; name the text file (one prompt a line) in "
+                              "sampling.sample_prompts (or --prompt-file)")
     if not path.is_file():
         raise PromptFileError(f"{path}: no such prompt file; fix sampling.sample_prompts (or the --prompt-file path)")
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import OutputExistsError, OutputNotWritableError, ToolError
 from ..formats.diffusers_lora import WEIGHT_NAME as DIFFUSERS_WEIGHT_NAME
 from ..formats.embeddings import EMBEDDINGS_SUFFIX
+from ..formats.file_kind import require_kind
 
 log = logging.getLogger("loraforge.tools")
 
@@ -44,6 +45,8 @@ def load_sd_model(source: str | None, family: str = "auto", allow_pickle: bool =
 
     if hasattr(source, "unet"):
         return source
+    if source is not None:
+        require_kind(source, ("model",), "model", ToolError)
     cfg = ModelConfig(pretrained_model_name_or_path=source, family=family or "auto", allow_pickle=allow_pickle,
                       config_dir=config_dir)
     return load_model(cfg, dtype=dtype)
@@ -99,9 +102,18 @@ def split_spec(spec: str) -> tuple[str, list[str]]:
     return ":".join(parts), fields
 
 
+def _check_tail(spec: str, path: str, what: str) -> None:
+    """`lora.safetensors:heavy`: the file exists and `heavy` is no number, so it is a bad weight, not a file name."""
+    head, sep, tail = path.rpartition(":")
+    if sep and head and not Path(path).exists() and Path(head).exists():
+        form = "FILE:0.8 or FILE:unet=0.6:te=0.9" if what == "scale" else "FILE or FILE:WEIGHT, e.g. FILE:0.7"
+        raise ToolError(f"{spec!r}: {tail!r} is not a {what}; write {form}")
+
+
 def parse_lora_spec(spec: str, unet_scale: float = 1.0, te_scale: float = 1.0) -> LoraSpec:
     """`FILE`, `FILE:W` (both parts), `FILE:unet=U:te=T` or `FILE:W:te=T`; multiplied by the global scales."""
     path, fields = split_spec(spec)
+    _check_tail(spec, path, "scale")
     unet = te = 1.0
     for f in fields:
         try:
@@ -119,6 +131,7 @@ def parse_lora_spec(spec: str, unet_scale: float = 1.0, te_scale: float = 1.0) -
 def parse_weighted(spec: str, default: float = 1.0) -> tuple[str, float]:
     """`FILE[:W]`."""
     path, fields = split_spec(spec)
+    _check_tail(spec, path, "weight")
     if len(fields) > 1 or (fields and not _NUMBER.match(fields[0])):
         raise ToolError(f"{spec!r}: write FILE or FILE:WEIGHT")
     return path, float(fields[0]) if fields else default
@@ -182,6 +195,8 @@ def apply_lora_files(model, loras: list[LoraSpec], allow_pickle: bool = False, s
     if not loras:
         return 0
     tree = ModelTree.from_model(model)
+    for s in loras:
+        require_kind(find_lora_file(s.path), ("lora",), "--lora", ToolError)
     bound = [(load_bound(find_lora_file(s.path), tree, allow_pickle, skip_unknown), s.unet, s.te) for s in loras]
     for lora, _, _ in bound:
         parts = sorted({m.part for m in lora.modules.values()})

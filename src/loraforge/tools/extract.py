@@ -76,7 +76,9 @@ def extract_lora(base: str | None, tuned: str, output, rule: RankRule, *, text_e
     a = load_sd_model(base, family, allow_pickle, config_dir)
     b = load_sd_model(tuned, family, allow_pickle, config_dir)
     if a.family.name != b.family.name:
-        raise FamilyMismatchError(f"base is {a.family.label}, tuned is {b.family.label}")
+        raise FamilyMismatchError(
+            f"--base {base or 'the embedded tiny model'} is {a.family.label}, --tuned {tuned} is {b.family.label}; a "
+            "LoRA is extracted between two models of the same family: pass the base the tuned model was trained from")
     tree = ModelTree.from_model(a)
     parts_a, parts_b = model_parts(a), model_parts(b)
     result = ExtractResult(output, rule.describe())

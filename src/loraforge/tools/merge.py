@@ -94,7 +94,9 @@ def merge_checkpoints(a: str, b: str, output, *, c: str | None = None, multiplie
     models = [load_sd_model(s, family, allow_pickle, config_dir) for s in sources]
     names = {m.family.name for m in models}
     if len(names) > 1:
-        raise FamilyMismatchError(f"the checkpoints are of different families: {', '.join(sorted(names))}")
+        raise FamilyMismatchError(
+            "the checkpoints are of different families: " + ", ".join(
+                f"{s} ({m.family.label})" for s, m in zip(sources, models)) + "; merge checkpoints of one family")
     first = models[0]
     comps = [("unet", lambda m: m.unet), ("vae", lambda m: m.vae)]
     comps += [(f"text encoder {i + 1}", lambda m, i=i: m.text_encoders[i]) for i in range(len(first.text_encoders))]

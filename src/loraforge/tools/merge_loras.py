@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import ADAPTER_LABELS, AdapterModule, module_delta
+from ..formats.file_kind import require_kind
 from ..formats.kohya import kohya_state_dict
 from ..formats.lora_file import bind, load_lora_file, weak_evidence
 from .common import check_output, lora_metadata, model_tree, save_lora
@@ -72,6 +73,8 @@ def merge_loras(inputs: list[tuple[str, float]], output, *, mode: str = "concat"
     if mode == "svd" and (rule is None or (rule.rank is None and rule.method is None)):
         raise ToolError("svd needs a target rank (--rank) or a quality rule (--sv-fro 0.99, ...)")
     output = check_output(output, overwrite)
+    for path, _ in inputs:
+        require_kind(path, ("lora",), "merge loras", ToolError)
     loras = [load_lora_file(path, allow_pickle) for path, _ in inputs]
     fam = _family(loras, family)
     tree = model_tree(base, fam, allow_pickle, tiny=all(lf.tiny for lf in loras) and family in (None, "auto"))

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import ADAPTER_LABELS, AdapterModule, raw_delta
+from ..formats.file_kind import require_kind
 from ..formats.kohya import kohya_module_name
 from ..formats.lora_file import ModelTree, bind, read_lora_state_dict, read_tensors
 from .common import check_output, load_sd_model, lora_metadata, model_parts, model_tree, save_lora
@@ -120,6 +121,7 @@ def resize_lora(src, output, rule: RankRule, *, base: str | None = None, family:
     """Re-rank every LoRA / LoCon module of `src` and write `output`. `base` (any model name `load_model` takes)
     is needed for recipes that reference the checkpoint (`fro_ckpt`, `spn_ckpt`)."""
     output = check_output(output, overwrite)
+    require_kind(src, ("lora",), "resize", ToolError)
     sd, metadata = read_tensors(src, allow_pickle)
     lora = read_lora_state_dict(sd, metadata, source=str(src))
     lora.require_finite()

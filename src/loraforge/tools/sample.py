@@ -64,6 +64,15 @@ def build_requests(prompt: str | None = None, prompt_file: str | None = None, *,
                    height: int = 0, seed: int = 0, batch: int = 1) -> list[SampleRequest]:
     """Requests from a prompt or a kohya prompt file (its `--n --w --h --d --l --s --ss` override the defaults);
     `batch` images per prompt with seeds seed, seed+1, ... A size of 0 means the model's own (`sample` fills it)."""
+    if steps < 1 or batch < 1:
+        flag, value = ("--steps", steps) if steps < 1 else ("--batch", batch)
+        raise ToolError(f"{flag} {value}: it must be 1 or more")
+    if width < 0 or height < 0:
+        flag, value = ("--width", width) if width < 0 else ("--height", height)
+        raise ToolError(f"{flag} {value}: give a multiple of 8, or 0 for the model's own size")
+    if not 0 <= seed < 2**32:
+        raise ToolError(f"--seed {seed}: give a seed from 0 to 4294967295 (there is no random seed: the PNG records "
+                        "the seed each image was made with)")
     try:
         base = SampleRequest("", negative_prompt, width, height, steps, guidance_scale, seed, normalize_sampler(sampler))
         if (prompt is None) == (prompt_file is None):
@@ -73,9 +82,6 @@ def build_requests(prompt: str | None = None, prompt_file: str | None = None, *,
         if isinstance(e, ToolError):
             raise
         raise ToolError(str(e)) from None
-    if steps < 1 or batch < 1:
-        flag, value = ("--steps", steps) if steps < 1 else ("--batch", batch)
-        raise ToolError(f"{flag} {value}: it must be 1 or more")
     for r in reqs:
         if r.steps < 1:
             raise ToolError(f"{prompt_file}: the prompt {r.prompt!r} asks for {r.steps} steps (--s); give 1 or more")
@@ -111,6 +117,9 @@ def sample(model: str | None, requests: list[SampleRequest], out_dir, *, loras: 
     for p in paths:
         check_output(p, overwrite)
     loras = [replace(s, path=str(find_lora_file(s.path))) for s in loras]
+    if init_image is not None and not 0 < strength <= 1:
+        raise ToolError(f"--strength {strength:g}: img2img strength must be between 0 and 1 (above 0; 1 ignores the "
+                        "init image, 0.75 is the default)")
     if isinstance(init_image, (str, Path)):
         init_image = open_image(init_image)
     sd = prepare_model(model, loras, embeddings, family=family, allow_pickle=allow_pickle, skip_unknown=skip_unknown,

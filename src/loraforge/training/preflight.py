@@ -10,15 +10,18 @@ import os
 import shutil
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..errors import ModelLoadError, TrainingError
+from ..config import TrainConfig, dump_config
+from ..errors import LoraforgeError, ModelLoadError, RunFolderError, TrainingError
+from ..formats.file_kind import kind_of_file, require_kind
 from ..models.family import TINY_RESOLUTION
 from ..models.loading import _looks_like_path as looks_like_path  # the rule loading applies
 from ..sampling.prompts import read_prompt_file
 from ..sampling.run import base_request
-from .state import resolve_resume
+from .state import STATE_FILE, check_fresh_start, check_resume, complete_checkpoints, read_state, resolve_resume
 
 log = logging.getLogger(__name__)
+
+FINAL_MARKER = "config.toml"  # the trainer's FINAL_MARKER (written last: its presence means the run finished)
 
 # Σ (in + out features) of the layers the default targets adapt (the UNet's attention projections; plus the text
 # encoders' with network.train_text_encoder), counted on the full-size models: a LoRA of rank r has r × this many
@@ -40,16 +43,52 @@ def preflight(cfg: TrainConfig, family: str | None = None) -> list[str]:
     """Check what the run will need before it starts; raise the first problem as a `LoraforgeError` naming the
     field and the fix. Returns notes for the plan (what could not be checked here, the disk estimate). `family`
     (when known, e.g. detected by the dry run) sizes the disk estimate; without it, `model.family` or the largest."""
+    return check_inputs(cfg) + [disk_note(cfg, family)]
+
+
+def check_inputs(cfg: TrainConfig) -> list[str]:
+    """Every check of `preflight` but the disk estimate, which needs the family: `--dry-run` runs these before it
+    detects the family and opens the images, so a LoRA given as the model is named as such."""
     notes = [_check_model(cfg)]
     run_dir = run_folder(cfg)
     if cfg.training.resume:
-        resolve_resume(cfg.training.resume, run_dir)  # raises InputNotFoundError naming training.resume
+        _check_resume(cfg, run_dir)
+    elif not cfg.output.overwrite:
+        _check_fresh_start(run_dir)
     if cfg.sampling.sample_prompts:
         # Parsed as sampling will: every line, its options, sizes in multiples of 8, seeds in range.
         read_prompt_file(cfg.sampling.sample_prompts, base_request(cfg, cfg.dataset.resolution or TINY_RESOLUTION))
-    parent = _check_writable(run_dir)
-    notes.append(_disk_note(cfg, parent, family))
+    _check_writable(run_dir)
     return [n for n in notes if n]
+
+
+def disk_note(cfg: TrainConfig, family: str | None = None) -> str:
+    return _disk_note(cfg, _check_writable(run_folder(cfg)), family)
+
+
+def _check_resume(cfg: TrainConfig, run_dir: Path) -> None:
+    """The checkpoint to resume exists, can be read, and continues this run with this config (the checks the
+    trainer repeats when it resumes)."""
+    folder = resolve_resume(cfg.training.resume, run_dir)  # raises InputNotFoundError naming training.resume
+    try:
+        read_state(folder)
+    except (ValueError, TypeError) as e:  # a cut or edited train_state.json
+        earlier = [p.name for p in complete_checkpoints(run_dir) if p != folder]
+        raise RunFolderError(
+            f"training.resume: {folder / STATE_FILE} cannot be read ({e}); the checkpoint is damaged. Resume an "
+            f"earlier checkpoint ({', '.join(earlier) or 'none is left'}) by setting training.resume to its folder"
+        ) from None
+    check_resume(folder, run_dir, dump_config(cfg))
+
+
+def _check_fresh_start(run_dir: Path) -> None:
+    """A fresh start may not replace a finished run nor mix with another run's checkpoints."""
+    if (run_dir / FINAL_MARKER).is_file():
+        raise RunFolderError(
+            f"{run_dir} already holds a finished run; pick another output.output_name, set "
+            "output.overwrite = true to replace it, or set training.resume to continue it"
+        )
+    check_fresh_start(run_dir)
 
 
 def _check_model(cfg: TrainConfig) -> str:
@@ -61,7 +100,9 @@ def _check_model(cfg: TrainConfig) -> str:
                         ("model.vae", m.vae), ("model.config_dir", m.config_dir)):
         if name is None:
             continue
-        if Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if path.exists():
+            _check_model_path(field, path)
             continue
         if field == "model.config_dir" or looks_like_path(name):
             raise ModelLoadError(
@@ -73,6 +114,30 @@ def _check_model(cfg: TrainConfig) -> str:
         return ""
     return (f"{' and '.join(hub)}: a hub id, not a local path; its weights are downloaded (or read from the hub "
             "cache) when training loads the model, which this check cannot do offline")
+
+
+def _check_model_path(field: str, path: Path) -> None:
+    """A local model is a diffusers folder or a model file, a VAE a VAE (or a model holding one): a LoRA or an
+    embedding given there is named as such before any loading."""
+    if field == "model.config_dir":
+        return
+    if path.is_dir():
+        if field == "model.pretrained_model_name_or_path" and not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{field} = {str(path)!r}: a folder without model_index.json, so not a diffusers model; pass the "
+                "model's own folder (the one with model_index.json) or a single .safetensors file"
+            )
+        return
+    expected = ("model",) if field == "model.pretrained_model_name_or_path" else ("vae", "model")
+    try:
+        kind_of_file(path)
+    except LoraforgeError as e:  # a damaged file: the reader's message, with the field
+        raise ModelLoadError(f"{field} = {str(path)!r}: {e}") from None
+    require_kind(path, expected, f"{field} =", ModelLoadError,
+                 "give the base model here (a diffusers folder, a single .safetensors checkpoint or a hub id); a "
+                 "LoRA is applied with `loraforge sample --lora` or `loraforge merge into-model --lora`, an "
+                 "embedding with `sample --embedding`" if field == "model.pretrained_model_name_or_path" else
+                 "give a VAE (a diffusers VAE folder or .safetensors file, or a hub id)")
 
 
 def _existing_parent(path: Path) -> Path:

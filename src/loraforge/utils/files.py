@@ -29,7 +29,8 @@ def open_safetensors(path: str | Path):
     try:
         return safe_open(str(path), framework="pt")
     except Exception as e:  # safetensors' own error for a header it cannot parse
-        raise UnsupportedError(f"{path}: not a readable .safetensors file ({e})") from None
+        raise UnsupportedError(f"{path}: not a readable .safetensors file ({e}); the file is damaged (cut short by a "
+                               "download or a copy?) or is another kind of file: download or export it again") from None
 
 
 TEMP_MARK = ".tmp-"  # in every temporary name made here: `.<target name>.tmp-<random><suffix>`
