@@ -95,7 +95,7 @@ def format_validation_error(err: ValidationError, source: str, overridden: set[t
         where = source
         if tuple(loc[:2]) in overridden:
             where = f"--set {'.'.join(loc[:2])}"
-        if e["type"] == "network_algo":  # the union found no class for the algo written
+        if e["type"] == "network_algo" and isinstance(e.get("input"), dict):  # no class for the algo written
             if ("network", "algo") in overridden:
                 where = "--set network.algo"
             problems.append(f"{where}: network.algo = {e['input'].get('algo')!r}: {e['msg']}")

@@ -21,7 +21,6 @@ from .state import STATE_FILE, check_fresh_start, check_resume, complete_checkpo
 
 log = logging.getLogger(__name__)
 
-FINAL_MARKER = "config.toml"  # the trainer's FINAL_MARKER (written last: its presence means the run finished)
 
 # Σ (in + out features) of the layers the default targets adapt (the UNet's attention projections; plus the text
 # encoders' with network.train_text_encoder), counted on the full-size models: a LoRA of rank r has r × this many
@@ -54,7 +53,7 @@ def check_inputs(cfg: TrainConfig) -> list[str]:
     if cfg.training.resume:
         _check_resume(cfg, run_dir)
     elif not cfg.output.overwrite:
-        _check_fresh_start(run_dir)
+        check_fresh_start(run_dir)
     if cfg.sampling.sample_prompts:
         # Parsed as sampling will: every line, its options, sizes in multiples of 8, seeds in range.
         read_prompt_file(cfg.sampling.sample_prompts, base_request(cfg, cfg.dataset.resolution or TINY_RESOLUTION))
@@ -79,16 +78,6 @@ def _check_resume(cfg: TrainConfig, run_dir: Path) -> None:
             f"earlier checkpoint ({', '.join(earlier) or 'none is left'}) by setting training.resume to its folder"
         ) from None
     check_resume(folder, run_dir, dump_config(cfg))
-
-
-def _check_fresh_start(run_dir: Path) -> None:
-    """A fresh start may not replace a finished run nor mix with another run's checkpoints."""
-    if (run_dir / FINAL_MARKER).is_file():
-        raise RunFolderError(
-            f"{run_dir} already holds a finished run; pick another output.output_name, set "
-            "output.overwrite = true to replace it, or set training.resume to continue it"
-        )
-    check_fresh_start(run_dir)
 
 
 def _check_model(cfg: TrainConfig) -> str:

@@ -41,6 +41,7 @@ log = logging.getLogger("loraforge.train")
 
 STATE_FILE = "train_state.json"
 RUN_CONFIG_FILE = "config.toml"  # in each checkpoint: the resolved config of the run that wrote it
+FINAL_MARKER = "config.toml"  # in the run folder, written last: its presence means the run finished
 NETWORK_FILE = "network.safetensors"
 EMBEDDINGS_FILE = "embeddings.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -203,6 +204,14 @@ def read_state(folder: Path) -> TrainState:
     return TrainState(**json.loads((folder / STATE_FILE).read_text()))
 
 
+def _run_id(folder: Path) -> str | None:
+    """The run id of checkpoint `folder`; None when its state cannot be read (a damaged checkpoint, never resumed)."""
+    try:
+        return read_state(folder).run_id
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 # What a resumed run may change: how long it runs, when it saves and samples, where and how it writes files, and how
 # the same computation is carried out (precision, caches, memory). Every other option shapes the trained weights.
 RESUME_MAY_CHANGE = frozenset({
@@ -248,7 +257,13 @@ def config_changes(old_toml: str, new_toml: str) -> dict[str, str]:
 
 
 def check_fresh_start(run_dir: Path) -> None:
-    """A run that does not resume may not start where another run left checkpoints (they would mix)."""
+    """A run that does not resume may not replace a finished run, nor start where another run left checkpoints
+    (they would mix)."""
+    if (run_dir / FINAL_MARKER).is_file():
+        raise RunFolderError(
+            f"{run_dir} already holds a finished run; pick another output.output_name, set "
+            "output.overwrite = true to replace it, or set training.resume to continue it"
+        )
     found = complete_checkpoints(run_dir)
     if found:
         raise RunFolderError(
@@ -284,7 +299,7 @@ def check_resume(folder: Path, run_dir: Path, config_toml: str) -> TrainState:
                 problems=[f"{key}: {change}" for key, change in changes.items()],
             )
     foreign = [p.name for p in complete_checkpoints(run_dir)
-               if state.run_id and read_state(p).run_id not in ("", state.run_id)]
+               if state.run_id and _run_id(p) not in ("", None, state.run_id)]
     if foreign:
         raise RunFolderError(
             f"training.resume: {run_dir} holds checkpoints of another run ({', '.join(foreign)}) than {folder}; "

@@ -32,6 +32,7 @@ from .preflight import preflight
 from .interrupt import StopOnCtrlC
 from .outputs import WrittenFiles, write_lora_files
 from .state import (
+    FINAL_MARKER,
     RUN_CONFIG_FILE,
     STATE_FILE,
     TrainState,
@@ -51,10 +52,6 @@ from .state import (
 )
 
 log = logging.getLogger("loraforge.train")
-
-FINAL_MARKER = "config.toml"  # written last: its presence means the run finished
-
-
 
 
 @dataclass
@@ -102,11 +99,6 @@ class Trainer:
         cfg = self.cfg
         fresh = not cfg.training.resume
         if fresh and not cfg.output.overwrite:
-            if (self.run_dir / FINAL_MARKER).is_file():
-                raise RunFolderError(
-                    f"{self.run_dir} already holds a finished run; pick another output.output_name, set "
-                    "output.overwrite = true to replace it, or set training.resume to continue it"
-                )
             check_fresh_start(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         mp = cfg.training.mixed_precision
@@ -263,7 +255,13 @@ class Trainer:
             return
         folder = resolve_resume(self.cfg.training.resume, self.run_dir)
         run_id = self.state.run_id
-        check_resume(folder, self.run_dir, dump_config(self.cfg))
+        step = check_resume(folder, self.run_dir, dump_config(self.cfg)).global_step
+        if step > self.max_steps:  # equal is fine: a run stopped while writing its final files
+            raise RunFolderError(
+                f"training.resume: {folder} is at step {step}, past this run's end (training.max_train_steps or the "
+                f"epochs give {self.max_steps} steps); resuming would write step {step} as the final LoRA of a "
+                f"shorter run. Set training.max_train_steps to {step} or more, or resume an earlier checkpoint"
+            )
         self.accelerator.load_state(str(folder))
         self.state = read_state(folder)
         self.state.run_id = self.state.run_id or run_id  # a checkpoint of an older loraforge has none
