@@ -211,7 +211,7 @@ def cmd_check(args) -> int:
 
     arch = {}
     if args.model:
-        from ..models.family import detect_family_from_folder, folder_architecture
+        from ..families.detect import detect_family_from_folder, folder_architecture
 
         folder = Path(args.model)
         if not (folder / "model_index.json").is_file():

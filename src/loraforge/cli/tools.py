@@ -3,20 +3,18 @@ each command imports its tool (torch, diffusers) when it runs. The work is done 
 
 from __future__ import annotations
 
-DTYPES = ("fp32", "fp16", "bf16")
+from ..families import FAMILY_NAMES
+from ..utils.dtypes import PRECISIONS as DTYPES
+from ..utils.dtypes import torch_dtype
 
 
 def _dtype(name: str | None):
-    if name is None:
-        return None
-    import torch
-
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return None if name is None else torch_dtype(name)
 
 
 def _common(p, model: bool = True, pickle: bool = True, output: bool = True) -> None:
     if model:
-        p.add_argument("--family", choices=["auto", "sd15", "sd2", "sdxl"], default="auto",
+        p.add_argument("--family", choices=["auto", *FAMILY_NAMES], default="auto",
                        help="base model family (default: detected; the embedded tiny model when no model is named)")
         p.add_argument("--config-dir", help="diffusers folder describing a single-file model (default: built in)")
     if pickle:
@@ -141,7 +139,7 @@ def add_merge(sub) -> None:
     lo.add_argument("--dtype", choices=DTYPES)
     lo.add_argument("--skip-unknown", action="store_true", help="merge even if some keys match no module")
     _common(lo, model=False)
-    lo.add_argument("--family", choices=["auto", "sd15", "sd2", "sdxl"], default="auto")
+    lo.add_argument("--family", choices=["auto", *FAMILY_NAMES], default="auto")
     lo.set_defaults(func=cmd_merge_loras)
 
     c = kinds.add_parser("checkpoints", help="A1111 checkpoint merger: weighted sum or add difference")

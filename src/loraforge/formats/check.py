@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnsupportedError
-from ..models.family import folder_architecture
+from ..families.detect import folder_architecture
 from ..models.tiny import tiny_model_dir
 from .consumers import a1111, comfyui, diffusers_rules
 from .consumers.keys import (

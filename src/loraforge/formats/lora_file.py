@@ -37,7 +37,7 @@ from ..tools.errors import (
     ShapeMismatchError,
     UnsupportedError,
 )
-from ..utils.files import open_safetensors
+from ..utils.files import PICKLE_SUFFIXES, open_safetensors
 from .consumers.keys import (
     ADAPTER_LABELS,
     KOHYA_PREFIXES,
@@ -49,12 +49,11 @@ from .consumers.keys import (
     nonfinite_tensors,
     split_key,
 )
-from .metadata import BASE_MODEL_KEY, tiny_family
-from .model_tree import FAMILY_LABELS, ModelTree
+from ..families import BASE_MODEL_KEY, FAMILY_LABELS, tiny_family
+from .model_tree import ModelTree
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth", ".ckpt")
 SUPPORTED_KINDS = ("lora", "locon_tucker", "loha", "lokr", "full")
 PART_LABELS = {"unet": "UNet", "te1": "text encoder 1", "te2": "text encoder 2"}
 _UP = {up: "lora_up.weight" for up, _ in LORA_PAIRS}

@@ -17,7 +17,8 @@ import torch
 from ..tools.errors import UnsupportedError
 from .kohya import kohya_module_name
 from .lora_file import LoraModule
-from .model_tree import DIFFUSERS_PREFIXES, ModelTree
+from ..families import DIFFUSERS_PREFIXES
+from .model_tree import ModelTree
 
 ADAPTER_METADATA = "lora_adapter_metadata"
 def kohya_name(part: str, path: str, tree: ModelTree, naming: str = "auto") -> str:

@@ -2,7 +2,7 @@
 and read one back through diffusers with no hub access.
 
 Why we write this ourselves: diffusers only converts original -> diffusers (`from_single_file`); the reverse scripts are
-not part of the package (see `loraforge.formats.ldm`). Prefixes written:
+not part of the package (see `loraforge.families.ldm`). Prefixes written:
 
 * UNet `model.diffusion_model.*`, VAE `first_stage_model.*` (all families);
 * SD 1.x: `cond_stage_model.transformer.text_model.*` (CLIP-L, HF layout);

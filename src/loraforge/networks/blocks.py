@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from ..config.network import BLOCK_COUNTS
+from ..families.ldm import unet_module_to_original
 
 _INPUT = re.compile(r"^input_blocks\.(\d+)\.")
 _MIDDLE = re.compile(r"^middle_block\.(\d+)\.")
@@ -60,8 +61,6 @@ def block_label(family: str, index: int) -> str:
 
 def unet_block_indices(unet_config, family: str, paths) -> dict[str, int | None]:
     """diffusers UNet module path -> block number (None: no block slot)."""
-    from ..formats.ldm import unet_module_to_original
-
     out = {}
     for path in paths:
         try:

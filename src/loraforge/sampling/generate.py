@@ -49,11 +49,11 @@ def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_ski
 
     xl = model.family.is_sdxl
     with torch.no_grad():
-        cond = encode_prompts(xl, model.tokenizers, model.text_encoders, [prompt], clip_skip)
+        cond = encode_prompts(model.family, model.tokenizers, model.text_encoders, [prompt], clip_skip)
         if xl and not negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
             neg = type(cond)(torch.zeros_like(cond.prompt_embeds), torch.zeros_like(cond.pooled))
         else:
-            neg = encode_prompts(xl, model.tokenizers, model.text_encoders, [negative_prompt or ""], clip_skip)
+            neg = encode_prompts(model.family, model.tokenizers, model.text_encoders, [negative_prompt or ""], clip_skip)
     kwargs = {"prompt_embeds": cond.prompt_embeds, "negative_prompt_embeds": neg.prompt_embeds}
     if xl:
         kwargs.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=neg.pooled)

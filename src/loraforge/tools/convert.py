@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputNotFoundError
-from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict
+from ..formats.lora_file import bind, read_lora_state_dict
+from ..utils.files import PICKLE_SUFFIXES
 from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict, kohya_state_dict
 from ..utils.files import atomic_path, open_safetensors, save_safetensors_atomic
 from .common import check_output, family_metadata, load_sd_model, model_tree

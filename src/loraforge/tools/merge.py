@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..formats.metadata import BASE_MODEL_KEY, tiny_base_model
+from ..families import BASE_MODEL_KEY, tiny_base_model
 from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
 from .errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
 

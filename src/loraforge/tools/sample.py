@@ -188,7 +188,7 @@ def open_image(path) -> "Image.Image":
 
 def default_size(model, init_image=None) -> tuple[int, int]:
     """The init image's size (rounded down to multiples of 8), else the model's native resolution."""
-    from ..models.family import TINY_RESOLUTION
+    from ..families import TINY_RESOLUTION
 
     if init_image is not None:
         w, h = init_image.size
