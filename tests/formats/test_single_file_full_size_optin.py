@@ -37,7 +37,7 @@ def test_full_size_round_trip(family, tmp_path, monkeypatch):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from loraforge.formats.single_file import load_single_file_pipeline, save_single_file
-    from loraforge.models.configs import full_size_config
+    from loraforge.families import full_size_config
 
     monkeypatch.setenv("LORAFORGE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

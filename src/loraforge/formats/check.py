@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnsupportedError
+from ..families import FAMILIES, FAMILY_NAMES
 from ..families.detect import folder_architecture
 from ..models.tiny import tiny_model_dir
 from .consumers import a1111, comfyui, diffusers_rules
@@ -35,7 +36,7 @@ from .consumers.keys import (
     lora_pair,
     nonfinite_tensors,
 )
-from .consumers.tables import FAMILIES, family_of, model_tables_key
+from .consumers.tables import family_of, model_tables_key
 from .lora_file import detect_tiny_model, read_tensors
 
 CONSUMERS = ("comfyui", "a1111", "diffusers")
@@ -157,6 +158,12 @@ def _in_width(t) -> int | None:
     return shape[1] if shape else None
 
 
+# full-size widths that tell the families apart: cross-attention input, and the only text encoder's hidden size
+_CROSS_ATTENTION_WIDTHS = {f.components["unet"]["cross_attention_dim"]: f.name for f in FAMILIES.values()}
+_TEXT_ENCODER_WIDTHS = {f.components["text_encoder"]["hidden_size"]: f.name for f in FAMILIES.values()
+                        if len(f.text_encoders) == 1}
+
+
 def detect_family(sd, metadata: dict | None = None) -> tuple[str, str]:
     """(family, evidence): cross-attention / text-encoder widths first, then key names, then metadata, else SD 1.x."""
     modules = group_modules(sd)
@@ -164,14 +171,14 @@ def detect_family(sd, metadata: dict | None = None) -> tuple[str, str]:
     for name, m in modules.items():
         if re.search(r"attn2_to_[kv]$", name):
             width = _in_width(m.tensors)
-            found = {768: "sd15", 1024: "sd2", 2048: "sdxl"}.get(width)
+            found = _CROSS_ATTENTION_WIDTHS.get(width)
             if found:
                 return found, f"cross-attention input width {width} ({name})"
     for name, m in modules.items():
         if name.startswith("lora_te_") and name.endswith(("q_proj", "k_proj", "v_proj", "mlp_fc1", "out_proj")):
             width = _in_width(m.tensors)
-            if width in (768, 1024):
-                return ("sd15" if width == 768 else "sd2"), f"text-encoder width {width} ({name})"
+            if width in _TEXT_ENCODER_WIDTHS:
+                return _TEXT_ENCODER_WIDTHS[width], f"text-encoder width {width} ({name})"
     if any(n.startswith(("lora_te1_", "lora_te2_")) for n in names):
         return "sdxl", "lora_te1_/lora_te2_ prefixes"
     if any("resblocks" in n for n in names):
@@ -413,7 +420,7 @@ def check_state_dict(
             issues.append(Issue("warning", "family-metadata", f"metadata says {claimed}, keys say {family}"))
     else:
         if family not in FAMILIES:
-            raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+            raise ValueError(f"unknown family {family!r}; expected one of {FAMILY_NAMES}")
         evidence = "given"
     tables = family
     if unet_config is not None:
