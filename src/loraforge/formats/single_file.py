@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import FamilyMismatchError, OutputExistsError, ToolError, UnsupportedError
-from . import ldm
+from ..families import ldm
 
 FAMILY_TEXT_ENCODERS = {"sd15": 1, "sd2": 1, "sdxl": 2}
 
