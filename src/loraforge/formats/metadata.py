@@ -10,14 +10,15 @@ from io import BytesIO
 
 import torch
 
-from ..families import BASE_MODEL_KEY, family, tiny_base_model
+from ..families import BASE_MODEL_KEY, tiny_base_model
+from ..families import family as family_info
 
 NETWORK_MODULE = {"lora": "networks.lora", "locon": "networks.lora"}  # the rest: lycoris.kohya
 
 
 def family_metadata(name: str) -> dict[str, str]:
     """The header keys A1111, ComfyUI managers and Civitai read the base model from."""
-    fam = family(name)
+    fam = family_info(name)
     return {"ss_base_model_version": fam.base_model_version, "ss_v2": str(fam.kohya_v2),
             "modelspec.architecture": f"{fam.modelspec_architecture}/lora"}
 
@@ -44,7 +45,6 @@ def training_metadata(
     `network_module` / `network_args` are what sd-scripts would be given to build the same network
     (`networks.lora` for LoRA and plain LoCon, `lycoris.kohya` with `algo=...` otherwise; values as strings)."""
     res = run.get("resolution")
-    fam = family(family)
     base = family_metadata(family)
     meta = {
         "ss_session_id": str(run.get("session_id", "")),
@@ -87,14 +87,14 @@ def training_metadata(
         "ss_training_comment": str(run.get("comment", "trained with loraforge")),
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": base["modelspec.architecture"],
-        "modelspec.implementation": fam.modelspec_implementation,
+        "modelspec.implementation": family_info(family).modelspec_implementation,
         "modelspec.title": cfg.output.output_name,
         "modelspec.resolution": f"{res}x{res}" if res else "",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "modelspec.prediction_type": "v" if run.get("prediction_type") == "v_prediction" else "epsilon",
     }
     if run.get("tiny_model"):
-        meta[BASE_MODEL_KEY] = tiny_base_model(fam.name)
+        meta[BASE_MODEL_KEY] = tiny_base_model(family)
     for key in ("ss_min_snr_gamma", "ss_noise_offset", "ss_clip_skip", "ss_prior_loss_weight"):
         if key in run:
             meta[key] = str(run[key])
