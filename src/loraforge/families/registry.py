@@ -38,6 +38,7 @@ class Family:
     # concatenated, plus the pooled output of the projection model.
     text_conditioning: str
     size_conditioning: bool  # SDXL micro-conditioning: original size, crop and target size as `time_ids`
+    block_layout: str  # sd-scripts' block-weight numbering (`networks.blocks`): "ldm" (25 blocks) or "sgm" (23)
     # kohya / SAI metadata (`formats.metadata`)
     base_model_version: str  # ss_base_model_version
     modelspec_architecture: str
@@ -98,26 +99,46 @@ def _te(part: str, diffusers: str, tokenizer: str, kohya: tuple[str, ...], embed
 # ComfyUI maps `lora_te_` onto SDXL's CLIP-L too, and `lora_te1_` onto SD 1.x / 2.x's only encoder.
 _ONE_CLIP = (_te("te1", "text_encoder", "tokenizer", ("lora_te", "lora_te1"), "clip_l"),)
 
+_SD = dict(  # what SD 1.x and 2.x share
+    text_encoders=_ONE_CLIP,
+    img2img_pipeline="StableDiffusionImg2ImgPipeline",
+    pipeline_kwargs=_SD_PIPELINE,
+    text_conditioning="clip-last",
+    size_conditioning=False,
+    block_layout="ldm",
+    modelspec_implementation="diffusers",
+)
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family(
-            "sd15", "SD 1.x", 512, _ONE_CLIP, "StableDiffusionImg2ImgPipeline", _SD_PIPELINE, "clip-last", False,
-            "sd_v1", "stable-diffusion-v1", "diffusers", False, COMPONENTS["sd15"], TOKENIZER_PADS["sd15"],
+            name="sd15", label="SD 1.x", resolution=512, **_SD,
+            base_model_version="sd_v1", modelspec_architecture="stable-diffusion-v1", kohya_v2=False,
+            components=COMPONENTS["sd15"], tokenizer_pads=TOKENIZER_PADS["sd15"],
         ),
         Family(
-            "sd2", "SD 2.x", 768, _ONE_CLIP, "StableDiffusionImg2ImgPipeline", _SD_PIPELINE, "clip-last", False,
-            "sd_v2", "stable-diffusion-v2-768-v", "diffusers", True, COMPONENTS["sd2"], TOKENIZER_PADS["sd2"],
+            name="sd2", label="SD 2.x", resolution=768, **_SD,
+            base_model_version="sd_v2", modelspec_architecture="stable-diffusion-v2-768-v", kohya_v2=True,
+            components=COMPONENTS["sd2"], tokenizer_pads=TOKENIZER_PADS["sd2"],
         ),
         Family(
-            "sdxl", "SDXL", 1024,
-            (
+            name="sdxl", label="SDXL", resolution=1024,
+            text_encoders=(
                 _te("te1", "text_encoder", "tokenizer", ("lora_te1", "lora_te"), "clip_l"),
                 _te("te2", "text_encoder_2", "tokenizer_2", ("lora_te2",), "clip_g"),
             ),
-            "StableDiffusionXLImg2ImgPipeline", {"add_watermarker": False}, "clip-penultimate-pooled", True,
-            "sdxl_base_v1-0", "stable-diffusion-xl-v1-base", "https://github.com/Stability-AI/generative-models",
-            False, COMPONENTS["sdxl"], TOKENIZER_PADS["sdxl"],
+            img2img_pipeline="StableDiffusionXLImg2ImgPipeline",
+            pipeline_kwargs={"add_watermarker": False},
+            text_conditioning="clip-penultimate-pooled",
+            size_conditioning=True,
+            block_layout="sgm",
+            base_model_version="sdxl_base_v1-0",
+            modelspec_architecture="stable-diffusion-xl-v1-base",
+            modelspec_implementation="https://github.com/Stability-AI/generative-models",
+            kohya_v2=False,
+            components=COMPONENTS["sdxl"],
+            tokenizer_pads=TOKENIZER_PADS["sdxl"],
         ),
     )
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from ..config.network import BLOCK_COUNTS
+from ..families import family as family_info
 from ..families.ldm import unet_module_to_original
 
 _INPUT = re.compile(r"^input_blocks\.(\d+)\.")
@@ -26,7 +27,7 @@ _OUTPUT = re.compile(r"^output_blocks\.(\d+)\.")
 def block_index(family: str, original_path: str) -> int | None:
     """Block number of a UNet module given its original (LDM/SGM) path, or None when it has no block slot."""
     path = original_path + "."
-    sdxl = family == "sdxl"
+    sdxl = family_info(family).block_layout == "sgm"
     if m := _INPUT.match(path):
         return int(m[1]) + (1 if sdxl else 0)
     if m := _MIDDLE.match(path):
@@ -42,7 +43,7 @@ def block_index(family: str, original_path: str) -> int | None:
 
 def block_label(family: str, index: int) -> str:
     """Human name of a block number: IN04, MID, OUT11 (SD 1.x); EMB, IN03, MID1, OUT08, OUT (SDXL)."""
-    if family == "sdxl":
+    if family_info(family).block_layout == "sgm":
         if index == 0:
             return "EMB"
         if index <= 9:
