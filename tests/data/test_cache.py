@@ -48,7 +48,7 @@ class Counting:
 
 def ctx_for(model, vae=None):
     return CacheContext(vae=vae or model.vae, text_encoders=model.text_encoders, tokenizers=model.tokenizers,
-                        is_sdxl=model.family.is_sdxl, vae_batch_size=2)
+                        family=model.family, vae_batch_size=2)
 
 
 def test_disk_latent_cache_hits_misses_and_stale_entries(tmp_path, sdxl):
@@ -137,7 +137,7 @@ def test_text_encoder_cache_equals_live_encoding(tmp_path, sdxl):
     assert stats["text"] == {"hits": 0, "misses": 2}  # two distinct captions
     ex = data.dataset[1]
     with torch.no_grad():
-        live = encode_prompts(True, sdxl.tokenizers, sdxl.text_encoders, [ex.caption])
+        live = encode_prompts(sdxl.family, sdxl.tokenizers, sdxl.text_encoders, [ex.caption])
     torch.testing.assert_close(ex.prompt_embeds, live.prompt_embeds[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(ex.pooled, live.pooled[0], rtol=0, atol=1e-6)
     again = data_for(folder, "dataset.cache_text_encoder_outputs_to_disk=true", "dataset.caption_prefix='pre'",

@@ -9,7 +9,7 @@ import torch
 from loraforge.config import load_config
 from loraforge.formats.check import check_state_dict
 from loraforge.formats.kohya import kohya_module_name, kohya_state_dict
-from loraforge.models.configs import full_size_config
+from loraforge.families import full_size_config
 from loraforge.networks import create_network
 
 from ..networks.helpers import MetaModel, materialise, network_config, one_thread

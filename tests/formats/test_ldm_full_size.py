@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraforge.formats import ldm
+from loraforge.families import ldm
 from loraforge.formats.single_file import to_single_file_state_dict
-from loraforge.models.configs import full_size_config
+from loraforge.families import full_size_config
 
 EXPECTED_TYPE = {"sd15": "v1", "sd2": "v2", "sdxl": "xl_base"}
 # Tensors we write: UNet + VAE + text encoder(s). No `position_ids` buffer, no EMA, no scheduler buffers; SD 2 without

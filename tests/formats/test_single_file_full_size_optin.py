@@ -37,9 +37,9 @@ def test_full_size_round_trip(family, tmp_path, monkeypatch):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from loraforge.config.model import ModelConfig
+    from loraforge.families import full_size_config
     from loraforge.formats.single_file import save_single_file
     from loraforge.models.loading import load_model
-    from loraforge.models.configs import full_size_config
 
     monkeypatch.setenv("LORAFORGE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

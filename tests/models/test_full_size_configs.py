@@ -8,7 +8,8 @@ import json
 import pytest
 
 from loraforge.models import configs
-from loraforge.models.configs import config_folder, full_size_config, write_config_folder
+from loraforge.families import full_size_config
+from loraforge.models.configs import config_folder, write_config_folder
 
 # The `model.params` of the original yaml files (CompVis v1-inference.yaml, Stability v2-inference-v.yaml,
 # generative-models sd_xl_base.yaml), reduced to what diffusers' config converters read.

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from loraforge.config import load_config
-from loraforge.models.family import detect_family_from_folder
+from loraforge.families.detect import detect_family_from_folder
 from loraforge.models.loading import ModelLoadError, load_model
 from loraforge.models.tokenizer import clip_tokenizer
 

@@ -14,7 +14,7 @@ def test_encode_prompts_matches_pipeline(tiny_dirs, family, clip_skip):
     model = load_model(load_config(None, [f"model.family={family}"]).model)
     pipe = model.pipeline()
     prompts = ["a photo of sks robot", "a red robot on the moon, high detail"]
-    ours = encode_prompts(model.family.is_sdxl, model.tokenizers, model.text_encoders, prompts, clip_skip)
+    ours = encode_prompts(model.family, model.tokenizers, model.text_encoders, prompts, clip_skip)
     with torch.no_grad():
         if family == "sdxl":
             embeds, _, pooled, _ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False,

@@ -70,8 +70,7 @@ class MetaModel:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-        from loraforge.models.configs import full_size_config
-        from loraforge.models.family import FAMILIES
+        from loraforge.families import FAMILIES, full_size_config
 
         self.family = FAMILIES[family]
         with init_empty_weights():

@@ -9,7 +9,7 @@ import torch
 
 from loraforge.config.optimizer import OptimizerConfig
 from loraforge.errors import NetworkError
-from loraforge.models.configs import full_size_config
+from loraforge.families import full_size_config
 from loraforge.networks.blocks import block_index, block_label, unet_block_indices
 from loraforge.training.optim import param_groups
 

@@ -18,7 +18,7 @@ def _outputs(model):
     cond = torch.cat([te(ids, output_hidden_states=True).hidden_states[-2] for te in model.text_encoders], dim=-1)
     sample = torch.randn(1, 4, 8, 8, generator=g)
     added = None
-    if model.family.is_sdxl:
+    if model.family.size_conditioning:
         pooled = model.text_encoders[1](ids).text_embeds
         added = {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
     out = model.unet(sample, torch.tensor([500]), cond, added_cond_kwargs=added).sample

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from loraforge.config import load_config
+from loraforge.families import FAMILIES
 from loraforge.models.text import encode_prompts
 from loraforge.training.trainer import RunFolderError, Trainer
 
@@ -36,7 +37,7 @@ def _te_out(pipe_or_model, family, prompts=("a photo of sks robot",)):
     tokenizers = [pipe_or_model.tokenizer] + ([pipe_or_model.tokenizer_2] if family == "sdxl" else [])
     encoders = [pipe_or_model.text_encoder] + ([pipe_or_model.text_encoder_2] if family == "sdxl" else [])
     with torch.no_grad():
-        c = encode_prompts(family == "sdxl", tokenizers, encoders, list(prompts))
+        c = encode_prompts(FAMILIES[family], tokenizers, encoders, list(prompts))
     return c.prompt_embeds, c.pooled
 
 

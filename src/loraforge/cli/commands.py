@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from ..families import FAMILY_NAMES
 from .common import quiet_progress
 from .import_command import add_import
 from .tools import TOOLS  # the LoRA tools (argparse only at import time)
@@ -189,7 +190,7 @@ def cmd_config_docs(args) -> int:
 def add_check(sub) -> None:
     p = sub.add_parser("check", help="will ComfyUI, A1111 and diffusers load this LoRA file exactly?")
     p.add_argument("files", nargs="+", help=".safetensors LoRA / LyCORIS files (ours or from elsewhere)")
-    p.add_argument("--family", choices=["sd15", "sd2", "sdxl"], help="base model family (default: detected)")
+    p.add_argument("--family", choices=FAMILY_NAMES, help="base model family (default: detected)")
     p.add_argument("--model", metavar="DIFFUSERS_FOLDER",
                    help="check against this model's own architecture (its configs; no weights are read) instead of "
                         "the full-size family, e.g. for a LoRA of the embedded tiny models")
@@ -204,7 +205,7 @@ def cmd_check(args) -> int:
 
     arch = {}
     if args.model:
-        from ..models.family import detect_family_from_folder, folder_architecture
+        from ..families.detect import detect_family_from_folder, folder_architecture
 
         folder = Path(args.model)
         if not (folder / "model_index.json").is_file():

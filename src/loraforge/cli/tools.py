@@ -7,9 +7,10 @@ import argparse
 import math
 
 from ..errors import ToolError
+from ..families import FAMILY_NAMES
+from ..utils.dtypes import PRECISIONS as DTYPES
+from ..utils.dtypes import torch_dtype
 from .common import quiet_progress
-
-DTYPES = ("fp32", "fp16", "bf16")
 
 
 def number(text: str) -> float:
@@ -31,16 +32,12 @@ def non_negative(text: str) -> float:
 
 
 def _dtype(name: str | None):
-    if name is None:
-        return None
-    import torch
-
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return None if name is None else torch_dtype(name)
 
 
 def _common(p, model: bool = True, pickle: bool = True, output: bool = True) -> None:
     if model:
-        p.add_argument("--family", choices=["auto", "sd15", "sd2", "sdxl"], default="auto",
+        p.add_argument("--family", choices=["auto", *FAMILY_NAMES], default="auto",
                        help="base model family (default: detected; the embedded tiny model when no model is named)")
         p.add_argument("--config-dir", help="diffusers folder describing a single-file model (default: built in)")
     if pickle:
@@ -175,7 +172,7 @@ def add_merge(sub) -> None:
     lo.add_argument("--dtype", choices=DTYPES)
     lo.add_argument("--skip-unknown", action="store_true", help="merge even if some keys match no module")
     _common(lo, model=False)
-    lo.add_argument("--family", choices=["auto", "sd15", "sd2", "sdxl"], default="auto")
+    lo.add_argument("--family", choices=["auto", *FAMILY_NAMES], default="auto")
     lo.set_defaults(func=cmd_merge_loras)
 
     c = kinds.add_parser("checkpoints", help="A1111 checkpoint merger: weighted sum or add difference")

@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..families import FAMILY_NAMES
 from .base import Section
 
-Family = Literal["auto", "sd15", "sd2", "sdxl"]
+Family = Literal[("auto", *FAMILY_NAMES)]  # the registry's families
 
 
 class ModelConfig(Section):

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..families import Family
 from ..utils.files import cache_home, remove_temporaries, save_safetensors_atomic
 from .errors import DataError
 from .images import file_bytes
@@ -43,7 +44,7 @@ class CacheContext:
     device: Any = "cpu"
     text_encoders: list = field(default_factory=list)
     tokenizers: list = field(default_factory=list)
-    is_sdxl: bool = False
+    family: Family | None = None  # how prompts condition the UNet (the text cache needs it)
     clip_skip: int | None = None
     vae_batch_size: int = 1
 
@@ -224,7 +225,7 @@ def fill_text_cache(dataset, d, ctx: CacheContext, batch_size: int = 8) -> TextC
 
     parts = [module_identity(te) for te in ctx.text_encoders]
     parts += [f"{type(t).__name__}:{len(t)}" for t in ctx.tokenizers]
-    identity = hashlib.sha256(f"{parts}|sdxl={ctx.is_sdxl}|clip_skip={ctx.clip_skip}".encode()).hexdigest()[:24]
+    identity = hashlib.sha256(f"{parts}|conditioning={ctx.family.text_conditioning}|clip_skip={ctx.clip_skip}".encode()).hexdigest()[:24]
     cache = TextCache(identity, d.cache_text_encoder_outputs_to_disk, d.cache_dir)
     todo: dict[tuple[str, str], tuple[str, int]] = {}
     for i in sorted(set(dataset.index)):
@@ -243,7 +244,7 @@ def fill_text_cache(dataset, d, ctx: CacheContext, batch_size: int = 8) -> TextC
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         with torch.no_grad():
-            cond = encode_prompts(ctx.is_sdxl, ctx.tokenizers, ctx.text_encoders, [c for _, c, _ in chunk],
+            cond = encode_prompts(ctx.family, ctx.tokenizers, ctx.text_encoders, [c for _, c, _ in chunk],
                                   ctx.clip_skip)
         for j, (key, caption, i) in enumerate(chunk):
             tensors = {"prompt_embeds": cond.prompt_embeds[j]}

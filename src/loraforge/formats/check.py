@@ -11,7 +11,6 @@ merge math) and from diffusers' own conversion code; no model is built beyond th
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import torch
 
 from ..adapters import AdapterModule, module_delta
 from ..errors import ShapeMismatchError, UnsupportedError
-from ..models.family import folder_architecture
+from ..families import FAMILIES, FAMILY_NAMES
+from ..families.detect import folder_architecture
 from ..models.tiny import tiny_model_dir
 from ..utils.tensors import nonfinite_tensors
 from .consumers import a1111, comfyui, diffusers_rules
@@ -36,8 +36,9 @@ from .consumers.keys import (
     group_modules,
     lora_pair,
 )
-from .consumers.tables import FAMILIES, family_of, model_tables_key
+from .consumers.tables import family_of, model_tables_key
 from .file_kind import require_kind
+from .lora_family import detect_family, metadata_family
 from .lora_file import detect_tiny_model, read_tensors
 
 CONSUMERS = ("comfyui", "a1111", "diffusers")
@@ -151,55 +152,6 @@ def adapters_in_names(modules: dict[str, str]) -> str:
     for kind in modules.values():
         counts[kind] = counts.get(kind, 0) + 1
     return ", ".join(f"{ADAPTER_LABELS.get(k, k)} {n}" for k, n in sorted(counts.items()))
-
-
-# ------------------------------------------------------------------------------------------------- family detection
-def _in_width(t) -> int | None:
-    shape = delta_shape(t)
-    return shape[1] if shape else None
-
-
-def detect_family(sd, metadata: dict | None = None) -> tuple[str, str]:
-    """(family, evidence): cross-attention / text-encoder widths first, then key names, then metadata, else SD 1.x."""
-    modules = group_modules(sd)
-    names = list(modules)
-    for name, m in modules.items():
-        if re.search(r"attn2_to_[kv]$", name):
-            width = _in_width(m.tensors)
-            found = {768: "sd15", 1024: "sd2", 2048: "sdxl"}.get(width)
-            if found:
-                return found, f"cross-attention input width {width} ({name})"
-    for name, m in modules.items():
-        if name.startswith("lora_te_") and name.endswith(("q_proj", "k_proj", "v_proj", "mlp_fc1", "out_proj")):
-            width = _in_width(m.tensors)
-            if width in (768, 1024):
-                return ("sd15" if width == 768 else "sd2"), f"text-encoder width {width} ({name})"
-    if any(n.startswith(("lora_te1_", "lora_te2_")) for n in names):
-        return "sdxl", "lora_te1_/lora_te2_ prefixes"
-    if any("resblocks" in n for n in names):
-        return "sd2", "OpenCLIP module names"
-    sgm = [n for n in names if re.search(r"input_blocks_7_1|label_emb|transformer_blocks_[1-9]", n)]
-    if sgm:
-        return "sdxl", f"SDXL-only block names ({sgm[0]})"
-    meta = metadata or {}
-    if str(meta.get("ss_base_model_version", "")).startswith("sdxl") or "-xl-" in str(
-        meta.get("modelspec.architecture", "")
-    ):
-        return "sdxl", "metadata"
-    if str(meta.get("ss_v2", "")) == "True" or "-v2-" in str(meta.get("modelspec.architecture", "")):
-        return "sd2", "metadata"
-    return "sd15", "default (no SD 2.x / SDXL evidence)"
-
-
-def _metadata_family(metadata: dict | None) -> str | None:
-    meta = metadata or {}
-    if str(meta.get("ss_base_model_version", "")).startswith("sdxl"):
-        return "sdxl"
-    if str(meta.get("ss_v2", "")) == "True":
-        return "sd2"
-    if meta.get("ss_base_model_version") or "ss_v2" in meta:
-        return "sd15"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------- checks
@@ -410,12 +362,12 @@ def check_state_dict(
         evidence = evidence.replace(" of the embedded tiny model", "") + ", checked against the embedded tiny model"
     elif family is None:
         family, evidence = detect_family(sd, metadata)
-        claimed = _metadata_family(metadata)
+        claimed = metadata_family(metadata)
         if claimed and claimed != family and evidence != "metadata":
             issues.append(Issue("warning", "family-metadata", f"metadata says {claimed}, keys say {family}"))
     else:
         if family not in FAMILIES:
-            raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+            raise ValueError(f"unknown family {family!r}; expected one of {FAMILY_NAMES}")
         evidence = "given"
     tables = family
     if unet_config is not None:

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from ..errors import UnsupportedError
+from ..families import DIFFUSERS_PREFIXES, family as family_info
 from ..utils.files import TEMP_MARK, atomic_path
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-_PREFIX = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 
 
 def _most_common(values):
@@ -60,18 +60,16 @@ def peft_layers(modules: dict, part: str, dtype: torch.dtype | None) -> tuple[di
 
 def save_diffusers_lora(network, family: str, target: Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write the network (LoRA or LoCon without Tucker) to `target` (a .safetensors path) atomically."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     modules = network.module_tensors()
     kwargs = {}
     for part in network.parts:
         layers, config = peft_layers(modules, part, dtype)
-        prefix = _PREFIX[part]
+        prefix = DIFFUSERS_PREFIXES[part]
         # PEFT spelling (`lora_A` / `lora_B`) for every module: diffusers' PEFT -> "lora.down" renaming only knows
         # attention projections, and a file mixing both spellings loses the renamed ones on load
         kwargs[f"{prefix}_lora_layers"] = layers
         kwargs[f"{prefix}_lora_adapter_metadata"] = config
-    pipe_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipe_cls = family_info(family).pipeline_class()
     target = Path(target)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}{TEMP_MARK}diffusers-") as tmp:
         pipe_cls.save_lora_weights(tmp, weight_name=WEIGHT_NAME, **kwargs)

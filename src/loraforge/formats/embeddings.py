@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from ..errors import FamilyMismatchError, NonFiniteTensorError, PickleRefusedError, UnsupportedError
-from ..utils.files import open_safetensors, save_safetensors_atomic
+from ..families import FAMILIES, family
+from ..utils.files import PICKLE_SUFFIXES, open_safetensors, save_safetensors_atomic
 from .file_kind import require_kind
 
-SDXL_KEYS = ("clip_l", "clip_g")
-SD_KEY = "emb_params"
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SD_KEY = "emb_params"  # the one tensor of a single-encoder file (kohya)
+# the layouts of several encoders, one tensor per encoder (SDXL: clip_l, clip_g)
+MULTI_KEYS = tuple({f.embedding_keys for f in FAMILIES.values() if len(f.embedding_keys) > 1})
 
 EMBEDDINGS_SUFFIX = "_emb"  # a run's embeddings file: <output_name>_emb.safetensors (A1111's trigger: its file name)
 
@@ -29,8 +30,9 @@ def embeddings_file_name(output_name: str) -> str:
     return f"{output_name}{EMBEDDINGS_SUFFIX}.safetensors"
 
 
-def embedding_keys(family: str) -> tuple[str, ...]:
-    return SDXL_KEYS if family == "sdxl" else (SD_KEY,)
+def embedding_keys(name: str) -> tuple[str, ...]:
+    keys = family(name).embedding_keys
+    return keys if len(keys) > 1 else (SD_KEY,)
 
 
 def save_embeddings(
@@ -83,8 +85,9 @@ def _vectors(path: Path, data: dict) -> dict[str, torch.Tensor]:
         if len(params) != 1:
             raise UnsupportedError(f"{path}: A1111 embedding with {len(params)} terms; exactly one is supported")
         return {"clip_l": _2d(next(iter(params.values())))}
-    if all(k in data for k in SDXL_KEYS):
-        return {k: _2d(data[k]) for k in SDXL_KEYS}
+    for keys in MULTI_KEYS:
+        if all(k in data for k in keys):
+            return {k: _2d(data[k]) for k in keys}
     if SD_KEY in data:
         return {"clip_l": _2d(data[SD_KEY])}
     tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]

@@ -37,7 +37,7 @@ def kohya_module_name(
     if part == "unet":
         path = module_path
         if naming == "ldm" or (naming == "auto" and family == "sdxl"):
-            from .ldm import unet_module_to_original
+            from ..families.ldm import unet_module_to_original
 
             path = unet_module_to_original(module_path, unet_config)
         return "lora_unet_" + path.replace(".", "_")

@@ -38,15 +38,15 @@ from ..errors import (
     ShapeMismatchError,
     UnsupportedError,
 )
-from ..utils.files import open_safetensors
+from ..families import BASE_MODEL_KEY, FAMILY_LABELS, tiny_family
+from ..utils.files import PICKLE_SUFFIXES, open_safetensors
 from ..utils.tensors import describe_nonfinite, nonfinite_tensors
+from .lora_family import detect_lora_family
 from .lora_keys import DOWN, group_keys
-from .metadata import BASE_MODEL_KEY, tiny_family
-from .model_tree import FAMILY_LABELS, ModelTree
+from .model_tree import ModelTree
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth", ".ckpt")
 SUPPORTED_KINDS = ("lora", "locon_tucker", "loha", "lokr", "full")
 PART_LABELS = {"unet": "UNet", "te1": "text encoder 1", "te2": "text encoder 2"}
 
@@ -214,20 +214,6 @@ def _peft_alphas(metadata: dict):
         return value
 
     return alpha
-
-
-def detect_lora_family(sd: dict, metadata: dict | None = None) -> tuple[str, str]:
-    """(family, evidence) of a LoRA state dict in any layout (`formats.check.detect_family` for kohya names)."""
-    from .check import detect_family
-
-    if any(k.startswith("text_encoder_2.") for k in sd):
-        return "sdxl", "text_encoder_2 keys"
-    widths = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
-    for key, value in sd.items():
-        if re.search(r"attn2\.(processor\.)?to_[kv](\.lora_A|\.lora\.down|_lora\.down)", key) and value.dim() >= 2:
-            if value.shape[1] in widths:
-                return widths[value.shape[1]], f"cross-attention input width {value.shape[1]} ({key})"
-    return detect_family(sd, metadata)
 
 
 # cross-attention input width of the embedded tiny models (`models.tiny`): no full-size model has these

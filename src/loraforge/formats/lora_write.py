@@ -15,8 +15,8 @@ import torch
 
 from ..adapters import AdapterModule
 from ..errors import UnsupportedError
+from ..families import DIFFUSERS_PREFIXES
 from .diffusers_lora import peft_layers
-from .model_tree import DIFFUSERS_PREFIXES
 
 ADAPTER_METADATA = "lora_adapter_metadata"
 

@@ -10,28 +10,17 @@ from io import BytesIO
 
 import torch
 
-BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-ARCHITECTURE = {
-    "sd15": "stable-diffusion-v1",
-    "sd2": "stable-diffusion-v2-768-v",
-    "sdxl": "stable-diffusion-xl-v1-base",
-}
+from ..families import BASE_MODEL_KEY, tiny_base_model
+from ..families import family as family_info
+
 NETWORK_MODULE = {"lora": "networks.lora", "locon": "networks.lora"}  # the rest: lycoris.kohya
-# Which model a file was made from, when that is loraforge's embedded tiny model of a family ("tiny-sd15"): the tools
-# then resolve and check the file against the tiny architecture instead of the full-size one. Written in LoRA files
-# trained on a tiny model and in single files saved from one; kept by the tools that rewrite a LoRA.
-BASE_MODEL_KEY = "loraforge_base_model"
 
 
-def tiny_base_model(family: str) -> str:
-    return f"tiny-{family}"
-
-
-def tiny_family(metadata: dict | None) -> str | None:
-    """The family of the embedded tiny model a file says it was made from, or None."""
-    value = str((metadata or {}).get(BASE_MODEL_KEY, ""))
-    family = value.removeprefix("tiny-")
-    return family if value.startswith("tiny-") and family in BASE_MODEL_VERSION else None
+def family_metadata(name: str) -> dict[str, str]:
+    """The header keys A1111, ComfyUI managers and Civitai read the base model from."""
+    fam = family_info(name)
+    return {"ss_base_model_version": fam.base_model_version, "ss_v2": str(fam.kohya_v2),
+            "modelspec.architecture": f"{fam.modelspec_architecture}/lora"}
 
 
 def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
@@ -56,6 +45,7 @@ def training_metadata(
     `network_module` / `network_args` are what sd-scripts would be given to build the same network
     (`networks.lora` for LoRA and plain LoCon, `lycoris.kohya` with `algo=...` otherwise; values as strings)."""
     res = run.get("resolution")
+    base = family_metadata(family)
     meta = {
         "ss_session_id": str(run.get("session_id", "")),
         "ss_training_started_at": str(run.get("started_at", time.time())),
@@ -85,8 +75,8 @@ def training_metadata(
         "ss_network_dropout": str(cfg.network.dropout),
         "ss_network_args": json.dumps(network_args or {}),
         "ss_mixed_precision": str(run.get("mixed_precision", cfg.training.mixed_precision)),
-        "ss_v2": str(family == "sd2"),
-        "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_v2": base["ss_v2"],
+        "ss_base_model_version": base["ss_base_model_version"],
         "ss_sd_model_name": str(run.get("model_name", "")),
         "ss_resolution": f"({res}, {res})" if res else "",
         "ss_seed": str(cfg.training.seed),
@@ -96,8 +86,8 @@ def training_metadata(
         "ss_tag_frequency": json.dumps(run.get("tag_frequency", {})),
         "ss_training_comment": str(run.get("comment", "trained with loraforge")),
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": f"{ARCHITECTURE[family]}/lora",
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if family == "sdxl" else "diffusers",
+        "modelspec.architecture": base["modelspec.architecture"],
+        "modelspec.implementation": family_info(family).modelspec_implementation,
         "modelspec.title": cfg.output.output_name,
         "modelspec.resolution": f"{res}x{res}" if res else "",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),

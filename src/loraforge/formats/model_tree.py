@@ -2,7 +2,7 @@
 module paths with their weight shapes, and every name a LoRA file may give each module.
 
 Names per module: kohya names in diffusers spelling (`lora_unet_down_blocks_1_attentions_0_...`), in LDM / SGM
-spelling (`lora_unet_input_blocks_4_1_...`, derived from the UNet config by `formats.ldm`), SimpleTuner's `lycoris_`
+spelling (`lora_unet_input_blocks_4_1_...`, derived from the UNet config by `families.ldm`), SimpleTuner's `lycoris_`
 prefix, and the dotted diffusers / PEFT names (`unet.<path>`, `text_encoder.<path>`, `text_encoder_2.<path>`, with or
 without the `text_model.` level that transformers 5 dropped from `CLIPTextModel` but keeps in
 `CLIPTextModelWithProjection`). Built from a loaded model, a diffusers folder's configs (meta device), or the
@@ -19,15 +19,10 @@ from pathlib import Path
 import torch
 
 from ..errors import MissingKeyError
-
-FAMILY_LABELS = {"sd15": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-# diffusers part prefixes, and kohya prefixes each part answers to (ComfyUI maps lora_te_ onto SDXL's CLIP-L too)
-DIFFUSERS_PREFIXES = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
-KOHYA_TE_PREFIXES = {
-    "sd15": {"te1": ("lora_te", "lora_te1")},
-    "sd2": {"te1": ("lora_te", "lora_te1")},
-    "sdxl": {"te1": ("lora_te1", "lora_te"), "te2": ("lora_te2",)},
-}
+from ..families import family, full_size_config
+from ..families.detect import detect_family_from_folder
+from ..families.ldm import unet_module_to_original
+from .consumers.tables import family_tables
 
 
 @dataclass
@@ -53,20 +48,15 @@ class ModelTree:
         return cls.from_components(model.family.name, model.unet, model.text_encoders)
 
     @classmethod
-    def for_family(cls, family: str) -> "ModelTree":
+    def for_family(cls, name: str) -> "ModelTree":
         """The full-size model of `family`, from the meta-device tables (no weights, about a second, cached)."""
-        from ..models.configs import full_size_config
-        from .consumers.tables import family_tables
-
-        if family not in FAMILY_LABELS:
-            raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILY_LABELS)}")
-        tables = family_tables(family).diffusers_modules
-        modules = {"unet": tables["unet"]}
-        if family == "sdxl":
-            modules.update(te1=tables["te1"], te2=tables["te2"])
-        else:
-            modules["te1"] = tables["te"]
-        return cls(family, full_size_config(family, "unet"), modules)
+        fam = family(name)
+        tables = dict(family_tables(name).diffusers_modules)
+        modules = {"unet": tables.pop("unet")}
+        # the consumer tables name the encoders their own way ("te" / "te1", "te2"), in the family's order
+        for te, role in zip(fam.text_encoders, tables):
+            modules[te.part] = tables[role]
+        return cls(name, full_size_config(name, "unet"), modules)
 
     @classmethod
     def from_folder(cls, folder) -> "ModelTree":
@@ -75,21 +65,19 @@ class ModelTree:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-        from ..models.family import detect_family_from_folder
-
         folder = Path(folder)
-        family = detect_family_from_folder(folder)
-        if family is None:
+        name = detect_family_from_folder(folder)
+        if name is None:
             raise MissingKeyError(f"{folder} is not a diffusers Stable Diffusion folder (no unet/config.json)")
         unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
         tes = []
         with init_empty_weights():
             unet = UNet2DConditionModel.from_config(unet_cfg)
-            for sub in ("text_encoder", "text_encoder_2")[: 2 if family == "sdxl" else 1]:
-                cfg = CLIPTextConfig.from_pretrained(str(folder / sub))
+            for te in family(name).text_encoders:
+                cfg = CLIPTextConfig.from_pretrained(str(folder / te.diffusers))
                 with_projection = "CLIPTextModelWithProjection" in (cfg.architectures or [])
                 tes.append((CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg))
-        return cls.from_components(family, unet, tes)
+        return cls.from_components(name, unet, tes)
 
     def name_index(self) -> dict[str, tuple[str, str] | None]:
         """Every name a file may give a module (kohya in diffusers / LDM / SGM spelling, diffusers dotted) ->
@@ -118,8 +106,6 @@ def _module_shapes(model) -> dict[str, tuple | None]:
 
 
 def _build_index(tree: ModelTree) -> dict[str, tuple[str, str] | None]:
-    from .ldm import unet_module_to_original
-
     index: dict[str, tuple[str, str] | None] = {}
 
     def add(key: str, target: tuple[str, str]) -> None:
@@ -140,8 +126,8 @@ def _build_index(tree: ModelTree) -> dict[str, tuple[str, str] | None]:
         except KeyError:
             continue
         add("lora_unet_" + ldm.replace(".", "_"), target)
-    for part, prefixes in KOHYA_TE_PREFIXES[tree.family].items():
-        dotted = DIFFUSERS_PREFIXES[part]
+    for te in family(tree.family).text_encoders:
+        part, prefixes, dotted = te.part, te.kohya_prefixes, te.diffusers
         for path, shape in tree.modules.get(part, {}).items():
             if shape is None or not path:
                 continue

@@ -3,7 +3,7 @@ read back by the one model loader, `loraforge.models.loading.load_model` (diffus
 config folder, no hub access).
 
 Why we write this ourselves: diffusers only converts original -> diffusers (`from_single_file`); the reverse scripts are
-not part of the package (see `loraforge.formats.ldm`). Prefixes written:
+not part of the package (see `loraforge.families.ldm`). Prefixes written:
 
 * UNet `model.diffusion_model.*`, VAE `first_stage_model.*` (all families);
 * SD 1.x: `cond_stage_model.transformer.text_model.*` (CLIP-L, HF layout);
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import FamilyMismatchError, OutputExistsError, ToolError, UnsupportedError
-from . import ldm
+from ..families import ldm
 
 FAMILY_TEXT_ENCODERS = {"sd15": 1, "sd2": 1, "sdxl": 2}
 

@@ -17,12 +17,14 @@ from typing import Any
 
 from ..config.model import ModelConfig
 from ..errors import ModelLoadError
-from ..utils.files import open_safetensors
-from .family import FamilyInfo, detect_family_from_folder, family_from_single_file_type, family_info
+from ..families import Family, family, tiny_family
+from ..families.detect import detect_family_from_folder, family_from_single_file_type
+from ..utils.files import PICKLE_SUFFIXES, open_safetensors
+from .configs import config_folder
+from .tiny import tiny_model_dir
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 TINY_PROBE_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 TINY_UNET_CHANNELS = 32  # block_out_channels[0] of every embedded tiny model (`models.tiny`)
 
@@ -31,7 +33,7 @@ TINY_UNET_CHANNELS = 32  # block_out_channels[0] of every embedded tiny model (`
 
 @dataclass
 class SDModel:
-    family: FamilyInfo
+    family: Family
     source: str
     unet: Any
     vae: Any
@@ -50,30 +52,10 @@ class SDModel:
 
     def pipeline(self, scheduler=None):
         """A diffusers pipeline over these very modules (LoRA layers included)."""
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        sched = scheduler if scheduler is not None else self.scheduler
-        if self.family.is_sdxl:
-            return StableDiffusionXLPipeline(
-                vae=self.vae,
-                text_encoder=self.text_encoders[0],
-                text_encoder_2=self.text_encoders[1],
-                tokenizer=self.tokenizers[0],
-                tokenizer_2=self.tokenizers[1],
-                unet=self.unet,
-                scheduler=sched,
-                add_watermarker=False,
-            )
-        return StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoders[0],
-            tokenizer=self.tokenizers[0],
-            unet=self.unet,
-            scheduler=sched,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        components = {"vae": self.vae, "unet": self.unet, "scheduler": scheduler if scheduler is not None else self.scheduler}
+        for te, encoder, tokenizer in zip(self.family.text_encoders, self.text_encoders, self.tokenizers):
+            components[te.diffusers], components[te.tokenizer] = encoder, tokenizer
+        return self.family.pipeline_class()(**components, **self.family.pipeline_kwargs)
 
 
 class _LazyCheckpoint(Mapping):
@@ -109,18 +91,6 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _pipeline_kwargs(family: str) -> dict:
-    if family == "sdxl":
-        return {"add_watermarker": False}
-    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-
-
-def _pipeline_class(family: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-
-
 def _read_checkpoint(path: Path) -> Mapping:
     if path.suffix.lower() == ".safetensors":
         return _LazyCheckpoint(path)
@@ -154,8 +124,6 @@ def tiny_single_file(ckpt: Mapping) -> str | None:
     """The family when a single-file checkpoint holds one of loraforge's embedded tiny models (its `loraforge_base_model`
     metadata, else the tiny UNet's 32-channel input convolution: full-size models have 320), else None. Such a file
     is loaded with the tiny model's configs, so it needs no `config_dir`."""
-    from ..formats.metadata import tiny_family
-
     meta_family = tiny_family(getattr(ckpt, "metadata", None))
     if meta_family:
         return meta_family
@@ -251,46 +219,42 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
     load_kw: dict[str, Any] = {}
     if dtype is not None:
         load_kw["torch_dtype"] = dtype
-    family, is_tiny = detect_model_family(cfg)
+    family_name, is_tiny = detect_model_family(cfg)
+    fam = family(family_name)
+    pipeline_class = fam.pipeline_class()
     if is_tiny:
-        from .tiny import tiny_model_dir
-
-        folder = tiny_model_dir(family)
-        pipe = _pipeline_class(family).from_pretrained(str(folder), local_files_only=True, **load_kw)
-        source = f"embedded tiny {family_info(family).label} model ({folder})"
+        folder = tiny_model_dir(family_name)
+        pipe = pipeline_class.from_pretrained(str(folder), local_files_only=True, **load_kw)
+        source = f"embedded tiny {fam.label} model ({folder})"
     else:
         path = Path(name).expanduser()
         if path.is_dir():
-            pipe = _pipeline_class(family).from_pretrained(
-                str(path), local_files_only=True, variant=cfg.variant, **_pipeline_kwargs(family), **load_kw
+            pipe = pipeline_class.from_pretrained(
+                str(path), local_files_only=True, variant=cfg.variant, **fam.pipeline_kwargs, **load_kw
             )
             source = str(path)
         elif path.is_file():
             config_dir = Path(cfg.config_dir) if cfg.config_dir else None
             is_safetensors = path.suffix.lower() == ".safetensors"  # (a pickle is not read twice)
-            if config_dir is None and is_safetensors and tiny_single_file(_read_checkpoint(path)) == family:
-                from .tiny import tiny_model_dir
-
-                config_dir = tiny_model_dir(family)  # a file of an embedded tiny model: its own configs
+            if config_dir is None and is_safetensors and tiny_single_file(_read_checkpoint(path)) == family_name:
+                config_dir = tiny_model_dir(family_name)  # a file of an embedded tiny model: its own configs
             elif config_dir is None:
-                from .configs import config_folder
-
-                config_dir = config_folder(family)
+                config_dir = config_folder(family_name)
             try:
-                pipe = _pipeline_class(family).from_single_file(
-                    str(path), config=str(config_dir), local_files_only=True, **_pipeline_kwargs(family), **load_kw
+                pipe = pipeline_class.from_single_file(
+                    str(path), config=str(config_dir), local_files_only=True, **fam.pipeline_kwargs, **load_kw
                 )
             except (RuntimeError, ValueError, KeyError) as e:  # shapes or keys that do not fit the configs
                 raise ModelLoadError(
-                    f"{path}: its weights do not fit the {family_info(family).label} configs in {config_dir} "
+                    f"{path}: its weights do not fit the {fam.label} configs in {config_dir} "
                     f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); pass the diffusers folder that describes "
                     "this file as --config-dir (model.config_dir), or its family (--family / model.family)"
                 ) from None
             source = str(path)
         else:
             try:
-                pipe = _pipeline_class(family).from_pretrained(
-                    name, revision=cfg.revision, variant=cfg.variant, **_pipeline_kwargs(family), **load_kw
+                pipe = pipeline_class.from_pretrained(
+                    name, revision=cfg.revision, variant=cfg.variant, **fam.pipeline_kwargs, **load_kw
                 )
             except OSError as e:
                 raise ModelLoadError(f"could not load {name!r} from the hub: {str(e).splitlines()[0][:300]}") from None
@@ -300,9 +264,9 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
     prediction = cfg.prediction_type
     if prediction == "auto":
         prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
-    te = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
-    tok = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
-    return SDModel(family_info(family), source, pipe.unet, pipe.vae, te, tok, pipe.scheduler, prediction, is_tiny)
+    te = [getattr(pipe, part.diffusers) for part in fam.text_encoders]
+    tok = [getattr(pipe, part.tokenizer) for part in fam.text_encoders]
+    return SDModel(fam, source, pipe.unet, pipe.vae, te, tok, pipe.scheduler, prediction, is_tiny)
 
 
 def _load_vae(name: str, cfg: ModelConfig, load_kw: dict):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..families import Family
+
 
 @dataclass
 class Conditioning:
@@ -33,16 +35,15 @@ def _final_layer_norm(text_encoder):
     return inner.final_layer_norm
 
 
-def encode_tokens(
-    is_sdxl: bool, text_encoders: list, input_ids: list[torch.Tensor], clip_skip: int | None = None
-) -> Conditioning:
-    """`input_ids[i]` are the tokens of `text_encoders[i]` (already on the encoder's device)."""
-    if not is_sdxl:
-        te = text_encoders[0]
-        if clip_skip is None:
-            return Conditioning(te(input_ids[0])[0])
-        out = te(input_ids[0], output_hidden_states=True)
-        return Conditioning(_final_layer_norm(te)(out.hidden_states[-(clip_skip + 1)]))
+def _clip_last(text_encoders: list, input_ids: list[torch.Tensor], clip_skip: int | None) -> Conditioning:
+    te = text_encoders[0]
+    if clip_skip is None:
+        return Conditioning(te(input_ids[0])[0])
+    out = te(input_ids[0], output_hidden_states=True)
+    return Conditioning(_final_layer_norm(te)(out.hidden_states[-(clip_skip + 1)]))
+
+
+def _clip_penultimate_pooled(text_encoders: list, input_ids: list[torch.Tensor], clip_skip: int | None) -> Conditioning:
     embeds, pooled = [], None
     for te, ids in zip(text_encoders, input_ids):
         out = te(ids, output_hidden_states=True)
@@ -53,11 +54,22 @@ def encode_tokens(
     return Conditioning(torch.cat(embeds, dim=-1), pooled)
 
 
+ENCODERS = {"clip-last": _clip_last, "clip-penultimate-pooled": _clip_penultimate_pooled}  # Family.text_conditioning
+
+
+def encode_tokens(
+    family: Family, text_encoders: list, input_ids: list[torch.Tensor], clip_skip: int | None = None
+) -> Conditioning:
+    """`input_ids[i]` are the tokens of `text_encoders[i]` (already on the encoder's device), conditioned the way
+    `family` conditions its UNet."""
+    return ENCODERS[family.text_conditioning](text_encoders, input_ids, clip_skip)
+
+
 def encode_prompts(
-    is_sdxl: bool, tokenizers: list, text_encoders: list, captions: list[str], clip_skip: int | None = None
+    family: Family, tokenizers: list, text_encoders: list, captions: list[str], clip_skip: int | None = None
 ) -> Conditioning:
     ids = [tokenize(tok, captions).to(te.device) for tok, te in zip(tokenizers, text_encoders)]
-    return encode_tokens(is_sdxl, text_encoders, ids, clip_skip)
+    return encode_tokens(family, text_encoders, ids, clip_skip)
 
 
 def sdxl_time_ids(

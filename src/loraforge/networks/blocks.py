@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from ..families import family as family_info
+from ..families.ldm import unet_module_to_original
 
 _INPUT = re.compile(r"^input_blocks\.(\d+)\.")
 _MIDDLE = re.compile(r"^middle_block\.(\d+)\.")
@@ -24,7 +26,7 @@ _OUTPUT = re.compile(r"^output_blocks\.(\d+)\.")
 def block_index(family: str, original_path: str) -> int | None:
     """Block number of a UNet module given its original (LDM/SGM) path, or None when it has no block slot."""
     path = original_path + "."
-    sdxl = family == "sdxl"
+    sdxl = family_info(family).block_layout == "sgm"
     if m := _INPUT.match(path):
         return int(m[1]) + (1 if sdxl else 0)
     if m := _MIDDLE.match(path):
@@ -40,7 +42,7 @@ def block_index(family: str, original_path: str) -> int | None:
 
 def block_label(family: str, index: int) -> str:
     """Human name of a block number: IN04, MID, OUT11 (SD 1.x); EMB, IN03, MID1, OUT08, OUT (SDXL)."""
-    if family == "sdxl":
+    if family_info(family).block_layout == "sgm":
         if index == 0:
             return "EMB"
         if index <= 9:
@@ -59,8 +61,6 @@ def block_label(family: str, index: int) -> str:
 
 def unet_block_indices(unet_config, family: str, paths) -> dict[str, int | None]:
     """diffusers UNet module path -> block number (None: no block slot)."""
-    from ..formats.ldm import unet_module_to_original
-
     out = {}
     for path in paths:
         try:

@@ -49,8 +49,6 @@ def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_ski
 
     from ..models.text import encode_tokens, tokenize  # lazy, like torch: models.text imports torch
 
-    xl = model.family.is_sdxl
-
     def encode(text: str):
         ids = []
         for tok, te in zip(model.tokenizers, model.text_encoders):
@@ -59,16 +57,16 @@ def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_ski
             else:
                 text_for_tok = text
             ids.append(tokenize(tok, [text_for_tok]).to(te.device))
-        return encode_tokens(xl, model.text_encoders, ids, clip_skip)
+        return encode_tokens(model.family, model.text_encoders, ids, clip_skip)
 
     with torch.no_grad():
         cond = encode(prompt)
-        if xl and not negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
+        if cond.pooled is not None and not negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
             neg = type(cond)(torch.zeros_like(cond.prompt_embeds), torch.zeros_like(cond.pooled))
         else:
             neg = encode(negative_prompt or "")
     kwargs = {"prompt_embeds": cond.prompt_embeds, "negative_prompt_embeds": neg.prompt_embeds}
-    if xl:
+    if cond.pooled is not None:
         kwargs.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=neg.pooled)
     return kwargs
 
@@ -77,12 +75,8 @@ def make_pipeline(model, sampler: str, img2img: bool = False, progress: bool = F
     """A pipeline over the model's modules with the sampler's scheduler; img2img's pipeline class when asked."""
     pipe = model.pipeline(scheduler=make_scheduler(sampler, model.scheduler.config, model.prediction_type))
     if img2img:
-        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
-
-        if model.family.is_sdxl:
-            pipe = StableDiffusionXLImg2ImgPipeline(**pipe.components, add_watermarker=False)
-        else:
-            pipe = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+        family = model.family
+        pipe = family.pipeline_class(img2img=True)(**{**pipe.components, **family.pipeline_kwargs})
     pipe.set_progress_bar_config(disable=not progress)
     return pipe
 

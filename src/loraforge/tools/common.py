@@ -13,6 +13,7 @@ from ..errors import OutputExistsError, OutputNotWritableError, ToolError
 from ..formats.diffusers_lora import WEIGHT_NAME as DIFFUSERS_WEIGHT_NAME
 from ..formats.embeddings import EMBEDDINGS_SUFFIX
 from ..formats.file_kind import require_kind
+from ..formats.metadata import family_metadata
 
 log = logging.getLogger("loraforge.tools")
 
@@ -159,14 +160,6 @@ def lora_metadata(source_meta: dict | None, family: str, **extra) -> dict[str, s
     for k, v in extra.items():
         meta[f"loraforge_{k}"] = str(v)
     return meta
-
-
-def family_metadata(family: str) -> dict[str, str]:
-    """The header keys A1111, ComfyUI managers and Civitai read the base model from."""
-    from ..formats.metadata import ARCHITECTURE, BASE_MODEL_VERSION
-
-    return {"ss_base_model_version": BASE_MODEL_VERSION[family], "ss_v2": str(family == "sd2"),
-            "modelspec.architecture": f"{ARCHITECTURE[family]}/lora"}
 
 
 def find_lora_file(path) -> Path:

@@ -21,9 +21,9 @@ import torch
 
 from ..errors import InputNotFoundError, PickleRefusedError, ToolError, UnsupportedError
 from ..formats.kohya import kohya_state_dict
-from ..formats.lora_file import PICKLE_SUFFIXES, bind, read_lora_state_dict, read_tensors
+from ..formats.lora_file import bind, read_lora_state_dict, read_tensors
 from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict
-from ..utils.files import atomic_path, open_safetensors, save_safetensors_atomic
+from ..utils.files import PICKLE_SUFFIXES, atomic_path, open_safetensors, save_safetensors_atomic
 from .common import check_output, family_metadata, load_sd_model, model_tree
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"

@@ -17,8 +17,8 @@ from pathlib import Path
 from ..adapters import ADAPTER_LABELS
 from ..errors import InputNotFoundError
 from ..formats.check import check_state_dict
-from ..formats.lora_file import PART_LABELS, PICKLE_SUFFIXES, read_lora_state_dict
-from ..utils.files import open_safetensors
+from ..formats.lora_file import PART_LABELS, read_lora_state_dict
+from ..utils.files import PICKLE_SUFFIXES, open_safetensors
 from ..utils.tensors import describe_nonfinite
 
 SHOWN_METADATA = (
@@ -144,7 +144,7 @@ def _inspect_lora(path: Path, sd: dict, metadata: dict) -> InspectReport:
 
 
 def _inspect_checkpoint(path: Path, sd: dict) -> InspectReport:
-    from ..models.family import family_from_single_file_type
+    from ..families.detect import family_from_single_file_type
 
     try:
         from diffusers.loaders.single_file_utils import infer_diffusers_model_type
@@ -175,7 +175,7 @@ def _inspect_embedding(path: Path, sd: dict) -> InspectReport:
 
 
 def _inspect_folder(path: Path) -> InspectReport:
-    from ..models.family import detect_family_from_folder
+    from ..families.detect import detect_family_from_folder
 
     lines = ["kind: diffusers model folder", f"family: {detect_family_from_folder(path) or 'unknown'}"]
     for sub in sorted(p for p in path.iterdir() if p.is_dir()):

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from ..errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
-from ..formats.metadata import BASE_MODEL_KEY, tiny_base_model
+from ..families import BASE_MODEL_KEY, tiny_base_model
 from ..formats.single_file import save_single_file
 from ..utils.files import atomic_dir, open_safetensors, save_safetensors_atomic
 from .common import LoraSpec, apply_lora_files, check_output, load_sd_model

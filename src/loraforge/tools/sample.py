@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import FamilyMismatchError, InputNotFoundError, ShapeMismatchError, ToolError
+from ..families import FAMILIES
 from ..formats.embeddings import load_embeddings
 from ..sampling.generate import SampleRequest, expand_requests, generate, save_png
 from ..sampling.prompts import PromptFileError, read_prompt_file
@@ -35,12 +36,13 @@ def load_embedding(model, spec: EmbeddingSpec, allow_pickle: bool = False) -> No
     """Add the embedding's vectors to the tokenizers and text encoders under its trigger token (several vectors:
     `tok`, `tok_1`, ...; the pipelines expand `tok` in prompts)."""
     vectors = load_embeddings(spec.path, allow_pickle=allow_pickle)
-    sdxl = model.family.is_sdxl
-    if sdxl != ("clip_g" in vectors):
-        kind = "an SDXL" if "clip_g" in vectors else "an SD 1.x/2.x"
-        raise FamilyMismatchError(f"{spec.path} is {kind} embedding; the model is {model.family.label}")
+    keys = model.family.embedding_keys
+    if set(vectors) != set(keys):
+        kind = next((f.label for f in FAMILIES.values() if set(f.embedding_keys) == set(vectors)), "another family's")
+        raise FamilyMismatchError(f"{spec.path} is an {kind} embedding ({', '.join(sorted(vectors))}); the model is "
+                                  f"{model.family.label} ({', '.join(keys)})")
     pipe = model.pipeline()
-    for key, te, tok in zip(("clip_l", "clip_g"), model.text_encoders, model.tokenizers):
+    for key, te, tok in zip(keys, model.text_encoders, model.tokenizers):
         v = vectors[key]
         width = te.get_input_embeddings().weight.shape[1]
         if v.shape[1] != width:
@@ -156,7 +158,7 @@ def open_image(path) -> "Image.Image":
 
 def default_size(model, init_image=None) -> tuple[int, int]:
     """The init image's size (rounded down to multiples of 8), else the model's native resolution."""
-    from ..models.family import TINY_RESOLUTION
+    from ..families import TINY_RESOLUTION
 
     if init_image is not None:
         w, h = init_image.size

@@ -13,12 +13,9 @@ import torch
 
 from ..config.optimizer import OptimizerConfig
 from ..errors import OptimizerSetupError
+from ..families import DIFFUSERS_PREFIXES
 
 log = logging.getLogger(__name__)
-
-PART_LABELS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
-
-
 
 
 def param_groups(network, cfg: OptimizerConfig, embeddings: list[torch.nn.Parameter] | None = None) -> list[dict]:
@@ -38,7 +35,7 @@ def param_groups(network, cfg: OptimizerConfig, embeddings: list[torch.nn.Parame
         for group in network.param_groups(part):
             if not group.params or group.lr_scale == 0:
                 continue
-            name = PART_LABELS[part] + (f"_{group.name}" if group.name else "")
+            name = DIFFUSERS_PREFIXES[part] + (f"_{group.name}" if group.name else "")  # "text_encoder_2_..."
             groups.append({"params": group.params, "lr": base * group.lr_scale, "name": name,
                            "weight_decay": cfg.adam_weight_decay if is_unet else te_decay})
     if embeddings:

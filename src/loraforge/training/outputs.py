@@ -16,13 +16,13 @@ from ..formats.diffusers_lora import WEIGHT_NAME, save_diffusers_lora
 from ..formats.embeddings import embedding_keys, embeddings_file_name, save_embeddings
 from ..formats.kohya import kohya_state_dict
 from ..formats.metadata import model_hashes, training_metadata
+from ..utils.dtypes import torch_dtype
 from ..utils.files import save_safetensors_atomic
 from ..utils.tensors import describe_nonfinite, nonfinite_tensors
 from .nonfinite import FIXES
 
 log = logging.getLogger(__name__)
 
-SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -37,7 +37,7 @@ class WrittenFiles:
 def write_lora_files(
     cfg, network, model, run_info: dict, folder: Path, kohya_name: str, pivotal=None
 ) -> WrittenFiles:
-    dtype = SAVE_DTYPES[cfg.output.save_precision]
+    dtype = torch_dtype(cfg.output.save_precision)
     family = model.family.name
     out = WrittenFiles()
     sd = kohya_state_dict(network.module_tensors().values(), family, dict(model.unet.config), dtype=dtype)

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig
 from ..data.build import TrainData, build_train_data
 from ..data.sources import list_images
-from ..models.family import TINY_RESOLUTION, FamilyInfo, family_info
+from ..families import TINY_RESOLUTION, Family, family
 from ..models.loading import detect_model_family
 from .optim import warmup_steps
 from .pivotal import PivotalTuning
@@ -20,7 +20,7 @@ from .pivotal import PivotalTuning
 
 @dataclass(frozen=True)
 class RunPlan:
-    family: FamilyInfo
+    family: Family
     is_tiny: bool  # the embedded tiny model
     resolution: int
     num_train_images: int  # instance / training images (repeats not counted)
@@ -54,7 +54,7 @@ class RunPlan:
         return "\n".join(lines + self.notes)
 
 
-def run_resolution(cfg: TrainConfig, family: FamilyInfo, is_tiny: bool) -> int:
+def run_resolution(cfg: TrainConfig, family: Family, is_tiny: bool) -> int:
     """`dataset.resolution`, else 64 px for the embedded tiny models, else the family's native size."""
     return cfg.dataset.resolution or (TINY_RESOLUTION if is_tiny else family.resolution)
 
@@ -65,11 +65,11 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
     here (every image opened, as training does). Class images that prior preservation will generate before training
     are not there yet: the plan then counts without them and says so in `notes`."""
     if model is not None:
-        family, is_tiny = model.family, model.is_tiny
+        fam, is_tiny = model.family, model.is_tiny
     else:
         name, is_tiny = detect_model_family(cfg.model)
-        family = family_info(name)
-    resolution = run_resolution(cfg, family, is_tiny)
+        fam = family(name)
+    resolution = run_resolution(cfg, fam, is_tiny)
     notes: list[str] = []
     if data is None:
         data = _load_data(cfg, resolution, notes)
@@ -98,7 +98,7 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
         notes.append(f"optimizer.lr_warmup_steps = {warmup} is longer than the run ({max_steps} steps): the learning "
                      "rate never reaches optimizer.learning_rate")
     return RunPlan(
-        family=family, is_tiny=is_tiny, resolution=resolution, num_train_images=n_train,
+        family=fam, is_tiny=is_tiny, resolution=resolution, num_train_images=n_train,
         num_reg_images=data.run_info["num_reg_images"], batches_per_epoch=batches, num_processes=num_processes,
         steps_per_epoch=steps_per_epoch, max_steps=max_steps, num_epochs=math.ceil(max_steps / steps_per_epoch),
         warmup_steps=warmup, steps_from=steps_from, notes=notes,

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..config import TrainConfig, dump_config
 from ..errors import LoraforgeError, ModelLoadError, RunFolderError, TrainingError
+from ..families import TINY_RESOLUTION
 from ..formats.file_kind import kind_of_file, require_kind
-from ..models.family import TINY_RESOLUTION
+from ..utils.dtypes import torch_dtype
 from ..models.loading import _looks_like_path as looks_like_path  # the rule loading applies
 from ..sampling.prompts import read_prompt_file
 from ..sampling.run import base_request
@@ -31,7 +32,6 @@ LORA_PARAMS_PER_RANK = {  # family -> (UNet only, UNet + text encoders)
     "sdxl": (1_451_520, 1_852_928),
 }
 DISK_MARGIN = 1 << 30  # warn when less than the estimate plus 1 GiB is free
-_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 def run_folder(cfg: TrainConfig) -> Path:
@@ -158,9 +158,11 @@ def lora_size_estimate(cfg: TrainConfig, family: str | None) -> int:
     if cfg.model.pretrained_model_name_or_path is None:
         return 0  # the embedded tiny model: kilobytes
     fam = family or (cfg.model.family if cfg.model.family != "auto" else None)
-    fam = fam if fam in LORA_PARAMS_PER_RANK else "sdxl"  # unknown yet: the largest
-    params = cfg.network.rank * LORA_PARAMS_PER_RANK[fam][bool(cfg.network.train_text_encoder)]
-    one_file = params * _BYTES[cfg.output.save_precision]
+    te = bool(cfg.network.train_text_encoder)
+    per_rank = LORA_PARAMS_PER_RANK[fam][te] if fam in LORA_PARAMS_PER_RANK else max(  # unknown yet: the largest
+        sizes[te] for sizes in LORA_PARAMS_PER_RANK.values())
+    params = cfg.network.rank * per_rank
+    one_file = params * torch_dtype(cfg.output.save_precision).itemsize
     files = int(cfg.output.write_kohya) + int(cfg.output.write_diffusers)
     total = one_file * files
     if cfg.training.save_every_n_steps or cfg.training.save_every_n_epochs:

@@ -64,7 +64,7 @@ class LossStep:
     def encode_batch_text(self, captions: list[str]):
         m = self.model
         with torch.set_grad_enabled(self.text_needs_grad()):
-            return encode_prompts(m.family.is_sdxl, m.tokenizers, self.text_encoders, captions,
+            return encode_prompts(m.family, m.tokenizers, self.text_encoders, captions,
                                   self.training.clip_skip)
 
     def compute_loss(
@@ -92,7 +92,7 @@ class LossStep:
         else:
             cond = self.encode_batch_text(batch["captions"])
         added = None
-        if m.family.is_sdxl:
+        if m.family.size_conditioning:
             target_size = tuple(batch.get("target_size") or (self.resolution, self.resolution))  # the batch's bucket
             time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], target_size)
             added = {"text_embeds": cond.pooled.to(self.weight_dtype), "time_ids": time_ids.to(device, self.weight_dtype)}

@@ -22,6 +22,7 @@ from ..data.build import build_train_data
 from ..errors import RunFolderError, RunInterruptedError
 from ..models.loading import load_model
 from ..networks import create_network
+from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
 from .step import LossStep
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
@@ -121,7 +122,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.state.run_id = uuid.uuid4().hex  # kept by every checkpoint; a resume takes the checkpoint's
         self.mixed_precision = mp
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
+        self.weight_dtype = torch_dtype(mp)
         root = logging.getLogger("loraforge")
         self._saved_level = root.level
         if not self.accelerator.is_main_process:
@@ -174,7 +175,7 @@ class Trainer:
             return
         m, d = self.model, self.cfg.dataset
         ctx = CacheContext(vae=m.vae, vae_dtype=self.vae_dtype, device=self.accelerator.device,
-                           text_encoders=m.text_encoders, tokenizers=m.tokenizers, is_sdxl=m.family.is_sdxl,
+                           text_encoders=m.text_encoders, tokenizers=m.tokenizers, family=m.family,
                            clip_skip=self.cfg.training.clip_skip, vae_batch_size=d.vae_batch_size)
         self.cache_stats = self.data.fill_caches(ctx)
     # -----------------------------------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ from typing import Iterator
 
 from ..errors import InputNotFoundError, UnsupportedError
 
+# File types that hold pickles (unpickling can run code): read only with `allow_pickle`, and with torch's
+# weights_only mode then.
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pkl", ".pt", ".pth")
+
 
 def open_safetensors(path: str | Path):
     """`safetensors.safe_open(path)` (use it in a `with`), with a missing, truncated or foreign file reported as a

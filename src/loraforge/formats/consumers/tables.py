@@ -2,13 +2,14 @@
 LDM <-> diffusers UNet name derivation.
 
 An actual model (the tiny test models, a fine-tune with another depth) is described by its diffusers UNet config and
-text-encoder configs: `model_tables_key(family, unet_config, te_configs)` registers it and returns a key
-(`"sdxl@3f2a..."`) that every function below and the consumer models accept in place of a family name. ComfyUI's
+text-encoder configs: `model_tables_key(family, unet_config, te_configs)` returns it as a `ModelArchitecture`, which
+every function below and the consumer models accept in place of a family name. ComfyUI's
 `unet_config` is then derived from the diffusers config (`comfy_unet_config`), as ComfyUI derives it from the
 checkpoint it loads.
 
-The consumer models need the full-size weight names and shapes of each family, but never the weights. The tables are
-derived once per process from the real diffusers / transformers classes instantiated on the meta device (no memory,
+The consumer models need the full-size weight names and shapes of each family, but never the weights. The
+architectures are the family registry's (`loraforge.families`: a fact, not a consumer rule); the tables are derived
+once per process from the real diffusers / transformers classes instantiated on the meta device (no memory,
 about a second per family) and cached. Names are kept in three spellings:
 
 * diffusers / transformers names (what the trainer and diffusers' loader see),
@@ -29,10 +30,11 @@ import functools
 from dataclasses import dataclass, field
 
 from ...errors import FamilyMismatchError
+from ...families import FAMILY_NAMES as FAMILIES
+from ...families import ModelArchitecture
+from ...families import family as family_info
 
 Shape = tuple[int, ...]
-
-FAMILIES = ("sd15", "sd2", "sdxl")
 
 # ComfyUI-style unet_config per family (comfy/model_detection.py). transformer_depth: per input res block, in order;
 # transformer_depth_output: per output block, consumed from the END (the last entry belongs to output_blocks.0).
@@ -54,12 +56,6 @@ UNET_CONFIGS: dict[str, dict] = {
 }
 UNET_CONFIGS["sd2"] = dict(UNET_CONFIGS["sd15"])
 
-# Text encoders per family: (role, hidden, intermediate, layers in the diffusers model, heads, act, with projection)
-_TE_SPECS: dict[str, list[tuple[str, int, int, int, int, str, bool]]] = {
-    "sd15": [("te", 768, 3072, 12, 12, "quick_gelu", False)],
-    "sd2": [("te", 1024, 4096, 23, 16, "gelu", False)],
-    "sdxl": [("te1", 768, 3072, 12, 12, "quick_gelu", False), ("te2", 1280, 5120, 32, 20, "gelu", True)],
-}
 # The single-file checkpoints ComfyUI and A1111 load keep all 24 OpenCLIP-H layers (SD 2.x uses the penultimate one);
 # diffusers' SD 2.x text encoder drops the last one.
 CONSUMER_TE_LAYERS = {"sd15": {"te": 12}, "sd2": {"te": 24}, "sdxl": {"te1": 12, "te2": 32}}
@@ -182,50 +178,30 @@ class FamilyTables:
         return params
 
 
-def _unet_kwargs(family: str) -> dict:
-    if family == "sd15":
-        return dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    if family == "sd2":
-        return dict(
-            sample_size=96, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20], use_linear_projection=True
-        )
-    if family == "sdxl":
-        return dict(
-            sample_size=128,
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=[1, 2, 10],
-            attention_head_dim=[5, 10, 20],
-            cross_attention_dim=2048,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        )
-    raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+def _te_roles(family: str) -> list[str]:
+    """The consumers' names of a family's text encoders: "te" for the only one, else "te1", "te2"."""
+    parts = [te.part for te in family_info(family).text_encoders]
+    return ["te"] if len(parts) == 1 else parts
+
+
+def _text_encoder(config: dict):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with_projection = "CLIPTextModelWithProjection" in (config.get("architectures") or [])
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(CLIPTextConfig.from_dict(config))
 
 
 def build_meta_models(family: str) -> dict:
-    """The family's diffusers UNet and transformers text encoders, on the meta device (no weights, ~1 s)."""
+    """The family's full-size diffusers UNet and transformers text encoders (architectures from
+    `loraforge.families`), on the meta device (no weights, ~1 s)."""
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    fam = family_info(family)
     with init_empty_weights():
-        models = {"unet": UNet2DConditionModel(**_unet_kwargs(family))}
-        for role, hidden, inter, layers, heads, act, proj in _TE_SPECS[family]:
-            cfg = CLIPTextConfig(
-                hidden_size=hidden,
-                intermediate_size=inter,
-                num_hidden_layers=layers,
-                num_attention_heads=heads,
-                hidden_act=act,
-                projection_dim=hidden,
-                max_position_embeddings=77,
-                vocab_size=49408,
-            )
-            models[role] = (CLIPTextModelWithProjection if proj else CLIPTextModel)(cfg)
+        models = {"unet": UNet2DConditionModel.from_config(fam.full_size_config("unet"))}
+        for role, te in zip(_te_roles(family), fam.text_encoders):
+            models[role] = _text_encoder(fam.full_size_config(te.diffusers))
     return models
 
 
@@ -270,41 +246,27 @@ def comfy_unet_config(unet_config: dict) -> dict:
     }
 
 
-_MODEL_SPECS: dict[str, tuple[str, dict, list[dict]]] = {}
-
-
-def model_tables_key(family: str, unet_config: dict, text_encoder_configs: list[dict] | None = None) -> str:
-    """Register the architecture of an actual model (its diffusers UNet config and text-encoder configs, e.g. a
-    tiny or fine-tuned variant) and return the key that `family_tables` and the consumer models take in place of a
-    family name. Same configs, same key."""
-    import hashlib
-    import json
-
+def model_tables_key(
+    family: str, unet_config: dict, text_encoder_configs: list[dict] | None = None
+) -> ModelArchitecture:
+    """The architecture of an actual model (its diffusers UNet config and text-encoder configs, e.g. a tiny or
+    fine-tuned variant), which `family_tables` and the consumer models take in place of a family name. Same configs,
+    equal keys."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    unet = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
-    tes = [{k: v for k, v in dict(c).items() if not k.startswith("_")} for c in (text_encoder_configs or [])]
-    blob = json.dumps([family, unet, tes], sort_keys=True, default=str)
-    key = f"{family}@{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
-    _MODEL_SPECS.setdefault(key, (family, unet, tes))
-    return key
+    return ModelArchitecture.of(family, unet_config, text_encoder_configs)
 
 
-def family_of(key: str) -> str:
-    """The family of a `family_tables` key ("sdxl" for "sdxl" and for "sdxl@<hash>")."""
-    return key.split("@", 1)[0]
+def family_of(key: str | ModelArchitecture) -> str:
+    """The family of a `family_tables` key ("sdxl" for "sdxl" and for an SDXL model's architecture)."""
+    return key.family if isinstance(key, ModelArchitecture) else key
 
 
-def _te_roles(family: str) -> list[str]:
-    return [spec[0] for spec in _TE_SPECS[family]]
-
-
-def _build_spec_models(key: str) -> tuple[dict, dict]:
+def _build_spec_models(key: ModelArchitecture) -> tuple[dict, dict]:
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    family, unet_cfg, te_cfgs = _MODEL_SPECS[key]
+    family, unet_cfg, te_cfgs = key.family, key.unet_config, key.text_encoder_configs
     with init_empty_weights():
         models = {"unet": UNet2DConditionModel.from_config(unet_cfg)}
         roles = _te_roles(family)
@@ -313,8 +275,7 @@ def _build_spec_models(key: str) -> tuple[dict, dict]:
                 f"{family} has {len(roles)} text encoder(s), the model {len(te_cfgs)}: pass the model's own family"
             )
         for role, cfg in zip(roles, te_cfgs):
-            config = CLIPTextConfig.from_dict(cfg)
-            models[role] = (CLIPTextModelWithProjection if role == "te2" else CLIPTextModel)(config)
+            models[role] = _text_encoder(cfg)
     if not te_cfgs:  # UNet-only description: the family's full-size text encoders
         full = build_meta_models(family)
         models.update({r: full[r] for r in roles})
@@ -322,14 +283,13 @@ def _build_spec_models(key: str) -> tuple[dict, dict]:
 
 
 @functools.lru_cache(maxsize=None)
-def family_tables(family: str) -> FamilyTables:
+def family_tables(family: str | ModelArchitecture) -> FamilyTables:
     """Cached tables of `family` ("sd15", "sd2", "sdxl": full size, built on the meta device at first use) or of a
-    key from `model_tables_key` (an actual model's architecture)."""
-    if "@" in family:
-        if family not in _MODEL_SPECS:
-            raise ValueError(f"unknown model tables key {family!r}; register it with model_tables_key")
+    `ModelArchitecture` from `model_tables_key` (an actual model's architecture)."""
+    custom = isinstance(family, ModelArchitecture)
+    if custom:
         models, cfg = _build_spec_models(family)
-        name = family_of(family)
+        name = family.family
     elif family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     else:
@@ -351,7 +311,7 @@ def family_tables(family: str) -> FamilyTables:
             params[k] = tuple(v.shape)
         text_encoders[role] = params
         diffusers_modules[role] = _module_table(model)
-    return FamilyTables(name, cfg, unet_diffusers, unet_ldm, d2l, text_encoders, diffusers_modules, "@" in family)
+    return FamilyTables(name, cfg, unet_diffusers, unet_ldm, d2l, text_encoders, diffusers_modules, custom)
 
 
 def layer_kind(name: str, shape: Shape | None) -> str:

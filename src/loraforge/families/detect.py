@@ -1,37 +1,9 @@
-"""The three Stable Diffusion families loraforge trains, and how to tell them apart."""
+"""Which family a diffusers folder or a diffusers single-file model type is."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-
-
-@dataclass(frozen=True)
-class FamilyInfo:
-    name: str  # "sd15" | "sd2" | "sdxl"
-    label: str
-    pipeline_class: str
-    resolution: int  # native training size
-    text_encoders: int
-    kohya_te_prefixes: tuple[str, ...]
-
-    @property
-    def is_sdxl(self) -> bool:
-        return self.name == "sdxl"
-
-
-FAMILIES: dict[str, FamilyInfo] = {
-    "sd15": FamilyInfo("sd15", "SD 1.x", "StableDiffusionPipeline", 512, 1, ("lora_te",)),
-    "sd2": FamilyInfo("sd2", "SD 2.x", "StableDiffusionPipeline", 768, 1, ("lora_te",)),
-    "sdxl": FamilyInfo("sdxl", "SDXL", "StableDiffusionXLPipeline", 1024, 2, ("lora_te1", "lora_te2")),
-}
-
-TINY_RESOLUTION = 64
-
-
-def family_info(name: str) -> FamilyInfo:
-    return FAMILIES[name]
 
 
 def detect_family_from_folder(folder: Path) -> str | None:

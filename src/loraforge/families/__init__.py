@@ -1,0 +1,59 @@
+"""The model families loraforge trains (SD 1.x, SD 2.x, SDXL): one `Family` object per family, and the tables
+that name a family's weights. A leaf package: it imports only `loraforge.errors` (diffusers is imported lazily, when
+a pipeline class is asked for), so every other package may ask it instead of branching on a family's name.
+
+* `registry`: `Family` (label, native resolution, text-encoder parts with their diffusers / kohya / embedding names,
+  pipeline class names, how prompts condition the UNet, kohya / SAI metadata values, the full-size architecture),
+  `FAMILIES`, `family(name)`, and the tiny-model metadata marker (`BASE_MODEL_KEY`, `tiny_family`).
+* `architectures`: the full-size diffusers configs per family (`COMPONENTS`, `TOKENIZER_PADS`) and
+  `ModelArchitecture`, an actual model's own configs (a tiny or fine-tuned variant) as a hashable value.
+* `ldm`: diffusers <-> original (LDM / SGM) names of UNet, VAE and CLIP weights, derived from the configs.
+* `detect`: a diffusers folder's or a single file's family.
+
+Adding a fourth family (e.g. another UNet + CLIP model) touches:
+
+1. `architectures.py`: its component configs in `COMPONENTS` and its tokenizer pads in `TOKENIZER_PADS`;
+2. `registry.py`: one `Family(...)` entry in `FAMILIES`;
+3. `detect.py`: how to recognise its diffusers folders and diffusers' single-file model type;
+4. if its original checkpoints name weights differently from LDM / SGM, a name table next to `ldm.py`;
+5. `config/model.py`'s `Family` literal (the TOML value users write), `models/tiny.py` (an embedded tiny model of
+   it, for the tests), and the block-weight counts in `config/network.py` (`BLOCK_COUNTS`) and
+   `networks/blocks.py` when it has block-wise weights;
+6. the consumer models in `formats/consumers/` (independent oracles: they keep their own naming rules on purpose,
+   but read the family's architecture from here).
+
+A family that does not condition like CLIP (e.g. a flow-matching model with a T5 encoder) also adds its
+`text_conditioning` kind to `models/text.py` and its noise / target rule to training.
+"""
+
+from .architectures import ModelArchitecture
+from .registry import (
+    BASE_MODEL_KEY,
+    DIFFUSERS_PREFIXES,
+    FAMILIES,
+    FAMILY_LABELS,
+    FAMILY_NAMES,
+    TINY_RESOLUTION,
+    Family,
+    TextEncoderPart,
+    family,
+    full_size_config,
+    tiny_base_model,
+    tiny_family,
+)
+
+__all__ = [
+    "BASE_MODEL_KEY",
+    "DIFFUSERS_PREFIXES",
+    "FAMILIES",
+    "FAMILY_LABELS",
+    "FAMILY_NAMES",
+    "TINY_RESOLUTION",
+    "Family",
+    "ModelArchitecture",
+    "TextEncoderPart",
+    "family",
+    "full_size_config",
+    "tiny_base_model",
+    "tiny_family",
+]

@@ -1,0 +1,175 @@
+"""The family registry: one `Family` object per model family loraforge trains, holding every fact the other
+packages used to branch on (`is_sdxl`, `== "sdxl"`)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from .architectures import COMPONENTS, TOKENIZER_PADS
+
+TINY_RESOLUTION = 64  # native size of every embedded tiny model (`models.tiny`)
+
+
+@dataclass(frozen=True)
+class TextEncoderPart:
+    """One text encoder of a family, under every name the formats give it."""
+
+    part: str  # our part name: "te1", "te2" (the UNet is "unet")
+    diffusers: str  # pipeline attribute, diffusers folder and PEFT prefix: "text_encoder", "text_encoder_2"
+    tokenizer: str  # pipeline attribute / folder of its tokenizer
+    kohya_prefixes: tuple[str, ...]  # kohya module prefixes it answers to; the first is the one written
+    embedding_key: str  # its tensor in a textual-inversion file of several encoders (SDXL: clip_l / clip_g)
+
+
+@dataclass(frozen=True, eq=False)
+class Family:
+    """Everything loraforge needs to know about one model family. Compared by identity (one object per family)."""
+
+    name: str  # "sd15" | "sd2" | "sdxl"
+    label: str  # for messages: "SD 1.x"
+    resolution: int  # native training size
+    text_encoders: tuple[TextEncoderPart, ...]
+    img2img_pipeline: str  # diffusers class name; the txt2img one is the config folder's model_index `_class_name`
+    pipeline_kwargs: dict[str, Any]  # what its pipelines are built with (no safety checker, no watermark)
+    # How prompts become conditioning (`models.text.encode_tokens`): "clip-last" = the final layer of the one CLIP
+    # encoder (after its final layer norm); "clip-penultimate-pooled" = every encoder's penultimate layer,
+    # concatenated, plus the pooled output of the projection model.
+    text_conditioning: str
+    size_conditioning: bool  # SDXL micro-conditioning: original size, crop and target size as `time_ids`
+    block_layout: str  # sd-scripts' block-weight numbering (`networks.blocks`): "ldm" (25 blocks) or "sgm" (23)
+    # kohya / SAI metadata (`formats.metadata`)
+    base_model_version: str  # ss_base_model_version
+    modelspec_architecture: str
+    modelspec_implementation: str
+    kohya_v2: bool  # ss_v2
+    # the full-size architecture: component -> diffusers config (`architectures.COMPONENTS`), tokenizer pads
+    components: dict[str, dict[str, Any]] = field(repr=False)
+    tokenizer_pads: dict[str, str] = field(repr=False)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The model parts a LoRA may adapt: "unet" then the text encoders' parts."""
+        return ("unet",) + tuple(te.part for te in self.text_encoders)
+
+    @property
+    def txt2img_pipeline(self) -> str:
+        return self.components["model_index"]["_class_name"]
+
+    @property
+    def embedding_keys(self) -> tuple[str, ...]:
+        """The text encoders' tensor names in a textual-inversion file of several encoders (SDXL: clip_l, clip_g)."""
+        return tuple(te.embedding_key for te in self.text_encoders)
+
+    def text_encoder(self, part: str) -> TextEncoderPart:
+        for te in self.text_encoders:
+            if te.part == part:
+                return te
+        raise KeyError(f"{self.label} has no text encoder {part!r}")
+
+    def pipeline_class(self, img2img: bool = False):
+        """The diffusers pipeline class (resolved on use: importing diffusers takes seconds)."""
+        import diffusers  # heavy, kept lazy
+
+        return getattr(diffusers, self.img2img_pipeline if img2img else self.txt2img_pipeline)
+
+    def full_size_config(self, component: str) -> dict[str, Any]:
+        """A copy of the full-size config of `component` ("unet", "vae", "text_encoder", "text_encoder_2",
+        "scheduler", "model_index"). UNet/VAE/scheduler dicts feed `Class.from_config`; text-encoder dicts feed
+        `CLIPTextConfig.from_dict`."""
+        if component not in self.components:
+            raise ValueError(f"{self.name} has no component {component!r}; choose one of {sorted(self.components)}")
+        return copy.deepcopy(self.components[component])
+
+
+_SD_PIPELINE = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
+def _te(part: str, diffusers: str, tokenizer: str, kohya: tuple[str, ...], embedding_key: str) -> TextEncoderPart:
+    return TextEncoderPart(part, diffusers, tokenizer, kohya, embedding_key)
+
+
+# ComfyUI maps `lora_te_` onto SDXL's CLIP-L too, and `lora_te1_` onto SD 1.x / 2.x's only encoder.
+_ONE_CLIP = (_te("te1", "text_encoder", "tokenizer", ("lora_te", "lora_te1"), "clip_l"),)
+
+_SD = dict(  # what SD 1.x and 2.x share
+    text_encoders=_ONE_CLIP,
+    img2img_pipeline="StableDiffusionImg2ImgPipeline",
+    pipeline_kwargs=_SD_PIPELINE,
+    text_conditioning="clip-last",
+    size_conditioning=False,
+    block_layout="ldm",
+    modelspec_implementation="diffusers",
+)
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            name="sd15", label="SD 1.x", resolution=512, **_SD,
+            base_model_version="sd_v1", modelspec_architecture="stable-diffusion-v1", kohya_v2=False,
+            components=COMPONENTS["sd15"], tokenizer_pads=TOKENIZER_PADS["sd15"],
+        ),
+        Family(
+            name="sd2", label="SD 2.x", resolution=768, **_SD,
+            base_model_version="sd_v2", modelspec_architecture="stable-diffusion-v2-768-v", kohya_v2=True,
+            components=COMPONENTS["sd2"], tokenizer_pads=TOKENIZER_PADS["sd2"],
+        ),
+        Family(
+            name="sdxl", label="SDXL", resolution=1024,
+            text_encoders=(
+                _te("te1", "text_encoder", "tokenizer", ("lora_te1", "lora_te"), "clip_l"),
+                _te("te2", "text_encoder_2", "tokenizer_2", ("lora_te2",), "clip_g"),
+            ),
+            img2img_pipeline="StableDiffusionXLImg2ImgPipeline",
+            pipeline_kwargs={"add_watermarker": False},
+            text_conditioning="clip-penultimate-pooled",
+            size_conditioning=True,
+            block_layout="sgm",
+            base_model_version="sdxl_base_v1-0",
+            modelspec_architecture="stable-diffusion-xl-v1-base",
+            modelspec_implementation="https://github.com/Stability-AI/generative-models",
+            kohya_v2=False,
+            components=COMPONENTS["sdxl"],
+            tokenizer_pads=TOKENIZER_PADS["sdxl"],
+        ),
+    )
+}
+FAMILY_NAMES = tuple(FAMILIES)
+FAMILY_LABELS = {name: f.label for name, f in FAMILIES.items()}
+
+# diffusers part prefixes (PEFT / diffusers LoRA keys), over every family
+DIFFUSERS_PREFIXES = {"unet": "unet", **{te.part: te.diffusers for f in FAMILIES.values() for te in f.text_encoders}}
+
+
+def family(name: str | Family) -> Family:
+    """The `Family` of a name ("sd15", "sd2", "sdxl"); a `Family` is returned as is."""
+    if isinstance(name, Family):
+        return name
+    try:
+        return FAMILIES[name]
+    except KeyError:  # a programming error: configs and files only name known families
+        raise ValueError(f"unknown family {name!r}; choose one of {list(FAMILIES)}") from None
+
+
+def full_size_config(name: str, component: str) -> dict[str, Any]:
+    """`family(name).full_size_config(component)`: a copy of one full-size component config."""
+    return family(name).full_size_config(component)
+
+
+# Which model a file was made from, when that is loraforge's embedded tiny model of a family ("tiny-sd15"): the tools
+# then resolve and check the file against the tiny architecture instead of the full-size one. Written in LoRA files
+# trained on a tiny model and in single files saved from one; kept by the tools that rewrite a LoRA.
+BASE_MODEL_KEY = "loraforge_base_model"
+
+
+def tiny_base_model(name: str) -> str:
+    return f"tiny-{name}"
+
+
+def tiny_family(metadata: dict | None) -> str | None:
+    """The family of the embedded tiny model a file says it was made from, or None."""
+    value = str((metadata or {}).get(BASE_MODEL_KEY, ""))
+    name = value.removeprefix("tiny-")
+    return name if value.startswith("tiny-") and name in FAMILIES else None
