@@ -118,7 +118,6 @@ def hidden_imports(imports, lazy_ok: set[str]) -> list[str]:
                   if local and top(src) not in lazy_ok)
 
 
-@pytest.mark.xfail(reason='issue 10 in progress: the layers are being folded', strict=False)  # TEMP
 def test_every_import_points_down_the_layers():
     layers, _ = read_layers(DOC)
     assert layers, "docs/architecture.md lists no `layer N: ...` lines"
@@ -127,12 +126,10 @@ def test_every_import_points_down_the_layers():
     assert layer_violations(module_imports(PACKAGE), layers) == []
 
 
-@pytest.mark.xfail(reason='issue 10 in progress: the layers are being folded', strict=False)  # TEMP
 def test_no_import_cycles():
     assert cycles(module_imports(PACKAGE)) == []
 
 
-@pytest.mark.xfail(reason='issue 10 in progress: the layers are being folded', strict=False)  # TEMP
 def test_no_function_local_imports_of_our_code_outside_the_cli():
     _, lazy_ok = read_layers(DOC)
     assert hidden_imports(module_imports(PACKAGE), lazy_ok) == []

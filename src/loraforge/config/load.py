@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from .base import ConfigError, describe_field
 from .network import NETWORK_CLASSES, every_option
+from .presets import apply_preset
 from .root import SECTIONS, TrainConfig
 from .suggest import key_hint
 
@@ -156,8 +157,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate_config(data: dict[str, Any], source: str = "config", overridden: set | None = None) -> TrainConfig:
-    from .presets import apply_preset
-
     try:
         data = apply_preset(data)
     except ValueError as e:

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from .base import Section
 from .dataset import DatasetConfig
 from .model import ModelConfig
-from .network import LoraNetwork, NetworkConfig, NetworkOptions
+from .network import LoraNetwork, NetworkConfig, NetworkOptions, block_count_problem
 from .optimizer import OptimizerConfig
 from .output import OutputConfig
 from .sampling import SamplingConfig
@@ -69,8 +69,6 @@ class TrainConfig(Section):
             )
         family = self.model.family
         if family != "auto" or self.uses_embedded_model:
-            from .network import block_count_problem
-
             problem = block_count_problem(self.network, "sd15" if family == "auto" else family)
             if problem:
                 raise ValueError(problem)

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from ..families import Family
+from ..models.text import encode_prompts
 from ..utils.files import cache_home, remove_temporaries, save_safetensors_atomic
 from .errors import DataError
-from .images import file_bytes
+from .images import center_crop_offset, file_bytes
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,6 @@ class LatentCache(_Store):
         return self._hashes[item_index]
 
     def key(self, dataset, item_index: int, flip: bool) -> str:
-        from .images import center_crop_offset
-
         bucket = dataset.item_buckets[item_index]
         crop = center_crop_offset(dataset.size_of(item_index), bucket)
         return _digest(self.content_hash(dataset, item_index), f"{bucket[0]}x{bucket[1]}", crop, int(flip), self.identity)
@@ -221,8 +220,6 @@ def fill_latent_cache(dataset, d, ctx: CacheContext) -> LatentCache:
 
 
 def fill_text_cache(dataset, d, ctx: CacheContext, batch_size: int = 8) -> TextCache:
-    from ..models.text import encode_prompts
-
     parts = [module_identity(te) for te in ctx.text_encoders]
     parts += [f"{type(t).__name__}:{len(t)}" for t in ctx.tokenizers]
     identity = hashlib.sha256(f"{parts}|conditioning={ctx.family.text_conditioning}|clip_skip={ctx.clip_skip}".encode()).hexdigest()[:24]

@@ -13,6 +13,7 @@ from ..config.dataset import SUBSET_OVERRIDABLE, DatasetConfig, bucket_problems,
 from .buckets import BucketSettings
 from .captions import CaptionOptions, tag_frequency
 from .errors import DataError
+from .hub import dataset_items
 from .sources import (
     DEMO_INSTANCE_PROMPT,
     ImageItem,
@@ -172,8 +173,6 @@ def collect_plan_items(plan: DataPlan, d: DatasetConfig) -> DataPlan:
     uncaptioned: list[Path] = []
     for i, s in enumerate(plan.subsets):
         if s.kind == "dataset":
-            from .hub import dataset_items
-
             items += dataset_items(d, s, i)
             continue
         if s.kind == "class":

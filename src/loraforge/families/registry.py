@@ -7,6 +7,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import ldm
 from .architectures import COMPONENTS, TOKENIZER_PADS
 
 TINY_RESOLUTION = 64  # native size of every embedded tiny model (`models.tiny`)
@@ -21,6 +22,8 @@ class TextEncoderPart:
     tokenizer: str  # pipeline attribute / folder of its tokenizer
     kohya_prefixes: tuple[str, ...]  # kohya module prefixes it answers to; the first is the one written
     embedding_key: str  # its tensor in a textual-inversion file of several encoders (SDXL: clip_l / clip_g)
+    single_file_prefix: str  # its keys' prefix in an original (LDM / SGM) single file
+    single_file_layout: str  # its weights' names there: "clip" (HF CLIP names) or "open_clip" (OpenCLIP names)
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +42,7 @@ class Family:
     text_conditioning: str
     size_conditioning: bool  # SDXL micro-conditioning: original size, crop and target size as `time_ids`
     block_layout: str  # sd-scripts' block-weight numbering (`networks.blocks`): "ldm" (25 blocks) or "sgm" (23)
+    kohya_unet_names: str  # UNet module names sd-scripts writes: "diffusers" (SD 1.x/2.x) or "original" (SDXL: SGM)
     # kohya / SAI metadata (`formats.metadata`)
     base_model_version: str  # ss_base_model_version
     modelspec_architecture: str
@@ -86,20 +90,22 @@ class Family:
 _SD_PIPELINE = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
-def _te(part: str, diffusers: str, tokenizer: str, kohya: tuple[str, ...], embedding_key: str) -> TextEncoderPart:
-    return TextEncoderPart(part, diffusers, tokenizer, kohya, embedding_key)
+def _te(part: str, diffusers: str, tokenizer: str, kohya: tuple[str, ...], embedding_key: str,
+        single_file: tuple[str, str]) -> TextEncoderPart:
+    return TextEncoderPart(part, diffusers, tokenizer, kohya, embedding_key, *single_file)
 
 
 # ComfyUI maps `lora_te_` onto SDXL's CLIP-L too, and `lora_te1_` onto SD 1.x / 2.x's only encoder.
-_ONE_CLIP = (_te("te1", "text_encoder", "tokenizer", ("lora_te", "lora_te1"), "clip_l"),)
+def _one_clip(single_file: tuple[str, str]) -> tuple[TextEncoderPart, ...]:
+    return (_te("te1", "text_encoder", "tokenizer", ("lora_te", "lora_te1"), "clip_l", single_file),)
 
 _SD = dict(  # what SD 1.x and 2.x share
-    text_encoders=_ONE_CLIP,
     img2img_pipeline="StableDiffusionImg2ImgPipeline",
     pipeline_kwargs=_SD_PIPELINE,
     text_conditioning="clip-last",
     size_conditioning=False,
     block_layout="ldm",
+    kohya_unet_names="diffusers",
     modelspec_implementation="diffusers",
 )
 
@@ -108,25 +114,30 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family(
             name="sd15", label="SD 1.x", resolution=512, **_SD,
+            text_encoders=_one_clip((ldm.SD1_TEXT_PREFIX, "clip")),
             base_model_version="sd_v1", modelspec_architecture="stable-diffusion-v1", kohya_v2=False,
             components=COMPONENTS["sd15"], tokenizer_pads=TOKENIZER_PADS["sd15"],
         ),
         Family(
             name="sd2", label="SD 2.x", resolution=768, **_SD,
+            text_encoders=_one_clip((ldm.SD2_TEXT_PREFIX, "open_clip")),
             base_model_version="sd_v2", modelspec_architecture="stable-diffusion-v2-768-v", kohya_v2=True,
             components=COMPONENTS["sd2"], tokenizer_pads=TOKENIZER_PADS["sd2"],
         ),
         Family(
             name="sdxl", label="SDXL", resolution=1024,
             text_encoders=(
-                _te("te1", "text_encoder", "tokenizer", ("lora_te1", "lora_te"), "clip_l"),
-                _te("te2", "text_encoder_2", "tokenizer_2", ("lora_te2",), "clip_g"),
+                _te("te1", "text_encoder", "tokenizer", ("lora_te1", "lora_te"), "clip_l",
+                    (ldm.SDXL_TEXT1_PREFIX, "clip")),
+                _te("te2", "text_encoder_2", "tokenizer_2", ("lora_te2",), "clip_g",
+                    (ldm.SDXL_TEXT2_PREFIX, "open_clip")),
             ),
             img2img_pipeline="StableDiffusionXLImg2ImgPipeline",
             pipeline_kwargs={"add_watermarker": False},
             text_conditioning="clip-penultimate-pooled",
             size_conditioning=True,
             block_layout="sgm",
+            kohya_unet_names="original",
             base_model_version="sdxl_base_v1-0",
             modelspec_architecture="stable-diffusion-xl-v1-base",
             modelspec_implementation="https://github.com/Stability-AI/generative-models",

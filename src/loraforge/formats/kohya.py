@@ -23,8 +23,9 @@ from typing import Iterable
 import torch
 
 from ..adapters import AdapterModule
+from ..families import family as family_info
+from ..families.ldm import unet_module_to_original
 
-TE_PREFIXES = {"sd15": {"te1": "lora_te"}, "sd2": {"te1": "lora_te"}, "sdxl": {"te1": "lora_te1", "te2": "lora_te2"}}
 _TEXT_MODEL_PARTS = ("encoder.", "embeddings.", "final_layer_norm")  # what lives under CLIP's `text_model`
 
 
@@ -36,12 +37,10 @@ def kohya_module_name(
     for what CLIP keeps under `text_model` (whatever the transformers version), none for `text_projection`."""
     if part == "unet":
         path = module_path
-        if naming == "ldm" or (naming == "auto" and family == "sdxl"):
-            from ..families.ldm import unet_module_to_original
-
+        if naming == "ldm" or (naming == "auto" and family_info(family).kohya_unet_names == "original"):
             path = unet_module_to_original(module_path, unet_config)
         return "lora_unet_" + path.replace(".", "_")
-    prefix = TE_PREFIXES[family][part]
+    prefix = family_info(family).text_encoder(part).kohya_prefixes[0]
     core = module_path.removeprefix("text_model.")
     middle = "text_model_" if core.startswith(_TEXT_MODEL_PARTS) else ""
     return f"{prefix}_{middle}{core.replace('.', '_')}"

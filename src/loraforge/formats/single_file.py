@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import FamilyMismatchError, OutputExistsError, ToolError, UnsupportedError
-from ..families import ldm
-
-FAMILY_TEXT_ENCODERS = {"sd15": 1, "sd2": 1, "sdxl": 2}
-
+from ..families import FAMILY_NAMES, ldm
+from ..families import family as family_info
+from ..utils.files import save_safetensors_atomic
 
 def _check_family(family: str) -> None:
-    if family not in FAMILY_TEXT_ENCODERS:
-        raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILY_TEXT_ENCODERS)}")
+    if family not in FAMILY_NAMES:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILY_NAMES)}")
 
 
 def _prefixed(prefix: str, tensors: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,39 +58,33 @@ def to_single_file_state_dict(family: str, unet, vae, text_encoders: list) -> di
     text projection). Works on meta-device models too."""
     _check_family(family)
     text_encoders = list(text_encoders)
-    if len(text_encoders) != FAMILY_TEXT_ENCODERS[family]:
+    fam = family_info(family)
+    if len(text_encoders) != len(fam.text_encoders):
         raise FamilyMismatchError(
-            f"{family} takes {FAMILY_TEXT_ENCODERS[family]} text encoder(s), got {len(text_encoders)}: the model "
+            f"{family} takes {len(fam.text_encoders)} text encoder(s), got {len(text_encoders)}: the model "
             "is of another family"
         )
     is_xl_unet = unet.config.get("addition_embed_type") == "text_time"
-    if is_xl_unet != (family == "sdxl"):
+    if is_xl_unet != fam.size_conditioning:
         kind = unet.config.get("addition_embed_type")
         raise FamilyMismatchError(f"family {family!r} does not match the UNet (addition_embed_type={kind!r})")
 
     out: dict[str, Any] = {}
     out.update(_prefixed(ldm.UNET_PREFIX, ldm.unet_to_original(_state_dict("UNet", unet), unet.config)))
     out.update(_prefixed(ldm.VAE_PREFIX, ldm.vae_to_original(_state_dict("VAE", vae), vae.config)))
-    if family == "sd15":
-        text = ldm.clip_to_original(_state_dict("text encoder", text_encoders[0]))
-        out.update(_prefixed(ldm.SD1_TEXT_PREFIX, text))
-    elif family == "sd2":
-        layers = int(text_encoders[0].config.num_hidden_layers)
-        if layers > 23:
+    if len(text_encoders) == 2 and _text_width(text_encoders[0]) == _text_width(text_encoders[1]):
+        warnings.warn(
+            "SDXL text encoders of equal width: diffusers' from_single_file tells CLIP-L from bigG by width and "
+            "would load text_encoder's weights into text_encoder_2",
+            stacklevel=2,
+        )
+    for part, te in zip(fam.text_encoders, text_encoders):
+        if part.single_file_prefix == ldm.SD2_TEXT_PREFIX and int(te.config.num_hidden_layers) > 23:
             # diffusers drops `cond_stage_model.model.transformer.resblocks.23.*` by absolute name when loading.
-            raise UnsupportedError(f"an SD 2.x text encoder has at most 23 layers in diffusers form, got {layers}")
-        text = ldm.clip_to_open_clip(_state_dict("text encoder", text_encoders[0]))
-        out.update(_prefixed(ldm.SD2_TEXT_PREFIX, text))
-    else:
-        te1, te2 = text_encoders
-        if _text_width(te1) == _text_width(te2):
-            warnings.warn(
-                "SDXL text encoders of equal width: diffusers' from_single_file tells CLIP-L from bigG by width and "
-                "would load text_encoder's weights into text_encoder_2",
-                stacklevel=2,
-            )
-        out.update(_prefixed(ldm.SDXL_TEXT1_PREFIX, ldm.clip_to_original(_state_dict("text encoder", te1))))
-        out.update(_prefixed(ldm.SDXL_TEXT2_PREFIX, ldm.clip_to_open_clip(_state_dict("text encoder 2", te2))))
+            raise UnsupportedError("an SD 2.x text encoder has at most 23 layers in diffusers form, got "
+                                   f"{int(te.config.num_hidden_layers)}")
+        convert = ldm.clip_to_open_clip if part.single_file_layout == "open_clip" else ldm.clip_to_original
+        out.update(_prefixed(part.single_file_prefix, convert(_state_dict(f"text encoder ({part.diffusers})", te))))
     return out
 
 
@@ -108,8 +101,6 @@ def save_single_file(
     """Write the pipeline components as one original-layout `.safetensors` file, atomically (a temporary file in the
     same folder, renamed when complete: an error never leaves a partial file). Floating tensors are cast to `dtype`
     when given. Refuses to replace an existing file unless `overwrite=True`."""
-    from ..utils.files import save_safetensors_atomic
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ToolError(f"single-file checkpoints are written as .safetensors only, got {path.name!r}")

@@ -8,28 +8,25 @@ See docs/networks.md.
 
 from ..config.network import NetworkConfig
 from .base import Network, ParamGroup, network_args_json
+from .dora import DoraMethod, warn_output_axis
+from .locon import LoconMethod
+from .loha import LohaMethod
+from .lokr import LokrMethod
+from .lora import LoraNetwork
+from .lycoris_engine import LycorisNetwork
 
 __all__ = ["Network", "ParamGroup", "create_network", "network_args_json"]
+
+# `network.algo` → the LyCORIS method it trains (plain LoRA trains on peft instead)
+LYCORIS_METHODS = {"locon": LoconMethod, "loha": LohaMethod, "lokr": LokrMethod, "dora": DoraMethod}
 
 
 def create_network(cfg: NetworkConfig) -> Network:
     """The network `cfg.algo` names (not yet applied: call `network.apply(model)`)."""
     if cfg.algo == "lora":
-        from .lora import LoraNetwork
-
         return LoraNetwork(cfg)
-    from .lycoris_engine import LycorisNetwork
-
-    if cfg.algo == "locon":
-        from .locon import LoconMethod as method
-    elif cfg.algo == "loha":
-        from .loha import LohaMethod as method
-    elif cfg.algo == "lokr":
-        from .lokr import LokrMethod as method
-    elif cfg.algo == "dora":
-        from .dora import DoraMethod as method, warn_output_axis
-
+    if cfg.algo not in LYCORIS_METHODS:
+        raise ValueError(f"unknown network.algo {cfg.algo!r}; expected lora, {', '.join(LYCORIS_METHODS)}")
+    if cfg.algo == "dora":
         warn_output_axis(cfg)
-    else:
-        raise ValueError(f"unknown network.algo {cfg.algo!r}; expected lora, locon, loha, lokr or dora")
-    return LycorisNetwork(cfg, method())
+    return LycorisNetwork(cfg, LYCORIS_METHODS[cfg.algo]())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from ..models.text import encode_tokens, tokenize
 from ..utils.files import atomic_path
 from .samplers import A1111_NAMES, make_scheduler, normalize_sampler
 
@@ -46,8 +47,6 @@ def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_ski
     multi-vector embedding (`tok` with `tok_1`, ...) is expanded per tokenizer, as the pipelines' `encode_prompt`
     does."""
     import torch
-
-    from ..models.text import encode_tokens, tokenize  # lazy, like torch: models.text imports torch
 
     def encode(text: str):
         ids = []

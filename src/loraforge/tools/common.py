@@ -9,11 +9,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import __version__
+from ..config.model import ModelConfig
 from ..errors import OutputExistsError, OutputNotWritableError, ToolError
 from ..formats.diffusers_lora import WEIGHT_NAME as DIFFUSERS_WEIGHT_NAME
 from ..formats.embeddings import EMBEDDINGS_SUFFIX
 from ..formats.file_kind import require_kind
+from ..formats.lora_apply import apply_loras
+from ..formats.lora_file import ModelTree, load_bound
 from ..formats.metadata import family_metadata
+from ..models.loading import load_model
+from ..models.tiny import tiny_model_dir
+from ..utils.files import save_safetensors_atomic
 
 log = logging.getLogger("loraforge.tools")
 
@@ -41,9 +48,6 @@ def load_sd_model(source: str | None, family: str = "auto", allow_pickle: bool =
                   dtype=None):
     """`models.load_model` for a path / hub id / None (the embedded tiny model of `family`); an already loaded
     `SDModel` is returned as it is."""
-    from ..config.model import ModelConfig
-    from ..models.loading import load_model
-
     if hasattr(source, "unet"):
         return source
     if source is not None:
@@ -58,9 +62,6 @@ def model_tree(source: str | None, family: str = "auto", allow_pickle: bool = Fa
     """The `ModelTree` LoRA names are resolved against: a diffusers folder's configs (no weights read), a single file
     (loaded), or with no source the full-size model of `family` (its embedded tiny model with `tiny`: the file was
     made for that one, `LoraFile.tiny`, and no family was given)."""
-    from ..formats.model_tree import ModelTree
-    from ..models.tiny import tiny_model_dir
-
     if source is None:
         if family in (None, "auto"):
             raise ToolError("name the base model (--base) or its family (--family)")
@@ -139,8 +140,6 @@ def parse_weighted(spec: str, default: float = 1.0) -> tuple[str, float]:
 
 
 def save_lora(sd: dict, path, metadata: dict | None, overwrite: bool) -> Path:
-    from ..utils.files import save_safetensors_atomic
-
     path = check_output(path, overwrite)
     if path.suffix != ".safetensors":
         raise ToolError(f"{path}: LoRA files are written as .safetensors")
@@ -151,8 +150,6 @@ def save_lora(sd: dict, path, metadata: dict | None, overwrite: bool) -> Path:
 def lora_metadata(source_meta: dict | None, family: str, **extra) -> dict[str, str]:
     """The source file's metadata (minus stale hashes), the family keys A1111 / ComfyUI managers show, and what
     the tool did."""
-    from .. import __version__
-
     meta = {k: v for k, v in (source_meta or {}).items() if not k.startswith("sshs_") and k != "format"}
     for k, v in family_metadata(family).items():
         meta.setdefault(k, v)
@@ -182,9 +179,6 @@ def find_lora_file(path) -> Path:
 
 def apply_lora_files(model, loras: list[LoraSpec], allow_pickle: bool = False, skip_unknown: bool = False) -> int:
     """Patch `model` (an `SDModel`) with the LoRA files in place; returns the number of weights changed."""
-    from ..formats.lora_file import ModelTree, load_bound
-    from ..formats.lora_apply import apply_loras
-
     if not loras:
         return 0
     tree = ModelTree.from_model(model)

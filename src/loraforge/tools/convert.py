@@ -25,6 +25,7 @@ from ..formats.lora_file import bind, read_lora_state_dict, read_tensors
 from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict
 from ..utils.files import PICKLE_SUFFIXES, atomic_path, open_safetensors, save_safetensors_atomic
 from .common import check_output, family_metadata, load_sd_model, model_tree
+from .merge import write_model
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 EMBEDDING_KEYS = ("emb_params", "clip_l", "clip_g", "clip_h")
@@ -202,8 +203,6 @@ def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str |
 
 
 def _folder_to_single_file(src: Path, dst: Path, family: str, overwrite: bool, dtype) -> ConvertResult:
-    from .merge import write_model
-
     if dst.suffix != ".safetensors":
         raise ToolError(f"{dst}: a diffusers folder converts to a single .safetensors file")
     check_output(dst, overwrite)
@@ -214,8 +213,6 @@ def _folder_to_single_file(src: Path, dst: Path, family: str, overwrite: bool, d
 
 def _single_file_to_folder(src: Path, dst: Path, family: str, allow_pickle: bool, overwrite: bool,
                            config_dir: str | None, dtype) -> ConvertResult:
-    from .merge import write_model
-
     if dst.suffix:
         raise ToolError(f"{dst}: a single-file checkpoint converts to a diffusers folder (a path without suffix)")
     check_output(dst, overwrite)

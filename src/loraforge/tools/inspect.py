@@ -16,10 +16,12 @@ from pathlib import Path
 
 from ..adapters import ADAPTER_LABELS
 from ..errors import InputNotFoundError
+from ..families.detect import detect_family_from_folder, family_from_single_file_type
 from ..formats.check import check_state_dict
 from ..formats.lora_file import PART_LABELS, read_lora_state_dict
 from ..utils.files import PICKLE_SUFFIXES, open_safetensors
 from ..utils.tensors import describe_nonfinite
+from .convert import flatten_tensors, load_pickle
 
 SHOWN_METADATA = (
     "ss_output_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
@@ -83,7 +85,6 @@ def inspect_file(path, allow_pickle: bool = False, all_metadata: bool = False) -
                 "kind: pickle-based file, not opened (unpickling can run code; pass --allow-pickle to read it "
                 "with torch's weights_only loader, or convert it with `loraforge convert`)",
             ])
-        from .convert import flatten_tensors, load_pickle
 
         data = load_pickle(path, True)
         if isinstance(data, dict) and "string_to_param" in data:
@@ -144,8 +145,6 @@ def _inspect_lora(path: Path, sd: dict, metadata: dict) -> InspectReport:
 
 
 def _inspect_checkpoint(path: Path, sd: dict) -> InspectReport:
-    from ..families.detect import family_from_single_file_type
-
     try:
         from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
@@ -175,8 +174,6 @@ def _inspect_embedding(path: Path, sd: dict) -> InspectReport:
 
 
 def _inspect_folder(path: Path) -> InspectReport:
-    from ..families.detect import detect_family_from_folder
-
     lines = ["kind: diffusers model folder", f"family: {detect_family_from_folder(path) or 'unknown'}"]
     for sub in sorted(p for p in path.iterdir() if p.is_dir()):
         files = sorted(sub.glob("*.safetensors"))

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
 from ..families import BASE_MODEL_KEY, tiny_base_model
 from ..formats.single_file import save_single_file
+from ..models.loading import single_file_family
 from ..utils.files import atomic_dir, open_safetensors, save_safetensors_atomic
 from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
 
@@ -136,7 +137,6 @@ def _check_keys(a: dict, others: list[dict], label: str) -> None:
 
 
 def _merge_single_files(sources: list[str], output: Path, multiplier: float, mode: str, dtype) -> Path:
-    from ..models.loading import single_file_family
     families = []
     for s in sources:
         with open_safetensors(s) as f:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import FamilyMismatchError, InputNotFoundError, ShapeMismatchError, ToolError
-from ..families import FAMILIES
+from ..families import FAMILIES, TINY_RESOLUTION
 from ..formats.embeddings import load_embeddings
 from ..sampling.generate import SampleRequest, expand_requests, generate, save_png
 from ..sampling.prompts import PromptFileError, read_prompt_file
@@ -158,8 +158,6 @@ def open_image(path) -> "Image.Image":
 
 def default_size(model, init_image=None) -> tuple[int, int]:
     """The init image's size (rounded down to multiples of 8), else the model's native resolution."""
-    from ..families import TINY_RESOLUTION
-
     if init_image is not None:
         w, h = init_image.size
         return max(8, w // 8 * 8), max(8, h // 8 * 8)

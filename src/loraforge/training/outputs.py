@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NonFiniteError
+from ..formats.check import check_state_dict
 from ..formats.diffusers_lora import WEIGHT_NAME, save_diffusers_lora
 from ..formats.embeddings import embedding_keys, embeddings_file_name, save_embeddings
 from ..formats.kohya import kohya_state_dict
@@ -86,8 +87,6 @@ def check_written(sd: dict, metadata: dict, model, path: Path):
     """Run the consumer check on a kohya file just written, against the model's own architecture; log one summary
     line (`ComfyUI 48/48 modules, A1111 48/48, diffusers loads`) and, for any miss, the consumer's details with the
     key names."""
-    from ..formats.check import check_state_dict
-
     try:
         report = check_state_dict(
             sd,

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from ..data.sources import list_images
+from ..sampling.generate import SampleRequest, encode_for_pipeline, save_png
+from ..sampling.samplers import make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,6 @@ def class_image_path(folder: Path, index: int) -> Path:
 def ensure_class_images(cfg, model, accelerator, resolution: int, replacements: dict | None = None,
                         dtype: torch.dtype | None = None) -> list[Path]:
     """Generate the missing class images; returns the paths written (empty when there were enough)."""
-    from ..sampling.generate import SampleRequest, encode_for_pipeline, save_png
-    from ..sampling.samplers import make_scheduler
-
     d, s = cfg.dataset, cfg.sampling  # `DatasetConfig` guarantees class_data_dir and class_prompt
     folder = Path(d.class_data_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)

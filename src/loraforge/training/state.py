@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import InputNotFoundError, RunFolderError, SaveFailedError
-from ..utils.files import TEMP_MARK, remove_temporaries, write_text_atomic
+from ..utils.files import TEMP_MARK, remove_temporaries, save_safetensors_atomic, write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -312,8 +312,6 @@ def check_resume(folder: Path, run_dir: Path, config_toml: str) -> TrainState:
 def register_network_hooks(accelerator, network, pivotal=None) -> None:
     """Make accelerate save/load only the network (and new token embeddings), never the frozen base models."""
     from safetensors.torch import load_file
-
-    from ..utils.files import save_safetensors_atomic
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:

@@ -19,19 +19,21 @@ import torch
 
 from ..config import TrainConfig, dump_config
 from ..data.build import build_train_data
+from ..data.cache import CacheContext
 from ..errors import RunFolderError, RunInterruptedError
 from ..models.loading import load_model
 from ..networks import create_network
+from ..sampling.run import sample_during_training
 from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
-from .step import LossStep
-from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
-from .pivotal import PivotalTuning
+from .interrupt import StopOnCtrlC
 from .nonfinite import NonFiniteGuard
+from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
+from .outputs import WrittenFiles, write_lora_files
+from .pivotal import PivotalTuning
 from .plan import RunPlan, plan_run, run_resolution
 from .preflight import preflight
-from .interrupt import StopOnCtrlC
-from .outputs import WrittenFiles, write_lora_files
+from .prior import ensure_class_images
 from .state import (
     FINAL_MARKER,
     RUN_CONFIG_FILE,
@@ -51,6 +53,7 @@ from .state import (
     save_failed,
     write_manifest,
 )
+from .step import LossStep
 
 log = logging.getLogger("loraforge.train")
 
@@ -156,8 +159,6 @@ class Trainer:
         self.pivotal = PivotalTuning(self.cfg.training) if self.cfg.training.train_text_encoder_ti else None
         replacements = self.pivotal.replacements if self.pivotal else None
         if getattr(self.cfg.dataset, "with_prior_preservation", False):
-            from .prior import ensure_class_images
-
             ensure_class_images(self.cfg, self.model, self.accelerator, self.resolution, replacements)
         self.data = build_train_data(self.cfg, self.resolution, text_replacements=replacements)
         if self.pivotal:
@@ -169,8 +170,6 @@ class Trainer:
     # ----------------------------------------------------------------------------------- data caches (data owner)
     def cache(self) -> None:
         """Fill the latent / text-encoder caches the dataset asks for with the frozen VAE and text encoders."""
-        from ..data.cache import CacheContext
-
         if not (self.data.wants_latent_cache or self.data.wants_text_cache):
             return
         m, d = self.model, self.cfg.dataset
@@ -489,8 +488,6 @@ class Trainer:
             self._log_handler = None
 
     def sample(self, tag: str) -> list[Path]:
-        from ..sampling.run import sample_during_training
-
         if not self.accelerator.is_main_process:
             return []
         for mod in self.trained_models:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .keys import LORA_PAIRS, ConsumerMergeError, join
+from .keys import LORA_PAIRS, ConsumerMergeError, adapter_kind, join
 from .tables import FamilyTables, Shape, family_of, family_tables
 
 VERSION = "0.19.3"
@@ -341,8 +341,6 @@ def merged_weight(W: torch.Tensor, tensors: dict, strength: float = 1.0) -> torc
 
 
 def _merged_weight(W: torch.Tensor, tensors: dict, strength: float) -> torch.Tensor:
-    from .keys import adapter_kind
-
     kind = adapter_kind(tensors)
     if kind in ("lora", "locon_tucker"):
         diff, rank = _lora_diff(tensors, W.shape)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from .keys import ADAPTER_LABELS, group_modules, split_key
-from .tables import family_of, family_tables
+from .tables import build_meta_models, family_of, family_tables
 
 VERSION = "0.42.1"
 LABEL = "diffusers"
@@ -196,8 +196,6 @@ def load_with_diffusers(sd, family: str) -> dict[str, set[str]]:
     Raises whatever diffusers raises. Slow-ish (builds the family's models, ~1-2 s); meant for cross-checks in tests.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
-
-    from .tables import build_meta_models
 
     models = build_meta_models(family)
     mixin = _mixin(family)
