@@ -78,7 +78,8 @@ def test_ctrl_c_on_the_command_line(make_config, tmp_path):
     assert proc.wait(timeout=300) == 130, err[-3000:]
     assert "Traceback" not in err and "error: stopped by Ctrl-C after step " in err, err[-3000:]
     step = int(err.split("stopped by Ctrl-C after step ")[1].split()[0])
-    assert 2 < step < 6, err[-3000:]  # the step running when Ctrl-C came, finished and saved
+    # the step running when Ctrl-C came, finished and saved (2 when the signal lands before step 3 starts)
+    assert 2 <= step < 6, err[-3000:]
     run = Trainer(cfg).run_dir
     assert (run / "checkpoints" / f"step-{step:06d}" / "train_state.json").is_file()
     assert f"the checkpoint {run / 'checkpoints' / f'step-{step:06d}'} holds it" in err

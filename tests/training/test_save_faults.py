@@ -47,7 +47,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_goes_on(make_
 
     # what a killed save leaves (a partial checkpoint, temporaries, diffusers' scratch folder) goes at the next start
     stale = [run / ".run-sd15.safetensors.tmp-abc123.safetensors", ckpts / ".step-000004.tmp-partial",
-             run / ".diffusers-x1y2", ckpts / ".step-000004.tmp-partial" / ".network.safetensors.tmp-q"]
+             run / ".pytorch_lora_weights.safetensors.tmp-diffusers-x1y2", ckpts / ".step-000004.tmp-partial" / ".network.safetensors.tmp-q"]
     for path in stale[1:3]:
         path.mkdir(parents=True)
     for path in stale[::3]:

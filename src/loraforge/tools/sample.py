@@ -38,7 +38,7 @@ def load_embedding(model, spec: EmbeddingSpec, allow_pickle: bool = False) -> No
     vectors = load_embeddings(spec.path, allow_pickle=allow_pickle)
     keys = model.family.embedding_keys
     if set(vectors) != set(keys):
-        kind = next((f.label for f in FAMILIES.values() if set(f.embedding_keys) == set(vectors)), "another family's")
+        kind = "/".join(f.label for f in FAMILIES.values() if set(f.embedding_keys) == set(vectors)) or "unknown"
         raise FamilyMismatchError(f"{spec.path} is an {kind} embedding ({', '.join(sorted(vectors))}); the model is "
                                   f"{model.family.label} ({', '.join(keys)})")
     pipe = model.pipeline()

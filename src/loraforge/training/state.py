@@ -240,7 +240,7 @@ def _show(value) -> str:
     if value is _UNSET:
         return "unset"
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= 80 else '"...' + text[-76:]  # the end of a long path is what tells it apart
 
 
 def config_changes(old_toml: str, new_toml: str) -> dict[str, str]:
