@@ -13,13 +13,14 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, create_model, model_validator
 
+from ..families import FAMILIES
 from .base import Section
 
 Algo = Literal["lora", "locon", "loha", "lokr", "dora"]
 Preset = Literal["full", "full-lin", "attn-mlp", "attn-only", "unet-transformer-only", "unet-convblock-only"]
 
 # Block-wise lists: SD 1.x / 2.x = IN0-11, MID, OUT0-11; SDXL = emb, IN0-8, MID0-2, OUT0-8, out (kohya.md §2.1).
-BLOCK_COUNTS = {"sd15": 25, "sd2": 25, "sdxl": 23}
+BLOCK_COUNTS = {name: f.block_count for name, f in FAMILIES.items()}
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 DEFAULT_TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 

@@ -11,6 +11,8 @@ from . import ldm
 from .architectures import COMPONENTS, TOKENIZER_PADS
 
 TINY_RESOLUTION = 64  # native size of every embedded tiny model (`models.tiny`)
+# block-weight values per sd-scripts block layout: LDM = IN0-11, MID, OUT0-11; SGM (SDXL) = emb, IN0-8, MID0-2, OUT0-8, out
+BLOCK_LAYOUT_SIZES = {"ldm": 25, "sgm": 23}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ class Family:
     def parts(self) -> tuple[str, ...]:
         """The model parts a LoRA may adapt: "unet" then the text encoders' parts."""
         return ("unet",) + tuple(te.part for te in self.text_encoders)
+
+    @property
+    def block_count(self) -> int:
+        """How many values a block-wise list (`network.block_dims`, ...) has for this family."""
+        return BLOCK_LAYOUT_SIZES[self.block_layout]
 
     @property
     def txt2img_pipeline(self) -> str:

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from .keys import ADAPTER_LABELS, group_modules, split_key
+from ...adapters import ADAPTER_LABELS  # display names only: the adapter kinds stay this parser's own
+from .keys import group_modules, split_key
 from .tables import build_meta_models, family_of, family_tables
 
 VERSION = "0.42.1"

@@ -111,19 +111,6 @@ def adapter_kind(tensors) -> str:
     return "none"
 
 
-ADAPTER_LABELS = {
-    "lora": "LoRA",
-    "locon_tucker": "LoCon+Tucker",
-    "loha": "LoHa",
-    "lokr": "LoKr",
-    "glora": "GLoRA",
-    "oft": "OFT",
-    "boft": "BOFT",
-    "ia3": "IA3",
-    "full": "full diff",
-    "norm": "norm",
-    "none": "no adapter",
-}
 
 
 def dora_axis(dora_scale, weight_shape) -> str:
