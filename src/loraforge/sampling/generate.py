@@ -81,30 +81,47 @@ def make_pipeline(model, sampler: str, img2img: bool = False, progress: bool = F
 
 
 def generate(model, requests: list[SampleRequest], *, clip_skip: int | None = None, init_image=None,
-             strength: float = 0.75, output_type: str = "pil", progress: bool = False) -> list:
-    """One image per request: the only generation path (training samples, `loraforge sample`). The generator is a
-    CPU generator seeded per request, so a seed gives the same image whatever the device. With `init_image` (a PIL
-    image) img2img at `strength`, the image resized to each request's size."""
+             strength: float = 0.75, output_type: str = "pil", progress: bool = False, batch_size: int = 1) -> list:
+    """One image per request: the only generation path (training samples, class images, `loraforge sample`). Each
+    image's generator is a CPU generator seeded by its request, so a seed gives the same image whatever the device
+    (and, up to the float rounding of batched convolutions, whatever the batch). With `init_image` (a PIL image)
+    img2img at `strength`, the image resized to each request's size. `batch_size` > 1 runs consecutive requests that
+    differ only in their seed as one batch."""
     import torch
 
     images = []
     pipes: dict[str, object] = {}
-    for req in requests:
+    for batch in _batches(requests, batch_size):
+        req = batch[0]
         key = normalize_sampler(req.sampler)
         if key not in pipes:
             pipes[key] = make_pipeline(model, key, img2img=init_image is not None, progress=progress)
         pipe = pipes[key]
-        gen = torch.Generator("cpu").manual_seed(req.seed)
+        gens = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
         kwargs = encode_for_pipeline(model, pipe, req.prompt, req.negative_prompt, clip_skip)
+        if len(batch) > 1:
+            kwargs = {k: v.repeat(len(batch), *([1] * (v.ndim - 1))) for k, v in kwargs.items()}
         if init_image is not None:
             kwargs.update(image=init_image.convert("RGB").resize((req.width, req.height)), strength=strength)
         else:
             kwargs.update(width=req.width, height=req.height)
         with torch.no_grad():
-            out = pipe(**kwargs, num_inference_steps=req.steps, guidance_scale=req.guidance_scale, generator=gen,
-                       output_type=output_type)
-        images.append(out.images[0])
+            out = pipe(**kwargs, num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
+                       generator=gens[0] if len(batch) == 1 else gens, output_type=output_type)
+        images.extend(out.images)
     return images
+
+
+def _batches(requests: list[SampleRequest], size: int) -> list[list[SampleRequest]]:
+    """Consecutive requests that differ only in their seed, `size` at most per batch."""
+    out: list[list[SampleRequest]] = []
+    for req in requests:
+        last = out[-1] if out else None
+        if last and len(last) < size and replace(last[0], seed=0) == replace(req, seed=0):
+            last.append(req)
+        else:
+            out.append([req])
+    return out
 
 
 def save_png(image: Image.Image, path: Path, parameters: str) -> Path:

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data.sources import list_images
-from ..sampling.generate import SampleRequest, encode_for_pipeline, save_png
-from ..sampling.samplers import make_scheduler
+from ..sampling.generate import SampleRequest, generate, save_png
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +41,11 @@ def ensure_class_images(cfg, model, accelerator, resolution: int, replacements: 
         log.info("prior preservation: generating %d class image(s) of %r into %s", len(todo), prompt, folder)
         for part in (model.unet, model.vae, *model.text_encoders):
             part.to(accelerator.device, dtype=dtype) if dtype else part.to(accelerator.device)
-        sched = make_scheduler(s.sample_sampler, model.scheduler.config, model.prediction_type)
-        pipe = model.pipeline(scheduler=sched)
-        pipe.set_progress_bar_config(disable=True)
-        embeds = encode_for_pipeline(model, pipe, prompt, s.negative_prompt, cfg.training.clip_skip)
-        for start in range(0, len(todo), s.sample_batch_size):
-            batch = todo[start : start + s.sample_batch_size]
-            n = len(batch)
-            kwargs = {k: v.repeat(n, *([1] * (v.ndim - 1))) for k, v in embeds.items()}
-            gens = [torch.Generator("cpu").manual_seed(cfg.training.seed + i) for i in batch]
-            with torch.no_grad(), accelerator.autocast():
-                images = pipe(**kwargs, width=resolution, height=resolution, num_inference_steps=s.num_inference_steps,
-                              guidance_scale=s.guidance_scale, generator=gens).images
-            for i, img in zip(batch, images):
-                req = SampleRequest(prompt, s.negative_prompt, resolution, resolution, s.num_inference_steps,
-                                    s.guidance_scale, cfg.training.seed + i, s.sample_sampler)
-                written.append(save_png(img, class_image_path(folder, i), req.parameters_text()))
+        requests = [SampleRequest(prompt, s.negative_prompt, resolution, resolution, s.num_inference_steps,
+                                  s.guidance_scale, cfg.training.seed + i, s.sample_sampler) for i in todo]
+        with accelerator.autocast():
+            images = generate(model, requests, clip_skip=cfg.training.clip_skip, batch_size=s.sample_batch_size)
+        for i, img, req in zip(todo, images, requests):
+            written.append(save_png(img, class_image_path(folder, i), req.parameters_text()))
     accelerator.wait_for_everyone()
     return written
