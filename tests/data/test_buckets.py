@@ -7,7 +7,7 @@ from loraforge.config import ConfigError, load_config
 from loraforge.data.buckets import BucketBatchSampler, BucketManager, BucketSettings, make_bucket_resolutions
 from loraforge.data.build import build_train_data
 from loraforge.data.dataset import collate
-from loraforge.data.errors import DataError
+from loraforge.errors import DataError
 
 
 def test_predefined_buckets_follow_sd_scripts():

@@ -8,7 +8,7 @@ from PIL import Image
 from loraforge.config import load_config
 from loraforge.data.build import build_train_data, check_cache_options
 from loraforge.data.cache import CACHE_FOLDER, CacheContext, sample_latents, vae_scaling
-from loraforge.data.errors import DataError
+from loraforge.errors import DataError
 from loraforge.models.text import encode_prompts
 
 

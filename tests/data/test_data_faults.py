@@ -13,7 +13,7 @@ from PIL import Image
 
 from loraforge.config import load_config
 from loraforge.data.build import build_train_data
-from loraforge.data.errors import DataError
+from loraforge.errors import DataError
 from loraforge.data.images import load_rgb
 from loraforge.training.plan import plan_run
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from loraforge.data.dataset import ImageCaptionDataset, collate
-from loraforge.data.errors import DataError
+from loraforge.errors import DataError
 from loraforge.data.images import resize_and_crop
 from loraforge.data.sources import ImageItem
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from loraforge.config import load_config
 from loraforge.data.build import build_train_data
-from loraforge.data.errors import DataError
+from loraforge.errors import DataError
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from PIL import Image
 from loraforge.config import ConfigError, load_config
 from loraforge.data.build import build_train_data
 from loraforge.data.dataset import balanced_repeats
-from loraforge.data.errors import DataError
+from loraforge.errors import DataError
 from loraforge.data.build import collect_all
 
 

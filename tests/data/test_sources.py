@@ -7,7 +7,7 @@ from PIL import Image
 
 from loraforge.config import load_config
 from loraforge.data.check import validate_items
-from loraforge.data.errors import DataError
+from loraforge.errors import DataError
 from loraforge.data.build import collect_all
 from loraforge.data.sources import DEMO_INSTANCE_PROMPT, demo_dir
 

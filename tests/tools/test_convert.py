@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from loraforge.tools.convert import convert
-from loraforge.tools.errors import PickleRefusedError
+from loraforge.errors import PickleRefusedError
 
 
 def _read(path):

@@ -7,7 +7,7 @@ import pytest
 from loraforge.formats.lora_file import ModelTree, load_bound
 from loraforge.adapters import module_delta
 from loraforge.tools.common import LoraSpec, load_sd_model
-from loraforge.tools.errors import FamilyMismatchError, ToolError
+from loraforge.errors import FamilyMismatchError, ToolError
 from loraforge.tools.extract import extract_lora
 from loraforge.tools.merge import merge_into_model
 from loraforge.tools.svd import RankRule

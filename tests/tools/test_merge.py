@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from loraforge.tools.common import LoraSpec, load_sd_model, model_parts
-from loraforge.tools.errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError
+from loraforge.errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError
 from loraforge.tools.merge import merge_checkpoints, merge_into_model
 from loraforge.sampling.generate import generate
 from loraforge.tools.sample import build_requests

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from loraforge.formats.lora_file import ModelTree, load_bound
 from loraforge.adapters import module_delta
 from loraforge.formats.kohya import kohya_module_name
-from loraforge.tools.errors import UnsupportedError
+from loraforge.errors import UnsupportedError
 from loraforge.tools.merge_loras import merge_loras
 from loraforge.tools.svd import RankRule
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from loraforge.formats.lora_file import load_lora_file
 from loraforge.adapters import module_delta
-from loraforge.tools.errors import ToolError
+from loraforge.errors import ToolError
 from loraforge.tools.resize import resize_lora
 from loraforge.tools.svd import RankRule, parse_recipe
 

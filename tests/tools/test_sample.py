@@ -13,7 +13,7 @@ from PIL import Image
 
 from loraforge.formats.embeddings import save_embeddings
 from loraforge.tools.common import LoraSpec, load_sd_model, parse_lora_spec
-from loraforge.tools.errors import FamilyMismatchError, ShapeMismatchError, ToolError
+from loraforge.errors import FamilyMismatchError, ShapeMismatchError, ToolError
 from loraforge.sampling.generate import generate
 from loraforge.tools.sample import EmbeddingSpec, build_requests, load_embedding, sample
 

@@ -134,7 +134,7 @@ def test_pivotal_and_text_encoder_lora_are_exclusive():
 
 
 def test_pivotal_tuning_without_the_abstraction_in_any_caption_is_refused(make_config):
-    from loraforge.data.errors import DataError
+    from loraforge.errors import DataError
 
     # the demo images have captions without TOK: the new tokens could never learn
     t = Trainer(make_config("sd15", **{"training.train_text_encoder_ti": True}))

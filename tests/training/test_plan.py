@@ -7,7 +7,7 @@ from PIL import Image
 
 from loraforge.cli.commands import _dry_run
 from loraforge.config import dump_config
-from loraforge.data.errors import DataError
+from loraforge.errors import DataError
 from loraforge.training.plan import plan_run
 from loraforge.training.trainer import Trainer
 

@@ -12,7 +12,7 @@ from .buckets import BucketBatchSampler
 from .cache import CacheContext, fill_latent_cache, fill_text_cache
 from .check import duplicate_notes, long_caption_note, validate_items
 from .dataset import ImageCaptionDataset, collate
-from .errors import DataError
+from ..errors import DataError
 from .kohya_toml import plan_from_file
 from .sources import ImageItem
 from .subsets import DataPlan, Subset, collect_plan_items, native_plan

@@ -27,7 +27,7 @@ import torch
 from ..families import Family
 from ..models.text import encode_prompts
 from ..utils.files import cache_home, remove_temporaries, save_safetensors_atomic
-from .errors import DataError
+from ..errors import DataError
 from .images import center_crop_offset, file_bytes
 
 log = logging.getLogger(__name__)

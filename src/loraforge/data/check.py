@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..config.dataset import DatasetConfig
-from .errors import DataError
+from ..errors import DataError
 from ..models.tokenizer import clip_tokenizer
 from .captions import process_caption
 from .images import ImageProblem, check_image, file_bytes

@@ -16,7 +16,7 @@ from PIL import Image
 
 from .buckets import BucketManager, BucketSettings
 from .captions import CaptionOptions, process_caption
-from .errors import DataError
+from ..errors import DataError
 from .images import center_crop_offset, load_rgb, probe_size, resize_and_crop, to_tensor
 from .sources import ImageItem
 from .subsets import Group, Subset

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..config.dataset import SubsetConfig
-from .errors import DataError
+from ..errors import DataError
 from .subsets import DataPlan, group_from, resolve_subset
 
 if sys.version_info >= (3, 11):

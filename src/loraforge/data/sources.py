@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import DataError
+from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # animated files: their first frame
 CAPTION_EXTENSIONS = (".txt", ".caption")  # the sidecar extensions in use (ours and kohya's default)

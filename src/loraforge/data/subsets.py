@@ -12,7 +12,7 @@ from pathlib import Path
 from ..config.dataset import SUBSET_OVERRIDABLE, DatasetConfig, bucket_problems, default_bucket_limits
 from .buckets import BucketSettings
 from .captions import CaptionOptions, tag_frequency
-from .errors import DataError
+from ..errors import DataError
 from .hub import dataset_items
 from .sources import (
     DEMO_INSTANCE_PROMPT,
