@@ -7,6 +7,8 @@ library) and, with `with_prior_preservation`, `class_data_dir`. None of them: th
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, create_model, model_validator
 
 from .base import Section
@@ -175,6 +177,16 @@ class DatasetConfig(Section):
         description=(
             "A marker (`|||`) that ends the fixed part instead of `keep_tokens`: `a, b ||| c, d ||| e` keeps "
             "`a, b` first and `e` last and shuffles/drops only `c, d`. The marker never reaches the text encoder."
+        ),
+    )
+    max_token_length: Literal[75, 150, 225] = Field(
+        75,
+        description=(
+            "Caption tokens the text encoders read (kohya `--max_token_length`). 75: one 77-token window (start "
+            "and end tokens included), longer captions are cut. 150 / 225: kohya's chunked prompts: the caption "
+            "is split into 2 / 3 windows of 75 tokens, each encoded with its own start and end tokens, and the "
+            "UNet is conditioned on the 152 / 227 states (first start token, every window's 75 tokens, last end "
+            "token); SDXL's pooled embedding is the first window's. Samples are still prompted with 75 tokens."
         ),
     )
     shuffle_caption: bool = Field(False, description="Shuffle the tags of each caption every step.")

@@ -143,7 +143,7 @@ def build_train_data(cfg, resolution: int, text_replacements: dict | None = None
         info["bucket_info"] = sampler.summary()
     if info["num_reg_images"]:
         info["ss_prior_loss_weight"] = d.prior_loss_weight
-    notes = plan.notes + duplicate_notes(plan.items) + [long_caption_note(dataset)]
+    notes = plan.notes + duplicate_notes(plan.items) + [long_caption_note(dataset, d.max_token_length)]
     data = TrainData(plan.items, dataset, sampler, loader, info, plan, cfg, [n for n in notes if n])
     if cache_context is not None:
         data.fill_caches(cache_context)
