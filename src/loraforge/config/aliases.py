@@ -88,7 +88,8 @@ def _entries() -> list[Alias]:
         ("clip_skip", "training.clip_skip", _K, differs,
          "kohya counts the last layer as 1: its clip_skip N is loraforge's N - 1"),
         ("clip_skip", "training.clip_skip", _D, same, "1 = the penultimate layer, as in diffusers"),
-        ("max_token_length", None, _K, none, "prompts are cut at 77 tokens (75 without BOS/EOS)"),
+        ("max_token_length", "dataset.max_token_length", _K, same,
+         "kohya's chunked prompts, 150 or 225; unset (kohya) is 75, one 77-token window"),
         # ------------------------------------------------------------------------------------------ images
         ("train_data_dir", "dataset.train_data_dir", _K, same, "kohya's `N_name` subfolder layout"),
         ("train_data_dir", "dataset.instance_dir", _D, differs,

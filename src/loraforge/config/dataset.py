@@ -7,11 +7,12 @@ library) and, with `with_prior_preservation`, `class_data_dir`. None of them: th
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, create_model, model_validator
 
 from .base import Section
+
+
+MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's --max_token_length choices (unset = 75)
 
 
 class DatasetConfig(Section):
@@ -179,7 +180,7 @@ class DatasetConfig(Section):
             "`a, b` first and `e` last and shuffles/drops only `c, d`. The marker never reaches the text encoder."
         ),
     )
-    max_token_length: Literal[75, 150, 225] = Field(
+    max_token_length: int = Field(
         75,
         description=(
             "Caption tokens the text encoders read (kohya `--max_token_length`). 75: one 77-token window (start "
@@ -259,6 +260,9 @@ class DatasetConfig(Section):
         if self.resolution is not None and self.enable_bucket and not self.bucket_no_upscale:
             steps = self.bucket_reso_steps
             problems += bucket_problems(self.resolution, self.min_bucket_reso, self.max_bucket_reso, steps, "dataset.")
+        if self.max_token_length not in MAX_TOKEN_LENGTHS:
+            problems.append(f"dataset.max_token_length = {self.max_token_length}: use one of "
+                            f"{', '.join(map(str, MAX_TOKEN_LENGTHS))} (one, two or three 75-token windows, as kohya)")
         if self.bucket_reso_steps % 8:
             problems.append(f"dataset.bucket_reso_steps = {self.bucket_reso_steps} is not a multiple of 8")
         if problems:
