@@ -1,6 +1,7 @@
 """kohya's dataset TOML and `N_name` folders; native `[[dataset.subsets]]`; prior-preservation class images."""
 
 import logging
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -184,3 +185,23 @@ def test_prior_preservation_config_checks(tmp_path):
             "dataset.class_prompt='a dog'")
     with pytest.raises(DataError, match="holds no class images; they are generated"):
         collect_all(c, 64)
+
+
+def test_zero_repeats_point_to_regularisation_subsets(tmp_path, caplog):
+    folder = images(tmp_path / "a", 1)
+    with pytest.raises(ConfigError) as e:
+        cfg(f"dataset.subsets=[{{image_dir={str(folder)!r}, num_repeats=0}}]")
+    assert "num_repeats = 0: a subset with 0 repeats would never be trained on" in str(e.value)
+    assert "set is_reg = true" in str(e.value) and "dataset.subsets" in str(e.value)
+    path = tmp_path / "ds.toml"
+    path.write_text(f"[[datasets]]\n  [[datasets.subsets]]\n  image_dir = '{folder}'\n  num_repeats = 0\n")
+    with pytest.raises(DataError) as e:
+        collect_all(cfg(f"dataset.config_file={str(path)!r}"), 64)
+    assert any("num_repeats = 0" in p and "set is_reg = true" in p for p in e.value.problems)
+    images(tmp_path / "train" / "0_dog", 1)
+    images(tmp_path / "train" / "2_sks dog", 1)
+    with caplog.at_level(logging.WARNING):
+        plan = collect_all(cfg(f"dataset.train_data_dir={str(tmp_path / 'train')!r}"), 64)
+    assert [Path(s.name).name for s in plan.subsets] == ["2_sks dog"]
+    assert "0_dog has 0 repeats and is skipped; class (regularisation) images go in an N_name folder of " \
+           "dataset.reg_data_dir" in caplog.text

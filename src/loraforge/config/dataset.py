@@ -7,7 +7,7 @@ library) and, with `with_prior_preservation`, `class_data_dir`. None of them: th
 
 from __future__ import annotations
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from .base import Section
 
@@ -307,6 +307,19 @@ def _optional(name: str):
     return (f.annotation | None, Field(None, description=f"This subset's `{name}`; unset: the `[dataset]` value.", **bounds))
 
 
+ZERO_REPEATS = (
+    "a subset with 0 repeats would never be trained on. For class (regularisation) images set is_reg = true: "
+    "they are repeated to as many per epoch as the training images and weighted by prior_loss_weight, as kohya's "
+    "reg subsets; to leave the folder out, remove the subset"
+)
+
+
+def _check_repeats(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise ValueError(f"num_repeats = {value}: {ZERO_REPEATS}")
+    return value
+
+
 SubsetConfig = create_model(
     "SubsetConfig",
     __base__=Section,
@@ -314,7 +327,13 @@ SubsetConfig = create_model(
     image_dir=(str, Field(..., description="Folder of the subset's images.")),
     num_repeats=(
         int | None,
-        Field(None, ge=1, description="Times each image appears per epoch. Unset: `[dataset].repeats`."),
+        Field(
+            None,
+            description=(
+                "Times each image appears per epoch (at least 1; for class images that only regularise, set "
+                "`is_reg` instead of 0). Unset: `[dataset].repeats`."
+            ),
+        ),
     ),
     class_tokens=(
         str | None,
@@ -325,5 +344,6 @@ SubsetConfig = create_model(
         Field(False, description="Regularisation images: loss weighted by `prior_loss_weight`, balanced in number."),
     ),
     **{name: _optional(name) for name in SUBSET_OVERRIDABLE},
+    __validators__={"_repeats": field_validator("num_repeats")(lambda cls, v: _check_repeats(v))},
 )
 DatasetConfig.model_rebuild()

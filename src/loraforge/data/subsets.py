@@ -122,8 +122,12 @@ def repeat_folders(root: str, is_reg: bool, d: DatasetConfig) -> list[Subset]:
     out = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         m = _REPEATS_FOLDER.match(sub.name)
-        if not m or int(m.group(1)) < 1:
+        if not m:
             log.warning("%s: %s is not named N_name (e.g. 10_sks dog); skipped", what, sub)
+            continue
+        if int(m.group(1)) < 1:
+            log.warning("%s: %s has 0 repeats and is skipped; class (regularisation) images go in an N_name folder "
+                        "of dataset.reg_data_dir, repeated there to as many per epoch as the training images", what, sub)
             continue
         values = type("Values", (), {"image_dir": str(sub), "num_repeats": int(m.group(1)),
                                      "class_tokens": m.group(2) or None, "is_reg": is_reg})()
