@@ -206,3 +206,9 @@ def test_text_cache_with_chunked_prompts_holds_152_states_and_is_not_reused_at_7
                for n in short.notes)
     assert short.fill_caches(ctx_for(sdxl))["text"] == {"hits": 0, "misses": 1}  # 77-token entries are others
     assert short.dataset[0].prompt_embeds.shape[0] == 77
+
+
+def test_color_aug_with_cached_latents_is_refused(tmp_path):
+    folder = images(tmp_path / "img", [(64, 64)])
+    with pytest.raises(DataError, match="cache_latents cannot be combined with dataset.color_aug.*turn color_aug or"):
+        data_for(folder, "dataset.cache_latents=true", "dataset.color_aug=true")

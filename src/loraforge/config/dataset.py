@@ -115,6 +115,14 @@ class DatasetConfig(Section):
         True, description="Crop the center after resizing to cover the training size; false: a random crop."
     )
     random_flip: bool = Field(False, description="Flip images horizontally at random (p = 0.5); kohya `flip_aug`.")
+    color_aug: bool = Field(
+        False,
+        description=(
+            "kohya's colour augmentation: a third of the samples get either a hue shift of up to ±16° or kohya's "
+            "brightness 'gamma' (pixel values 0-255 raised to a power in [0.95, 1.05]), drawn per sample. Not with "
+            "`cache_latents`."
+        ),
+    )
     min_image_size: int | None = Field(
         None,
         ge=1,
@@ -294,7 +302,7 @@ def bucket_problems(resolution, min_reso, max_reso, steps, prefix="") -> list[st
 
 # Options a subset can set for itself; unset, it takes the `[dataset]` value.
 SUBSET_OVERRIDABLE = (
-    "caption_extension", "center_crop", "random_flip",
+    "caption_extension", "center_crop", "random_flip", "color_aug",
     "caption_prefix", "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs",
     "caption_tag_dropout_rate", "enable_wildcard", "keep_tokens", "keep_tokens_separator", "shuffle_caption",
     "caption_separator", "secondary_separator",

@@ -84,6 +84,13 @@ def check_cache_options(cfg, subsets: list[Subset], text_replacements: dict | No
                 f"{', '.join(crops)}): the crop changes every step and a cached latent has one; set center_crop = "
                 f"true or turn {opt} off",
             )
+        colours = [s.name for s in subsets if s.color_aug]
+        if colours:
+            opt = "dataset.cache_latents_to_disk" if d.cache_latents_to_disk else "dataset.cache_latents"
+            raise DataError(
+                f"{opt} cannot be combined with dataset.color_aug (in {', '.join(colours)}): the colours change every "
+                f"step and a cached latent has one; turn color_aug or {opt} off",
+            )
     if not (d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk):
         return
     opt = "dataset.cache_text_encoder_outputs" + ("_to_disk" if d.cache_text_encoder_outputs_to_disk else "")
