@@ -11,6 +11,7 @@ from loraforge.data.build import build_train_data
 from loraforge.data.dataset import balanced_repeats
 from loraforge.data.errors import DataError
 from loraforge.data.build import collect_all
+from loraforge.formats.metadata import training_metadata
 
 
 def images(folder, n, size=(64, 64), captions=None):
@@ -219,3 +220,13 @@ def test_kohya_toml_color_aug_per_subset_and_face_crop_explained(tmp_path):
         collect_all(cfg(f"dataset.config_file={str(path)!r}"), 64)
     assert any("face_crop_aug_range" in p and "`name_cx_cy_w_h`" in p and "crop the images around the face" in p
                for p in e.value.problems)
+
+
+def test_chunked_prompts_and_color_aug_reach_kohyas_metadata(tmp_path):
+    folder = images(tmp_path / "a", 1)
+    sets = [f"dataset.instance_dir={str(folder)!r}", "dataset.instance_prompt='x'"]
+    data = build_train_data(cfg(*sets, "dataset.max_token_length=225", "dataset.color_aug=true"), 64)
+    meta = training_metadata(data.cfg, data.run_info, "sd15", "lora")
+    assert meta["ss_max_token_length"] == "225" and meta["ss_color_aug"] == "True"
+    plain = build_train_data(cfg(*sets), 64)
+    assert not {"ss_max_token_length", "ss_color_aug"} & set(training_metadata(plain.cfg, plain.run_info, "sd15", "lora"))

@@ -150,6 +150,10 @@ def build_train_data(cfg, resolution: int, text_replacements: dict | None = None
         info["bucket_info"] = sampler.summary()
     if info["num_reg_images"]:
         info["ss_prior_loss_weight"] = d.prior_loss_weight
+    if d.max_token_length != 75:  # kohya's metadata: unset means 75
+        info["ss_max_token_length"] = d.max_token_length
+    if any(s.color_aug for s in plan.subsets):
+        info["ss_color_aug"] = True
     notes = plan.notes + duplicate_notes(plan.items) + [long_caption_note(dataset, d.max_token_length)]
     data = TrainData(plan.items, dataset, sampler, loader, info, plan, cfg, [n for n in notes if n])
     if cache_context is not None:
