@@ -107,3 +107,14 @@ def test_docs_cover_every_option():
         assert f"## `[{section}]`" in text
         for key in model.model_fields:
             assert f"| `{key}` |" in text, f"{section}.{key} missing from the docs"
+
+
+def test_sdxl_block_dims_with_25_values_say_where_25_comes_from():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.family='sdxl'", "network.block_dims=" + str([4] * 25)])
+    text = str(e.value)
+    assert "has 25 values but the model is sdxl" in text and "takes 23" in text
+    assert "25 values are the SD 1.x layout" in text and "loraforge import` turn 25 equal values into 23" in text
+    with pytest.raises(ConfigError) as e:  # other counts get no such hint
+        load_config(None, ["model.family='sdxl'", "network.block_dims=" + str([4] * 24)])
+    assert "SD 1.x layout" not in str(e.value)

@@ -293,3 +293,17 @@ def test_diffusers_seed_trains_on_the_tiny_sd15(tmp_path, tiny_dirs):
         4, "gaussian", 4)
     run = Trainer(cfg).run()
     assert run.steps == 2 and run.files.diffusers.is_file() and all(loss == loss for loss in run.losses)
+
+
+def test_max_token_length_maps_to_chunked_prompts():
+    r = import_text("python sdxl_train_network.py --max_token_length=225")
+    assert mapped(r)["dataset.max_token_length"] == 225
+    assert load_config(None, [f"dataset.max_token_length={r.data['dataset']['max_token_length']}"])
+    miss = unmapped(import_text("python train_network.py --max_token_length=100"))
+    assert "dataset.max_token_length" in miss["--max_token_length=100"] and "150" in miss["--max_token_length=100"]
+
+
+def test_color_aug_maps_and_face_crop_says_why_not():
+    r = import_text("python train_network.py --color_aug --face_crop_aug_range=2.0,4.0")
+    assert mapped(r)["dataset.color_aug"] is True
+    assert "file name (`name_cx_cy_w_h`" in unmapped(r)["--face_crop_aug_range=2.0,4.0"]

@@ -185,3 +185,30 @@ def test_a_killed_cache_write_is_cleaned_at_the_next_fill_but_not_a_live_one(tmp
     data.fill_caches(ctx_for(sdxl))
     assert not stale.exists() and live.exists()
     assert len([p for p in cache.glob("*.safetensors") if not p.name.startswith(".")]) == 1  # the entry itself
+
+
+def test_text_cache_with_chunked_prompts_holds_152_states_and_is_not_reused_at_75(tmp_path, sdxl):
+    folder = images(tmp_path / "img", [(64, 64)])
+    (folder / "0.txt").write_text(" ".join(["robot"] * 100))  # 102 tokens with start and end
+    disk = "dataset.cache_text_encoder_outputs_to_disk=true"
+    data = data_for(folder, disk, "dataset.max_token_length=150")
+    ctx = ctx_for(sdxl)
+    ctx.max_token_length = 150
+    assert data.fill_caches(ctx)["text"] == {"hits": 0, "misses": 1}
+    ex = data.dataset[0]
+    with torch.no_grad():
+        live = encode_prompts(sdxl.family, sdxl.tokenizers, sdxl.text_encoders, [ex.caption], None, 150)
+    assert ex.prompt_embeds.shape[0] == 152
+    torch.testing.assert_close(ex.prompt_embeds, live.prompt_embeds[0], rtol=0, atol=1e-6)
+    assert not any("tokens are cut" in n for n in data.notes)  # 152 tokens read: nothing cut
+    short = data_for(folder, disk)
+    assert any("longer than the text encoder's 77 tokens" in n and "max_token_length = 150 or 225" in n
+               for n in short.notes)
+    assert short.fill_caches(ctx_for(sdxl))["text"] == {"hits": 0, "misses": 1}  # 77-token entries are others
+    assert short.dataset[0].prompt_embeds.shape[0] == 77
+
+
+def test_color_aug_with_cached_latents_is_refused(tmp_path):
+    folder = images(tmp_path / "img", [(64, 64)])
+    with pytest.raises(DataError, match="cache_latents cannot be combined with dataset.color_aug.*turn color_aug or"):
+        data_for(folder, "dataset.cache_latents=true", "dataset.color_aug=true")

@@ -7,7 +7,8 @@ from PIL import Image
 
 from loraforge.data.dataset import ImageCaptionDataset, collate
 from loraforge.errors import DataError
-from loraforge.data.images import resize_and_crop
+from loraforge.data.images import color_aug, resize_and_crop
+from loraforge.data.subsets import Subset
 from loraforge.data.sources import ImageItem
 
 
@@ -70,3 +71,52 @@ def test_collate_shapes(tmp_path):
     batch = collate([ds[0], ds[1]])
     assert batch["pixel_values"].shape == (2, 3, 64, 64)
     assert batch["captions"] == ["cap", "cap"] and batch["original_sizes"] == [(80, 80), (80, 80)]
+
+
+def colourful(w=32, h=24):
+    rng = np.random.default_rng(5)
+    return Image.fromarray(rng.integers(30, 220, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def test_color_aug_is_kohyas_hue_shift_or_gamma_on_a_third_of_the_samples():
+    img = colourful()
+    arr = np.asarray(img)
+    hue_in = np.asarray(img.convert("HSV"))
+    kinds = []
+    for seed in range(300):
+        out = np.asarray(color_aug(img, np.random.default_rng(seed)))
+        draws = np.random.default_rng(seed)  # the same draws, replayed: kohya's order
+        if draws.random() > 0.33:
+            assert np.array_equal(out, arr)
+            kinds.append("none")
+        elif draws.random() > 0.5:
+            shift = draws.uniform(-8, 8) % 180 * 256 / 180
+            hsv = np.asarray(Image.fromarray(out).convert("HSV")).astype(int)
+            moved = (hsv[..., 0] - hue_in[..., 0]) % 256
+            assert abs(np.median(moved) - shift) < 2.5 or abs(np.median(moved) - shift) > 253.5
+            assert np.abs(hsv[..., 2] - hue_in[..., 2]).max() <= 3  # the brightness stays
+            kinds.append("hue")
+        else:
+            gamma = draws.uniform(0.95, 1.05)
+            assert np.array_equal(out, np.clip(arr.astype(np.float64) ** gamma, 0, 255).astype(np.uint8))
+            kinds.append("gamma")
+    assert 0.25 < 1 - kinds.count("none") / 300 < 0.42 and kinds.count("hue") > 20 and kinds.count("gamma") > 20
+
+
+def test_color_aug_in_the_dataset_is_per_sample_and_leaves_other_draws_alone(tmp_path):
+    colourful(96, 80).save(tmp_path / "c.png")
+    items = [ImageItem(tmp_path / "c.png", "cap", "instance_prompt")]
+
+    def dataset(on):
+        sub = Subset("s", None, 12, random_flip=True, random_crop=True, color_aug=on)
+        return ImageCaptionDataset(items, 64, seed=3, subsets=[sub])
+
+    off, on = dataset(False), dataset(True)
+    changed = []
+    for i in range(12):
+        a, b = off[i].pixel_values, on[i].pixel_values
+        assert torch.equal(b, on[i].pixel_values)  # the same sample, the same colours
+        recoloured = np.random.default_rng([3, 0, i, 4]).random() <= 0.33  # its own stream, as documented
+        assert torch.equal(a, b) != recoloured  # crops and flips are those of the run without color_aug
+        changed.append(recoloured)
+    assert 0 < sum(changed) < 12

@@ -1,6 +1,7 @@
 """kohya's dataset TOML and `N_name` folders; native `[[dataset.subsets]]`; prior-preservation class images."""
 
 import logging
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -10,6 +11,7 @@ from loraforge.data.build import build_train_data
 from loraforge.data.dataset import balanced_repeats
 from loraforge.errors import DataError
 from loraforge.data.build import collect_all
+from loraforge.formats.metadata import training_metadata
 
 
 def images(folder, n, size=(64, 64), captions=None):
@@ -184,3 +186,47 @@ def test_prior_preservation_config_checks(tmp_path):
             "dataset.class_prompt='a dog'")
     with pytest.raises(DataError, match="holds no class images; they are generated"):
         collect_all(c, 64)
+
+
+def test_zero_repeats_point_to_regularisation_subsets(tmp_path, caplog):
+    folder = images(tmp_path / "a", 1)
+    with pytest.raises(ConfigError) as e:
+        cfg(f"dataset.subsets=[{{image_dir={str(folder)!r}, num_repeats=0}}]")
+    assert "num_repeats = 0: a subset with 0 repeats would never be trained on" in str(e.value)
+    assert "set is_reg = true" in str(e.value) and "dataset.subsets" in str(e.value)
+    path = tmp_path / "ds.toml"
+    path.write_text(f"[[datasets]]\n  [[datasets.subsets]]\n  image_dir = '{folder}'\n  num_repeats = 0\n")
+    with pytest.raises(DataError) as e:
+        collect_all(cfg(f"dataset.config_file={str(path)!r}"), 64)
+    assert any("num_repeats = 0" in p and "set is_reg = true" in p for p in e.value.problems)
+    images(tmp_path / "train" / "0_dog", 1)
+    images(tmp_path / "train" / "2_sks dog", 1)
+    with caplog.at_level(logging.WARNING):
+        plan = collect_all(cfg(f"dataset.train_data_dir={str(tmp_path / 'train')!r}"), 64)
+    assert [Path(s.name).name for s in plan.subsets] == ["2_sks dog"]
+    assert "0_dog has 0 repeats and is skipped; class (regularisation) images go in an N_name folder of " \
+           "dataset.reg_data_dir" in caplog.text
+
+
+def test_kohya_toml_color_aug_per_subset_and_face_crop_explained(tmp_path):
+    a, b = images(tmp_path / "a", 1), images(tmp_path / "b", 1)
+    path = tmp_path / "ds.toml"
+    path.write_text(f"[general]\ncolor_aug = true\n[[datasets]]\n  [[datasets.subsets]]\n  image_dir = '{a}'\n"
+                    f"  [[datasets.subsets]]\n  image_dir = '{b}'\n  color_aug = false\n")
+    plan = collect_all(cfg(f"dataset.config_file={str(path)!r}", "dataset.instance_prompt='x'"), 64)
+    assert [s.color_aug for s in plan.subsets] == [True, False]
+    path.write_text(f"[[datasets]]\n  [[datasets.subsets]]\n  image_dir = '{a}'\n  face_crop_aug_range = [2.0, 4.0]\n")
+    with pytest.raises(DataError) as e:
+        collect_all(cfg(f"dataset.config_file={str(path)!r}"), 64)
+    assert any("face_crop_aug_range" in p and "`name_cx_cy_w_h`" in p and "crop the images around the face" in p
+               for p in e.value.problems)
+
+
+def test_chunked_prompts_and_color_aug_reach_kohyas_metadata(tmp_path):
+    folder = images(tmp_path / "a", 1)
+    sets = [f"dataset.instance_dir={str(folder)!r}", "dataset.instance_prompt='x'"]
+    data = build_train_data(cfg(*sets, "dataset.max_token_length=225", "dataset.color_aug=true"), 64)
+    meta = training_metadata(data.cfg, data.run_info, "sd15", "lora")
+    assert meta["ss_max_token_length"] == "225" and meta["ss_color_aug"] == "True"
+    plain = build_train_data(cfg(*sets), 64)
+    assert not {"ss_max_token_length", "ss_color_aug"} & set(training_metadata(plain.cfg, plain.run_info, "sd15", "lora"))

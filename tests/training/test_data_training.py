@@ -115,3 +115,22 @@ def test_resume_is_bit_exact_with_buckets_and_caption_randomness(make_config, tm
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed.losses == straight.losses[3:]
+
+
+def test_chunked_prompts_reach_the_unet_with_152_states(make_config, tmp_path):
+    folder = images(tmp_path / "img", [(64, 64)], caption=" ".join(["robot"] * 100))
+    cfg = make_config("sd15", **data_options(folder, **{"dataset.max_token_length": 150}))
+    t = Trainer(cfg)
+    t.prepare()
+    seen, unet = [], t.step.unet
+
+    def spy(sample, timesteps, hidden, **kw):
+        seen.append(tuple(hidden.shape[:2]))
+        return unet(sample, timesteps, hidden, **kw)
+
+    t.step.unet = spy
+    try:
+        t.compute_loss(next(iter(t.train_dataloader)))
+    finally:
+        t.close()
+    assert seen == [(1, 152)]

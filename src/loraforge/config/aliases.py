@@ -88,7 +88,8 @@ def _entries() -> list[Alias]:
         ("clip_skip", "training.clip_skip", _K, differs,
          "kohya counts the last layer as 1: its clip_skip N is loraforge's N - 1"),
         ("clip_skip", "training.clip_skip", _D, same, "1 = the penultimate layer, as in diffusers"),
-        ("max_token_length", None, _K, none, "prompts are cut at 77 tokens (75 without BOS/EOS)"),
+        ("max_token_length", "dataset.max_token_length", _K, same,
+         "kohya's chunked prompts, 150 or 225; unset (kohya) is 75, one 77-token window"),
         # ------------------------------------------------------------------------------------------ images
         ("train_data_dir", "dataset.train_data_dir", _K, same, "kohya's `N_name` subfolder layout"),
         ("train_data_dir", "dataset.instance_dir", _D, differs,
@@ -126,8 +127,10 @@ def _entries() -> list[Alias]:
         ("random_crop", "dataset.center_crop", _K, same, "`--random_crop` becomes dataset.center_crop = false"),
         ("random_flip", "dataset.random_flip", _D, same, ""),
         ("flip_aug", "dataset.random_flip", _K, same, ""),
-        ("color_aug", None, _K, none, "no colour augmentation"),
-        ("face_crop_aug_range", None, _K, none, "no face-crop augmentation"),
+        ("color_aug", "dataset.color_aug", _K, same, "kohya's hue shift / gamma, Pillow's HSV standing in for OpenCV's"),
+        ("face_crop_aug_range", None, _K, none,
+         "no face-crop augmentation: kohya reads the face box from the file name (`name_cx_cy_w_h`, written by its "
+         "detect_face_rotate.py) and crops around it at a random scale; crop the images around the face beforehand"),
         ("enable_bucket", "dataset.enable_bucket", _K, same, ""),
         ("min_bucket_reso", "dataset.min_bucket_reso", _K, same,
          "kohya's default is 256, loraforge's half the resolution"),

@@ -7,9 +7,12 @@ library) and, with `with_prior_preservation`, `class_data_dir`. None of them: th
 
 from __future__ import annotations
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from .base import Section
+
+
+MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's --max_token_length choices (unset = 75)
 
 
 class DatasetConfig(Section):
@@ -112,6 +115,14 @@ class DatasetConfig(Section):
         True, description="Crop the center after resizing to cover the training size; false: a random crop."
     )
     random_flip: bool = Field(False, description="Flip images horizontally at random (p = 0.5); kohya `flip_aug`.")
+    color_aug: bool = Field(
+        False,
+        description=(
+            "kohya's colour augmentation: a third of the samples get either a hue shift of up to ±16° or kohya's "
+            "brightness 'gamma' (pixel values 0-255 raised to a power in [0.95, 1.05]), drawn per sample. Not with "
+            "`cache_latents`."
+        ),
+    )
     min_image_size: int | None = Field(
         None,
         ge=1,
@@ -175,6 +186,16 @@ class DatasetConfig(Section):
         description=(
             "A marker (`|||`) that ends the fixed part instead of `keep_tokens`: `a, b ||| c, d ||| e` keeps "
             "`a, b` first and `e` last and shuffles/drops only `c, d`. The marker never reaches the text encoder."
+        ),
+    )
+    max_token_length: int = Field(
+        75,
+        description=(
+            "Caption tokens the text encoders read (kohya `--max_token_length`). 75: one 77-token window (start "
+            "and end tokens included), longer captions are cut. 150 / 225: kohya's chunked prompts: the caption "
+            "is split into 2 / 3 windows of 75 tokens, each encoded with its own start and end tokens, and the "
+            "UNet is conditioned on the 152 / 227 states (first start token, every window's 75 tokens, last end "
+            "token); SDXL's pooled embedding is the first window's. Samples are still prompted with 75 tokens."
         ),
     )
     shuffle_caption: bool = Field(False, description="Shuffle the tags of each caption every step.")
@@ -247,6 +268,9 @@ class DatasetConfig(Section):
         if self.resolution is not None and self.enable_bucket and not self.bucket_no_upscale:
             steps = self.bucket_reso_steps
             problems += bucket_problems(self.resolution, self.min_bucket_reso, self.max_bucket_reso, steps, "dataset.")
+        if self.max_token_length not in MAX_TOKEN_LENGTHS:
+            problems.append(f"dataset.max_token_length = {self.max_token_length}: use one of "
+                            f"{', '.join(map(str, MAX_TOKEN_LENGTHS))} (one, two or three 75-token windows, as kohya)")
         if self.bucket_reso_steps % 8:
             problems.append(f"dataset.bucket_reso_steps = {self.bucket_reso_steps} is not a multiple of 8")
         if problems:
@@ -278,7 +302,7 @@ def bucket_problems(resolution, min_reso, max_reso, steps, prefix="") -> list[st
 
 # Options a subset can set for itself; unset, it takes the `[dataset]` value.
 SUBSET_OVERRIDABLE = (
-    "caption_extension", "center_crop", "random_flip",
+    "caption_extension", "center_crop", "random_flip", "color_aug",
     "caption_prefix", "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs",
     "caption_tag_dropout_rate", "enable_wildcard", "keep_tokens", "keep_tokens_separator", "shuffle_caption",
     "caption_separator", "secondary_separator",
@@ -291,6 +315,19 @@ def _optional(name: str):
     return (f.annotation | None, Field(None, description=f"This subset's `{name}`; unset: the `[dataset]` value.", **bounds))
 
 
+ZERO_REPEATS = (
+    "a subset with 0 repeats would never be trained on. For class (regularisation) images set is_reg = true: "
+    "they are repeated to as many per epoch as the training images and weighted by prior_loss_weight, as kohya's "
+    "reg subsets; to leave the folder out, remove the subset"
+)
+
+
+def _check_repeats(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise ValueError(f"num_repeats = {value}: {ZERO_REPEATS}")
+    return value
+
+
 SubsetConfig = create_model(
     "SubsetConfig",
     __base__=Section,
@@ -298,7 +335,13 @@ SubsetConfig = create_model(
     image_dir=(str, Field(..., description="Folder of the subset's images.")),
     num_repeats=(
         int | None,
-        Field(None, ge=1, description="Times each image appears per epoch. Unset: `[dataset].repeats`."),
+        Field(
+            None,
+            description=(
+                "Times each image appears per epoch (at least 1; for class images that only regularise, set "
+                "`is_reg` instead of 0). Unset: `[dataset].repeats`."
+            ),
+        ),
     ),
     class_tokens=(
         str | None,
@@ -309,5 +352,6 @@ SubsetConfig = create_model(
         Field(False, description="Regularisation images: loss weighted by `prior_loss_weight`, balanced in number."),
     ),
     **{name: _optional(name) for name in SUBSET_OVERRIDABLE},
+    __validators__={"_repeats": field_validator("num_repeats")(lambda cls, v: _check_repeats(v))},
 )
 DatasetConfig.model_rebuild()

@@ -423,5 +423,9 @@ def block_count_problem(c: NetworkBase, family: str) -> str | None:
         values = getattr(c, name)
         if values is not None and len(values) != want:
             layout = "SD 1.x/2.x (IN0-11, MID, OUT0-11)" if want == 25 else "SDXL (emb, IN0-8, MID0-2, OUT0-8, out)"
-            return f"network.{name} has {len(values)} values but the model is {family}: {layout} takes {want}"
+            hint = ""
+            if len(values) == BLOCK_COUNTS["sd15"]:  # (the family wants 23)
+                hint = ("; 25 values are the SD 1.x layout that some kohya guides write for SDXL too (kohya's SDXL "
+                        "LoRA takes 23 as well): write 23, or let `loraforge import` turn 25 equal values into 23")
+            return f"network.{name} has {len(values)} values but the model is {family}: {layout} takes {want}{hint}"
     return None

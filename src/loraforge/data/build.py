@@ -84,6 +84,13 @@ def check_cache_options(cfg, subsets: list[Subset], text_replacements: dict | No
                 f"{', '.join(crops)}): the crop changes every step and a cached latent has one; set center_crop = "
                 f"true or turn {opt} off",
             )
+        colours = [s.name for s in subsets if s.color_aug]
+        if colours:
+            opt = "dataset.cache_latents_to_disk" if d.cache_latents_to_disk else "dataset.cache_latents"
+            raise DataError(
+                f"{opt} cannot be combined with dataset.color_aug (in {', '.join(colours)}): the colours change every "
+                f"step and a cached latent has one; turn color_aug or {opt} off",
+            )
     if not (d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk):
         return
     opt = "dataset.cache_text_encoder_outputs" + ("_to_disk" if d.cache_text_encoder_outputs_to_disk else "")
@@ -143,7 +150,11 @@ def build_train_data(cfg, resolution: int, text_replacements: dict | None = None
         info["bucket_info"] = sampler.summary()
     if info["num_reg_images"]:
         info["ss_prior_loss_weight"] = d.prior_loss_weight
-    notes = plan.notes + duplicate_notes(plan.items) + [long_caption_note(dataset)]
+    if d.max_token_length != 75:  # kohya's metadata: unset means 75
+        info["ss_max_token_length"] = d.max_token_length
+    if any(s.color_aug for s in plan.subsets):
+        info["ss_color_aug"] = True
+    notes = plan.notes + duplicate_notes(plan.items) + [long_caption_note(dataset, d.max_token_length)]
     data = TrainData(plan.items, dataset, sampler, loader, info, plan, cfg, [n for n in notes if n])
     if cache_context is not None:
         data.fill_caches(cache_context)

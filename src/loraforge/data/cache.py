@@ -47,6 +47,7 @@ class CacheContext:
     tokenizers: list = field(default_factory=list)
     family: Family | None = None  # how prompts condition the UNet (the text cache needs it)
     clip_skip: int | None = None
+    max_token_length: int | None = None  # kohya's chunked prompts (150 / 225); None or 75: one 77-token window
     vae_batch_size: int = 1
 
 
@@ -222,7 +223,10 @@ def fill_latent_cache(dataset, d, ctx: CacheContext) -> LatentCache:
 def fill_text_cache(dataset, d, ctx: CacheContext, batch_size: int = 8) -> TextCache:
     parts = [module_identity(te) for te in ctx.text_encoders]
     parts += [f"{type(t).__name__}:{len(t)}" for t in ctx.tokenizers]
-    identity = hashlib.sha256(f"{parts}|conditioning={ctx.family.text_conditioning}|clip_skip={ctx.clip_skip}".encode()).hexdigest()[:24]
+    setting = f"{parts}|conditioning={ctx.family.text_conditioning}|clip_skip={ctx.clip_skip}"
+    if ctx.max_token_length not in (None, 75):  # the 75-token identity stays what it was, so old caches are reused
+        setting += f"|max_token_length={ctx.max_token_length}"
+    identity = hashlib.sha256(setting.encode()).hexdigest()[:24]
     cache = TextCache(identity, d.cache_text_encoder_outputs_to_disk, d.cache_dir)
     todo: dict[tuple[str, str], tuple[str, int]] = {}
     for i in sorted(set(dataset.index)):
@@ -242,7 +246,7 @@ def fill_text_cache(dataset, d, ctx: CacheContext, batch_size: int = 8) -> TextC
         chunk = jobs[start : start + batch_size]
         with torch.no_grad():
             cond = encode_prompts(ctx.family, ctx.tokenizers, ctx.text_encoders, [c for _, c, _ in chunk],
-                                  ctx.clip_skip)
+                                  ctx.clip_skip, ctx.max_token_length)
         for j, (key, caption, i) in enumerate(chunk):
             tensors = {"prompt_embeds": cond.prompt_embeds[j]}
             if cond.pooled is not None:

@@ -59,11 +59,12 @@ def _tokenizer():
     return clip_tokenizer()  # the vocabulary and the 77-token window of every SD 1.x / 2.x / SDXL text encoder
 
 
-def long_caption_note(dataset) -> str:
-    """How many captions (as trained: prefix, suffix, first line, before dropout) the text encoders cut at their
-    77-token window (start and end tokens included), with the longest; "" when none."""
+def long_caption_note(dataset, max_token_length: int = 75) -> str:
+    """How many captions (as trained: prefix, suffix, first line, before dropout) exceed what the text encoders
+    read: `max_token_length` tokens plus the start and end tokens (77 by default; kohya's chunked 150 / 225 give
+    152 / 227), with the longest; "" when none."""
     tok = _tokenizer()
-    limit = tok.model_max_length
+    limit = max_token_length + 2
     longest, count = (0, None), 0
     for i, item in enumerate(dataset.items):
         opts = replace(dataset.subset_of(i).captions, dropout_rate=0.0, dropout_every_n_epochs=0, tag_dropout_rate=0.0)
@@ -74,8 +75,10 @@ def long_caption_note(dataset) -> str:
             longest = max(longest, (n, str(item.path)), key=lambda x: x[0])
     if not count:
         return ""
+    longer = "dataset.max_token_length = 150 or 225 reads more" if max_token_length < 225 else ""
+    advice = "shorten them or move what matters to the front" + (f" ({longer})" if longer else "")
     return (f"{count} caption(s) longer than the text encoder's {limit} tokens are cut to {limit} (the longest: "
-            f"{longest[0]} tokens, {longest[1]}); shorten them or move what matters to the front")
+            f"{longest[0]} tokens, {longest[1]}); {advice}")
 
 
 __all__ = ["ImageProblem", "validate_items", "duplicate_notes", "long_caption_note"]

@@ -17,7 +17,7 @@ from PIL import Image
 from .buckets import BucketManager, BucketSettings
 from .captions import CaptionOptions, process_caption
 from ..errors import DataError
-from .images import center_crop_offset, load_rgb, probe_size, resize_and_crop, to_tensor
+from .images import center_crop_offset, color_aug, load_rgb, probe_size, resize_and_crop, to_tensor
 from .sources import ImageItem
 from .subsets import Group, Subset
 
@@ -189,6 +189,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             img, ex.crop_top_left = resize_and_crop(img, (bw, bh), not random_crop, rng)
             if sub.random_flip and rng.random() < 0.5:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if sub.color_aug:  # its own stream: turning it on changes no other draw
+                img = color_aug(img, self.rng(index, epoch, 4))
             ex.pixel_values = to_tensor(img)
         if self.text_cache is not None:
             ex.prompt_embeds, ex.pooled = self.text_cache.outputs_for(self, item_index, ex.caption)

@@ -100,6 +100,21 @@ def resize_and_crop(
     return img.crop((left, top, left + tw, top + th)), (top, left)
 
 
+def color_aug(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """kohya's `color_aug` (train_util.py `AugHelper.color_aug`): with probability 0.33, half the time a hue shift of
+    up to 8 of OpenCV's 180 hue steps (±16°), otherwise kohya's "gamma": the 0-255 pixel values raised to a power in
+    [0.95, 1.05] (a brightness change, as kohya computes it). Pillow's HSV (hue 0-255) stands in for OpenCV's."""
+    if rng.random() > 0.33:
+        return img
+    if rng.random() > 0.5:
+        shift = rng.uniform(-8, 8) % 180  # kohya: a negative shift + 180
+        hsv = np.asarray(img.convert("HSV")).copy()
+        hsv[..., 0] = ((hsv[..., 0] + shift * 256 / 180) % 256).astype(np.uint8)
+        return Image.fromarray(hsv, "HSV").convert("RGB")
+    gamma = rng.uniform(0.95, 1.05)
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) ** gamma, 0, 255).astype(np.uint8), "RGB")
+
+
 def to_tensor(img: Image.Image):
     """PIL RGB → float tensor [3, H, W] in [-1, 1]."""
     import torch

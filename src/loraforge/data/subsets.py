@@ -39,6 +39,7 @@ class Subset:
     captions: CaptionOptions = CaptionOptions()
     random_flip: bool = False
     random_crop: bool = False
+    color_aug: bool = False
     class_tokens: str | None = None
     caption_extension: str = ".txt"
     group: int = 0
@@ -106,6 +107,7 @@ def resolve_subset(values, d: DatasetConfig, *, where: str, group: int = 0) -> S
         captions=CaptionOptions.from_config(view),
         random_flip=view.random_flip,
         random_crop=not view.center_crop,
+        color_aug=view.color_aug,
         class_tokens=getattr(values, "class_tokens", None) or d.instance_prompt,
         caption_extension=view.caption_extension,
         group=group,
@@ -122,8 +124,12 @@ def repeat_folders(root: str, is_reg: bool, d: DatasetConfig) -> list[Subset]:
     out = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         m = _REPEATS_FOLDER.match(sub.name)
-        if not m or int(m.group(1)) < 1:
+        if not m:
             log.warning("%s: %s is not named N_name (e.g. 10_sks dog); skipped", what, sub)
+            continue
+        if int(m.group(1)) < 1:
+            log.warning("%s: %s has 0 repeats and is skipped; class (regularisation) images go in an N_name folder "
+                        "of dataset.reg_data_dir, repeated there to as many per epoch as the training images", what, sub)
             continue
         values = type("Values", (), {"image_dir": str(sub), "num_repeats": int(m.group(1)),
                                      "class_tokens": m.group(2) or None, "is_reg": is_reg})()
@@ -139,7 +145,8 @@ def native_plan(cfg, resolution: int) -> DataPlan:
     """The subsets of `[dataset]` without a kohya config file."""
     d = cfg.dataset
     plain = CaptionOptions.from_config(d)
-    flags = {"random_flip": d.random_flip, "random_crop": not d.center_crop, "caption_extension": d.caption_extension}
+    flags = {"random_flip": d.random_flip, "random_crop": not d.center_crop, "color_aug": d.color_aug,
+             "caption_extension": d.caption_extension}
     subsets: list[Subset] = []
     if d.instance_dir:
         subsets.append(Subset(d.instance_dir, Path(d.instance_dir).expanduser(), d.repeats, False, plain,

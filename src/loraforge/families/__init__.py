@@ -10,20 +10,22 @@ a pipeline class is asked for), so every other package may ask it instead of bra
 * `ldm`: diffusers <-> original (LDM / SGM) names of UNet, VAE and CLIP weights, derived from the configs.
 * `detect`: a diffusers folder's or a single file's family.
 
-Adding a fourth family (e.g. another UNet + CLIP model) touches:
+Adding a fourth family (another UNet + CLIP model) touches:
 
-1. `architectures.py`: its component configs in `COMPONENTS` and its tokenizer pads in `TOKENIZER_PADS`;
-2. `registry.py`: one `Family(...)` entry in `FAMILIES`;
+1. `architectures.py`: its component configs (`COMPONENTS`: UNet, VAE, text encoders, scheduler, model_index) and
+   tokenizer pads (`TOKENIZER_PADS`);
+2. `registry.py`: one `Family(...)` entry in `FAMILIES` (text-encoder parts with their kohya / embedding /
+   single-file names, pipelines, conditioning, block layout, metadata values);
 3. `detect.py`: how to recognise its diffusers folders and diffusers' single-file model type;
-4. if its original checkpoints name weights differently from LDM / SGM, a name table next to `ldm.py`;
-5. `config/model.py`'s `Family` literal (the TOML value users write), `models/tiny.py` (an embedded tiny model of
-   it, for the tests), and the block-weight counts in `config/network.py` (`BLOCK_COUNTS`) and
-   `networks/blocks.py` when it has block-wise weights;
-6. the consumer models in `formats/consumers/` (independent oracles: they keep their own naming rules on purpose,
-   but read the family's architecture from here).
+4. `ldm.py`, only if its original checkpoints name weights differently from LDM / SGM;
+5. `models/tiny.py`: an embedded tiny model of it (one builder in `BUILDERS`), for the tests and the default;
+6. the consumer models in `formats/consumers/` (independent oracles: their per-family naming rules are written
+   from each consumer's behaviour on purpose; they read the architecture from here).
 
-A family that does not condition like CLIP (e.g. a flow-matching model with a T5 encoder) also adds its
-`text_conditioning` kind to `models/text.py` and its noise / target rule to training.
+Everything else (config choices, `--family` flags, kohya names, single files, metadata, embeddings, pipelines,
+block-weight counts, caches, the trainer) asks the `Family` object. A family that does not condition like CLIP or
+does not denoise like a UNet (FLUX.1: T5 + CLIP, a flow-matching transformer) also adds its `text_conditioning`
+encoder to `models/text.py` and its noise / target rule to `training/losses.py`.
 """
 
 from .architectures import ModelArchitecture

@@ -16,18 +16,42 @@ from ..families import Family
 
 @dataclass
 class Conditioning:
-    prompt_embeds: torch.Tensor  # [B, 77, D]
+    prompt_embeds: torch.Tensor  # [B, 77, D]; [B, 2 + max_token_length, D] with chunked prompts
     pooled: torch.Tensor | None = None  # [B, P] for SDXL
 
 
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+def tokenize(tokenizer, captions: list[str], max_token_length: int | None = None) -> torch.Tensor:
+    """Token ids [B, 77]. With a `max_token_length` beyond the encoder's window (kohya's 150 / 225), ids
+    [B, chunks, 77] instead: see `chunk_ids`."""
+    window = tokenizer.model_max_length
+    length = window if max_token_length is None else max(window, max_token_length + 2)
+    ids = tokenizer(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+    return ids if length == window else chunk_ids(ids, window, tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def chunk_ids(ids: torch.Tensor, window: int, eos: int, pad: int) -> torch.Tensor:
+    """kohya's `get_input_ids`: ids [B, 2 + N·75] (start, N·75 tokens, end) → [B, N, 77], each chunk the start
+    token, its 75 tokens and the last token of the whole sequence. For tokenizers that pad with another token than
+    the end token, a chunk whose text ends inside it gets an end token, and an empty chunk starts with one."""
+    body = window - 2
+    chunks = []
+    for start in range(1, ids.shape[1] - 1, body):
+        chunk = torch.cat([ids[:, :1], ids[:, start:start + body], ids[:, -1:]], dim=1)
+        cut = (chunk[:, -2] != eos) & (chunk[:, -2] != pad)
+        chunk[:, -1] = torch.where(cut, torch.full_like(chunk[:, -1], eos), chunk[:, -1])
+        empty = chunk[:, 1] == pad
+        chunk[:, 1] = torch.where(empty, torch.full_like(chunk[:, 1], eos), chunk[:, 1])
+        chunks.append(chunk)
+    return torch.stack(chunks, dim=1)
+
+
+def merge_chunks(states: torch.Tensor, chunks: int) -> torch.Tensor:
+    """kohya's `get_hidden_states`: the states [B·N, 77, D] of N chunks per prompt → [B, 2 + N·75, D]: the first
+    chunk's start token, the 75 inner tokens of every chunk, the last chunk's final token."""
+    window = states.shape[1]
+    states = states.reshape(-1, chunks * window, states.shape[-1])
+    parts = [states[:, :1]] + [states[:, i:i + window - 2] for i in range(1, chunks * window, window)]
+    return torch.cat(parts + [states[:, -1:]], dim=1)
 
 
 def _final_layer_norm(text_encoder):
@@ -61,14 +85,27 @@ def encode_tokens(
     family: Family, text_encoders: list, input_ids: list[torch.Tensor], clip_skip: int | None = None
 ) -> Conditioning:
     """`input_ids[i]` are the tokens of `text_encoders[i]` (already on the encoder's device), conditioned the way
-    `family` conditions its UNet."""
-    return ENCODERS[family.text_conditioning](text_encoders, input_ids, clip_skip)
+    `family` conditions its UNet. Chunked ids ([B, N, 77], `tokenize` with a `max_token_length`) are encoded
+    chunk by chunk and merged as kohya does; the pooled output is the first chunk's."""
+    if input_ids[0].ndim == 2:
+        return ENCODERS[family.text_conditioning](text_encoders, input_ids, clip_skip)
+    chunks = input_ids[0].shape[1]
+    flat = ENCODERS[family.text_conditioning](text_encoders, [ids.flatten(0, 1) for ids in input_ids], clip_skip)
+    pooled = None if flat.pooled is None else flat.pooled[::chunks]
+    return Conditioning(merge_chunks(flat.prompt_embeds, chunks), pooled)
 
 
 def encode_prompts(
-    family: Family, tokenizers: list, text_encoders: list, captions: list[str], clip_skip: int | None = None
+    family: Family,
+    tokenizers: list,
+    text_encoders: list,
+    captions: list[str],
+    clip_skip: int | None = None,
+    max_token_length: int | None = None,
 ) -> Conditioning:
-    ids = [tokenize(tok, captions).to(te.device) for tok, te in zip(tokenizers, text_encoders)]
+    """Conditioning of `captions`; `max_token_length` (kohya's 150 / 225) encodes longer prompts in 75-token
+    chunks instead of cutting them at the encoder's 77-token window."""
+    ids = [tokenize(tok, captions, max_token_length).to(te.device) for tok, te in zip(tokenizers, text_encoders)]
     return encode_tokens(family, text_encoders, ids, clip_skip)
 
 

@@ -29,6 +29,7 @@ class LossStep:
     vae_dtype: torch.dtype
     resolution: int
     text_needs_grad: Callable[[], bool]  # changes when pivotal tuning freezes the new embeddings
+    max_token_length: int | None = None  # `dataset.max_token_length`: kohya's chunked prompts beyond 75
 
     def encode_latents(self, pixel_values: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
         """Scaled latents of a batch. With `seeds` (the batch's `latent_seeds`) each sample's draw from the latent
@@ -65,7 +66,7 @@ class LossStep:
         m = self.model
         with torch.set_grad_enabled(self.text_needs_grad()):
             return encode_prompts(m.family, m.tokenizers, self.text_encoders, captions,
-                                  self.training.clip_skip)
+                                  self.training.clip_skip, self.max_token_length)
 
     def compute_loss(
         self,

@@ -175,7 +175,8 @@ class Trainer:
         m, d = self.model, self.cfg.dataset
         ctx = CacheContext(vae=m.vae, vae_dtype=self.vae_dtype, device=self.accelerator.device,
                            text_encoders=m.text_encoders, tokenizers=m.tokenizers, family=m.family,
-                           clip_skip=self.cfg.training.clip_skip, vae_batch_size=d.vae_batch_size)
+                           clip_skip=self.cfg.training.clip_skip, max_token_length=d.max_token_length,
+                           vae_batch_size=d.vae_batch_size)
         self.cache_stats = self.data.fill_caches(ctx)
     # -----------------------------------------------------------------------------------------------------------
 
@@ -235,7 +236,8 @@ class Trainer:
         self.step = LossStep(
             training=cfg.training, model=self.model, unet=self.unet, text_encoders=self.text_encoders,
             noise_scheduler=self.noise_scheduler, device=acc.device, weight_dtype=self.weight_dtype,
-            vae_dtype=self.vae_dtype, resolution=self.resolution, text_needs_grad=lambda: self.text_needs_grad)
+            vae_dtype=self.vae_dtype, resolution=self.resolution, text_needs_grad=lambda: self.text_needs_grad,
+            max_token_length=cfg.dataset.max_token_length)
         self.run_info.update(
             max_train_steps=self.max_steps, batches_per_epoch=self.plan.batches_per_process, epochs=self.num_epochs,
             total_batch_size=cfg.training.batch_size * acc.num_processes * cfg.training.gradient_accumulation_steps,
