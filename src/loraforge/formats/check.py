@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import AdapterModule, module_delta
+from ..adapters import ADAPTER_LABELS
 from ..errors import ShapeMismatchError, UnsupportedError
 from ..families import FAMILIES, FAMILY_NAMES
 from ..families.detect import folder_architecture
@@ -24,7 +25,6 @@ from ..models.tiny import tiny_model_dir
 from ..utils.tensors import nonfinite_tensors
 from .consumers import a1111, comfyui, diffusers_rules
 from .consumers.keys import (
-    ADAPTER_LABELS,
     KOHYA_PREFIXES,
     ConsumerMergeError,
     PEFT_PREFIXES,
