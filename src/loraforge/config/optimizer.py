@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from .base import Section
 
 Scheduler = Literal[
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor"
 ]
+BuiltinOptimizer = Literal["adamw", "adamw8bit", "adafactor", "prodigy", "sgd"]
+# `module.Class`: any torch optimizer class by import path (kohya's `--optimizer_type torch.optim.AdamW`)
+ImportPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")]
 
 
 class OptimizerConfig(Section):
-    type: Literal["adamw", "adamw8bit", "adafactor", "prodigy", "sgd"] = Field(
+    type: BuiltinOptimizer | ImportPath = Field(
         "adamw",
         description=(
             "`adamw` (torch), `adamw8bit` (bitsandbytes, 8-bit states), `adafactor` (transformers), `prodigy` "
-            "(prodigyopt: adapts the step size itself, use learning_rate ≈ 1.0), `sgd` (torch, with momentum)."
+            "(prodigyopt: adapts the step size itself, use learning_rate ≈ 1.0), `sgd` (torch, with momentum); "
+            "or any optimizer class by import path, `module.Class` (e.g. `torch.optim.RAdam`): it gets "
+            "`learning_rate` and the weight decays, its other keywords come from `optimizer_args` only."
+        ),
+    )
+    optimizer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Extra keywords for the optimizer's constructor (kohya's `--optimizer_args`), e.g. "
+            "`{ d_coef = 2, growth_rate = inf }` for Prodigy; checked against the class's signature when training "
+            "starts. Keywords that have an option here (learning rate, betas, eps, weight decay, the prodigy_* and "
+            "adafactor_* options) are set there with the built-in optimizers."
         ),
     )
     learning_rate: float = Field(1e-4, gt=0, description="Base learning rate; LoRA wants about 1e-4 with AdamW, 1.0 with Prodigy.")
