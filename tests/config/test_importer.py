@@ -10,7 +10,7 @@ import pytest
 import tomli_w
 from PIL import Image
 
-from loraforge.config import ConfigError, load_config
+from loraforge.config import ConfigError, load_config, validate_config
 from loraforge.config.importer import import_text
 
 CASES = Path(__file__).parent / "import_cases"
@@ -38,8 +38,9 @@ def test_every_seed_command_imports_to_a_config_that_loads(tmp_path, path):
     cfg = load_config(out)
     assert cfg.model.pretrained_model_name_or_path  # the model named in the command
     for m in result.mapped:  # every mapped value is in the loaded config
-        section, _, key = m.key.partition(".")
-        assert getattr(getattr(cfg, section), key) == m.value, m
+        section, key, *entry = m.key.split(".")  # optimizer.optimizer_args.d_coef: an entry of a table
+        value = getattr(getattr(cfg, section), key)
+        assert (value[entry[0]] if entry else value) == m.value, m
     report = "\n".join(result.report_lines())
     assert "mapped (" in report and "not mapped (" in report and "meaning differs (" in report
 
@@ -89,7 +90,8 @@ def test_kohya_config_file_toml():
     assert "training.max_train_steps" not in got  # max_train_epochs wins in kohya
     assert "kohya: --max_train_epochs wins" in miss["max_train_steps = 2000"]
     assert got["sampling.sample_sampler"] == "ddim"  # kohya's default with sample prompts
-    assert "d_coef" in " ".join(miss) and "wandb" in miss['log_with = "wandb"']
+    assert got["optimizer.optimizer_args.d_coef"] == 2 and r.data["optimizer"]["optimizer_args"] == {"d_coef": 2}
+    assert "wandb" in miss['log_with = "wandb"']
     assert "v2" not in " ".join(miss)  # false flags are simply not given
 
 
@@ -151,6 +153,32 @@ def test_unknown_and_refused_flags_are_listed_with_the_reason():
     from loraforge.config import validate_config
 
     validate_config(r.data)  # and the rest loads
+
+
+def test_optimizer_args_without_an_option_go_to_optimizer_args():
+    r = import_text("python train_network.py --network_module=networks.lora --optimizer_type=prodigy "
+                    "--optimizer_args d_coef=2 growth_rate=1.02 eps=1e-7 fancy=(1,2) slice_p=None")
+    got, miss = mapped(r), unmapped(r)
+    assert r.data["optimizer"]["optimizer_args"] == {"d_coef": 2, "growth_rate": 1.02, "fancy": [1, 2]}
+    assert got["optimizer.adam_epsilon"] == 1e-7  # a keyword with an option goes to that option
+    assert "leave the keyword out" in miss["--optimizer_args slice_p=None"]
+    assert any("--optimizer_args fancy=(1,2): passed to the optimizer as written" in n for n in r.notes)
+    assert "[optimizer.optimizer_args]" in r.toml()
+    assert validate_config(r.data).optimizer.optimizer_args["growth_rate"] == 1.02
+
+
+def test_optimizer_class_by_import_path_takes_its_args_as_written():
+    r = import_text("python train_network.py --network_module=networks.lora --optimizer_type=torch.optim.AdamW "
+                    '--optimizer_args "weight_decay=0.05" "betas=(0.8,0.95)" "amsgrad=True"')
+    got = mapped(r)
+    assert got["optimizer.type"] == "torch.optim.AdamW"
+    assert r.data["optimizer"]["optimizer_args"] == {"betas": [0.8, 0.95], "amsgrad": True}
+    assert got["optimizer.adam_weight_decay"] == 0.05 and "optimizer.adam_beta1" not in got
+    assert validate_config(r.data).optimizer.type == "torch.optim.AdamW"
+    # diffusers knows AdamW and prodigy only: a path there is trained as AdamW, as the script does
+    d = import_text("python train_dreambooth_lora.py --pretrained_model_name_or_path=x --instance_data_dir=i "
+                    "--instance_prompt=p --optimizer=torch.optim.RAdam")
+    assert mapped(d)["optimizer.type"] == "adamw"
 
 
 def test_shell_forms():

@@ -34,6 +34,10 @@ def _cases(tmp):
         ("missing resume folder", [f"training.resume={str(tmp / 'out' / 'ckpt')!r}"], ["training.resume", "ckpt"]),
         ("output folder under a file", [f"output.output_dir={str(tmp / 'a-file' / 'out')!r}"],
          ["a-file", "is a file", "output.output_dir"]),
+        ("optimizer_args typo", ["optimizer.type=prodigy", "optimizer.optimizer_args.d_coeff=2"],
+         ["optimizer.optimizer_args", "'d_coeff'", "'d_coef'"]),
+        ("optimizer class not importable", ["optimizer.type='no_such_pkg.Fast'"],
+         ["optimizer.type", "no_such_pkg", "cannot be imported"]),
     ]
 
 

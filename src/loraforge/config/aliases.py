@@ -204,12 +204,15 @@ def _entries() -> list[Alias]:
         ("scale_weight_norms", "optimizer.scale_weight_norms", _K, same, ""),
         # ------------------------------------------------------------------------------------------ optimizer
         ("optimizer_type", "optimizer.type", _K, same,
-         "AdamW, AdamW8bit, Adafactor, Prodigy and SGD map (any case); the other kohya optimizers have no "
-         "equivalent. kohya's Adafactor defaults to relative_step = true, loraforge's to false"),
+         "AdamW, AdamW8bit, Adafactor, Prodigy and SGD map (any case), and so does a class by import path "
+         "(`torch.optim.RAdam`); the other kohya names (Lion, DAdapt*) have no equivalent: write their class's "
+         "path. kohya's Adafactor defaults to relative_step = true, loraforge's to false"),
         ("optimizer", "optimizer.type", _D, same, "adamW / AdamW / prodigy, any case"),
         ("use_8bit_adam", "optimizer.type", _KD, same, "becomes optimizer.type = 'adamw8bit'"),
         ("use_lion_optimizer", None, _K, none, "no Lion optimizer"),
-        ("optimizer_args", None, _K, "expands", "each key=value is mapped on its own (see the optimizer_args table)"),
+        ("optimizer_args", None, _K, "expands",
+         "each key=value is mapped on its own (see the optimizer_args table); the others, and all of them with a "
+         "class given by import path, go to optimizer.optimizer_args"),
         ("learning_rate", "optimizer.learning_rate", _KD, same,
          "defaults: kohya 2e-6, diffusers' train_dreambooth_lora.py 5e-4, loraforge and the other diffusers "
          "scripts 1e-4"),
@@ -405,9 +408,9 @@ def _entries() -> list[Alias]:
         ("relative_step", "optimizer.adafactor_relative_step", _OA, same, ""),
         ("scale_parameter", "optimizer.adafactor_scale_parameter", _OA, same, ""),
         ("warmup_init", "optimizer.adafactor_warmup_init", _OA, same, ""),
-        ("d_coef", None, _OA, none, "Prodigy's d_coef is not an option"),
-        ("growth_rate", None, _OA, none, "Prodigy's growth_rate is not an option"),
-        ("nesterov", None, _OA, none, "SGD without Nesterov momentum"),
+        ("d_coef", "optimizer.optimizer_args", _OA, same, "Prodigy's d_coef, as optimizer_args.d_coef"),
+        ("growth_rate", "optimizer.optimizer_args", _OA, same, "Prodigy's growth_rate, as optimizer_args.growth_rate"),
+        ("nesterov", "optimizer.optimizer_args", _OA, same, "SGD's nesterov, as optimizer_args.nesterov"),
         # ------------------------------------------------------------------------------------------ accelerate
         ("mixed_precision", "training.mixed_precision", _A, same, "the script's own --mixed_precision wins"),
         ("num_processes", None, _A, none, _LAUNCH),

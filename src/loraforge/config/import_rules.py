@@ -3,6 +3,7 @@ diffusers' defaults and precedences, `--network_args` / `--optimizer_args`."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import PurePath
 from typing import Any, Callable
 
@@ -52,6 +53,11 @@ def _optimizer_type(t: Translation, flag: Flag) -> None:
     choices = str_choices(OptimizerConfig).get("type")
     if not choices or name.lower() in choices:  # not a list of names: the config's validation decides
         t.set("optimizer.type", choices[name.lower()] if choices else name, flag.text)
+        return
+    if "." in name and t.tool != DIFFUSERS:  # kohya's `torch.optim.AdamW`: a class by import path
+        t.set("optimizer.type", name, flag.text)
+        t.notes.append(f"{flag.text}: the class is imported when training starts, which checks optimizer_args "
+                       "against its signature")
         return
     if t.tool == DIFFUSERS:  # diffusers warns and falls back to AdamW
         t.set("optimizer.type", "adamw", flag.text)
@@ -272,10 +278,14 @@ def _block_list(t: Translation, alias: Alias, value: str, text: str, family: str
 
 
 def _kohya_optimizer_args(t: Translation) -> None:
+    custom = "." in str(t.value("optimizer.type") or "")  # a class by import path gets its keywords as written
     for key, (value, text) in t.optimizer_args.items():
         alias = t.alias(key, OPTIMIZER_ARGS)
-        if alias is None:
-            t.skip(text, "not an optimizer argument loraforge knows")
+        if alias is None or alias.key == "optimizer.optimizer_args" or (custom and key != "weight_decay"):
+            _optimizer_arg(t, key, value, text)
+            if alias is None and not custom:
+                t.notes.append(f"{text}: passed to the optimizer as written; training checks it against the "
+                               "optimizer's signature before it starts")
         elif key == "betas":
             parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
             if len(parts) != 2:
@@ -285,6 +295,21 @@ def _kohya_optimizer_args(t: Translation) -> None:
             t.set("optimizer.adam_beta2", parts[1], text)
         else:
             t.apply(alias, value, text)
+
+
+def _optimizer_arg(t: Translation, key: str, value: str, text: str) -> None:
+    """`d_coef=2` -> optimizer.optimizer_args.d_coef = 2, the value read as kohya reads it (a Python literal, else
+    the text)."""
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    if isinstance(value, tuple):
+        value = list(value)
+    if value is None:
+        t.skip(text, "None: leave the keyword out for the optimizer's default")
+        return
+    t.set_entry("optimizer.optimizer_args", key, value, text)
 
 
 def kohya_rules(t: Translation, family: str) -> None:

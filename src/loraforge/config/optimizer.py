@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Any, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, field_validator
 
-from .base import Section
+from .base import Section, str_choices
 
 Scheduler = Literal[
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor"
 ]
 BuiltinOptimizer = Literal["adamw", "adamw8bit", "adafactor", "prodigy", "sgd"]
 # `module.Class`: any torch optimizer class by import path (kohya's `--optimizer_type torch.optim.AdamW`)
-ImportPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")]
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
 class OptimizerConfig(Section):
-    type: BuiltinOptimizer | ImportPath = Field(
+    type: BuiltinOptimizer | str = Field(
         "adamw",
         description=(
             "`adamw` (torch), `adamw8bit` (bitsandbytes, 8-bit states), `adafactor` (transformers), `prodigy` "
@@ -35,6 +36,17 @@ class OptimizerConfig(Section):
             "adafactor_* options) are set there with the built-in optimizers."
         ),
     )
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _builtin_or_path(cls, value: Any) -> Any:
+        """One message for a name that is neither a built-in optimizer nor an import path (not one per union arm)."""
+        choices = str_choices(cls)["type"]
+        if isinstance(value, str) and value.lower() not in choices and not IMPORT_PATH.fullmatch(value):
+            raise ValueError(f"one of {', '.join(map(repr, choices.values()))}, or an optimizer class by import "
+                             "path such as 'torch.optim.RAdam'")
+        return value
+
     learning_rate: float = Field(1e-4, gt=0, description="Base learning rate; LoRA wants about 1e-4 with AdamW, 1.0 with Prodigy.")
     unet_lr: float | None = Field(None, gt=0, description="UNet learning rate. Unset: `learning_rate`.")
     text_encoder_lr: float | None = Field(

@@ -64,16 +64,30 @@ OPTION_OF_KEYWORD = {
 
 def build_optimizer(cfg: OptimizerConfig, groups: list[dict]) -> torch.optim.Optimizer:
     """The optimizer of `optimizer.type` over `groups`, with its options and `optimizer.optimizer_args`."""
+    cls, kwargs = check_optimizer(cfg)
+    relative = cfg.type == "adafactor" and cfg.adafactor_relative_step
     for g in groups:
         g.setdefault("lr", cfg.learning_rate)
         g.setdefault("initial_lr", g["lr"])
-    cls, kwargs = _optimizer_class(cfg, groups)
+        if relative:  # the relative step computes each group's rate itself
+            g["lr"] = None
+    if cfg.type == "prodigy" and not 0.1 <= cfg.learning_rate <= 10:
+        log.warning(
+            "optimizer.learning_rate = %g with Prodigy: Prodigy finds the step size itself and wants a learning "
+            "rate of about 1.0 (it multiplies its estimate D)", cfg.learning_rate,
+        )
+    return cls(groups, lr=None if relative else cfg.learning_rate, **kwargs, **cfg.optimizer_args)
+
+
+def check_optimizer(cfg: OptimizerConfig) -> tuple[type, dict]:
+    """The optimizer class and the keywords its options set, after checking that it imports and takes every
+    `optimizer_args` keyword (pre-flight runs this before the model loads)."""
+    cls, kwargs = _optimizer_class(cfg)
     check_optimizer_args(cls, cfg.type, cfg.optimizer_args, taken={"params", "lr", "weight_decay", *kwargs})
-    return cls(groups, lr=None if cfg.type == "adafactor" and cfg.adafactor_relative_step else cfg.learning_rate,
-               **kwargs, **cfg.optimizer_args)
+    return cls, kwargs
 
 
-def _optimizer_class(cfg: OptimizerConfig, groups: list[dict]) -> tuple[type, dict]:
+def _optimizer_class(cfg: OptimizerConfig) -> tuple[type, dict]:
     """The class and the keywords its `[optimizer]` options set (beyond params, lr and the groups' weight decay)."""
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     if cfg.type == "adamw":
@@ -85,11 +99,6 @@ def _optimizer_class(cfg: OptimizerConfig, groups: list[dict]) -> tuple[type, di
     if cfg.type == "prodigy":
         from prodigyopt import Prodigy
 
-        if not 0.1 <= cfg.learning_rate <= 10:
-            log.warning(
-                "optimizer.learning_rate = %g with Prodigy: Prodigy finds the step size itself and wants a learning "
-                "rate of about 1.0 (it multiplies its estimate D)", cfg.learning_rate,
-            )
         return Prodigy, dict(
             betas=betas, beta3=cfg.prodigy_beta3, eps=cfg.adam_epsilon, decouple=cfg.prodigy_decouple,
             use_bias_correction=cfg.prodigy_use_bias_correction, safeguard_warmup=cfg.prodigy_safeguard_warmup,
@@ -98,9 +107,6 @@ def _optimizer_class(cfg: OptimizerConfig, groups: list[dict]) -> tuple[type, di
     if cfg.type == "adafactor":
         from transformers.optimization import Adafactor
 
-        if cfg.adafactor_relative_step:
-            for g in groups:  # the relative step computes each group's rate itself
-                g["lr"] = None
         return Adafactor, dict(relative_step=cfg.adafactor_relative_step,
                                scale_parameter=cfg.adafactor_scale_parameter, warmup_init=cfg.adafactor_warmup_init)
     return import_optimizer_class(cfg.type), {}

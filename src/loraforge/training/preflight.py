@@ -18,6 +18,7 @@ from ..utils.dtypes import torch_dtype
 from ..models.loading import _looks_like_path as looks_like_path  # the rule loading applies
 from ..sampling.prompts import read_prompt_file
 from ..sampling.run import base_request
+from .optim import check_optimizer
 from .state import STATE_FILE, check_fresh_start, check_resume, complete_checkpoints, read_state, resolve_resume
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def check_inputs(cfg: TrainConfig) -> list[str]:
     """Every check of `preflight` but the disk estimate, which needs the family: `--dry-run` runs these before it
     detects the family and opens the images, so a LoRA given as the model is named as such."""
     notes = [_check_model(cfg)]
+    check_optimizer(cfg.optimizer)  # the class imports and takes every optimizer_args keyword
     run_dir = run_folder(cfg)
     if cfg.training.resume:
         _check_resume(cfg, run_dir)
