@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from loraforge.adapters import raw_delta
 from loraforge.config import ConfigError, load_config
 from loraforge.training.optim import OptimizerSetupError, build_optimizer, build_scheduler, current_lrs
 from loraforge.training.trainer import Trainer
@@ -157,6 +158,17 @@ def test_scale_weight_norms_caps_every_module(make_config):
     assert max(norms) <= 0.05 * (1 + 1e-4)
     scaled, mean_norm, max_norm = t.network.apply_max_norm(0.01)
     assert scaled > 0 and max_norm > 0.01
+
+
+def test_scale_weight_norms_in_a_lycoris_run(make_config):
+    """Accepted for the LyCORIS algos (it was refused) and applied after each step: LoHa's init is ΔW = 0, so the
+    final norms come from training, capped."""
+    cfg = make_config("sd15", **{"network.algo": "loha", "optimizer.scale_weight_norms": 0.02,
+                                  "optimizer.learning_rate": 5e-2})
+    t = Trainer(cfg)
+    t.run()
+    norms = [(raw_delta(m) * m.scale).norm().item() for m in t.network.module_tensors().values()]
+    assert max(norms) == pytest.approx(0.02, rel=1e-3)  # trained past the cap, held at it
 
 
 def test_optimizer_args_reach_prodigy():

@@ -201,7 +201,7 @@ def _entries() -> list[Alias]:
         ("lora_unet_blocks", None, _D, none, "use network.block_dims (0 removes a block)"),
         ("use_blora", None, _D, none, "use network.block_dims (0 removes a block)"),
         ("output_kohya_format", None, _D, builtin, "the kohya file is always written (output.write_kohya)"),
-        ("scale_weight_norms", "optimizer.scale_weight_norms", _K, same, ""),
+        ("scale_weight_norms", "optimizer.scale_weight_norms", _K, same, "every algo, LoRA and LyCORIS"),
         # ------------------------------------------------------------------------------------------ optimizer
         ("optimizer_type", "optimizer.type", _K, same,
          "AdamW, AdamW8bit, Adafactor, Prodigy and SGD map (any case), and so does a class by import path "

@@ -87,8 +87,9 @@ class OptimizerConfig(Section):
         None,
         gt=0,
         description=(
-            "Max-norm regularisation (kohya): after each step, LoRA modules whose update ‖ΔW‖ exceeds this are "
-            "scaled back to it; the number scaled is logged. 1.0 is the guide's value."
+            "Max-norm regularisation (kohya): after each step, modules whose update ‖ΔW‖ exceeds this are "
+            "scaled back to it (every algo; DoRA: the update before the decomposition; norm layers are left alone); "
+            "the number scaled is logged. 1.0 is the guide's value."
         ),
     )
     lr_scheduler: Scheduler = Field(
