@@ -22,8 +22,8 @@ CASES = [
     ("training", "learning_rate", "it lives in [optimizer]: optimizer.learning_rate", "docs/config.md"),
     ("training", "flip_aug", "it lives in [dataset]: dataset.random_flip (kohya's --flip_aug", "docs/config.md"),
     ("dataset", "flip_aug", "did you mean 'random_flip'? (kohya's --flip_aug", "docs/config.md"),
-    ("training", "report_to", "it lives in [output]: output.log_with (diffusers' --report_to; loraforge logs to "
-                              "TensorBoard only", "docs/config.md"),
+    ("training", "report_to", "it lives in [output]: output.log_with (diffusers' --report_to; 'tensorboard', "
+                              "'wandb'", "docs/config.md"),
     ("model", "lowram", "kohya's --lowram has no loraforge equivalent", "docs/config.md"),
     ("model", "sdpa", "kohya's --sdpa needs no option in loraforge", "docs/config.md"),
     ("optimizer", "max_train_epochs", "it lives in [training]: training.num_train_epochs (kohya's --max_train_epochs",

@@ -68,7 +68,7 @@ def test_kohya_sdxl_locon_seed():
     assert miss["--lowram"].startswith("no equivalent")
     assert miss["--sdpa"].startswith("not needed")
     assert miss["--dataset_repeats=0"].startswith("no equivalent")
-    assert miss["--log_prefix=xl-locon"].startswith("no equivalent")
+    assert got["output.log_prefix"] == "xl-locon"
     assert "accelerate launch --num_cpu_threads_per_process=2" in miss
     differs = "\n".join(r.differences)
     assert "25 equal values (the SD 1.x layout) written as 23" in differs
@@ -91,7 +91,7 @@ def test_kohya_config_file_toml():
     assert "kohya: --max_train_epochs wins" in miss["max_train_steps = 2000"]
     assert got["sampling.sample_sampler"] == "ddim"  # kohya's default with sample prompts
     assert got["optimizer.optimizer_args.d_coef"] == 2 and r.data["optimizer"]["optimizer_args"] == {"d_coef": 2}
-    assert "wandb" in miss['log_with = "wandb"']
+    assert got["output.log_with"] == "wandb" and any("pip install 'loraforge[wandb]'" in n for n in r.notes)
     assert "v2" not in " ".join(miss)  # false flags are simply not given
 
 
@@ -107,7 +107,7 @@ def test_diffusers_text_to_image_seed():
     assert got["training.save_every_n_steps"] == 500 and got["training.dataloader_num_workers"] == 8
     assert got["network.rank"] == 4 and got["network.init_lora_weights"] == "gaussian"  # diffusers' defaults
     assert (got["output.output_dir"], got["output.output_name"]) == (".", "sd-pokemon-model-lora")
-    assert "TensorBoard only" in miss["--report_to=wandb"]
+    assert got["output.log_with"] == "wandb"  # --report_to=wandb
     assert "never samples" in miss["--validation_epochs=10"]  # no --validation_prompt
 
 
@@ -179,6 +179,22 @@ def test_optimizer_class_by_import_path_takes_its_args_as_written():
     d = import_text("python train_dreambooth_lora.py --pretrained_model_name_or_path=x --instance_data_dir=i "
                     "--instance_prompt=p --optimizer=torch.optim.RAdam")
     assert mapped(d)["optimizer.type"] == "adamw"
+
+
+def test_logging_flags():
+    k = import_text("python train_network.py --network_module=networks.lora --logging_dir=logs/tb --log_prefix=cat_ "
+                    "--log_with=all")
+    got = mapped(k)
+    assert (got["output.logging_dir"], got["output.log_prefix"], got["output.log_with"]) == ("logs/tb", "cat_",
+                                                                                               "tensorboard")
+    assert any("one tracker at a time" in d for d in k.differences)
+    d = import_text("python train_dreambooth_lora.py --pretrained_model_name_or_path=x --instance_data_dir=i "
+                    "--instance_prompt=p --output_dir=out --logging_dir=tb --report_to=comet_ml")
+    assert mapped(d)["output.logging_dir"] == "out/tb"  # diffusers: inside --output_dir
+    assert "not comet_ml" in unmapped(d)["--report_to=comet_ml"]
+    d = import_text("python train_dreambooth_lora.py --pretrained_model_name_or_path=x --instance_data_dir=i "
+                    "--instance_prompt=p --logging_dir=tb")
+    assert "--output_dir, which is not given" in unmapped(d)["--logging_dir=tb"]
 
 
 def test_shell_forms():

@@ -335,13 +335,19 @@ def _entries() -> list[Alias]:
          "kohya's 'float' is fp32; not given, kohya saves in the training precision, loraforge in fp32"),
         ("save_model_as", None, _K, builtin,
          "LoRA files are always safetensors (kohya layout and diffusers layout); ckpt/pt are not written"),
-        ("log_with", "output.log_with", _K, differs, "loraforge logs to TensorBoard only ('tensorboard' or 'none')"),
+        ("log_with", "output.log_with", _K, differs,
+         "'tensorboard', 'wandb' (the optional extra: pip install 'loraforge[wandb]') or 'none'; one tracker at a "
+         "time, so 'all' becomes 'tensorboard'"),
         ("report_to", "output.log_with", _D, differs,
-         "loraforge logs to TensorBoard only ('tensorboard' or 'none'); wandb, comet_ml and all have no equivalent"),
-        ("logging_dir", None, _KD, none, "logs go to <run folder>/logs"),
-        ("log_prefix", None, _K, none, "logs go to <run folder>/logs"),
-        ("log_tracker_name", None, _K, none, "TensorBoard only"),
-        ("log_tracker_config", None, _K, none, "TensorBoard only"),
+         "'tensorboard', 'wandb' (the optional extra: pip install 'loraforge[wandb]') or 'none'; comet_ml has no "
+         "equivalent, 'all' becomes 'tensorboard'"),
+        ("logging_dir", "output.logging_dir", _KD, differs,
+         "diffusers puts it inside --output_dir (the importer writes the joined path); unset, loraforge logs into "
+         "<run folder>/logs"),
+        ("log_prefix", "output.log_prefix", _K, same, ""),
+        ("log_tracker_name", None, _K, none, "the tracker's project is always 'loraforge' (output.log_prefix names "
+                                             "the run)"),
+        ("log_tracker_config", None, _K, none, "no tracker settings file"),
         ("log_config", None, _K, builtin, "the resolved config is saved in the run folder"),
         ("wandb_run_name", None, _K, none, "TensorBoard only"),
         ("wandb_api_key", None, _K, none, "TensorBoard only"),

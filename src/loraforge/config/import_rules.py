@@ -108,12 +108,28 @@ def _save_model_as(t: Translation, flag: Flag) -> None:
 
 def _log_with(t: Translation, flag: Flag) -> None:
     value = str(flag.value).lower()
-    if value in ("tensorboard", "all"):
-        t.set("output.log_with", "tensorboard", flag.text)
+    if value in ("tensorboard", "all", "wandb"):
+        t.set("output.log_with", "wandb" if value == "wandb" else "tensorboard", flag.text)
         if value == "all":
-            t.differ(flag.text, "loraforge logs to TensorBoard only")
+            t.differ(flag.text, "loraforge logs to one tracker at a time: TensorBoard (or set 'wandb')")
+        if value == "wandb":
+            t.notes.append(f"{flag.text}: Weights & Biases is an optional extra: pip install 'loraforge[wandb]', then "
+                           "`wandb login`")
         return
-    raise Unmappable(f"loraforge logs to TensorBoard only (output.log_with = 'tensorboard' or 'none'), not {value}")
+    raise Unmappable(f"loraforge logs to TensorBoard or wandb (output.log_with = 'tensorboard', 'wandb' or 'none'), "
+                     f"not {value}")
+
+
+def _logging_dir(t: Translation, flag: Flag) -> None:
+    value = str(flag.value)
+    if t.tool == DIFFUSERS:  # diffusers: Path(output_dir, logging_dir)
+        output_dir = t.given.get("output_dir")
+        if output_dir is None:
+            raise Unmappable("diffusers puts it inside --output_dir, which is not given; loraforge's default "
+                             "(<run folder>/logs) applies")
+        value = str(PurePath(str(output_dir.value)) / value)
+        t.differ(flag.text, f"diffusers puts it inside --output_dir: written as {value!r}")
+    t.set("output.logging_dir", value, flag.text)
 
 
 def _text_encoder_lr(t: Translation, flag: Flag) -> None:
@@ -185,6 +201,7 @@ _HANDLERS: dict[tuple[str, str], Callable[[Translation, Flag], None]] = {
     (KOHYA, "save_model_as"): _save_model_as,
     (KOHYA, "log_with"): _log_with,
     (DIFFUSERS, "report_to"): _log_with,
+    ("*", "logging_dir"): _logging_dir,
     ("*", "text_encoder_lr"): _text_encoder_lr,
     (KOHYA, "lr_warmup_steps"): _lr_warmup_steps,
     ("*", "max_grad_norm"): _max_grad_norm,
