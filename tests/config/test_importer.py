@@ -65,8 +65,9 @@ def test_kohya_sdxl_locon_seed():
     assert got["training.save_every_n_epochs"] == 50 and got["sampling.sample_every_n_steps"] == 100
     assert got["output.output_name"] == "xl-locon"
     miss = unmapped(r)
-    assert miss["--lowram"].startswith("no equivalent")
-    assert miss["--sdpa"].startswith("not needed")
+    assert miss["--lowram"].startswith("not needed")
+    assert got["training.attention"] == "sdpa"  # --sdpa
+    assert "less RAM than VRAM" in miss["--lowram"]
     assert miss["--dataset_repeats=0"].startswith("no equivalent")
     assert got["output.log_prefix"] == "xl-locon"
     assert "accelerate launch --num_cpu_threads_per_process=2" in miss
@@ -91,6 +92,7 @@ def test_kohya_config_file_toml():
     assert "kohya: --max_train_epochs wins" in miss["max_train_steps = 2000"]
     assert got["sampling.sample_sampler"] == "ddim"  # kohya's default with sample prompts
     assert got["optimizer.optimizer_args.d_coef"] == 2 and r.data["optimizer"]["optimizer_args"] == {"d_coef": 2}
+    assert got["training.attention"] == "xformers"  # xformers = true
     assert got["output.log_with"] == "wandb" and any("pip install 'loraforge[wandb]'" in n for n in r.notes)
     assert "v2" not in " ".join(miss)  # false flags are simply not given
 

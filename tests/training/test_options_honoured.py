@@ -157,6 +157,26 @@ def test_multires_noise_is_the_noise_of_the_step(make_config):
     assert pyramid != plain and other_discount != pyramid
 
 
+def test_attention_backend_is_the_unets_and_computes_the_same_loss(make_config):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    losses = {}
+    for backend, processor in (("sdpa", AttnProcessor2_0), ("eager", AttnProcessor)):
+        t = Trainer(make_config("sd15", **{"training.attention": backend}))
+        t.prepare()
+        try:
+            kinds = {type(p) for p in t.unet.attn_processors.values()}
+            assert kinds == {processor}, (backend, kinds)
+            batch = collate([t.dataset[0]])
+            latents = t.encode_latents(batch["pixel_values"], batch["latent_seeds"])
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                losses[backend] = t.compute_loss(batch, latents, noise, torch.tensor([300])).item()
+        finally:
+            t.close()
+    assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------- outputs
 @pytest.mark.parametrize("where", ["default", "logging_dir+log_prefix"])
 def test_tensorboard_logs_the_loss_and_learning_rate(make_config, tmp_path, where):

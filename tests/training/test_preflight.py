@@ -127,3 +127,14 @@ def test_wandb_run_is_named_and_logs_into_logging_dir(tmp_path):
     assert re.fullmatch(r"cat_\d{14}", tracker_run(cfg)[0]) and tracker_run(cfg)[1] == {}
     cfg.output.log_prefix = None
     assert tracker_run(cfg) == ("loraforge", {})
+
+
+def test_xformers_without_the_package_says_so(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xformers" else real(name, *a))
+    cfg = load_config(None, ["training.attention=xformers", f"output.output_dir={str(tmp_path)!r}"])
+    with pytest.raises(TrainingError, match=r"training.attention = 'xformers' needs the xformers package.*"
+                                            r"training.attention = 'sdpa'"):
+        check_inputs(cfg)

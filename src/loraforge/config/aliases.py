@@ -44,7 +44,6 @@ class Alias:
 _K, _D, _KD = (KOHYA,), (DIFFUSERS,), (KOHYA, DIFFUSERS)
 _NA, _OA, _A = (NETWORK_ARGS,), (OPTIMIZER_ARGS,), (ACCELERATE,)
 
-_ATTENTION = "loraforge uses diffusers' default attention, PyTorch's scaled-dot-product attention (SDPA)"
 _NOT_RESUMABLE = (
     "only `latest` or a loraforge checkpoint folder can be resumed; a kohya state folder or a diffusers "
     "checkpoint-N folder cannot"
@@ -69,13 +68,19 @@ def _entries() -> list[Alias]:
         ("tokenizer_cache_dir", None, _K, none,
          "tokenizers come with the model (or model.config_dir); set HF_HOME for the hub cache"),
         ("tokenizer_name", None, _D, none, "the tokenizer always comes with the model"),
-        ("lowram", None, _K, none,
-         "there is no loading option; the model is loaded once, in the precision it trains in"),
+        ("lowram", None, _K, builtin,
+         "kohya's --lowram loads the model straight onto the GPU for machines with less RAM than VRAM (Colab); "
+         "loraforge loads through diffusers' from_pretrained / from_single_file (low-CPU-memory loading: the "
+         "weights are read once, without a random init) and then moves each part to the device in its training "
+         "precision; there is no option to set"),
         ("highvram", None, _K, none, "no equivalent option"),
-        ("sdpa", None, _K, builtin, _ATTENTION),
-        ("xformers", None, _K, builtin, _ATTENTION),
-        ("mem_eff_attn", None, _K, builtin, _ATTENTION),
-        ("enable_xformers_memory_efficient_attention", None, _D, builtin, _ATTENTION),
+        ("sdpa", "training.attention", _K, same, "`--sdpa` becomes training.attention = 'sdpa' (loraforge's default)"),
+        ("xformers", "training.attention", _K, same,
+         "`--xformers` becomes training.attention = 'xformers' (where the package is installed)"),
+        ("mem_eff_attn", "training.attention", _K, differs,
+         "kohya's own memory-efficient attention: loraforge's nearest is PyTorch's SDPA, training.attention = 'sdpa'"),
+        ("enable_xformers_memory_efficient_attention", "training.attention", _D, same,
+         "becomes training.attention = 'xformers' (where the package is installed)"),
         ("allow_tf32", None, _D, none, "no equivalent option"),
         ("full_fp16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),
         ("full_bf16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),

@@ -20,6 +20,7 @@ from ..utils.dtypes import torch_dtype
 from ..models.loading import _looks_like_path as looks_like_path  # the rule loading applies
 from ..sampling.prompts import read_prompt_file
 from ..sampling.run import base_request
+from .attention import check_attention
 from .optim import check_optimizer
 from .state import STATE_FILE, check_fresh_start, check_resume, complete_checkpoints, read_state, resolve_resume
 
@@ -81,6 +82,7 @@ def check_inputs(cfg: TrainConfig) -> list[str]:
     detects the family and opens the images, so a LoRA given as the model is named as such."""
     notes = [_check_model(cfg)]
     check_optimizer(cfg.optimizer)  # the class imports and takes every optimizer_args keyword
+    check_attention(cfg.training.attention)
     _check_logger(cfg)
     run_dir = run_folder(cfg)
     if cfg.training.resume:

@@ -26,6 +26,7 @@ from ..networks import create_network
 from ..sampling.run import sample_during_training
 from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
+from .attention import set_attention
 from .interrupt import StopOnCtrlC
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
@@ -197,6 +198,7 @@ class Trainer:
         if self.pivotal:
             gen = torch.Generator().manual_seed(self.cfg.training.seed)
             self.pivotal.apply(m, gen)
+        set_attention(m.unet, self.cfg.training.attention)
         if self.cfg.training.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             if self.train_te:
