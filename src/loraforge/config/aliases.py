@@ -354,8 +354,9 @@ def _entries() -> list[Alias]:
                                              "the run)"),
         ("log_tracker_config", None, _K, none, "no tracker settings file"),
         ("log_config", None, _K, builtin, "the resolved config is saved in the run folder"),
-        ("wandb_run_name", None, _K, none, "TensorBoard only"),
-        ("wandb_api_key", None, _K, none, "TensorBoard only"),
+        ("wandb_run_name", None, _K, none, "the wandb run is named after output.output_name (or output.log_prefix and "
+                                           "the start time)"),
+        ("wandb_api_key", None, _K, none, "run `wandb login` once, or set the WANDB_API_KEY environment variable"),
         ("training_comment", None, _K, none, "no free-text metadata option"),
         ("no_metadata", None, _K, none, "metadata is always written"),
         ("output_config", None, _K, none, "the resolved config is saved in the run folder"),
