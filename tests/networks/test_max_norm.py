@@ -32,7 +32,7 @@ def sd15(tiny_models):
 
 
 def _norms(net) -> dict:
-    """‖ΔW‖ of each module as the file holds it (DoRA: the update before the decomposition); norm layers left out."""
+    """‖ΔW‖ of each module as its file holds it (DoRA: the update before the decomposition); no norm layers."""
     return {k: (raw_delta(m) * m.scale).norm().item() for k, m in net.module_tensors().items()
             if net.targets[k].kind != "norm"}
 

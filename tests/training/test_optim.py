@@ -181,7 +181,8 @@ def test_optimizer_args_reach_prodigy():
 def test_optimizer_args_unknown_keyword_names_optimizer_key_and_accepted_keys():
     cfg = _opt_cfg("optimizer.type=prodigy", "optimizer.learning_rate=1.0")
     cfg.optimizer_args = {"d_coeff": 2.0}
-    with pytest.raises(OptimizerSetupError, match=r"'prodigy'.*'d_coeff'.*Did you mean 'd_coef'\?.*accepts: .*growth_rate"):
+    with pytest.raises(OptimizerSetupError,
+                       match=r"'prodigy'.*'d_coeff'.*Did you mean 'd_coef'\?.*accepts: .*growth_rate"):
         build_optimizer(cfg, [{"params": _params(), "lr": 1.0}])
 
 
