@@ -22,10 +22,12 @@ CASES = [
     ("training", "learning_rate", "it lives in [optimizer]: optimizer.learning_rate", "docs/config.md"),
     ("training", "flip_aug", "it lives in [dataset]: dataset.random_flip (kohya's --flip_aug", "docs/config.md"),
     ("dataset", "flip_aug", "did you mean 'random_flip'? (kohya's --flip_aug", "docs/config.md"),
-    ("training", "report_to", "it lives in [output]: output.log_with (diffusers' --report_to; loraforge logs to "
-                              "TensorBoard only", "docs/config.md"),
-    ("model", "lowram", "kohya's --lowram has no loraforge equivalent", "docs/config.md"),
-    ("model", "sdpa", "kohya's --sdpa needs no option in loraforge", "docs/config.md"),
+    ("training", "report_to", "it lives in [output]: output.log_with (diffusers' --report_to; 'tensorboard', "
+                              "'wandb'", "docs/config.md"),
+    ("model", "lowram", "kohya's --lowram needs no option in loraforge: kohya's --lowram loads the model straight "
+                        "onto the GPU", "docs/config.md"),
+    ("model", "sdpa", "it lives in [training]: training.attention (kohya's --sdpa", "docs/config.md"),
+    ("model", "xformers", "it lives in [training]: training.attention (kohya's --xformers", "docs/config.md"),
     ("optimizer", "max_train_epochs", "it lives in [training]: training.num_train_epochs (kohya's --max_train_epochs",
      "docs/config.md"),
     ("network", "network_args", "kohya's --network_args holds other options: write each key=value as its own key",

@@ -10,7 +10,7 @@ import pytest
 import tomli_w
 from PIL import Image
 
-from loraforge.config import ConfigError, load_config
+from loraforge.config import ConfigError, load_config, validate_config
 from loraforge.config.importer import import_text
 
 CASES = Path(__file__).parent / "import_cases"
@@ -38,8 +38,9 @@ def test_every_seed_command_imports_to_a_config_that_loads(tmp_path, path):
     cfg = load_config(out)
     assert cfg.model.pretrained_model_name_or_path  # the model named in the command
     for m in result.mapped:  # every mapped value is in the loaded config
-        section, _, key = m.key.partition(".")
-        assert getattr(getattr(cfg, section), key) == m.value, m
+        section, key, *entry = m.key.split(".")  # optimizer.optimizer_args.d_coef: an entry of a table
+        value = getattr(getattr(cfg, section), key)
+        assert (value[entry[0]] if entry else value) == m.value, m
     report = "\n".join(result.report_lines())
     assert "mapped (" in report and "not mapped (" in report and "meaning differs (" in report
 
@@ -64,10 +65,11 @@ def test_kohya_sdxl_locon_seed():
     assert got["training.save_every_n_epochs"] == 50 and got["sampling.sample_every_n_steps"] == 100
     assert got["output.output_name"] == "xl-locon"
     miss = unmapped(r)
-    assert miss["--lowram"].startswith("no equivalent")
-    assert miss["--sdpa"].startswith("not needed")
+    assert miss["--lowram"].startswith("not needed")
+    assert got["training.attention"] == "sdpa"  # --sdpa
+    assert "less RAM than VRAM" in miss["--lowram"]
     assert miss["--dataset_repeats=0"].startswith("no equivalent")
-    assert miss["--log_prefix=xl-locon"].startswith("no equivalent")
+    assert got["output.log_prefix"] == "xl-locon"
     assert "accelerate launch --num_cpu_threads_per_process=2" in miss
     differs = "\n".join(r.differences)
     assert "25 equal values (the SD 1.x layout) written as 23" in differs
@@ -89,7 +91,9 @@ def test_kohya_config_file_toml():
     assert "training.max_train_steps" not in got  # max_train_epochs wins in kohya
     assert "kohya: --max_train_epochs wins" in miss["max_train_steps = 2000"]
     assert got["sampling.sample_sampler"] == "ddim"  # kohya's default with sample prompts
-    assert "d_coef" in " ".join(miss) and "wandb" in miss['log_with = "wandb"']
+    assert got["optimizer.optimizer_args.d_coef"] == 2 and r.data["optimizer"]["optimizer_args"] == {"d_coef": 2}
+    assert got["training.attention"] == "xformers"  # xformers = true
+    assert got["output.log_with"] == "wandb" and any("pip install 'loraforge[wandb]'" in n for n in r.notes)
     assert "v2" not in " ".join(miss)  # false flags are simply not given
 
 
@@ -105,7 +109,7 @@ def test_diffusers_text_to_image_seed():
     assert got["training.save_every_n_steps"] == 500 and got["training.dataloader_num_workers"] == 8
     assert got["network.rank"] == 4 and got["network.init_lora_weights"] == "gaussian"  # diffusers' defaults
     assert (got["output.output_dir"], got["output.output_name"]) == (".", "sd-pokemon-model-lora")
-    assert "TensorBoard only" in miss["--report_to=wandb"]
+    assert got["output.log_with"] == "wandb"  # --report_to=wandb
     assert "never samples" in miss["--validation_epochs=10"]  # no --validation_prompt
 
 
@@ -151,6 +155,48 @@ def test_unknown_and_refused_flags_are_listed_with_the_reason():
     from loraforge.config import validate_config
 
     validate_config(r.data)  # and the rest loads
+
+
+def test_optimizer_args_without_an_option_go_to_optimizer_args():
+    r = import_text("python train_network.py --network_module=networks.lora --optimizer_type=prodigy "
+                    "--optimizer_args d_coef=2 growth_rate=1.02 eps=1e-7 fancy=(1,2) slice_p=None")
+    got, miss = mapped(r), unmapped(r)
+    assert r.data["optimizer"]["optimizer_args"] == {"d_coef": 2, "growth_rate": 1.02, "fancy": [1, 2]}
+    assert got["optimizer.adam_epsilon"] == 1e-7  # a keyword with an option goes to that option
+    assert "leave the keyword out" in miss["--optimizer_args slice_p=None"]
+    assert any("--optimizer_args fancy=(1,2): passed to the optimizer as written" in n for n in r.notes)
+    assert "[optimizer.optimizer_args]" in r.toml()
+    assert validate_config(r.data).optimizer.optimizer_args["growth_rate"] == 1.02
+
+
+def test_optimizer_class_by_import_path_takes_its_args_as_written():
+    r = import_text("python train_network.py --network_module=networks.lora --optimizer_type=torch.optim.AdamW "
+                    '--optimizer_args "weight_decay=0.05" "betas=(0.8,0.95)" "amsgrad=True"')
+    got = mapped(r)
+    assert got["optimizer.type"] == "torch.optim.AdamW"
+    assert r.data["optimizer"]["optimizer_args"] == {"betas": [0.8, 0.95], "amsgrad": True}
+    assert got["optimizer.adam_weight_decay"] == 0.05 and "optimizer.adam_beta1" not in got
+    assert validate_config(r.data).optimizer.type == "torch.optim.AdamW"
+    # diffusers knows AdamW and prodigy only: a path there is trained as AdamW, as the script does
+    d = import_text("python train_dreambooth_lora.py --pretrained_model_name_or_path=x --instance_data_dir=i "
+                    "--instance_prompt=p --optimizer=torch.optim.RAdam")
+    assert mapped(d)["optimizer.type"] == "adamw"
+
+
+def test_logging_flags():
+    k = import_text("python train_network.py --network_module=networks.lora --logging_dir=logs/tb --log_prefix=cat_ "
+                    "--log_with=all")
+    got = mapped(k)
+    assert (got["output.logging_dir"], got["output.log_prefix"], got["output.log_with"]) == ("logs/tb", "cat_",
+                                                                                               "tensorboard")
+    assert any("one tracker at a time" in d for d in k.differences)
+    d = import_text("python train_dreambooth_lora.py --pretrained_model_name_or_path=x --instance_data_dir=i "
+                    "--instance_prompt=p --output_dir=out --logging_dir=tb --report_to=comet_ml")
+    assert mapped(d)["output.logging_dir"] == "out/tb"  # diffusers: inside --output_dir
+    assert "not comet_ml" in unmapped(d)["--report_to=comet_ml"]
+    d = import_text("python train_dreambooth_lora.py --pretrained_model_name_or_path=x --instance_data_dir=i "
+                    "--instance_prompt=p --logging_dir=tb")
+    assert "--output_dir, which is not given" in unmapped(d)["--logging_dir=tb"]
 
 
 def test_shell_forms():

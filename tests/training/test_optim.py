@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from loraforge.adapters import raw_delta
 from loraforge.config import ConfigError, load_config
 from loraforge.training.optim import OptimizerSetupError, build_optimizer, build_scheduler, current_lrs
 from loraforge.training.trainer import Trainer
@@ -157,3 +158,88 @@ def test_scale_weight_norms_caps_every_module(make_config):
     assert max(norms) <= 0.05 * (1 + 1e-4)
     scaled, mean_norm, max_norm = t.network.apply_max_norm(0.01)
     assert scaled > 0 and max_norm > 0.01
+
+
+def test_scale_weight_norms_in_a_lycoris_run(make_config):
+    """Accepted for the LyCORIS algos (it was refused) and applied after each step: LoHa's init is ΔW = 0, so the
+    final norms come from training, capped."""
+    cfg = make_config("sd15", **{"network.algo": "loha", "optimizer.scale_weight_norms": 0.02,
+                                  "optimizer.learning_rate": 5e-2})
+    t = Trainer(cfg)
+    t.run()
+    norms = [(raw_delta(m) * m.scale).norm().item() for m in t.network.module_tensors().values()]
+    assert max(norms) == pytest.approx(0.02, rel=1e-3)  # trained past the cap, held at it
+
+
+def test_optimizer_args_reach_prodigy():
+    cfg = load_config(None, ["optimizer.type=prodigy", "optimizer.learning_rate=1.0"]).optimizer
+    cfg.optimizer_args = {"d_coef": 2.0, "growth_rate": 1.5}
+    opt = build_optimizer(cfg, [{"params": _params(), "lr": 1.0}])
+    assert (opt.param_groups[0]["d_coef"], opt.param_groups[0]["growth_rate"]) == (2.0, 1.5)
+
+
+def test_optimizer_args_unknown_keyword_names_optimizer_key_and_accepted_keys():
+    cfg = _opt_cfg("optimizer.type=prodigy", "optimizer.learning_rate=1.0")
+    cfg.optimizer_args = {"d_coeff": 2.0}
+    with pytest.raises(OptimizerSetupError,
+                       match=r"'prodigy'.*'d_coeff'.*Did you mean 'd_coef'\?.*accepts: .*growth_rate"):
+        build_optimizer(cfg, [{"params": _params(), "lr": 1.0}])
+
+
+def test_optimizer_args_refuse_keywords_an_option_sets():
+    cfg = _opt_cfg()
+    cfg.optimizer_args = {"betas": [0.8, 0.9]}
+    with pytest.raises(OptimizerSetupError, match=r"'betas'.*set by optimizer.adam_beta1 and adam_beta2"):
+        build_optimizer(cfg, [{"params": _params(), "lr": 1e-3}])
+
+
+def test_custom_optimizer_class_by_import_path_with_its_args():
+    cfg = _opt_cfg("optimizer.type=torch.optim.RAdam", "optimizer.learning_rate=3e-3")
+    cfg.optimizer_args = {"betas": [0.5, 0.6], "decoupled_weight_decay": True}
+    p = _params()
+    opt = build_optimizer(cfg, [{"params": p, "lr": 3e-3, "weight_decay": 0.1}])
+    assert type(opt) is torch.optim.RAdam
+    g = opt.param_groups[0]
+    assert (g["lr"], tuple(g["betas"]), g["decoupled_weight_decay"], g["weight_decay"]) == (3e-3, (0.5, 0.6), True, 0.1)
+    before = p[0].detach().clone()
+    p[0].grad = torch.randn_like(p[0])
+    opt.step()
+    assert not torch.equal(before, p[0])
+
+
+@pytest.mark.parametrize("path,message", [
+    ("no_such_pkg.optim.Fast", r"module 'no_such_pkg.optim' cannot be imported.*Install the package"),
+    ("torch.optim.AdamWW", r"module 'torch.optim' has no 'AdamWW'; did you mean torch.optim.AdamW"),
+    ("torch.nn.Linear", r"'torch.nn.Linear' is not an optimizer class"),
+])
+def test_custom_optimizer_import_errors_are_named(path, message):
+    with pytest.raises(OptimizerSetupError, match=message):
+        build_optimizer(_opt_cfg(f"optimizer.type={path}"), [{"params": _params(), "lr": 1e-3}])
+
+
+def test_custom_optimizer_args_checked_against_its_signature():
+    cfg = _opt_cfg("optimizer.type=torch.optim.SGD")
+    cfg.optimizer_args = {"nesterov": True, "momentum": 0.9, "dampening_": 0.0}
+    with pytest.raises(OptimizerSetupError, match=r"torch.optim.SGD.*takes no keyword 'dampening_'.*'dampening'"):
+        build_optimizer(cfg, [{"params": _params(), "lr": 1e-3}])
+    cfg.optimizer_args = {"nesterov": True, "momentum": 0.9}
+    opt = build_optimizer(cfg, [{"params": _params(), "lr": 1e-3}])
+    assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("value,ok", [("AdamW", "adamw"), ("torch.optim.AdamW", "torch.optim.AdamW"),
+                                      ("Lion", None), ("torch.optim.", None)])
+def test_optimizer_type_is_a_builtin_or_an_import_path(value, ok):
+    if ok:
+        assert _opt_cfg(f"optimizer.type={value}").type == ok
+    else:
+        with pytest.raises(ConfigError, match="optimizer.type"):
+            _opt_cfg(f"optimizer.type={value}")
+
+
+def test_optimizer_args_from_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[optimizer]\ntype = "prodigy"\nlearning_rate = 1.0\noptimizer_args = { d_coef = 0.5 }\n')
+    cfg = load_config(path, []).optimizer
+    opt = build_optimizer(cfg, [{"params": _params(), "lr": 1.0}])
+    assert opt.param_groups[0]["d_coef"] == 0.5

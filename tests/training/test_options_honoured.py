@@ -1,6 +1,7 @@
 """Training options that change a run, each checked where ignoring it would show: gradient accumulation, epochs,
 the optimizer's settings, pyramid noise, the TensorBoard log and `resume = "latest"`."""
 
+import re
 import shutil
 
 import pytest
@@ -156,15 +157,43 @@ def test_multires_noise_is_the_noise_of_the_step(make_config):
     assert pyramid != plain and other_discount != pyramid
 
 
+def test_attention_backend_is_the_unets_and_computes_the_same_loss(make_config):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    losses = {}
+    for backend, processor in (("sdpa", AttnProcessor2_0), ("eager", AttnProcessor)):
+        t = Trainer(make_config("sd15", **{"training.attention": backend}))
+        t.prepare()
+        try:
+            kinds = {type(p) for p in t.unet.attn_processors.values()}
+            assert kinds == {processor}, (backend, kinds)
+            batch = collate([t.dataset[0]])
+            latents = t.encode_latents(batch["pixel_values"], batch["latent_seeds"])
+            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                losses[backend] = t.compute_loss(batch, latents, noise, torch.tensor([300])).item()
+        finally:
+            t.close()
+    assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------- outputs
-def test_tensorboard_logs_the_loss_and_learning_rate(make_config, tmp_path):
+@pytest.mark.parametrize("where", ["default", "logging_dir+log_prefix"])
+def test_tensorboard_logs_the_loss_and_learning_rate(make_config, tmp_path, where):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder = images(tmp_path / "img", [(64, 64)])
+    extra = {"output.logging_dir": str(tmp_path / "tb"), "output.log_prefix": "mylora_"} if where != "default" else {}
     cfg = make_config("sd15", **data_options(folder, **{"output.log_with": "tensorboard",
-                                                        "training.max_train_steps": 2}))
+                                                        "training.max_train_steps": 2, **extra}))
     result = Trainer(cfg).run()
-    event_files = list((result.run_dir / "logs").rglob("events.out.tfevents.*"))
+    if where == "default":
+        event_files = list((result.run_dir / "logs" / "loraforge").glob("events.out.tfevents.*"))
+    else:  # kohya's layout: <logging_dir>/<log_prefix><YYYYmmddHHMMSS>/, nothing under the run folder
+        subfolders = [p.name for p in (tmp_path / "tb").iterdir()]
+        assert len(subfolders) == 1 and re.fullmatch(r"mylora_\d{14}", subfolders[0]), subfolders
+        event_files = list((tmp_path / "tb" / subfolders[0]).glob("events.out.tfevents.*"))
+        assert not (result.run_dir / "logs").exists()
     assert event_files
     scalars = {}
     for f in event_files:

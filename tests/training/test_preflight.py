@@ -4,13 +4,15 @@ with exit code 2, a message naming the field and the fix, and nothing written in
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
 from loraforge.cli import main
 from loraforge.config import load_config
 from loraforge.training import preflight as preflight_module
-from loraforge.training.preflight import lora_size_estimate, preflight
+from loraforge.errors import TrainingError
+from loraforge.training.preflight import check_inputs, lora_size_estimate, preflight, tracker_run
 
 
 def _cases(tmp):
@@ -34,6 +36,13 @@ def _cases(tmp):
         ("missing resume folder", [f"training.resume={str(tmp / 'out' / 'ckpt')!r}"], ["training.resume", "ckpt"]),
         ("output folder under a file", [f"output.output_dir={str(tmp / 'a-file' / 'out')!r}"],
          ["a-file", "is a file", "output.output_dir"]),
+        ("optimizer_args typo", ["optimizer.type=prodigy", "optimizer.optimizer_args.d_coeff=2"],
+         ["optimizer.optimizer_args", "'d_coeff'", "'d_coef'"]),
+        ("optimizer class not importable", ["optimizer.type='no_such_pkg.Fast'"],
+         ["optimizer.type", "no_such_pkg", "cannot be imported"]),
+        ("logging folder under a file",
+         ["output.log_with='tensorboard'", f"output.logging_dir={str(tmp / 'a-file' / 'tb')!r}"],
+         ["a-file", "is a file", "output.logging_dir"]),
     ]
 
 
@@ -92,3 +101,40 @@ def test_disk_estimate_and_low_space_warning(tmp_path, tiny_dirs, monkeypatch, c
     assert "free some space or change output.output_dir" in caplog.text
     Usage.free = 100 * 2**30
     assert not any("LOW" in n for n in preflight(cfg, "sd15"))
+
+
+def test_wandb_without_the_package_names_the_extra(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    cfg = load_config(None, ["output.log_with=wandb", f"output.output_dir={str(tmp_path)!r}"])
+    with pytest.raises(TrainingError, match=r"output.log_with = 'wandb' needs the wandb package.*"
+                                            r"pip install 'loraforge\[wandb\]'.*'tensorboard'"):
+        check_inputs(cfg)
+    cfg.output.log_with = "tensorboard"
+    check_inputs(cfg)  # TensorBoard needs nothing more
+
+
+def test_wandb_run_is_named_and_logs_into_logging_dir(tmp_path):
+    cfg = load_config(None, ["output.log_with=wandb", "output.output_name='cat'",
+                             f"output.logging_dir={str(tmp_path / 'wb')!r}"])
+    assert tracker_run(cfg) == ("loraforge", {"wandb": {"name": "cat", "dir": str(tmp_path / "wb")}})
+    cfg.output.log_prefix = "cat_"
+    project, kwargs = tracker_run(cfg)
+    assert project == "loraforge" and re.fullmatch(r"cat_\d{14}", kwargs["wandb"]["name"])
+    cfg.output.log_with = "tensorboard"
+    assert re.fullmatch(r"cat_\d{14}", tracker_run(cfg)[0]) and tracker_run(cfg)[1] == {}
+    cfg.output.log_prefix = None
+    assert tracker_run(cfg) == ("loraforge", {})
+
+
+def test_xformers_without_the_package_says_so(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xformers" else real(name, *a))
+    cfg = load_config(None, ["training.attention=xformers", f"output.output_dir={str(tmp_path)!r}"])
+    with pytest.raises(TrainingError, match=r"training.attention = 'xformers' needs the xformers package.*"
+                                            r"training.attention = 'sdpa'"):
+        check_inputs(cfg)

@@ -44,7 +44,6 @@ class Alias:
 _K, _D, _KD = (KOHYA,), (DIFFUSERS,), (KOHYA, DIFFUSERS)
 _NA, _OA, _A = (NETWORK_ARGS,), (OPTIMIZER_ARGS,), (ACCELERATE,)
 
-_ATTENTION = "loraforge uses diffusers' default attention, PyTorch's scaled-dot-product attention (SDPA)"
 _NOT_RESUMABLE = (
     "only `latest` or a loraforge checkpoint folder can be resumed; a kohya state folder or a diffusers "
     "checkpoint-N folder cannot"
@@ -69,13 +68,19 @@ def _entries() -> list[Alias]:
         ("tokenizer_cache_dir", None, _K, none,
          "tokenizers come with the model (or model.config_dir); set HF_HOME for the hub cache"),
         ("tokenizer_name", None, _D, none, "the tokenizer always comes with the model"),
-        ("lowram", None, _K, none,
-         "there is no loading option; the model is loaded once, in the precision it trains in"),
+        ("lowram", None, _K, builtin,
+         "kohya's --lowram loads the model straight onto the GPU for machines with less RAM than VRAM (Colab); "
+         "loraforge loads through diffusers' from_pretrained / from_single_file (low-CPU-memory loading: the "
+         "weights are read once, without a random init) and then moves each part to the device in its training "
+         "precision; there is no option to set"),
         ("highvram", None, _K, none, "no equivalent option"),
-        ("sdpa", None, _K, builtin, _ATTENTION),
-        ("xformers", None, _K, builtin, _ATTENTION),
-        ("mem_eff_attn", None, _K, builtin, _ATTENTION),
-        ("enable_xformers_memory_efficient_attention", None, _D, builtin, _ATTENTION),
+        ("sdpa", "training.attention", _K, same, "`--sdpa` becomes training.attention = 'sdpa' (loraforge's default)"),
+        ("xformers", "training.attention", _K, same,
+         "`--xformers` becomes training.attention = 'xformers' (where the package is installed)"),
+        ("mem_eff_attn", "training.attention", _K, differs,
+         "kohya's own memory-efficient attention: loraforge's nearest is PyTorch's SDPA, training.attention = 'sdpa'"),
+        ("enable_xformers_memory_efficient_attention", "training.attention", _D, same,
+         "becomes training.attention = 'xformers' (where the package is installed)"),
         ("allow_tf32", None, _D, none, "no equivalent option"),
         ("full_fp16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),
         ("full_bf16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),
@@ -204,15 +209,18 @@ def _entries() -> list[Alias]:
         ("lora_unet_blocks", None, _D, none, "use network.block_dims (0 removes a block)"),
         ("use_blora", None, _D, none, "use network.block_dims (0 removes a block)"),
         ("output_kohya_format", None, _D, builtin, "the kohya file is always written (output.write_kohya)"),
-        ("scale_weight_norms", "optimizer.scale_weight_norms", _K, same, ""),
+        ("scale_weight_norms", "optimizer.scale_weight_norms", _K, same, "every algo, LoRA and LyCORIS"),
         # ------------------------------------------------------------------------------------------ optimizer
         ("optimizer_type", "optimizer.type", _K, same,
-         "AdamW, AdamW8bit, Adafactor, Prodigy and SGD map (any case); the other kohya optimizers have no "
-         "equivalent. kohya's Adafactor defaults to relative_step = true, loraforge's to false"),
+         "AdamW, AdamW8bit, Adafactor, Prodigy and SGD map (any case), and so does a class by import path "
+         "(`torch.optim.RAdam`); the other kohya names (Lion, DAdapt*) have no equivalent: write their class's "
+         "path. kohya's Adafactor defaults to relative_step = true, loraforge's to false"),
         ("optimizer", "optimizer.type", _D, same, "adamW / AdamW / prodigy, any case"),
         ("use_8bit_adam", "optimizer.type", _KD, same, "becomes optimizer.type = 'adamw8bit'"),
         ("use_lion_optimizer", None, _K, none, "no Lion optimizer"),
-        ("optimizer_args", None, _K, "expands", "each key=value is mapped on its own (see the optimizer_args table)"),
+        ("optimizer_args", None, _K, "expands",
+         "each key=value is mapped on its own (see the optimizer_args table); the others, and all of them with a "
+         "class given by import path, go to optimizer.optimizer_args"),
         ("learning_rate", "optimizer.learning_rate", _KD, same,
          "defaults: kohya 2e-6, diffusers' train_dreambooth_lora.py 5e-4, loraforge and the other diffusers "
          "scripts 1e-4"),
@@ -335,16 +343,23 @@ def _entries() -> list[Alias]:
          "kohya's 'float' is fp32; not given, kohya saves in the training precision, loraforge in fp32"),
         ("save_model_as", None, _K, builtin,
          "LoRA files are always safetensors (kohya layout and diffusers layout); ckpt/pt are not written"),
-        ("log_with", "output.log_with", _K, differs, "loraforge logs to TensorBoard only ('tensorboard' or 'none')"),
+        ("log_with", "output.log_with", _K, differs,
+         "'tensorboard', 'wandb' (the optional extra: pip install 'loraforge[wandb]') or 'none'; one tracker at a "
+         "time, so 'all' becomes 'tensorboard'"),
         ("report_to", "output.log_with", _D, differs,
-         "loraforge logs to TensorBoard only ('tensorboard' or 'none'); wandb, comet_ml and all have no equivalent"),
-        ("logging_dir", None, _KD, none, "logs go to <run folder>/logs"),
-        ("log_prefix", None, _K, none, "logs go to <run folder>/logs"),
-        ("log_tracker_name", None, _K, none, "TensorBoard only"),
-        ("log_tracker_config", None, _K, none, "TensorBoard only"),
+         "'tensorboard', 'wandb' (the optional extra: pip install 'loraforge[wandb]') or 'none'; comet_ml has no "
+         "equivalent, 'all' becomes 'tensorboard'"),
+        ("logging_dir", "output.logging_dir", _KD, differs,
+         "diffusers puts it inside --output_dir (the importer writes the joined path); unset, loraforge logs into "
+         "<run folder>/logs"),
+        ("log_prefix", "output.log_prefix", _K, same, ""),
+        ("log_tracker_name", None, _K, none, "the tracker's project is always 'loraforge' (output.log_prefix names "
+                                             "the run)"),
+        ("log_tracker_config", None, _K, none, "no tracker settings file"),
         ("log_config", None, _K, builtin, "the resolved config is saved in the run folder"),
-        ("wandb_run_name", None, _K, none, "TensorBoard only"),
-        ("wandb_api_key", None, _K, none, "TensorBoard only"),
+        ("wandb_run_name", None, _K, none, "the wandb run is named after output.output_name (or output.log_prefix and "
+                                           "the start time)"),
+        ("wandb_api_key", None, _K, none, "run `wandb login` once, or set the WANDB_API_KEY environment variable"),
         ("training_comment", None, _K, none, "no free-text metadata option"),
         ("no_metadata", None, _K, none, "metadata is always written"),
         ("output_config", None, _K, none, "the resolved config is saved in the run folder"),
@@ -408,9 +423,9 @@ def _entries() -> list[Alias]:
         ("relative_step", "optimizer.adafactor_relative_step", _OA, same, ""),
         ("scale_parameter", "optimizer.adafactor_scale_parameter", _OA, same, ""),
         ("warmup_init", "optimizer.adafactor_warmup_init", _OA, same, ""),
-        ("d_coef", None, _OA, none, "Prodigy's d_coef is not an option"),
-        ("growth_rate", None, _OA, none, "Prodigy's growth_rate is not an option"),
-        ("nesterov", None, _OA, none, "SGD without Nesterov momentum"),
+        ("d_coef", "optimizer.optimizer_args", _OA, same, "Prodigy's d_coef, as optimizer_args.d_coef"),
+        ("growth_rate", "optimizer.optimizer_args", _OA, same, "Prodigy's growth_rate, as optimizer_args.growth_rate"),
+        ("nesterov", "optimizer.optimizer_args", _OA, same, "SGD's nesterov, as optimizer_args.nesterov"),
         # ------------------------------------------------------------------------------------------ accelerate
         ("mixed_precision", "training.mixed_precision", _A, same, "the script's own --mixed_precision wins"),
         ("num_processes", None, _A, none, _LAUNCH),

@@ -3,6 +3,7 @@ diffusers' defaults and precedences, `--network_args` / `--optimizer_args`."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import PurePath
 from typing import Any, Callable
 
@@ -53,6 +54,11 @@ def _optimizer_type(t: Translation, flag: Flag) -> None:
     if not choices or name.lower() in choices:  # not a list of names: the config's validation decides
         t.set("optimizer.type", choices[name.lower()] if choices else name, flag.text)
         return
+    if "." in name and t.tool != DIFFUSERS:  # kohya's `torch.optim.AdamW`: a class by import path
+        t.set("optimizer.type", name, flag.text)
+        t.notes.append(f"{flag.text}: the class is imported when training starts, which checks optimizer_args "
+                       "against its signature")
+        return
     if t.tool == DIFFUSERS:  # diffusers warns and falls back to AdamW
         t.set("optimizer.type", "adamw", flag.text)
         t.differ(flag.text, f"diffusers trains {name!r} as AdamW (it knows AdamW and prodigy only)")
@@ -102,12 +108,28 @@ def _save_model_as(t: Translation, flag: Flag) -> None:
 
 def _log_with(t: Translation, flag: Flag) -> None:
     value = str(flag.value).lower()
-    if value in ("tensorboard", "all"):
-        t.set("output.log_with", "tensorboard", flag.text)
+    if value in ("tensorboard", "all", "wandb"):
+        t.set("output.log_with", "wandb" if value == "wandb" else "tensorboard", flag.text)
         if value == "all":
-            t.differ(flag.text, "loraforge logs to TensorBoard only")
+            t.differ(flag.text, "loraforge logs to one tracker at a time: TensorBoard (or set 'wandb')")
+        if value == "wandb":
+            t.notes.append(f"{flag.text}: Weights & Biases is an optional extra: pip install 'loraforge[wandb]', then "
+                           "`wandb login`")
         return
-    raise Unmappable(f"loraforge logs to TensorBoard only (output.log_with = 'tensorboard' or 'none'), not {value}")
+    raise Unmappable(f"loraforge logs to TensorBoard or wandb (output.log_with = 'tensorboard', 'wandb' or 'none'), "
+                     f"not {value}")
+
+
+def _logging_dir(t: Translation, flag: Flag) -> None:
+    value = str(flag.value)
+    if t.tool == DIFFUSERS:  # diffusers: Path(output_dir, logging_dir)
+        output_dir = t.given.get("output_dir")
+        if output_dir is None:
+            raise Unmappable("diffusers puts it inside --output_dir, which is not given; loraforge's default "
+                             "(<run folder>/logs) applies")
+        value = str(PurePath(str(output_dir.value)) / value)
+        t.differ(flag.text, f"diffusers puts it inside --output_dir: written as {value!r}")
+    t.set("output.logging_dir", value, flag.text)
 
 
 def _text_encoder_lr(t: Translation, flag: Flag) -> None:
@@ -175,10 +197,16 @@ _HANDLERS: dict[tuple[str, str], Callable[[Translation, Flag], None]] = {
     (KOHYA, "random_crop"): lambda t, f: _bare(t, f, "dataset.center_crop", False),
     (KOHYA, "network_train_unet_only"): lambda t, f: _bare(t, f, "network.train_text_encoder", False),
     (DIFFUSERS, "use_dora"): lambda t, f: _bare(t, f, "network.algo", "dora"),
+    (KOHYA, "sdpa"): lambda t, f: _bare(t, f, "training.attention", "sdpa"),
+    (KOHYA, "mem_eff_attn"): lambda t, f: _bare(t, f, "training.attention", "sdpa"),
+    ("*", "xformers"): lambda t, f: _bare(t, f, "training.attention", "xformers"),
+    (DIFFUSERS, "enable_xformers_memory_efficient_attention"): lambda t, f: _bare(t, f, "training.attention",
+                                                                                    "xformers"),
     (KOHYA, "save_precision"): _save_precision,
     (KOHYA, "save_model_as"): _save_model_as,
     (KOHYA, "log_with"): _log_with,
     (DIFFUSERS, "report_to"): _log_with,
+    ("*", "logging_dir"): _logging_dir,
     ("*", "text_encoder_lr"): _text_encoder_lr,
     (KOHYA, "lr_warmup_steps"): _lr_warmup_steps,
     ("*", "max_grad_norm"): _max_grad_norm,
@@ -272,10 +300,14 @@ def _block_list(t: Translation, alias: Alias, value: str, text: str, family: str
 
 
 def _kohya_optimizer_args(t: Translation) -> None:
+    custom = "." in str(t.value("optimizer.type") or "")  # a class by import path gets its keywords as written
     for key, (value, text) in t.optimizer_args.items():
         alias = t.alias(key, OPTIMIZER_ARGS)
-        if alias is None:
-            t.skip(text, "not an optimizer argument loraforge knows")
+        if alias is None or alias.key == "optimizer.optimizer_args" or (custom and key != "weight_decay"):
+            _optimizer_arg(t, key, value, text)
+            if alias is None and not custom:
+                t.notes.append(f"{text}: passed to the optimizer as written; training checks it against the "
+                               "optimizer's signature before it starts")
         elif key == "betas":
             parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
             if len(parts) != 2:
@@ -285,6 +317,21 @@ def _kohya_optimizer_args(t: Translation) -> None:
             t.set("optimizer.adam_beta2", parts[1], text)
         else:
             t.apply(alias, value, text)
+
+
+def _optimizer_arg(t: Translation, key: str, value: str, text: str) -> None:
+    """`d_coef=2` -> optimizer.optimizer_args.d_coef = 2, the value read as kohya reads it (a Python literal, else
+    the text)."""
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    if isinstance(value, tuple):
+        value = list(value)
+    if value is None:
+        t.skip(text, "None: leave the keyword out for the optimizer's default")
+        return
+    t.set_entry("optimizer.optimizer_args", key, value, text)
 
 
 def kohya_rules(t: Translation, family: str) -> None:

@@ -112,6 +112,12 @@ class Translation:
         self.data.setdefault(section, {})[name] = value
         self.mapped[key] = Mapped(text, key, value, default)
 
+    def set_entry(self, key: str, entry: str, value: Any, text: str) -> None:
+        """One entry of a table key (`optimizer.optimizer_args`), mapped as `key.entry`."""
+        section, _, name = key.partition(".")
+        self.data.setdefault(section, {}).setdefault(name, {})[entry] = value
+        self.mapped[f"{key}.{entry}"] = Mapped(text, f"{key}.{entry}", value)
+
     def unset(self, key: str, reason: str) -> None:
         old = self.mapped.pop(key, None)
         section, _, name = key.partition(".")

@@ -2,25 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from .base import Section
+from .base import Section, str_choices
 
 Scheduler = Literal[
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor"
 ]
+BuiltinOptimizer = Literal["adamw", "adamw8bit", "adafactor", "prodigy", "sgd"]
+# `module.Class`: any torch optimizer class by import path (kohya's `--optimizer_type torch.optim.AdamW`)
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
 class OptimizerConfig(Section):
-    type: Literal["adamw", "adamw8bit", "adafactor", "prodigy", "sgd"] = Field(
+    type: BuiltinOptimizer | str = Field(
         "adamw",
         description=(
             "`adamw` (torch), `adamw8bit` (bitsandbytes, 8-bit states), `adafactor` (transformers), `prodigy` "
-            "(prodigyopt: adapts the step size itself, use learning_rate ≈ 1.0), `sgd` (torch, with momentum)."
+            "(prodigyopt: adapts the step size itself, use learning_rate ≈ 1.0), `sgd` (torch, with momentum); "
+            "or any optimizer class by import path, `module.Class` (e.g. `torch.optim.RAdam`): it gets "
+            "`learning_rate` and the weight decays, its other keywords come from `optimizer_args` only."
         ),
     )
+    optimizer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Extra keywords for the optimizer's constructor (kohya's `--optimizer_args`), e.g. "
+            "`{ d_coef = 2, growth_rate = inf }` for Prodigy; checked against the class's signature when training "
+            "starts. Keywords that have an option here (learning rate, betas, eps, weight decay, the prodigy_* and "
+            "adafactor_* options) are set there with the built-in optimizers."
+        ),
+    )
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _builtin_or_path(cls, value: Any) -> Any:
+        """One message for a name that is neither a built-in optimizer nor an import path (not one per union arm)."""
+        choices = str_choices(cls)["type"]
+        if isinstance(value, str) and value.lower() not in choices and not IMPORT_PATH.fullmatch(value):
+            raise ValueError(f"one of {', '.join(map(repr, choices.values()))}, or an optimizer class by import "
+                             "path such as 'torch.optim.RAdam'")
+        return value
+
     learning_rate: float = Field(1e-4, gt=0, description="Base learning rate; LoRA wants about 1e-4 with AdamW, 1.0 with Prodigy.")
     unet_lr: float | None = Field(None, gt=0, description="UNet learning rate. Unset: `learning_rate`.")
     text_encoder_lr: float | None = Field(
@@ -61,8 +87,9 @@ class OptimizerConfig(Section):
         None,
         gt=0,
         description=(
-            "Max-norm regularisation (kohya): after each step, LoRA modules whose update ‖ΔW‖ exceeds this are "
-            "scaled back to it; the number scaled is logged. 1.0 is the guide's value."
+            "Max-norm regularisation (kohya): after each step, modules whose update ‖ΔW‖ exceeds this are "
+            "scaled back to it (every algo; DoRA: the update before the decomposition; norm layers are left alone); "
+            "the number scaled is logged. 1.0 is the guide's value."
         ),
     )
     lr_scheduler: Scheduler = Field(

@@ -22,8 +22,24 @@ class OutputConfig(Section):
     write_kohya: bool = Field(
         True, description="Write `<output_name>.safetensors` (kohya layout for AUTOMATIC1111 and ComfyUI)."
     )
-    log_with: Literal["tensorboard", "none"] = Field(
-        "tensorboard", description="Log loss and learning rate to TensorBoard under `<run>/logs`."
+    log_with: Literal["tensorboard", "wandb", "none"] = Field(
+        "tensorboard",
+        description=(
+            "Log loss and learning rates to TensorBoard (files under `logging_dir`) or to Weights & Biases "
+            "(`wandb`: the optional extra, `pip install 'loraforge[wandb]'`, then `wandb login`; project "
+            "`loraforge`, run named after `output_name`)."
+        ),
+    )
+    logging_dir: str | None = Field(
+        None, description="Folder of the logs (kohya's `--logging_dir`). Unset: `<run folder>/logs`."
+    )
+    log_prefix: str | None = Field(
+        None,
+        description=(
+            "kohya's `--log_prefix`: each run logs into a new `<log_prefix><YYYYmmddHHMMSS>` subfolder of "
+            "`logging_dir` (the wandb run's name too). Unset: the subfolder `loraforge`, which a resumed run "
+            "continues."
+        ),
     )
     overwrite: bool = Field(
         False,

@@ -52,11 +52,6 @@ class TrainConfig(Section):
                 "optimizer.lr_scheduler = 'adafactor' needs optimizer.type = 'adafactor' with "
                 "optimizer.adafactor_relative_step = true; pick another schedule otherwise"
             )
-        if opt.scale_weight_norms and net.algo != "lora":
-            raise ValueError(
-                f"optimizer.scale_weight_norms is implemented for network.algo = 'lora' only (not {net.algo!r}); "
-                "remove it or train a LoRA"
-            )
         if opt.type == "adafactor" and opt.adafactor_relative_step and opt.lr_scheduler != "adafactor":
             raise ValueError(
                 "optimizer.adafactor_relative_step = true computes the step size itself: set "

@@ -35,6 +35,14 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: much less memory, about 20-30 % slower."
     )
+    attention: Literal["sdpa", "xformers", "eager"] = Field(
+        "sdpa",
+        description=(
+            "UNet attention backend: `sdpa` (PyTorch's scaled-dot-product attention, diffusers' default, "
+            "memory-efficient), `xformers` (kohya's `--xformers`; only where the xformers package is installed, CUDA "
+            "only), `eager` (plain softmax(QKᵀ)V, kohya's default without --sdpa / --xformers; slower, more memory)."
+        ),
+    )
     seed: int = Field(
         42, ge=0, le=MAX_SEED, description="Seed for noise, timesteps, data order and LoRA initialisation (0 to 2³² − 1)."
     )

@@ -36,6 +36,10 @@ class LoconMethod(Method):
             out["lora_mid.weight"] = cpu(module.lora_mid.weight)
         return out
 
+    def norm_factors(self, module) -> list[torch.Tensor]:
+        mid = [module.lora_mid.weight] if module.tucker else []
+        return [module.lora_up.weight, module.lora_down.weight, *mid]
+
     def algo_args(self, cfg) -> dict[str, object]:
         # files sd-scripts' networks.lora reads carry no algo; Tucker files need LyCORIS
         return {"algo": "locon"} if cfg.use_tucker or cfg.train_norm else {}

@@ -27,6 +27,10 @@ class LohaMethod(Method):
             module.drop = torch.nn.Dropout(cfg.dropout)
         return module
 
+    def norm_factors(self, module) -> list[torch.Tensor]:
+        cores = [module.hada_t1, module.hada_t2] if module.tucker else []
+        return [getattr(module, name) for name in _NAMES] + cores
+
     def export(self, module) -> dict[str, torch.Tensor]:
         out = {name: cpu(getattr(module, name)) for name in _NAMES}
         out["hada_w1_a"] = cpu(module.hada_w1_a * scalar_of(module))

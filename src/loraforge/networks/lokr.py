@@ -52,6 +52,9 @@ class LokrMethod(Method):
             module.drop = torch.nn.Dropout(cfg.dropout)
         return module
 
+    def norm_factors(self, module) -> list[torch.Tensor]:
+        return list(_tensors(module).values())  # ΔW = w1 ⊗ w2, each half a product of these
+
     def export(self, module) -> dict[str, torch.Tensor]:
         out = {k: cpu(v) for k, v in _tensors(module).items()}
         first = "lokr_w1" if module.use_w1 else "lokr_w1_a"

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from ..adapters import AdapterModule
+from ..adapters import AdapterModule, raw_delta
 from .base import PlannedNetwork
 from .norm import build_norm, export_norm
 from .targets import Target
@@ -59,6 +59,10 @@ class Method:
         raise NotImplementedError
 
     def export(self, module) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def norm_factors(self, module) -> list[torch.Tensor]:
+        """The tensors ΔW is linear in, each on its own (ΔW is their product): max-norm scales each by ratio^(1/n)."""
         raise NotImplementedError
 
     def algo_args(self, cfg) -> dict[str, object]:
@@ -128,6 +132,27 @@ class LycorisNetwork(PlannedNetwork):
         if self.targets[key].kind == "norm":
             return AdapterModule("", export_norm(module), None, part=key[0], path=key[1])
         return AdapterModule("", self.method.export(module), consumer_alpha(module), part=key[0], path=key[1])
+
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """kohya's `scale_weight_norms` for the LyCORIS modules: each module whose update ‖ΔW‖ (the reference ΔW
+        of its exported tensors, scale and scalar included; DoRA: the LoCon update before the decomposition, as
+        LyCORIS measures it) exceeds `max_norm` is scaled back to it, every factor of the product by the same
+        ratio^(1/n), as sd-scripts does with √ratio for LoRA. Norm-layer updates are left alone. Returns (modules
+        scaled, mean norm, max norm) before scaling."""
+        norms, scaled = [], 0
+        for key, module in self.adapters.items():
+            if self.targets[key].kind == "norm":
+                continue
+            exported = self.export_module(key)
+            norm = (raw_delta(exported) * exported.scale).norm().item()
+            norms.append(norm)
+            if norm > max_norm:
+                factors = self.method.norm_factors(module)
+                for factor in factors:
+                    factor.mul_((max_norm / norm) ** (1 / len(factors)))
+                scaled += 1
+        return scaled, sum(norms) / max(1, len(norms)), max(norms, default=0.0)
 
     def network_module(self) -> str:
         if self.method.module_path == "networks.lora" and not self.cfg.use_tucker and not self.cfg.train_norm:

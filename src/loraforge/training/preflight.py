@@ -5,9 +5,11 @@ multiples of 8, ran when it was loaded)."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 from ..config import TrainConfig, dump_config
@@ -18,6 +20,8 @@ from ..utils.dtypes import torch_dtype
 from ..models.loading import _looks_like_path as looks_like_path  # the rule loading applies
 from ..sampling.prompts import read_prompt_file
 from ..sampling.run import base_request
+from .attention import check_attention
+from .optim import check_optimizer
 from .state import STATE_FILE, check_fresh_start, check_resume, complete_checkpoints, read_state, resolve_resume
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,34 @@ def run_folder(cfg: TrainConfig) -> Path:
     return Path(cfg.output.output_dir).expanduser() / cfg.output.output_name
 
 
+def logging_folder(cfg: TrainConfig) -> Path:
+    """`output.logging_dir`, else `<run folder>/logs`."""
+    if cfg.output.logging_dir:
+        return Path(cfg.output.logging_dir).expanduser()
+    return run_folder(cfg) / "logs"
+
+
+def tracker_run(cfg: TrainConfig) -> tuple[str, dict]:
+    """(accelerate's project name, its tracker init_kwargs): TensorBoard logs into `logging_folder/<name>`, the
+    name `<log_prefix><YYYYmmddHHMMSS>` (kohya's) or `loraforge`; wandb logs to project `loraforge`, the run named
+    so or after output_name."""
+    prefix = cfg.output.log_prefix
+    name = f"{prefix}{time.strftime('%Y%m%d%H%M%S')}" if prefix is not None else None
+    if cfg.output.log_with == "wandb":
+        return "loraforge", {"wandb": {"name": name or cfg.output.output_name, "dir": str(logging_folder(cfg))}}
+    return name or "loraforge", {}
+
+
+def _check_logger(cfg: TrainConfig) -> None:
+    if cfg.output.log_with == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise TrainingError(
+            "output.log_with = 'wandb' needs the wandb package, which is not installed: "
+            "pip install 'loraforge[wandb]' (then `wandb login`), or set output.log_with = 'tensorboard'"
+        )
+    if cfg.output.logging_dir and cfg.output.log_with != "none":
+        _check_writable(logging_folder(cfg), "output.logging_dir")
+
+
 def preflight(cfg: TrainConfig, family: str | None = None) -> list[str]:
     """Check what the run will need before it starts; raise the first problem as a `LoraforgeError` naming the
     field and the fix. Returns notes for the plan (what could not be checked here, the disk estimate). `family`
@@ -49,6 +81,9 @@ def check_inputs(cfg: TrainConfig) -> list[str]:
     """Every check of `preflight` but the disk estimate, which needs the family: `--dry-run` runs these before it
     detects the family and opens the images, so a LoRA given as the model is named as such."""
     notes = [_check_model(cfg)]
+    check_optimizer(cfg.optimizer)  # the class imports and takes every optimizer_args keyword
+    check_attention(cfg.training.attention)
+    _check_logger(cfg)
     run_dir = run_folder(cfg)
     if cfg.training.resume:
         _check_resume(cfg, run_dir)
@@ -135,18 +170,16 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def _check_writable(run_dir: Path) -> Path:
+def _check_writable(run_dir: Path, field: str = "output.output_dir") -> Path:
     """The run folder (or the nearest folder above it that exists, where it will be created) must be a writable
     folder. Returns that folder. Nothing is created."""
     base = _existing_parent(run_dir.absolute())
+    also = " (or output.output_name)" if field == "output.output_dir" else ""
     if not base.is_dir():
-        raise TrainingError(
-            f"output folder {run_dir}: {base} is a file, not a folder; change output.output_dir (or "
-            "output.output_name)"
-        )
+        raise TrainingError(f"output folder {run_dir}: {base} is a file, not a folder; change {field}{also}")
     if not os.access(base, os.W_OK | os.X_OK):
         raise TrainingError(
-            f"output folder {run_dir}: {base} is not writable; change output.output_dir to a folder you can write, "
+            f"output folder {run_dir}: {base} is not writable; change {field} to a folder you can write, "
             "or fix its permissions"
         )
     return base

@@ -26,13 +26,14 @@ from ..networks import create_network
 from ..sampling.run import sample_during_training
 from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
+from .attention import set_attention
 from .interrupt import StopOnCtrlC
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
 from .outputs import WrittenFiles, write_lora_files
 from .pivotal import PivotalTuning
 from .plan import RunPlan, plan_run, run_resolution
-from .preflight import preflight
+from .preflight import logging_folder, preflight, tracker_run
 from .prior import ensure_class_images
 from .state import (
     FINAL_MARKER,
@@ -117,7 +118,7 @@ class Trainer:
             mixed_precision=mp,
             gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
             log_with=None if cfg.output.log_with == "none" else cfg.output.log_with,
-            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(logging_folder(cfg))),
         )
         if fresh and cfg.output.overwrite and self.accelerator.is_main_process:
             clear_checkpoints(self.run_dir)  # the old run's checkpoints would mix with this one's
@@ -198,6 +199,7 @@ class Trainer:
         if self.pivotal:
             gen = torch.Generator().manual_seed(self.cfg.training.seed)
             self.pivotal.apply(m, gen)
+        set_attention(m.unet, self.cfg.training.attention)
         if self.cfg.training.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             if self.train_te:
@@ -244,7 +246,10 @@ class Trainer:
             optimizer=type(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer).__name__,
         )
         if acc.is_main_process and cfg.output.log_with != "none":
-            acc.init_trackers("loraforge", config={"max_train_steps": self.max_steps, "rank": cfg.network.rank})
+            logging_folder(cfg).mkdir(parents=True, exist_ok=True)
+            name, init_kwargs = tracker_run(cfg)
+            acc.init_trackers(name, config={"max_train_steps": self.max_steps, "rank": cfg.network.rank},
+                              init_kwargs=init_kwargs)
         log.info("training %d steps (%d per epoch, %d epochs), batch %d × accumulation %d × %d process(es)",
                  self.max_steps, self.steps_per_epoch, self.num_epochs, cfg.training.batch_size,
                  cfg.training.gradient_accumulation_steps, acc.num_processes)
