@@ -103,17 +103,25 @@ def test_disk_estimate_and_low_space_warning(tmp_path, tiny_dirs, monkeypatch, c
     assert not any("LOW" in n for n in preflight(cfg, "sd15"))
 
 
-def test_wandb_without_the_package_names_the_extra(monkeypatch, tmp_path):
+@pytest.mark.parametrize("package,option,match,fallback", [
+    ("wandb", "output.log_with=wandb",
+     r"output.log_with = 'wandb' needs the wandb package.*pip install 'loraforge\[wandb\]'.*'tensorboard'",
+     ("output", "log_with", "tensorboard")),  # TensorBoard needs nothing more
+    ("xformers", "training.attention=xformers",
+     r"training.attention = 'xformers' needs the xformers package.*training.attention = 'sdpa'", None),
+])
+def test_an_optional_package_that_is_missing_is_named(monkeypatch, tmp_path, package, option, match, fallback):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    cfg = load_config(None, ["output.log_with=wandb", f"output.output_dir={str(tmp_path)!r}"])
-    with pytest.raises(TrainingError, match=r"output.log_with = 'wandb' needs the wandb package.*"
-                                            r"pip install 'loraforge\[wandb\]'.*'tensorboard'"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    cfg = load_config(None, [option, f"output.output_dir={str(tmp_path)!r}"])
+    with pytest.raises(TrainingError, match=match):
         check_inputs(cfg)
-    cfg.output.log_with = "tensorboard"
-    check_inputs(cfg)  # TensorBoard needs nothing more
+    if fallback:
+        section, key, value = fallback
+        setattr(getattr(cfg, section), key, value)
+        check_inputs(cfg)
 
 
 def test_wandb_run_is_named_and_logs_into_logging_dir(tmp_path):
@@ -129,12 +137,3 @@ def test_wandb_run_is_named_and_logs_into_logging_dir(tmp_path):
     assert tracker_run(cfg) == ("loraforge", {})
 
 
-def test_xformers_without_the_package_says_so(monkeypatch, tmp_path):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xformers" else real(name, *a))
-    cfg = load_config(None, ["training.attention=xformers", f"output.output_dir={str(tmp_path)!r}"])
-    with pytest.raises(TrainingError, match=r"training.attention = 'xformers' needs the xformers package.*"
-                                            r"training.attention = 'sdpa'"):
-        check_inputs(cfg)
