@@ -135,5 +135,3 @@ def test_wandb_run_is_named_and_logs_into_logging_dir(tmp_path):
     assert re.fullmatch(r"cat_\d{14}", tracker_run(cfg)[0]) and tracker_run(cfg)[1] == {}
     cfg.output.log_prefix = None
     assert tracker_run(cfg) == ("loraforge", {})
-
-
