@@ -7,7 +7,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ldm
+from .ldm import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, SDXL_TEXT1_PREFIX, SDXL_TEXT2_PREFIX
 from .architectures import COMPONENTS, TOKENIZER_PADS
 
 TINY_RESOLUTION = 64  # native size of every embedded tiny model (`models.tiny`)
@@ -121,13 +121,13 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family(
             name="sd15", label="SD 1.x", resolution=512, **_SD,
-            text_encoders=_one_clip((ldm.SD1_TEXT_PREFIX, "clip")),
+            text_encoders=_one_clip((SD1_TEXT_PREFIX, "clip")),
             base_model_version="sd_v1", modelspec_architecture="stable-diffusion-v1", kohya_v2=False,
             components=COMPONENTS["sd15"], tokenizer_pads=TOKENIZER_PADS["sd15"],
         ),
         Family(
             name="sd2", label="SD 2.x", resolution=768, **_SD,
-            text_encoders=_one_clip((ldm.SD2_TEXT_PREFIX, "open_clip")),
+            text_encoders=_one_clip((SD2_TEXT_PREFIX, "open_clip")),
             base_model_version="sd_v2", modelspec_architecture="stable-diffusion-v2-768-v", kohya_v2=True,
             components=COMPONENTS["sd2"], tokenizer_pads=TOKENIZER_PADS["sd2"],
         ),
@@ -135,9 +135,9 @@ FAMILIES: dict[str, Family] = {
             name="sdxl", label="SDXL", resolution=1024,
             text_encoders=(
                 _te("te1", "text_encoder", "tokenizer", ("lora_te1", "lora_te"), "clip_l",
-                    (ldm.SDXL_TEXT1_PREFIX, "clip")),
+                    (SDXL_TEXT1_PREFIX, "clip")),
                 _te("te2", "text_encoder_2", "tokenizer_2", ("lora_te2",), "clip_g",
-                    (ldm.SDXL_TEXT2_PREFIX, "open_clip")),
+                    (SDXL_TEXT2_PREFIX, "open_clip")),
             ),
             img2img_pipeline="StableDiffusionXLImg2ImgPipeline",
             pipeline_kwargs={"add_watermarker": False},
