@@ -43,3 +43,22 @@ def test_console_log_follows_the_current_stderr(monkeypatch):
     monkeypatch.setattr(sys, "stderr", second)
     logging.getLogger("loraforge.test").info("after the swap")
     assert second.getvalue() == "after the swap\n"
+
+
+def test_every_subcommand_has_a_description():
+    """`loraforge X --help` says what X does, for every subcommand and sub-subcommand (`merge loras`...)."""
+    import argparse
+
+    from loraforge.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield f"{path} {name}".strip(), sub
+                    yield from walk(sub, f"{path} {name}")
+
+    found = list(walk(build_parser(), ""))
+    assert len(found) >= 16  # 13 commands + merge's 3 kinds
+    missing = [name for name, sub in found if not (sub.description or "").strip()]
+    assert missing == []
