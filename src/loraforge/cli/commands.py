@@ -134,9 +134,9 @@ def _print_result(result) -> None:
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train on the embedded tiny SD 1.5 and SDXL with the shipped images (~1 min, CPU)",
         description=(
-            'Train the embedded tiny SD 1.5 and SDXL models on the shipped demo images, on the CPU in '
-            'about a minute, then check the files A1111, ComfyUI and diffusers would load. Nothing is '
-            'downloaded.'
+            "Train the embedded tiny SD 1.5 and SDXL models on the shipped demo images, on the CPU in "
+            "about a minute, then check the files A1111, ComfyUI and diffusers would load. Nothing is "
+            "downloaded."
         ))
     p.add_argument("--output-dir", default="output/demo", help="where the two runs go (default output/demo)")
     p.add_argument("--steps", type=int, default=100, help="steps per model (default 100)")
@@ -176,8 +176,8 @@ def cmd_demo(args) -> int:
 def add_config_docs(sub) -> None:
     p = sub.add_parser("config-docs", help="print (or write) the config reference generated from the schema",
         description=(
-            'Print the config reference (every section and key, its type, default and description), '
-            'generated from the schema; --write updates docs/config.md.'
+            "Print the config reference (every section and key, its type, default and description), "
+            "generated from the schema; --write updates docs/config.md."
         ))
     p.add_argument("--write", metavar="PATH", help="write to PATH instead of printing")
     p.set_defaults(func=cmd_config_docs)
@@ -199,10 +199,10 @@ def cmd_config_docs(args) -> int:
 def add_check(sub) -> None:
     p = sub.add_parser("check", help="will ComfyUI, A1111 and diffusers load this LoRA file exactly?",
         description=(
-            'Load a LoRA file the way ComfyUI, AUTOMATIC1111 and diffusers do (models of their key rules)'
-            ' and report, per consumer, how many modules map and which keys would be dropped. Exit code 1'
-            ' when a file would not load exactly (dropped keys, NaN/Inf tensors), 2 when it cannot be '
-            'read.'
+            "Load a LoRA file the way ComfyUI, AUTOMATIC1111 and diffusers do (models of their key rules)"
+            " and report, per consumer, how many modules map and which keys would be dropped. Exit code 1"
+            " when a file would not load exactly (dropped keys, NaN/Inf tensors), 2 when it cannot be "
+            "read."
         ))
     p.add_argument("files", nargs="+", help=".safetensors LoRA / LyCORIS files (ours or from elsewhere)")
     p.add_argument("--family", choices=FAMILY_NAMES, help="base model family (default: detected)")
@@ -245,7 +245,7 @@ def cmd_check(args) -> int:
 def add_presets(sub) -> None:
     p = sub.add_parser("presets", help="print the recipe presets (preset = \"face\" | \"object\" | \"style\")",
         description=(
-            'Print the recipe presets (face, object, style) as TOML: the options each preset sets, to '
+            "Print the recipe presets (face, object, style) as TOML: the options each preset sets, to "
             'copy into a config or to select with preset = "...".'
         ))
     p.set_defaults(func=cmd_presets)

@@ -148,15 +148,15 @@ def cmd_sample(args) -> int:
 def add_merge(sub) -> None:
     p = sub.add_parser("merge", help="merge LoRA files into a model, LoRA with LoRA, checkpoint with checkpoint",
         description=(
-            'Merge LoRA files into a model (into-model), LoRA files with each other (loras), or two '
-            'checkpoints (checkpoints).'
+            "Merge LoRA files into a model (into-model), LoRA files with each other (loras), or two "
+            "checkpoints (checkpoints)."
         ))
     kinds = p.add_subparsers(dest="merge_kind", metavar="KIND", required=True)
 
     m = kinds.add_parser("into-model", help="bake LoRA files into a base model (single file or diffusers folder)",
         description=(
-            'Bake LoRA files into a base model and write a single file or a diffusers folder that loads '
-            'without the LoRA.'
+            "Bake LoRA files into a base model and write a single file or a diffusers folder that loads "
+            "without the LoRA."
         ))
     m.add_argument("base", nargs="?", help="base model (default: the embedded tiny model of --family)")
     m.add_argument("--lora", action="append", required=True, metavar="FILE[:W]",
@@ -171,7 +171,7 @@ def add_merge(sub) -> None:
 
     lo = kinds.add_parser("loras", help="LoRA with LoRA: concat (exact), svd (target rank), interpolate (cloneofsimo)",
         description=(
-            'Merge LoRA files into one: concat (exact, ranks add up), svd (re-factored to a target rank) '
+            "Merge LoRA files into one: concat (exact, ranks add up), svd (re-factored to a target rank) "
             "or interpolate (cloneofsimo's interpolation of two equal-rank files' factors)."
         ))
     lo.add_argument("loras", nargs="+", metavar="FILE[:W]", help="LoRA files with their weights")
@@ -190,7 +190,7 @@ def add_merge(sub) -> None:
     c = kinds.add_parser("checkpoints", help="A1111 checkpoint merger: weighted sum or add difference",
         description=(
             "Merge two checkpoints as A1111's checkpoint merger does: weighted sum, or add difference "
-            'with a third model.'
+            "with a third model."
         ))
     c.add_argument("a", help="model A")
     c.add_argument("b", help="model B")
@@ -246,7 +246,7 @@ def add_resize(sub) -> None:
     p = sub.add_parser("resize", help="re-rank a LoRA / LoCon by SVD (fixed rank, sv_ratio/fro/cumulative, recipes)",
         description=(
             "Re-rank a LoRA or LoCon by SVD of each module's ΔW: a fixed rank, or one chosen per module "
-            'by sv_ratio, Frobenius share or cumulative share, or a recipe mixing them.'
+            "by sv_ratio, Frobenius share or cumulative share, or a recipe mixing them."
         ))
     p.add_argument("lora", help="the LoRA file")
     p.add_argument("-o", "--output", required=True)
@@ -275,7 +275,7 @@ def cmd_resize(args) -> int:
 def add_extract(sub) -> None:
     p = sub.add_parser("extract", help="extract a LoRA from (tuned − base) by SVD",
         description=(
-            'Extract a LoRA from the difference between a fine-tuned model and its base, by SVD of each '
+            "Extract a LoRA from the difference between a fine-tuned model and its base, by SVD of each "
             "weight's difference."
         ))
     p.add_argument("--base", help="the base model (default: the embedded tiny model of --family)")
@@ -306,9 +306,9 @@ def add_convert(sub) -> None:
     p = sub.add_parser("convert", help=".bin/.pkl/.pt/.ckpt → safetensors, kohya ↔ diffusers LoRA, single file ↔ "
                        "diffusers folder, embeddings .pt ↔ safetensors",
         description=(
-            'Convert between formats: pickled .bin/.pkl/.pt/.ckpt files to safetensors (with '
-            '--allow-pickle), kohya and diffusers LoRA layouts, a single-file checkpoint and a diffusers '
-            'folder, textual-inversion embeddings .pt and .safetensors.'
+            "Convert between formats: pickled .bin/.pkl/.pt/.ckpt files to safetensors (with "
+            "--allow-pickle), kohya and diffusers LoRA layouts, a single-file checkpoint and a diffusers "
+            "folder, textual-inversion embeddings .pt and .safetensors."
         ))
     p.add_argument("src")
     p.add_argument("dst")
@@ -337,9 +337,9 @@ def cmd_convert(args) -> int:
 def add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="what is in a LoRA, checkpoint or embedding file",
         description=(
-            'Show what a file holds without loading a model: for a LoRA its family, adapters, ranks, '
-            'alphas, metadata and NaN/Inf tensors; for a checkpoint its family and components; for an '
-            'embedding its vectors.'
+            "Show what a file holds without loading a model: for a LoRA its family, adapters, ranks, "
+            "alphas, metadata and NaN/Inf tensors; for a checkpoint its family and components; for an "
+            "embedding its vectors."
         ))
     p.add_argument("files", nargs="+")
     p.add_argument("--all-metadata", action="store_true", help="print every metadata key")
