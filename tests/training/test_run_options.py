@@ -105,3 +105,18 @@ def test_gradient_checkpointing_and_save_precision(make_config):
     assert all(te.is_gradient_checkpointing for te in t.model.text_encoders)
     with safe_open(str(result.files.kohya), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+
+
+def test_the_log_says_what_an_unset_alpha_means(make_config, caplog):
+    """Our alpha defaults to the rank (kohya's to 1): a run that leaves it unset says so in its log."""
+    caplog.set_level("INFO", logger="loraforge.train")
+    for alpha, noted in ((None, True), (1.0, False)):
+        caplog.clear()
+        extra = {} if alpha is None else {"network.alpha": alpha}
+        t = Trainer(make_config("sd15", **{"training.max_train_steps": 1, **extra}))
+        try:
+            t.prepare()
+        finally:
+            t.close()
+        line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("network: lora rank"))
+        assert ("alpha unset: alpha = rank" in line and "kohya's default is alpha 1" in line) == noted, line

@@ -58,6 +58,9 @@ from .step import LossStep
 
 log = logging.getLogger("loraforge.train")
 
+# kohya's network_alpha defaults to 1 (scale 1/rank); ours to the rank (scale 1): said where it matters
+ALPHA_DEFAULT_NOTE = " (network.alpha unset: alpha = rank, scale 1; kohya's default is alpha 1, scale 1/rank)"
+
 
 @dataclass
 class RunResult:
@@ -206,8 +209,9 @@ class Trainer:
                 for te in m.text_encoders:
                     te.gradient_checkpointing_enable()
         n = sum(p.numel() for part in self.network.parts for p in self.network.parameters(part))
-        log.info("network: %s rank %d alpha %g on %s — %s trainable parameters", self.network.algo,
-                 self.cfg.network.rank, self.network.alpha, "+".join(self.network.parts), f"{n:,}")
+        log.info("network: %s rank %d alpha %g%s on %s — %s trainable parameters", self.network.algo,
+                 self.cfg.network.rank, self.network.alpha,
+                 ALPHA_DEFAULT_NOTE if self.cfg.network.alpha is None else "", "+".join(self.network.parts), f"{n:,}")
 
     @property
     def train_te(self) -> bool:
