@@ -107,3 +107,22 @@ def test_a_text_encoder_rate_without_a_trained_text_encoder_is_named(make_config
     finally:
         logging.getLogger("loraforge").removeHandler(handler)
     assert sum("text_encoder_lr = 5e-05 has no effect" in r.getMessage() for r in records) == 1
+
+
+def test_a_single_file_of_the_tiny_model_trains_at_its_64_px(make_config, tiny_dirs, tmp_path):
+    """A single file written from the embedded tiny model has the tiny architecture: the plan (and so training and
+    the dry run) use 64 px, not the family's 512, and the loaded model says it is tiny."""
+    from loraforge.formats.single_file import save_single_file
+    from loraforge.models.loading import detect_model_family, load_model
+
+    src = load_model(make_config("sd15").model)
+    path = save_single_file(tmp_path / "tiny.safetensors", "sd15", src.unet, src.vae, src.text_encoders)
+    cfg = make_config("sd15", **{"model.pretrained_model_name_or_path": str(path)})
+    plan = plan_run(cfg)
+    assert (plan.resolution, plan.is_tiny) == (64, True)
+    assert "a tiny SD 1.x model" in plan.describe(cfg)
+    loaded = load_model(cfg.model)
+    assert loaded.is_tiny and loaded.source == str(path)
+    given = make_config("sd15", **{"model.pretrained_model_name_or_path": str(path),
+                                   "model.config_dir": str(tiny_dirs["sd15"])})
+    assert detect_model_family(given.model) == ("sd15", False)  # a config folder given: the file is what it says

@@ -41,7 +41,7 @@ class SDModel:
     tokenizers: list
     scheduler: Any  # the inference scheduler the model ships with
     prediction_type: str
-    is_tiny: bool = False
+    is_tiny: bool = False  # the embedded tiny architecture (the built-in model, or a single file written from it)
     extra: dict = field(default_factory=dict)
 
     def noise_scheduler(self):
@@ -148,7 +148,8 @@ def _check_family(requested: str, detected: str | None, source: str) -> str:
 
 
 def detect_model_family(cfg: ModelConfig) -> tuple[str, bool]:
-    """(family, is_tiny) of the model `[model]` names, without loading its weights: the embedded tiny model's
+    """(family, is_tiny) of the model `[model]` names, without loading its weights (is_tiny: the embedded tiny
+    architecture, built in or a single file written from it): the embedded tiny model's
     family, a diffusers folder's configs, a single file's keys (a pickle is read whole), a hub repo's configs.
     Raises the `ModelLoadError` loading it would (no such path, a pickle without `allow_pickle`, an unknown file
     type, an unreachable hub id, a family it cannot tell). `load_model` uses it, so a dry run plans for the very
@@ -178,7 +179,11 @@ def detect_model_family(cfg: ModelConfig) -> tuple[str, bool]:
             raise ModelLoadError(
                 f"model.config_dir = {cfg.config_dir!r} is not a diffusers folder (no model_index.json)"
             )
-        return _check_family(cfg.family, single_file_family(path, cfg.config_dir), str(path)), False
+        family_name = _check_family(cfg.family, single_file_family(path, cfg.config_dir), str(path))
+        # a file of an embedded tiny model has the tiny architecture: trained and sampled at its 64 px
+        tiny = (not cfg.config_dir and suffix == ".safetensors"
+                and tiny_single_file(_read_checkpoint(path)) == family_name)
+        return family_name, tiny
     if _looks_like_path(name):
         raise ModelLoadError(f"model.pretrained_model_name_or_path = {name!r}: no such file or folder")
     return _hub_family(name, cfg), False
@@ -222,7 +227,7 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
     family_name, is_tiny = detect_model_family(cfg)
     fam = family(family_name)
     pipeline_class = fam.pipeline_class()
-    if is_tiny:
+    if name is None:
         folder = tiny_model_dir(family_name)
         pipe = pipeline_class.from_pretrained(str(folder), local_files_only=True, **load_kw)
         source = f"embedded tiny {fam.label} model ({folder})"
@@ -235,8 +240,7 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
             source = str(path)
         elif path.is_file():
             config_dir = Path(cfg.config_dir) if cfg.config_dir else None
-            is_safetensors = path.suffix.lower() == ".safetensors"  # (a pickle is not read twice)
-            if config_dir is None and is_safetensors and tiny_single_file(_read_checkpoint(path)) == family_name:
+            if config_dir is None and is_tiny:
                 config_dir = tiny_model_dir(family_name)  # a file of an embedded tiny model: its own configs
             elif config_dir is None:
                 config_dir = config_folder(family_name)

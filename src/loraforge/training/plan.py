@@ -41,7 +41,7 @@ class RunPlan:
 
     def describe(self, cfg: TrainConfig) -> str:
         t, o = cfg.training, cfg.optimizer
-        model = f"the embedded tiny {self.family.label} model" if self.is_tiny else self.family.label
+        model = f"a tiny {self.family.label} model (the embedded architecture)" if self.is_tiny else self.family.label
         lines = [
             f"model: {model}, training at {self.resolution} px",
             f"images: {self.num_train_images} training + {self.num_reg_images} class/regularisation",
