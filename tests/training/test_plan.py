@@ -126,3 +126,19 @@ def test_a_single_file_of_the_tiny_model_trains_at_its_64_px(make_config, tiny_d
     given = make_config("sd15", **{"model.pretrained_model_name_or_path": str(path),
                                    "model.config_dir": str(tiny_dirs["sd15"])})
     assert detect_model_family(given.model) == ("sd15", False)  # a config folder given: the file is what it says
+
+
+def test_steps_and_epochs_both_set_say_which_one_ends_the_run(make_config, tmp_path):
+    """kohya lets max_train_epochs override max_train_steps; we stop at whichever comes first and say so."""
+    # 8 demo images, batch 4: 2 steps an epoch
+    both = plan_run(make_config("sd15", **{"training.batch_size": 4, "training.max_train_steps": 5,
+                                           "training.num_train_epochs": 2}))
+    assert (both.max_steps, both.steps_from) == (4, "training.num_train_epochs 2")
+    note = next(n for n in both.notes if "are both set" in n)
+    assert "training.max_train_steps (5 steps)" in note and "(4 steps)" in note and "4 steps" in note
+    assert "kohya's max_train_epochs overrides max_train_steps" in note
+    alone = plan_run(make_config("sd15", **{"training.batch_size": 4, "training.max_train_steps": 5}))
+    assert alone.max_steps == 5 and not [n for n in alone.notes if "are both set" in n]
+    equal = plan_run(make_config("sd15", **{"training.batch_size": 4, "training.max_train_steps": 4,
+                                            "training.num_train_epochs": 2}))
+    assert not [n for n in equal.notes if "are both set" in n]  # they agree: nothing to say

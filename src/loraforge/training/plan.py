@@ -89,6 +89,11 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
     if t.num_train_epochs:
         limits.append((t.num_train_epochs * steps_per_epoch, f"training.num_train_epochs {t.num_train_epochs}"))
     max_steps, steps_from = min(limits) if limits else (DEFAULT_MAX_TRAIN_STEPS, "the default")
+    if len(limits) == 2 and limits[0][0] != limits[1][0]:
+        (steps, by_steps), (epoch_steps, _) = limits
+        notes.append(f"{by_steps.split(' ')[0]} ({steps} steps) and training.num_train_epochs ({epoch_steps} steps) "
+                     f"are both set: the run stops at whichever comes first, {max_steps} steps. kohya's "
+                     "max_train_epochs overrides max_train_steps instead; leave out the one you do not mean")
     o, n = cfg.optimizer, cfg.network
     if o.text_encoder_lr is not None and not n.train_text_encoder and not t.train_text_encoder_ti:
         notes.append(f"optimizer.text_encoder_lr = {o.text_encoder_lr:g} has no effect: no text encoder trains "
