@@ -23,11 +23,13 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import InputNotFoundError, RunFolderError, SaveFailedError
 from ..utils.files import TEMP_MARK, remove_temporaries, save_safetensors_atomic, write_text_atomic
@@ -348,3 +350,41 @@ def prune_checkpoints(run_dir: Path, current: TrainState, last_n_steps: int | No
             shutil.rmtree(folder)
             removed.append(folder)
     return removed
+
+
+def write_checkpoint(accelerator, run_dir: Path, state: TrainState, config_toml: str,
+                     write_files: Callable[[Path], object], last_n_steps: int | None = None,
+                     last_n_epochs: int | None = None) -> Path:
+    """Write `checkpoints/step-N/` with every process's state, the LoRA files `write_files(folder)` writes, the
+    config and the state; it appears only once complete (manifest last, then one rename). A failed write (a full
+    disk, a read-only folder) removes the partial folder and raises `SaveFailedError`. Older checkpoints beyond
+    `save_last_n_*` are pruned."""
+    acc = accelerator
+    target = checkpoints_dir(run_dir) / f"step-{state.global_step:06d}"
+    partial = partial_dir(target)
+    try:
+        if acc.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(partial))  # every process writes its RNG state here
+        acc.wait_for_everyone()  # all of them written before the manifest lists them
+        if acc.is_main_process:
+            write_files(partial)
+            write_text_atomic(partial / RUN_CONFIG_FILE, config_toml)
+            write_text_atomic(partial / STATE_FILE, state.to_json())  # marks the folder complete
+            write_manifest(partial)  # last: sizes and hashes of all the others
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(partial, target)
+    except BaseException as e:  # nothing partial stays (a NaN refusal, a second Ctrl-C, a failed write)
+        shutil.rmtree(partial, ignore_errors=True)
+        error = e if isinstance(e, OSError) else as_os_error(e, partial) if isinstance(e, RuntimeError) else None
+        if error is None:
+            raise
+        raise save_failed(error, "the checkpoint", target, run_dir) from e
+    if acc.is_main_process:
+        log.info("checkpoint: %s", target)
+        for old in prune_checkpoints(run_dir, state, last_n_steps, last_n_epochs):
+            log.info("removed old checkpoint %s", old)
+    acc.wait_for_everyone()
+    return target

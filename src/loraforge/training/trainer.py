@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,22 +36,18 @@ from .preflight import logging_folder, preflight, tracker_run
 from .prior import ensure_class_images
 from .state import (
     FINAL_MARKER,
-    RUN_CONFIG_FILE,
     STATE_FILE,
     TrainState,
-    as_os_error,
     check_fresh_start,
     check_resume,
     checkpoints_dir,
     clear_checkpoints,
-    partial_dir,
-    prune_checkpoints,
     read_state,
     register_network_hooks,
     remove_stale_temporaries,
     resolve_resume,
     save_failed,
-    write_manifest,
+    write_checkpoint,
 )
 from .step import LossStep
 
@@ -415,39 +410,15 @@ class Trainer:
         return {**self.run_info, "step": self.state.global_step, "epoch": self.state.epoch}
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoints/step-N/` with every process's state; it appears only once complete. A failed write
-        (a full disk, a read-only folder) removes the partial folder and raises `SaveFailedError`."""
-        acc, st = self.accelerator, self.state
-        target = checkpoints_dir(self.run_dir) / f"step-{st.global_step:06d}"
-        partial = partial_dir(target)
-        try:
-            if acc.is_main_process:
-                shutil.rmtree(partial, ignore_errors=True)
-                partial.mkdir(parents=True)
-            acc.wait_for_everyone()
-            acc.save_state(str(partial))  # every process writes its RNG state here
-            acc.wait_for_everyone()  # all of them written before the manifest lists them
-            if acc.is_main_process:
-                name = f"{self.cfg.output.output_name}-step{st.global_step:08d}"
-                write_lora_files(self.cfg, self.network, self.model, self._run_info(), partial, name, self.pivotal)
-                write_text_atomic(partial / RUN_CONFIG_FILE, dump_config(self.cfg))
-                write_text_atomic(partial / STATE_FILE, st.to_json())  # marks the folder complete
-                write_manifest(partial)  # last: sizes and hashes of all the others
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(partial, target)
-        except BaseException as e:  # nothing partial stays (a NaN refusal, a second Ctrl-C, a failed write)
-            shutil.rmtree(partial, ignore_errors=True)
-            error = e if isinstance(e, OSError) else as_os_error(e, partial) if isinstance(e, RuntimeError) else None
-            if error is None:
-                raise
-            raise save_failed(error, "the checkpoint", target, self.run_dir) from e
-        if acc.is_main_process:
-            log.info("checkpoint: %s", target)
-            t = self.cfg.training
-            for old in prune_checkpoints(self.run_dir, st, t.save_last_n_steps, t.save_last_n_epochs):
-                log.info("removed old checkpoint %s", old)
-        acc.wait_for_everyone()
-        return target
+        """`checkpoints/step-N/` of this step (`state.write_checkpoint`), with the LoRA files of the step."""
+        name = f"{self.cfg.output.output_name}-step{self.state.global_step:08d}"
+        t = self.cfg.training
+        return write_checkpoint(
+            self.accelerator, self.run_dir, self.state, dump_config(self.cfg),
+            lambda folder: write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name,
+                                            self.pivotal),
+            t.save_last_n_steps, t.save_last_n_epochs,
+        )
 
     def finish(self) -> RunResult:
         acc = self.accelerator
