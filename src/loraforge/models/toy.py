@@ -1,0 +1,160 @@
+"""The toy model: the real SD 1.5 architecture (diffusers UNet2DConditionModel, CLIPTextModel with the real CLIP
+tokenizer, AutoencoderKL) at small widths, pretrained on the toy world (`loraforge.world`) by
+`scripts/pretrain_toy.py`.
+
+Unlike the tiny models (random weights, for code paths), this one knows its world: it draws "a red circle on a blue
+background, top left". Its weights ship in the package (`assets/toy-sd15.safetensors`, fp16, every component in one
+file under `unet.` / `vae.` / `text_encoder.` prefixes); `toy_model_dir()` turns them into a diffusers folder in the
+cache on first use, checked against the checksum in `assets/toy-sd15.json`.
+
+Layout choices, sized so a LoRA trains in about a minute on a CPU: the VAE has SD's four levels (a factor of 8: 64 × 64
+images give 8 × 8 latents); the UNet has SD 1.5's block types at two levels with two layers each (attention at 8 × 8,
+and in the middle block at 4 × 4), like the tiny model but wider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from ..utils.files import atomic_dir, cache_home
+from .tokenizer import clip_tokenizer
+
+ASSETS = Path(__file__).parent / "assets"
+WEIGHTS = ASSETS / "toy-sd15.safetensors"
+REPORT = ASSETS / "toy-sd15.json"
+TE_HIDDEN = 64
+
+
+def toy_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[16, 32, 64, 64],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=64,
+    )
+
+
+def toy_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=TE_HIDDEN,
+        intermediate_size=TE_HIDDEN * 4,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
+        projection_dim=TE_HIDDEN,
+    ))
+
+
+def toy_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(64, 128),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TE_HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+def toy_scheduler():
+    """SD 1.5's noise schedule and PNDM sampler settings (epsilon prediction)."""
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def toy_pipeline(unet=None, vae=None, text_encoder=None):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae or toy_vae(),
+        text_encoder=text_encoder or toy_text_encoder(),
+        tokenizer=clip_tokenizer(pad_token="<|endoftext|>"),
+        unet=unet or toy_unet(),
+        scheduler=toy_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_toy_weights(pipe, path: Path = WEIGHTS) -> None:
+    """Load the one-file weights (`unet.` / `vae.` / `text_encoder.` prefixes) into `pipe` (float32)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    for part in ("unet", "vae", "text_encoder"):
+        module = getattr(pipe, part)
+        sub = {k[len(part) + 1:]: v.float() for k, v in state.items() if k.startswith(part + ".")}
+        missing, unexpected = module.load_state_dict(sub, strict=False)
+        if missing or unexpected:
+            raise ModelLoadError(f"{path}: the {part} weights do not fit the toy architecture ({len(missing)} missing, "
+                                 f"{len(unexpected)} unexpected keys); rebuild them with scripts/pretrain_toy.py")
+    if "vae_scaling_factor" in (meta := _metadata(path)):
+        pipe.vae.register_to_config(scaling_factor=float(meta["vae_scaling_factor"]))
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
+
+def toy_model_dir(root: Path | None = None) -> Path:
+    """Folder of the pretrained toy model (a diffusers folder), built from the shipped weights on first use."""
+    if not WEIGHTS.is_file():
+        raise ModelLoadError(f"{WEIGHTS}: the pretrained toy model is missing from this install; build it with "
+                             "`python scripts/pretrain_toy.py` (see docs/toy-world.md)")
+    expected = json.loads(REPORT.read_text()).get("sha256") if REPORT.is_file() else None
+    digest = sha256(WEIGHTS)
+    if expected and digest != expected:
+        raise ModelLoadError(f"{WEIGHTS}: checksum {digest[:12]}… differs from {REPORT.name}'s {expected[:12]}…; the "
+                             "file is damaged: reinstall loraforge or rebuild it with scripts/pretrain_toy.py")
+    root = Path(root) if root is not None else cache_home() / "models"
+    folder = root / f"toy-sd15-{digest[:12]}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    pipe = toy_pipeline()
+    load_toy_weights(pipe)
+    with atomic_dir(folder) as tmp:
+        pipe.save_pretrained(tmp)
+    return folder
