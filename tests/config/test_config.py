@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loraforge.config import ConfigError, load_config, parse_override
+from loraforge.config import ConfigError, dump_config, load_config, parse_override
 from loraforge.config.docs import render_config_docs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +70,29 @@ def test_override_errors_point_at_the_override():
 def test_cross_field_resolution_multiple_of_8():
     with pytest.raises(ConfigError, match="not a multiple of 8.*try 96"):
         load_config(None, ["dataset.resolution=100"])
+
+
+def test_resolution_is_one_size_or_width_and_height(tmp_path):
+    cfg = load_config(write(tmp_path, "[dataset]\nresolution = [64, 96]\n"))
+    assert cfg.dataset.resolution == [64, 96] and cfg.dataset.size == (64, 96)  # (width, height)
+    assert load_config(None, ["dataset.resolution='96,64'"]).dataset.size == (96, 64)  # kohya's "W,H"
+    assert load_config(None, ["dataset.resolution=64"]).dataset.size == (64, 64)
+    assert load_config(None, []).dataset.size is None  # the family's native square, decided with the model
+    again = tmp_path / "again.toml"
+    again.write_text(dump_config(cfg))
+    assert load_config(again) == cfg
+
+
+@pytest.mark.parametrize("value, fix", [
+    ("[64, 100]", "100 is not a multiple of 8; the VAE needs one (try 96)"),
+    ("[32, 64]", "a side of 32 px is too small; use sides >= 64"),
+    ("[64, 96, 128]", "[width, height]"),
+    ("'big'", "[width, height]"),
+])
+def test_resolution_refuses_bad_sides_naming_the_field_and_fix(value, fix):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"dataset.resolution={value}"])
+    assert "--set dataset.resolution: dataset.resolution = " in str(err.value) and fix in str(err.value)
 
 
 def test_bad_toml_reports_file_and_line(tmp_path):

@@ -353,3 +353,16 @@ def test_color_aug_maps_and_face_crop_says_why_not():
     r = import_text("python train_network.py --color_aug --face_crop_aug_range=2.0,4.0")
     assert mapped(r)["dataset.color_aug"] is True
     assert "file name (`name_cx_cy_w_h`" in unmapped(r)["--face_crop_aug_range=2.0,4.0"]
+
+
+def test_kohya_width_height_resolution_maps_to_a_pair(tmp_path):
+    r = import_text("python train_network.py --resolution 512,768")
+    assert mapped(r)["dataset.resolution"] == [512, 768]  # kohya's "W,H"
+    assert validate_config(r.data).dataset.size == (512, 768)
+    assert mapped(import_text("python train_network.py --resolution=640,640"))["dataset.resolution"] == 640
+    (tmp_path / "args.toml").write_text('[a]\nresolution = "768,512"\n')  # a kohya --config_file
+    r = import_text("python train_network.py --config_file args.toml", "cmd.sh", tmp_path)
+    assert mapped(r)["dataset.resolution"] == [768, 512]
+    # diffusers' scripts take one number (argparse type=int): a pair is not theirs
+    d = import_text("accelerate launch train_text_to_image_lora.py --resolution=512,768")
+    assert "dataset.resolution" not in mapped(d) and "whole number" in unmapped(d)["--resolution=512,768"]

@@ -116,3 +116,25 @@ def test_no_upscale_bucket_too_small_is_an_error(tmp_path):
     with pytest.raises(DataError, match="empty bucket") as e:
         build_train_data(cfg, 64)
     assert e.value.problems == [str(folder / "0.png")]
+
+
+def test_non_square_resolution_fixed_size_bucket_limits_and_small_images(tmp_path):
+    folder = _images(tmp_path / "img", [(200, 66), (70, 160), (64, 64)])
+    # without buckets: every image is resized to cover width × height and cropped to it
+    data = build_train_data(_cfg(folder, **{"dataset.resolution": "[64, 96]"}), (64, 96))
+    for i in range(3):
+        ex = data.dataset[i]
+        assert ex.target_size == (96, 64) and tuple(ex.pixel_values.shape) == (3, 96, 64)
+    # buckets: the area is width × height; unset limits are half the shorter side and twice the longer one
+    cfg = _cfg(folder, **{"dataset.resolution": "[64, 192]", "dataset.enable_bucket": "true",
+                          "dataset.bucket_reso_steps": 32})
+    buckets = build_train_data(cfg, (64, 192)).dataset.groups[0].buckets
+    assert (buckets.min_reso, buckets.max_reso) == (32, 384)
+    manager = BucketManager(buckets)
+    assert max(w * h for w, h in manager.predefined) <= 64 * 192 and (32, 384) in manager.predefined
+    # too small: below half the resolution's shorter side (32 px here), not its longer one
+    tiny = _images(tmp_path / "small", [(40, 40), (24, 100)])
+    sets = [f"dataset.instance_dir={str(tiny)!r}", "dataset.instance_prompt='x'", "dataset.resolution=[64, 192]"]
+    with pytest.raises(DataError) as err:
+        build_train_data(load_config(None, sets), (64, 192))
+    assert len(err.value.problems) == 1 and "1.png" in err.value.problems[0] and "at least 32 px" in err.value.problems[0]

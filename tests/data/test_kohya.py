@@ -110,6 +110,18 @@ def test_kohya_toml_bad_values_and_missing_image_dir(tmp_path):
     assert "resolution = 'big'" in text and "keep_tokens = -1" in text and "image_dir: Field required" in text
 
 
+def test_kohya_toml_resolution_is_checked_like_dataset_resolution(tmp_path):
+    folder = images(tmp_path / "a", 1, captions=(".txt", "a robot"))
+    path = tmp_path / "ds.toml"
+    path.write_text(f"[[datasets]]\nresolution = '96,100'\n  [[datasets.subsets]]\n  image_dir = {str(folder)!r}\n")
+    with pytest.raises(DataError) as e:
+        collect_all(cfg(f"dataset.config_file={str(path)!r}"), (64, 64))
+    assert e.value.problems == [f"{path}: [[datasets]] #1: resolution = '96,100': 100 is not a multiple of 8; the VAE "
+                                "needs one (try 96)"]
+    path.write_text(f"[[datasets]]\nresolution = '96,64'\n  [[datasets.subsets]]\n  image_dir = {str(folder)!r}\n")
+    assert collect_all(cfg(f"dataset.config_file={str(path)!r}"), (64, 64)).groups[0].buckets.resolution == (96, 64)
+
+
 def test_config_file_stands_alone():
     with pytest.raises(ConfigError, match="config_file describes every image folder; remove dataset.instance_dir"):
         load_config(None, ["dataset.config_file='x.toml'", "dataset.instance_dir='y'"])

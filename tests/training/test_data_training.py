@@ -134,3 +134,33 @@ def test_chunked_prompts_reach_the_unet_with_152_states(make_config, tmp_path):
     finally:
         t.close()
     assert seen == [(1, 152)]
+
+
+def test_a_width_height_resolution_trains_and_is_recorded_at_that_size(make_config, tmp_path):
+    from safetensors import safe_open
+
+    folder = images(tmp_path / "img", [(128, 128), (200, 90)])
+    cfg = make_config("sd15", **data_options(folder, **{"dataset.resolution": [64, 96], "training.max_train_steps": 2}))
+    t = Trainer(cfg)
+    t.prepare()
+    pixels, latents, unet, encode = [], [], t.step.unet, t.step.encode_latents
+
+    def spy_encode(pixel_values, seeds=None):
+        pixels.append(tuple(pixel_values.shape))
+        return encode(pixel_values, seeds)
+
+    def spy_unet(sample, *args, **kw):
+        latents.append(tuple(sample.shape))
+        return unet(sample, *args, **kw)
+
+    t.step.encode_latents, t.step.unet = spy_encode, spy_unet
+    try:
+        t.train()
+        result = t.finish()
+    finally:
+        t.close()
+    assert t.resolution == (64, 96) and t.dataset.groups[0].buckets.resolution == (64, 96)
+    assert pixels == [(1, 3, 96, 64)] * 2 and latents == [(1, 4, 12, 8)] * 2  # 96 high, 64 wide
+    with safe_open(str(result.files.kohya), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_resolution"] == "(64, 96)" and meta["modelspec.resolution"] == "64x96"

@@ -57,8 +57,8 @@ def test_dry_run_prints_the_plan_training_uses(make_config, tiny_dirs, tmp_path,
     finally:
         t.close()
     assert t.plan == plan_run(cfg)
-    assert (t.plan.family.name, t.plan.resolution, t.plan.max_steps, t.plan.num_epochs) == ("sdxl", 64, 4, 2)
-    assert t.max_steps == 4 and t.resolution == 64
+    assert (t.plan.family.name, t.plan.resolution, t.plan.max_steps, t.plan.num_epochs) == ("sdxl", (64, 64), 4, 2)
+    assert t.max_steps == 4 and t.resolution == (64, 64)
     for line in t.plan.describe(cfg).splitlines():
         assert f"# {line}" in printed
     assert "warm-up 3 step(s)" in printed and "training at 64 px" in printed
@@ -119,7 +119,7 @@ def test_a_single_file_of_the_tiny_model_trains_at_its_64_px(make_config, tiny_d
     path = save_single_file(tmp_path / "tiny.safetensors", "sd15", src.unet, src.vae, src.text_encoders)
     cfg = make_config("sd15", **{"model.pretrained_model_name_or_path": str(path)})
     plan = plan_run(cfg)
-    assert (plan.resolution, plan.is_tiny) == (64, True)
+    assert (plan.resolution, plan.is_tiny) == ((64, 64), True)
     assert "a tiny SD 1.x model" in plan.describe(cfg)
     loaded = load_model(cfg.model)
     assert loaded.is_tiny and loaded.source == str(path)
@@ -142,3 +142,12 @@ def test_steps_and_epochs_both_set_say_which_one_ends_the_run(make_config, tmp_p
     equal = plan_run(make_config("sd15", **{"training.batch_size": 4, "training.max_train_steps": 4,
                                             "training.num_train_epochs": 2}))
     assert not [n for n in equal.notes if "are both set" in n]  # they agree: nothing to say
+
+
+def test_dry_run_shows_a_width_height_resolution(make_config, tmp_path, capsys):
+    _images(tmp_path / "img", 2, (64, 64))
+    cfg = make_config("sd15", **{"dataset.instance_dir": str(tmp_path / "img"), "dataset.resolution": [64, 96],
+                                 "dataset.instance_prompt": "a photo of sks robot"})
+    assert _dry_run(cfg, dump_config) == 0
+    assert "training at 64 × 96 px (width × height)" in capsys.readouterr().err
+    assert plan_run(cfg).resolution == (64, 96)

@@ -32,18 +32,18 @@ def test_class_images_are_generated_resumably_and_do_not_depend_on_the_batch(mak
     model = load_model(_cfg(make_config, tmp_path / "a", 2, 2).model)
     a, b = tmp_path / "a", tmp_path / "b"
     # "interrupted" run: 2 of 4 images, then the run that continues
-    first = ensure_class_images(_cfg(make_config, a, 2, 2), model, _Acc(), 64, {"TOK": "<s0><s1>"})
+    first = ensure_class_images(_cfg(make_config, a, 2, 2), model, _Acc(), (96, 64), {"TOK": "<s0><s1>"})
     assert [p.name for p in first] == ["class_00000.png", "class_00001.png"]
     stamps = {p: p.stat().st_mtime_ns for p in first}
-    rest = ensure_class_images(_cfg(make_config, a, 4, 2), model, _Acc(), 64, {"TOK": "<s0><s1>"})
+    rest = ensure_class_images(_cfg(make_config, a, 4, 2), model, _Acc(), (96, 64), {"TOK": "<s0><s1>"})
     assert [p.name for p in rest] == ["class_00002.png", "class_00003.png"]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing regenerated
-    assert ensure_class_images(_cfg(make_config, a, 4, 2), model, _Acc(), 64) == []  # enough: nothing to do
+    assert ensure_class_images(_cfg(make_config, a, 4, 2), model, _Acc(), (96, 64)) == []  # enough: nothing to do
     # the same four images in one go with another batch size (equal up to float rounding of batched convolutions)
     import numpy as np
     from PIL import Image
 
-    ensure_class_images(_cfg(make_config, b, 4, 3), model, _Acc(), 64, {"TOK": "<s0><s1>"})
+    ensure_class_images(_cfg(make_config, b, 4, 3), model, _Acc(), (96, 64), {"TOK": "<s0><s1>"})
     for i in range(4):
         x = np.asarray(Image.open(class_image_path(a, i)), dtype=np.int16)
         y = np.asarray(Image.open(class_image_path(b, i)), dtype=np.int16)
@@ -51,6 +51,7 @@ def test_class_images_are_generated_resumably_and_do_not_depend_on_the_batch(mak
     assert not np.array_equal(np.asarray(Image.open(class_image_path(a, 0))), np.asarray(Image.open(class_image_path(a, 1))))
 
     assert Image.open(class_image_path(a, 0)).text["parameters"].startswith("a photo of a <s0><s1> robot")
+    assert {Image.open(class_image_path(a, i)).size for i in range(4)} == {(96, 64)}  # the run's width × height
 
 
 def test_class_images_need_a_folder_and_a_prompt(make_config, tmp_path):

@@ -103,12 +103,13 @@ class DatasetConfig(Section):
         1.0, ge=0.0, description="Loss weight of class and regularisation images (training images weigh 1)."
     )
     # ------------------------------------------------------------------------------------------ images
-    resolution: int | None = Field(
+    resolution: int | list[int] | None = Field(
         None,
-        ge=64,
         description=(
-            "Training size in pixels (square; the bucket area with `enable_bucket`), a multiple of 8. Unset: the "
-            "family's native size (512 SD 1.5, 768 SD 2.x, 1024 SDXL; 64 for the embedded tiny models)."
+            "Training size in pixels: one number for a square (`512`) or `[width, height]` (`[512, 768]`; kohya's "
+            "`\"512,768\"` is read too); with `enable_bucket`, w × h is the bucket area. Sides are multiples of 8, "
+            "at least 64. Unset: the family's native square (512 SD 1.5, 768 SD 2.x, 1024 SDXL; 64 for the "
+            "embedded tiny models)."
         ),
     )
     center_crop: bool = Field(
@@ -126,7 +127,8 @@ class DatasetConfig(Section):
     min_image_size: int | None = Field(
         None,
         ge=1,
-        description="Images whose shorter side is below this are rejected. Unset: half of `resolution`.",
+        description="Images whose shorter side is below this are rejected. Unset: half of `resolution` (of its "
+        "shorter side).",
     )
     skip_bad_images: bool = Field(
         False,
@@ -139,15 +141,15 @@ class DatasetConfig(Section):
     enable_bucket: bool = Field(
         False,
         description=(
-            "Aspect-ratio buckets: each image goes to the bucket (w × h of about `resolution`² pixels) closest to "
+            "Aspect-ratio buckets: each image goes to the bucket (w × h of about the `resolution` area) closest to "
             "its aspect ratio, is resized to cover it and cropped; a batch holds one bucket."
         ),
     )
     min_bucket_reso: int | None = Field(
-        None, ge=8, description="Smallest bucket side. Unset: half of `resolution` (kohya: 256)."
+        None, ge=8, description="Smallest bucket side. Unset: half of `resolution` (its shorter side; kohya: 256)."
     )
     max_bucket_reso: int | None = Field(
-        None, ge=8, description="Largest bucket side. Unset: twice `resolution` (kohya: 1024)."
+        None, ge=8, description="Largest bucket side. Unset: twice `resolution` (its longer side; kohya: 1024)."
     )
     bucket_reso_steps: int = Field(
         64, ge=8, description="Bucket sides are multiples of this (a multiple of 8; 32 is common for SDXL)."
@@ -155,7 +157,7 @@ class DatasetConfig(Section):
     bucket_no_upscale: bool = Field(
         False,
         description=(
-            "Never upscale: an image gets a bucket of its own size (shrunk to `resolution`² pixels if larger) "
+            "Never upscale: an image gets a bucket of its own size (shrunk to the `resolution` area if larger) "
             "rounded down to `bucket_reso_steps`; `min/max_bucket_reso` are then ignored."
         ),
     )
@@ -243,6 +245,16 @@ class DatasetConfig(Section):
         description="Folders of images with their own settings, as `[[dataset.subsets]]` tables (see below).",
     )
 
+    @field_validator("resolution", mode="before")
+    @classmethod
+    def _resolution_form(cls, value):
+        return None if value is None else parse_resolution(value)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of `resolution`; None when unset."""
+        return None if self.resolution is None else pixel_size(self.resolution)
+
     @model_validator(mode="after")
     def _check(self) -> "DatasetConfig":
         problems = []
@@ -278,17 +290,54 @@ class DatasetConfig(Section):
         return self
 
 
-def default_bucket_limits(resolution: int, min_reso: int | None, max_reso: int | None, steps: int) -> tuple[int, int]:
-    """`min/max_bucket_reso`, with unset ones derived from the resolution (half and twice, on the step grid)."""
-    lo = min_reso if min_reso is not None else max(steps, resolution // 2 // steps * steps)
-    hi = max_reso if max_reso is not None else resolution * 2 // steps * steps
+def pixel_size(resolution) -> tuple[int, int]:
+    """(width, height) of a resolution: one size (a square) or a (width, height) pair."""
+    if isinstance(resolution, int):
+        return (resolution, resolution)
+    width, height = resolution
+    return (int(width), int(height))
+
+
+def size_text(resolution) -> str:
+    """`512 px` for a square, `512 × 768 px (width × height)` otherwise."""
+    width, height = pixel_size(resolution)
+    return f"{width} px" if width == height else f"{width} × {height} px (width × height)"
+
+
+def parse_resolution(value) -> int | list[int]:
+    """`512`, `[512, 768]` or kohya's `"512,768"` as one size or [width, height]; ValueError says the fix."""
+    items = value.split(",") if isinstance(value, str) else value
+    items = list(items) if isinstance(items, (list, tuple)) else [items]
+    try:
+        sides = [int(str(v).strip()) for v in items]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2):
+        raise ValueError("write one size for a square (512) or two, [width, height] ([512, 768])")
+    problems = []
+    for side in dict.fromkeys(sides):
+        if side < 64:
+            problems.append(f"a side of {side} px is too small; use sides >= 64")
+        elif side % 8:
+            problems.append(f"{side} is not a multiple of 8; the VAE needs one (try {side // 8 * 8})")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return sides[0] if len(sides) == 1 else sides
+
+
+def default_bucket_limits(resolution, min_reso: int | None, max_reso: int | None, steps: int) -> tuple[int, int]:
+    """`min/max_bucket_reso`, with unset ones derived from the resolution (half its shorter side and twice its
+    longer side, on the step grid)."""
+    res = pixel_size(resolution)
+    lo = min_reso if min_reso is not None else max(steps, min(res) // 2 // steps * steps)
+    hi = max_reso if max_reso is not None else max(res) * 2 // steps * steps
     return lo, hi
 
 
 def bucket_problems(resolution, min_reso, max_reso, steps, prefix="") -> list[str]:
     """What is wrong with a bucket setting (kohya's rules): sides on the step grid and `min <= resolution <= max`."""
-    res = resolution if isinstance(resolution, (tuple, list)) else (resolution, resolution)
-    lo, hi = default_bucket_limits(min(res), min_reso, max_reso, steps)
+    res = pixel_size(resolution)
+    lo, hi = default_bucket_limits(res, min_reso, max_reso, steps)
     out = []
     for name, v in (("min_bucket_reso", lo), ("max_bucket_reso", hi)):
         if v % steps:

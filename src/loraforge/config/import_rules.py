@@ -78,11 +78,10 @@ def _use_8bit_adam(t: Translation, flag: Flag) -> None:
 def _resolution(t: Translation, flag: Flag) -> None:
     value = flag.value
     sizes = value if isinstance(value, list) else [p for p in str(value).replace("x", ",").split(",") if p.strip()]
-    sizes = [coerce("dataset.resolution", s) for s in sizes]
-    if len(set(sizes)) != 1:
-        raise Unmappable(f"a non-square size ({' × '.join(map(str, sizes))}) has no equivalent: dataset.resolution "
-                         "is one number (the bucket area with dataset.enable_bucket)")
-    t.set("dataset.resolution", sizes[0], flag.text)
+    sizes = [scalar(int, s) for s in sizes]
+    if len(sizes) not in (1, 2):
+        raise Unmappable(f"{len(sizes)} numbers: kohya takes a size (512) or width,height (512,768)")
+    t.set("dataset.resolution", sizes[0] if len(set(sizes)) == 1 else sizes, flag.text)  # "W,H": [W, H]
 
 
 def _kohya_clip_skip(t: Translation, flag: Flag) -> None:

@@ -42,8 +42,10 @@ def coerce(key: str, value: Any) -> Any:
     """A flag's value (a string, True for a bare flag, a list, or a TOML value) as the type of loraforge's `key`."""
     section, _, name = key.partition(".")
     ann = SECTIONS[section].model_fields[name].annotation
-    if typing.get_origin(ann) in (typing.Union, types.UnionType):
-        ann = next(a for a in typing.get_args(ann) if a is not type(None))
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):  # a list for a list, else the first type
+        kinds = [a for a in typing.get_args(ann) if a is not type(None)]
+        lists = [a for a in kinds if typing.get_origin(a) is list]
+        ann = lists[0] if isinstance(value, list) and lists else kinds[0]
     if typing.get_origin(ann) is list:
         inner = typing.get_args(ann)[0]
         items = value if isinstance(value, list) else [p for p in str(value).split(",") if p.strip()]

@@ -36,11 +36,6 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "TrainConfig":
-        if self.dataset.resolution is not None and self.dataset.resolution % 8:
-            raise ValueError(
-                f"dataset.resolution = {self.dataset.resolution} is not a multiple of 8; the VAE needs one "
-                f"(try {self.dataset.resolution // 8 * 8})"
-            )
         net, tr, opt = self.network, self.training, self.optimizer
         if net.train_text_encoder and tr.train_text_encoder_ti:
             raise ValueError(

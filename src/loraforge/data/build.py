@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 
-def collect_all(cfg, resolution: int) -> DataPlan:
+def collect_all(cfg, resolution: tuple[int, int]) -> DataPlan:
     """Every subset, group and image of the run described by `cfg` (a `TrainConfig`): from the kohya dataset config
     file when one is named, else from `[dataset]`."""
     plan = plan_from_file(cfg, resolution) if cfg.dataset.config_file else native_plan(cfg, resolution)
@@ -114,7 +114,7 @@ def check_cache_options(cfg, subsets: list[Subset], text_replacements: dict | No
         )
 
 
-def build_train_data(cfg, resolution: int, text_replacements: dict | None = None,
+def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict | None = None,
                      cache_context: CacheContext | None = None) -> TrainData:
     """`cfg` is the whole `TrainConfig` (dataset, batch size, workers, seed). `text_replacements` are applied to
     every caption as the last step (pivotal tuning's `{"TOK": "<s0><s1>"}`). With `cache_context` the requested

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..config.dataset import DatasetConfig
+from ..config.dataset import DatasetConfig, pixel_size
 from ..errors import DataError
 from ..models.tokenizer import clip_tokenizer
 from .captions import process_caption
@@ -22,8 +22,9 @@ from .sources import ImageItem
 log = logging.getLogger(__name__)
 
 
-def validate_items(items: list[ImageItem], cfg: DatasetConfig, resolution: int) -> list[ImageItem]:
-    min_size = cfg.min_image_size if cfg.min_image_size is not None else resolution // 2
+def validate_items(items: list[ImageItem], cfg: DatasetConfig, resolution) -> list[ImageItem]:
+    """The usable items; unset `min_image_size` is half the resolution's shorter side."""
+    min_size = cfg.min_image_size if cfg.min_image_size is not None else min(pixel_size(resolution)) // 2
     good, problems = [], []
     for item in items:
         problem = check_image(item.path, min_size, item.data)

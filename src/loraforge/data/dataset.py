@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config.dataset import pixel_size
 from .buckets import BucketManager, BucketSettings
 from .captions import CaptionOptions, process_caption
 from ..errors import DataError
@@ -76,7 +77,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         prior_loss_weight: float = 1.0,
         text_replacements: dict[str, str] | None = None,
     ):
-        res = resolution if isinstance(resolution, tuple) else (resolution, resolution)
+        res = pixel_size(resolution)
         self.items = items
         self.resolution = resolution
         self.repeats = repeats

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config.dataset import SubsetConfig
+from ..config.dataset import SubsetConfig, parse_resolution, pixel_size
 from ..errors import DataError
 from .subsets import DataPlan, group_from, resolve_subset
 
@@ -99,18 +99,11 @@ class _Checker:
 
 
 def _resolution(value, where: str, problems: list[str]):
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if isinstance(value, str) and "," in value:
-        value = [v.strip() for v in value.split(",")]
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        try:
-            w, h = (int(v) for v in value)
-            return (w, h)
-        except (TypeError, ValueError):
-            pass
-    problems.append(f"{where}: resolution = {value!r}: expected a size (512) or [width, height]")
-    return None
+    try:
+        return pixel_size(parse_resolution(value))
+    except ValueError as e:
+        problems.append(f"{where}: resolution = {value!r}: {e}")
+        return None
 
 
 def _image_dir(value: str, base: Path) -> str:
@@ -126,7 +119,7 @@ def _group_view(values: dict, d):
     return type("GroupView", (), {n: values.get(n, getattr(d, n)) for n in names})()
 
 
-def plan_from_file(cfg, resolution: int) -> DataPlan:
+def plan_from_file(cfg, resolution: tuple[int, int]) -> DataPlan:
     d = cfg.dataset
     path = Path(d.config_file).expanduser()
     data = read_file(path)

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.dataset import SUBSET_OVERRIDABLE, DatasetConfig, bucket_problems, default_bucket_limits
+from ..config.dataset import SUBSET_OVERRIDABLE, DatasetConfig, bucket_problems, default_bucket_limits, pixel_size
 from .buckets import BucketSettings
 from .captions import CaptionOptions, tag_frequency
 from ..errors import DataError
@@ -80,12 +80,12 @@ class DataPlan:
 
 def group_from(d: DatasetConfig, resolution, batch_size: int, where: str = "dataset.") -> Group:
     """A group from `[dataset]`-style bucket fields (`d` may be any object with those names)."""
-    res = tuple(resolution) if isinstance(resolution, (tuple, list)) else (resolution, resolution)
+    res = pixel_size(resolution)
     if d.enable_bucket and not d.bucket_no_upscale:
         problems = bucket_problems(res, d.min_bucket_reso, d.max_bucket_reso, d.bucket_reso_steps, where)
         if problems:
             raise DataError("the bucket settings do not fit the resolution", problems)
-    lo, hi = default_bucket_limits(min(res), d.min_bucket_reso, d.max_bucket_reso, d.bucket_reso_steps)
+    lo, hi = default_bucket_limits(res, d.min_bucket_reso, d.max_bucket_reso, d.bucket_reso_steps)
     settings = BucketSettings(res, d.enable_bucket, lo, hi, d.bucket_reso_steps, d.bucket_no_upscale)
     return Group(settings, batch_size)
 
@@ -141,7 +141,7 @@ def repeat_folders(root: str, is_reg: bool, d: DatasetConfig) -> list[Subset]:
     return out
 
 
-def native_plan(cfg, resolution: int) -> DataPlan:
+def native_plan(cfg, resolution: tuple[int, int]) -> DataPlan:
     """The subsets of `[dataset]` without a kohya config file."""
     d = cfg.dataset
     plain = CaptionOptions.from_config(d)

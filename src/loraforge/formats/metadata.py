@@ -10,6 +10,7 @@ from io import BytesIO
 
 import torch
 
+from ..config.dataset import pixel_size
 from ..families import BASE_MODEL_KEY, tiny_base_model
 from ..families import family as family_info
 
@@ -44,7 +45,7 @@ def training_metadata(
 
     `network_module` / `network_args` are what sd-scripts would be given to build the same network
     (`networks.lora` for LoRA and plain LoCon, `lycoris.kohya` with `algo=...` otherwise; values as strings)."""
-    res = run.get("resolution")
+    width, height = pixel_size(run["resolution"]) if run.get("resolution") else (0, 0)  # (w, h), or a square
     base = family_metadata(family)
     meta = {
         "ss_session_id": str(run.get("session_id", "")),
@@ -78,7 +79,7 @@ def training_metadata(
         "ss_v2": base["ss_v2"],
         "ss_base_model_version": base["ss_base_model_version"],
         "ss_sd_model_name": str(run.get("model_name", "")),
-        "ss_resolution": f"({res}, {res})" if res else "",
+        "ss_resolution": f"({width}, {height})" if width else "",  # sd-scripts' str((w, h))
         "ss_seed": str(cfg.training.seed),
         "ss_flip_aug": str(cfg.dataset.random_flip),
         "ss_random_crop": str(not cfg.dataset.center_crop),
@@ -89,7 +90,7 @@ def training_metadata(
         "modelspec.architecture": base["modelspec.architecture"],
         "modelspec.implementation": family_info(family).modelspec_implementation,
         "modelspec.title": cfg.output.output_name,
-        "modelspec.resolution": f"{res}x{res}" if res else "",
+        "modelspec.resolution": f"{width}x{height}" if width else "",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "modelspec.prediction_type": "v" if run.get("prediction_type") == "v_prediction" else "epsilon",
     }

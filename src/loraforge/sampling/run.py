@@ -27,14 +27,16 @@ def validation_prompts(cfg, items) -> list[str]:
     return [items[0].caption]
 
 
-def base_request(cfg, resolution: int) -> SampleRequest:
-    """The `[sampling]` settings as a request without a prompt (what a prompt file's options start from)."""
+def base_request(cfg, resolution: tuple[int, int]) -> SampleRequest:
+    """The `[sampling]` settings as a request without a prompt (what a prompt file's options start from); unset
+    width / height are the run's (width, height) `resolution`."""
     s = cfg.sampling
+    width, height = resolution
     return SampleRequest(
         prompt="",
         negative_prompt=s.negative_prompt,
-        width=s.width or resolution,
-        height=s.height or resolution,
+        width=s.width or width,
+        height=s.height or height,
         steps=s.num_inference_steps,
         guidance_scale=s.guidance_scale,
         seed=s.seed,
@@ -42,7 +44,7 @@ def base_request(cfg, resolution: int) -> SampleRequest:
     )
 
 
-def sample_requests(cfg, items, resolution: int, replace: Callable[[str], str] | None = None) -> list[SampleRequest]:
+def sample_requests(cfg, items, resolution: tuple[int, int], replace: Callable[[str], str] | None = None) -> list[SampleRequest]:
     s = cfg.sampling
     base = base_request(cfg, resolution)
     requests = expand_requests(base, validation_prompts(cfg, items), s.num_images_per_prompt)
@@ -72,7 +74,7 @@ def model_name(model) -> str:
     return f"tiny-{model.family.name}" if model.is_tiny else Path(model.source.removeprefix("hub:")).stem
 
 
-def sample_during_training(cfg, model, items, resolution: int, folder: Path, tag: str, autocast=None,
+def sample_during_training(cfg, model, items, resolution: tuple[int, int], folder: Path, tag: str, autocast=None,
                            replace: Callable[[str], str] | None = None,
                            embeddings: dict[str, str] | None = None) -> list[Path]:
     """Sample the run's prompts with the network active. Each PNG's `parameters` chunk holds the prompt A1111 takes

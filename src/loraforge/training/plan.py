@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig
+from ..config.dataset import size_text
 from ..data.build import TrainData, build_train_data
 from ..data.sources import list_images
 from ..families import TINY_RESOLUTION, Family, family
@@ -22,7 +23,7 @@ from .pivotal import PivotalTuning
 class RunPlan:
     family: Family
     is_tiny: bool  # the embedded tiny model
-    resolution: int
+    resolution: tuple[int, int]  # (width, height)
     num_train_images: int  # instance / training images (repeats not counted)
     num_reg_images: int  # class (prior preservation) and regularisation images
     batches_per_epoch: int  # bucket batches of one epoch, all processes together
@@ -43,7 +44,7 @@ class RunPlan:
         t, o = cfg.training, cfg.optimizer
         model = f"a tiny {self.family.label} model (the embedded architecture)" if self.is_tiny else self.family.label
         lines = [
-            f"model: {model}, training at {self.resolution} px",
+            f"model: {model}, training at {size_text(self.resolution)}",
             f"images: {self.num_train_images} training + {self.num_reg_images} class/regularisation",
             f"steps: {self.max_steps} ({self.steps_from}) = {self.num_epochs} epoch(s) of {self.steps_per_epoch} "
             f"step(s); {self.batches_per_epoch} batch(es) an epoch, batch {t.batch_size} × accumulation "
@@ -54,9 +55,11 @@ class RunPlan:
         return "\n".join(lines + self.notes)
 
 
-def run_resolution(cfg: TrainConfig, family: Family, is_tiny: bool) -> int:
-    """`dataset.resolution`, else 64 px for the embedded tiny models, else the family's native size."""
-    return cfg.dataset.resolution or (TINY_RESOLUTION if is_tiny else family.resolution)
+def run_resolution(cfg: TrainConfig, family: Family, is_tiny: bool) -> tuple[int, int]:
+    """(width, height): `dataset.resolution`, else 64 px for the embedded tiny models, else the family's native
+    size."""
+    side = TINY_RESOLUTION if is_tiny else family.resolution
+    return cfg.dataset.size or (side, side)
 
 
 def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num_processes: int = 1) -> RunPlan:
@@ -110,7 +113,7 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
     )
 
 
-def _load_data(cfg: TrainConfig, resolution: int, notes: list[str]) -> TrainData:
+def _load_data(cfg: TrainConfig, resolution: tuple[int, int], notes: list[str]) -> TrainData:
     """The data as training loads it, before any model: without the class images prior preservation has yet to
     generate (noted in `notes`)."""
     missing = _missing_class_images(cfg)

@@ -91,7 +91,7 @@ def check_inputs(cfg: TrainConfig) -> list[str]:
         check_fresh_start(run_dir)
     if cfg.sampling.sample_prompts:
         # Parsed as sampling will: every line, its options, sizes in multiples of 8, seeds in range.
-        read_prompt_file(cfg.sampling.sample_prompts, base_request(cfg, cfg.dataset.resolution or TINY_RESOLUTION))
+        read_prompt_file(cfg.sampling.sample_prompts, base_request(cfg, cfg.dataset.size or (TINY_RESOLUTION, TINY_RESOLUTION)))
     _check_writable(run_dir)
     return [n for n in notes if n]
 

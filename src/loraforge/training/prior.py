@@ -23,9 +23,10 @@ def class_image_path(folder: Path, index: int) -> Path:
     return folder / f"class_{index:05d}.png"
 
 
-def ensure_class_images(cfg, model, accelerator, resolution: int, replacements: dict | None = None,
+def ensure_class_images(cfg, model, accelerator, resolution: tuple[int, int], replacements: dict | None = None,
                         dtype: torch.dtype | None = None) -> list[Path]:
-    """Generate the missing class images; returns the paths written (empty when there were enough)."""
+    """Generate the missing class images at the run's (width, height) `resolution`; returns the paths written
+    (empty when there were enough)."""
     d, s = cfg.dataset, cfg.sampling  # `DatasetConfig` guarantees class_data_dir and class_prompt
     folder = Path(d.class_data_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,7 +42,8 @@ def ensure_class_images(cfg, model, accelerator, resolution: int, replacements: 
         log.info("prior preservation: generating %d class image(s) of %r into %s", len(todo), prompt, folder)
         for part in (model.unet, model.vae, *model.text_encoders):
             part.to(accelerator.device, dtype=dtype) if dtype else part.to(accelerator.device)
-        requests = [SampleRequest(prompt, s.negative_prompt, resolution, resolution, s.num_inference_steps,
+        width, height = resolution
+        requests = [SampleRequest(prompt, s.negative_prompt, width, height, s.num_inference_steps,
                                   s.guidance_scale, cfg.training.seed + i, s.sample_sampler) for i in todo]
         with accelerator.autocast():
             images = generate(model, requests, clip_skip=cfg.training.clip_skip, batch_size=s.sample_batch_size)

@@ -27,7 +27,7 @@ class LossStep:
     device: torch.device
     weight_dtype: torch.dtype
     vae_dtype: torch.dtype
-    resolution: int
+    resolution: tuple[int, int]  # (width, height) of the run
     text_needs_grad: Callable[[], bool]  # changes when pivotal tuning freezes the new embeddings
     max_token_length: int | None = None  # `dataset.max_token_length`: kohya's chunked prompts beyond 75
 
@@ -94,7 +94,8 @@ class LossStep:
             cond = self.encode_batch_text(batch["captions"])
         added = None
         if m.family.size_conditioning:
-            target_size = tuple(batch.get("target_size") or (self.resolution, self.resolution))  # the batch's bucket
+            width, height = self.resolution
+            target_size = tuple(batch.get("target_size") or (height, width))  # the batch's bucket, (h, w)
             time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], target_size)
             added = {"text_embeds": cond.pooled.to(self.weight_dtype), "time_ids": time_ids.to(device, self.weight_dtype)}
         pred = self.unet(

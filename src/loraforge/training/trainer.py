@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig, dump_config
+from ..config.dataset import size_text
 from ..data.build import build_train_data
 from ..data.cache import CacheContext
 from ..errors import RunFolderError, RunInterruptedError
@@ -152,7 +153,8 @@ class Trainer:
             model_name=f"tiny-{m.family.name}" if m.is_tiny else Path(m.source).name,
             prediction_type=m.prediction_type, resolution=self.resolution, tiny_model=m.is_tiny,
         )
-        log.info("model: %s — %s, predicts %s, training at %d px", m.source, m.family.label, m.prediction_type, self.resolution)
+        log.info("model: %s — %s, predicts %s, training at %s", m.source, m.family.label, m.prediction_type,
+                 size_text(self.resolution))
 
     def load_data(self) -> None:
         self.pivotal = PivotalTuning(self.cfg.training) if self.cfg.training.train_text_encoder_ti else None
