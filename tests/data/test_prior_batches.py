@@ -9,6 +9,9 @@ from PIL import Image
 from loraforge.config import ConfigError
 from loraforge.data.buckets import BucketBatchSampler, PairedBatchSampler
 from loraforge.data.build import build_train_data
+from loraforge.data.dataset import paired_index
+from loraforge.data.sources import ImageItem
+from loraforge.data.subsets import Subset
 from loraforge.errors import DataError
 
 
@@ -98,3 +101,7 @@ def test_paired_needs_class_or_regularisation_images(make_config, tmp_path):
     data = build_train_data(cfg, 64)
     assert len(data.dataset) == 6  # max(1 image × 2 repeats, 3 reg images) = 3 pairs
     assert all(is_reg == [False, True] for _, is_reg, _ in _epoch(data, 0) if len(is_reg) == 2)
+    # a kohya dataset config file is read at build time: one without regularisation subsets is refused there
+    items = [ImageItem(tmp_path / "a.png", "x", "sidecar")]
+    with pytest.raises(DataError, match="but the dataset has none"):
+        paired_index(items, [Subset("img", tmp_path)], [(0, (64, 64))])

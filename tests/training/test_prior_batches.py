@@ -104,3 +104,6 @@ def test_the_dry_run_says_which_batching_is_used(make_config, tmp_path, capsys):
            "(2 images a step)" in mixed.describe(_cfg(make_config, tmp_path))
     plain = make_config("sd15", **{"dataset.instance_dir": str(tmp_path / "inst"), "dataset.instance_prompt": "x"})
     assert "prior preservation" not in plan_run(plain).describe(plain)
+    # class images still to generate: the plan counts without them and says the pairs come later
+    missing = _cfg(make_config, tmp_path, **{"dataset.prior_batches": "paired", "dataset.num_class_images": 6})
+    assert "an epoch is counted once the class images exist" in plan_run(missing).describe(missing)
