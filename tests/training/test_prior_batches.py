@@ -93,7 +93,8 @@ def test_paired_steps_hold_both_kinds_and_split_the_loss_as_diffusers(make_confi
 
 
 def test_the_dry_run_says_which_batching_is_used(make_config, tmp_path, capsys):
-    paired = _cfg(make_config, tmp_path, **{"dataset.prior_batches": "paired", "training.gradient_accumulation_steps": 3})
+    paired = _cfg(make_config, tmp_path, **{"dataset.prior_batches": "paired",
+                                            "training.gradient_accumulation_steps": 3})
     assert _dry_run(paired, dump_config) == 0
     printed = capsys.readouterr().err
     assert "# prior preservation: paired batches (diffusers): each batch holds 2 training + 2 class images, " \

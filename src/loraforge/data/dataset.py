@@ -1,6 +1,6 @@
 """The training dataset: items × repeats (regularisation images balanced against the training images, or paired
-with them as diffusers does), each in its aspect bucket, with per-sample randomness derived from (seed, epoch, index) so that a resumed run sees exactly
-the crops, flips and captions an uninterrupted run would have seen.
+with them as diffusers does), each in its aspect bucket, with per-sample randomness derived from (seed, epoch,
+index) so that a resumed run sees exactly the crops, flips and captions an uninterrupted run would have seen.
 
 A sample is addressed by `index` or by `(epoch, index)` (what `BucketBatchSampler` yields, so that worker
 processes started in an earlier epoch still know the current one).
