@@ -93,6 +93,8 @@ class Run:
     def train_vae(self, deadline: float):
         a = self.args
         vae = toy_vae().to(self.device)
+        with torch.no_grad():  # start nearly deterministic (posterior std e^-4): the decoder sees the code, not noise
+            vae.quant_conv.bias[vae.config.latent_channels:] = -8.0
         opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
         names = {id(p): n for n, p in vae.named_parameters()}
         if (self.work / "vae.safetensors").is_file():

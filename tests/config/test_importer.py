@@ -120,7 +120,17 @@ def test_diffusers_dreambooth_prior_seed():
     assert got["dataset.num_class_images"] == 200 and got["dataset.class_prompt"] == "a photo of a cat"
     assert got["training.batch_size"] == 2 and got["training.save_every_n_steps"] == 100
     assert (got["output.output_dir"], got["output.output_name"]) == ("output", "cat-lora-prior")
-    assert any("regularisation images" in d for d in r.differences)  # the batch composition differs
+    # diffusers pairs instance and class images in every batch: the config batches them the same way, and says so
+    assert got["dataset.prior_batches"] == "paired" and validate_config(r.data).dataset.prior_batches == "paired"
+    [note] = [d for d in r.differences if d.startswith("--with_prior_preservation")]
+    assert 'imported with dataset.prior_batches = "paired"' in note and "as many class images in every batch" in note
+    # kohya's regularisation images keep kohya's batching (the default, "mixed")
+    k = import_text("python train_network.py --network_module=networks.lora --train_data_dir=img "
+                    "--reg_data_dir=reg --prior_loss_weight=0.5")
+    assert "dataset.prior_batches" not in mapped(k) and mapped(k)["dataset.reg_data_dir"] == "reg"
+    assert validate_config(k.data).dataset.prior_batches == "mixed"
+    off = import_text("python train_dreambooth_lora.py --instance_data_dir=x --with_prior_preservation=false")
+    assert "dataset.prior_batches" not in mapped(off)
 
 
 def test_diffusers_sdxl_advanced_seeds():

@@ -115,9 +115,11 @@ def _entries() -> list[Alias]:
         ("repeats", "dataset.repeats", _D, same, ""),
         ("max_train_samples", None, _D, none, "no equivalent option: use a folder with fewer images"),
         ("with_prior_preservation", "dataset.with_prior_preservation", _D, differs,
-         "diffusers puts train_batch_size instance images and as many class images in every step; loraforge "
-         "treats class images like kohya's regularisation images: as many per epoch as instance images, shuffled "
-         "into the batches, so a batch of N holds N images of either kind"),
+         "diffusers puts train_batch_size instance images and as many class images in every batch (loss: instance "
+         "mean + prior_loss_weight × class mean); imported with dataset.prior_batches = \"paired\", which does the "
+         "same (loraforge's default, \"mixed\", shuffles class images into the batches as kohya does). With "
+         "training.snr_gamma, loraforge weights the class images' loss too; diffusers' SDXL script weights the "
+         "instance images' only"),
         ("class_data_dir", "dataset.class_data_dir", _D, same, ""),
         ("class_prompt", "dataset.class_prompt", _D, same, ""),
         ("num_class_images", "dataset.num_class_images", _D, same, ""),

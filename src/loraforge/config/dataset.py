@@ -7,6 +7,8 @@ library) and, with `with_prior_preservation`, `class_data_dir`. None of them: th
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, create_model, field_validator, model_validator
 
 from .base import Section
@@ -101,6 +103,19 @@ class DatasetConfig(Section):
     )
     prior_loss_weight: float = Field(
         1.0, ge=0.0, description="Loss weight of class and regularisation images (training images weigh 1)."
+    )
+    prior_batches: Literal["mixed", "paired"] = Field(
+        "mixed",
+        description=(
+            "How class (and regularisation) images meet the training images. `mixed` (kohya's sd-scripts): they "
+            "are repeated to as many per epoch as the training samples and shuffled into the batches with them; "
+            "a batch's loss is the mean of its samples' losses, class ones weighted by `prior_loss_weight`. "
+            "`paired` (diffusers' DreamBooth scripts): every batch holds `training.batch_size` training images "
+            "and as many class images (twice the images per step), and its loss is the training images' mean "
+            "loss + `prior_loss_weight` × the class images' mean loss; an epoch is diffusers' too: max(training "
+            "samples, class images) pairs, the shorter list cycled. `paired` needs class or regularisation "
+            "images, and a class image in every bucket that has training images."
+        ),
     )
     # ------------------------------------------------------------------------------------------ images
     resolution: int | list[int] | None = Field(
@@ -276,6 +291,14 @@ class DatasetConfig(Section):
             problems.append(
                 "dataset.class_data_dir / dataset.class_prompt are only used with dataset.with_prior_preservation = "
                 "true; set it, or remove them"
+            )
+        if self.prior_batches == "paired" and not (self.with_prior_preservation or self.reg_data_dir
+                                                   or self.config_file or any(s.is_reg for s in self.subsets)):
+            problems.append(
+                'dataset.prior_batches = "paired" puts class images in every batch, but there are none: set '
+                "dataset.with_prior_preservation = true (with class_data_dir and class_prompt) or add "
+                "regularisation images (dataset.reg_data_dir, or a subset with is_reg = true), or set "
+                'prior_batches = "mixed"'
             )
         if self.resolution is not None and self.enable_bucket and not self.bucket_no_upscale:
             steps = self.bucket_reso_steps

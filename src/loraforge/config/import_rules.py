@@ -178,6 +178,13 @@ def _prodigy_bool(t: Translation, flag: Flag) -> None:
         t.differ(flag.text, "diffusers declares it type=bool, so False means true there: written as true")
 
 
+def _with_prior_preservation(t: Translation, flag: Flag) -> None:
+    """diffusers batches instance and class images in pairs: `dataset.prior_batches = "paired"` trains the same."""
+    _bare(t, flag, "dataset.with_prior_preservation", True)
+    if t.value("dataset.with_prior_preservation"):
+        t.set("dataset.prior_batches", "paired", flag.text)
+
+
 def _checkpoints_total_limit(t: Translation, flag: Flag) -> None:
     t.checkpoints_limit = (coerce("training.save_last_n_steps", flag.value), flag.text)
 
@@ -216,6 +223,7 @@ _HANDLERS: dict[tuple[str, str], Callable[[Translation, Flag], None]] = {
     (DIFFUSERS, "prodigy_use_bias_correction"): _prodigy_bool,
     (DIFFUSERS, "prodigy_safeguard_warmup"): _prodigy_bool,
     (DIFFUSERS, "checkpoints_total_limit"): _checkpoints_total_limit,
+    (DIFFUSERS, "with_prior_preservation"): _with_prior_preservation,
 }
 
 

@@ -127,3 +127,12 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     def summary(self) -> dict:
         """Samples per bucket, for the log and the metadata."""
         return {f"{w}x{h}" + (f" (group {g})" if g else ""): len(v) for (g, (w, h)), v in sorted(self.buckets.items())}
+
+
+class PairedBatchSampler(BucketBatchSampler):
+    """diffusers' DreamBooth batches (`dataset.prior_batches = "paired"`): sample 2k is a training sample and 2k + 1
+    the class sample paired with it; the pairs are batched as `BucketBatchSampler` batches samples (`keys[k]`: the
+    key of pair k), and a batch yields its training samples, then their class samples: twice the batch size."""
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        return [[2 * k for k in b] + [2 * k + 1 for k in b] for b in super().batches(epoch)]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .buckets import BucketBatchSampler
+from .buckets import BucketBatchSampler, PairedBatchSampler
 from .cache import CacheContext, fill_latent_cache, fill_text_cache
 from .check import duplicate_notes, long_caption_note, validate_items
 from .dataset import ImageCaptionDataset, collate
@@ -44,6 +44,8 @@ class TrainData:
                 f"repeats) from {', '.join(info.get('dataset_dirs', {}))}")
         if info.get("num_reg_images"):
             text += f", {info['num_reg_images']} of them regularisation/class images"
+            if self.dataset.paired:
+                text += f" paired with the training samples ({len(self.dataset) // 2} pairs)"
         text += f"; {len(self.sampler)} batches per epoch"
         if info.get("bucket_info"):
             text += ", buckets " + ", ".join(f"{k}: {v}" for k, v in info["bucket_info"].items())
@@ -126,7 +128,7 @@ def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict |
     check_cache_options(cfg, plan.subsets, text_replacements)
     dataset = ImageCaptionDataset(
         plan.items, resolution, seed=t.seed, subsets=plan.subsets, groups=plan.groups,
-        prior_loss_weight=d.prior_loss_weight, text_replacements=text_replacements,
+        prior_loss_weight=d.prior_loss_weight, text_replacements=text_replacements, prior_batches=d.prior_batches,
     )
     empty = [str(dataset.items[i].path) for i, b in enumerate(dataset.item_buckets) if min(b) <= 0]
     if empty:
@@ -134,7 +136,8 @@ def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict |
                         "bucket_no_upscale; remove them or lower bucket_reso_steps", empty)
     if len(dataset) == 0:
         raise DataError("the dataset has no training images (regularisation images alone cannot be trained on)")
-    sampler = BucketBatchSampler(dataset.bucket_keys(), dataset.batch_sizes(), t.seed)
+    sampler_type = PairedBatchSampler if dataset.paired else BucketBatchSampler
+    sampler = sampler_type(dataset.bucket_keys(), dataset.batch_sizes(), t.seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

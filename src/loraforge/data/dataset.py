@@ -1,6 +1,6 @@
-"""The training dataset: items × repeats (regularisation images balanced against the training images), each in
-its aspect bucket, with per-sample randomness derived from (seed, epoch, index) so that a resumed run sees exactly
-the crops, flips and captions an uninterrupted run would have seen.
+"""The training dataset: items × repeats (regularisation images balanced against the training images, or paired
+with them as diffusers does), each in its aspect bucket, with per-sample randomness derived from (seed, epoch,
+index) so that a resumed run sees exactly the crops, flips and captions an uninterrupted run would have seen.
 
 A sample is addressed by `index` or by `(epoch, index)` (what `BucketBatchSampler` yields, so that worker
 processes started in an earlier epoch still know the current one).
@@ -62,6 +62,39 @@ def balanced_repeats(items: list[ImageItem], subsets: list[Subset]) -> list[int]
     return counts
 
 
+PAIRED_HOW = 'dataset.prior_batches = "paired" puts class images in every batch'
+
+
+def paired_index(items: list[ImageItem], subsets: list[Subset], keys: list) -> list[int]:
+    """The item of every sample with `dataset.prior_batches = "paired"`, as diffusers' DreamBooth dataset pairs them:
+    per batch key (`keys[i]`: item i's group and bucket) the training samples (each item × its subset's repeats)
+    and the class samples (each regularisation item × its repeats) are paired in turn, max(training, class) pairs,
+    the shorter list cycled (diffusers: length max(instance, class), image `i % n`). Pair k is samples 2k (training)
+    and 2k + 1 (class)."""
+    train: dict = {}
+    reg: dict = {}
+    for i, it in enumerate(items):
+        sub = subsets[it.subset]
+        (reg if sub.is_reg else train).setdefault(keys[i], []).extend([i] * sub.num_repeats)
+    if not reg:
+        raise DataError(f"{PAIRED_HOW}, but the dataset has none: turn on dataset.with_prior_preservation, add "
+                        'regularisation images (is_reg), or set dataset.prior_batches = "mixed"')
+    lacking = [k for k in train if k not in reg]
+    if lacking:
+        raise DataError(
+            f"{PAIRED_HOW}, and a batch holds one bucket, but some buckets have training images and no class "
+            'images; turn dataset.enable_bucket off, or set dataset.prior_batches = "mixed"',
+            [f"bucket {w}x{h}" + (f" of group {g}" if g else "") + f": {len(train[(g, (w, h))])} training samples"
+             for g, (w, h) in lacking],
+        )
+    index: list[int] = []
+    for key in sorted(train, key=repr):
+        t, r = train[key], reg[key]
+        for k in range(max(len(t), len(r))):
+            index += [t[k % len(t)], r[k % len(r)]]
+    return index
+
+
 class ImageCaptionDataset(torch.utils.data.Dataset):
     def __init__(
         self,
@@ -76,6 +109,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         groups: list[Group] | None = None,
         prior_loss_weight: float = 1.0,
         text_replacements: dict[str, str] | None = None,
+        prior_batches: str = "mixed",
     ):
         res = pixel_size(resolution)
         self.items = items
@@ -90,10 +124,14 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         self.prior_loss_weight = prior_loss_weight
         self.text_replacements = dict(text_replacements or {})
         self.managers = [BucketManager(g.buckets) for g in self.groups]
-        self.counts = balanced_repeats(items, self.subsets)
-        self.index = [i for i, n in enumerate(self.counts) for _ in range(n)]
         self._sizes: dict[int, tuple[int, int]] = {}
         self.item_buckets = [self._bucket(i) for i in range(len(items))]
+        self.paired = prior_batches == "paired"
+        if self.paired:
+            item_keys = [(self.subset_of(i).group, self.item_buckets[i]) for i in range(len(items))]
+            self.index = paired_index(items, self.subsets, item_keys)
+        else:
+            self.index = [i for i, n in enumerate(balanced_repeats(items, self.subsets)) for _ in range(n)]
         self.latent_cache = None  # set by `data.cache.fill_caches`
         self.text_cache = None
 
@@ -122,8 +160,9 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         return manager.select(*self.size_of(item_index))
 
     def bucket_keys(self) -> list[tuple[int, tuple[int, int]]]:
-        """(group, bucket (w, h)) of every sample: what `BucketBatchSampler` groups by."""
-        return [(self.subset_of(i).group, self.item_buckets[i]) for i in self.index]
+        """(group, bucket (w, h)) of every sample (of every pair when paired): what `BucketBatchSampler` groups by."""
+        index = self.index[::2] if self.paired else self.index
+        return [(self.subset_of(i).group, self.item_buckets[i]) for i in index]
 
     def batch_sizes(self) -> dict[int, int]:
         return {g: grp.batch_size for g, grp in enumerate(self.groups)}

@@ -19,6 +19,17 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
 
 
+def paired_prior_loss(weighted: torch.Tensor, is_reg: torch.Tensor) -> torch.Tensor:
+    """The loss of a paired prior-preservation batch (`dataset.prior_batches = "paired"`), as diffusers' DreamBooth
+    scripts compute it: the training samples' mean loss + the class samples' mean loss, these already weighted by
+    `prior_loss_weight` (= instance mean + prior_loss_weight × class mean). A batch without class samples (never
+    made by the paired sampler) is the plain mean."""
+    is_reg = is_reg.to(weighted.device)
+    if not is_reg.any() or is_reg.all():
+        return weighted.mean()
+    return weighted[~is_reg].mean() + weighted[is_reg].mean()
+
+
 def snr(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     """SNR(t) = ᾱ_t / (1 − ᾱ_t) of the model's own beta schedule."""
     abar = noise_scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)[timesteps]

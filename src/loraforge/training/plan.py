@@ -33,12 +33,35 @@ class RunPlan:
     num_epochs: int
     warmup_steps: int  # optimizer steps of learning-rate warm-up
     steps_from: str  # the option that set max_steps
+    prior_batches: str | None = None  # `dataset.prior_batches` when there are class/regularisation images
+    pairs_per_epoch: int | None = None  # paired prior batches: (training, class) pairs of an epoch
     notes: list[str] = field(default_factory=list)
 
     @property
     def batches_per_process(self) -> int:
         """Batches each process draws in an epoch (accelerate deals whole bucket batches round-robin)."""
         return math.ceil(self.batches_per_epoch / self.num_processes)
+
+    def images_per_step(self, cfg: TrainConfig) -> int:
+        """Images in one optimizer step, all processes together: a paired batch holds twice the batch size."""
+        t = cfg.training
+        per_batch = t.batch_size * (2 if self.prior_batches == "paired" else 1)
+        return per_batch * t.gradient_accumulation_steps * self.num_processes
+
+    def prior_line(self, cfg: TrainConfig) -> str | None:
+        """How class images are batched (`dataset.prior_batches`), for the plan and the training log."""
+        b, w = cfg.training.batch_size, cfg.dataset.prior_loss_weight
+        per_step = self.images_per_step(cfg)
+        if self.prior_batches == "paired":
+            pairs = f"{self.pairs_per_epoch} pairs" if self.pairs_per_epoch else "counted once the class images exist"
+            return (f"prior preservation: paired batches (diffusers): each batch holds {b} training + {b} class "
+                    f"images, {per_step} images a step; loss = training mean + {w:g} (prior_loss_weight) × class "
+                    f"mean; an epoch is {pairs} (max(training samples, class images), the shorter cycled)")
+        if self.prior_batches == "mixed":
+            return (f"prior preservation: mixed batches (kohya): class images are shuffled into the batches of {b} "
+                    f"images ({per_step} images a step), as many per epoch as training samples, each weighted "
+                    f'{w:g} (prior_loss_weight); dataset.prior_batches = "paired" batches them as diffusers does')
+        return None
 
     def describe(self, cfg: TrainConfig) -> str:
         t, o = cfg.training, cfg.optimizer
@@ -52,7 +75,8 @@ class RunPlan:
             f"learning rate: {o.lr_scheduler} schedule over {self.max_steps} steps, warm-up {self.warmup_steps} "
             "step(s)",
         ]
-        return "\n".join(lines + self.notes)
+        prior = self.prior_line(cfg)
+        return "\n".join(lines + ([prior] if prior else []) + self.notes)
 
 
 def run_resolution(cfg: TrainConfig, family: Family, is_tiny: bool) -> tuple[int, int]:
@@ -97,7 +121,7 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
         notes.append(f"{by_steps.split(' ')[0]} ({steps} steps) and training.num_train_epochs ({epoch_steps} steps) "
                      f"are both set: the run stops at whichever comes first, {max_steps} steps. kohya's "
                      "max_train_epochs overrides max_train_steps instead; leave out the one you do not mean")
-    o, n = cfg.optimizer, cfg.network
+    o, n, d = cfg.optimizer, cfg.network, cfg.dataset
     if o.text_encoder_lr is not None and not n.train_text_encoder and not t.train_text_encoder_ti:
         notes.append(f"optimizer.text_encoder_lr = {o.text_encoder_lr:g} has no effect: no text encoder trains "
                      "(network.train_text_encoder = false). kohya's train_network.py would train it; set "
@@ -110,6 +134,9 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
         num_reg_images=data.run_info["num_reg_images"], batches_per_epoch=batches, num_processes=num_processes,
         steps_per_epoch=steps_per_epoch, max_steps=max_steps, num_epochs=math.ceil(max_steps / steps_per_epoch),
         warmup_steps=warmup, steps_from=steps_from, notes=notes,
+        pairs_per_epoch=len(data.dataset) // 2 if data.dataset.paired else None,
+        prior_batches=cfg.dataset.prior_batches if data.run_info["num_reg_images"] or d.with_prior_preservation
+        else None,
     )
 
 
@@ -120,8 +147,8 @@ def _load_data(cfg: TrainConfig, resolution: tuple[int, int], notes: list[str]) 
     if missing:
         notes.append(f"prior preservation: {missing} of {cfg.dataset.num_class_images} class images are not in "
                      "dataset.class_data_dir yet; training generates them first, and this plan counts without "
-                     "class images")
-        dataset = cfg.dataset.model_copy(update={"with_prior_preservation": False})
+                     "class images (steps per epoch too)")
+        dataset = cfg.dataset.model_copy(update={"with_prior_preservation": False, "prior_batches": "mixed"})
         cfg = cfg.model_copy(update={"dataset": dataset})
     pivotal = PivotalTuning(cfg.training) if cfg.training.train_text_encoder_ti else None
     data = build_train_data(cfg, resolution, text_replacements=pivotal.replacements if pivotal else None)

@@ -14,7 +14,7 @@ import torch
 from ..config.training import TrainingConfig
 from ..data.cache import sample_latents, vae_scaling
 from ..models.text import Conditioning, encode_prompts, sdxl_time_ids
-from .losses import diffusion_target, min_snr_weights, offset_noise, per_sample_mse, pyramid_noise
+from .losses import diffusion_target, min_snr_weights, offset_noise, paired_prior_loss, per_sample_mse, pyramid_noise
 
 
 @dataclass
@@ -30,6 +30,7 @@ class LossStep:
     resolution: tuple[int, int]  # (width, height) of the run
     text_needs_grad: Callable[[], bool]  # changes when pivotal tuning freezes the new embeddings
     max_token_length: int | None = None  # `dataset.max_token_length`: kohya's chunked prompts beyond 75
+    prior_batches: str = "mixed"  # `dataset.prior_batches`: "paired" batches split their loss as diffusers does
 
     def encode_latents(self, pixel_values: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
         """Scaled latents of a batch. With `seeds` (the batch's `latent_seeds`) each sample's draw from the latent
@@ -108,4 +109,6 @@ class LossStep:
                                           m.prediction_type)
         if "loss_weights" in batch:  # prior-preservation (class) samples weigh prior_loss_weight
             loss = loss * batch["loss_weights"].to(loss)
+        if self.prior_batches == "paired" and "is_reg" in batch:
+            return paired_prior_loss(loss, batch["is_reg"])
         return loss.mean()

@@ -240,7 +240,7 @@ class Trainer:
             training=cfg.training, model=self.model, unet=self.unet, text_encoders=self.text_encoders,
             noise_scheduler=self.noise_scheduler, device=acc.device, weight_dtype=self.weight_dtype,
             vae_dtype=self.vae_dtype, resolution=self.resolution, text_needs_grad=lambda: self.text_needs_grad,
-            max_token_length=cfg.dataset.max_token_length)
+            max_token_length=cfg.dataset.max_token_length, prior_batches=cfg.dataset.prior_batches)
         self.run_info.update(
             max_train_steps=self.max_steps, batches_per_epoch=self.plan.batches_per_process, epochs=self.num_epochs,
             total_batch_size=cfg.training.batch_size * acc.num_processes * cfg.training.gradient_accumulation_steps,
@@ -254,6 +254,8 @@ class Trainer:
         log.info("training %d steps (%d per epoch, %d epochs), batch %d × accumulation %d × %d process(es)",
                  self.max_steps, self.steps_per_epoch, self.num_epochs, cfg.training.batch_size,
                  cfg.training.gradient_accumulation_steps, acc.num_processes)
+        if self.plan.prior_line(cfg):
+            log.info("%s", self.plan.prior_line(cfg))
         for note in self.plan.notes:  # what --dry-run prints too (the dataset's own notes are in its description)
             if note.removeprefix("dataset: ") not in self.data.notes:
                 log.warning("note: %s", note)
