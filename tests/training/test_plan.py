@@ -1,6 +1,8 @@
 """One run plan for `--dry-run` and training: the same resolution, images, steps, epochs and warm-up."""
 
+import json
 import logging
+import shutil
 
 import pytest
 from PIL import Image
@@ -20,9 +22,14 @@ def _images(folder, n, size, color=(200, 40, 40)):
 
 
 def _sdxl_folder_config(make_config, tiny_dirs, tmp_path, **overrides):
-    """A config naming a tiny SDXL diffusers folder with `model.family = auto`: the family (and so the 1024 px
-    default resolution) is known only by detecting it."""
-    return make_config("auto", **{"model.pretrained_model_name_or_path": str(tiny_dirs["sdxl"]),
+    """A config naming an SDXL diffusers folder with `model.family = auto` whose UNet config says 1024 px (the tiny
+    model's weights, the full-size `sample_size`): the family and the native size are known only from the folder."""
+    folder = tmp_path / "sdxl-folder"
+    if not folder.exists():
+        shutil.copytree(tiny_dirs["sdxl"], folder)
+        unet_config = folder / "unet" / "config.json"
+        unet_config.write_text(json.dumps({**json.loads(unet_config.read_text()), "sample_size": 128}))
+    return make_config("auto", **{"model.pretrained_model_name_or_path": str(folder),
                                   "dataset.instance_dir": str(tmp_path / "img"),
                                   "dataset.instance_prompt": "a photo of sks robot", **overrides})
 

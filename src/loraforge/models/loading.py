@@ -17,11 +17,12 @@ from typing import Any
 
 from ..config.model import ModelConfig
 from ..errors import ModelLoadError
-from ..families import Family, family, tiny_family
+from ..families import TINY_RESOLUTION, Family, family, tiny_family
 from ..families.detect import detect_family_from_folder, family_from_single_file_type
 from ..utils.files import PICKLE_SUFFIXES, open_safetensors
 from .configs import config_folder
 from .tiny import tiny_model_dir
+from .toy import TOY_NAME, toy_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ class SDModel:
     prediction_type: str
     is_tiny: bool = False  # the embedded tiny architecture (the built-in model, or a single file written from it)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def native_size(self) -> int:
+        """The side the model was trained at: its UNet's latent size times the VAE's downsampling."""
+        return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def noise_scheduler(self):
         """DDPM with the model's own beta schedule: what training adds noise with."""
@@ -147,6 +153,28 @@ def _check_family(requested: str, detected: str | None, source: str) -> str:
     return detected
 
 
+def resolve_model_name(name: str | None) -> str | None:
+    """`"toy"` (when no such file or folder exists) is the pretrained toy model's folder; other names as given."""
+    if name == TOY_NAME and not Path(name).exists():
+        return str(toy_model_dir())
+    return name
+
+
+def native_size(cfg: ModelConfig, family_name: str, is_tiny: bool) -> int:
+    """The side the model `[model]` names was trained at, without loading weights: a diffusers folder's UNet
+    `sample_size` times its VAE's downsampling (the toy model: 64), else 64 for the tiny models, else the family's."""
+    if is_tiny:
+        return TINY_RESOLUTION
+    name = resolve_model_name(cfg.pretrained_model_name_or_path)
+    folder = Path(name).expanduser() if name else None
+    if folder is not None and (folder / "unet" / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        if isinstance(unet.get("sample_size"), int) and vae.get("block_out_channels"):
+            return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+    return family(family_name).resolution
+
+
 def detect_model_family(cfg: ModelConfig) -> tuple[str, bool]:
     """(family, is_tiny) of the model `[model]` names, without loading its weights (is_tiny: the embedded tiny
     architecture, built in or a single file written from it): the embedded tiny model's
@@ -220,7 +248,7 @@ def _hub_family(name: str, cfg: ModelConfig) -> str:
 
 def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
     """Load the model described by `[model]`. Raises `ModelLoadError` with an actionable message."""
-    name = cfg.pretrained_model_name_or_path
+    name = resolve_model_name(cfg.pretrained_model_name_or_path)
     load_kw: dict[str, Any] = {}
     if dtype is not None:
         load_kw["torch_dtype"] = dtype

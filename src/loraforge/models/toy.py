@@ -26,6 +26,7 @@ ASSETS = Path(__file__).parent / "assets"
 WEIGHTS = ASSETS / "toy-sd15.safetensors"
 REPORT = ASSETS / "toy-sd15.json"
 TE_HIDDEN = 64
+TOY_NAME = "toy"  # `model.pretrained_model_name_or_path = "toy"` / `--model toy` name this model
 
 
 def toy_vae():

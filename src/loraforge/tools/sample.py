@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import FamilyMismatchError, InputNotFoundError, ShapeMismatchError, ToolError
-from ..families import FAMILIES, TINY_RESOLUTION
+from ..families import FAMILIES
 from ..formats.embeddings import load_embeddings
 from ..sampling.generate import SampleRequest, expand_requests, generate, save_png
 from ..sampling.prompts import PromptFileError, read_prompt_file
@@ -161,5 +161,4 @@ def default_size(model, init_image=None) -> tuple[int, int]:
     if init_image is not None:
         w, h = init_image.size
         return max(8, w // 8 * 8), max(8, h // 8 * 8)
-    side = TINY_RESOLUTION if model.is_tiny else model.family.resolution
-    return side, side
+    return model.native_size, model.native_size

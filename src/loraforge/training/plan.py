@@ -13,8 +13,8 @@ from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig
 from ..config.dataset import size_text
 from ..data.build import TrainData, build_train_data
 from ..data.sources import list_images
-from ..families import TINY_RESOLUTION, Family, family
-from ..models.loading import detect_model_family
+from ..families import Family, family
+from ..models.loading import detect_model_family, native_size
 from .optim import warmup_steps
 from .pivotal import PivotalTuning
 
@@ -79,11 +79,9 @@ class RunPlan:
         return "\n".join(lines + ([prior] if prior else []) + self.notes)
 
 
-def run_resolution(cfg: TrainConfig, family: Family, is_tiny: bool) -> tuple[int, int]:
-    """(width, height): `dataset.resolution`, else 64 px for the embedded tiny models, else the family's native
-    size."""
-    side = TINY_RESOLUTION if is_tiny else family.resolution
-    return cfg.dataset.size or (side, side)
+def run_resolution(cfg: TrainConfig, native: int) -> tuple[int, int]:
+    """(width, height): `dataset.resolution`, else the model's native size (64 px for the tiny and toy models)."""
+    return cfg.dataset.size or (native, native)
 
 
 def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num_processes: int = 1) -> RunPlan:
@@ -92,11 +90,11 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
     here (every image opened, as training does). Class images that prior preservation will generate before training
     are not there yet: the plan then counts without them and says so in `notes`."""
     if model is not None:
-        fam, is_tiny = model.family, model.is_tiny
+        fam, is_tiny, native = model.family, model.is_tiny, model.native_size
     else:
         name, is_tiny = detect_model_family(cfg.model)
-        fam = family(name)
-    resolution = run_resolution(cfg, fam, is_tiny)
+        fam, native = family(name), native_size(cfg.model, name, is_tiny)
+    resolution = run_resolution(cfg, native)
     notes: list[str] = []
     if data is None:
         data = _load_data(cfg, resolution, notes)

@@ -147,7 +147,7 @@ class Trainer:
         with self.accelerator.main_process_first():  # one process builds caches / downloads, the others reuse
             self.model = load_model(self.cfg.model)
         m = self.model
-        self.resolution = run_resolution(self.cfg, m.family, m.is_tiny)
+        self.resolution = run_resolution(self.cfg, m.native_size)
         self.noise_scheduler = m.noise_scheduler()
         self.run_info.update(
             model_name=f"tiny-{m.family.name}" if m.is_tiny else Path(m.source).name,
