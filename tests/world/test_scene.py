@@ -57,10 +57,13 @@ def test_render_draws_the_scene():
     for name, (x, y) in POSITIONS.items():
         ys, xs = np.nonzero(shape_mask(Scene("square", "white", "black", name, "small")))
         assert abs(xs.mean() - x) < 1 and abs(ys.mean() - y) < 1, name
+    ys, xs = np.nonzero(shape_mask(Scene("square", "white", "black", "center", "small", dx=2, dy=-2)))
+    assert abs(xs.mean() - 34) < 1 and abs(ys.mean() - 30) < 1  # moved by its jitter
     # large covers more than small; outlined and striped cover less than filled, and differently
     area = {f: coverage(Scene("square", "yellow", "purple", "center", "large", f)).sum() for f in FILLS}
     assert coverage(Scene("square", "yellow", "purple", "center", "small")).sum() < 0.6 * area["filled"]
-    assert area["outlined"] < 0.5 * area["filled"] and 0.3 * area["filled"] < area["striped"] < 0.7 * area["filled"]
+    assert 0.08 * area["filled"] < area["outlined"] < 0.3 * area["filled"]  # a line about 1 px wide
+    assert 0.3 * area["filled"] < area["striped"] < 0.7 * area["filled"]  # stripes half the period wide
     # the heart is its own shape
     assert (shape_mask(Scene("heart", "green", "white", "center", "large"))
             != shape_mask(Scene("circle", "green", "white", "center", "large"))).sum() > 40
