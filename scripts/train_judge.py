@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     state = {k: v.half() if v.is_floating_point() else v for k, v in judge.state_dict().items()}
-    save_safetensors_atomic(state, args.out / "judge.safetensors", metadata={"format": "pt", "what": "loraforge judge"})
+    # metadata of one key only: the file is then the same bytes on every run
+    save_safetensors_atomic(state, args.out / "judge.safetensors", metadata={"format": "pt"})
     report = {
         "what": "per-attribute accuracy of the judge on fresh generator images of every shape and fill (held-out "
                 "heart, outlined and striped included), from another seed than training",

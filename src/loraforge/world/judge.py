@@ -106,7 +106,7 @@ def load_judge(path: str | Path | None = None) -> Judge:
     path = Path(path) if path is not None else WEIGHTS
     if not path.is_file():
         raise InputNotFoundError(f"{path}: the judge's weights are missing; train them with `{TRAIN_COMMAND}` "
-                                 "(about 15 CPU-minutes), which writes that file")
+                                 "(about 7 CPU-minutes), which writes that file")
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors' own error for a file it cannot parse
