@@ -62,7 +62,7 @@ def test_reads_pil_images_and_tensors_of_any_size(judge):
     bigger = [im.resize((128, 128), Image.Resampling.NEAREST) for im in images]  # the same scenes at 128 px
     assert judge.read(bigger) == judge.read(torch.nn.functional.interpolate(as_tensor, scale_factor=2.0))
     assert sum(r == e for r, e in zip(judge.read(bigger), expected)) >= 15
-    assert judge.read(images[0]) == judge.read(images[:1])
+    assert judge.read(images[0]) == judge.read(images[:1]) and judge.read([]) == []
     probs = judge.probabilities(as_tensor)
     for name, classes in ATTRIBUTES.items():
         assert probs[name].shape == (16, len(classes))

@@ -61,7 +61,7 @@ class Judge(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            parts = [self(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+            parts = [self(x[i:i + batch_size]) for i in range(0, max(len(x), 1), batch_size)]  # an empty x too
         finally:
             self.train(was_training)
         return {name: torch.cat([p[name] for p in parts]).softmax(-1) for name in ATTRIBUTES}
