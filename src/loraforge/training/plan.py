@@ -12,10 +12,11 @@ from pathlib import Path
 from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig
 from ..data.build import TrainData, build_train_data
 from ..data.sources import list_images
+from ..errors import ConfigError
 from ..families import TINY_RESOLUTION, Family, family
 from ..models.loading import detect_model_family
 from .optim import warmup_steps
-from .pivotal import PivotalTuning
+from .pivotal import PivotalTuning, phases_text
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class RunPlan:
             f"learning rate: {o.lr_scheduler} schedule over {self.max_steps} steps, warm-up {self.warmup_steps} "
             "step(s)",
         ]
-        return "\n".join(lines + self.notes)
+        phases = phases_text(cfg, self.max_steps, self.warmup_steps)
+        return "\n".join(lines + ([phases] if phases else []) + self.notes)
 
 
 def run_resolution(cfg: TrainConfig, family: Family, is_tiny: bool) -> int:
@@ -94,6 +96,9 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
         notes.append(f"{by_steps.split(' ')[0]} ({steps} steps) and training.num_train_epochs ({epoch_steps} steps) "
                      f"are both set: the run stops at whichever comes first, {max_steps} steps. kohya's "
                      "max_train_epochs overrides max_train_steps instead; leave out the one you do not mean")
+    if t.ti_steps is not None and t.ti_steps >= max_steps:
+        raise ConfigError(f"training.ti_steps = {t.ti_steps} leaves no step of the run's {max_steps} ({steps_from}) "
+                          "for the LoRA: make ti_steps smaller or the run longer")
     o, n = cfg.optimizer, cfg.network
     if o.text_encoder_lr is not None and not n.train_text_encoder and not t.train_text_encoder_ti:
         notes.append(f"optimizer.text_encoder_lr = {o.text_encoder_lr:g} has no effect: no text encoder trains "
