@@ -125,8 +125,9 @@ def test_phased_pivotal_tuning_with_named_tokens(make_config, tok_images):
     assert 'Embedding tokens: "run-sd15_emb: <krk>,<s9>"' in text
 
 
-def test_token_names_the_tokenizer_knows_are_refused(make_config, tok_images):
-    t = Trainer(ti_config(make_config, "sd15", tok_images, **{"training.token_names": ["robot", "<s9>"]}))
-    with pytest.raises(TrainingError, match=r"training.token_names: 'robot' \(token \d+\) already mean something"):
+@pytest.mark.parametrize("name", ["robot", "sks"])  # a vocabulary entry; a word that is one token (`sks</w>`)
+def test_token_names_the_tokenizer_knows_are_refused(make_config, tok_images, name):
+    t = Trainer(ti_config(make_config, "sd15", tok_images, **{"training.token_names": [name, "<s9>"]}))
+    with pytest.raises(TrainingError, match=rf"training.token_names: '{name}' \(token \d+\) already mean something"):
         t.prepare()
     t.close()
