@@ -128,9 +128,12 @@ def test_resume_restores_embeddings_bit_exactly(make_config, tok_images):
     assert all(torch.equal(ka[k], kb[k]) for k in ka)
 
 
-def test_pivotal_and_text_encoder_lora_are_exclusive():
-    with pytest.raises(ConfigError, match="cannot be combined"):
+def test_pivotal_and_text_encoder_lora_train_together_only_in_phases():
+    with pytest.raises(ConfigError, match="train together only in phases: set training.ti_steps"):
         load_config(None, ["network.train_text_encoder=true", "training.train_text_encoder_ti=true"])
+    cfg = load_config(None, ["network.train_text_encoder=true", "training.train_text_encoder_ti=true",
+                             "training.ti_steps=2"])
+    assert cfg.training.ti_steps == 2
 
 
 def test_pivotal_tuning_without_the_abstraction_in_any_caption_is_refused(make_config):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from loraforge.cli.commands import _dry_run
 from loraforge.config import dump_config
-from loraforge.errors import DataError
+from loraforge.errors import ConfigError, DataError
 from loraforge.training.plan import plan_run
 from loraforge.training.trainer import Trainer
 
@@ -158,3 +158,23 @@ def test_dry_run_shows_a_width_height_resolution(make_config, tmp_path, capsys):
     assert _dry_run(cfg, dump_config) == 0
     assert "training at 64 × 96 px (width × height)" in capsys.readouterr().err
     assert plan_run(cfg).resolution == (64, 96)
+
+
+def test_the_plan_shows_the_pivotal_tuning_phases(make_config, tmp_path):
+    _images(tmp_path / "img", 2, (64, 64))
+    common = {"dataset.instance_dir": str(tmp_path / "img"), "dataset.instance_prompt": "a photo of TOK robot",
+              "training.train_text_encoder_ti": True, "training.max_train_steps": 10}
+    cfg = make_config("sd15", **common, **{"training.ti_steps": 4, "network.train_text_encoder": True,
+                                           "training.token_names": ["<krk>", "<s1>"], "optimizer.embedding_lr": 5e-3})
+    text = plan_run(cfg).describe(cfg)
+    assert ("phases: steps 1-4: new token embeddings alone (TOK → <krk><s1>, lr 0.005); steps 5-10: UNet + text "
+            "encoder(s) lora alone (lr 0.001, text encoders 0.001), embeddings frozen") in text, text
+    cfg = make_config("sd15", **common, **{"network.algo": "none"})
+    assert "textual inversion alone: new tokens TOK → <s0><s1> train all 10 steps" in plan_run(cfg).describe(cfg)
+    cfg = make_config("sd15", **common)
+    assert "steps 1-5: embeddings (lr 0.001) and UNet lora together, steps 6-10" in plan_run(cfg).describe(cfg)
+    # the steps may come from the epochs: ti_steps is checked against the run's length there
+    cfg = make_config("sd15", **{**common, "training.max_train_steps": None, "training.num_train_epochs": 1,
+                                 "training.ti_steps": 2})
+    with pytest.raises(ConfigError, match=r"training.ti_steps = 2 leaves no step of the run's 2 \(training.num_"):
+        plan_run(cfg)

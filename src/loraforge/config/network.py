@@ -16,7 +16,7 @@ from pydantic import Discriminator, Field, Tag, create_model, model_validator
 from ..families import FAMILIES
 from .base import Section
 
-Algo = Literal["lora", "locon", "loha", "lokr", "dora"]
+Algo = Literal["lora", "locon", "loha", "lokr", "dora", "none"]
 Preset = Literal["full", "full-lin", "attn-mlp", "attn-only", "unet-transformer-only", "unet-convblock-only"]
 
 # Block-wise lists: SD 1.x / 2.x = IN0-11, MID, OUT0-11; SDXL = emb, IN0-8, MID0-2, OUT0-8, out (kohya.md §2.1).
@@ -113,7 +113,9 @@ class NetworkBase(Section):
             "`locon`: LoRA that also adapts 3×3 convolutions (down conv with the layer's kernel, 1×1 up). `loha`: "
             "Hadamard product of two low-rank updates. `lokr`: Kronecker product (`factor`, `decompose_both`, "
             "`full_matrix`). `dora`: weight-decomposed LoRA/LoCon (`dora_axis`). `locon`, `loha`, `lokr` and `dora` "
-            "use LyCORIS modules; every file is written in the kohya/LyCORIS layout (see docs/networks.md)."
+            "use LyCORIS modules; every file is written in the kohya/LyCORIS layout (see docs/networks.md). `none`: no "
+            "adapter, textual inversion alone (needs `training.train_text_encoder_ti`): only the new token embeddings "
+            "train and only the embeddings file is written."
         ),
     )
     rank: int = Field(16, ge=1, le=1024, description="Rank (kohya `network_dim`, diffusers `rank`) of linear and 1×1 layers.")
@@ -346,9 +348,22 @@ class DoRANetwork(LycorisNetwork):
     loraplus_lr_ratio: float | None = _LORAPLUS
 
 
+class NoNetwork(NetworkBase):
+    """`algo = "none"`: no adapter; textual inversion alone (the new token embeddings of pivotal tuning train)."""
+
+    algo: Literal["none"] = "none"
+
+    def _problems(self) -> list[str]:
+        # rank and alpha are let through unused: the presets set them
+        unused = [n for n in sorted(self.model_fields_set - {"algo", "rank", "alpha"})
+                  if getattr(self, n) != type(self).model_fields[n].get_default(call_default_factory=True)]
+        return [f"network.{', network.'.join(unused)} set, but network.algo = 'none' trains no adapter (textual "
+                "inversion alone): remove them, or choose an algo such as 'lora'"] if unused else []
+
+
 NETWORK_CLASSES: dict[str, type[NetworkBase]] = {
     cls.model_fields["algo"].default: cls
-    for cls in (LoraNetwork, LoConNetwork, LoHaNetwork, LoKrNetwork, DoRANetwork)
+    for cls in (LoraNetwork, LoConNetwork, LoHaNetwork, LoKrNetwork, DoRANetwork, NoNetwork)
 }
 
 

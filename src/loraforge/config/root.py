@@ -37,11 +37,9 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _check_combinations(self) -> "TrainConfig":
         net, tr, opt = self.network, self.training, self.optimizer
-        if net.train_text_encoder and tr.train_text_encoder_ti:
-            raise ValueError(
-                "network.train_text_encoder and training.train_text_encoder_ti cannot be combined: pivotal tuning "
-                "learns only new token embeddings and keeps the text encoders frozen; choose one"
-            )
+        problem = _pivotal_problem(net, tr)
+        if problem:
+            raise ValueError(problem)
         if opt.lr_scheduler == "adafactor" and not (opt.type == "adafactor" and opt.adafactor_relative_step):
             raise ValueError(
                 "optimizer.lr_scheduler = 'adafactor' needs optimizer.type = 'adafactor' with "
@@ -67,6 +65,33 @@ class TrainConfig(Section):
     @property
     def uses_embedded_model(self) -> bool:
         return self.model.pretrained_model_name_or_path is None
+
+
+def _pivotal_problem(net, tr: TrainingConfig) -> str | None:
+    """The error for a textual-inversion / pivotal-tuning combination that cannot run, else None."""
+    ti = tr.train_text_encoder_ti
+    if net.algo == "none" and not ti:
+        return ("network.algo = 'none' trains no adapter, so nothing would train: set "
+                "training.train_text_encoder_ti = true for textual inversion alone, or choose an algo such as 'lora'")
+    needs_ti = [n for n in ("ti_steps", "token_names") if getattr(tr, n) is not None]
+    if needs_ti and not ti:
+        return (f"training.{', training.'.join(needs_ti)} set, but training.train_text_encoder_ti is off: turn it on "
+                "(new token embeddings) or remove them")
+    if tr.ti_steps is not None:
+        if net.algo == "none":
+            return ("training.ti_steps splits the run into an embeddings phase and a LoRA phase, but network.algo = "
+                    "'none' has no LoRA (the embeddings train all steps): remove ti_steps, or choose an algo")
+        if "train_text_encoder_ti_frac" in tr.model_fields_set:
+            return ("training.ti_steps and training.train_text_encoder_ti_frac both say when the embeddings stop "
+                    "training: keep one (ti_steps: embeddings alone first, then the LoRA alone)")
+        if tr.max_train_steps is not None and tr.ti_steps >= tr.max_train_steps:
+            return (f"training.ti_steps = {tr.ti_steps} leaves no step of the {tr.max_train_steps} "
+                    "(training.max_train_steps) for the LoRA: make ti_steps smaller or max_train_steps larger")
+    elif net.train_text_encoder and ti:
+        return ("network.train_text_encoder and training.train_text_encoder_ti train together only in phases: set "
+                "training.ti_steps = N (the embeddings train alone for the first N steps, then the UNet and "
+                "text-encoder LoRA), or turn one of them off")
+    return None
 
 
 # Each section's keys; `[network]` is a union of per-algo classes, listed together by `NetworkOptions`.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import Section
 
@@ -128,16 +128,45 @@ class TrainingConfig(Section):
         False,
         description=(
             "Pivotal tuning: learn new tokens (`<s0><s1>...`, replacing `token_abstraction` in every prompt) by "
-            "textual inversion in every text encoder, together with the LoRA. Only the new embedding rows train."
+            "textual inversion in every text encoder, together with the LoRA. Only the new embedding rows train. "
+            "With `network.algo = \"none\"`: textual inversion alone, the embeddings train for the whole run."
         ),
     )
     train_text_encoder_ti_frac: float = Field(
-        0.5, gt=0, le=1, description="Fraction of the steps during which the new embeddings train (then only the LoRA)."
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Fraction of the steps during which the new embeddings train together with the LoRA (then only the "
+            "LoRA). Not with `ti_steps`."
+        ),
+    )
+    ti_steps: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Phased pivotal tuning (cloneofsimo's lora_pti): the first N steps train only the new embeddings (at "
+            "`optimizer.embedding_lr`), then they freeze and the LoRA trains alone for the remaining steps (the UNet "
+            "and, with `network.train_text_encoder`, the text encoders' LoRA). N counts in `max_train_steps`; one "
+            "learning-rate schedule spans both phases. Unset: the embeddings and the LoRA train together for "
+            "`train_text_encoder_ti_frac` of the steps."
+        ),
+    )
+    token_names: list[str] | None = Field(
+        None,
+        description=(
+            "Names of the new tokens instead of the generated `<s0><s1>...`, e.g. `[\"<krk>\", \"<s1>\"]`: "
+            "`num_new_tokens_per_abstraction` per abstraction in order (unset: the list's length divided by the "
+            "number of abstractions). Each must be new to the tokenizers (a word or token they know is refused); "
+            "no spaces or commas."
+        ),
     )
     token_abstraction: str = Field(
         "TOK", min_length=1, description="Placeholder in prompts and captions replaced by the new tokens."
     )
-    num_new_tokens_per_abstraction: int = Field(2, ge=1, le=16, description="New tokens per abstraction.")
+    num_new_tokens_per_abstraction: int = Field(
+        2, ge=1, le=16, description="New tokens per abstraction (with `token_names` unset: their number decides)."
+    )
     initializer_token: str | None = Field(
         None,
         description=(
@@ -145,3 +174,38 @@ class TrainingConfig(Section):
             "embedding table's standard deviation."
         ),
     )
+
+    @property
+    def token_abstractions(self) -> list[str]:
+        """The placeholders `token_abstraction` lists (comma-separated)."""
+        return [a.strip() for a in self.token_abstraction.split(",") if a.strip()]
+
+    @property
+    def tokens_per_abstraction(self) -> int:
+        if self.token_names and "num_new_tokens_per_abstraction" not in self.model_fields_set:
+            return len(self.token_names) // max(1, len(self.token_abstractions))
+        return self.num_new_tokens_per_abstraction
+
+    @model_validator(mode="after")
+    def _check_token_names(self) -> "TrainingConfig":
+        names = self.token_names
+        if names is None:
+            return self
+        bad = [n for n in names if not n or any(c.isspace() or c == "," for c in n)]
+        if bad:
+            raise ValueError(f"training.token_names: {bad} — a token name must be one word without spaces or commas "
+                             "(e.g. '<krk>')")
+        if len(set(names)) != len(names):
+            raise ValueError(f"training.token_names {names} names a token twice; give each token its own name")
+        hidden = [n for n in names for a in self.token_abstractions if a in n]
+        if hidden:
+            raise ValueError(f"training.token_names {hidden} contain the token abstraction "
+                             f"{self.token_abstraction!r}, which would be replaced inside them; pick other names")
+        want = self.tokens_per_abstraction * len(self.token_abstractions)
+        if len(names) != want:
+            raise ValueError(
+                f"training.token_names has {len(names)} names but {len(self.token_abstractions)} abstraction(s) × "
+                f"training.num_new_tokens_per_abstraction {self.tokens_per_abstraction} need {want}: give {want} "
+                "names, or leave num_new_tokens_per_abstraction unset (the names then decide)"
+            )
+        return self

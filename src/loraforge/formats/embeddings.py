@@ -56,6 +56,26 @@ def save_embeddings(
     return Path(path)
 
 
+def check_embedding_file(path: str | Path, family_name: str, widths: list[int]) -> tuple[str, list[str]]:
+    """Read a written embedding file back as the consumers do (`load_embeddings`: the layout A1111, ComfyUI and
+    diffusers' `load_textual_inversion` take, the reader `loraforge sample` uses) and compare it with the model:
+    one tensor per text encoder of `family_name`, each as wide as that encoder (`widths`). Returns (summary,
+    problems); no problems: every consumer loads it into this model."""
+    try:
+        vectors = load_embeddings(path)
+    except (UnsupportedError, NonFiniteTensorError) as e:
+        return "unreadable", [str(e)]
+    keys = family(family_name).embedding_keys
+    problems = []
+    if set(vectors) != set(keys):
+        problems.append(f"holds {', '.join(sorted(vectors))}; {family_name} reads {', '.join(keys)}")
+    for key, width in zip(keys, widths):
+        if key in vectors and vectors[key].shape[1] != width:
+            problems.append(f"{key} vectors are {vectors[key].shape[1]} wide, the text encoder {width}")
+    summary = ", ".join(f"{k} {v.shape[0]}×{v.shape[1]}" for k, v in vectors.items())
+    return f"{summary}: loads in A1111, ComfyUI and diffusers" if not problems else summary, problems
+
+
 def load_embeddings(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Return `{"clip_l": [n, d]}` (SD 1.x/2.x) or `{"clip_l": ..., "clip_g": ...}` (SDXL), 2-D tensors."""
     path = Path(path)

@@ -14,6 +14,7 @@ from .loha import LohaMethod
 from .lokr import LokrMethod
 from .lora import LoraNetwork
 from .lycoris_engine import LycorisNetwork
+from .none import NoAdapter
 
 __all__ = ["Network", "ParamGroup", "create_network", "network_args_json"]
 
@@ -25,6 +26,8 @@ def create_network(cfg: NetworkConfig) -> Network:
     """The network `cfg.algo` names (not yet applied: call `network.apply(model)`)."""
     if cfg.algo == "lora":
         return LoraNetwork(cfg)
+    if cfg.algo == "none":
+        return NoAdapter(cfg)
     if cfg.algo not in LYCORIS_METHODS:
         raise ValueError(f"unknown network.algo {cfg.algo!r}; expected lora, {', '.join(LYCORIS_METHODS)}")
     if cfg.algo == "dora":

@@ -63,10 +63,20 @@ def with_embedding_names(text: str, embeddings: dict[str, str] | None) -> str:
     return text
 
 
-def a1111_prompt(prompt: str, lora_name: str, embeddings: dict[str, str] | None = None) -> str:
+def a1111_prompt(prompt: str, lora_name: str | None, embeddings: dict[str, str] | None = None) -> str:
     """The prompt as it is written in A1111 to get the same image from the run's files: embedding names for the
-    token abstractions, and the LoRA as `<lora:name:1>`."""
-    return f"{with_embedding_names(prompt, embeddings)} <lora:{lora_name}:1>"
+    token abstractions, and the LoRA as `<lora:name:1>` (none for textual inversion alone: `lora_name` None)."""
+    text = with_embedding_names(prompt, embeddings)
+    return f"{text} <lora:{lora_name}:1>" if lora_name else text
+
+
+def tokens_field(embeddings: dict[str, str] | None, tokens: list[str] | None) -> str:
+    """The `parameters` field that says which new tokens the embedding file holds (`Embedding tokens: "name: <s0>,
+    <s1>"`, in the quoted style of A1111's `TI hashes`); empty without embeddings."""
+    if not embeddings or not tokens:
+        return ""
+    names = dict.fromkeys(embeddings.values())
+    return ", Embedding tokens: " + ", ".join(f'"{name}: {",".join(tokens)}"' for name in names)
 
 
 def model_name(model) -> str:
@@ -76,9 +86,11 @@ def model_name(model) -> str:
 
 def sample_during_training(cfg, model, items, resolution: tuple[int, int], folder: Path, tag: str, autocast=None,
                            replace: Callable[[str], str] | None = None,
-                           embeddings: dict[str, str] | None = None) -> list[Path]:
+                           embeddings: dict[str, str] | None = None, lora: bool = True,
+                           tokens: list[str] | None = None) -> list[Path]:
     """Sample the run's prompts with the network active. Each PNG's `parameters` chunk holds the prompt A1111 takes
-    (`a1111_prompt`: `<lora:output_name:1>`, embedding names for the token abstractions, never `<s0><s1>`)."""
+    (`a1111_prompt`: `<lora:output_name:1>` unless the run writes no LoRA (`lora` false), embedding names for the
+    token abstractions, never `<s0><s1>`) and the new `tokens` the embedding file holds (`tokens_field`)."""
     written_as = sample_requests(cfg, items, resolution)
     requests = sample_requests(cfg, items, resolution, replace)
     # Sampling must not disturb the training RNG streams (resume equality depends on them).
@@ -93,9 +105,9 @@ def sample_during_training(cfg, model, items, resolution: tuple[int, int], folde
             torch.cuda.set_rng_state_all(cuda_state)
     written = []
     name = cfg.output.output_name
-    texts = [dc_replace(r, prompt=a1111_prompt(r.prompt, name, embeddings),
+    texts = [dc_replace(r, prompt=a1111_prompt(r.prompt, name if lora else None, embeddings),
                         negative_prompt=with_embedding_names(r.negative_prompt, embeddings)
-                        ).parameters_text(model_name(model)) for r in written_as]
+                        ).parameters_text(model_name(model)) + tokens_field(embeddings, tokens) for r in written_as]
     for i, (img, text) in enumerate(zip(images, texts)):
         written.append(save_png(img, folder / f"{tag}_{i}.png", text))
     if len(images) > 1:

@@ -14,7 +14,7 @@ import torch
 from ..errors import NonFiniteError
 from ..formats.check import check_state_dict
 from ..formats.diffusers_lora import WEIGHT_NAME, save_diffusers_lora
-from ..formats.embeddings import embedding_keys, embeddings_file_name, save_embeddings
+from ..formats.embeddings import check_embedding_file, embedding_keys, embeddings_file_name, save_embeddings
 from ..formats.kohya import kohya_state_dict
 from ..formats.metadata import model_hashes, training_metadata
 from ..utils.dtypes import torch_dtype
@@ -33,6 +33,7 @@ class WrittenFiles:
     embeddings: Path | None = None
     extra: dict[str, Path] = field(default_factory=dict)
     check: object | None = None  # the CheckReport of the kohya file
+    embeddings_problems: list[str] | None = None  # of the embeddings file read back as consumers read it
 
 
 def write_lora_files(
@@ -41,16 +42,18 @@ def write_lora_files(
     dtype = torch_dtype(cfg.output.save_precision)
     family = model.family.name
     out = WrittenFiles()
-    sd = kohya_state_dict(network.module_tensors().values(), family, dict(model.unet.config), dtype=dtype)
-    refuse_nonfinite(sd, pivotal, family, dtype, folder / f"{kohya_name}.safetensors")
+    lora = bool(network.parts)  # network.algo = "none" (textual inversion alone): the embeddings file only
+    sd = kohya_state_dict(network.module_tensors().values(), family, dict(model.unet.config), dtype=dtype) if lora else {}
+    refuse_nonfinite(sd, pivotal, family, dtype,
+                     folder / (f"{kohya_name}.safetensors" if lora else embeddings_file_name(kohya_name)))
     folder.mkdir(parents=True, exist_ok=True)
-    if cfg.output.write_kohya:
+    if lora and cfg.output.write_kohya:
         meta = training_metadata(cfg, run_info, family, network.algo, network.network_args(), network.network_module())
         meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(sd, meta)
         out.kohya = folder / f"{kohya_name}.safetensors"
         save_safetensors_atomic(sd, out.kohya, metadata=meta)
         out.check = check_written(sd, meta, model, out.kohya)
-    if cfg.output.write_diffusers:
+    if lora and cfg.output.write_diffusers:
         why = network.diffusers_support()
         if why is None:
             out.diffusers = save_diffusers_lora(network, family, folder / WEIGHT_NAME, dtype)
@@ -63,7 +66,18 @@ def write_lora_files(
     if pivotal is not None:
         meta = {"tokens": ",".join(pivotal.tokens), "token_abstraction": cfg.training.token_abstraction}
         out.embeddings = save_embeddings(folder / embeddings_file_name(kohya_name), family, pivotal.vectors(), meta, dtype)
+        out.embeddings_problems = check_embedding_written(out.embeddings, model)
     return out
+
+
+def check_embedding_written(path: Path, model) -> list[str]:
+    """The consumer check of an embeddings file just written (`check_embedding_file`), logged on one line."""
+    widths = [te.get_input_embeddings().embedding_dim for te in model.text_encoders]
+    summary, problems = check_embedding_file(path, model.family.name, widths)
+    log.info("check %s: %s", path.name, summary)
+    for problem in problems:
+        log.warning("check %s: %s", path.name, problem)
+    return problems
 
 
 def refuse_nonfinite(sd: dict, pivotal, family: str, dtype: torch.dtype, target: Path) -> None:

@@ -13,10 +13,11 @@ from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig
 from ..config.dataset import size_text
 from ..data.build import TrainData, build_train_data
 from ..data.sources import list_images
+from ..errors import ConfigError
 from ..families import Family, family
 from ..models.loading import detect_model_family, native_size
 from .optim import warmup_steps
-from .pivotal import PivotalTuning
+from .pivotal import PivotalTuning, phases_text
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class RunPlan:
             "step(s)",
         ]
         prior = self.prior_line(cfg)
-        return "\n".join(lines + ([prior] if prior else []) + self.notes)
+        phases = phases_text(cfg, self.max_steps, self.warmup_steps)
+        return "\n".join(lines + ([prior] if prior else []) + ([phases] if phases else []) + self.notes)
 
 
 def run_resolution(cfg: TrainConfig, native: int) -> tuple[int, int]:
@@ -119,6 +121,9 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
         notes.append(f"{by_steps.split(' ')[0]} ({steps} steps) and training.num_train_epochs ({epoch_steps} steps) "
                      f"are both set: the run stops at whichever comes first, {max_steps} steps. kohya's "
                      "max_train_epochs overrides max_train_steps instead; leave out the one you do not mean")
+    if t.ti_steps is not None and t.ti_steps >= max_steps:
+        raise ConfigError(f"training.ti_steps = {t.ti_steps} leaves no step of the run's {max_steps} ({steps_from}) "
+                          "for the LoRA: make ti_steps smaller or the run longer")
     o, n, d = cfg.optimizer, cfg.network, cfg.dataset
     if o.text_encoder_lr is not None and not n.train_text_encoder and not t.train_text_encoder_ti:
         notes.append(f"optimizer.text_encoder_lr = {o.text_encoder_lr:g} has no effect: no text encoder trains "

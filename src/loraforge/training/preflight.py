@@ -188,8 +188,8 @@ def _check_writable(run_dir: Path, field: str = "output.output_dir") -> Path:
 def lora_size_estimate(cfg: TrainConfig, family: str | None) -> int:
     """Bytes of the final files (kohya and diffusers layouts) plus one checkpoint (fp32 weights, optimizer state
     of about two more copies, and its LoRA files) when checkpoints are saved."""
-    if cfg.model.pretrained_model_name_or_path is None:
-        return 0  # the embedded tiny model: kilobytes
+    if cfg.model.pretrained_model_name_or_path is None or cfg.network.algo == "none":
+        return 0  # the embedded tiny model, or an embeddings file alone: kilobytes
     fam = family or (cfg.model.family if cfg.model.family != "auto" else None)
     te = bool(cfg.network.train_text_encoder)
     per_rank = LORA_PARAMS_PER_RANK[fam][te] if fam in LORA_PARAMS_PER_RANK else max(  # unknown yet: the largest

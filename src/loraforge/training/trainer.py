@@ -198,17 +198,20 @@ class Trainer:
                 p.data = p.data.float()
         if self.pivotal:
             gen = torch.Generator().manual_seed(self.cfg.training.seed)
-            self.pivotal.apply(m, gen)
+            self.pivotal.apply(m, gen, self.network)
         set_attention(m.unet, self.cfg.training.attention)
         if self.cfg.training.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             if self.train_te:
                 for te in m.text_encoders:
                     te.gradient_checkpointing_enable()
-        n = sum(p.numel() for part in self.network.parts for p in self.network.parameters(part))
+        self.network_params = [p for part in self.network.parts for p in self.network.parameters(part)]
+        if not self.network.parts:  # network.algo = "none"
+            log.info("network: none — textual inversion alone, only the new token embeddings train")
+            return
         log.info("network: %s rank %d alpha %g%s on %s — %s trainable parameters", self.network.algo,
-                 self.cfg.network.rank, self.network.alpha,
-                 ALPHA_DEFAULT_NOTE if self.cfg.network.alpha is None else "", "+".join(self.network.parts), f"{n:,}")
+                 self.cfg.network.rank, self.network.alpha, ALPHA_DEFAULT_NOTE if self.cfg.network.alpha is None else "",
+                 "+".join(self.network.parts), f"{sum(p.numel() for p in self.network_params):,}")
 
     @property
     def train_te(self) -> bool:
@@ -317,6 +320,8 @@ class Trainer:
                 with acc.accumulate(*self.trained_models):
                     loss = self.compute_loss(batch)
                     acc.backward(loss)
+                    if self.pivotal:  # phased: the network waits while the embeddings train
+                        self.pivotal.hold_network(self.network_params)
                     skip = self.nonfinite.check(loss, self.trainable_parameters(), st.global_step + 1,
                                                 current_lrs(self.optimizer, self.lr_scheduler))
                     if acc.sync_gradients and cfg.optimizer.max_grad_norm and not skip:
@@ -370,16 +375,15 @@ class Trainer:
         return self.step.encode_batch_text(captions)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        params = [p for part in self.network.parts for p in self.network.parameters(part)]
-        if self.pivotal and self.pivotal.training:
-            params += self.pivotal.parameters()
-        return params
+        return self.pivotal.step_parameters(self.network_params) if self.pivotal else list(self.network_params)
 
     def _maybe_pivot(self) -> None:
         if self.pivotal and self.pivotal.training and self.state.global_step >= self.pivot_at:
             self.pivotal.freeze()
-            log.info("step %d: new token embeddings frozen (train_text_encoder_ti_frac = %g); the LoRA goes on",
-                     self.state.global_step, self.cfg.training.train_text_encoder_ti_frac)
+            t = self.cfg.training
+            why = f"ti_steps = {t.ti_steps}" if t.ti_steps else f"train_text_encoder_ti_frac = {t.train_text_encoder_ti_frac:g}"
+            log.info("step %d: new token embeddings frozen (%s); the LoRA %s", self.state.global_step, why,
+                     "trains from here" if t.ti_steps else "goes on")
 
     def _after_step(self, loss: torch.Tensor, bar) -> None:
         cfg, acc, st = self.cfg, self.accelerator, self.state
@@ -483,7 +487,8 @@ class Trainer:
                                           self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
                                           replace=self.pivotal.replace if self.pivotal else None,
                                           embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
-                                          if self.pivotal else None)
+                                          if self.pivotal else None, lora=bool(self.network.parts),
+                                          tokens=self.pivotal.tokens if self.pivotal else None)
         except OSError as e:  # a full disk or a read-only folder: said like a failed checkpoint
             if isinstance(e, FileNotFoundError):
                 raise
