@@ -1,0 +1,157 @@
+"""cloneofsimo/lora (`lora_diffusion`) files: a safelora and the `.pt` lists, written here per its format from the
+tiny SD 1.5 (its walk: every module of a target class in `model.modules()` order, then its Linear descendants in
+`named_modules()` order), convert to kohya files whose ΔW on the model is up @ down (alpha = rank), with the
+pivotal-tuning vectors as an embedding file; `.pt` only with --allow-pickle."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from loraforge.cli import main
+from loraforge.errors import PickleRefusedError, ShapeMismatchError, UnsupportedError
+from loraforge.tools.common import LoraSpec, apply_lora_files
+from loraforge.tools.convert import convert
+from loraforge.tools.inspect import inspect_file
+
+UNET_TARGETS = ["CrossAttention", "Attention", "GEGLU"]
+TEXT_TARGETS = ["CLIPAttention"]
+
+
+def _walk(model, targets) -> list[tuple[str, torch.nn.Linear]]:
+    """lora_diffusion's order, on the modules themselves (class names, not paths)."""
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for ancestor in model.modules():
+        if type(ancestor).__name__ in targets:
+            for rel, child in ancestor.named_modules():
+                if isinstance(child, torch.nn.Linear):
+                    out.append((f"{names[ancestor]}.{rel}", child))
+    return out
+
+
+def _legacy(walk):
+    """The order of diffusers in cloneofsimo's time: a transformer block declared ff between attn1 and attn2."""
+    out, i = [], 0
+    while i < len(walk):
+        if walk[i][0].endswith("attn1.to_q"):  # attn1 (4 Linear), attn2 (4), ff's GEGLU proj (1)
+            block = walk[i:i + 9]
+            assert block[8][0].endswith("ff.net.0.proj")
+            out += block[:4] + block[8:] + block[4:8]
+            i += 9
+        else:
+            out.append(walk[i])
+            i += 1
+    return out
+
+
+def _pairs(walk, rank, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(m.out_features, rank, generator=g).half(), torch.randn(rank, m.in_features, generator=g).half())
+            for _, m in walk]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    return tiny_models("sd15")
+
+
+@pytest.fixture(scope="module")
+def safelora(model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cloneofsimo")
+    walks = {"unet": _walk(model.unet, UNET_TARGETS), "text_encoder": _walk(model.text_encoders[0], TEXT_TARGETS)}
+    pairs = {"unet": _pairs(walks["unet"], 2, 0), "text_encoder": _pairs(walks["text_encoder"], 3, 1)}
+    tensors, metadata = {}, {}
+    for group, targets in (("unet", UNET_TARGETS), ("text_encoder", TEXT_TARGETS)):
+        metadata[group] = json.dumps(targets)
+        for i, (up, down) in enumerate(pairs[group]):
+            tensors[f"{group}:{i}:up"], tensors[f"{group}:{i}:down"] = up, down
+            metadata[f"{group}:{i}:rank"] = str(down.shape[0])
+    embeds = {"<s1>": torch.randn(32), "<s2>": torch.randn(32)}
+    for token, vector in embeds.items():
+        tensors[token] = vector
+        metadata[token] = "<embed>"
+    save_file(tensors, str(folder / "lora.safetensors"), metadata)
+    return folder / "lora.safetensors", walks, pairs, embeds
+
+
+def _check_deltas(model, kohya, walks, pairs, names) -> None:
+    """Applying the kohya file adds exactly up @ down to the named modules (and the right pair to each)."""
+    patched = copy.deepcopy(model)
+    apply_lora_files(patched, [LoraSpec(str(kohya))])
+    parts = {"unet": (model.unet, patched.unet), "text_encoder": (model.text_encoders[0], patched.text_encoders[0])}
+    checked = 0
+    for group, walk in walks.items():
+        before, after = parts[group]
+        for (name, _), (up, down) in zip(walk, pairs[group]):
+            if not any(name.endswith(n) for n in names):
+                continue
+            delta = after.get_submodule(name).weight - before.get_submodule(name).weight
+            torch.testing.assert_close(delta, up.float() @ down.float(), rtol=1e-4, atol=1e-4)
+            checked += 1
+    assert checked >= 3
+
+
+NAMES = ("mid_block.attentions.0.transformer_blocks.0.attn2.to_k", "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj",
+         "up_blocks.1.attentions.2.transformer_blocks.0.attn1.to_out.0", "layers.1.self_attn.q_proj",
+         "layers.0.self_attn.k_proj", "down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v")
+
+
+def test_safelora_converts_to_kohya_with_its_embedding(model, safelora, tmp_path):
+    path, walks, pairs, embeds = safelora
+    result = convert(path, tmp_path / "k.safetensors", to="kohya")
+    notes = "\n".join(result.lines())
+    assert "alpha = rank" in notes and "later diffusers (attn1, attn2, ff)" in notes
+    with safe_open(str(result.output), framework="pt") as f:
+        keys = list(f.keys())
+        alphas = {k: f.get_tensor(k) for k in keys if k.endswith(".alpha")}
+    n_pairs = len(pairs["unet"]) + len(pairs["text_encoder"])
+    assert len(alphas) == n_pairs and all(k.startswith(("lora_unet_", "lora_te_text_model_")) for k in keys)
+    assert {float(a) for k, a in alphas.items() if k.startswith("lora_te")} == {3.0}  # alpha = rank: scale 1.0
+    _check_deltas(model, result.output, walks, pairs, NAMES)
+
+    emb = tmp_path / "k_emb.safetensors"
+    with safe_open(str(emb), framework="pt") as f:
+        assert list(f.keys()) == ["emb_params"]
+        torch.testing.assert_close(f.get_tensor("emb_params"), torch.stack([embeds["<s1>"], embeds["<s2>"]]))
+        assert json.loads(f.metadata()["loraforge_tokens"]) == ["<s1>", "<s2>"]
+
+    report = str(inspect_file(path))
+    for line in (f"unet {len(pairs['unet'])} (targets: CrossAttention, Attention, GEGLU)", "ranks: 2 (",
+                 "embeddings: <s1><s2> (2 vectors x 32)", "--to kohya", "alpha = rank"):
+        assert line in report, line
+
+
+def test_pt_lists_need_allow_pickle_and_convert_in_either_diffusers_order(model, tmp_path, capsys):
+    walks = {"unet": _legacy(_walk(model.unet, UNET_TARGETS)), "text_encoder": _walk(model.text_encoders[0], TEXT_TARGETS)}
+    assert [n for n, _ in walks["unet"]] != [n for n, _ in _walk(model.unet, UNET_TARGETS)]
+    pairs = {"unet": _pairs(walks["unet"], 4, 2), "text_encoder": _pairs(walks["text_encoder"], 4, 3)}
+    for group, name in (("unet", "lora_weight.pt"), ("text_encoder", "lora_weight.text_encoder.pt")):
+        torch.save([t for pair in pairs[group] for t in pair], tmp_path / name)
+
+    with pytest.raises(PickleRefusedError, match="--allow-pickle"):
+        convert(tmp_path / "lora_weight.pt", tmp_path / "u.safetensors", to="kohya")
+    code = main(["convert", str(tmp_path / "lora_weight.pt"), str(tmp_path / "u.safetensors"), "--to", "kohya"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pickle" in err and "--allow-pickle" in err and "Traceback" not in err
+    assert not (tmp_path / "u.safetensors").exists()
+
+    unet = convert(tmp_path / "lora_weight.pt", tmp_path / "u.safetensors", to="kohya", allow_pickle=True)
+    assert "cloneofsimo's time (attn1, ff, attn2)" in "\n".join(unet.lines())
+    te = convert(tmp_path / "lora_weight.text_encoder.pt", tmp_path / "t.safetensors", allow_pickle=True)
+    _check_deltas(model, unet.output, {"unet": walks["unet"]}, pairs, NAMES)
+    _check_deltas(model, te.output, {"text_encoder": walks["text_encoder"]}, pairs, NAMES + ("layers.1.self_attn.out_proj",))
+
+    # applying one directly says what it is and how to convert it
+    with pytest.raises(UnsupportedError, match="cloneofsimo.*loraforge convert"):
+        apply_lora_files(copy.deepcopy(model), [LoraSpec(str(tmp_path / "lora_weight.pt"))], allow_pickle=True)
+    # one pair missing: no walk places the rest, nothing is written
+    torch.save([t for pair in pairs["unet"][:-1] for t in pair], tmp_path / "short.pt")
+    with pytest.raises(ShapeMismatchError, match="pairs"):
+        convert(tmp_path / "short.pt", tmp_path / "s.safetensors", allow_pickle=True)
+    assert not (tmp_path / "s.safetensors").exists()
