@@ -23,14 +23,14 @@ UNET_TARGETS = ["CrossAttention", "Attention", "GEGLU"]
 TEXT_TARGETS = ["CLIPAttention"]
 
 
-def _walk(model, targets) -> list[tuple[str, torch.nn.Linear]]:
+def _walk(model, targets, kinds=(torch.nn.Linear,)) -> list[tuple[str, torch.nn.Module]]:
     """lora_diffusion's order, on the modules themselves (class names, not paths)."""
     names = {m: n for n, m in model.named_modules()}
     out = []
     for ancestor in model.modules():
         if type(ancestor).__name__ in targets:
             for rel, child in ancestor.named_modules():
-                if isinstance(child, torch.nn.Linear):
+                if isinstance(child, kinds):
                     out.append((f"{names[ancestor]}.{rel}", child))
     return out
 
@@ -51,9 +51,15 @@ def _legacy(walk):
 
 
 def _pairs(walk, rank, seed):
+    """(up, down) per module: LoraInjectedLinear's [out, r] / [r, in], LoraInjectedConv2d's [out, r, 1, 1] /
+    [r, in, kh, kw]; fp16 as lora_diffusion saves them."""
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(m.out_features, rank, generator=g).half(), torch.randn(rank, m.in_features, generator=g).half())
-            for _, m in walk]
+    out = []
+    for _, m in walk:
+        w = m.weight
+        up = torch.randn(w.shape[0], rank, *[1] * (w.dim() - 2), generator=g)
+        out.append((up.half(), torch.randn(rank, *w.shape[1:], generator=g).half()))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +98,8 @@ def _check_deltas(model, kohya, walks, pairs, names) -> None:
             if not any(name.endswith(n) for n in names):
                 continue
             delta = after.get_submodule(name).weight - before.get_submodule(name).weight
-            torch.testing.assert_close(delta, up.float() @ down.float(), rtol=1e-4, atol=1e-4)
+            expected = (up.float().flatten(1) @ down.float().flatten(1)).reshape(delta.shape)
+            torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-4)
             checked += 1
     assert checked >= 3
 
@@ -155,3 +162,18 @@ def test_pt_lists_need_allow_pickle_and_convert_in_either_diffusers_order(model,
     with pytest.raises(ShapeMismatchError, match="pairs"):
         convert(tmp_path / "short.pt", tmp_path / "s.safetensors", allow_pickle=True)
     assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_pt_with_the_extended_targets_converts_to_diffusers(model, tmp_path):
+    """inject_trainable_lora_extended also adapts the resnets (Linear and Conv2d); a .pt does not say so: the default
+    set does not fit, the extended one does."""
+    targets = UNET_TARGETS + ["ResnetBlock2D"]
+    walk = _walk(model.unet, targets, (torch.nn.Linear, torch.nn.Conv2d))
+    pairs = {"unet": _pairs(walk, 2, 4)}
+    torch.save([t for pair in pairs["unet"] for t in pair], tmp_path / "lora_weight.pt")
+    result = convert(tmp_path / "lora_weight.pt", tmp_path / "d", to="diffusers", allow_pickle=True)
+    assert result.output.name == "pytorch_lora_weights.safetensors"
+    assert "ResnetBlock2D" in "\n".join(result.lines())
+    _check_deltas(model, result.output, {"unet": walk}, pairs,
+                  ("down_blocks.1.resnets.0.conv1", "down_blocks.1.resnets.0.conv_shortcut",
+                   "up_blocks.0.resnets.2.time_emb_proj", "mid_block.attentions.0.transformer_blocks.0.attn2.to_v"))
