@@ -157,6 +157,14 @@ def test_pt_lists_need_allow_pickle_and_convert_in_either_diffusers_order(model,
     # applying one directly says what it is and how to convert it
     with pytest.raises(UnsupportedError, match="cloneofsimo.*loraforge convert"):
         apply_lora_files(copy.deepcopy(model), [LoraSpec(str(tmp_path / "lora_weight.pt"))], allow_pickle=True)
+    # the run's vectors, lora_weight.ti.pt: one embedding file, tokens in prompt order (<s2> before <s10>)
+    vectors = {"<s1>": torch.randn(32), "<s10>": torch.randn(32), "<s2>": torch.randn(32)}
+    torch.save(vectors, tmp_path / "lora_weight.ti.pt")
+    emb = convert(tmp_path / "lora_weight.ti.pt", tmp_path / "sks.safetensors", allow_pickle=True).output
+    with safe_open(str(emb), framework="pt") as f:
+        torch.testing.assert_close(f.get_tensor("emb_params"), torch.stack([vectors[t] for t in ("<s1>", "<s2>", "<s10>")]))
+    assert "embeddings: <s1><s2><s10> (3 vectors x 32)" in str(inspect_file(tmp_path / "lora_weight.ti.pt", True))
+
     # one pair missing: no walk places the rest, nothing is written
     torch.save([t for pair in pairs["unet"][:-1] for t in pair], tmp_path / "short.pt")
     with pytest.raises(ShapeMismatchError, match="pairs"):

@@ -89,9 +89,9 @@ def inspect_file(path, allow_pickle: bool = False, all_metadata: bool = False) -
             ])
 
         data = load_pickle(path, True)
-        if cloneofsimo.is_pt_lora(data):
+        if cloneofsimo.is_pt_lora(data) or cloneofsimo.is_pt_embeddings(path, data):
             report = _inspect_cloneofsimo(path, cloneofsimo.pt_lora(path, data))
-            report.lines.insert(0, f"file: {path.name} ({human_size(size)}, a list of {len(data)} tensors)")
+            report.lines.insert(0, f"file: {path.name} ({human_size(size)}, {len(data)} tensors)")
             return report
         if isinstance(data, dict) and "string_to_param" in data:
             tensors = {"emb_params": next(iter(data["string_to_param"].values()))}
@@ -168,6 +168,8 @@ def _inspect_cloneofsimo(path: Path, lora: cloneofsimo.CloneofsimoLora) -> Inspe
     width = {int(lora.embeddings[t].shape[-1]) for t in embeds}
     layout = "safelora .safetensors" if lora.layout == "safelora" else ".pt list of up/down tensors"
     flag = " --allow-pickle" if lora.layout == "pt" else ""
+    name = path.stem.removesuffix(".text_encoder").removesuffix(".ti")
+    out = f"{name}-kohya.safetensors --to kohya" if lora.pairs else f"{name}_emb.safetensors"
     lines = [
         f"kind: cloneofsimo/lora (lora_diffusion) file, {layout}; no module names (placed by module order)",
         f"family: {lora.guess_family()} (from the tensor widths; cloneofsimo trained SD 1.x / 2.x)",
@@ -176,8 +178,8 @@ def _inspect_cloneofsimo(path: Path, lora: cloneofsimo.CloneofsimoLora) -> Inspe
         "alphas: none (cloneofsimo adds up @ down at scale 1.0; converted to kohya, alpha = rank)",
         "embeddings: " + (f"{''.join(embeds)} ({len(embeds)} vectors x {width.pop()})" if embeds else "none"),
         "values: " + ("all finite" if not broken else f"BROKEN, {broken} tensors hold NaN/Inf"),
-        f"convert: loraforge convert {path.name} {path.stem.removesuffix('.text_encoder')}-kohya.safetensors "
-        f"--to kohya{flag}" + ("  (also writes the embedding file)" if embeds and lora.pairs else ""),
+        f"convert: loraforge convert {path.name} {out}{flag}" + ("  (also writes the embedding file)"
+                                                                  if embeds and lora.pairs else ""),
     ]
     return InspectReport(path, "cloneofsimo", lines)
 
