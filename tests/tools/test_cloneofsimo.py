@@ -104,7 +104,8 @@ def _check_deltas(model, kohya, walks, pairs, names) -> None:
     assert checked >= 3
 
 
-NAMES = ("mid_block.attentions.0.transformer_blocks.0.attn2.to_k", "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj",
+NAMES = ("mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
+         "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj",
          "up_blocks.1.attentions.2.transformer_blocks.0.attn1.to_out.0", "layers.1.self_attn.q_proj",
          "layers.0.self_attn.k_proj", "down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_v")
 
@@ -135,7 +136,8 @@ def test_safelora_converts_to_kohya_with_its_embedding(model, safelora, tmp_path
 
 
 def test_pt_lists_need_allow_pickle_and_convert_in_either_diffusers_order(model, tmp_path, capsys):
-    walks = {"unet": _legacy(_walk(model.unet, UNET_TARGETS)), "text_encoder": _walk(model.text_encoders[0], TEXT_TARGETS)}
+    walks = {"unet": _legacy(_walk(model.unet, UNET_TARGETS)),
+             "text_encoder": _walk(model.text_encoders[0], TEXT_TARGETS)}
     assert [n for n, _ in walks["unet"]] != [n for n, _ in _walk(model.unet, UNET_TARGETS)]
     pairs = {"unet": _pairs(walks["unet"], 4, 2), "text_encoder": _pairs(walks["text_encoder"], 4, 3)}
     for group, name in (("unet", "lora_weight.pt"), ("text_encoder", "lora_weight.text_encoder.pt")):
@@ -152,7 +154,8 @@ def test_pt_lists_need_allow_pickle_and_convert_in_either_diffusers_order(model,
     assert "cloneofsimo's time (attn1, ff, attn2)" in "\n".join(unet.lines())
     te = convert(tmp_path / "lora_weight.text_encoder.pt", tmp_path / "t.safetensors", allow_pickle=True)
     _check_deltas(model, unet.output, {"unet": walks["unet"]}, pairs, NAMES)
-    _check_deltas(model, te.output, {"text_encoder": walks["text_encoder"]}, pairs, NAMES + ("layers.1.self_attn.out_proj",))
+    _check_deltas(model, te.output, {"text_encoder": walks["text_encoder"]}, pairs,
+                  NAMES + ("layers.1.self_attn.out_proj",))
 
     # applying one directly says what it is and how to convert it
     with pytest.raises(UnsupportedError, match="cloneofsimo.*loraforge convert"):
@@ -162,7 +165,8 @@ def test_pt_lists_need_allow_pickle_and_convert_in_either_diffusers_order(model,
     torch.save(vectors, tmp_path / "lora_weight.ti.pt")
     emb = convert(tmp_path / "lora_weight.ti.pt", tmp_path / "sks.safetensors", allow_pickle=True).output
     with safe_open(str(emb), framework="pt") as f:
-        torch.testing.assert_close(f.get_tensor("emb_params"), torch.stack([vectors[t] for t in ("<s1>", "<s2>", "<s10>")]))
+        expected = torch.stack([vectors[t] for t in ("<s1>", "<s2>", "<s10>")])
+        torch.testing.assert_close(f.get_tensor("emb_params"), expected)
     assert "embeddings: <s1><s2><s10> (3 vectors x 32)" in str(inspect_file(tmp_path / "lora_weight.ti.pt", True))
 
     # one pair missing: no walk places the rest, nothing is written

@@ -10,7 +10,8 @@ Two layouts, neither with a module name:
   being `<embed>`;
 * `.pt` (`lora_weight.pt` for the UNet, `lora_weight.text_encoder.pt`): a pickled flat list [up0, down0, up1, down1,
   ...]; nothing says which classes were targeted, so the default sets are tried (UNet: attention + GEGLU, then with
-  the resnets as well; text encoder: CLIP attention).
+  the resnets as well; text encoder: CLIP attention). The vectors of that run are `lora_weight.ti.pt`, a pickled
+  `{token: [d]}`.
 
 Pair i belongs to the i-th Linear (or Conv2d) child of the target classes as `lora_diffusion` walks the model: every
 module of a target class in `model.modules()` order, then its children in `named_modules()` order. Since no names
@@ -43,6 +44,7 @@ from .model_tree import ModelTree
 EMBED_FLAG = "<embed>"  # the metadata value marking a textual-inversion tensor in a safelora
 PAIR_KEY = re.compile(r"^(?P<group>[^:]+):(?P<index>\d+):(?P<side>up|down)$")
 TEXT_ENCODER_PT = ".text_encoder.pt"  # `lora_weight.text_encoder.pt` beside `lora_weight.pt`
+EMBEDDINGS_PT = ".ti.pt"  # `lora_weight.ti.pt`: {token: vector}
 
 UNET_TARGETS = ("CrossAttention", "Attention", "GEGLU")  # lora_diffusion's defaults
 UNET_EXTENDED_TARGETS = UNET_TARGETS + ("ResnetBlock2D",)
@@ -154,8 +156,17 @@ def _targets(path: Path, group: str, raw: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def is_pt_embeddings(path, data) -> bool:
+    """A `lora_weight.ti.pt`: a dict of [d] vectors by token."""
+    return (str(path).endswith(EMBEDDINGS_PT) and isinstance(data, dict) and bool(data)
+            and all(isinstance(v, torch.Tensor) and v.dim() == 1 for v in data.values()))
+
+
 def pt_lora(path, data) -> CloneofsimoLora:
-    """The `.pt` list `data` loaded from `path`: the text encoder's when the name ends in `.text_encoder.pt`."""
+    """The `.pt` list `data` loaded from `path`: the text encoder's when the name ends in `.text_encoder.pt`; the
+    vectors of a `.ti.pt` dict."""
+    if isinstance(data, dict):
+        return CloneofsimoLora(str(path), "pt", {}, {}, {str(k): v for k, v in data.items()})
     group = "text_encoder" if str(path).endswith(TEXT_ENCODER_PT) else "unet"
     pairs = list(zip(data[::2], data[1::2]))
     return CloneofsimoLora(str(path), "pt", {group: pairs}, {group: None})

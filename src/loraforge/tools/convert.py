@@ -114,7 +114,7 @@ def convert(src, dst, *, to: str | None = None, family: str = "auto", base: str 
         if to is None:  # checked before a (maybe large) pickle is loaded
             _check_safetensors_output(src, dst, overwrite)
         data = load_pickle(src, allow_pickle)
-        if cloneofsimo.is_pt_lora(data):
+        if cloneofsimo.is_pt_lora(data) or cloneofsimo.is_pt_embeddings(src, data):
             return _convert_cloneofsimo(cloneofsimo.pt_lora(src, data), dst, to, family, base, allow_pickle,
                                         overwrite, naming)
         if to is not None:  # a pickled LoRA (diffusers' pytorch_lora_weights.bin) into the layout asked for
@@ -274,9 +274,12 @@ def _convert_cloneofsimo(lora: cloneofsimo.CloneofsimoLora, dst: Path, to: str |
     fam = family if family not in (None, "auto") else lora.guess_family()
     source = Path(lora.source).name
     notes = []
-    width = None
+    tree = None
     if lora.pairs:
         tree, tiny, modules, placed = _place_cloneofsimo(lora, base, family, fam, allow_pickle)
+        fam = tree.family
+    vectors = _cloneofsimo_vectors(lora, tree) if lora.embeddings else None  # checked before anything is written
+    if lora.pairs:
         meta = {**family_metadata(tree.family), "loraforge_source": f"cloneofsimo {lora.layout} {source}",
                 "loraforge_alpha": "alpha = rank (cloneofsimo adds up @ down at scale 1.0)"}
         if tiny:
@@ -289,12 +292,17 @@ def _convert_cloneofsimo(lora: cloneofsimo.CloneofsimoLora, dst: Path, to: str |
         save_safetensors_atomic(out, dst, metadata=meta)
         notes += placed + ["alpha = rank for every module: cloneofsimo has no alpha (it adds up @ down at scale 1.0), "
                            "and kohya scales by alpha / rank"]
-        fam = tree.family
-        width = next((s[1] for p, s in tree.modules.get("te1", {}).items() if p.endswith("token_embedding") and s), None)
-    if lora.embeddings:
-        notes.append(_write_cloneofsimo_embedding(lora, emb_dst, fam, width))
-    what = f"{sum(len(p) for p in lora.pairs.values())} modules" if lora.pairs else "embeddings only"
-    return ConvertResult(f"cloneofsimo {lora.layout} -> {target} LoRA ({what})", dst, notes)
+    if vectors is not None:
+        tokens = lora.embedding_tokens()
+        save_embeddings(emb_dst, fam, [vectors], metadata={"loraforge_tokens": json.dumps(tokens),
+                                                             "loraforge_source": source}, dtype=vectors.dtype)
+        notes.append(f"embedding {''.join(tokens)} ({len(tokens)} vectors x {vectors.shape[1]}) -> {emb_dst}; its "
+                     f"trigger word is the file name: write {emb_dst.stem} where cloneofsimo's prompts had "
+                     f"{''.join(tokens)}")
+    if not lora.pairs:
+        return ConvertResult(f"cloneofsimo {lora.layout} embeddings -> embedding", dst, notes)
+    n = sum(len(p) for p in lora.pairs.values())
+    return ConvertResult(f"cloneofsimo {lora.layout} -> {target} LoRA ({n} modules)", dst, notes)
 
 
 def _place_cloneofsimo(lora, base, family: str, fam: str, allow_pickle: bool):
@@ -314,18 +322,16 @@ def _place_cloneofsimo(lora, base, family: str, fam: str, allow_pickle: bool):
     raise first_error
 
 
-def _write_cloneofsimo_embedding(lora, dst: Path, fam: str, width: int | None) -> str:
+def _cloneofsimo_vectors(lora, tree) -> torch.Tensor:
+    """The file's vectors in token order, [n, d]; d must be the width of `tree`'s text encoder when there is one."""
     tokens = lora.embedding_tokens()
     vectors = [lora.embeddings[t].reshape(1, -1) for t in tokens]
     widths = {int(v.shape[1]) for v in vectors}
     if len(widths) != 1:
         raise UnsupportedError(f"{lora.source}: the embeddings {', '.join(tokens)} differ in width ({sorted(widths)})")
+    shapes = tree.modules.get("te1", {}) if tree else {}
+    width = next((s[1] for p, s in shapes.items() if p.endswith("token_embedding") and s), None)
     if width is not None and widths != {width}:
         raise FamilyMismatchError(f"{lora.source}: the embeddings are {widths.pop()} wide, the model's text encoder "
                                   f"{width}: is --base (or --family) the model the file was trained on?")
-    stacked = torch.cat(vectors)
-    save_embeddings(dst, fam, [stacked], metadata={"loraforge_tokens": json.dumps(tokens),
-                                                   "loraforge_source": Path(lora.source).name},
-                    dtype=stacked.dtype)
-    return (f"embedding {''.join(tokens)} ({len(tokens)} vectors x {stacked.shape[1]}) -> {dst}; its trigger word is "
-            f"the file name: write {dst.stem} where cloneofsimo's prompts had {''.join(tokens)}")
+    return torch.cat(vectors)
