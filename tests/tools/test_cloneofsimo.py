@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loraforge.cli import main
-from loraforge.errors import PickleRefusedError, ShapeMismatchError, UnsupportedError
+from loraforge.errors import FamilyMismatchError, PickleRefusedError, ShapeMismatchError, UnsupportedError
 from loraforge.tools.common import LoraSpec, apply_lora_files
 from loraforge.tools.convert import convert
 from loraforge.tools.inspect import inspect_file
@@ -128,6 +128,15 @@ def test_safelora_converts_to_kohya_with_its_embedding(model, safelora, tmp_path
         assert list(f.keys()) == ["emb_params"]
         torch.testing.assert_close(f.get_tensor("emb_params"), torch.stack([embeds["<s1>"], embeds["<s2>"]]))
         assert json.loads(f.metadata()["loraforge_tokens"]) == ["<s1>", "<s2>"]
+
+    # vectors of another width than the model's text encoder: refused before anything is written
+    with safe_open(str(path), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["<s1>"], tensors["<s2>"] = torch.randn(768), torch.randn(768)
+    save_file(tensors, str(tmp_path / "wide.safetensors"), metadata)
+    with pytest.raises(FamilyMismatchError, match="768 wide"):
+        convert(tmp_path / "wide.safetensors", tmp_path / "w.safetensors")
+    assert not (tmp_path / "w.safetensors").exists()
 
     report = str(inspect_file(path))
     for line in (f"unet {len(pairs['unet'])} (targets: CrossAttention, Attention, GEGLU)", "ranks: 2 (",
