@@ -3,9 +3,9 @@
 LoRA-family files: layout (kohya / diffusers), family with its evidence, algorithms (LoRA, LoCon conv modules,
 Tucker, LoHa, LoKr, DoRA), ranks, alphas, modules per part, keys no tool would apply, the training metadata, and the
 `loraforge check` line (ComfyUI / A1111 / diffusers); cloneofsimo/lora files (safelora, `.pt` list): groups, target
-classes, ranks, embeddings and the command that converts them. Checkpoints (original single file or diffusers folder): family
-and tensors per component. Embeddings: vectors and width per text encoder. Pickle-based files are opened only with
-`allow_pickle` (torch's weights_only loader).
+classes, ranks, embeddings and the command that converts them. Checkpoints (original single file or diffusers
+folder): family and tensors per component. Embeddings: vectors and width per text encoder. Pickle-based files are
+opened only with `allow_pickle` (torch's weights_only loader).
 """
 
 from __future__ import annotations
