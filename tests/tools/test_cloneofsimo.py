@@ -14,7 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from loraforge.cli import main
-from loraforge.errors import FamilyMismatchError, PickleRefusedError, ShapeMismatchError, UnsupportedError
+from loraforge.errors import FamilyMismatchError, PickleRefusedError, ShapeMismatchError, ToolError, UnsupportedError
+from loraforge.formats.file_kind import require_kind
 from loraforge.tools.common import LoraSpec, apply_lora_files
 from loraforge.tools.convert import convert
 from loraforge.tools.inspect import inspect_file
@@ -137,6 +138,12 @@ def test_safelora_converts_to_kohya_with_its_embedding(model, safelora, tmp_path
     with pytest.raises(FamilyMismatchError, match="768 wide"):
         convert(tmp_path / "wide.safetensors", tmp_path / "w.safetensors")
     assert not (tmp_path / "w.safetensors").exists()
+
+    # given where a LoRA or a model is expected: named for what it is, with the way out
+    with pytest.raises(UnsupportedError, match="cloneofsimo.*loraforge convert"):
+        apply_lora_files(copy.deepcopy(model), [LoraSpec(str(path))])
+    with pytest.raises(ToolError, match="this is a LoRA file, not a Stable Diffusion model"):
+        require_kind(path, ("model",), "--model", ToolError)
 
     report = str(inspect_file(path))
     for line in (f"unet {len(pairs['unet'])} (targets: CrossAttention, Attention, GEGLU)", "ranks: 2 (",
