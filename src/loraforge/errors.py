@@ -95,7 +95,8 @@ class ShapeMismatchError(ToolError):
 
 
 class PickleRefusedError(ToolError):
-    """A pickle-based file (.bin/.pkl/.pt/.ckpt/.pth) read without --allow-pickle (or `allow_pickle = true`)."""
+    """A pickle-based file (.bin/.pkl/.pt/.ckpt/.pth) read without --allow-pickle (or `allow_pickle = true`), or a
+    model written as a pickle `.ckpt` without --write-ckpt."""
 
 
 class UnsupportedError(ToolError):

@@ -48,6 +48,12 @@ def _common(p, model: bool = True, pickle: bool = True, output: bool = True) -> 
     p.add_argument("-v", "--verbose", action="store_true")
 
 
+def _ckpt_flag(p) -> None:
+    p.add_argument("--write-ckpt", action="store_true",
+                   help="allow a pickle .ckpt output (A1111's {\"state_dict\": ...}); loading a pickle can run code, "
+                        "so .safetensors is the default and the safer choice")
+
+
 def _rank_args(p, what: str) -> None:
     p.add_argument("--rank", type=int, help=f"{what} rank (the cap when a rule below is given)")
     p.add_argument("--conv-rank", type=int, help="rank for 3x3 convolutions (default: --rank; 0 leaves them out)")
@@ -163,9 +169,11 @@ def add_merge(sub) -> None:
                    help="LoRA file with its strength: FILE, FILE:0.8, FILE:unet=0.6:te=0.9 (repeatable)")
     m.add_argument("--unet-scale", type=number, default=1.0)
     m.add_argument("--te-scale", type=number, default=1.0)
-    m.add_argument("-o", "--output", required=True, help="OUT.safetensors (original layout) or a folder (diffusers)")
+    m.add_argument("-o", "--output", required=True,
+                   help="OUT.safetensors (original layout), a folder (diffusers), or OUT.ckpt with --write-ckpt")
     m.add_argument("--dtype", choices=DTYPES, help="precision of the written weights (default: as loaded)")
     m.add_argument("--skip-unknown", action="store_true", help="apply a LoRA even if some of its keys match nothing")
+    _ckpt_flag(m)
     _common(m)
     m.set_defaults(func=cmd_merge_model)
 
@@ -198,8 +206,10 @@ def add_merge(sub) -> None:
     c.add_argument("-m", "--multiplier", type=number, default=0.5, help="M (weighted sum: (1−M)·A + M·B)")
     c.add_argument("--mode", choices=["weighted-sum", "add-difference"], default=None,
                    help="default: add-difference with three models, else weighted-sum")
-    c.add_argument("-o", "--output", required=True, help="OUT.safetensors or a folder (diffusers)")
+    c.add_argument("-o", "--output", required=True,
+                   help="OUT.safetensors, a folder (diffusers), or OUT.ckpt with --write-ckpt")
     c.add_argument("--dtype", choices=DTYPES, help="default: A's")
+    _ckpt_flag(c)
     _common(c)
     c.set_defaults(func=cmd_merge_checkpoints)
 
@@ -212,7 +222,7 @@ def cmd_merge_model(args) -> int:
     loras = [parse_lora_spec(s, args.unet_scale, args.te_scale) for s in args.lora]
     out = merge_into_model(args.base, loras, args.output, family=args.family, dtype=_dtype(args.dtype),
                            allow_pickle=args.allow_pickle, skip_unknown=args.skip_unknown, overwrite=args.overwrite,
-                           config_dir=args.config_dir)
+                           config_dir=args.config_dir, write_ckpt=args.write_ckpt)
     print(f"wrote {out}")
     return 0
 
@@ -236,7 +246,7 @@ def cmd_merge_checkpoints(args) -> int:
     mode = (args.mode or ("add-difference" if args.c else "weighted-sum")).replace("-", "_")
     out = merge_checkpoints(args.a, args.b, args.output, c=args.c, multiplier=args.multiplier, mode=mode,
                             family=args.family, dtype=_dtype(args.dtype), allow_pickle=args.allow_pickle,
-                            overwrite=args.overwrite, config_dir=args.config_dir)
+                            overwrite=args.overwrite, config_dir=args.config_dir, write_ckpt=args.write_ckpt)
     print(f"wrote {out}")
     return 0
 
@@ -303,12 +313,13 @@ def cmd_extract(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- convert
 def add_convert(sub) -> None:
-    p = sub.add_parser("convert", help=".bin/.pkl/.pt/.ckpt → safetensors, kohya ↔ diffusers LoRA, single file ↔ "
-                       "diffusers folder, embeddings .pt ↔ safetensors",
+    p = sub.add_parser("convert", help=".bin/.pkl/.pt/.ckpt → safetensors, kohya ↔ diffusers LoRA, cloneofsimo → "
+                       "kohya, single file ↔ diffusers folder, embeddings .pt ↔ safetensors",
         description=(
             "Convert between formats: pickled .bin/.pkl/.pt/.ckpt files to safetensors (with "
-            "--allow-pickle), kohya and diffusers LoRA layouts, a single-file checkpoint and a diffusers "
-            "folder, textual-inversion embeddings .pt and .safetensors."
+            "--allow-pickle), kohya and diffusers LoRA layouts, cloneofsimo/lora files (a safelora "
+            ".safetensors, or lora_weight.pt with --allow-pickle) to kohya, a single-file checkpoint and a "
+            "diffusers folder (or a .ckpt with --write-ckpt), textual-inversion embeddings .pt and .safetensors."
         ))
     p.add_argument("src")
     p.add_argument("dst")
@@ -318,6 +329,7 @@ def add_convert(sub) -> None:
     p.add_argument("--base", help="model a LoRA is for (resolves names; default: the embedded tiny model the file "
                                   "was trained on, else the family's full-size model)")
     p.add_argument("--dtype", choices=DTYPES, help="checkpoint conversions: precision of the written weights")
+    _ckpt_flag(p)
     _common(p)
     p.set_defaults(func=cmd_convert)
 
@@ -328,7 +340,7 @@ def cmd_convert(args) -> int:
     quiet_progress()
     result = convert(args.src, args.dst, to=args.to, family=args.family, base=args.base,
                      allow_pickle=args.allow_pickle, overwrite=args.overwrite, naming=args.naming,
-                     config_dir=args.config_dir, dtype=_dtype(args.dtype))
+                     config_dir=args.config_dir, dtype=_dtype(args.dtype), write_ckpt=args.write_ckpt)
     print("\n".join(result.lines()))
     return 0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import LoraforgeError
 from ..utils.files import open_safetensors
+from .cloneofsimo import PAIR_KEY
 
 MODEL_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.embedders.")
 VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
@@ -28,7 +29,7 @@ def kind_of_keys(keys) -> str:
         return "model"
     if keys and set(keys) <= EMBEDDING_KEYS:
         return "embedding"
-    if any(m in k for k in keys for m in LORA_MARKS):
+    if any(m in k for k in keys for m in LORA_MARKS) or any(PAIR_KEY.match(k) for k in keys):
         return "lora"
     if keys and all(k.startswith(VAE_PREFIXES) for k in keys):
         return "vae"

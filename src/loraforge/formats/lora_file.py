@@ -41,6 +41,7 @@ from ..errors import (
 from ..families import BASE_MODEL_KEY, FAMILY_LABELS, tiny_family
 from ..utils.files import PICKLE_SUFFIXES, open_safetensors
 from ..utils.tensors import describe_nonfinite, nonfinite_tensors
+from .cloneofsimo import is_pt_lora, is_safelora
 from .lora_family import detect_lora_family
 from .lora_keys import DOWN, group_keys
 from .model_tree import ModelTree
@@ -110,9 +111,18 @@ def load_lora_file(path, allow_pickle: bool = False) -> LoraFile:
     """Read a .safetensors LoRA file (or, with `allow_pickle`, a .bin/.pt one in torch's weights_only mode), to
     apply it: a file with NaN / Inf values is refused (`NonFiniteTensorError`)."""
     sd, metadata = read_tensors(path, allow_pickle)
+    if is_safelora(sd, metadata):
+        raise UnsupportedError(_cloneofsimo_hint(path, "a safelora"))
     lora = read_lora_state_dict(sd, metadata, source=str(path))
     lora.require_finite()
     return lora
+
+
+def _cloneofsimo_hint(path, what: str) -> str:
+    flag = " --allow-pickle" if Path(path).suffix.lower() in PICKLE_SUFFIXES else ""
+    return (f"{path} is a cloneofsimo/lora file ({what}: no module names, placed by module order); convert it once "
+            f"with `loraforge convert {path} {Path(path).stem.split('.')[0]}-kohya.safetensors --to kohya{flag}` and "
+            "use the kohya file")
 
 
 def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -130,6 +140,8 @@ def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
         except Exception as e:  # truncated, not a pickle, or objects weights_only refuses
             raise UnsupportedError(f"{path}: not a readable tensor file ({str(e).splitlines()[0][:200]})") from None
         data = data.get("state_dict", data) if isinstance(data, dict) else data
+        if is_pt_lora(data):
+            raise UnsupportedError(_cloneofsimo_hint(path, "a .pt list of up/down tensors"))
         if not isinstance(data, dict):
             raise UnsupportedError(f"{path} holds a {type(data).__name__}, not a dict of tensors")
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}, {}

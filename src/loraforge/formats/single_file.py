@@ -15,6 +15,10 @@ not part of the package (see `loraforge.families.ldm`). Prefixes written:
   bigG, with `text_projection` stored transposed).
 
 The `position_ids` buffer of CLIP is not written (transformers rebuilds it; diffusers does not read it).
+
+A pickle `.ckpt` (A1111's old layout, `{"state_dict": ...}`) is written only when asked for explicitly
+(`write_ckpt`, the CLI's `--write-ckpt`): loading a pickle runs code, and every program that reads `.ckpt` reads
+`.safetensors` too.
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import FamilyMismatchError, OutputExistsError, ToolError, UnsupportedError
+import torch
+
+from ..errors import FamilyMismatchError, OutputExistsError, PickleRefusedError, ToolError, UnsupportedError
 from ..families import FAMILY_NAMES, ldm
 from ..families import family as family_info
-from ..utils.files import save_safetensors_atomic
+from ..utils.files import atomic_path, save_safetensors_atomic
+
+CKPT_SUFFIX = ".ckpt"
+CHECKPOINT_SUFFIXES = (".safetensors", CKPT_SUFFIX)
+
 
 def _check_family(family: str) -> None:
     if family not in FAMILY_NAMES:
@@ -88,6 +98,35 @@ def to_single_file_state_dict(family: str, unet, vae, text_encoders: list) -> di
     return out
 
 
+def require_checkpoint_suffix(path, write_ckpt: bool = False) -> None:
+    """A single-file checkpoint is written as `.safetensors`, or as a pickle `.ckpt` with `write_ckpt` only."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == CKPT_SUFFIX and not write_ckpt:
+        raise PickleRefusedError(
+            f"{path}: a .ckpt is a pickle file, and loading a pickle can run code. Write "
+            f"{path.with_suffix('.safetensors').name} instead (A1111, ComfyUI, Forge and diffusers load it), or pass "
+            "--write-ckpt to write the pickle anyway (for an old program that reads nothing else)"
+        )
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise ToolError(f"single-file checkpoints are written as .safetensors (or .ckpt with --write-ckpt), got "
+                        f"{path.name!r}")
+
+
+def save_checkpoint_tensors(tensors: Mapping[str, Any], path, metadata: Mapping[str, str] | None = None,
+                            write_ckpt: bool = False) -> Path:
+    """Write an original-layout state dict atomically: `.safetensors` with `metadata`, or (with `write_ckpt`) a
+    pickle `.ckpt` in A1111's layout `{"state_dict": tensors}` (a pickle has no header: the metadata is dropped)."""
+    path = Path(path)
+    require_checkpoint_suffix(path, write_ckpt)
+    if path.suffix.lower() == CKPT_SUFFIX:
+        with atomic_path(path, suffix=CKPT_SUFFIX) as tmp:
+            torch.save({"state_dict": {k: v.detach().contiguous().cpu() for k, v in tensors.items()}}, str(tmp))
+        return path
+    save_safetensors_atomic(dict(tensors), path, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    return path
+
+
 def save_single_file(
     path,
     family: str,
@@ -97,13 +136,13 @@ def save_single_file(
     dtype=None,
     metadata: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    write_ckpt: bool = False,
 ) -> Path:
-    """Write the pipeline components as one original-layout `.safetensors` file, atomically (a temporary file in the
-    same folder, renamed when complete: an error never leaves a partial file). Floating tensors are cast to `dtype`
-    when given. Refuses to replace an existing file unless `overwrite=True`."""
+    """Write the pipeline components as one original-layout `.safetensors` file (or `.ckpt` with `write_ckpt`),
+    atomically (a temporary file in the same folder, renamed when complete: an error never leaves a partial file).
+    Floating tensors are cast to `dtype` when given. Refuses to replace an existing file unless `overwrite=True`."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ToolError(f"single-file checkpoints are written as .safetensors only, got {path.name!r}")
+    require_checkpoint_suffix(path, write_ckpt)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass overwrite=True to replace it")
     tensors = to_single_file_state_dict(family, unet, vae, text_encoders)
@@ -111,5 +150,4 @@ def save_single_file(
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     meta = {"format": "pt"}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    save_safetensors_atomic(tensors, path, metadata=meta)
-    return path
+    return save_checkpoint_tensors(tensors, path, meta, write_ckpt)

@@ -7,25 +7,34 @@
 * A1111 `.pt` embeddings (`string_to_param`) <-> safetensors `{"emb_params": [n, d]}` (SD 1.x / 2.x);
 * LoRA: kohya <-> diffusers (`formats.lora_write`; names resolved against `base`, or the family's full-size model, or
   the embedded tiny model a file was made for); a pickled LoRA with `to` goes straight into that layout;
-* checkpoint: single original-layout `.safetensors` <-> diffusers folder (`formats.single_file`, SD 1.x / 2.x / SDXL).
+* cloneofsimo/lora (`lora_diffusion`) files, a `.safetensors` "safelora" or a `.pt` list (with `allow_pickle`), ->
+  kohya (default) or diffusers; their pivotal-tuning vectors -> an embedding file beside it (`formats.cloneofsimo`);
+* checkpoint: single original-layout `.safetensors` <-> diffusers folder (`formats.single_file`, SD 1.x / 2.x / SDXL);
+  a pickle `.ckpt` (A1111's `{"state_dict": ...}`) is written only with `write_ckpt` (`--write-ckpt`).
 
 Every output is written atomically and never over an existing path without `overwrite`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..errors import InputNotFoundError, PickleRefusedError, ToolError, UnsupportedError
+from ..errors import FamilyMismatchError, InputNotFoundError, PickleRefusedError, ShapeMismatchError, ToolError
+from ..errors import UnsupportedError
+from ..families import BASE_MODEL_KEY, tiny_base_model
+from ..formats import cloneofsimo
+from ..formats.embeddings import embeddings_file_name, save_embeddings
 from ..formats.kohya import kohya_state_dict
 from ..formats.lora_file import bind, read_lora_state_dict, read_tensors
 from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict
+from ..formats.single_file import CKPT_SUFFIX, save_checkpoint_tensors
 from ..utils.files import PICKLE_SUFFIXES, atomic_path, open_safetensors, save_safetensors_atomic
 from .common import check_output, family_metadata, load_sd_model, model_tree
-from .merge import write_model
+from .merge import check_model_output, write_model
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 EMBEDDING_KEYS = ("emb_params", "clip_l", "clip_g", "clip_h")
@@ -88,39 +97,53 @@ def _a1111_embedding(data) -> bool:
 
 def convert(src, dst, *, to: str | None = None, family: str = "auto", base: str | None = None,
             allow_pickle: bool = False, overwrite: bool = False, naming: str = "auto",
-            config_dir: str | None = None, dtype=None) -> ConvertResult:
+            config_dir: str | None = None, dtype=None, write_ckpt: bool = False) -> ConvertResult:
     """Convert `src` into `dst`; the kind of conversion follows from the files (or `to`: "kohya" / "diffusers" for
-    LoRA files)."""
+    LoRA files). A model is written as a pickle `.ckpt` only with `write_ckpt`."""
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise InputNotFoundError(f"{src}: no such file or folder")
     if src.is_dir():
         if (src / "model_index.json").is_file():
-            return _folder_to_single_file(src, dst, family, overwrite, dtype)
+            return _folder_to_single_file(src, dst, family, overwrite, dtype, write_ckpt)
         if (src / LORA_WEIGHT_NAME).is_file():
             src = src / LORA_WEIGHT_NAME
         else:
             raise ToolError(f"{src} is neither a diffusers model folder nor a diffusers LoRA folder")
     if src.suffix.lower() in PICKLE_SUFFIXES:
+        if to is None:  # checked before a (maybe large) pickle is loaded
+            _check_safetensors_output(src, dst, overwrite)
+        data = load_pickle(src, allow_pickle)
+        if cloneofsimo.is_pt_lora(data) or cloneofsimo.is_pt_embeddings(src, data):
+            return _convert_cloneofsimo(cloneofsimo.pt_lora(src, data), dst, to, family, base, allow_pickle,
+                                        overwrite, naming)
         if to is not None:  # a pickled LoRA (diffusers' pytorch_lora_weights.bin) into the layout asked for
             return _convert_lora(src, dst, to, family, base, allow_pickle, overwrite, naming)
-        return _pickle_to_safetensors(src, dst, allow_pickle, overwrite)
+        return _pickle_to_safetensors(src, dst, data)
     if src.suffix != ".safetensors":
         raise ToolError(f"{src}: unknown file type {src.suffix!r} (expected .safetensors, .bin, .pkl, .pt, .ckpt)")
     with open_safetensors(src) as f:
         keys = list(f.keys())
+        metadata = dict(f.metadata() or {})
     if any(k.startswith("model.diffusion_model.") for k in keys):
+        if dst.suffix.lower() == CKPT_SUFFIX:
+            return _single_file_to_ckpt(src, dst, overwrite, write_ckpt)
         return _single_file_to_folder(src, dst, family, allow_pickle, overwrite, config_dir, dtype)
+    if cloneofsimo.is_safelora(keys, metadata):
+        return _convert_cloneofsimo(cloneofsimo.read_safelora(src), dst, to, family, base, allow_pickle, overwrite,
+                                    naming)
     if dst.suffix.lower() in (".pt", ".pth") or (len(keys) <= 2 and set(keys) <= set(EMBEDDING_KEYS)):
         return _embedding_to_pt(src, dst, overwrite)
     return _convert_lora(src, dst, to, family, base, allow_pickle, overwrite, naming)
 
 
-def _pickle_to_safetensors(src: Path, dst: Path, allow_pickle: bool, overwrite: bool) -> ConvertResult:
+def _check_safetensors_output(src: Path, dst: Path, overwrite: bool) -> None:
     if dst.suffix != ".safetensors":
-        raise ToolError(f"{dst}: a pickle file converts to .safetensors")
+        raise ToolError(f"{dst}: {src.name} converts to .safetensors")
     check_output(dst, overwrite)
-    data = load_pickle(src, allow_pickle)
+
+
+def _pickle_to_safetensors(src: Path, dst: Path, data) -> ConvertResult:
     if _a1111_embedding(data):
         params = data["string_to_param"]
         if len(params) != 1:
@@ -202,13 +225,23 @@ def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str |
     return ConvertResult(f"{lora.style} LoRA -> {target} LoRA ({len(lora.modules)} modules)", dst)
 
 
-def _folder_to_single_file(src: Path, dst: Path, family: str, overwrite: bool, dtype) -> ConvertResult:
-    if dst.suffix != ".safetensors":
+def _folder_to_single_file(src: Path, dst: Path, family: str, overwrite: bool, dtype,
+                           write_ckpt: bool) -> ConvertResult:
+    if not dst.suffix:
         raise ToolError(f"{dst}: a diffusers folder converts to a single .safetensors file")
-    check_output(dst, overwrite)
+    check_model_output(dst, overwrite, write_ckpt)
     model = load_sd_model(str(src), family)
-    write_model(model, dst, dtype, {"loraforge_source": src.name}, overwrite)
+    write_model(model, dst, dtype, {"loraforge_source": src.name}, overwrite, write_ckpt)
     return ConvertResult(f"diffusers folder -> single file ({model.family.label})", dst)
+
+
+def _single_file_to_ckpt(src: Path, dst: Path, overwrite: bool, write_ckpt: bool) -> ConvertResult:
+    check_model_output(dst, overwrite, write_ckpt)
+    with open_safetensors(src) as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_checkpoint_tensors(tensors, dst, write_ckpt=write_ckpt)
+    return ConvertResult(f"single file -> pickle .ckpt ({len(tensors)} tensors, A1111 layout)", dst,
+                         ["a .ckpt has no header: the safetensors metadata is not carried over"])
 
 
 def _single_file_to_folder(src: Path, dst: Path, family: str, allow_pickle: bool, overwrite: bool,
@@ -219,3 +252,86 @@ def _single_file_to_folder(src: Path, dst: Path, family: str, allow_pickle: bool
     model = load_sd_model(str(src), family, allow_pickle, config_dir)
     write_model(model, dst, dtype, None, overwrite)
     return ConvertResult(f"single file -> diffusers folder ({model.family.label})", dst)
+
+
+# ------------------------------------------------------------------------------------------------------- cloneofsimo
+def _convert_cloneofsimo(lora: cloneofsimo.CloneofsimoLora, dst: Path, to: str | None, family: str,
+                         base: str | None, allow_pickle: bool, overwrite: bool, naming: str) -> ConvertResult:
+    """A cloneofsimo LoRA -> kohya (default) or diffusers, placed on `base` (or the family's full-size model, then
+    its embedded tiny one); its embeddings -> `<name>_emb.safetensors` beside it (the file itself when it holds only
+    embeddings)."""
+    target = to or "kohya"
+    if target not in ("kohya", "diffusers"):
+        raise ToolError(f"--to {target!r}: LoRA files convert to kohya or diffusers")
+    if dst.suffix == "" and target == "diffusers":
+        dst = dst / LORA_WEIGHT_NAME
+    if dst.suffix != ".safetensors":
+        raise ToolError(f"{dst}: LoRA files are written as .safetensors (or a folder for diffusers)")
+    check_output(dst, overwrite)
+    emb_dst = dst.with_name(embeddings_file_name(dst.stem)) if lora.pairs else dst
+    if lora.embeddings and lora.pairs:
+        check_output(emb_dst, overwrite)
+    fam = family if family not in (None, "auto") else lora.guess_family()
+    source = Path(lora.source).name
+    notes = []
+    tree = None
+    if lora.pairs:
+        tree, tiny, modules, placed = _place_cloneofsimo(lora, base, family, fam, allow_pickle)
+        fam = tree.family
+    vectors = _cloneofsimo_vectors(lora, tree) if lora.embeddings else None  # checked before anything is written
+    if lora.pairs:
+        meta = {**family_metadata(tree.family), "loraforge_source": f"cloneofsimo {lora.layout} {source}",
+                "loraforge_alpha": "alpha = rank (cloneofsimo adds up @ down at scale 1.0)"}
+        if tiny:
+            meta[BASE_MODEL_KEY] = tiny_base_model(tree.family)
+        if target == "diffusers":
+            out, written = diffusers_state_dict(modules)
+            meta.update(written)
+        else:
+            out = kohya_state_dict(modules, tree.family, tree.unet_config, naming=naming)
+        save_safetensors_atomic(out, dst, metadata=meta)
+        notes += placed + ["alpha = rank for every module: cloneofsimo has no alpha (it adds up @ down at scale 1.0), "
+                           "and kohya scales by alpha / rank"]
+    if vectors is not None:
+        tokens = lora.embedding_tokens()
+        save_embeddings(emb_dst, fam, [vectors], metadata={"loraforge_tokens": json.dumps(tokens),
+                                                             "loraforge_source": source}, dtype=vectors.dtype)
+        notes.append(f"embedding {''.join(tokens)} ({len(tokens)} vectors x {vectors.shape[1]}) -> {emb_dst}; its "
+                     f"trigger word is the file name: write {emb_dst.stem} where cloneofsimo's prompts had "
+                     f"{''.join(tokens)}")
+    if not lora.pairs:
+        return ConvertResult(f"cloneofsimo {lora.layout} embeddings -> embedding", dst, notes)
+    n = sum(len(p) for p in lora.pairs.values())
+    return ConvertResult(f"cloneofsimo {lora.layout} -> {target} LoRA ({n} modules)", dst, notes)
+
+
+def _place_cloneofsimo(lora, base, family: str, fam: str, allow_pickle: bool):
+    """(tree, whether it is the embedded tiny model, bound modules, notes): the first model whose modules the pairs
+    fit, `base` alone when given."""
+    attempts = [(False, lambda: model_tree(base, family, allow_pickle))] if base else [
+        (False, lambda: model_tree(None, fam)), (True, lambda: model_tree(None, fam, tiny=True))]
+    first_error = None
+    for tiny, make in attempts:
+        tree = make()
+        try:
+            modules, notes = cloneofsimo.bind(lora, tree)
+        except ShapeMismatchError as e:
+            first_error = first_error or e
+            continue
+        return tree, tiny, modules, notes + (["placed on loraforge's embedded tiny model"] if tiny else [])
+    raise first_error
+
+
+def _cloneofsimo_vectors(lora, tree) -> torch.Tensor:
+    """The file's vectors in token order, [n, d]; d must be the width of `tree`'s text encoder when there is one."""
+    tokens = lora.embedding_tokens()
+    vectors = [lora.embeddings[t].reshape(1, -1) for t in tokens]
+    widths = {int(v.shape[1]) for v in vectors}
+    if len(widths) != 1:
+        raise UnsupportedError(f"{lora.source}: the embeddings {', '.join(tokens)} differ in width ({sorted(widths)})")
+    shapes = tree.modules.get("te1", {}) if tree else {}
+    width = next((s[1] for p, s in shapes.items() if p.endswith("token_embedding") and s), None)
+    if width is not None and widths != {width}:
+        raise FamilyMismatchError(f"{lora.source}: the embeddings are {widths.pop()} wide, the model's text encoder "
+                                  f"{width}: is --base (or --family) the model the file was trained on?")
+    return torch.cat(vectors)

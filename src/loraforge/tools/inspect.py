@@ -2,9 +2,10 @@
 
 LoRA-family files: layout (kohya / diffusers), family with its evidence, algorithms (LoRA, LoCon conv modules,
 Tucker, LoHa, LoKr, DoRA), ranks, alphas, modules per part, keys no tool would apply, the training metadata, and the
-`loraforge check` line (ComfyUI / A1111 / diffusers). Checkpoints (original single file or diffusers folder): family
-and tensors per component. Embeddings: vectors and width per text encoder. Pickle-based files are opened only with
-`allow_pickle` (torch's weights_only loader).
+`loraforge check` line (ComfyUI / A1111 / diffusers); cloneofsimo/lora files (safelora, `.pt` list): groups, target
+classes, ranks, embeddings and the command that converts them. Checkpoints (original single file or diffusers
+folder): family and tensors per component. Embeddings: vectors and width per text encoder. Pickle-based files are
+opened only with `allow_pickle` (torch's weights_only loader).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from ..adapters import ADAPTER_LABELS
 from ..errors import InputNotFoundError
 from ..families.detect import detect_family_from_folder, family_from_single_file_type
+from ..formats import cloneofsimo
 from ..formats.check import check_state_dict
 from ..formats.lora_file import PART_LABELS, read_lora_state_dict
 from ..utils.files import PICKLE_SUFFIXES, open_safetensors
@@ -87,6 +89,10 @@ def inspect_file(path, allow_pickle: bool = False, all_metadata: bool = False) -
             ])
 
         data = load_pickle(path, True)
+        if cloneofsimo.is_pt_lora(data) or cloneofsimo.is_pt_embeddings(path, data):
+            report = _inspect_cloneofsimo(path, cloneofsimo.pt_lora(path, data))
+            report.lines.insert(0, f"file: {path.name} ({human_size(size)}, {len(data)} tensors)")
+            return report
         if isinstance(data, dict) and "string_to_param" in data:
             tensors = {"emb_params": next(iter(data["string_to_param"].values()))}
         else:
@@ -101,6 +107,11 @@ def inspect_file(path, allow_pickle: bool = False, all_metadata: bool = False) -
     head = f"file: {path.name} ({human_size(size)}, {len(tensors)} tensors, {', '.join(sorted(dtypes))})"
     if any(k.startswith("model.diffusion_model.") for k in tensors):
         report = _inspect_checkpoint(path, tensors)
+    elif cloneofsimo.is_safelora(tensors, metadata):
+        report = _inspect_cloneofsimo(path, cloneofsimo.read_safelora(path))
+        if not all_metadata:  # its metadata (targets, ranks, <embed> flags) is what the report shows
+            report.lines.insert(0, head)
+            return report
     elif tensors and set(tensors) <= {"emb_params", "clip_l", "clip_g", "clip_h"}:
         report = _inspect_embedding(path, tensors)
     else:
@@ -142,6 +153,35 @@ def _inspect_lora(path: Path, sd: dict, metadata: dict) -> InspectReport:
     except Exception as e:  # the check is informative; a file it cannot model is still inspected
         lines.append(f"check: not available ({type(e).__name__}: {e})")
     return InspectReport(path, "lora", lines)
+
+
+def _inspect_cloneofsimo(path: Path, lora: cloneofsimo.CloneofsimoLora) -> InspectReport:
+    groups = []
+    for group, pairs in lora.pairs.items():
+        targets = lora.targets.get(group)
+        what = ", ".join(targets) if targets else "not stored; convert tries the default sets"
+        groups.append(f"{group} {len(pairs)} (targets: {what})")
+    ranks = Counter(r for rs in lora.ranks().values() for r in rs)
+    tensors = [t for pairs in lora.pairs.values() for pair in pairs for t in pair] + list(lora.embeddings.values())
+    broken = sum(1 for t in tensors if not t.isfinite().all())
+    embeds = lora.embedding_tokens()
+    width = {int(lora.embeddings[t].shape[-1]) for t in embeds}
+    layout = "safelora .safetensors" if lora.layout == "safelora" else ".pt list of up/down tensors"
+    flag = " --allow-pickle" if lora.layout == "pt" else ""
+    name = path.stem.removesuffix(".text_encoder").removesuffix(".ti")
+    out = f"{name}-kohya.safetensors --to kohya" if lora.pairs else f"{name}_emb.safetensors"
+    lines = [
+        f"kind: cloneofsimo/lora (lora_diffusion) file, {layout}; no module names (placed by module order)",
+        f"family: {lora.guess_family()} (from the tensor widths; cloneofsimo trained SD 1.x / 2.x)",
+        "modules: " + ("; ".join(groups) or "none"),
+        f"ranks: {_counts(ranks) or '-'}",
+        "alphas: none (cloneofsimo adds up @ down at scale 1.0; converted to kohya, alpha = rank)",
+        "embeddings: " + (f"{''.join(embeds)} ({len(embeds)} vectors x {width.pop()})" if embeds else "none"),
+        "values: " + ("all finite" if not broken else f"BROKEN, {broken} tensors hold NaN/Inf"),
+        f"convert: loraforge convert {path.name} {out}{flag}" + ("  (also writes the embedding file)"
+                                                                  if embeds and lora.pairs else ""),
+    ]
+    return InspectReport(path, "cloneofsimo", lines)
 
 
 def _inspect_checkpoint(path: Path, sd: dict) -> InspectReport:

@@ -9,6 +9,9 @@
   as in A1111, an inpainting / instruct-pix2pix A takes B's and C's 4 input channels into the first 4 of its 9 or 8);
   other inputs (diffusers folders, hub ids, `.ckpt` with `--allow-pickle`) are loaded as models and merged per
   component.
+
+Outputs: a `.safetensors` single file, a diffusers folder (a path without suffix), or a pickle `.ckpt` only with
+`write_ckpt` (`--write-ckpt`; A1111's `{"state_dict": ...}` layout).
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from pathlib import Path
 
 from ..errors import FamilyMismatchError, MissingKeyError, ShapeMismatchError, ToolError
 from ..families import BASE_MODEL_KEY, tiny_base_model
-from ..formats.single_file import save_single_file
+from ..formats.single_file import (
+    CHECKPOINT_SUFFIXES,
+    require_checkpoint_suffix,
+    save_checkpoint_tensors,
+    save_single_file,
+)
 from ..models.loading import single_file_family
-from ..utils.files import atomic_dir, open_safetensors, save_safetensors_atomic
+from ..utils.files import atomic_dir, open_safetensors
 from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
 
 log = logging.getLogger("loraforge.tools")
@@ -30,16 +38,27 @@ MODES = ("weighted_sum", "add_difference")
 INPUT_CONV = "model.diffusion_model.input_blocks.0.0.weight"
 
 
-def write_model(model, output, dtype=None, metadata: dict | None = None, overwrite: bool = False) -> Path:
-    """`.safetensors` -> one original-layout file; a path without suffix -> a diffusers folder. Atomic."""
+def check_model_output(output, overwrite: bool, write_ckpt: bool = False) -> Path:
+    """`check_output` for a model: a `.safetensors` file, a `.ckpt` only with `write_ckpt`, or a folder (no suffix).
+    Called before any work is done."""
     output = check_output(output, overwrite)
-    if output.suffix == ".safetensors":
+    if output.suffix.lower() in CHECKPOINT_SUFFIXES:
+        require_checkpoint_suffix(output, write_ckpt)
+    elif output.suffix:
+        raise ToolError(f"{output}: write a .safetensors single file or a folder (no suffix) for diffusers")
+    return output
+
+
+def write_model(model, output, dtype=None, metadata: dict | None = None, overwrite: bool = False,
+                write_ckpt: bool = False) -> Path:
+    """`.safetensors` (or `.ckpt` with `write_ckpt`) -> one original-layout file; a path without suffix -> a
+    diffusers folder. Atomic."""
+    output = check_model_output(output, overwrite, write_ckpt)
+    if output.suffix:
         if model.is_tiny:  # read back by `models.loading.tiny_single_file`: no --config-dir needed
             metadata = {**(metadata or {}), BASE_MODEL_KEY: tiny_base_model(model.family.name)}
         return save_single_file(output, model.family.name, model.unet, model.vae, model.text_encoders, dtype=dtype,
-                                metadata=metadata, overwrite=overwrite)
-    if output.suffix:
-        raise ToolError(f"{output}: write a .safetensors single file or a folder (no suffix) for diffusers")
+                                metadata=metadata, overwrite=overwrite, write_ckpt=write_ckpt)
     pipe = model.pipeline()
     if dtype is not None:
         pipe.to(dtype)
@@ -50,17 +69,17 @@ def write_model(model, output, dtype=None, metadata: dict | None = None, overwri
 
 def merge_into_model(base: str | None, loras: list[LoraSpec], output, *, family: str = "auto", dtype=None,
                      allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False,
-                     config_dir: str | None = None) -> Path:
+                     config_dir: str | None = None, write_ckpt: bool = False) -> Path:
     """Bake the LoRA files into `base` and write the result (see `write_model`)."""
     if not loras:
         raise ToolError("name at least one LoRA file to merge")
-    check_output(output, overwrite)
+    check_model_output(output, overwrite, write_ckpt)
     model = load_sd_model(base, family, allow_pickle, config_dir)
     changed = apply_lora_files(model, loras, allow_pickle, skip_unknown)
     log.info("merged %d LoRA file(s) into %d weights", len(loras), changed)
     meta = {"loraforge_base": str(base or f"tiny-{model.family.name}"),
             "loraforge_merged_loras": json.dumps([s.label for s in loras])}
-    return write_model(model, output, dtype, meta, overwrite)
+    return write_model(model, output, dtype, meta, overwrite, write_ckpt)
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -85,13 +104,13 @@ def _is_single_file(source) -> bool:
 
 def merge_checkpoints(a: str, b: str, output, *, c: str | None = None, multiplier: float = 0.5,
                       mode: str = "weighted_sum", family: str = "auto", dtype=None, allow_pickle: bool = False,
-                      overwrite: bool = False, config_dir: str | None = None) -> Path:
+                      overwrite: bool = False, config_dir: str | None = None, write_ckpt: bool = False) -> Path:
     """A1111-style checkpoint merge; the result takes A's dtype unless `dtype` is given."""
     _check_mode(mode, c)
-    output = check_output(output, overwrite)
+    output = check_model_output(output, overwrite, write_ckpt)
     sources = [s for s in (a, b, c) if s is not None]
-    if all(_is_single_file(s) for s in sources) and output.suffix == ".safetensors":
-        return _merge_single_files(sources, output, multiplier, mode, dtype)
+    if all(_is_single_file(s) for s in sources) and output.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return _merge_single_files(sources, output, multiplier, mode, dtype, write_ckpt)
     models = [load_sd_model(s, family, allow_pickle, config_dir) for s in sources]
     names = {m.family.name for m in models}
     if len(names) > 1:
@@ -109,7 +128,7 @@ def merge_checkpoints(a: str, b: str, output, *, c: str | None = None, multiplie
             merged = _merge_states(states, multiplier, mode, label)
             get(first).load_state_dict(merged)
     meta = {"loraforge_merge": json.dumps({"mode": mode, "multiplier": multiplier, "sources": sources})}
-    return write_model(first, output, dtype, meta, overwrite)
+    return write_model(first, output, dtype, meta, overwrite, write_ckpt)
 
 
 def _merge_states(states: list[dict], multiplier: float, mode: str, label: str) -> dict:
@@ -136,7 +155,8 @@ def _check_keys(a: dict, others: list[dict], label: str) -> None:
             raise ShapeMismatchError(f"{label}: {len(wrong)} tensors of {name} differ in shape from A: {wrong[:3]}")
 
 
-def _merge_single_files(sources: list[str], output: Path, multiplier: float, mode: str, dtype) -> Path:
+def _merge_single_files(sources: list[str], output: Path, multiplier: float, mode: str, dtype,
+                        write_ckpt: bool = False) -> Path:
     families = []
     for s in sources:
         with open_safetensors(s) as f:
@@ -178,5 +198,4 @@ def _merge_single_files(sources: list[str], output: Path, multiplier: float, mod
             merged = merge_tensor(ta, rest[0], rest[1] if len(rest) > 1 else None, multiplier, mode)
         out[key] = merged.to(dtype or ta.dtype)
     meta = {"format": "pt", "loraforge_merge": json.dumps({"mode": mode, "multiplier": multiplier, "sources": sources})}
-    save_safetensors_atomic(out, output, metadata=meta)
-    return output
+    return save_checkpoint_tensors(out, output, meta, write_ckpt)
