@@ -83,10 +83,10 @@ def test_eval_end_to_end_on_the_tiny_model(trained, tiny_models, tmp_path):
     report = evaluate(load_sd_model(str(t.model_dir)), zero, concept="heart", out_dir=tmp_path / "z", **quick)
     assert report.drift == 0.0 and report.base == report.lora_scores and report.trigger == "TOK"
     written = json.loads((tmp_path / "z" / "eval.json").read_text())
-    assert written["lora_scores"] == report.lora_scores and written["prompts"] == 44
+    assert written["lora_scores"] == report.lora_scores and written["prompts"] == 28  # 8 concept + 8 no-trigger + 12 base
     from PIL import Image
 
-    assert Image.open(tmp_path / "z" / "eval-grid.png").size == (8 * 64, 12 * 64)  # 6 rows of 8, base then LoRA
+    assert Image.open(tmp_path / "z" / "eval-grid.png").size == (8 * 64, 8 * 64)  # 4 rows of 8 prompts, each as base then LoRA
     moved = evaluate(load_sd_model(str(t.model_dir)), t.kohya, concept="heart", **quick)
     assert moved.drift > 0.0
     with pytest.raises(OutputExistsError, match="exists"):
