@@ -182,7 +182,7 @@ def detect_model_family(cfg: ModelConfig) -> tuple[str, bool]:
     Raises the `ModelLoadError` loading it would (no such path, a pickle without `allow_pickle`, an unknown file
     type, an unreachable hub id, a family it cannot tell). `load_model` uses it, so a dry run plans for the very
     family training loads."""
-    name = cfg.pretrained_model_name_or_path
+    name = resolve_model_name(cfg.pretrained_model_name_or_path)
     if name is None:
         return ("sd15" if cfg.family == "auto" else cfg.family), True
     path = Path(name).expanduser()

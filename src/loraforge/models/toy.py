@@ -119,10 +119,11 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_toy_weights(pipe, path: Path = WEIGHTS) -> None:
+def load_toy_weights(pipe, path: Path | None = None) -> None:
     """Load the one-file weights (`unet.` / `vae.` / `text_encoder.` prefixes) into `pipe` (float32)."""
     from safetensors.torch import load_file
 
+    path = path or WEIGHTS
     state = load_file(str(path))
     for part in ("unet", "vae", "text_encoder"):
         module = getattr(pipe, part)
