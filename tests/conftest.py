@@ -84,3 +84,26 @@ def tiny_models(tiny_dirs):
         return cache[family]
 
     return get
+
+
+@pytest.fixture
+def random_toy(tmp_path, monkeypatch):
+    """The toy model's shipped files (one-file fp16 weights and their report) made from a randomly initialised toy
+    pipeline and put in place of the real ones: the code paths of the toy model without its pretrained weights."""
+    import json
+
+    import torch
+
+    from loraforge.models import toy
+    from loraforge.utils.files import save_safetensors_atomic
+
+    torch.manual_seed(0)
+    pipe = toy.toy_pipeline()
+    tensors = {f"{part}.{k}": v.half() for part in ("unet", "vae", "text_encoder")
+               for k, v in getattr(pipe, part).state_dict().items()}
+    weights, report = tmp_path / "toy-sd15.safetensors", tmp_path / "toy-sd15.json"
+    save_safetensors_atomic(tensors, weights, metadata={"vae_scaling_factor": "0.5"})
+    report.write_text(json.dumps({"sha256": toy.sha256(weights)}))
+    monkeypatch.setattr(toy, "WEIGHTS", weights)
+    monkeypatch.setattr(toy, "REPORT", report)
+    return pipe
