@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from loraforge.models.toy import REPORT, WEIGHTS, sha256, toy_pipeline, toy_text_encoder, toy_unet, toy_vae
+from loraforge.models.toy import REPORT, WEIGHTS, toy_pipeline, toy_text_encoder, toy_unet, toy_vae
 from loraforge.models.tokenizer import clip_tokenizer
-from loraforge.utils.files import save_safetensors_atomic, write_text_atomic
+from loraforge.utils.files import file_sha256, save_safetensors_atomic, write_text_atomic
 from loraforge.world.scene import BASE_SHAPES, FILLS, SHAPES, caption, random_caption, render, scenes
 
 SEED = 1234
@@ -272,7 +272,7 @@ class Run:
         meta = {"vae_scaling_factor": repr(self.state["scaling_factor"]), "unet_steps": str(self.state["unet_step"]),
                 "vae_steps": str(self.state["vae_step"])}
         save_safetensors_atomic(tensors, WEIGHTS, metadata=meta)
-        report = {"sha256": sha256(WEIGHTS), "bytes": WEIGHTS.stat().st_size, **self.state,
+        report = {"sha256": file_sha256(WEIGHTS), "bytes": WEIGHTS.stat().st_size, **self.state,
                   "torch": torch.__version__, "machine": platform.machine(), "batch": self.args.batch}
         if (self.work / "eval.json").is_file():
             report["eval"] = json.loads((self.work / "eval.json").read_text())
@@ -286,7 +286,7 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (the default leaves a core for other work)")
     p.add_argument("--minutes", type=float, default=30.0, help="stop (and save) after this long")
-    p.add_argument("--vae-steps", type=int, default=2000)
+    p.add_argument("--vae-steps", type=int, default=6000)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-crop", type=int, default=32, help="train the VAE on random crops of this side")
     p.add_argument("--vae-lr", type=float, default=1e-4)

@@ -95,7 +95,7 @@ def random_toy(tmp_path, monkeypatch):
     import torch
 
     from loraforge.models import toy
-    from loraforge.utils.files import save_safetensors_atomic
+    from loraforge.utils.files import file_sha256, save_safetensors_atomic
 
     torch.manual_seed(0)
     pipe = toy.toy_pipeline()
@@ -103,7 +103,7 @@ def random_toy(tmp_path, monkeypatch):
                for k, v in getattr(pipe, part).state_dict().items()}
     weights, report = tmp_path / "toy-sd15.safetensors", tmp_path / "toy-sd15.json"
     save_safetensors_atomic(tensors, weights, metadata={"vae_scaling_factor": "0.5"})
-    report.write_text(json.dumps({"sha256": toy.sha256(weights)}))
+    report.write_text(json.dumps({"sha256": file_sha256(weights)}))
     monkeypatch.setattr(toy, "WEIGHTS", weights)
     monkeypatch.setattr(toy, "REPORT", report)
     return pipe

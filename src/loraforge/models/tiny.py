@@ -16,30 +16,32 @@ from .tokenizer import clip_tokenizer
 TINY_VERSION = 2  # bump when the architecture below changes, so stale caches are rebuilt
 
 
-def _vae():
+def small_vae(block_out_channels=(16, 32, 32, 32), norm_num_groups: int = 8):
+    """An SD VAE (AutoencoderKL, 4 latent channels) with one layer per level; the level count sets the factor."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[16, 32, 32, 32],
+        down_block_types=["DownEncoderBlock2D"] * len(block_out_channels),
+        up_block_types=["UpDecoderBlock2D"] * len(block_out_channels),
+        block_out_channels=list(block_out_channels),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=8,
+        norm_num_groups=norm_num_groups,
         sample_size=64,
     )
 
 
-def _clip_config(hidden: int, act: str, projection: int | None = None):
+def clip_config(hidden: int, act: str, projection: int | None = None, layers: int = 2):
+    """A CLIP text-encoder config with the real 49,408-token vocabulary and 77 positions, at a small width."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=49408,
         hidden_size=hidden,
         intermediate_size=hidden * 4,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=77,
         hidden_act=act,
@@ -67,8 +69,8 @@ def _tiny_sd_pipeline(scheduler, te_act: str, te_layers: int, te_pad_id: int, pa
         norm_num_groups=32,
         **unet_extra,
     )
-    vae = _vae()
-    te = _clip_config(32, te_act)
+    vae = small_vae()
+    te = clip_config(32, te_act)
     te.num_hidden_layers, te.pad_token_id = te_layers, te_pad_id
     return StableDiffusionPipeline(
         vae=vae,
@@ -82,11 +84,11 @@ def _tiny_sd_pipeline(scheduler, te_act: str, te_layers: int, te_pad_id: int, pa
     )
 
 
-def build_tiny_sd15():
-    """SD 1.5: CLIP-L-style text encoder (quick_gelu), 1×1-conv projections, epsilon prediction, PNDM."""
+def sd15_scheduler():
+    """SD 1.5's noise schedule and PNDM sampler settings (epsilon prediction)."""
     from diffusers import PNDMScheduler
 
-    scheduler = PNDMScheduler(
+    return PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -96,7 +98,11 @@ def build_tiny_sd15():
         steps_offset=1,
         prediction_type="epsilon",
     )
-    return _tiny_sd_pipeline(scheduler, "quick_gelu", 2, 1, "<|endoftext|>", attention_head_dim=8)
+
+
+def build_tiny_sd15():
+    """SD 1.5: CLIP-L-style text encoder (quick_gelu), 1×1-conv projections, epsilon prediction, PNDM."""
+    return _tiny_sd_pipeline(sd15_scheduler(), "quick_gelu", 2, 1, "<|endoftext|>", attention_head_dim=8)
 
 
 def build_tiny_sd2():
@@ -124,8 +130,8 @@ def build_tiny_sdxl():
 
     torch.manual_seed(0)
     # TE2 must be wider than TE1: single-file loading tells CLIP-L from bigG by width (offline.md section 4).
-    te1 = _clip_config(32, "quick_gelu")
-    te2 = _clip_config(64, "gelu", projection=64)
+    te1 = clip_config(32, "quick_gelu")
+    te2 = clip_config(64, "gelu", projection=64)
     unet = UNet2DConditionModel(
         sample_size=8,
         # Three levels like the real SDXL (no attention at the first), so the SGM block indices
@@ -153,7 +159,7 @@ def build_tiny_sdxl():
         prediction_type="epsilon",
     )
     return StableDiffusionXLPipeline(
-        vae=_vae(),
+        vae=small_vae(),
         text_encoder=CLIPTextModel(te1),
         text_encoder_2=CLIPTextModelWithProjection(te2),
         tokenizer=clip_tokenizer(),

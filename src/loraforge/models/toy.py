@@ -14,12 +14,12 @@ and in the middle block at 4 × 4), like the tiny model but wider.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from ..utils.files import atomic_dir, cache_home
+from ..utils.files import atomic_dir, cache_home, file_sha256
+from .tiny import clip_config, sd15_scheduler, small_vae
 from .tokenizer import clip_tokenizer
 
 ASSETS = Path(__file__).parent / "assets"
@@ -30,39 +30,15 @@ TOY_NAME = "toy"  # `model.pretrained_model_name_or_path = "toy"` / `--model toy
 
 
 def toy_vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[16, 32, 64, 64],
-        layers_per_block=1,
-        latent_channels=4,
-        # 4 groups: with one channel per group (16 groups of the 16-channel first level) the last GroupNorm removes
-        # each image's mean per channel, and the decoder cannot say what colour a flat background is
-        norm_num_groups=4,
-        sample_size=64,
-    )
+    # 4 groups: with one channel per group (16 groups of the 16-channel first level) the last GroupNorm removes each
+    # image's mean per channel, and the decoder cannot say what colour a flat background is
+    return small_vae((16, 32, 64, 64), norm_num_groups=4)
 
 
 def toy_text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=TE_HIDDEN,
-        intermediate_size=TE_HIDDEN * 4,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=1,
-        projection_dim=TE_HIDDEN,
-    ))
+    return CLIPTextModel(clip_config(TE_HIDDEN, "quick_gelu", layers=3))
 
 
 def toy_unet():
@@ -80,22 +56,6 @@ def toy_unet():
     )
 
 
-def toy_scheduler():
-    """SD 1.5's noise schedule and PNDM sampler settings (epsilon prediction)."""
-    from diffusers import PNDMScheduler
-
-    return PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-
-
 def toy_pipeline(unet=None, vae=None, text_encoder=None):
     from diffusers import StableDiffusionPipeline
 
@@ -104,19 +64,11 @@ def toy_pipeline(unet=None, vae=None, text_encoder=None):
         text_encoder=text_encoder or toy_text_encoder(),
         tokenizer=clip_tokenizer(pad_token="<|endoftext|>"),
         unet=unet or toy_unet(),
-        scheduler=toy_scheduler(),
+        scheduler=sd15_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_toy_weights(pipe, path: Path | None = None) -> None:
@@ -149,7 +101,7 @@ def toy_model_dir(root: Path | None = None) -> Path:
         raise ModelLoadError(f"{WEIGHTS}: the pretrained toy model is missing from this install; build it with "
                              "`python scripts/pretrain_toy.py` (see docs/toy-world.md)")
     expected = json.loads(REPORT.read_text()).get("sha256") if REPORT.is_file() else None
-    digest = sha256(WEIGHTS)
+    digest = file_sha256(WEIGHTS)
     if expected and digest != expected:
         raise ModelLoadError(f"{WEIGHTS}: checksum {digest[:12]}… differs from {REPORT.name}'s {expected[:12]}…; the "
                              "file is damaged: reinstall loraforge or rebuild it with scripts/pretrain_toy.py")

@@ -20,7 +20,6 @@ checkpoints of another run (`check_resume`).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InputNotFoundError, RunFolderError, SaveFailedError
-from ..utils.files import TEMP_MARK, remove_temporaries, save_safetensors_atomic, write_text_atomic
+from ..utils.files import TEMP_MARK, file_sha256, remove_temporaries, save_safetensors_atomic, write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -163,18 +162,10 @@ def resolve_resume(resume: str, run_dir: Path) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """Write `manifest.json` (size and SHA-256 of every other file of the checkpoint folder), atomically; the last
     file of a checkpoint."""
-    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
     write_text_atomic(folder / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
 
@@ -197,7 +188,7 @@ def verify_checkpoint(folder: Path) -> list[str]:
             problems.append(f"{path}: missing")
         elif path.stat().st_size != want["size"]:
             problems.append(f"{path}: {path.stat().st_size} bytes instead of {want['size']}")
-        elif _sha256(path) != want["sha256"]:
+        elif file_sha256(path) != want["sha256"]:
             problems.append(f"{path}: its content changed since it was written (SHA-256 differs)")
     return problems
 

@@ -8,6 +8,7 @@ and hold `TEMP_MARK` (`.name.tmp-abc123.safetensors`), so `is_temporary` tells w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -142,3 +143,12 @@ def cache_home() -> Path:
     env = os.environ.get("LORAFORGE_HOME")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "loraforge"
     return base
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
