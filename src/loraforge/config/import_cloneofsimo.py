@@ -58,7 +58,7 @@ def _modules(flag: Flag, classes: dict[str, list[str]]) -> list[str]:
     if unknown or not names:
         raise Unmappable(f"no loraforge equivalent of module class {', '.join(unknown) or '(none)'}; the classes "
                          f"that map: {', '.join(classes)}")
-    return list(dict.fromkeys(m for n in names for m in classes[n]))
+    return list(dict.fromkeys(m for c in classes if c in names for m in classes[c]))  # fire's sets have no order
 
 
 def _targets(t: Translation, flag: Flag) -> None:
