@@ -72,6 +72,7 @@ def test_without_inversion_the_lora_trains_alone():
         assert m["training.max_train_steps"] == 700 and m["training.train_text_encoder_ti"] is False, switch
         assert "training.ti_steps" not in m and "training.token_names" not in m
         assert "no inversion phase" in unmapped(r)["--max_train_steps_ti=500"]
+        assert "no inversion phase" in unmapped(r)["--placeholder_tokens=<s1>|<s2>"]
     # no --placeholder_tokens: lora_pti's inversion has nothing to learn
     r = import_text("lora_pti --instance_data_dir d --pretrained_model_name_or_path m --output_dir o")
     assert mapped(r)["training.max_train_steps"] == 1000 and "training.ti_steps" not in mapped(r)
