@@ -36,7 +36,8 @@ def test_readme_lora_pti_command():
     assert m["training.mixed_precision"] == "no"  # lora_pti trains in fp32
     miss = unmapped(r)
     assert "no masked loss" in miss["--use_face_segmentation_condition"]
-    assert "training.ti_steps" in miss["--continue_inversion"] and "--clip_ti_decay" in miss and "--device=cuda:0" in miss
+    assert "training.ti_steps" in miss["--continue_inversion"]
+    assert "--clip_ti_decay" in miss and "--device=cuda:0" in miss
     # --color_jitter with cached latents (lora_pti's default): loraforge refuses colour augmentation there
     assert "dataset.color_aug" not in m and "cache_latents" in miss["--color_jitter"]
     assert "1000 + 1000 = 2000" in differences(r)

@@ -3,8 +3,8 @@ becomes.
 
 One table serves two purposes: the config error messages ("kohya's --network_dim is network.rank") and
 `loraforge import`, which turns a pasted kohya, diffusers or cloneofsimo command line into a loraforge config.
-`docs/import.md` is generated from it (a test fails when it is stale), so what the docs, the errors and the importer say cannot drift
-apart.
+`docs/import.md` is generated from it (a test fails when it is stale), so what the docs, the errors and the importer
+say cannot drift apart.
 
 Each entry says how the flag relates to loraforge:
 

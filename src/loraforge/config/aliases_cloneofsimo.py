@@ -48,7 +48,8 @@ _DREAMBOOTH_DEFAULTS: dict[str, object] = {
 }
 CLONEOFSIMO_DEFAULTS: dict[str, dict[str, object]] = {PTI: _LORA_PTI_DEFAULTS, DREAMBOOTH: _DREAMBOOTH_DEFAULTS}
 
-_TWO_PHASES = "lora_pti's two phases are one run in loraforge: max_train_steps = max_train_steps_ti + max_train_steps_tuning"
+_TWO_PHASES = ("lora_pti's two phases are one run in loraforge: max_train_steps = max_train_steps_ti + "
+               "max_train_steps_tuning")
 _NO_MASK = "no masked loss (loraforge weighs every pixel alike)"
 _ONE_SCHEDULE = "one learning-rate schedule spans both phases in loraforge: --lr_scheduler / --lr_warmup_steps"
 _NO_RESUME = "training cannot start from an existing LoRA file"
@@ -151,8 +152,9 @@ def cloneofsimo_rows(same: str, differs: str, builtin: str, none: str) -> list[t
          "lora_pti pulls the new embeddings' norm towards 0.4 after each inversion step; loraforge does not "
          "(optimizer.adam_weight_decay_text_encoder decays them)"),
         ("continue_inversion", None, none,
-         "the embeddings stop training after training.ti_steps; to train them together with the LoRA, leave "
-         "ti_steps unset (training.train_text_encoder_ti_frac of the run)"),
+         "the embeddings stop training after training.ti_steps; to train them together with a UNet-only LoRA "
+         "(network.train_text_encoder = false), leave ti_steps unset (training.train_text_encoder_ti_frac of the "
+         "run)"),
         ("continue_inversion_lr", None, none, "see continue_inversion"),
         # ------------------------------------------------------------------------------------------ optimizer
         ("learning_rate", "optimizer.learning_rate", same, ""),

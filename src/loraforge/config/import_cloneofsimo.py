@@ -33,7 +33,8 @@ def fire_flags(flags: list[Flag]) -> list[Flag]:
     out = []
     for f in flags:
         name = f.name[2:]
-        if f.name.startswith("no") and f.value is True and not find(f.name, (CLONEOFSIMO,)) and find(name, (CLONEOFSIMO,)):
+        known = find(name, (CLONEOFSIMO,)) and not find(f.name, (CLONEOFSIMO,))
+        if f.name.startswith("no") and f.value is True and known:
             f = Flag(name, "False", f.text)
         out.append(f)
     return out

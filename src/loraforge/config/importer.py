@@ -1,5 +1,5 @@
-"""`loraforge import`: a kohya, diffusers or cloneofsimo training command (or kohya's `--config_file` TOML) as a loraforge
-config.
+"""`loraforge import`: a kohya, diffusers or cloneofsimo training command (or kohya's `--config_file` TOML) as a
+loraforge config.
 
 Pure: text in, an `ImportResult` out (the config data, its TOML, and the report of what was mapped, what was not and
 why, and where the meaning differs); the CLI reads and writes the files. Every flag goes through the alias table

@@ -2,8 +2,8 @@
 
 In this order:
 1. a loraforge key of that name in another section (`learning_rate` in `[training]` → `optimizer.learning_rate`);
-2. the name of a kohya, diffusers or cloneofsimo flag (`network_dim` → `network.rank`), from the alias table, with how its
-   meaning differs, or why loraforge has no such option;
+2. the name of a kohya, diffusers or cloneofsimo flag (`network_dim` → `network.rank`), from the alias table, with how
+   its meaning differs, or why loraforge has no such option;
 3. a loraforge key of a similar spelling, in this section first, then in any section.
 
 Step 1 comes before the alias table so that a name both loraforge and a peer use (`train_data_dir`, `output_dir`,
