@@ -1,4 +1,4 @@
-"""`loraforge import`: a kohya or diffusers training command as a loraforge config (the work is done by
+"""`loraforge import`: a kohya, diffusers or cloneofsimo training command as a loraforge config (the work is done by
 `loraforge.config.importer`; this reads the input and writes the output)."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from pathlib import Path
 def add_import(sub) -> None:
     p = sub.add_parser(
         "import",
-        help="turn a kohya or diffusers training command (or kohya's --config_file TOML) into a loraforge config",
+        help="turn a kohya, diffusers or cloneofsimo (lora_pti) training command (or kohya's --config_file TOML) into "
+             "a loraforge config",
         description=(
             "Read a kohya train_network.py / sdxl_train_network.py command line or its --config_file TOML, or a "
-            "diffusers train_dreambooth_lora*.py / train_text_to_image_lora*.py command line, pasted as it is "
+            "diffusers train_dreambooth_lora*.py / train_text_to_image_lora*.py command line, or a cloneofsimo/lora "
+            "lora_pti / train_lora_dreambooth.py command line, pasted as it is "
             "(accelerate launch, line continuations, quotes), and write the equivalent loraforge TOML config. The "
             "report lists every flag mapped, every flag not mapped and why, and where the meaning differs. "
             "Every flag and its key: docs/import.md."

@@ -1,9 +1,10 @@
-"""The flags of kohya sd-scripts and the diffusers training scripts, and the loraforge key each one becomes.
+"""The flags of kohya sd-scripts, the diffusers training scripts and cloneofsimo/lora, and the loraforge key each one
+becomes.
 
 One table serves two purposes: the config error messages ("kohya's --network_dim is network.rank") and
-`loraforge import`, which turns a pasted kohya or diffusers command line into a loraforge config. `docs/import.md`
-is generated from it (a test fails when it is stale), so what the docs, the errors and the importer say cannot drift
-apart.
+`loraforge import`, which turns a pasted kohya, diffusers or cloneofsimo command line into a loraforge config.
+`docs/import.md` is generated from it (a test fails when it is stale), so what the docs, the errors and the importer
+say cannot drift apart.
 
 Each entry says how the flag relates to loraforge:
 
@@ -15,12 +16,15 @@ Each entry says how the flag relates to loraforge:
 
 Flag names are written without the leading dashes, as argparse spells them (underscores). The flag names come from
 the seed guides' command lines (seed-practices.md §16) and the scripts' argument lists (kohya.md §1, diffusers.md
-§1-2). This module is data only: it imports nothing from loraforge.
+§1-2); cloneofsimo's rows (`lora_pti`, `train_lora_dreambooth.py`) are kept in `aliases_cloneofsimo.py`. This module
+is data only: it imports nothing from loraforge but that data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .aliases_cloneofsimo import CLONEOFSIMO, cloneofsimo_rows
 
 KOHYA = "kohya"  # train_network.py, sdxl_train_network.py (and their --config_file TOML)
 DIFFUSERS = "diffusers"  # train_dreambooth_lora*.py, train_text_to_image_lora*.py
@@ -28,7 +32,7 @@ NETWORK_ARGS = "kohya network_args"  # `--network_args key=value ...` of network
 OPTIMIZER_ARGS = "kohya optimizer_args"  # `--optimizer_args key=value ...`
 ACCELERATE = "accelerate launch"  # the launcher's own options, before the script
 
-TOOL_NAMES = {KOHYA: "kohya", DIFFUSERS: "diffusers", NETWORK_ARGS: "kohya network_args",
+TOOL_NAMES = {KOHYA: "kohya", DIFFUSERS: "diffusers", CLONEOFSIMO: "cloneofsimo", NETWORK_ARGS: "kohya network_args",
               OPTIMIZER_ARGS: "kohya optimizer_args", ACCELERATE: "accelerate launch"}
 
 
@@ -442,6 +446,8 @@ def _entries() -> list[Alias]:
         ("dynamo_backend", None, _A, none, _LAUNCH),
         ("cpu", None, _A, none, _LAUNCH),
     ]
+    rows += [(flag, key, (CLONEOFSIMO,), kind, note) for flag, key, kind, note in cloneofsimo_rows(same, differs,
+                                                                                                   builtin, none)]
     return [Alias(flag, key, tools, kind, note) for flag, key, tools, kind, note in rows]
 
 

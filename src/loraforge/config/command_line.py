@@ -3,8 +3,9 @@
 Handles `\\` (bash), `^` (cmd.exe) and `` ` `` (PowerShell) line continuations, quotes (shlex), `# comments`,
 `export NAME=value` / `NAME=value` lines and `$NAME` / `${NAME}` in later lines, a leading `!` (notebooks), several
 commands separated by newlines, `;` or `&&` (the one that runs a known script is taken), and `python` / `torchrun` /
-`accelerate launch` in front. The result is the script name and its flags in order, values as strings (no value:
-True; several values: a list), plus the launcher's options.
+`accelerate launch` in front. The script is a `.py` file or a command of `scripts` (cloneofsimo's `lora_pti`). The
+result is the script name and its flags in order, values as strings (no value: True; several values: a list), plus
+the launcher's options.
 """
 
 from __future__ import annotations
@@ -126,10 +127,10 @@ def parse_command(text: str, scripts: set[str]) -> Command:
         environment = []
         while tokens and _ASSIGNMENT.match(tokens[0]):
             environment.append(tokens.pop(0))
-        where = next((i for i, t in enumerate(tokens) if t.endswith(".py")), None)
+        where = next((i for i, t in enumerate(tokens) if t.endswith(".py") or _file_name(t) in scripts), None)
         if where is None:
             continue
-        script = PurePath(tokens[where].replace("\\", "/")).name
+        script = _file_name(tokens[where])
         if script not in scripts:
             seen_scripts.append(script)
             continue
@@ -146,6 +147,11 @@ def parse_command(text: str, scripts: set[str]) -> Command:
     raise ConfigError(
         f"no training command found: expected a command line that runs one of {known} (or a kohya --config_file TOML)"
     )
+
+
+def _file_name(token: str) -> str:
+    """`./scripts/train_network.py` -> `train_network.py`; a command installed on the PATH (`lora_pti`) as it is."""
+    return PurePath(token.replace("\\", "/")).name
 
 
 def _launcher_name(tokens: list[str]) -> str:

@@ -14,6 +14,7 @@ from .aliases import (
     NETWORK_ARGS,
     OPTIMIZER_ARGS,
 )
+from .aliases_cloneofsimo import CLONEOFSIMO, CLONEOFSIMO_DEFAULTS
 
 _KIND_TEXT = {"same": "same", "differs": "differs", "builtin": "built in", "none": "no equivalent",
               "expands": "holds other flags"}
@@ -22,16 +23,18 @@ _KIND_TEXT = {"same": "same", "differs": "differs", "builtin": "built in", "none
 def render_import_docs() -> str:
     """`docs/import.md`: `loraforge import`, and every known flag with its loraforge key."""
     lines = [
-        "# Importing a kohya or diffusers command: `loraforge import`",
+        "# Importing a kohya, diffusers or cloneofsimo command: `loraforge import`",
         "",
         "<!-- Generated from src/loraforge/config/aliases.py by `make docs` (write_import_docs); do not edit. -->",
         "",
         "`loraforge import` reads a kohya `train_network.py` / `sdxl_train_network.py` command line or its",
         "`--config_file` TOML, or a diffusers `train_dreambooth_lora.py`, `train_dreambooth_lora_sdxl.py`,",
         "`train_dreambooth_lora_sdxl_advanced.py`, `train_dreambooth_lora_sd15_advanced.py`,",
-        "`train_text_to_image_lora.py` or `train_text_to_image_lora_sdxl.py` command line, pasted as it is",
-        "(`accelerate launch` and its options, `python`, `\\` / `^` / `` ` `` line continuations, quotes, `export VAR=...`",
-        "lines and `$VAR`), from a file or stdin, and writes the equivalent loraforge config:",
+        "`train_text_to_image_lora.py` or `train_text_to_image_lora_sdxl.py` command line, or a cloneofsimo/lora",
+        "`lora_pti` (python-fire flags: `--flag=value`, `--flag value`, a bare `--flag`, `--noflag`) or",
+        "`train_lora_dreambooth.py` command line, pasted as it is (`accelerate launch` and its options, `python`,",
+        "`\\` / `^` / `` ` `` line continuations, quotes, `export VAR=...` lines and `$VAR`), from a file or stdin,",
+        "and writes the equivalent loraforge config:",
         "",
         "```bash",
         "loraforge import my_command.sh -o run.toml      # refuses to replace run.toml without --overwrite",
@@ -53,6 +56,12 @@ def render_import_docs() -> str:
         "Every flag of the seed guides' command lines (seed-practices.md §16) is in the tables below (a test checks",
         "it), and those commands import into configs that train on the embedded tiny models (tested).",
         "",
+        "lora_pti's two phases (textual inversion for `--max_train_steps_ti` steps, then the LoRA for",
+        "`--max_train_steps_tuning`) become loraforge's phased pivotal tuning: `training.train_text_encoder_ti =",
+        "true`, `training.ti_steps` = the inversion steps, `training.max_train_steps` = their sum;",
+        "`--placeholder_tokens` become `training.token_names`, `--learning_rate_ti` `optimizer.embedding_lr`.",
+        "cloneofsimo's LoRA files (safeloras `.safetensors`, `.pt`) are read by `loraforge convert`.",
+        "",
         "Kinds: **same** the key does what the flag does; **differs** the nearest key, the note says how it differs;",
         "**built in** nothing to set; **no equivalent** the note says what to do instead; **holds other flags** each",
         "of its values is mapped on its own.",
@@ -61,6 +70,7 @@ def render_import_docs() -> str:
     groups = [
         (KOHYA, "kohya sd-scripts flags (`train_network.py`, `sdxl_train_network.py`)"),
         (DIFFUSERS, "diffusers flags (`train_dreambooth_lora*.py`, `train_text_to_image_lora*.py`)"),
+        (CLONEOFSIMO, "cloneofsimo/lora flags (`lora_pti`, `train_lora_dreambooth.py`)"),
         (NETWORK_ARGS, "kohya `--network_args` keys (`networks.lora`, `lycoris.kohya`)"),
         (OPTIMIZER_ARGS, "kohya `--optimizer_args` keys"),
         (ACCELERATE, "`accelerate launch` options"),
@@ -81,6 +91,11 @@ def render_import_docs() -> str:
     for script, values in DIFFUSERS_DEFAULTS.items():
         lines.append(f"| `{script}` | {_defaults_text(values)}; no `--center_crop`: `dataset.center_crop = false`;"
                      " `network.init_lora_weights = \"gaussian\"` |")
+    for script, values in CLONEOFSIMO_DEFAULTS.items():
+        lines.append(f"| `{script}` | {_defaults_text(values)}; `--lora_unet_target_modules` absent: "
+                     "`network.target_modules` = attention and GEGLU" + (
+                         "; `--max_train_steps_ti=1000 --max_train_steps_tuning=1000`; `training.mixed_precision = "
+                         "\"no\"` (fp32)" if script == "lora_pti" else "") + " |")
     lines.append("")
     return "\n".join(lines)
 

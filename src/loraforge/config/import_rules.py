@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import PurePath
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .aliases import (
     DIFFUSERS,
@@ -24,7 +24,7 @@ from .optimizer import OptimizerConfig
 
 
 # ---- handlers for flags whose value needs more than a type conversion
-def _bare(t: Translation, flag: Flag, key: str, value: Any) -> None:
+def bare_flag(t: Translation, flag: Flag, key: str, value: Any) -> None:
     """A store_true flag that sets `key` to `value`."""
     alias = t.alias(flag.name)
     if not scalar(bool, flag.value):  # `--flag=false`
@@ -72,7 +72,7 @@ def _optimizer_type(t: Translation, flag: Flag) -> None:
 def _use_8bit_adam(t: Translation, flag: Flag) -> None:
     if t.value("optimizer.type") == "prodigy":
         raise Unmappable("ignored with Prodigy, as in the script")
-    _bare(t, flag, "optimizer.type", "adamw8bit")
+    bare_flag(t, flag, "optimizer.type", "adamw8bit")
 
 
 def _resolution(t: Translation, flag: Flag) -> None:
@@ -105,7 +105,7 @@ def _save_model_as(t: Translation, flag: Flag) -> None:
     t.apply(t.alias("save_model_as"), flag.value, flag.text)
 
 
-def _log_with(t: Translation, flag: Flag) -> None:
+def log_with(t: Translation, flag: Flag) -> None:
     value = str(flag.value).lower()
     if value in ("tensorboard", "all", "wandb"):
         t.set("output.log_with", "wandb" if value == "wandb" else "tensorboard", flag.text)
@@ -121,13 +121,13 @@ def _log_with(t: Translation, flag: Flag) -> None:
 
 def _logging_dir(t: Translation, flag: Flag) -> None:
     value = str(flag.value)
-    if t.tool == DIFFUSERS:  # diffusers: Path(output_dir, logging_dir)
+    if t.tool != KOHYA:  # diffusers and cloneofsimo: Path(output_dir, logging_dir)
         output_dir = t.given.get("output_dir")
         if output_dir is None:
-            raise Unmappable("diffusers puts it inside --output_dir, which is not given; loraforge's default "
+            raise Unmappable(f"{t.tool} puts it inside --output_dir, which is not given; loraforge's default "
                              "(<run folder>/logs) applies")
         value = str(PurePath(str(output_dir.value)) / value)
-        t.differ(flag.text, f"diffusers puts it inside --output_dir: written as {value!r}")
+        t.differ(flag.text, f"{t.tool} puts it inside --output_dir: written as {value!r}")
     t.set("output.logging_dir", value, flag.text)
 
 
@@ -164,7 +164,7 @@ def _resume(t: Translation, flag: Flag) -> None:
     t.differ(flag.text, "`latest` is the newest checkpoint of the loraforge run (not of a diffusers run)")
 
 
-def _diffusers_output_dir(t: Translation, flag: Flag) -> None:
+def output_dir_split(t: Translation, flag: Flag) -> None:
     path = PurePath(str(flag.value).rstrip("/\\") or ".")
     t.set("output.output_dir", str(path.parent), flag.text)
     t.set("output.output_name", path.name, flag.text)
@@ -178,9 +178,9 @@ def _prodigy_bool(t: Translation, flag: Flag) -> None:
         t.differ(flag.text, "diffusers declares it type=bool, so False means true there: written as true")
 
 
-def _with_prior_preservation(t: Translation, flag: Flag) -> None:
+def paired_prior_preservation(t: Translation, flag: Flag) -> None:
     """diffusers batches instance and class images in pairs: `dataset.prior_batches = "paired"` trains the same."""
-    _bare(t, flag, "dataset.with_prior_preservation", True)
+    bare_flag(t, flag, "dataset.with_prior_preservation", True)
     if t.value("dataset.with_prior_preservation"):
         t.set("dataset.prior_batches", "paired", flag.text)
 
@@ -189,7 +189,8 @@ def _checkpoints_total_limit(t: Translation, flag: Flag) -> None:
     t.checkpoints_limit = (coerce("training.save_last_n_steps", flag.value), flag.text)
 
 
-_HANDLERS: dict[tuple[str, str], Callable[[Translation, Flag], None]] = {
+Handler = Callable[[Translation, Flag], None]
+_HANDLERS: dict[tuple[str, str], Handler] = {
     (KOHYA, "network_module"): _network_module,
     (KOHYA, "network_args"): lambda t, f: _key_values(t, f, t.network_args),
     (KOHYA, "optimizer_args"): lambda t, f: _key_values(t, f, t.optimizer_args),
@@ -198,38 +199,38 @@ _HANDLERS: dict[tuple[str, str], Callable[[Translation, Flag], None]] = {
     ("*", "use_8bit_adam"): _use_8bit_adam,
     (KOHYA, "resolution"): _resolution,
     (KOHYA, "clip_skip"): _kohya_clip_skip,
-    (KOHYA, "v2"): lambda t, f: _bare(t, f, "model.family", "sd2"),
-    (KOHYA, "v_parameterization"): lambda t, f: _bare(t, f, "model.prediction_type", "v_prediction"),
-    (KOHYA, "random_crop"): lambda t, f: _bare(t, f, "dataset.center_crop", False),
-    (KOHYA, "network_train_unet_only"): lambda t, f: _bare(t, f, "network.train_text_encoder", False),
-    (DIFFUSERS, "use_dora"): lambda t, f: _bare(t, f, "network.algo", "dora"),
-    (KOHYA, "sdpa"): lambda t, f: _bare(t, f, "training.attention", "sdpa"),
-    (KOHYA, "mem_eff_attn"): lambda t, f: _bare(t, f, "training.attention", "sdpa"),
-    ("*", "xformers"): lambda t, f: _bare(t, f, "training.attention", "xformers"),
-    (DIFFUSERS, "enable_xformers_memory_efficient_attention"): lambda t, f: _bare(t, f, "training.attention",
+    (KOHYA, "v2"): lambda t, f: bare_flag(t, f, "model.family", "sd2"),
+    (KOHYA, "v_parameterization"): lambda t, f: bare_flag(t, f, "model.prediction_type", "v_prediction"),
+    (KOHYA, "random_crop"): lambda t, f: bare_flag(t, f, "dataset.center_crop", False),
+    (KOHYA, "network_train_unet_only"): lambda t, f: bare_flag(t, f, "network.train_text_encoder", False),
+    (DIFFUSERS, "use_dora"): lambda t, f: bare_flag(t, f, "network.algo", "dora"),
+    (KOHYA, "sdpa"): lambda t, f: bare_flag(t, f, "training.attention", "sdpa"),
+    (KOHYA, "mem_eff_attn"): lambda t, f: bare_flag(t, f, "training.attention", "sdpa"),
+    ("*", "xformers"): lambda t, f: bare_flag(t, f, "training.attention", "xformers"),
+    (DIFFUSERS, "enable_xformers_memory_efficient_attention"): lambda t, f: bare_flag(t, f, "training.attention",
                                                                                     "xformers"),
     (KOHYA, "save_precision"): _save_precision,
     (KOHYA, "save_model_as"): _save_model_as,
-    (KOHYA, "log_with"): _log_with,
-    (DIFFUSERS, "report_to"): _log_with,
+    (KOHYA, "log_with"): log_with,
+    (DIFFUSERS, "report_to"): log_with,
     ("*", "logging_dir"): _logging_dir,
     ("*", "text_encoder_lr"): _text_encoder_lr,
     (KOHYA, "lr_warmup_steps"): _lr_warmup_steps,
     ("*", "max_grad_norm"): _max_grad_norm,
     ("*", "resume"): _resume,
     ("*", "resume_from_checkpoint"): _resume,
-    (DIFFUSERS, "output_dir"): _diffusers_output_dir,
+    (DIFFUSERS, "output_dir"): output_dir_split,
     (DIFFUSERS, "prodigy_decouple"): _prodigy_bool,
     (DIFFUSERS, "prodigy_use_bias_correction"): _prodigy_bool,
     (DIFFUSERS, "prodigy_safeguard_warmup"): _prodigy_bool,
     (DIFFUSERS, "checkpoints_total_limit"): _checkpoints_total_limit,
-    (DIFFUSERS, "with_prior_preservation"): _with_prior_preservation,
+    (DIFFUSERS, "with_prior_preservation"): paired_prior_preservation,
 }
 
 
-def translate_flag(t: Translation, flag: Flag) -> None:
-    """Map one flag: by its handler when it has one, else by the alias table."""
-    handler = _HANDLERS.get((t.tool, flag.name)) or _HANDLERS.get(("*", flag.name))
+def translate_flag(t: Translation, flag: Flag, handlers: Mapping[str, Handler] | None = None) -> None:
+    """Map one flag: by its handler when it has one (`handlers`, by flag name, first), else by the alias table."""
+    handler = (handlers or {}).get(flag.name) or _HANDLERS.get((t.tool, flag.name)) or _HANDLERS.get(("*", flag.name))
     if handler is not None:
         try:
             handler(t, flag)

@@ -1,4 +1,5 @@
-"""`loraforge import`: a kohya or diffusers training command (or kohya's `--config_file` TOML) as a loraforge config.
+"""`loraforge import`: a kohya, diffusers or cloneofsimo training command (or kohya's `--config_file` TOML) as a
+loraforge config.
 
 Pure: text in, an `ImportResult` out (the config data, its TOML, and the report of what was mapped, what was not and
 why, and where the meaning differs); the CLI reads and writes the files. Every flag goes through the alias table
@@ -17,7 +18,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from .aliases import ACCELERATE, DIFFUSERS, DIFFUSERS_SCRIPTS, KOHYA, KOHYA_SCRIPTS
+from .aliases_cloneofsimo import CLONEOFSIMO, CLONEOFSIMO_SCRIPTS
 from .command_line import Command, Flag, parse_command
+from .import_cloneofsimo import HANDLERS as CLONEOFSIMO_HANDLERS
+from .import_cloneofsimo import cloneofsimo_rules, fire_flags
 from .import_rules import diffusers_rules, kohya_rules, translate_flag
 from .import_translation import Mapped, Translation, Unmapped, short
 from .load import validate_config
@@ -34,7 +38,7 @@ KOHYA_TOML = "kohya --config_file TOML"
 @dataclass
 class ImportResult:
     source: str
-    tool: str  # kohya | diffusers
+    tool: str  # kohya | diffusers | cloneofsimo
     script: str
     data: dict[str, dict[str, Any]]
     mapped: list[Mapped]
@@ -78,8 +82,8 @@ def _show(value: Any) -> str:
 def import_text(text: str, source: str = "<stdin>", base_dir: Path | None = None) -> ImportResult:
     """Translate a pasted command line (or a kohya --config_file TOML); ConfigError when it is neither."""
     if not text.strip():
-        raise ConfigError(f"{source}: empty; paste a kohya or diffusers training command, or a kohya --config_file "
-                          "TOML")
+        raise ConfigError(f"{source}: empty; paste a kohya, diffusers or cloneofsimo (lora_pti) training command, or a "
+                          "kohya --config_file TOML")
     toml = _as_toml(text)
     if toml is not None:
         if "datasets" in toml or "general" in toml:
@@ -90,12 +94,11 @@ def import_text(text: str, source: str = "<stdin>", base_dir: Path | None = None
         flags = _toml_flags(toml, "")
         return _translate(KOHYA, KOHYA_TOML, flags, source, "auto", Command(KOHYA_TOML, flags))
     try:
-        command = parse_command(text, set(KOHYA_SCRIPTS) | set(DIFFUSERS_SCRIPTS))
+        command = parse_command(text, set(_SCRIPTS))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    tool = KOHYA if command.script in KOHYA_SCRIPTS else DIFFUSERS
-    family = (KOHYA_SCRIPTS if tool == KOHYA else DIFFUSERS_SCRIPTS)[command.script]
-    flags = command.flags
+    tool, family = _SCRIPTS[command.script]
+    flags = fire_flags(command.flags) if tool == CLONEOFSIMO else command.flags
     config_file = next((f for f in flags if f.name == "config_file"), None) if tool == KOHYA else None
     extra: list[Unmapped] = []
     if config_file is not None:
@@ -134,18 +137,25 @@ def _toml_flags(data: dict, prefix: str) -> list[Flag]:
     return flags
 
 
-_NOTE_WHEN_ABSENT = {KOHYA: ("seed", "mixed_precision", "save_precision"), DIFFUSERS: ("seed", "mixed_precision")}
+_SCRIPTS = {script: (tool, family) for tool, scripts in ((KOHYA, KOHYA_SCRIPTS), (DIFFUSERS, DIFFUSERS_SCRIPTS),
+                                                           (CLONEOFSIMO, CLONEOFSIMO_SCRIPTS))
+            for script, family in scripts.items()}  # script -> (tool, model.family)
+_NOTE_WHEN_ABSENT = {KOHYA: ("seed", "mixed_precision", "save_precision"), DIFFUSERS: ("seed", "mixed_precision"),
+                     CLONEOFSIMO: ()}  # cloneofsimo_rules says it per script
 _FIRST = ("network_module", "optimizer_type", "optimizer", "use_8bit_adam")
 
 
 def _translate(tool: str, script: str, flags: list[Flag], source: str, family: str, command: Command) -> ImportResult:
     t = Translation(tool, script, flags)
+    handlers = CLONEOFSIMO_HANDLERS if tool == CLONEOFSIMO else None
     for f in sorted(flags, key=lambda f: f.name not in _FIRST):
-        translate_flag(t, f)
+        translate_flag(t, f, handlers)
     if family != "auto" and t.value("model.family") is None:
         t.set("model.family", family, f"{script} (the script trains {family})")
     if tool == KOHYA:
         kohya_rules(t, t.value("model.family") or family)
+    elif tool == CLONEOFSIMO:
+        cloneofsimo_rules(t)
     else:
         diffusers_rules(t)
     _launcher(t, command)

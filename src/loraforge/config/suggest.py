@@ -2,8 +2,8 @@
 
 In this order:
 1. a loraforge key of that name in another section (`learning_rate` in `[training]` → `optimizer.learning_rate`);
-2. the name of a kohya or diffusers flag (`network_dim` → `network.rank`), from the alias table, with how its
-   meaning differs, or why loraforge has no such option;
+2. the name of a kohya, diffusers or cloneofsimo flag (`network_dim` → `network.rank`), from the alias table, with how
+   its meaning differs, or why loraforge has no such option;
 3. a loraforge key of a similar spelling, in this section first, then in any section.
 
 Step 1 comes before the alias table so that a name both loraforge and a peer use (`train_data_dir`, `output_dir`,
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import difflib
 
-from .aliases import ACCELERATE, KOHYA, NETWORK_ARGS, OPTIMIZER_ARGS, Alias, find, normalise_flag
+from .aliases import ACCELERATE, DIFFUSERS, KOHYA, NETWORK_ARGS, OPTIMIZER_ARGS, Alias, find, normalise_flag
+from .aliases_cloneofsimo import CLONEOFSIMO
 from .root import SECTIONS
 
-_TOOLS = (KOHYA, "diffusers", NETWORK_ARGS, OPTIMIZER_ARGS)  # not the launcher's options
+_TOOLS = (KOHYA, DIFFUSERS, CLONEOFSIMO, NETWORK_ARGS, OPTIMIZER_ARGS)  # not the launcher's options
+_OWNERS = {KOHYA: "kohya's", DIFFUSERS: "diffusers'", CLONEOFSIMO: "cloneofsimo's"}
 
 
 def _all_keys() -> dict[str, list[str]]:
@@ -44,7 +46,7 @@ def _who(alias: Alias, name: str) -> str:
         return f"kohya's --network_args {name}="
     if alias.tools[0] == OPTIMIZER_ARGS:
         return f"kohya's --optimizer_args {name}="
-    owners = ["kohya's" if t == KOHYA else "diffusers'" for t in alias.tools if t != ACCELERATE]
+    owners = [_OWNERS[t] for t in alias.tools if t != ACCELERATE]
     return f"{' and '.join(owners)} --{name}"
 
 
