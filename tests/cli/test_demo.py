@@ -28,3 +28,21 @@ def test_demo_writes_checked_lora_files_and_samples(tiny_dirs, tmp_path):
         assert len(samples) == 4 and all(Image.open(p).size == (64, 64) for p in samples)  # 2 prompts × 2 images
         assert "Steps: 1," in Image.open(samples[0]).text["parameters"]
     assert "demo finished" in proc.stdout
+    assert "the pretrained toy model is not in this install" in proc.stdout  # until its weights ship
+
+
+def test_with_the_toy_model_the_demo_teaches_it_a_concept_and_evaluates(random_toy, tmp_path, capsys):
+    """With the toy model's weights installed, `demo` trains the concept LoRA on it and prints the evaluation, then
+    the tiny SDXL run (random toy weights here: the plumbing, not what the pretrained model learns)."""
+    import argparse
+
+    from loraforge.cli.commands import cmd_demo
+
+    args = argparse.Namespace(output_dir=str(tmp_path / "demo"), steps=2, sample_steps=1, concept_steps=2, tiny=False,
+                              verbose=False)
+    assert cmd_demo(args) == 0
+    out = capsys.readouterr().out
+    assert "toy SD 1.5 (pretrained on the toy world): teach it a heart called TOK, 2 steps" in out
+    assert "concept score" in out and "the base model draws the heart in" in out
+    assert (tmp_path / "demo" / "toy-heart" / "eval" / "eval-grid.png").is_file()
+    assert (tmp_path / "demo" / "tiny-sdxl").is_dir() and not (tmp_path / "demo" / "tiny-sd15").exists()
