@@ -37,20 +37,27 @@ def test_face_box_is_read_from_the_file_name():
 
 @pytest.mark.parametrize("anywhere", [True, False])
 def test_the_face_is_scaled_into_the_range_and_stays_inside_the_crop(anywhere):
-    box = (100, 90, 60, 60)  # 200 × 200 px: scale 0.36-0.53, so that 64 px is 2-3 faces
-    img = face_image((200, 200), box)
+    box = (100, 120, 120, 120)  # 400 × 400 px, the face off centre: scale 0.18-0.27, so that 64 px is 2-3 faces
+    img = face_image((400, 400), box)
     sides, offsets = set(), set()
-    for seed in range(12):
+    for seed in range(40):
         out, (top, left) = face_crop(img, box, (64, 64), (2.0, 3.0), np.random.default_rng(seed), anywhere)
         assert out.size == (64, 64)
         y, x, h, w = red_box(np.asarray(out))
         assert abs(h - w) <= 1  # a square face cut by the crop would not be square
-        assert 0 <= y and y + h <= 64 and 0 <= x and x + w <= 64
-        assert 2.0 - 0.1 <= 64 / max(h, w) <= 3.0 + 0.1
+        assert 2.0 - 0.05 <= 64 / max(h, w) <= 3.0 + 0.1  # 21.3-32 px, ±1 px of resampling
         sides.add(max(h, w))
         offsets.add((y, x))
-    assert len(sides) > 3  # the scale is drawn per sample
-    assert (len(offsets) > len(sides) / 2) if anywhere else True
+    assert min(sides) <= 23 and max(sides) >= 30  # the scale is drawn per sample, over the whole range
+    assert (len(offsets) > len(sides)) if anywhere else True
+
+
+def test_without_random_crop_the_crop_is_centred_on_the_face():
+    box = (220, 180, 40, 40)
+    out, (top, left) = face_crop(face_image((400, 400), box), box, (64, 64), (2.0, 2.0), np.random.default_rng(0), False)
+    assert (top, left) == (round(180 * 0.8) - 32, round(220 * 0.8) - 32)  # scale 64 / (2 × 40)
+    y, x, h, w = red_box(np.asarray(out))
+    assert abs(y - 16) <= 1 and abs(x - 16) <= 1 and abs(h - 32) <= 1 and abs(w - 32) <= 1
 
 
 def test_a_face_at_the_corner_stays_inside_and_a_small_image_is_never_left_uncovered():
