@@ -54,7 +54,8 @@ def test_the_face_is_scaled_into_the_range_and_stays_inside_the_crop(anywhere):
 
 def test_without_random_crop_the_crop_is_centred_on_the_face():
     box = (220, 180, 40, 40)
-    out, (top, left) = face_crop(face_image((400, 400), box), box, (64, 64), (2.0, 2.0), np.random.default_rng(0), False)
+    img = face_image((400, 400), box)
+    out, (top, left) = face_crop(img, box, (64, 64), (2.0, 2.0), np.random.default_rng(0), False)
     assert (top, left) == (round(180 * 0.8) - 32, round(220 * 0.8) - 32)  # scale 64 / (2 × 40)
     y, x, h, w = red_box(np.asarray(out))
     assert abs(y - 16) <= 1 and abs(x - 16) <= 1 and abs(h - 32) <= 1 and abs(w - 32) <= 1
