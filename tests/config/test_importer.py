@@ -359,10 +359,16 @@ def test_max_token_length_maps_to_chunked_prompts():
     assert "dataset.max_token_length" in miss["--max_token_length=100"] and "150" in miss["--max_token_length=100"]
 
 
-def test_color_aug_maps_and_face_crop_says_why_not():
+def test_color_aug_and_face_crop_map():
     r = import_text("python train_network.py --color_aug --face_crop_aug_range=2.0,4.0")
     assert mapped(r)["dataset.color_aug"] is True
-    assert "file name (`name_cx_cy_w_h`" in unmapped(r)["--face_crop_aug_range=2.0,4.0"]
+    assert mapped(r)["dataset.face_crop_aug_range"] == [2.0, 4.0]
+    assert load_config(None, ["dataset.face_crop_aug_range=[2.0, 4.0]"])
+    # kohya ignores the face box with buckets or cached latents; loraforge refuses those, so the import drops it.
+    for flag in ("--enable_bucket", "--cache_latents"):
+        r = import_text(f"python train_network.py --face_crop_aug_range 2.0,4.0 {flag}")
+        assert "dataset.face_crop_aug_range" not in mapped(r)
+        assert f"does not crop around the face with {flag}" in unmapped(r)["--face_crop_aug_range=2.0,4.0"]
 
 
 def test_kohya_width_height_resolution_maps_to_a_pair(tmp_path):

@@ -220,18 +220,13 @@ def test_zero_repeats_point_to_regularisation_subsets(tmp_path, caplog):
            "dataset.reg_data_dir" in caplog.text
 
 
-def test_kohya_toml_color_aug_per_subset_and_face_crop_explained(tmp_path):
+def test_kohya_toml_color_aug_per_subset(tmp_path):
     a, b = images(tmp_path / "a", 1), images(tmp_path / "b", 1)
     path = tmp_path / "ds.toml"
     path.write_text(f"[general]\ncolor_aug = true\n[[datasets]]\n  [[datasets.subsets]]\n  image_dir = '{a}'\n"
                     f"  [[datasets.subsets]]\n  image_dir = '{b}'\n  color_aug = false\n")
     plan = collect_all(cfg(f"dataset.config_file={str(path)!r}", "dataset.instance_prompt='x'"), 64)
     assert [s.color_aug for s in plan.subsets] == [True, False]
-    path.write_text(f"[[datasets]]\n  [[datasets.subsets]]\n  image_dir = '{a}'\n  face_crop_aug_range = [2.0, 4.0]\n")
-    with pytest.raises(DataError) as e:
-        collect_all(cfg(f"dataset.config_file={str(path)!r}"), 64)
-    assert any("face_crop_aug_range" in p and "`name_cx_cy_w_h`" in p and "crop the images around the face" in p
-               for p in e.value.problems)
 
 
 def test_chunked_prompts_and_color_aug_reach_kohyas_metadata(tmp_path):

@@ -139,9 +139,10 @@ def _entries() -> list[Alias]:
         ("random_flip", "dataset.random_flip", _D, same, ""),
         ("flip_aug", "dataset.random_flip", _K, same, ""),
         ("color_aug", "dataset.color_aug", _K, same, "kohya's hue shift / gamma, Pillow's HSV standing in for OpenCV's"),
-        ("face_crop_aug_range", None, _K, none,
-         "no face-crop augmentation: kohya reads the face box from the file name (`name_cx_cy_w_h`, written by its "
-         "detect_face_rotate.py) and crops around it at a random scale; crop the images around the face beforehand"),
+        ("face_crop_aug_range", "dataset.face_crop_aug_range", _K, same,
+         "kohya's \"2.0,4.0\" becomes [2.0, 4.0]; the face box comes from the file name (`name_cx_cy_w_h`), as in "
+         "kohya; kohya ignores it with --enable_bucket or --cache_latents, which loraforge refuses, so it is "
+         "dropped then"),
         ("enable_bucket", "dataset.enable_bucket", _K, same, ""),
         ("min_bucket_reso", "dataset.min_bucket_reso", _K, same,
          "kohya's default is 256, loraforge's half the resolution"),

@@ -139,6 +139,17 @@ class DatasetConfig(Section):
             "`cache_latents`."
         ),
     )
+    face_crop_aug_range: list[float] | None = Field(
+        None,
+        description=(
+            "kohya's face crop: `[lo, hi]` (kohya's `\"2.0,4.0\"` is read too). An image whose file name ends in a "
+            "face box, `name_cx_cy_w_h.png` (centre x, centre y, width, height in pixels, as kohya's "
+            "`detect_face_rotate.py` writes them), is scaled so the training size is `lo`-`hi` times the face's longer "
+            "side (drawn per sample, never enlarged past the original) and cropped around the face (anywhere that "
+            "keeps the face inside when `center_crop` is false, else centred on it); other images are used as usual. "
+            "Needs `enable_bucket = false`, as in kohya; not with `cache_latents`."
+        ),
+    )
     min_image_size: int | None = Field(
         None,
         ge=1,
@@ -260,6 +271,11 @@ class DatasetConfig(Section):
         description="Folders of images with their own settings, as `[[dataset.subsets]]` tables (see below).",
     )
 
+    @field_validator("face_crop_aug_range", mode="before")
+    @classmethod
+    def _face_range_form(cls, value):
+        return face_range(value)
+
     @field_validator("resolution", mode="before")
     @classmethod
     def _resolution_form(cls, value):
@@ -311,6 +327,20 @@ class DatasetConfig(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def face_range(value) -> list[float] | None:
+    """`face_crop_aug_range` as `[lo, hi]` with 0 < lo <= hi, from a list or kohya's `"2.0,4.0"`."""
+    if value is None:
+        return None
+    parts = [p for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+    try:
+        lo, hi = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r}: expected two numbers [lo, hi] (kohya: \"2.0,4.0\")") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"{value!r}: expected 0 < lo <= hi (the training size is lo to hi times the face's size)")
+    return [lo, hi]
 
 
 def pixel_size(resolution) -> tuple[int, int]:
@@ -374,7 +404,7 @@ def bucket_problems(resolution, min_reso, max_reso, steps, prefix="") -> list[st
 
 # Options a subset can set for itself; unset, it takes the `[dataset]` value.
 SUBSET_OVERRIDABLE = (
-    "caption_extension", "center_crop", "random_flip", "color_aug",
+    "caption_extension", "center_crop", "random_flip", "color_aug", "face_crop_aug_range",
     "caption_prefix", "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs",
     "caption_tag_dropout_rate", "enable_wildcard", "keep_tokens", "keep_tokens_separator", "shuffle_caption",
     "caption_separator", "secondary_separator",
@@ -424,6 +454,9 @@ SubsetConfig = create_model(
         Field(False, description="Regularisation images: loss weighted by `prior_loss_weight`, balanced in number."),
     ),
     **{name: _optional(name) for name in SUBSET_OVERRIDABLE},
-    __validators__={"_repeats": field_validator("num_repeats")(lambda cls, v: _check_repeats(v))},
+    __validators__={
+        "_repeats": field_validator("num_repeats")(lambda cls, v: _check_repeats(v)),
+        "_face_range": field_validator("face_crop_aug_range", mode="before")(lambda cls, v: face_range(v)),
+    },
 )
 DatasetConfig.model_rebuild()

@@ -370,6 +370,13 @@ def kohya_rules(t: Translation, family: str) -> None:
         t.unset("training.max_train_steps", "kohya: --max_train_epochs wins over --max_train_steps")
     if "sample_every_n_epochs" in t.given and "sample_every_n_steps" in t.given:
         t.unset("sampling.sample_every_n_steps", "kohya: --sample_every_n_epochs wins over --sample_every_n_steps")
+    if t.value("dataset.face_crop_aug_range") is not None:
+        for key, flag in (("dataset.enable_bucket", "--enable_bucket"), ("dataset.cache_latents", "--cache_latents"),
+                          ("dataset.cache_latents_to_disk", "--cache_latents_to_disk")):
+            if t.value(key):
+                t.unset("dataset.face_crop_aug_range", f"kohya does not crop around the face with {flag} (and "
+                                                       "loraforge refuses the combination)")
+                break
     if t.value("dataset.config_file") is not None:
         for key in ("dataset.train_data_dir", "dataset.reg_data_dir"):
             t.unset(key, "kohya ignores it when --dataset_config is given")

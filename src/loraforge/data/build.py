@@ -13,6 +13,7 @@ from .cache import CacheContext, fill_latent_cache, fill_text_cache
 from .check import duplicate_notes, long_caption_note, validate_items
 from .dataset import ImageCaptionDataset, collate
 from ..errors import DataError
+from .images import face_box
 from .kohya_toml import plan_from_file
 from .sources import ImageItem
 from .subsets import DataPlan, Subset, collect_plan_items, native_plan
@@ -86,13 +87,16 @@ def check_cache_options(cfg, subsets: list[Subset], text_replacements: dict | No
                 f"{', '.join(crops)}): the crop changes every step and a cached latent has one; set center_crop = "
                 f"true or turn {opt} off",
             )
-        colours = [s.name for s in subsets if s.color_aug]
-        if colours:
-            opt = "dataset.cache_latents_to_disk" if d.cache_latents_to_disk else "dataset.cache_latents"
-            raise DataError(
-                f"{opt} cannot be combined with dataset.color_aug (in {', '.join(colours)}): the colours change every "
-                f"step and a cached latent has one; turn color_aug or {opt} off",
-            )
+        varying = (("color_aug", "the colours change", [s.name for s in subsets if s.color_aug]),
+                   ("face_crop_aug_range", "the face crop changes", [s.name for s in subsets if s.face_crop_aug_range]))
+        for name, what, where in varying:
+            if where:
+                opt = "dataset.cache_latents_to_disk" if d.cache_latents_to_disk else "dataset.cache_latents"
+                raise DataError(
+                    f"{opt} cannot be combined with dataset.{name} (in {', '.join(where)}): {what} every step and "
+                    f"a cached latent has one; turn {name} or {opt} off (neither dataset.color_aug nor "
+                    "dataset.face_crop_aug_range works with cached latents)",
+                )
     if not (d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk):
         return
     opt = "dataset.cache_text_encoder_outputs" + ("_to_disk" if d.cache_text_encoder_outputs_to_disk else "")
@@ -116,6 +120,25 @@ def check_cache_options(cfg, subsets: list[Subset], text_replacements: dict | No
         )
 
 
+def check_face_crop(plan: DataPlan) -> list[str]:
+    """Refuse the face crop with buckets (it cuts the training resolution, which buckets replace; sd-scripts
+    ignores the face box there). Returns a summary note on the face-crop images without a face box in their name."""
+    bucketed = [s.name for s in plan.subsets if s.face_crop_aug_range and plan.groups[s.group].buckets.enable]
+    if bucketed:
+        raise DataError(
+            f"dataset.face_crop_aug_range cannot be combined with dataset.enable_bucket (in {', '.join(bucketed)}): "
+            "the face crop is cut to the training resolution, which buckets replace (sd-scripts ignores the face box "
+            "with buckets); set enable_bucket = false or remove face_crop_aug_range",
+        )
+    plain = [it.path.name for it in plan.items
+             if plan.subsets[it.subset].face_crop_aug_range and (not it.is_file or face_box(it.path) is None)]
+    if not plain:
+        return []
+    shown = ", ".join(plain[:3]) + (", ..." if len(plain) > 3 else "")
+    return [f"{len(plain)} image(s) with face_crop_aug_range have no face box in their file name (name_cx_cy_w_h), "
+            f"so they are resized and cropped as usual: {shown}"]
+
+
 def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict | None = None,
                      cache_context: CacheContext | None = None) -> TrainData:
     """`cfg` is the whole `TrainConfig` (dataset, batch size, workers, seed). `text_replacements` are applied to
@@ -126,6 +149,7 @@ def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict |
     plan = collect_all(cfg, resolution)
     plan.items = validate_items(plan.items, d, resolution)
     check_cache_options(cfg, plan.subsets, text_replacements)
+    face_notes = check_face_crop(plan)
     dataset = ImageCaptionDataset(
         plan.items, resolution, seed=t.seed, subsets=plan.subsets, groups=plan.groups,
         prior_loss_weight=d.prior_loss_weight, text_replacements=text_replacements, prior_batches=d.prior_batches,
@@ -157,7 +181,10 @@ def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict |
         info["ss_max_token_length"] = d.max_token_length
     if any(s.color_aug for s in plan.subsets):
         info["ss_color_aug"] = True
-    notes = plan.notes + duplicate_notes(plan.items) + [long_caption_note(dataset, d.max_token_length)]
+    faces = [s.face_crop_aug_range for s in plan.subsets if s.face_crop_aug_range]
+    if faces:  # kohya writes the tuple, e.g. "(2.0, 4.0)"; with per-subset ranges, the first
+        info["ss_face_crop_aug_range"] = faces[0]
+    notes = plan.notes + face_notes + duplicate_notes(plan.items) + [long_caption_note(dataset, d.max_token_length)]
     data = TrainData(plan.items, dataset, sampler, loader, info, plan, cfg, [n for n in notes if n])
     if cache_context is not None:
         data.fill_caches(cache_context)

@@ -18,7 +18,7 @@ from ..config.dataset import pixel_size
 from .buckets import BucketManager, BucketSettings
 from .captions import CaptionOptions, process_caption
 from ..errors import DataError
-from .images import center_crop_offset, color_aug, load_rgb, probe_size, resize_and_crop, to_tensor
+from .images import center_crop_offset, color_aug, face_box, face_crop, load_rgb, probe_size, resize_and_crop, to_tensor
 from .sources import ImageItem
 from .subsets import Group, Subset
 
@@ -226,7 +226,12 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             random_crop = sub.random_crop
             img = load_rgb(item.path, item.data)
             ex.original_size = (img.height, img.width)
-            img, ex.crop_top_left = resize_and_crop(img, (bw, bh), not random_crop, rng)
+            face = face_box(item.path) if sub.face_crop_aug_range and item.is_file else None
+            if face is not None:  # its own stream, as color_aug's
+                img, ex.crop_top_left = face_crop(img, face, (bw, bh), sub.face_crop_aug_range,
+                                                  self.rng(index, epoch, 5), random_crop)
+            else:
+                img, ex.crop_top_left = resize_and_crop(img, (bw, bh), not random_crop, rng)
             if sub.random_flip and rng.random() < 0.5:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             if sub.color_aug:  # its own stream: turning it on changes no other draw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,59 @@ def resize_and_crop(
     else:
         top = int(rng.integers(0, nh - th + 1))
         left = int(rng.integers(0, nw - tw + 1))
+    return img.crop((left, top, left + tw, top + th)), (top, left)
+
+
+def face_box(path: Path | str | None) -> tuple[int, int, int, int] | None:
+    """kohya's face box from a file name `name_cx_cy_w_h.ext` (what its `detect_face_rotate.py` writes): (centre x,
+    centre y, width, height) in pixels of the file; None when the stem does not end in four such numbers."""
+    if path is None:
+        return None
+    parts = Path(path).stem.split("_")
+    if len(parts) < 5:
+        return None
+    try:
+        cx, cy, w, h = (int(p) for p in parts[-4:])
+    except ValueError:
+        return None
+    return (cx, cy, w, h) if cx >= 0 and cy >= 0 and w > 0 and h > 0 else None
+
+
+def _face_window(centre: float, extent: float, length: int, target: int, rng, anywhere: bool) -> int:
+    """Start of a `target`-long window on an axis of `length` px around a face spanning centre ± extent / 2: a random
+    start that keeps the face inside (`anywhere`), else centred on the face; always inside the image."""
+    last_start = length - target
+    if anywhere:
+        first = max(0, math.ceil(centre + extent / 2 - target))
+        last = min(last_start, math.floor(centre - extent / 2))
+        if first <= last:
+            return int(rng.integers(first, last + 1))
+    return min(max(0, round(centre - target / 2)), last_start)
+
+
+def face_crop(
+    img: Image.Image, face: tuple[int, int, int, int], size: tuple[int, int], scale_range, rng: np.random.Generator,
+    anywhere: bool,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """kohya's `face_crop_aug_range` (train_util.py `crop_target`): scale the image so that the shorter side of
+    `size` (w, h) is between `lo` and `hi` times the face's longer side (a uniform draw of the scale; never enlarged
+    past the original, never smaller than covering `size`), then crop `size` around the face (`_face_window`).
+    Returns the crop and its (top, left) offset in the scaled image."""
+    tw, th = size
+    w, h = img.size
+    cx, cy, fw, fh = face
+    lo, hi = scale_range
+    side, short = max(fw, fh), min(tw, th)
+    cover = max(tw / w, th / h)
+    smallest = max(cover, min(1.0, short / (side * hi)))
+    largest = max(smallest, min(1.0, short / (side * lo)))
+    scale = float(rng.uniform(smallest, largest)) if largest > smallest else smallest
+    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+    sx, sy = nw / w, nh / h
+    left = _face_window(cx * sx, fw * sx, nw, tw, rng, anywhere)
+    top = _face_window(cy * sy, fh * sy, nh, th, rng, anywhere)
     return img.crop((left, top, left + tw, top + th)), (top, left)
 
 

@@ -47,6 +47,7 @@ SUBSET_ASCENDABLE = {
     "class_tokens": ("class_tokens", None),
     "flip_aug": ("random_flip", None),
     "color_aug": ("color_aug", None),
+    "face_crop_aug_range": ("face_crop_aug_range", None),
     "random_crop": ("center_crop", lambda v: not v if isinstance(v, bool) else v),
 }
 SUBSET_ONLY = ("image_dir", "is_reg")
@@ -54,15 +55,10 @@ DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", 
                 "bucket_reso_steps", "bucket_no_upscale")
 # sd-scripts options loraforge does not implement, with the values that mean "off".
 UNSUPPORTED = {
-    "face_crop_aug_range": None, "token_warmup_min": 1, "token_warmup_step": 0,
+    "token_warmup_min": 1, "token_warmup_step": 0,
     "alpha_mask": False, "cache_info": False, "validation_split": 0, "validation_seed": None,
     "network_multiplier": 1.0, "custom_attributes": {}, "resize_interpolation": None, "metadata_file": None,
     "conditioning_data_dir": None,
-}
-
-UNSUPPORTED_WHY = {
-    "face_crop_aug_range": "sd-scripts crops around the face box in the file name (`name_cx_cy_w_h`, from its "
-                           "detect_face_rotate.py); crop the images around the face beforehand and remove it",
 }
 
 
@@ -88,9 +84,8 @@ class _Checker:
                 out[key] = value
             elif key in UNSUPPORTED:
                 if value != UNSUPPORTED[key]:
-                    why = UNSUPPORTED_WHY.get(key, "remove it")
                     self.problems.append(f"{self.path}: {where}: {key} = {value!r} is an sd-scripts option loraforge "
-                                         f"does not implement; {why}")
+                                         "does not implement; remove it")
             else:
                 close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
                 hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(allowed))}"

@@ -40,6 +40,7 @@ class Subset:
     random_flip: bool = False
     random_crop: bool = False
     color_aug: bool = False
+    face_crop_aug_range: tuple[float, float] | None = None  # kohya's face crop (`images.face_crop`)
     class_tokens: str | None = None
     caption_extension: str = ".txt"
     group: int = 0
@@ -78,6 +79,10 @@ class DataPlan:
         }
 
 
+def _face_range(value) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))
+
+
 def group_from(d: DatasetConfig, resolution, batch_size: int, where: str = "dataset.") -> Group:
     """A group from `[dataset]`-style bucket fields (`d` may be any object with those names)."""
     res = pixel_size(resolution)
@@ -108,6 +113,7 @@ def resolve_subset(values, d: DatasetConfig, *, where: str, group: int = 0) -> S
         random_flip=view.random_flip,
         random_crop=not view.center_crop,
         color_aug=view.color_aug,
+        face_crop_aug_range=_face_range(view.face_crop_aug_range),
         class_tokens=getattr(values, "class_tokens", None) or d.instance_prompt,
         caption_extension=view.caption_extension,
         group=group,
@@ -146,7 +152,7 @@ def native_plan(cfg, resolution: tuple[int, int]) -> DataPlan:
     d = cfg.dataset
     plain = CaptionOptions.from_config(d)
     flags = {"random_flip": d.random_flip, "random_crop": not d.center_crop, "color_aug": d.color_aug,
-             "caption_extension": d.caption_extension}
+             "face_crop_aug_range": _face_range(d.face_crop_aug_range), "caption_extension": d.caption_extension}
     subsets: list[Subset] = []
     if d.instance_dir:
         subsets.append(Subset(d.instance_dir, Path(d.instance_dir).expanduser(), d.repeats, False, plain,

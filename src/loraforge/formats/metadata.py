@@ -97,7 +97,7 @@ def training_metadata(
     if run.get("tiny_model"):
         meta[BASE_MODEL_KEY] = tiny_base_model(family)
     for key in ("ss_min_snr_gamma", "ss_noise_offset", "ss_clip_skip", "ss_prior_loss_weight", "ss_max_token_length",
-                "ss_color_aug"):
+                "ss_color_aug", "ss_face_crop_aug_range"):
         if key in run:
             meta[key] = str(run[key])
     return meta
