@@ -4,7 +4,6 @@ and refused, naming the file and the tensors, by every command that would apply 
 from __future__ import annotations
 
 import pytest
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 

@@ -4,7 +4,6 @@ steps per image."""
 import torch
 from PIL import Image
 
-from loraforge.data.dataset import collate
 from loraforge.training.state import complete_checkpoints, read_state
 from loraforge.training.trainer import Trainer
 

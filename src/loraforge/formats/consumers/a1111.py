@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .keys import ConsumerMergeError
-from .tables import Shape, family_of, family_tables, layer_kind
+from .tables import Shape, family_of, family_tables, layer_kind  # noqa: F401  (Shape: in the Layer annotation)
 
 VERSION = "1.10.1"
 LABEL = "A1111"
