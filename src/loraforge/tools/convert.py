@@ -202,13 +202,7 @@ def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str |
         raise UnsupportedError(f"{src}: no LoRA modules found, so it cannot be written as a {to or 'LoRA'} file")
     lora.require_finite()
     target = to or ("kohya" if lora.style == "diffusers" else "diffusers")
-    if target not in ("kohya", "diffusers"):
-        raise ToolError(f"--to {target!r}: LoRA files convert to kohya or diffusers")
-    if dst.suffix == "" and target == "diffusers":
-        dst = dst / LORA_WEIGHT_NAME
-    if dst.suffix != ".safetensors":
-        raise ToolError(f"{dst}: LoRA files are written as .safetensors (or a folder for diffusers)")
-    check_output(dst, overwrite)
+    dst = _lora_destination(dst, target, overwrite)
     fam = family if family != "auto" else lora.family
     tree = model_tree(base, fam, allow_pickle, tiny=lora.tiny and family in (None, "auto"))
     bind(lora, tree)
@@ -261,13 +255,7 @@ def _convert_cloneofsimo(lora: cloneofsimo.CloneofsimoLora, dst: Path, to: str |
     its embedded tiny one); its embeddings -> `<name>_emb.safetensors` beside it (the file itself when it holds only
     embeddings)."""
     target = to or "kohya"
-    if target not in ("kohya", "diffusers"):
-        raise ToolError(f"--to {target!r}: LoRA files convert to kohya or diffusers")
-    if dst.suffix == "" and target == "diffusers":
-        dst = dst / LORA_WEIGHT_NAME
-    if dst.suffix != ".safetensors":
-        raise ToolError(f"{dst}: LoRA files are written as .safetensors (or a folder for diffusers)")
-    check_output(dst, overwrite)
+    dst = _lora_destination(dst, target, overwrite)
     emb_dst = dst.with_name(embeddings_file_name(dst.stem)) if lora.pairs else dst
     if lora.embeddings and lora.pairs:
         check_output(emb_dst, overwrite)
@@ -335,3 +323,14 @@ def _cloneofsimo_vectors(lora, tree) -> torch.Tensor:
         raise FamilyMismatchError(f"{lora.source}: the embeddings are {widths.pop()} wide, the model's text encoder "
                                   f"{width}: is --base (or --family) the model the file was trained on?")
     return torch.cat(vectors)
+
+
+def _lora_destination(dst: Path, target: str, overwrite: bool) -> Path:
+    """Where a converted LoRA goes: `dst`, or `dst/pytorch_lora_weights.safetensors` for a diffusers folder."""
+    if target not in ("kohya", "diffusers"):
+        raise ToolError(f"--to {target!r}: LoRA files convert to kohya or diffusers")
+    if dst.suffix == "" and target == "diffusers":
+        dst = dst / LORA_WEIGHT_NAME
+    if dst.suffix != ".safetensors":
+        raise ToolError(f"{dst}: LoRA files are written as .safetensors (or a folder for diffusers)")
+    return check_output(dst, overwrite)
