@@ -15,3 +15,12 @@ from loraforge.formats.metadata import training_metadata
 def test_resolution_is_width_height(resolution, ss, modelspec):
     meta = training_metadata(load_config(None, []), {"resolution": resolution}, "sd15", "lora")
     assert meta["ss_resolution"] == ss and meta["modelspec.resolution"] == modelspec
+
+
+def test_noise_options_and_clip_skip_are_recorded_as_sd_scripts_does():
+    plain = training_metadata(load_config(None, []), {}, "sd15", "lora")
+    assert not {"ss_min_snr_gamma", "ss_noise_offset", "ss_clip_skip"} & set(plain)
+    cfg = load_config(None, ["training.snr_gamma=5.0", "training.noise_offset=0.05", "training.clip_skip=1"])
+    meta = training_metadata(cfg, {}, "sd15", "lora")
+    # clip_skip 1 (the penultimate layer) is kohya's --clip_skip 2
+    assert (meta["ss_min_snr_gamma"], meta["ss_noise_offset"], meta["ss_clip_skip"]) == ("5.0", "0.05", "2")

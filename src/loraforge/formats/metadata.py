@@ -96,8 +96,14 @@ def training_metadata(
     }
     if run.get("tiny_model"):
         meta[BASE_MODEL_KEY] = tiny_base_model(family)
-    for key in ("ss_min_snr_gamma", "ss_noise_offset", "ss_clip_skip", "ss_prior_loss_weight", "ss_max_token_length",
-                "ss_color_aug", "ss_face_crop_aug_range"):
+    t = cfg.training
+    if t.snr_gamma is not None:
+        meta["ss_min_snr_gamma"] = str(t.snr_gamma)
+    if t.noise_offset:
+        meta["ss_noise_offset"] = str(t.noise_offset)
+    if t.clip_skip is not None:  # kohya counts the last layer as 1: loraforge's 1 (penultimate) is its 2
+        meta["ss_clip_skip"] = str(t.clip_skip + 1)
+    for key in ("ss_prior_loss_weight", "ss_max_token_length", "ss_color_aug", "ss_face_crop_aug_range"):
         if key in run:
             meta[key] = str(run[key])
     return meta
