@@ -3,6 +3,7 @@
     python scripts/pretrain_toy.py --minutes 30            # run 30 minutes, save, exit; run again to continue
     python scripts/pretrain_toy.py --device cuda --minutes 8
     python scripts/pretrain_toy.py --eval                  # judge the current weights (needs the shipped judge)
+    python scripts/pretrain_toy.py --eval-vae              # judge the VAE's reconstructions: the model's ceiling
     python scripts/pretrain_toy.py --export                # write src/loraforge/models/assets/toy-sd15.*
 
 Phases, each resumed where the last chunk stopped (state in --work, default `.toy-pretrain/`, all safetensors/JSON):
@@ -92,6 +93,7 @@ class Run:
     # ------------------------------------------------------------------------------------------------------ vae
     def train_vae(self, deadline: float):
         a = self.args
+        torch.manual_seed(SEED)  # the same initial weights on every machine (then replaced by the saved ones)
         vae = toy_vae().to(self.device)
         with torch.no_grad():  # start nearly deterministic (posterior std e^-4): the decoder sees the code, not noise
             vae.quant_conv.bias[vae.config.latent_channels:] = -8.0
@@ -101,7 +103,8 @@ class Run:
             vae.load_state_dict(load_file(str(self.work / "vae.safetensors")))
             _load_optimizer(opt, names, load_file(str(self.work / "vae_opt.safetensors")))
         step, t0, last = self.state["vae_step"], time.time(), time.time()
-        while step < a.vae_steps and time.time() < deadline and not self.stop:
+        end = min(a.vae_steps, step + a.chunk_steps) if a.chunk_steps else a.vae_steps
+        while step < end and time.time() < deadline and not self.stop:
             rng = random.Random(f"vae-{step}")
             batch = [render(s) for s in scenes(rng.randrange(1 << 30), a.vae_batch, shapes=SHAPES, fills=FILLS)]
             x = to_tensor(batch)
@@ -177,6 +180,7 @@ class Run:
         lat = self.cache_latents()
         base = scenes(SEED, a.scenes, shapes=BASE_SHAPES)
         scale = self.state["scaling_factor"]
+        torch.manual_seed(SEED)
         unet, te = toy_unet().to(self.device), toy_text_encoder().to(self.device)
         tok = clip_tokenizer(pad_token="<|endoftext|>")
         params = list(unet.parameters()) + list(te.parameters())
@@ -192,7 +196,8 @@ class Run:
         alphas = noise_sched.alphas_cumprod.to(self.device)
         snr = alphas / (1 - alphas)
         step, t0, last = self.state["unet_step"], time.time(), time.time()
-        while step < a.unet_steps and time.time() < deadline and not self.stop:
+        end = min(a.unet_steps, step + a.chunk_steps) if a.chunk_steps else a.unet_steps
+        while step < end and time.time() < deadline and not self.stop:
             g = torch.Generator().manual_seed(SEED + step)
             rng = random.Random(f"unet-{step}")
             idx = torch.randint(0, len(base), (a.batch,), generator=g)
@@ -263,7 +268,32 @@ class Run:
         print("accuracy on held-out prompts:", json.dumps(acc), flush=True)
         return {"prompts": n, "steps": 25, "guidance_scale": self.args.cfg, "accuracy": acc}
 
+    def evaluate_vae(self, n: int = 300) -> dict:
+        """The judge's accuracy on VAE reconstructions of fresh base-world images: the ceiling of what the whole model
+        can reach (the UNet can only make what the decoder draws)."""
+        from PIL import Image
+
+        from loraforge.world.judge import accuracy, load_judge
+
+        vae = toy_vae().to(self.device)
+        vae.load_state_dict(load_file(str(self.work / "vae.safetensors")))
+        vae.eval()
+        held = scenes(SEED + 2, n, shapes=BASE_SHAPES)
+        with torch.no_grad():
+            rec = vae.decode(vae.encode(to_tensor([render(s) for s in held]).to(self.device)).latent_dist.mean).sample
+        images = [Image.fromarray(((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
+                  for t in rec]
+        acc = {k: round(v, 4) for k, v in accuracy(load_judge(), held, images).items()}
+        print(f"judge on VAE reconstructions (step {self.state['vae_step']}):", json.dumps(acc), flush=True)
+        return {"vae_step": self.state["vae_step"], "images": n, "accuracy": acc}
+
     def export(self):
+        if self.state.get("latents_vae_step") != self.state["vae_step"]:
+            raise SystemExit(f"{self.work}: the VAE (step {self.state['vae_step']}) is not the one the UNet was trained "
+                             "with; train the UNet on its latents before exporting")
+        weights, report_path = WEIGHTS, REPORT
+        if self.args.export_to:
+            weights, report_path = Path(self.args.export_to) / WEIGHTS.name, Path(self.args.export_to) / REPORT.name
         pipe = self.pipeline().to("cpu")
         tensors = {}
         for part in ("unet", "vae", "text_encoder"):
@@ -271,21 +301,23 @@ class Run:
                 tensors[f"{part}.{k}"] = v.detach().half().contiguous()
         meta = {"vae_scaling_factor": repr(self.state["scaling_factor"]), "unet_steps": str(self.state["unet_step"]),
                 "vae_steps": str(self.state["vae_step"])}
-        save_safetensors_atomic(tensors, WEIGHTS, metadata=meta)
-        report = {"sha256": file_sha256(WEIGHTS), "bytes": WEIGHTS.stat().st_size, **self.state,
+        save_safetensors_atomic(tensors, weights, metadata=meta)
+        report = {"sha256": file_sha256(weights), "bytes": weights.stat().st_size, **self.state,
                   "torch": torch.__version__, "machine": platform.machine(), "batch": self.args.batch}
         if (self.work / "eval.json").is_file():
             report["eval"] = json.loads((self.work / "eval.json").read_text())
-        write_text_atomic(REPORT, json.dumps(report, indent=1) + "\n")
-        print(f"wrote {WEIGHTS} ({report['bytes'] / 1e6:.1f} MB) and {REPORT}")
+        write_text_atomic(report_path, json.dumps(report, indent=1) + "\n")
+        print(f"wrote {weights} ({report['bytes'] / 1e6:.1f} MB) and {report_path}")
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=".toy-pretrain")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (the default leaves a core for other work)")
     p.add_argument("--minutes", type=float, default=30.0, help="stop (and save) after this long")
+    p.add_argument("--chunk-steps", type=int, default=0, help="stop (and save) after this many steps of the phase "
+                                                               "in progress (0: no limit)")
     p.add_argument("--vae-steps", type=int, default=6000)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-crop", type=int, default=32, help="train the VAE on random crops of this side")
@@ -298,20 +330,27 @@ def main():
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--cfg", type=float, default=4.0, help="guidance scale for --eval")
     p.add_argument("--eval", action="store_true")
+    p.add_argument("--eval-vae", action="store_true", help="judge the VAE's reconstructions (the model's ceiling)")
     p.add_argument("--export", action="store_true")
-    a = p.parse_args()
+    p.add_argument("--export-to", metavar="DIR", help="write the exported files here instead of the package assets")
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     run = Run(a)
     if a.eval:
         write_text_atomic(run.work / "eval.json", json.dumps(run.evaluate(), indent=1))
         return
+    if a.eval_vae:
+        write_text_atomic(run.work / "eval-vae.json", json.dumps(run.evaluate_vae(), indent=1))
+        return
     if a.export:
         run.export()
         return
     deadline = time.time() + a.minutes * 60
-    if run.state["vae_step"] < a.vae_steps:
+    vae_ran = run.state["vae_step"] < a.vae_steps
+    if vae_ran:
         run.train_vae(deadline)
-    if run.state["vae_step"] >= a.vae_steps and not run.stop and time.time() < deadline:
+    if run.state["vae_step"] >= a.vae_steps and not (a.chunk_steps and vae_ran) and not run.stop \
+            and time.time() < deadline:
         run.train_unet(deadline)
     print(f"stopped: vae {run.state['vae_step']}/{a.vae_steps}, unet {run.state['unet_step']}/{a.unet_steps}; "
           f"time {json.dumps(run.state['seconds'])}", flush=True)
