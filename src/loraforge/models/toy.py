@@ -7,9 +7,10 @@ background, top left". Its weights ship in the package (`assets/toy-sd15.safeten
 file under `unet.` / `vae.` / `text_encoder.` prefixes); `toy_model_dir()` turns them into a diffusers folder in the
 cache on first use, checked against the checksum in `assets/toy-sd15.json`.
 
-Layout choices, sized so a LoRA trains in about a minute on a CPU: the VAE has SD's four levels (a factor of 8: 64 × 64
-images give 8 × 8 latents); the UNet has SD 1.5's block types at two levels with two layers each (attention at 8 × 8,
-and in the middle block at 4 × 4), like the tiny model but wider.
+Layout choices, sized so a LoRA trains in about a minute on a CPU: the VAE has three levels (a factor of 4: 64 × 64
+images give 16 × 16 latents; measured on this world, a factor-8 VAE let the judge read 40 % of the shapes from its
+reconstructions after 6000 steps, a factor-4 one 69 % after 1500); the UNet has SD 1.5's block types at three levels
+of 32/64/128 channels with two layers each, attention at 8 × 8 and 4 × 4 and in the middle block, none at 16 × 16.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ TOY_NAME = "toy"  # `model.pretrained_model_name_or_path = "toy"` / `--model toy
 def toy_vae():
     # 4 groups: with one channel per group (16 groups of the 16-channel first level) the last GroupNorm removes each
     # image's mean per channel, and the decoder cannot say what colour a flat background is
-    return small_vae((16, 32, 64, 64), norm_num_groups=4)
+    return small_vae((16, 32, 64), norm_num_groups=4)
 
 
 def toy_text_encoder():
@@ -45,14 +46,14 @@ def toy_unet():
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(64, 128),
+        sample_size=16,
+        block_out_channels=(32, 64, 128),
         layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TE_HIDDEN,
         attention_head_dim=8,
-        norm_num_groups=32,
+        norm_num_groups=8,  # at least 4 channels a group (see toy_vae)
     )
 
 
