@@ -134,12 +134,18 @@ class Run:
         self._save_vae(vae, opt, names, step, t0)
 
     def _save_vae(self, vae, opt, names, step, t0):
-        save_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()},
-                                self.work / "vae.safetensors")
+        self._save("vae", {"vae": vae}, opt, names, step, t0)
+
+    def _save(self, phase: str, modules: dict, opt, names, step, t0):
+        """Weights, AdamW state, step and time of `phase`, each file written atomically, the state last."""
+        for name, module in modules.items():
+            save_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                                    self.work / f"{name}.safetensors")
+        optimizer_file = "vae_opt.safetensors" if phase == "vae" else "opt.safetensors"
         save_safetensors_atomic({k: v.cpu() for k, v in _flat_optimizer(opt, names).items()},
-                                self.work / "vae_opt.safetensors")
-        self.state["vae_step"] = step
-        self.add_time("vae", time.time() - t0)
+                                self.work / optimizer_file)
+        self.state[f"{phase}_step"] = step
+        self.add_time(phase, time.time() - t0)
         self.save_state()
 
     # -------------------------------------------------------------------------------------------------- latents
@@ -232,15 +238,7 @@ class Run:
         self._save_unet(unet, te, opt, names, step, t0)
 
     def _save_unet(self, unet, te, opt, names, step, t0):
-        save_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()},
-                                self.work / "unet.safetensors")
-        save_safetensors_atomic({k: v.detach().cpu().contiguous() for k, v in te.state_dict().items()},
-                                self.work / "text_encoder.safetensors")
-        save_safetensors_atomic({k: v.cpu() for k, v in _flat_optimizer(opt, names).items()},
-                                self.work / "opt.safetensors")
-        self.state["unet_step"] = step
-        self.add_time("unet", time.time() - t0)
-        self.save_state()
+        self._save("unet", {"unet": unet, "text_encoder": te}, opt, names, step, t0)
 
     # ------------------------------------------------------------------------------------------ export / eval
     def pipeline(self):

@@ -48,7 +48,7 @@ class SDModel:
     @property
     def native_size(self) -> int:
         """The side the model was trained at: its UNet's latent size times the VAE's downsampling."""
-        return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return pixel_size(self.unet.config.sample_size, self.vae.config.block_out_channels)
 
     def noise_scheduler(self):
         """DDPM with the model's own beta schedule: what training adds noise with."""
@@ -153,6 +153,11 @@ def _check_family(requested: str, detected: str | None, source: str) -> str:
     return detected
 
 
+def pixel_size(latent_size: int, vae_block_out_channels) -> int:
+    """Image side for a UNet `sample_size`: the VAE halves the size at each level but the last."""
+    return latent_size * 2 ** (len(vae_block_out_channels) - 1)
+
+
 def resolve_model_name(name: str | None) -> str | None:
     """`"toy"` (when no such file or folder exists) is the pretrained toy model's folder; other names as given."""
     if name == TOY_NAME and not Path(name).exists():
@@ -171,7 +176,7 @@ def native_size(cfg: ModelConfig, family_name: str, is_tiny: bool) -> int:
         unet = json.loads((folder / "unet" / "config.json").read_text())
         vae = json.loads((folder / "vae" / "config.json").read_text())
         if isinstance(unet.get("sample_size"), int) and vae.get("block_out_channels"):
-            return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+            return pixel_size(unet["sample_size"], vae["block_out_channels"])
     return family(family_name).resolution
 
 
