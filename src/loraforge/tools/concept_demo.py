@@ -8,14 +8,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import load_config
+from ..config.load import set_path, validate_config
 from ..models.toy import TOY_NAME
 from ..training.trainer import Trainer
-from ..world.dataset import write_concept_images
+from ..world.dataset import write_concept_images, write_scenes
 from .common import load_sd_model
 from .evaluate import EvalReport, evaluate
 
@@ -37,21 +36,34 @@ class DemoResult:
 
 
 def concept_demo(out_dir, *, concept: str = "heart", steps: int = 150, images: int = 8, model: str = TOY_NAME,
-                 eval_steps: int = 20, seeds: int = 1, overrides: dict | None = None) -> DemoResult:
-    """Write the concept's images, train a LoRA on `model`, evaluate it; everything under `out_dir`."""
+                 eval_steps: int = 20, seeds: int = 1, reg_images: int = 0,
+                 overrides: dict | None = None) -> DemoResult:
+    """Write the concept's images, train a LoRA on `model`, evaluate it; everything under `out_dir`.
+
+    `reg_images` > 0 adds that many captioned base-world images as regularisation images (prior preservation,
+    kohya style: a subset with `is_reg = true`, each image with its own caption). `overrides` are config values by
+    dotted key, on top of `DEMO_SETTINGS`."""
     out_dir = Path(out_dir)
     data = write_concept_images(out_dir / "data", concept, images, trigger="TOK", overwrite=True)
-    settings = {**DEMO_SETTINGS, **(overrides or {})}
-    cfg = load_config(None, [
-        f"model.pretrained_model_name_or_path={model!r}",
-        f"dataset.instance_dir={str(data)!r}",
-        f"output.output_dir={str(out_dir)!r}",
-        f"output.output_name='{concept}'",
-        "output.overwrite=true",
-        f"training.max_train_steps={steps}",
-        *(f"{k}={json.dumps(v)}" for k, v in settings.items()),
-    ])
+    settings = {
+        "model.pretrained_model_name_or_path": model,
+        "dataset.instance_dir": str(data),
+        "output.output_dir": str(out_dir),
+        "output.output_name": concept,
+        "output.overwrite": True,
+        "training.max_train_steps": steps,
+        **DEMO_SETTINGS,
+    }
+    if reg_images:
+        reg = write_scenes(out_dir / "reg", reg_images, overwrite=True)
+        settings["dataset.subsets"] = [{"image_dir": str(reg), "is_reg": True}]
+    settings.update(overrides or {})
+    tree: dict = {}
+    for key, value in settings.items():
+        set_path(tree, key.split("."), value)
+    cfg = validate_config(tree, "concept demo")
     result = Trainer(cfg).run()
-    report = evaluate(load_sd_model(model), result.files.kohya, concept=concept, out_dir=out_dir / "eval",
+    # a run of textual inversion alone (`network.algo = "none"`) has no LoRA file: its folder holds the embeddings
+    report = evaluate(load_sd_model(model), result.files.kohya or result.run_dir, concept=concept, out_dir=out_dir / "eval",
                       steps=eval_steps, seeds=seeds, overwrite=True)
-    return DemoResult(result.run_dir, result.files.kohya, report)
+    return DemoResult(result.run_dir, result.files.kohya or result.files.embeddings, report)

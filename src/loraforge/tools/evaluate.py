@@ -136,12 +136,20 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.0f} %"
 
 
-def run_files(path) -> tuple[Path, list[Path]]:
-    """The LoRA file of a run folder or file, and the run's embedding files next to it."""
+def run_files(path) -> tuple[Path | None, list[Path]]:
+    """The LoRA file of a run folder or file, and the run's embedding files next to it. A run of textual inversion
+    alone (`network.algo = "none"`) has embeddings and no LoRA file: (None, embeddings)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    embeddings = sorted(folder.glob(f"*{EMBEDDINGS_SUFFIX}.safetensors"))
+    if path.is_dir() and embeddings and not any(
+            p for p in path.glob("*.safetensors") if not p.stem.endswith(EMBEDDINGS_SUFFIX)):
+        return None, embeddings
+    if path.is_file() and path.stem.endswith(EMBEDDINGS_SUFFIX):
+        return None, [path]
     lora = find_lora_file(path)
     if not lora.is_file():
-        raise ToolError(f"{path}: no such LoRA file or run folder")
-    embeddings = sorted(lora.parent.glob(f"*{EMBEDDINGS_SUFFIX}.safetensors"))
+        raise ToolError(f"{path}: no such LoRA file, embeddings file or run folder")
     return lora, embeddings
 
 
@@ -162,14 +170,15 @@ def evaluate(model, lora_or_run, *, concept: str = "heart", trigger: str | None 
     requests = [replace(base_req, prompt=p.prompt, seed=p.seed) for p in prompts]
     judge = load_judge()
     before = generate(model, requests)
-    apply_lora_files(model, [LoraSpec(str(lora))], allow_pickle)
+    if lora is not None:
+        apply_lora_files(model, [LoraSpec(str(lora))], allow_pickle)
     for emb in embeddings:
         load_embedding(model, EmbeddingSpec(str(emb)), allow_pickle)
     after = generate(model, requests)
     base_scores, lora_scores = score(prompts, judge.read(before), concept), score(prompts, judge.read(after), concept)
     plain = [i for i, p in enumerate(prompts) if p.group != "concept"]
     report = EvalReport(
-        lora=str(lora), concept=concept, trigger=trigger, base=base_scores, lora_scores=lora_scores,
+        lora=str(lora or embeddings[0]), concept=concept, trigger=trigger, base=base_scores, lora_scores=lora_scores,
         drift=pixel_drift([before[i] for i in plain], [after[i] for i in plain]), prompts=len(prompts),
         settings={"steps": steps, "guidance_scale": guidance_scale, "sampler": sampler, "seeds": seeds, "size": size,
                   "embeddings": [str(e) for e in embeddings]},

@@ -28,6 +28,7 @@ from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
 from .attention import set_attention
 from .interrupt import StopOnCtrlC
+from .metrics import METRICS_FILE, MetricsLog
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
 from .outputs import WrittenFiles, write_lora_files
@@ -80,9 +81,22 @@ class Trainer:
         try:
             self.prepare()
             self.train()
-            return self.finish()
+            result = self.finish()
+            self._end("done")
+            return result
+        except RunInterruptedError as e:
+            self._end("stopped", str(e))
+            raise
+        except BaseException as e:
+            self._end("failed", f"{type(e).__name__}: {e}")
+            raise
         finally:
             self.close()
+
+    def _end(self, status: str, message: str = "") -> None:
+        """The `end` line of metrics.jsonl (when the run got as far as opening it)."""
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.end(step=self.state.global_step, status=status, message=message)
 
     def prepare(self) -> None:
         """Every phase before the loop, after the pre-flight checks (before anything is written)."""
@@ -122,7 +136,10 @@ class Trainer:
         if fresh and cfg.output.overwrite and self.accelerator.is_main_process:
             clear_checkpoints(self.run_dir)  # the old run's checkpoints would mix with this one's
             (self.run_dir / FINAL_MARKER).unlink(missing_ok=True)
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
+        self.metrics = MetricsLog(self.run_dir, enabled=self.accelerator.is_main_process,
+                                  device=self.accelerator.device)
         self.state.run_id = uuid.uuid4().hex  # kept by every checkpoint; a resume takes the checkpoint's
         self.mixed_precision = mp
         self.weight_dtype = torch_dtype(mp)
@@ -295,6 +312,8 @@ class Trainer:
         bar = self._bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step",
                                dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
         self.nonfinite = NonFiniteGuard(cfg.training, acc, self.run_dir)
+        self.metrics.start(run_id=st.run_id, max_steps=self.max_steps, step=st.global_step,
+                           resumed=bool(cfg.training.resume))
         with StopOnCtrlC() as ctrl_c:
             self._loop(bar, ctrl_c)
         bar.close()
@@ -324,8 +343,10 @@ class Trainer:
                         self.pivotal.hold_network(self.network_params)
                     skip = self.nonfinite.check(loss, self.trainable_parameters(), st.global_step + 1,
                                                 current_lrs(self.optimizer, self.lr_scheduler))
+                    self._grad_norm = None
                     if acc.sync_gradients and cfg.optimizer.max_grad_norm and not skip:
-                        acc.clip_grad_norm_(self.trainable_parameters(), cfg.optimizer.max_grad_norm)
+                        self._grad_norm = acc.clip_grad_norm_(self.trainable_parameters(),
+                                                              cfg.optimizer.max_grad_norm)
                     if not skip:  # a skipped step (training.on_nonfinite = "skip") does not count
                         self.optimizer.step()
                         self.lr_scheduler.step()
@@ -395,9 +416,17 @@ class Trainer:
         self.losses.append(value)
         lrs = current_lrs(self.optimizer, self.lr_scheduler)
         logs.update({"loss": value, **{f"lr/{k}": v for k, v in lrs.items()}})
+        extra = {}
+        if getattr(self, "_grad_norm", None) is not None:
+            logs["grad_norm"] = extra["grad_norm"] = float(self._grad_norm)
+        d = self.optimizer.param_groups[0].get("d")  # Prodigy / D-Adaptation's step-size estimate
+        if isinstance(d, (int, float)):
+            logs["prodigy/d"] = extra["d"] = float(d)
         bar.update(1)
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{next(iter(lrs.values())):.2e}", epoch=st.epoch)
         acc.log(logs, step=st.global_step)
+        self.metrics.step(step=st.global_step, epoch=st.epoch, max_steps=self.max_steps, loss=value, lrs=lrs,
+                          **extra)
         self._periodic(st.global_step, cfg.training.save_every_n_steps, cfg.sampling.sample_every_n_steps,
                        f"{st.global_step:06d}")
 
@@ -421,12 +450,14 @@ class Trainer:
         """`checkpoints/step-N/` of this step (`state.write_checkpoint`), with the LoRA files of the step."""
         name = f"{self.cfg.output.output_name}-step{self.state.global_step:08d}"
         t = self.cfg.training
-        return write_checkpoint(
+        folder = write_checkpoint(
             self.accelerator, self.run_dir, self.state, dump_config(self.cfg),
             lambda folder: write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name,
                                             self.pivotal),
             t.save_last_n_steps, t.save_last_n_epochs,
         )
+        self.metrics.checkpoint(step=self.state.global_step, path=folder, run_dir=self.run_dir)
+        return folder
 
     def finish(self) -> RunResult:
         acc = self.accelerator
@@ -483,12 +514,14 @@ class Trainer:
         for mod in self.trained_models:
             mod.eval()
         try:
-            return sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
+            files = sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
                                           self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
                                           replace=self.pivotal.replace if self.pivotal else None,
                                           embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
                                           if self.pivotal else None, lora=bool(self.network.parts),
                                           tokens=self.pivotal.tokens if self.pivotal else None)
+            self.metrics.sample(step=self.state.global_step, tag=tag, files=files, run_dir=self.run_dir)
+            return files
         except OSError as e:  # a full disk or a read-only folder: said like a failed checkpoint
             if isinstance(e, FileNotFoundError):
                 raise
