@@ -154,7 +154,7 @@ class Run:
         path = self.work / "latents.safetensors"
         if path.is_file() and self.state.get("latents_vae_step") == self.state["vae_step"]:
             return load_file(str(path))
-        if self.state["unet_step"] > 0:
+        if self.state["unet_step"] > 0 and self.state.get("latents_vae_step") != self.state["vae_step"]:
             raise SystemExit(f"{self.work}: the VAE changed after the UNet started training on its latents; start the "
                              "UNet over (delete unet.safetensors, text_encoder.safetensors, opt.safetensors and set "
                              "unet_step to 0 in state.json) or keep --vae-steps at the value it had")
@@ -328,6 +328,7 @@ def main(argv=None):
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--cfg", type=float, default=4.0, help="guidance scale for --eval")
     p.add_argument("--eval", action="store_true")
+    p.add_argument("--eval-prompts", type=int, default=200, help="held-out prompts judged by --eval")
     p.add_argument("--eval-vae", action="store_true", help="judge the VAE's reconstructions (the model's ceiling)")
     p.add_argument("--export", action="store_true")
     p.add_argument("--export-to", metavar="DIR", help="write the exported files here instead of the package assets")
@@ -335,7 +336,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     run = Run(a)
     if a.eval:
-        write_text_atomic(run.work / "eval.json", json.dumps(run.evaluate(), indent=1))
+        write_text_atomic(run.work / "eval.json", json.dumps(run.evaluate(a.eval_prompts), indent=1))
         return
     if a.eval_vae:
         write_text_atomic(run.work / "eval-vae.json", json.dumps(run.evaluate_vae(), indent=1))
