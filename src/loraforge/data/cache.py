@@ -214,6 +214,7 @@ def fill_latent_cache(dataset, d, ctx: CacheContext) -> LatentCache:
                         "flip": str(int(flip)), "vae": cache.identity}
                 cache.put(key, dataset.items[i], {"mean": dist.mean[j], "std": dist.std[j]}, meta)
             n += len(chunk)
+    dataset.forget_decoded()
     log.info("latent cache: %d entries reused, %d encoded%s", cache.hits, n,
              f" (on disk, {cache.cache_dir or CACHE_FOLDER})" if cache.to_disk else " (in memory)")
     dataset.latent_cache = cache
