@@ -51,17 +51,24 @@ class CacheContext:
     vae_batch_size: int = 1
 
 
+SAMPLED_ROWS = 16  # rows of each fingerprinted tensor (and its last row, where new token embeddings go)
+
+
 def module_identity(module, extra: str = "") -> str:
-    """A fingerprint of a model: its config, dtype and a strided sample of a few weight tensors."""
+    """A fingerprint of a model: its config, and the shape, dtype and a sample of whole rows (evenly spaced along
+    the first dimension, plus the last) of a few weight tensors. Whole rows, not a strided sample of every row:
+    that read every page of a token-embedding table (hundreds of MiB of memory-mapped weights)."""
     h = hashlib.sha256(extra.encode())
     config = getattr(module, "config", {})
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     params = list(module.parameters())
     for p in (params[0], params[len(params) // 2], params[-1]):
-        flat = p.detach().reshape(-1)
-        h.update(flat[:: max(1, flat.numel() // 65536)].float().cpu().numpy().tobytes())
-        h.update(str(p.dtype).encode())
+        rows = p.detach().reshape(p.shape[0] if p.dim() else 1, -1)
+        picked = torch.linspace(0, rows.shape[0] - 1, min(SAMPLED_ROWS, rows.shape[0])).long().tolist()
+        for i in sorted({*picked, rows.shape[0] - 1}):
+            h.update(rows[i].float().cpu().numpy().tobytes())
+        h.update(f"{tuple(p.shape)}{p.dtype}".encode())
     return h.hexdigest()[:24]
 
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageFile
 
 import loraforge.data.dataset as dataset_module
+from loraforge.data.cache import SAMPLED_ROWS, module_identity
 from loraforge.data.dataset import ImageCaptionDataset
 from loraforge.data.images import check_image, to_tensor
 from loraforge.data.sources import ImageItem
@@ -44,9 +45,15 @@ def test_to_tensor_is_the_usual_scaling_in_one_contiguous_float_array():
 
 @pytest.mark.parametrize("ext", ["jpg", "png"])
 def test_the_check_refuses_truncated_files_without_a_full_size_decode(tmp_path, monkeypatch, ext):
-    good = noisy_image(tmp_path / f"good.{ext}", 256, 192)
+    good = tmp_path / f"good.{ext}"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated by 90°: displayed 192 × 256
+    Image.open(noisy_image(tmp_path / "src.png", 256, 192)).save(good, exif=exif.tobytes())
     data = good.read_bytes()
     (tmp_path / f"cut.{ext}").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # one byte of the compressed pixels changed
+    (tmp_path / f"flipped.{ext}").write_bytes(bytes(flipped))
     decoded_sizes = []
     load = ImageFile.ImageFile.load
 
@@ -59,4 +66,29 @@ def test_the_check_refuses_truncated_files_without_a_full_size_decode(tmp_path, 
     assert all(w * h <= 256 * 192 // 64 for w, h in decoded_sizes), decoded_sizes  # at most 1/8 × 1/8
     problem = check_image(tmp_path / f"cut.{ext}", 64)
     assert problem is not None and "unreadable" in problem.reason and "truncated" in problem.reason
-    assert "too small" in check_image(good, 200).reason
+    assert "too small: 192×256" in check_image(good, 200).reason
+    if ext == "png":  # the chunk checksums are read (a JPEG has none: a changed byte may decode)
+        assert "unreadable" in check_image(tmp_path / "flipped.png", 64).reason
+
+
+def test_the_model_fingerprint_reads_a_few_rows_and_still_sees_changed_or_added_embeddings(monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(1000, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    base = module_identity(model)
+    read = []
+    to_float = torch.Tensor.float
+    monkeypatch.setattr(torch.Tensor, "float", lambda self, *a, **k: read.append(self.numel()) or to_float(self))
+    assert module_identity(model) == base
+    monkeypatch.undo()
+    assert sum(read) <= (SAMPLED_ROWS + 1) * 8 + 8 * 8 + 4 * 8  # a few rows of the table, not all 8000 values
+    first = model[0].weight[0].detach().clone()
+    with torch.no_grad():
+        model[0].weight[0] += 1  # the first row: a sampled one
+    assert module_identity(model) != base
+    with torch.no_grad():
+        model[0].weight[0] = first
+    assert module_identity(model) == base
+    grown = torch.nn.Embedding(1001, 8)  # a new token appended (pivotal tuning, resize_token_embeddings)
+    with torch.no_grad():
+        grown.weight[:1000] = model[0].weight
+    assert module_identity(torch.nn.Sequential(grown, model[1], model[2])) != base
