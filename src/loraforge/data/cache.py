@@ -160,7 +160,9 @@ class LatentCache(_Store):
 
 def sample_latents(mean, std, seeds, scale: float, shift: float) -> torch.Tensor:
     """Scaled latents drawn from N(mean, std²) with a CPU generator per sample (`seeds`: an int for one sample
-    [C, h, w], a list for a batch). The same formula serves the cache and the live VAE path."""
+    [C, h, w], a list for a batch). The same formula serves the cache and the live VAE path. On the CPU on purpose:
+    the cache draws in the data loader, the live path next to the VAE, and both must draw the same numbers (a GPU
+    generator gives others); with cached latents the draw is made where the latents already are."""
     one = isinstance(seeds, int)
     mean, std = (mean[None], std[None]) if one else (mean, std)
     eps = torch.stack([
