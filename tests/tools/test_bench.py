@@ -25,6 +25,7 @@ def test_bench_times_the_real_trainer_step_and_its_figures_follow_the_grid(tmp_p
                     "achieved_tflops", "mfu"):
             assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, (key, r)
         assert r["step_s_min"] <= r["step_s_median"] <= r["step_s_max"] and r["steps_timed"] == 2
+        assert r["optimizer_steps"] == 3  # the trainer's loop ran warm-up and timed steps
         assert math.isclose(r["images_per_s"], r["batch"] / r["step_s_median"])
         assert math.isclose(r["mfu"], r["flops_per_step"] / r["step_s_median"] / 1e12 / 0.5)
         assert r["peak_allocated_mib"] is None and r["device"].startswith("cpu")

@@ -67,3 +67,22 @@ def test_the_progress_bar_writes_to_a_pipe_at_its_interval_not_per_step(make_con
     err = capsys.readouterr().err
     bar_lines = [part for part in err.replace("\r", "\n").split("\n") if part.startswith("training:")]
     assert 1 <= len(bar_lines) <= 2, bar_lines  # opened and closed: not one line per step (4)
+
+
+def test_the_frozen_base_is_loaded_straight_into_bf16_unless_the_vae_must_stay_fp32(make_config, monkeypatch):
+    import loraforge.training.trainer as trainer_module
+
+    asked = []
+    load = trainer_module.load_model
+    monkeypatch.setattr(trainer_module, "load_model", lambda cfg, dtype=None: asked.append(dtype) or load(cfg, dtype))
+    for precision, no_half_vae in (("bf16", False), ("bf16", True), ("fp16", False), ("no", False)):
+        t = Trainer(make_config("sd15", **{"training.mixed_precision": precision,
+                                           "training.no_half_vae": no_half_vae}))
+        try:
+            t.setup()
+            t.load_model()
+            if precision == "bf16" and not no_half_vae:
+                assert t.model.unet.dtype == torch.bfloat16 and t.model.vae.dtype == torch.bfloat16
+        finally:
+            t.close()
+    assert asked == [torch.bfloat16, None, None, None]

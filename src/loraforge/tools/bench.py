@@ -281,14 +281,15 @@ def run_case(case: Case, steps: int, warmup: int, work: Path, *, full_size: bool
         common = {**asdict(case), "full_size": full_size, "mixed_precision": trainer.mixed_precision,
                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
                   "flops_per_step": flops, "peak_tflops": peak}
-        rows = [{**common, "impl": "loraforge", **summarize(times, case.batch), **peak_memory(device, rss_reset)}]
+        rows = [{**common, "impl": "loraforge", **summarize(times, case.batch), **peak_memory(device, rss_reset),
+                 "optimizer_steps": trainer.state.global_step}]
         if baseline:  # its peak memory: during its own loop (the model is loaded already)
             rss_reset = reset_peak_rss()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times = plain_loop(trainer, batch, steps, warmup, device)
             rows.append({**common, "impl": "plain-pytorch", **summarize(times, case.batch),
-                         **peak_memory(device, rss_reset)})
+                         **peak_memory(device, rss_reset), "optimizer_steps": warmup + steps})
         for row in rows:
             tflops = flops / row["step_s_median"] / 1e12 if flops else None
             row["achieved_tflops"] = tflops
