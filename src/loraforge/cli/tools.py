@@ -427,8 +427,9 @@ def add_bench(sub) -> None:
     p.add_argument("--algo", type=_list(str), default=["lora"], help="network.algo values (default lora)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per point (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--full-size", action="store_true",
-                   help="the family's real architecture with random weights (default: the embedded tiny model)")
+    p.add_argument("--size", choices=["tiny", "mid", "full"], default="tiny",
+                   help="tiny: the embedded tiny model (default); full: the family's real architecture with random "
+                        "weights; mid: that architecture at 0.4 of its UNet's width")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16", "auto"], default="no",
                    help="training.mixed_precision (default no)")
     p.add_argument("--baseline", action="store_true",
@@ -450,7 +451,7 @@ def cmd_bench(args) -> int:
     quiet_progress()
     cases = grid(family=args.family, resolution=args.resolution, batch=args.batch, rank=args.rank,
                  checkpointing=args.checkpointing, compile=args.compile, optimizer=args.optimizer, algo=args.algo)
-    report = run_grid(cases, args.steps, args.warmup, full_size=args.full_size,
+    report = run_grid(cases, args.steps, args.warmup, size=args.size,
                       mixed_precision=args.mixed_precision, baseline=args.baseline, peak_tflops=args.peak_tflops)
     text = json.dumps(report, indent=1)
     if args.output:

@@ -3,8 +3,9 @@
 Each grid point builds a `Trainer` (the one `loraforge train` runs) on a synthetic dataset of noise images with
 cached latents and text-encoder outputs, runs `warmup + steps` steps of its loop, and reads the time between the
 loop's calls of the step's loss: data loading, forward, backward, clipping, optimizer and the loop's own work are
-all inside. The model is the embedded tiny one of the family, or with `full_size` the family's real architecture
-(its configs from `models.configs`) with random weights — nothing is downloaded.
+all inside. The model is the embedded tiny one of the family ("tiny"), or the family's real architecture (its
+configs from `models.configs`) with random weights ("full"), or that architecture at 0.4 of its UNet's width
+("mid": SD 1.5's UNet at about 140 M parameters) — nothing is downloaded.
 
 Per point: images per second, step time (median, min, max), peak memory (CUDA allocated and reserved; on the CPU
 the process's peak resident memory, reset per point), the FLOPs of one step (torch's `FlopCounterMode`: the
@@ -74,8 +75,20 @@ def grid(**axes) -> list[Case]:
 
 
 # ----------------------------------------------------------------------------------------------- the model
-def random_model(family_name: str, device) -> SDModel:
-    """The family's full-size architecture with random weights (built on `device`), from its config folder."""
+MID_WIDTH = 0.4  # "mid": the UNet's channels × 0.4 (SD 1.5: 320/640/1280 → 128/256/512), 64-wide heads
+SIZES = ("tiny", "mid", "full")
+
+
+def mid_unet_config(config: dict) -> dict:
+    """A family's UNet config at `MID_WIDTH` of its widths (multiples of 64, heads of 64 channels); depths,
+    attention layout and conditioning as the real model's."""
+    channels = [max(64, round(c * MID_WIDTH / 64) * 64) for c in config["block_out_channels"]]
+    return {**config, "block_out_channels": channels, "attention_head_dim": [c // 64 for c in channels]}
+
+
+def random_model(family_name: str, device, size: str = "full") -> SDModel:
+    """The family's real architecture (`size` "full"), or its UNet at `MID_WIDTH` of the width ("mid"), with random
+    weights (built on `device`), from its config folder."""
     fam = family_info(family_name)
     folder = config_folder(family_name)
     index = json.loads((folder / "model_index.json").read_text())
@@ -92,24 +105,25 @@ def random_model(family_name: str, device) -> SDModel:
 
                 parts[name] = cls(AutoConfig.from_pretrained(str(folder / name)))
             else:
-                parts[name] = cls.from_config(cls.load_config(str(folder / name)))
+                config = cls.load_config(str(folder / name))
+                parts[name] = cls.from_config(mid_unet_config(config) if name == "unet" and size == "mid" else config)
     te = [parts[p.diffusers] for p in fam.text_encoders]
     tok = [parts[p.tokenizer] for p in fam.text_encoders]
     scheduler = parts["scheduler"]
     prediction = scheduler.config.get("prediction_type", "epsilon")
-    return SDModel(fam, f"random {fam.label} ({folder})", parts["unet"], parts["vae"], te, tok, scheduler,
+    return SDModel(fam, f"random {size}-size {fam.label} ({folder})", parts["unet"], parts["vae"], te, tok, scheduler,
                    prediction, False)
 
 
 class BenchTrainer(Trainer):
-    """The trainer, with the full-size random model when asked (everything else is `Trainer`'s)."""
+    """The trainer, with a random mid- or full-size model when asked (everything else is `Trainer`'s)."""
 
-    full_size = False
+    size = "tiny"
 
     def load_model(self) -> None:
-        if not self.full_size:
+        if self.size == "tiny":
             return super().load_model()
-        self.model = random_model(self.cfg.model.family, self.accelerator.device)
+        self.model = random_model(self.cfg.model.family, self.accelerator.device, self.size)
         self.resolution = run_resolution(self.cfg, self.model.native_size)
         self.noise_scheduler = self.model.noise_scheduler()
         self.run_info.update(model_name=self.model.source, prediction_type=self.model.prediction_type,
@@ -234,7 +248,7 @@ def plain_loop(trainer: Trainer, batch: dict, steps: int, warmup: int, device) -
     return times[warmup:]
 
 
-def run_case(case: Case, steps: int, warmup: int, work: Path, *, full_size: bool = False,
+def run_case(case: Case, steps: int, warmup: int, work: Path, *, size: str = "tiny",
              mixed_precision: str = "no", baseline: bool = False, peak_tflops: float | None = None) -> list[dict]:
     """Rows of one grid point: loraforge's, and the plain loop's with `baseline`."""
     images = make_images(work / f"images-{case.resolution}", max(2, case.batch), case.resolution)
@@ -254,7 +268,7 @@ def run_case(case: Case, steps: int, warmup: int, work: Path, *, full_size: bool
                              for k, v in overrides.items()])
     rss_reset = reset_peak_rss()
     trainer = BenchTrainer(cfg)
-    trainer.full_size = full_size
+    trainer.size = size
     try:
         trainer.prepare()
         device = trainer.accelerator.device
@@ -278,7 +292,7 @@ def run_case(case: Case, steps: int, warmup: int, work: Path, *, full_size: bool
         stamps.append(time.perf_counter())
         times = [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
         peak = device_peak_tflops(device, peak_tflops)
-        common = {**asdict(case), "full_size": full_size, "mixed_precision": trainer.mixed_precision,
+        common = {**asdict(case), "size": size, "mixed_precision": trainer.mixed_precision,
                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
                   "flops_per_step": flops, "peak_tflops": peak}
         rows = [{**common, "impl": "loraforge", **summarize(times, case.batch), **peak_memory(device, rss_reset),
@@ -299,24 +313,26 @@ def run_case(case: Case, steps: int, warmup: int, work: Path, *, full_size: bool
         trainer.close()
 
 
-def run_grid(cases: list[Case], steps: int = 5, warmup: int = 2, *, full_size: bool = False,
+def run_grid(cases: list[Case], steps: int = 5, warmup: int = 2, *, size: str = "tiny",
              mixed_precision: str = "no", baseline: bool = False, peak_tflops: float | None = None,
              work_dir: str | None = None) -> dict:
     """Every case in turn; the report: environment, settings and one row per case (and per baseline)."""
+    if size not in SIZES:
+        raise ToolError(f"bench: size {size!r} is not one of {', '.join(SIZES)}")
     if steps < 1 or warmup < 0:
         raise ToolError(f"bench: --steps must be 1 or more and --warmup 0 or more (got {steps}, {warmup})")
     rows = []
     with tempfile.TemporaryDirectory(prefix="loraforge-bench-", dir=work_dir) as tmp:
         for i, case in enumerate(cases):
             log.info("bench %d/%d: %s", i + 1, len(cases), case)
-            rows += run_case(case, steps, warmup, Path(tmp) / f"case-{i}", full_size=full_size,
+            rows += run_case(case, steps, warmup, Path(tmp) / f"case-{i}", size=size,
                              mixed_precision=mixed_precision, baseline=baseline, peak_tflops=peak_tflops)
     return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "cuda": torch.version.cuda, "steps": steps, "warmup": warmup,
             "rows": rows}
 
 
-COLUMNS = [("family", "{}"), ("resolution", "{}"), ("batch", "{}"), ("rank", "{}"), ("checkpointing", "{}"),
+COLUMNS = [("family", "{}"), ("size", "{}"), ("resolution", "{}"), ("batch", "{}"), ("rank", "{}"), ("checkpointing", "{}"),
            ("compile", "{}"), ("optimizer", "{}"), ("algo", "{}"), ("impl", "{}"), ("images_per_s", "{:.2f}"),
            ("step_s_median", "{:.3f}"), ("step_s_min", "{:.3f}"), ("step_s_max", "{:.3f}"),
            ("peak_allocated_mib", "{:.0f}"), ("peak_reserved_mib", "{:.0f}"), ("peak_rss_mib", "{:.0f}"),
