@@ -40,6 +40,7 @@ from ..errors import ToolError
 from ..families import family as family_info
 from ..models.configs import config_folder
 from ..models.loading import SDModel
+from ..models.text import sdxl_time_ids
 from ..training.optim import build_optimizer
 from ..training.plan import run_resolution
 from ..training.trainer import Trainer
@@ -216,8 +217,6 @@ def step_flops(trainer: Trainer, batch: dict) -> int | None:
 def plain_loop(trainer: Trainer, batch: dict, steps: int, warmup: int, device) -> list[float]:
     """The baseline: a plain PyTorch LoRA loop on the trainer's UNet and adapter, with the same optimizer type."""
     from diffusers import DDPMScheduler
-
-    from ..models.text import sdxl_time_ids
 
     unet, params = trainer.model.unet, trainer.network_params
     opt = build_optimizer(trainer.cfg.optimizer, [{"params": params}])
