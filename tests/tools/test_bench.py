@@ -43,3 +43,17 @@ def test_the_grid_is_every_combination_and_the_mfu_is_left_out_without_a_peak():
     row = {**Case().__dict__, "impl": "loraforge", "images_per_s": 2.0, "step_s_median": 0.5, "step_s_min": 0.4,
            "step_s_max": 0.6, "peak_rss_mib": 100.0, "achieved_tflops": 0.01, "mfu": None}
     assert "| — |" in markdown({"rows": [row]}).splitlines()[2]
+
+
+def test_mid_and_full_size_models_are_the_real_architecture_at_their_width():
+    from loraforge.tools.bench import random_model
+
+    full = random_model("sdxl", "meta", "full")
+    mid = random_model("sdxl", "meta", "mid")
+    assert list(full.unet.config.block_out_channels) == [320, 640, 1280]
+    assert list(mid.unet.config.block_out_channels) == [128, 256, 512]
+    for key in ("transformer_layers_per_block", "cross_attention_dim", "addition_embed_type", "layers_per_block"):
+        assert mid.unet.config[key] == full.unet.config[key]
+    assert sum(p.numel() for p in mid.unet.parameters()) < 0.25 * sum(p.numel() for p in full.unet.parameters())
+    assert [type(te).__name__ for te in mid.text_encoders] == ["CLIPTextModel", "CLIPTextModelWithProjection"]
+    assert mid.family.name == "sdxl" and mid.prediction_type == "epsilon"

@@ -94,14 +94,16 @@ def random_model(family_name: str, device, size: str = "full") -> SDModel:
     folder = config_folder(family_name)
     index = json.loads((folder / "model_index.json").read_text())
     parts = {}
-    with torch.device(device):
-        for name, spec in index.items():
-            if not isinstance(spec, list) or spec[0] is None:
-                continue
-            cls = getattr(importlib.import_module(spec[0]), spec[1])
-            if "Tokenizer" in spec[1]:
-                parts[name] = cls.from_pretrained(str(folder / name))
-            elif spec[0] == "transformers":
+    for name, spec in index.items():
+        if not isinstance(spec, list) or spec[0] is None:
+            continue
+        cls = getattr(importlib.import_module(spec[0]), spec[1])
+        if not issubclass(cls, torch.nn.Module):  # tokenizers, the scheduler
+            load = cls.from_pretrained if "Tokenizer" in spec[1] else lambda f: cls.from_config(cls.load_config(f))
+            parts[name] = load(str(folder / name))
+            continue
+        with torch.device(device):  # the weights are made there (fast on a GPU; no memory on "meta")
+            if spec[0] == "transformers":
                 from transformers import AutoConfig
 
                 parts[name] = cls(AutoConfig.from_pretrained(str(folder / name)))
