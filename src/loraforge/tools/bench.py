@@ -19,6 +19,7 @@ costs on top of the math.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import itertools
 import json
@@ -267,6 +268,9 @@ def run_case(case: Case, steps: int, warmup: int, work: Path, *, size: str = "ti
         overrides["optimizer.learning_rate"] = 1.0
     cfg = load_config(None, [f"{k}={json.dumps(v) if not isinstance(v, bool) else str(v).lower()}"
                              for k, v in overrides.items()])
+    gc.collect()  # what earlier grid points left is not counted in this one's peaks
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     rss_reset = reset_peak_rss()
     trainer = BenchTrainer(cfg)
     trainer.size = size
