@@ -390,4 +390,77 @@ def cmd_doctor(args) -> int:
     return 0 if report.ok else 1
 
 
-TOOLS = [add_sample, add_merge, add_resize, add_extract, add_convert, add_inspect, add_doctor]
+# -------------------------------------------------------------------------------------------------------- bench
+def _list(kind):
+    """An argparse type: a comma-separated list of `kind` values ("1,2,4"; "on,off" for booleans)."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    return parse
+
+
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "true", "1", "yes"):
+        return True
+    if text.lower() in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"{text!r} is not on or off")
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time LoRA training steps of the real trainer over a grid (img/s, memory, MFU)",
+                       description="Warm-up then timed training steps of the trainer's own loop (cached latents and "
+                                   "text embeddings, synthetic images) for every combination of the grid's values; "
+                                   "writes JSON and a Markdown table: images/s, step time (median, min, max), peak "
+                                   "memory (CUDA allocated/reserved, or peak RSS on the CPU), FLOPs and MFU. Each "
+                                   "axis takes a comma-separated list. See docs/benchmarks.md.")
+    p.add_argument("--family", type=_list(str), default=["sd15"], help="families (default sd15)")
+    p.add_argument("--resolution", type=_list(int), default=[64], help="square sizes in px (default 64)")
+    p.add_argument("--batch", type=_list(int), default=[1], help="batch sizes (default 1)")
+    p.add_argument("--rank", type=_list(int), default=[4], help="network ranks (default 4)")
+    p.add_argument("--checkpointing", type=_list(_on_off), default=[False], help="gradient checkpointing: off, on")
+    p.add_argument("--compile", type=_list(_on_off), default=[False],
+                   help="torch.compile of each UNet block: off, on (default off)")
+    p.add_argument("--optimizer", type=_list(str), default=["adamw"], help="optimizer.type values (default adamw)")
+    p.add_argument("--algo", type=_list(str), default=["lora"], help="network.algo values (default lora)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per point (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--size", choices=["tiny", "mid", "full"], default="tiny",
+                   help="tiny: the embedded tiny model (default); full: the family's real architecture with random "
+                        "weights; mid: that architecture at 0.4 of its UNet's width")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16", "auto"], default="no",
+                   help="training.mixed_precision (default no)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also time a plain PyTorch loop on the same UNet, adapter and optimizer")
+    p.add_argument("--peak-tflops", type=non_negative,
+                   help="the device's peak TFLOP/s for the MFU (default: a table of known GPUs; none on the CPU)")
+    p.add_argument("-o", "--output", help="write the JSON report here (default: print it)")
+    p.add_argument("--markdown", help="write the Markdown table here")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ..tools.bench import grid, markdown, run_grid
+
+    quiet_progress()
+    cases = grid(family=args.family, resolution=args.resolution, batch=args.batch, rank=args.rank,
+                 checkpointing=args.checkpointing, compile=args.compile, optimizer=args.optimizer, algo=args.algo)
+    report = run_grid(cases, args.steps, args.warmup, size=args.size,
+                      mixed_precision=args.mixed_precision, baseline=args.baseline, peak_tflops=args.peak_tflops)
+    text = json.dumps(report, indent=1)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    table = markdown(report)
+    if args.markdown:
+        Path(args.markdown).write_text(table, encoding="utf-8")
+    print(table if args.output else text)
+    return 0
+
+
+TOOLS = [add_sample, add_merge, add_resize, add_extract, add_convert, add_inspect, add_doctor, add_bench]

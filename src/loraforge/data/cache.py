@@ -51,17 +51,24 @@ class CacheContext:
     vae_batch_size: int = 1
 
 
+SAMPLED_ROWS = 16  # rows of each fingerprinted tensor (and its last row, where new token embeddings go)
+
+
 def module_identity(module, extra: str = "") -> str:
-    """A fingerprint of a model: its config, dtype and a strided sample of a few weight tensors."""
+    """A fingerprint of a model: its config, and the shape, dtype and a sample of whole rows (evenly spaced along
+    the first dimension, plus the last) of a few weight tensors. Whole rows, not a strided sample of every row:
+    that read every page of a token-embedding table (hundreds of MiB of memory-mapped weights)."""
     h = hashlib.sha256(extra.encode())
     config = getattr(module, "config", {})
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     params = list(module.parameters())
     for p in (params[0], params[len(params) // 2], params[-1]):
-        flat = p.detach().reshape(-1)
-        h.update(flat[:: max(1, flat.numel() // 65536)].float().cpu().numpy().tobytes())
-        h.update(str(p.dtype).encode())
+        rows = p.detach().reshape(p.shape[0] if p.dim() else 1, -1)
+        picked = torch.linspace(0, rows.shape[0] - 1, min(SAMPLED_ROWS, rows.shape[0])).long().tolist()
+        for i in sorted({*picked, rows.shape[0] - 1}):
+            h.update(rows[i].float().cpu().numpy().tobytes())
+        h.update(f"{tuple(p.shape)}{p.dtype}".encode())
     return h.hexdigest()[:24]
 
 
@@ -153,7 +160,9 @@ class LatentCache(_Store):
 
 def sample_latents(mean, std, seeds, scale: float, shift: float) -> torch.Tensor:
     """Scaled latents drawn from N(mean, std²) with a CPU generator per sample (`seeds`: an int for one sample
-    [C, h, w], a list for a batch). The same formula serves the cache and the live VAE path."""
+    [C, h, w], a list for a batch). The same formula serves the cache and the live VAE path. On the CPU on purpose:
+    the cache draws in the data loader, the live path next to the VAE, and both must draw the same numbers (a GPU
+    generator gives others); with cached latents the draw is made where the latents already are."""
     one = isinstance(seeds, int)
     mean, std = (mean[None], std[None]) if one else (mean, std)
     eps = torch.stack([
@@ -214,6 +223,7 @@ def fill_latent_cache(dataset, d, ctx: CacheContext) -> LatentCache:
                         "flip": str(int(flip)), "vae": cache.identity}
                 cache.put(key, dataset.items[i], {"mean": dist.mean[j], "std": dist.std[j]}, meta)
             n += len(chunk)
+    dataset.forget_decoded()
     log.info("latent cache: %d entries reused, %d encoded%s", cache.hits, n,
              f" (on disk, {cache.cache_dir or CACHE_FOLDER})" if cache.to_disk else " (in memory)")
     dataset.latent_cache = cache

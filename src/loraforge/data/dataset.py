@@ -18,9 +18,16 @@ from ..config.dataset import pixel_size
 from .buckets import BucketManager, BucketSettings
 from .captions import CaptionOptions, process_caption
 from ..errors import DataError
-from .images import center_crop_offset, color_aug, face_box, face_crop, load_rgb, probe_size, resize_and_crop, to_tensor
+from .images import (
+    center_crop_offset, color_aug, cover_size, face_box, face_crop, load_rgb, probe_size, resize_and_crop, to_tensor,
+)
 from .sources import ImageItem
 from .subsets import Group, Subset
+
+
+# Decoded images kept per process (uint8, scaled to cover their bucket): each image is decoded and resized once,
+# not every step; past this many bytes the rest are decoded on every use.
+DECODED_CACHE_BYTES = 2 * 2**30
 
 
 @dataclass
@@ -134,6 +141,9 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             self.index = [i for i, n in enumerate(balanced_repeats(items, self.subsets)) for _ in range(n)]
         self.latent_cache = None  # set by `data.cache.fill_caches`
         self.text_cache = None
+        self.decoded: dict[int, tuple[Image.Image, tuple[int, int]]] = {}  # item → (cover image, original (h, w))
+        self.decoded_bytes = 0
+        self.decode_count = 0  # files decoded (what the cache saves)
 
     # ------------------------------------------------------------------------------------------ items
     def set_epoch(self, epoch: int) -> None:
@@ -191,15 +201,34 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         return process_caption(item.caption, opts, np.random.default_rng(0), 0, self.text_replacements)
 
     # ------------------------------------------------------------------------------------------ pixels
+    def cover_image(self, item_index: int) -> tuple[Image.Image, tuple[int, int]]:
+        """The item's image decoded and scaled to just cover its bucket (every crop and flip is taken from it),
+        and the file's (h, w): decoded once and kept while the process holds under `DECODED_CACHE_BYTES` of them."""
+        if item_index in self.decoded:
+            return self.decoded[item_index]
+        item = self.items[item_index]
+        img = load_rgb(item.path, item.data)
+        self.decode_count += 1
+        original = (img.height, img.width)
+        size = cover_size(img.size, self.item_buckets[item_index])
+        if size != img.size:
+            img = img.resize(size, Image.Resampling.LANCZOS)
+        if self.decoded_bytes + size[0] * size[1] * 3 <= DECODED_CACHE_BYTES:
+            self.decoded[item_index] = (img, original)
+            self.decoded_bytes += size[0] * size[1] * 3
+        return img, original
+
+    def forget_decoded(self) -> None:
+        """Drop the decoded images (once the latent cache holds what they gave, training never reads them)."""
+        self.decoded.clear()
+        self.decoded_bytes = 0
+
     def render(self, item_index: int, flip: bool, rng: np.random.Generator | None = None):
         """The training pixels of an item: resized to cover its bucket, cropped (center unless the subset crops at
         random and `rng` is given), flipped. Returns (tensor, original (h, w), crop (top, left))."""
-        item = self.items[item_index]
-        bw, bh = self.item_buckets[item_index]
-        img = load_rgb(item.path, item.data)
-        original = (img.height, img.width)
+        img, original = self.cover_image(item_index)
         random_crop = self.subset_of(item_index).random_crop and rng is not None
-        img, crop = resize_and_crop(img, (bw, bh), not random_crop, rng)
+        img, crop = resize_and_crop(img, self.item_buckets[item_index], not random_crop, rng)
         if flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_tensor(img), original, crop
@@ -224,13 +253,14 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             ex.latents = self.latent_cache.latents_for(self, item_index, flip, ex.latent_seed)
         else:
             random_crop = sub.random_crop
-            img = load_rgb(item.path, item.data)
-            ex.original_size = (img.height, img.width)
             face = face_box(item.path) if sub.face_crop_aug_range and item.is_file else None
-            if face is not None:  # its own stream, as color_aug's
+            if face is not None:  # its own stream, as color_aug's; scaled from the file at a random scale
+                img = load_rgb(item.path, item.data)
+                ex.original_size = (img.height, img.width)
                 img, ex.crop_top_left = face_crop(img, face, (bw, bh), sub.face_crop_aug_range,
                                                   self.rng(index, epoch, 5), random_crop)
-            else:
+            else:  # the cover image is already at its bucket's scale: this only crops
+                img, ex.original_size = self.cover_image(item_index)
                 img, ex.crop_top_left = resize_and_crop(img, (bw, bh), not random_crop, rng)
             if sub.random_flip and rng.random() < 0.5:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

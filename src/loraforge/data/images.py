@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,21 +31,62 @@ def file_bytes(path: Path, data: bytes | None = None) -> bytes:
     return data if data is not None else Path(path).read_bytes()
 
 
+def _png_exif(fp, check: bool) -> bytes | None:
+    """The EXIF chunk of a PNG (anywhere in the file: Pillow's own `getexif` decodes the whole image to reach one
+    after the pixel data), walking the chunks without decoding them; with `check`, every chunk's checksum is
+    verified and a truncated file raises OSError (what `Image.verify` checks)."""
+    fp.seek(8)  # the signature
+    exif = None
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            raise OSError("truncated PNG file (no IEND chunk)")
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"IEND":
+            return exif
+        if kind == b"eXIf" or check:
+            body, crc = fp.read(length), fp.read(4)
+            if len(body) < length or len(crc) < 4:
+                raise OSError(f"truncated PNG file (in a {kind.decode('latin-1')} chunk)")
+            if check and zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
+                raise OSError(f"broken PNG file (bad checksum of a {kind.decode('latin-1')} chunk)")
+            if kind == b"eXIf":
+                exif = b"Exif\x00\x00" + body
+        else:
+            fp.seek(length + 4, io.SEEK_CUR)
+
+
+def _displayed_size(im: Image.Image, check: bool = False) -> tuple[int, int]:
+    """(width, height) of an opened image as displayed (EXIF orientation applied), without decoding it."""
+    if im.format == "PNG":
+        exif = _png_exif(im.fp, check) if check or "exif" not in im.info else im.info["exif"]
+        tags = Image.Exif()
+        if exif:
+            tags.load(exif)
+        orientation = tags.get(0x0112, 1)
+    else:
+        orientation = im.getexif().get(0x0112, 1)
+    w, h = im.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # rotated by 90° or 270°
+
+
 def probe_size(path: Path, data: bytes | None = None) -> tuple[int, int]:
     """(width, height) as displayed (EXIF orientation applied), from the header only."""
     with _open(path, data) as im:
-        w, h = im.size
-        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90° or 270°
-            w, h = h, w
-    return w, h
+        return _displayed_size(im)
 
 
 def check_image(path: Path, min_size: int, data: bytes | None = None) -> ImageProblem | None:
-    """Open and fully decode the image; None if it is usable."""
+    """Whether the image is usable (None) without decoding it at full size: the header gives the size; a PNG's
+    chunks are read with their checksums, a JPEG is decoded at 1/8 scale (which still reads every byte of its
+    compressed data, so a truncated or corrupt file fails here); other formats are decoded in full."""
     try:
         with _open(path, data) as im:
-            im.load()
-            w, h = ImageOps.exif_transpose(im).size
+            w, h = _displayed_size(im, check=True)
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+            if im.format != "PNG":
+                im.load()
     except Exception as e:  # PIL raises many kinds for broken files
         return ImageProblem(path, f"unreadable ({type(e).__name__}: {e})")
     if min(w, h) < min_size:
@@ -170,8 +213,12 @@ def color_aug(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def to_tensor(img: Image.Image):
-    """PIL RGB → float tensor [3, H, W] in [-1, 1]."""
+    """PIL RGB → float tensor [3, H, W] in [-1, 1], in one float32 array: the uint8 pixels are converted while
+    transposed into it, then scaled in place."""
     import torch
 
-    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    out = np.empty((3, img.height, img.width), dtype=np.float32)
+    np.copyto(out, np.asarray(img).transpose(2, 0, 1))
+    out /= 127.5
+    out -= 1.0
+    return torch.from_numpy(out)

@@ -46,22 +46,23 @@ class LossStep:
 
     def make_noise(self, latents: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise (with `noise_offset` and pyramid noise) and timestep of each sample, drawn from the sample's own
-        generator seeded by the batch's `noise_seeds` (from (seed, epoch, index), like all of a sample's
-        randomness): a sample gets the same noise whatever batch or process it lands in, so N processes at batch B
+        generator (on the latents' device) seeded by the batch's `noise_seeds` (from (seed, epoch, index), like all of
+        a sample's randomness): a sample gets the same noise whatever batch or process it lands in, so N processes at batch B
         train as one process at batch N·B, and a resumed run draws what an uninterrupted one would."""
         t = self.training
         num_timesteps = self.noise_scheduler.config.num_train_timesteps
         noises, timesteps = [], []
+        device = latents.device  # drawn where they are used: no host-to-device copy per step on a GPU
         for seed in seeds:
-            g = torch.Generator().manual_seed(int(seed))
-            timesteps.append(torch.randint(0, num_timesteps, (1,), generator=g))
-            noise = torch.randn((1, *latents.shape[1:]), generator=g)
+            g = torch.Generator(device=device).manual_seed(int(seed))
+            timesteps.append(torch.randint(0, num_timesteps, (1,), generator=g, device=device))
+            noise = torch.randn((1, *latents.shape[1:]), generator=g, device=device)
             if t.noise_offset:
                 noise = offset_noise(noise, t.noise_offset, g)
             if t.multires_noise_iterations:
                 noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount, g)
             noises.append(noise)
-        return torch.cat(noises).to(latents), torch.cat(timesteps).to(latents.device).long()
+        return torch.cat(noises).to(latents), torch.cat(timesteps).long()
 
     def encode_batch_text(self, captions: list[str]):
         m = self.model

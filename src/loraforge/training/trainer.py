@@ -161,8 +161,12 @@ class Trainer:
         log.info("run folder: %s (device %s, precision %s)", self.run_dir, self.accelerator.device, mp)
 
     def load_model(self) -> None:
+        # Straight into the weight dtype (no fp32 copy of the whole model at load), unless the VAE stays fp32
+        # (`setup_network`): fp16 SD VAEs overflow, and fp32 weights rounded to fp16 and back are not the same.
+        keep_fp32_vae = self.weight_dtype == torch.float16 or self.cfg.training.no_half_vae
+        load_dtype = None if keep_fp32_vae or self.weight_dtype == torch.float32 else self.weight_dtype
         with self.accelerator.main_process_first():  # one process builds caches / downloads, the others reuse
-            self.model = load_model(self.cfg.model)
+            self.model = load_model(self.cfg.model, load_dtype)
         m = self.model
         self.resolution = run_resolution(self.cfg, m.native_size)
         self.noise_scheduler = m.noise_scheduler()
@@ -396,7 +400,14 @@ class Trainer:
         return self.step.encode_batch_text(captions)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return self.pivotal.step_parameters(self.network_params) if self.pivotal else list(self.network_params)
+        """The parameters this step trains (clipped, checked for NaN): one list, rebuilt only when pivotal tuning
+        changes phase."""
+        phase = (self.pivotal.network_waits, self.pivotal.training) if self.pivotal else None
+        cached = getattr(self, "_trainable", None)
+        if cached is None or cached[0] != phase:
+            params = self.pivotal.step_parameters(self.network_params) if self.pivotal else list(self.network_params)
+            self._trainable = cached = (phase, params)
+        return cached[1]
 
     def _maybe_pivot(self) -> None:
         if self.pivotal and self.pivotal.training and self.state.global_step >= self.pivot_at:
@@ -423,7 +434,8 @@ class Trainer:
         if isinstance(d, (int, float)):
             logs["prodigy/d"] = extra["d"] = float(d)
         bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}", lr=f"{next(iter(lrs.values())):.2e}", epoch=st.epoch)
+        # refresh=False: the bar writes at its own interval (set_postfix's default refresh writes a line per step)
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{next(iter(lrs.values())):.2e}", epoch=st.epoch, refresh=False)
         acc.log(logs, step=st.global_step)
         self.metrics.step(step=st.global_step, epoch=st.epoch, max_steps=self.max_steps, loss=value, lrs=lrs,
                           **extra)
