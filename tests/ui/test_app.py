@@ -1,0 +1,132 @@
+"""The web UI's HTTP API (FastAPI's TestClient): the CLI's validation messages, the folder fence, the job queue's
+records surviving a new app (a restart of the UI). Runs here are a stand-in process that keeps the trainer's
+contract (metrics.jsonl start / end lines, SIGINT = stop, exit 130); tests/ui/test_browser.py trains for real."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the web UI needs the `ui` extra (fastapi, uvicorn)")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from loraforge.cli import main as cli_main  # noqa: E402
+from loraforge.ui.app import create_app  # noqa: E402
+from loraforge.ui.form import form_overrides  # noqa: E402
+
+# Stands in for `python -m loraforge train CONFIG.toml`: writes the start line, waits, on SIGINT writes the end line
+# and exits 130, as the trainer does.
+FAKE_TRAIN = textwrap.dedent(f"""\
+    #!{sys.executable}
+    import json, sys, time, tomllib
+    from pathlib import Path
+    cfg = tomllib.loads(Path(sys.argv[4]).read_text())
+    run = Path(cfg["output"]["output_dir"]) / cfg["output"]["output_name"]
+    run.mkdir(parents=True, exist_ok=True)
+    def write(**r):
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({{"time": time.time(), **r}}) + "\\n")
+    write(kind="start", step=0, max_steps=cfg["training"]["max_train_steps"], run_id="x", resumed=False)
+    write(kind="step", step=1, max_steps=cfg["training"]["max_train_steps"], loss=0.5, loss_smooth=0.5, lr={{"unet": 1e-3}})
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        write(kind="end", step=1, status="stopped", message="interrupted")
+        sys.exit(130)
+""")
+
+
+@pytest.fixture
+def folders(tmp_path):
+    state, data = tmp_path / "state", tmp_path / "data"
+    data.mkdir()
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_TRAIN)
+    fake.chmod(0o755)
+    return state, data, fake
+
+
+def _app(state, data, fake):
+    app = create_app(state, [data], background=False)
+    app.state.queue.python = str(fake)
+    return TestClient(app)
+
+
+def test_a_bad_value_is_refused_with_the_clis_own_message(folders, capsys):
+    client = _app(*folders)
+    values = {"training.max_train_steps": "0", "network.rank": "4", "optimizer.lr_scheduler": "cosinus"}
+    r = client.post("/api/config", json={"values": values})
+    assert r.status_code == 400 and r.json()["error"] == "config error"
+    argv = ["train", *[a for o in form_overrides(values) for a in ("--set", o)], "--dry-run"]
+    assert cli_main(argv) == 2
+    printed = capsys.readouterr().err.splitlines()
+    assert printed[0] == "config error:"
+    assert r.json()["problems"] == [line.strip() for line in printed[1:]]
+    assert any("training.max_train_steps = 0" in p for p in r.json()["problems"])
+    # starting the same form is refused with the same lines, and queues nothing
+    r2 = client.post("/api/jobs", json={"values": values})
+    assert r2.status_code == 400 and r2.json()["problems"] == r.json()["problems"]
+    assert client.get("/api/jobs").json() == []
+
+
+def test_a_path_outside_the_folders_is_refused(folders, tmp_path):
+    state, data, fake = folders
+    client = _app(state, data, fake)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    r = client.post("/api/jobs", json={"values": {"dataset.instance_dir": str(outside)}})
+    assert r.status_code == 400
+    message = r.json()["problems"][0]
+    assert f"dataset.instance_dir = '{outside}'" in message and str(data) in message and "--data-root" in message
+    assert client.get("/api/jobs").json() == []
+    # `..` does not get out either, and the caption editor is fenced the same way
+    sneaky = str(data / ".." / "elsewhere")
+    assert client.post("/api/config", json={"values": {"model.pretrained_model_name_or_path": sneaky}}).status_code == 400
+    assert client.get("/api/captions", params={"folder": str(outside)}).status_code == 400
+    # inside a data root: accepted, written absolute into the shown config
+    (data / "imgs").mkdir()
+    r = client.post("/api/config", json={"values": {"dataset.instance_dir": str(data / "imgs")}})
+    assert r.status_code == 200 and f'instance_dir = "{data / "imgs"}"' in r.json()["toml"]
+
+
+def _wait(client, job_id, status, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] == status:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never became {status}: {job}")
+
+
+def test_jobs_queue_one_at_a_time_and_survive_a_restart_of_the_ui(folders):
+    state, data, fake = folders
+    client = _app(state, data, fake)
+    values = {"training.max_train_steps": "7", "output.output_name": "first"}
+    first = client.post("/api/jobs", json={"values": values}).json()
+    second = client.post("/api/jobs", json={"values": {**values, "output.output_name": "second"}}).json()
+    assert first["status"] == "running" and second["status"] == "queued"
+    job = _wait(client, first["id"], "running")
+    while job["step"] != 1:  # the stand-in's first step line
+        job = client.get(f"/api/jobs/{first['id']}").json()
+    assert job["max_steps"] == 7 and job["progress"]["loss_smooth"] == 0.5
+
+    restarted = _app(state, data, fake)  # a new UI process: reads the records, finds the live run by its pid
+    jobs = {j["id"]: j for j in restarted.get("/api/jobs").json()}
+    assert jobs[first["id"]]["status"] == "running" and jobs[second["id"]]["status"] == "queued"
+    pid = restarted.app.state.queue.get(first["id"]).pid
+    assert pid and os.path.exists(f"/proc/{pid}")
+    assert restarted.post(f"/api/jobs/{first['id']}/stop").json()["status"] == "stopping"
+    client.app.state.queue._procs[first["id"]].wait(10)  # (the first app is its parent: reap it)
+    stopped = _wait(restarted, first["id"], "stopped")
+    assert stopped["message"] == "interrupted" and stopped["history"] == ["started", "stopped at step 1"]
+    # the queue moves on: the second job runs now; stop it and leave nothing behind
+    _wait(restarted, second["id"], "running")
+    restarted.post(f"/api/jobs/{second['id']}/stop")
+    restarted.app.state.queue._procs[second["id"]].wait(10)
+    _wait(restarted, second["id"], "stopped")
