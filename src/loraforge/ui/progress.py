@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..training.metrics import read_metrics, step_series
 
-CHECK_PREFIX = "check "  # training/outputs.py logs the save-time consumer check as `check <file>: <verdict>`
+# training/outputs.py logs the save-time consumer check as `check <file>: <verdict>` (INFO), then any misses (WARNING)
+CHECK_LINE = re.compile(r" (?P<level>INFO|WARNING) loraforge\.training\.outputs: check (?P<name>[^:]+): (?P<text>.*)$")
 
 
 def run_progress(run_dir: Path) -> dict:
@@ -45,15 +47,16 @@ def result_files(run_dir: Path) -> list[dict]:
 
 
 def check_lines(run_dir: Path) -> list[str]:
-    """The consumer-check lines of the last save of the final files (from `train.log`)."""
+    """The consumer-check lines of the final files' last save, read from `train.log`."""
     log = run_dir / "train.log"
     if not log.is_file():
         return []
     names = {f["name"] for f in result_files(run_dir)}
     found: dict[str, list[str]] = {}
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith(CHECK_PREFIX):
-            name = line[len(CHECK_PREFIX):].split(":", 1)[0]
-            if name in names:
-                found.setdefault(name, []).append(line[len(CHECK_PREFIX):])
+        m = CHECK_LINE.search(line)
+        if m and m["name"] in names:
+            if m["level"] == "INFO":  # the summary line starts each save's report
+                found[m["name"]] = []
+            found.setdefault(m["name"], []).append(f"{m['name']}: {m['text']}")
     return [line for lines in found.values() for line in lines]
