@@ -4,6 +4,7 @@ contract (metrics.jsonl start / end lines, SIGINT = stop, exit 130); tests/ui/te
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
@@ -130,3 +131,65 @@ def test_jobs_queue_one_at_a_time_and_survive_a_restart_of_the_ui(folders):
     restarted.post(f"/api/jobs/{second['id']}/stop")
     restarted.app.state.queue._procs[second["id"]].wait(10)
     _wait(restarted, second["id"], "stopped")
+
+
+def test_progress_files_and_check_are_read_from_the_run_folder(folders):
+    """What the page polls: the last step's numbers and the series from metrics.jsonl (a resumed run's repeated step
+    counted once), samples, the result files (not checkpoints), the final file's check line from train.log; files
+    are served from inside the run folder only."""
+    state, data, fake = folders
+    client = _app(state, data, fake)
+    job = client.post("/api/jobs", json={"values": {"training.max_train_steps": "7", "output.output_name": "r"}}).json()
+    client.post(f"/api/jobs/{job['id']}/stop")
+    client.app.state.queue._procs[job["id"]].wait(10)
+    _wait(client, job["id"], "stopped")
+    run = state / "jobs" / job["id"] / "run" / "r"
+    (run / "samples").mkdir(parents=True, exist_ok=True)
+    (run / "samples" / "000002_0.png").write_bytes(b"png")
+    (run / "r.safetensors").write_bytes(b"lora")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "r-step2.safetensors").write_bytes(b"old")
+    lines = [
+        {"kind": "start", "step": 1, "max_steps": 7, "resumed": True},
+        {"kind": "step", "step": 1, "max_steps": 7, "loss": 0.9, "loss_smooth": 0.9, "lr": {"unet": 1e-3}},
+        {"kind": "step", "step": 2, "max_steps": 7, "loss": 0.7, "loss_smooth": 0.8, "lr": {"unet": 5e-4},
+         "it_s": 2.5, "eta_s": 2.0, "memory_mb": 321.0},
+        {"kind": "sample", "step": 2, "tag": "000002", "files": ["samples/000002_0.png"]},
+    ]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps({"time": time.time(), **r}) + "\n" for r in lines)
+    (run / "train.log").write_text(
+        "2026-01-01 00:00:00,000 INFO loraforge.training.outputs: check r-step2.safetensors: ComfyUI 1/2 modules\n"
+        "2026-01-01 00:00:01,000 INFO loraforge.training.outputs: check r.safetensors: ComfyUI 48/48 modules\n"
+        "2026-01-01 00:00:01,000 WARNING loraforge.training.outputs: check r.safetensors: A1111: 1 key skipped\n")
+    p = client.get(f"/api/jobs/{job['id']}").json()["progress"]
+    assert (p["step"], p["max_steps"], p["loss_smooth"], p["lr"], p["it_s"], p["eta_s"], p["memory_mb"]) == (
+        2, 7, 0.8, {"unet": 5e-4}, 2.5, 2.0, 321.0)
+    assert [s["step"] for s in p["series"]] == [1, 2] and p["series"][0]["loss"] == 0.9  # the resumed line wins
+    assert p["samples"] == [{"step": 2, "tag": "000002", "files": ["samples/000002_0.png"]}]
+    assert p["files"] == [{"name": "r.safetensors", "bytes": 4}]
+    assert p["check"] == ["r.safetensors: ComfyUI 48/48 modules", "r.safetensors: A1111: 1 key skipped"]
+    assert client.get(f"/api/jobs/{job['id']}/files/r.safetensors").content == b"lora"
+    assert client.get(f"/api/jobs/{job['id']}/files/samples/000002_0.png").content == b"png"
+    for climb in ("../../job.json", "%2E%2E/%2E%2E/job.json", "..%2F..%2Fjob.json"):
+        assert client.get(f"/api/jobs/{job['id']}/files/{climb}").status_code in (400, 404), climb
+
+
+def test_captions_are_listed_and_saved_as_sidecars(folders):
+    state, data, fake = folders
+    client = _app(state, data, fake)
+    images = data / "imgs"
+    images.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (images / name).write_bytes(b"img")
+    (images / "a.txt").write_text("a cat\n")
+    (images / "notes.md").write_text("not an image")
+    listed = client.get("/api/captions", params={"folder": str(images)}).json()["images"]
+    assert listed == [{"name": "a.png", "caption": "a cat"}, {"name": "b.jpg", "caption": ""}]
+    r = client.post("/api/captions", json={"folder": str(images), "name": "b.jpg", "text": " a dog "})
+    assert r.status_code == 200 and (images / "b.txt").read_text() == "a dog\n"
+    # only an image of the folder gets a sidecar; a name that climbs out is fenced
+    assert client.post("/api/captions", json={"folder": str(images), "name": "notes.md", "text": "x"}).status_code == 400
+    r = client.post("/api/captions", json={"folder": str(images), "name": "../../../x.png", "text": "x"})
+    assert r.status_code == 400 and "outside the folders" in r.json()["problems"][0]
+    assert client.get("/api/image", params={"path": str(images / "a.png")}).content == b"img"

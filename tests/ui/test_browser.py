@@ -84,11 +84,11 @@ def server(tmp_path, tiny_dirs):
     proc.wait(10)
 
 
-def _shot(page, name: str) -> None:
+def _shot(page, name: str, full_page: bool = True) -> None:
     folder = os.environ.get("LORAFORGE_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"ui-{name}.png"), full_page=True)
+        page.screenshot(path=str(Path(folder) / f"ui-{name}.png"), full_page=full_page)
 
 
 def _step(page) -> int:
@@ -113,9 +113,11 @@ def test_the_ui_in_a_browser(server, tmp_path):
         assert page.input_value("[data-key='network.rank']") == "4"
         assert page.input_value("[data-key='sampling.at_end']") == "false"
         assert "output.output_dir" in page.text_content("#notes")
-        page.click("#advanced summary")
-        _shot(page, "form")
-        page.click("#advanced summary")
+        assert page.locator("details.section[open]").evaluate_all("els => els.map(e => e.dataset.section)") == [
+            "dataset", "network", "optimizer", "sampling", "output"]  # the sections the file sets
+        page.click("#advanced > summary")
+        _shot(page, "form", full_page=False)
+        page.click("#advanced > summary")
 
         # a bad value: refused with the CLI's message (the lines `loraforge train --set ...` prints)
         page.fill("#f-steps", "0")
@@ -124,7 +126,7 @@ def test_the_ui_in_a_browser(server, tmp_path):
         with pytest.raises(ConfigError) as cli:
             load_config(None, ["training.max_train_steps=0"])
         assert page.text_content("#errors") == "config error:\n" + "\n".join(f"  {p}" for p in cli.value.problems)
-        _shot(page, "error")
+        _shot(page, "error", full_page=False)
         page.fill("#f-steps", "40")
         page.click("#show-config")
         page.wait_for_selector("#config-view:not([hidden])")

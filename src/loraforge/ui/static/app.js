@@ -54,8 +54,8 @@ async function buildForm() {
   $("#f-preset").title = schema.preset_description;
   const box = $("#advanced-fields");
   for (const section of schema.sections) {
-    const fs = el("fieldset", {}, el("legend", {text: `[${section.name}]`}));
-    if (section.doc) fs.append(el("div", {class: "field-doc", text: section.doc}));
+    const fs = el("details", {class: "section", "data-section": section.name},
+      el("summary", {}, el("code", {text: `[${section.name}]`}), " " + section.doc));
     for (const field of section.fields) {
       if (BASIC.has(field.key)) continue;
       const label = el("label", {}, el("code", {text: field.key}), fieldInput(field),
@@ -109,6 +109,9 @@ async function loadToml(file) {
         input.append(el("option", {value, text: value}));
       }
       input.value = value;
+    }
+    for (const section of document.querySelectorAll("details.section")) {  // open the sections the file sets
+      section.open = [...section.querySelectorAll("[data-key]")].some((i) => i.value);
     }
     $("#f-extra").value = extra.join("\n");
     if (extra.length) $("#advanced").open = true;
