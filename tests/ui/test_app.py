@@ -30,7 +30,7 @@ FAKE_TRAIN = textwrap.dedent(f"""\
     run = Path(cfg["output"]["output_dir"]) / cfg["output"]["output_name"]
     run.mkdir(parents=True, exist_ok=True)
     def write(**r):
-        with open(run / "metrics.jsonl", "a") as f:
+        with open(run / "metrics.jsonl", "w") as f:
             f.write(json.dumps({{"time": time.time(), **r}}) + "\\n")
     write(kind="start", step=0, max_steps=cfg["training"]["max_train_steps"], run_id="x", resumed=False)
     write(kind="step", step=1, max_steps=cfg["training"]["max_train_steps"], loss=0.5, loss_smooth=0.5, lr={{"unet": 1e-3}})
@@ -111,7 +111,8 @@ def test_jobs_queue_one_at_a_time_and_survive_a_restart_of_the_ui(folders):
     values = {"training.max_train_steps": "7", "output.output_name": "first"}
     first = client.post("/api/jobs", json={"values": values}).json()
     second = client.post("/api/jobs", json={"values": {**values, "output.output_name": "second"}}).json()
-    assert first["status"] == "running" and second["status"] == "queued"
+    third = client.post("/api/jobs", json={"values": {**values, "output.output_name": "third"}}).json()
+    assert first["status"] == "running" and second["status"] == third["status"] == "queued"
     job = _wait(client, first["id"], "running")
     while job["step"] != 1:  # the stand-in's first step line
         job = client.get(f"/api/jobs/{first['id']}").json()
@@ -126,11 +127,14 @@ def test_jobs_queue_one_at_a_time_and_survive_a_restart_of_the_ui(folders):
     client.app.state.queue._procs[first["id"]].wait(10)  # (the first app is its parent: reap it)
     stopped = _wait(restarted, first["id"], "stopped")
     assert stopped["message"] == "interrupted" and stopped["history"] == ["started", "stopped at step 1"]
-    # the queue moves on: the second job runs now; stop it and leave nothing behind
+    # the queue moves on, one at a time: the second job runs now, the third waits; cancel the third, stop the second
     _wait(restarted, second["id"], "running")
+    assert restarted.get(f"/api/jobs/{third['id']}").json()["status"] == "queued"
+    assert restarted.post(f"/api/jobs/{third['id']}/stop").json()["status"] == "cancelled"
     restarted.post(f"/api/jobs/{second['id']}/stop")
     restarted.app.state.queue._procs[second["id"]].wait(10)
     _wait(restarted, second["id"], "stopped")
+    assert restarted.get(f"/api/jobs/{third['id']}").json()["status"] == "cancelled"
 
 
 def test_progress_files_and_check_are_read_from_the_run_folder(folders):
@@ -150,13 +154,16 @@ def test_progress_files_and_check_are_read_from_the_run_folder(folders):
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "r-step2.safetensors").write_bytes(b"old")
     lines = [
-        {"kind": "start", "step": 1, "max_steps": 7, "resumed": True},
+        {"kind": "start", "step": 0, "max_steps": 7, "resumed": False},
+        {"kind": "step", "step": 1, "max_steps": 7, "loss": 0.5, "loss_smooth": 0.5, "lr": {"unet": 1e-3}},
+        {"kind": "end", "step": 1, "status": "stopped", "message": ""},
+        {"kind": "start", "step": 0, "max_steps": 7, "resumed": True},
         {"kind": "step", "step": 1, "max_steps": 7, "loss": 0.9, "loss_smooth": 0.9, "lr": {"unet": 1e-3}},
         {"kind": "step", "step": 2, "max_steps": 7, "loss": 0.7, "loss_smooth": 0.8, "lr": {"unet": 5e-4},
          "it_s": 2.5, "eta_s": 2.0, "memory_mb": 321.0},
         {"kind": "sample", "step": 2, "tag": "000002", "files": ["samples/000002_0.png"]},
     ]
-    with open(run / "metrics.jsonl", "a") as f:
+    with open(run / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps({"time": time.time(), **r}) + "\n" for r in lines)
     (run / "train.log").write_text(
         "2026-01-01 00:00:00,000 INFO loraforge.training.outputs: check r-step2.safetensors: ComfyUI 1/2 modules\n"
