@@ -200,3 +200,43 @@ def test_captions_are_listed_and_saved_as_sidecars(folders):
     r = client.post("/api/captions", json={"folder": str(images), "name": "../../../x.png", "text": "x"})
     assert r.status_code == 400 and "outside the folders" in r.json()["problems"][0]
     assert client.get("/api/image", params={"path": str(images / "a.png")}).content == b"img"
+
+
+def test_the_ui_command_binds_this_machine_by_default_and_checks_its_folders(tmp_path, capsys):
+    from loraforge.cli import build_parser
+
+    args = build_parser().parse_args(["ui"])
+    assert (args.host, args.port, args.data_root) == ("127.0.0.1", 7860, [])
+    assert cli_main(["ui", "--data-root", str(tmp_path / "missing")]) == 2
+    assert f"--data-root {tmp_path / 'missing'}: no such folder" in capsys.readouterr().err
+
+
+def test_the_form_is_the_schema_and_a_loaded_toml_round_trips(folders):
+    """Every option of every section is a field with its documentation (but the two the UI sets); a TOML loaded
+    into the form gives back the same config when the form is submitted."""
+    from pathlib import Path
+
+    from loraforge.config import load_config
+    from loraforge.config.root import SECTIONS
+
+    client = _app(*folders)
+    schema = client.get("/api/schema").json()
+    fields = {f["key"]: f for s in schema["sections"] for f in s["fields"]}
+    expected = {f"{name}.{key}" for name, model in SECTIONS.items() for key in model.model_fields} - {
+        "output.output_dir", "training.resume", "dataset.subsets"}
+    assert set(fields) == expected
+    assert fields["network.rank"]["description"] == SECTIONS["network"].model_fields["rank"].description
+    assert fields["training.mixed_precision"]["choices"] == ["auto", "no", "fp16", "bf16"]
+    assert fields["sampling.at_end"]["kind"] == "bool" and fields["sampling.at_end"]["default"] is True
+    tricky = folders[0].parent / "tricky.toml"  # values whose text reads back as something else unless quoted
+    tricky.write_text('[dataset]\ncaption_prefix = "42"\nresolution = [64, 96]\n[training]\ngradient_checkpointing = true\n'
+                      '[sampling]\nvalidation_prompts = ["it\'s \\"quoted\\"", "a, b"]\n[output]\noutput_name = "2024"\n')
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("*.toml"))
+    assert examples
+    for example in [tricky, *examples]:
+        form = client.post("/api/config/parse", json={"text": example.read_text(), "name": example.name}).json()
+        back = load_config(None, form_overrides(form["values"])).model_dump()
+        want = load_config(example).model_dump()
+        for cfg in (back, want):
+            cfg["output"].pop("output_dir")
+        assert back == want, example.name

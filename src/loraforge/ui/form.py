@@ -59,7 +59,7 @@ def form_schema() -> dict:
                 continue
             fields.append({"key": full, "kind": kind, "choices": _choices(prop),
                            "default": prop.get("default"), "description": prop.get("description", "")})
-        sections.append({"name": name, "doc": (model.__doc__ or "").strip().split("\n")[0], "fields": fields})
+        sections.append({"name": name, "doc": TrainConfig.model_fields[name].description or "", "fields": fields})
     return {"sections": sections, "presets": list(PRESETS), "families": ["auto", *FAMILY_NAMES],
             "preset_description": preset.get("description", "")}
 
