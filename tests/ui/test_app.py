@@ -240,3 +240,17 @@ def test_the_form_is_the_schema_and_a_loaded_toml_round_trips(folders):
         for cfg in (back, want):
             cfg["output"].pop("output_dir")
         assert back == want, example.name
+
+
+def test_dropped_images_are_copied_into_a_new_folder_of_the_state_dir(folders):
+    state, data, fake = folders
+    client = _app(state, data, fake)
+    files = [("files", ("a.png", b"png-bytes", "image/png")), ("files", ("a.txt", b"a cat", "text/plain"))]
+    r = client.post("/api/uploads", files=files, data={"name": "cats"})
+    assert r.status_code == 200 and r.json() == {"folder": str(state / "uploads" / "cats"), "saved": ["a.png", "a.txt"]}
+    assert (state / "uploads" / "cats" / "a.png").read_bytes() == b"png-bytes"
+    # a name that climbs is cut to its last part; other kinds of files are refused
+    r = client.post("/api/uploads", files=[("files", ("../../evil.png", b"x", "image/png"))], data={"name": "../x"})
+    assert r.json()["saved"] == ["evil.png"] and (state / "uploads" / "x" / "evil.png").is_file()
+    r = client.post("/api/uploads", files=[("files", ("run.sh", b"x", "text/plain"))])
+    assert r.status_code == 400 and "run.sh: not an image" in r.json()["problems"][0]

@@ -160,15 +160,18 @@ def test_the_ui_in_a_browser(server, tmp_path):
         header = json.loads(blob[8:8 + header_len])
         assert any(k.startswith("lora_unet_") for k in header) and header["__metadata__"]["ss_network_dim"] == "4"
 
-        # captions: the grid of the folder's images; an edit is saved as the image's .txt sidecar
-        page.fill("#f-images", str(data / "images"))
-        page.click("#open-captions")
+        # images given to the page land in a new folder of the state dir, which becomes the images folder; the
+        # caption grid shows them, and an edit is saved as the image's .txt sidecar
+        page.set_input_files("#upload", sorted(str(p) for p in (data / "images").glob("robot_0[0-3].*")))
         page.wait_for_selector("#caption-grid textarea")
-        assert page.locator("#caption-grid img").count() == len(list((data / "images").glob("*.png")))
+        uploaded = Path(page.input_value("#f-images"))
+        assert uploaded.parent == state / "uploads" and len(list(uploaded.glob("*.png"))) == 4
+        assert page.locator("#caption-grid img").count() == 4
         box = page.locator("#caption-grid textarea[data-name='robot_00.png']")
+        assert box.input_value() == (data / "images" / "robot_00.txt").read_text().strip()
         box.fill("a photo of sks robot, edited in the UI")
         box.blur()
         page.wait_for_selector("#caption-grid textarea.saved")
-        assert (data / "images" / "robot_00.txt").read_text() == "a photo of sks robot, edited in the UI\n"
+        assert (uploaded / "robot_00.txt").read_text() == "a photo of sks robot, edited in the UI\n"
         _shot(page, "captions")
         browser.close()

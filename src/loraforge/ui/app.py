@@ -7,20 +7,23 @@ import contextlib
 import threading
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+import time
+
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from ..config import dump_config
 from ..errors import ConfigError, LoraforgeError
-from ..utils.files import write_text_atomic
+from ..utils.files import atomic_path, write_text_atomic
 from .form import cli_line, form_overrides, form_schema, toml_to_form
 from .jobs import CONFIG_FILE, CONSOLE_FILE, Job, JobQueue, Roots, console_tail, resolve_config
 from .progress import run_progress
 
 STATIC = Path(__file__).parent / "static"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+UPLOADS = "uploads"  # dropped images go to <state dir>/uploads/<name>/
 
 
 class FormValues(BaseModel):
@@ -126,6 +129,25 @@ def create_app(state_dir: Path, data_roots: list[Path] = (), *, background: bool
         if not target.is_relative_to(run_dir) or not target.is_file():
             raise HTTPException(404, f"no file {path!r} in the run folder of job {job_id}")
         return FileResponse(target, filename=target.name)
+
+    @app.post("/api/uploads")
+    def upload(files: list[UploadFile], name: str = Form("")):
+        """Dropped images (and their .txt captions) into a new folder `<state dir>/uploads/<name>/`."""
+        name = Path(name).name.strip() or time.strftime("images-%Y%m%d-%H%M%S")
+        if name.startswith("."):
+            raise LoraforgeError(f"upload folder name {name!r}: give a plain name such as 'my-dog'")
+        folder = roots.state_dir / UPLOADS / name
+        saved = []
+        for f in files:
+            file_name = Path(f.filename or "").name
+            if file_name.startswith(".") or Path(file_name).suffix.lower() not in (*IMAGE_SUFFIXES, ".txt"):
+                raise LoraforgeError(f"{f.filename}: not an image ({', '.join(IMAGE_SUFFIXES)}) or a .txt caption; "
+                                     "drop only those")
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(folder / file_name) as tmp:
+                tmp.write_bytes(f.file.read())
+            saved.append(file_name)
+        return {"folder": str(folder), "saved": saved}
 
     @app.get("/api/captions")
     def captions(folder: str, extension: str = ".txt"):

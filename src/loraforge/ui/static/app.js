@@ -158,6 +158,18 @@ async function openCaptions() {
   } catch (err) { showErrors(err); }
 }
 
+async function uploadImages(files) {
+  const body = new FormData();
+  for (const f of files) body.append("files", f, f.name);
+  const res = await fetch("/api/uploads", {method: "POST", body});
+  const data = await res.json();
+  if (!res.ok) { showErrors(data); return; }
+  showErrors(null);
+  $("#f-images").value = data.folder;
+  $("#notes").textContent = `${data.saved.length} files copied to ${data.folder}`;
+  await openCaptions();
+}
+
 // ------------------------------------------------------------------------------------------------ runs
 function fmt(v, digits = 4) {
   if (v === null || v === undefined) return "–";
@@ -245,7 +257,7 @@ function renderJob(job) {
       if (shown.has(file)) continue;
       const img = el("img", {src: `/api/jobs/${job.id}/files/${file}`, alt: file});
       img.dataset.file = file;
-      samples.append(el("figure", {}, img, el("figcaption", {text: `step ${s.step}${s.tag ? " · " + s.tag : ""}`})));
+      samples.append(el("figure", {}, img, el("figcaption", {text: `step ${s.step}${s.tag && s.tag !== String(s.step).padStart(6, "0") ? " · " + s.tag : ""}`})));
     }
   }
   $("#files").replaceChildren(...p.files.map((f) => el("li", {},
@@ -276,6 +288,15 @@ window.addEventListener("DOMContentLoaded", async () => {
   $("#start").addEventListener("click", startRun);
   $("#load-toml").addEventListener("change", (e) => { if (e.target.files[0]) loadToml(e.target.files[0]); e.target.value = ""; });
   $("#open-captions").addEventListener("click", openCaptions);
+  $("#upload").addEventListener("change", (e) => { if (e.target.files.length) uploadImages(e.target.files); });
+  const drop = $("#drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length) uploadImages(e.dataTransfer.files);
+  });
   $("#stop").addEventListener("click", () => jobAction("stop"));
   $("#resume").addEventListener("click", () => jobAction("resume"));
   await refresh();
