@@ -14,7 +14,6 @@ import tomli_w
 from ..config import ConfigError, parse_override
 from ..config.presets import PRESETS
 from ..config.root import SECTIONS, TrainConfig
-from ..families import FAMILY_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,8 +59,7 @@ def form_schema() -> dict:
             fields.append({"key": full, "kind": kind, "choices": _choices(prop),
                            "default": prop.get("default"), "description": prop.get("description", "")})
         sections.append({"name": name, "doc": TrainConfig.model_fields[name].description or "", "fields": fields})
-    return {"sections": sections, "presets": list(PRESETS), "families": ["auto", *FAMILY_NAMES],
-            "preset_description": preset.get("description", "")}
+    return {"sections": sections, "presets": list(PRESETS), "preset_description": preset.get("description", "")}
 
 
 def value_text(value) -> str:
