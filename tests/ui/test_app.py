@@ -55,7 +55,7 @@ def folders(tmp_path):
 def _app(state, data, fake):
     app = create_app(state, [data], background=False)
     app.state.queue.python = str(fake)
-    return TestClient(app)
+    return TestClient(app, headers={"X-Loraforge": "1"})  # as the page sends
 
 
 def test_a_bad_value_is_refused_with_the_clis_own_message(folders, capsys):
@@ -254,3 +254,15 @@ def test_dropped_images_are_copied_into_a_new_folder_of_the_state_dir(folders):
     assert r.json()["saved"] == ["evil.png"] and (state / "uploads" / "x" / "evil.png").is_file()
     r = client.post("/api/uploads", files=[("files", ("run.sh", b"x", "text/plain"))])
     assert r.status_code == 400 and "run.sh: not an image" in r.json()["problems"][0]
+
+
+def test_cross_site_posts_and_foreign_host_names_are_refused(folders):
+    state, data, fake = folders
+    plain = TestClient(create_app(state, [data], background=False))  # a form post from another site: no header
+    r = plain.post("/api/uploads", files=[("files", ("a.png", b"x", "image/png"))])
+    assert r.status_code == 403 and not (state / "uploads").exists()
+    assert plain.post("/api/jobs", json={"values": {}}).status_code == 403 and plain.get("/api/jobs").json() == []
+    local = TestClient(create_app(state, [data], background=False, allowed_hosts=["127.0.0.1", "localhost"]),
+                       base_url="http://127.0.0.1:7860")
+    assert local.get("/api/jobs").status_code == 200
+    assert local.get("/api/jobs", headers={"Host": "evil.example:7860"}).status_code == 400

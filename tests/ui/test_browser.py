@@ -79,7 +79,8 @@ def server(tmp_path, tiny_dirs):
     yield url, data, tmp_path / "state"
     for job in json.load(urllib.request.urlopen(url + "/api/jobs")):  # never leave a run behind
         if job["status"] in ("running", "queued"):
-            urllib.request.urlopen(urllib.request.Request(f"{url}/api/jobs/{job['id']}/stop", method="POST"))
+            urllib.request.urlopen(urllib.request.Request(f"{url}/api/jobs/{job['id']}/stop", method="POST",
+                                                          headers={"X-Loraforge": "1"}))
     proc.terminate()
     proc.wait(10)
 

@@ -37,7 +37,9 @@ def cmd_ui(args) -> int:
     for root in args.data_root:
         if not Path(root).expanduser().is_dir():
             raise LoraforgeError(f"--data-root {root}: no such folder")
-    app = create_app(Path(args.state_dir), [Path(r) for r in args.data_root])
+    local = args.host in ("127.0.0.1", "localhost")  # answer only to this machine's names (no DNS rebinding)
+    app = create_app(Path(args.state_dir), [Path(r) for r in args.data_root],
+                     allowed_hosts=["127.0.0.1", "localhost"] if local else None)
     print(f"loraforge ui: http://{args.host}:{args.port}  (state: {Path(args.state_dir).resolve()}; Ctrl-C stops the "
           "UI, not the runs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -12,6 +12,7 @@ import time
 from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel
 
 from ..config import dump_config
@@ -23,6 +24,7 @@ from .progress import run_progress
 
 STATIC = Path(__file__).parent / "static"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CSRF_HEADER = "X-Loraforge"  # every POST of the page carries it (see create_app)
 UPLOADS = "uploads"  # dropped images go to <state dir>/uploads/<name>/
 
 
@@ -55,8 +57,12 @@ def _job_view(queue: JobQueue, job: Job, detail: bool = False) -> dict:
     return view
 
 
-def create_app(state_dir: Path, data_roots: list[Path] = (), *, background: bool = True) -> FastAPI:
-    """The app. `background`: a thread starts queued jobs and records ended ones (every request does it too)."""
+def create_app(state_dir: Path, data_roots: list[Path] = (), *, background: bool = True,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The app. `background`: a thread starts queued jobs and records ended ones (every request does it too).
+    `allowed_hosts`: the Host headers answered (others get 400: a page of another site that points a name of its own
+    at 127.0.0.1 cannot read the API). Every POST must carry the `X-Loraforge` header, which a page of another site
+    cannot send without the browser asking first (and this app never says yes): no cross-site form posts."""
     roots = Roots(state_dir, list(data_roots))
     roots.state_dir.mkdir(parents=True, exist_ok=True)
     queue = JobQueue(roots)
@@ -72,6 +78,15 @@ def create_app(state_dir: Path, data_roots: list[Path] = (), *, background: bool
 
     app = FastAPI(title="loraforge", lifespan=lifespan)
     app.state.queue = queue
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+
+    @app.middleware("http")
+    async def same_page_posts_only(request: Request, call_next):
+        if request.method not in ("GET", "HEAD") and request.headers.get(CSRF_HEADER) != "1":
+            return JSONResponse(status_code=403, content={
+                "error": "refused", "problems": [f"a POST without the {CSRF_HEADER} header (sent by the UI's page)"]})
+        return await call_next(request)
 
     @app.exception_handler(LoraforgeError)
     async def user_error(request: Request, e: LoraforgeError):

@@ -7,7 +7,7 @@ const BASIC = new Set(["model.family", "model.pretrained_model_name_or_path", "d
   "output.output_name", "training.max_train_steps"]);
 
 async function api(method, url, body) {
-  const res = await fetch(url, {method, headers: {"Content-Type": "application/json"},
+  const res = await fetch(url, {method, headers: {"Content-Type": "application/json", "X-Loraforge": "1"},
     body: body === undefined ? undefined : JSON.stringify(body)});
   const data = await res.json();
   if (!res.ok) throw data;
@@ -161,7 +161,7 @@ async function openCaptions() {
 async function uploadImages(files) {
   const body = new FormData();
   for (const f of files) body.append("files", f, f.name);
-  const res = await fetch("/api/uploads", {method: "POST", body});
+  const res = await fetch("/api/uploads", {method: "POST", body, headers: {"X-Loraforge": "1"}});
   const data = await res.json();
   if (!res.ok) { showErrors(data); return; }
   showErrors(null);
