@@ -88,6 +88,8 @@ def test_a_path_outside_the_folders_is_refused(folders, tmp_path):
     # `..` does not get out either, and the caption editor is fenced the same way
     sneaky = str(data / ".." / "elsewhere")
     assert client.post("/api/config", json={"values": {"model.pretrained_model_name_or_path": sneaky}}).status_code == 400
+    r = client.post("/api/config", json={"values": {"model.pretrained_model_name_or_path": "org/some-model"}})
+    assert r.status_code == 400 and "the UI downloads nothing" in r.json()["problems"][0]
     assert client.get("/api/captions", params={"folder": str(outside)}).status_code == 400
     # inside a data root: accepted, written absolute into the shown config
     (data / "imgs").mkdir()

@@ -43,6 +43,9 @@ PATH_FIELDS = [
     ("sampling", "sample_prompts"), ("output", "logging_dir"),
 ]
 
+HUB_FIELDS = {("model", "pretrained_model_name_or_path"), ("model", "vae"), ("dataset", "dataset_name")}
+HUB_HINT = " (the UI downloads nothing: give a local folder or file, e.g. one `huggingface-cli download` wrote)"
+
 
 class Roots:
     """The folders the UI may read and write: its state folder and the data roots it was started with."""
@@ -51,7 +54,7 @@ class Roots:
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.folders = [self.state_dir, *(Path(p).expanduser().resolve() for p in data_roots)]
 
-    def check(self, path: str | Path, what: str) -> Path:
+    def check(self, path: str | Path, what: str, hint: str = "") -> Path:
         """`path` made absolute (relative to the current folder), or `PathNotAllowedError` when it is outside."""
         resolved = Path(path).expanduser().resolve()
         if any(resolved.is_relative_to(root) for root in self.folders):
@@ -59,7 +62,7 @@ class Roots:
         allowed = ", ".join(str(r) for r in self.folders)
         raise PathNotAllowedError(
             f"{what} = {str(path)!r}: outside the folders this UI may use ({allowed}); move it under one of them, or "
-            f"restart `loraforge ui` with --data-root {resolved.parent}"
+            f"restart `loraforge ui` with --data-root {resolved.parent}{hint}"
         )
 
 
@@ -93,7 +96,8 @@ def resolve_config(overrides: list[str], roots: Roots, output_dir: Path | None =
     for section, key in PATH_FIELDS:
         value = getattr(getattr(cfg, section), key)
         if value:
-            fixed.append(f"{section}.{key}={json.dumps(str(roots.check(value, f'{section}.{key}')))}")
+            hint = HUB_HINT if (section, key) in HUB_FIELDS else ""
+            fixed.append(f"{section}.{key}={json.dumps(str(roots.check(value, f'{section}.{key}', hint)))}")
     for i, subset in enumerate(cfg.dataset.subsets):
         roots.check(subset.image_dir, f"dataset.subsets[{i}].image_dir")
     if output_dir is not None:
