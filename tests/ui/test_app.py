@@ -171,7 +171,11 @@ def test_progress_files_and_check_are_read_from_the_run_folder(folders):
         "2026-01-01 00:00:00,000 INFO loraforge.training.outputs: check r-step2.safetensors: ComfyUI 1/2 modules\n"
         "2026-01-01 00:00:01,000 INFO loraforge.training.outputs: check r.safetensors: ComfyUI 48/48 modules\n"
         "2026-01-01 00:00:01,000 WARNING loraforge.training.outputs: check r.safetensors: A1111: 1 key skipped\n")
+    assert client.get(f"/api/jobs/{job['id']}").json()["progress"]["report"] is False
+    (run / "report.html").write_text("<html>report</html>")
     p = client.get(f"/api/jobs/{job['id']}").json()["progress"]
+    assert p["report"] is True
+    assert client.get(f"/api/jobs/{job['id']}/files/report.html").headers["content-type"].startswith("text/html")
     assert (p["step"], p["max_steps"], p["loss_smooth"], p["lr"], p["it_s"], p["eta_s"], p["memory_mb"]) == (
         2, 7, 0.8, {"unet": 5e-4}, 2.5, 2.0, 321.0)
     assert [s["step"] for s in p["series"]] == [1, 2] and p["series"][0]["loss"] == 0.9  # the resumed line wins

@@ -143,6 +143,8 @@ def create_app(state_dir: Path, data_roots: list[Path] = (), *, background: bool
         target = (run_dir / path).resolve()
         if not target.is_relative_to(run_dir) or not target.is_file():
             raise HTTPException(404, f"no file {path!r} in the run folder of job {job_id}")
+        if target.suffix == ".html":  # the run's report.html, shown in the browser
+            return FileResponse(target, media_type="text/html")
         return FileResponse(target, filename=target.name)
 
     @app.post("/api/uploads")

@@ -12,6 +12,7 @@ resume = the same config with `--set training.resume=latest`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +28,8 @@ from ..errors import LoraforgeError, PathNotAllowedError
 from ..training.metrics import read_metrics
 from ..training.state import complete_checkpoints
 from ..utils.files import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 CONFIG_FILE = "config.toml"
@@ -233,7 +236,10 @@ class JobQueue:
 
     def run_forever(self, stop: threading.Event, every_s: float = 0.5) -> None:
         while not stop.wait(every_s):
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - keep the queue alive; the next request reports the problem
+                log.exception("the job queue's tick failed")
 
 
 def console_tail(path: Path, lines: int = 15) -> str:

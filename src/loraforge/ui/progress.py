@@ -8,6 +8,7 @@ from pathlib import Path
 from ..training.metrics import read_metrics, step_series
 
 # training/outputs.py logs the save-time consumer check as `check <file>: <verdict>` (INFO), then any misses (WARNING)
+REPORT_FILE = "report.html"  # the run's own report, when the trainer writes one
 CHECK_LINE = re.compile(r" (?P<level>INFO|WARNING) loraforge\.training\.outputs: check (?P<name>[^:]+): (?P<text>.*)$")
 
 
@@ -34,6 +35,7 @@ def run_progress(run_dir: Path) -> dict:
                     for r in records if r.get("kind") == "sample"],
         "end": ends[-1] if ends and (not starts or ends[-1]["time"] >= starts[-1]["time"]) else None,
         "files": result_files(run_dir),
+        "report": (run_dir / REPORT_FILE).is_file(),
         "check": check_lines(run_dir),
     }
 

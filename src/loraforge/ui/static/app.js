@@ -263,6 +263,10 @@ function renderJob(job) {
   $("#files").replaceChildren(...p.files.map((f) => el("li", {},
     el("a", {href: `/api/jobs/${job.id}/files/${f.name}`, download: f.name, text: f.name}),
     ` (${(f.bytes / 1024).toFixed(1)} KiB)`)));
+  if (p.report) {
+    $("#files").append(el("li", {}, el("a", {href: `/api/jobs/${job.id}/files/report.html`, target: "_blank",
+      text: "report.html"}), " (the run's report)"));
+  }
   $("#check").textContent = p.check.length ? p.check.join("\n") : "–";
   $("#job-cli").textContent = `${job.cli}\n# runs as: loraforge train ${job.config_file}`;
   $("#console").textContent = job.console;
