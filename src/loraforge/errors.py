@@ -119,3 +119,8 @@ class OutputExistsError(LoraforgeError, FileExistsError):
 class OutputNotWritableError(LoraforgeError, PermissionError):
     """An output cannot be written where it was asked for (a read-only folder, or a file where a folder should be);
     also a `PermissionError`."""
+
+
+class PathNotAllowedError(LoraforgeError, PermissionError):
+    """The web UI was asked to read or write a path outside the folders it was started with (`loraforge ui
+    --state-dir / --data-root`); the message names the path, the field and the allowed folders."""
