@@ -20,7 +20,7 @@ CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
 JOBS ?= 2
 PYTEST := -m pytest -q $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
 
-.PHONY: install demo test test-latest lock docs clean
+.PHONY: install demo test browser test-latest lock docs clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@lock_py=$$(sed -n 's/^# python //p' $(LOCK) 2>/dev/null); py=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
@@ -41,8 +41,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/loraforge demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) $(PYTEST)
+
+# The web UI's browser test drives Debian's Chromium through Playwright (Playwright's own browser download needs the
+# internet): installed here when it is missing and apt-get can (as root); otherwise that one test is skipped and
+# says why. LORAFORGE_CHROMIUM=/path/to/chromium picks another build.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "$$LORAFORGE_CHROMIUM" ] || \
+	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+	      || echo "note: apt-get install chromium failed: the browser test (tests/ui/test_browser.py) will be skipped"; \
+	  else echo "note: no Chromium (as root: apt-get install chromium): the browser test (tests/ui/test_browser.py) will be skipped"; fi; }
 
 # The newest versions pyproject.toml allows, in a venv of their own, then the whole suite: drift seen by us first.
 test-latest:
