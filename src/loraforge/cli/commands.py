@@ -12,6 +12,7 @@ from ..families import FAMILY_NAMES
 from .common import quiet_progress
 from .eval_command import add_eval
 from .import_command import add_import
+from .run_commands import RUN_COMMANDS
 from .tools import TOOLS  # the LoRA tools (argparse only at import time)
 
 
@@ -280,4 +281,4 @@ def cmd_presets(args) -> int:
     return 0
 
 
-REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets, add_import, add_eval] + TOOLS
+REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets, add_import, add_eval] + TOOLS + RUN_COMMANDS
