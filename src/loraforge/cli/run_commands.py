@@ -32,4 +32,89 @@ def cmd_report(args) -> int:
     return 0
 
 
-RUN_COMMANDS = [add_report]
+# ----------------------------------------------------------------------------------------------------- dataset
+def add_dataset(sub) -> None:
+    p = sub.add_parser("dataset", help="check or caption a folder of training images",
+                       description="Work on a folder of training images: `check` it, `caption` it.")
+    tasks = p.add_subparsers(dest="dataset_command", metavar="TASK", required=True)
+    c = tasks.add_parser("check", help="summary of a training folder; exit 2 on what would stop training",
+        description=(
+            "Read a training folder as training would: every image opened and decoded, its size and aspect "
+            "bucket, its caption (metadata.jsonl, else the sidecar). Prints the summary; lists unreadable or "
+            "too small images, missing or empty captions, duplicates, skipped files. Exit code 2 when "
+            "something would stop training."
+        ))
+    c.add_argument("dir", help="folder of training images")
+    c.add_argument("--config", help="take the [dataset] options (buckets, min_image_size, caption_extension, "
+                                    "instance_prompt...) and the resolution from this training config")
+    c.add_argument("--resolution", type=int, help="training side in px (default: the config's, else 512)")
+    c.add_argument("--caption-extension", help="sidecar extension (default: the config's, else .txt)")
+    c.add_argument("--buckets", action="store_true", help="aspect-ratio buckets (dataset.enable_bucket = true)")
+    c.set_defaults(func=cmd_dataset_check)
+    a = tasks.add_parser("caption", help="caption images with a local BLIP / Florence-2 / GIT model",
+        description=(
+            "Caption the images of DIR that have no caption with an image-to-text model from a local folder "
+            "(BLIP, Florence-2, GIT: what transformers loads with AutoModelForImageTextToText), writing .txt "
+            "sidecars or metadata.jsonl rows. Existing captions are kept unless --overwrite."
+        ))
+    a.add_argument("dir", help="folder of training images")
+    a.add_argument("--model", required=True, metavar="PATH", help="local folder of the captioning model")
+    a.add_argument("--trigger", metavar="TOK", help="put this first in every caption, e.g. 'sks dog'")
+    a.add_argument("--overwrite", action="store_true", help="replace existing captions too")
+    a.add_argument("--format", choices=["txt", "jsonl"], default="txt",
+                   help="txt: one sidecar per image (default); jsonl: rows of DIR/metadata.jsonl")
+    a.add_argument("--prompt", help="text the model continues (BLIP: e.g. 'a photo of'; Florence-2: a task such as "
+                                    "'<DETAILED_CAPTION>', default '<CAPTION>')")
+    a.add_argument("--max-new-tokens", type=int, default=40, help="longest caption in tokens (default 40)")
+    a.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    a.add_argument("-v", "--verbose", action="store_true")
+    a.set_defaults(func=cmd_dataset_caption)
+
+
+def cmd_dataset_check(args) -> int:
+    import sys
+
+    from ..config import load_config
+    from ..config.dataset import DatasetConfig
+    from ..data.summary import summarize_folder
+    from ..errors import DataError
+
+    if args.config:
+        cfg = load_config(args.config)
+        d, resolution = cfg.dataset, cfg.dataset.size
+    else:
+        d, resolution = DatasetConfig(), None
+    update = {"instance_dir": args.dir}
+    if args.caption_extension:
+        update["caption_extension"] = args.caption_extension
+    if args.buckets:
+        update["enable_bucket"] = True
+    d = d.model_copy(update=update)
+    summary = summarize_folder(Path(args.dir), d, args.resolution or resolution or 512)
+    print("\n".join(summary.lines()))
+    for note in summary.notes:
+        print(f"note: {note}")
+    if summary.problems:
+        print(file=sys.stderr)
+        raise DataError(f"{len(summary.problems)} problem(s) in {args.dir} would stop training; fix them (or set "
+                        "dataset.skip_bad_images = true to train without unusable images)", summary.problems)
+    print("OK: training can read every image and caption")
+    return 0
+
+
+def cmd_dataset_caption(args) -> int:
+    from ..tools.caption import caption_folder
+
+    result = caption_folder(args.dir, args.model, trigger=args.trigger, overwrite=args.overwrite, fmt=args.format,
+                            prompt=args.prompt, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    for path, caption in result.written.items():
+        print(f"{path.name}: {caption}")
+    where = f" into {result.target}" if result.target else " (sidecars)"
+    print(f"captioned {len(result.written)} image(s){where}; kept {len(result.kept)} existing caption(s)"
+          + ("" if args.overwrite or not result.kept else " (--overwrite replaces them)"))
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+RUN_COMMANDS = [add_report, add_dataset]
