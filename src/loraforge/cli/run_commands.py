@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..families import FAMILY_NAMES as FAMILY_CHOICES
+
 
 # ------------------------------------------------------------------------------------------------------ report
 def add_report(sub) -> None:
@@ -29,6 +31,73 @@ def cmd_report(args) -> int:
         raise RunFolderError(f"{run_dir}: no {METRICS_FILE} in it; give a run folder that training wrote "
                              "(output.output_dir / output.output_name)")
     print(write_report(run_dir))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------- plan
+def add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="estimate peak memory and step time; propose settings that fit --vram GiB",
+        description=(
+            "Estimate a run's peak memory and step time from its config: the model's architecture on the meta "
+            "device (no weights read), the adapter's targets, the activations autograd keeps, the step's FLOPs "
+            "(docs/plan.md says where each figure comes from). With --vram, propose changes until it fits."
+        ))
+    p.add_argument("config", nargs="?", help="TOML config file (as for `loraforge train`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one option (repeatable)")
+    p.add_argument("--vram", type=float, metavar="GIB", help="the card's memory in GiB, e.g. 12: propose settings "
+                                                              "that fit it (5 %% left free)")
+    p.add_argument("--family", choices=FAMILY_CHOICES, help="plan for this family's full-size model without "
+                                                             "reading [model] (e.g. before downloading it)")
+    p.add_argument("--cpu", action="store_true", help="estimate a CPU run (fp32, the process's resident memory)")
+    p.add_argument("--tflops", type=float, help="the device's effective TFLOP/s for the step time (default: 15.5, "
+                                                "an RTX 4090 running kohya's SDXL LoRA; CPU: 0.006)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args) -> int:
+    import json
+    import sys
+    from types import SimpleNamespace
+
+    from ..config import load_config
+    from ..errors import ConfigError
+    from ..families import family
+    from ..training.estimate import estimate, propose, table
+    from ..training.plan import plan_run
+
+    cfg = load_config(args.config, args.overrides)
+    if args.vram is not None and (args.vram <= 0 or args.cpu):
+        raise ConfigError(f"--vram {args.vram:g}: give the card's memory in GiB (more than 0), without --cpu")
+    model = None
+    if args.family:
+        fam = family(args.family)
+        model = SimpleNamespace(family=fam, is_tiny=False, native_size=fam.resolution)
+    plan = plan_run(cfg, model=model)
+    if args.vram is not None:
+        proposal = propose(cfg, plan, args.vram, tflops=args.tflops)
+        rows = [("as configured", proposal.base), *proposal.steps]
+    else:
+        proposal, rows = None, [("as configured", estimate(cfg, plan, cuda=not args.cpu, tflops=args.tflops))]
+    if args.json:
+        print(json.dumps({"family": plan.family.name, "tiny": plan.is_tiny, "resolution": list(plan.resolution),
+                          "max_steps": plan.max_steps, "vram_gib": args.vram,
+                          "fits": proposal.fits if proposal else None,
+                          "estimates": [{"change": text, **e.as_dict()} for text, e in rows]}, indent=2))
+        return 0
+    print(plan.describe(cfg).splitlines()[0])
+    print(table(rows, args.vram))
+    last = rows[-1][1]
+    print(f"\nestimated peak {last.peak_gib:.2f} GiB ({'CUDA allocated + ~1 GiB context' if last.device == 'cuda' else 'process RSS'}), "
+          f"{last.step_s:.3g} s/step, {plan.max_steps} steps ≈ {last.step_s * plan.max_steps / 60:.1f} min")
+    if proposal:
+        if proposal.steps and proposal.fits:
+            print(f"to fit {args.vram:g} GiB: " + "; ".join(text for text, _ in proposal.steps))
+        elif not proposal.fits:
+            print(f"no set of the usual changes fits {args.vram:g} GiB; a smaller resolution or a larger card",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
@@ -117,4 +186,4 @@ def cmd_dataset_caption(args) -> int:
     return 0
 
 
-RUN_COMMANDS = [add_report, add_dataset]
+RUN_COMMANDS = [add_report, add_plan, add_dataset]

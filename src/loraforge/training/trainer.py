@@ -28,6 +28,7 @@ from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
 from .attention import set_attention
 from .interrupt import StopOnCtrlC
+from .memory import MemoryWatch
 from .metrics import METRICS_FILE, MetricsLog, log_sample_images, tracker_scalars
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
@@ -143,6 +144,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.metrics = MetricsLog(self.run_dir, enabled=self.accelerator.is_main_process,
                                   device=self.accelerator.device)
+        self.memory_watch = MemoryWatch(cfg, self.accelerator.device)  # warns near the card's limit (CUDA)
         self.state.run_id = uuid.uuid4().hex  # kept by every checkpoint; a resume takes the checkpoint's
         self.mixed_precision = mp
         self.weight_dtype = torch_dtype(mp)
@@ -430,6 +432,7 @@ class Trainer:
         record = self.metrics.step(step=st.global_step, epoch=st.epoch, max_steps=self.max_steps, loss=value,
                                    lrs=lrs, **extra)
         acc.log({**logs, **tracker_scalars(record)}, step=st.global_step)
+        self.memory_watch.check(step=st.global_step)
         self._periodic(st.global_step, cfg.training.save_every_n_steps, cfg.sampling.sample_every_n_steps,
                        f"{st.global_step:06d}")
 
