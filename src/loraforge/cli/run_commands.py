@@ -51,7 +51,7 @@ def add_plan(sub) -> None:
                                                              "reading [model] (e.g. before downloading it)")
     p.add_argument("--cpu", action="store_true", help="estimate a CPU run (fp32, the process's resident memory)")
     p.add_argument("--tflops", type=float, help="the device's effective TFLOP/s for the step time (default: 15.5, "
-                                                "an RTX 4090 running kohya's SDXL LoRA; CPU: 0.006)")
+                                                "an RTX 4090 running kohya's SDXL LoRA; CPU: 0.0028)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=cmd_plan)
 

@@ -37,8 +37,15 @@ CHECKPOINTING_COST = 1.48
 # effective throughput of a GPU running loraforge-like eager code, TFLOP/s: kohya sd-scripts SDXL LoRA 1024 bs1 at
 # 1.08 it/s on an RTX 4090 (kohya_ss #1288) × 14.35 TFLOP/step (peers.md §4) ≈ 15.5
 DEFAULT_GPU_TFLOPS = 15.5
-# effective CPU throughput, GFLOP/s, measured on this project's 2-core machine with the tiny SD 1.5 (docs/plan.md)
-DEFAULT_CPU_GFLOPS = 6.0
+# backward operators per forward operator: peers.md §4 counted 5.4k forward + 6.9k backward aten ops for an SDXL
+# LoRA step (TorchDispatchMode on meta)
+BACKWARD_OPS = 1.3
+# the eager per-operator cost (Python + dispatcher + launch) on a GPU: peers.md §4, 5–10 µs; the middle
+GPU_SECONDS_PER_OP = 7.5e-6
+# the CPU's per-operator cost and throughput, fitted to two measured tiny SD 1.5 runs (batch 1 and 4) on this
+# project's 2-core machine, one thread (docs/plan.md, scripts/plan_vs_measured.py)
+CPU_SECONDS_PER_OP = 97e-6
+DEFAULT_CPU_GFLOPS = 2.8
 FITS_MARGIN = 0.95  # "fits" leaves 5 % of the card free (the trainer warns within 5 % too)
 
 
@@ -53,6 +60,7 @@ class Estimate:
     activations_gib: float
     overhead_gib: float
     step_tflops: float
+    step_ops: int  # aten operators a step dispatches (forward, backward, recomputation, VAE / text encoders)
     step_s: float
     device: str  # "cuda" or "cpu"
 
@@ -65,6 +73,7 @@ class Estimate:
                 "weights_gib": round(self.weights_gib, 3), "network_params": self.network_params,
                 "trainable_gib": round(self.trainable_gib, 3), "activations_gib": round(self.activations_gib, 3),
                 "overhead_gib": round(self.overhead_gib, 3), "step_tflops": round(self.step_tflops, 4),
+                "step_ops": self.step_ops,
                 "step_s": round(self.step_s, 4), "it_s": round(1 / self.step_s, 3) if self.step_s else None,
                 "device": self.device}
 
@@ -148,11 +157,27 @@ def _unet_inputs(unet, batch: int, resolution: tuple[int, int], dtype, latent_fa
     return x, torch.full((batch,), 500, device="meta"), ctx, kw
 
 
+def _op_counter():
+    """A dispatch mode that counts the aten operators run under it (`.n`): the per-operator launch / dispatch cost
+    is what bounds small models and small batches, not FLOPs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpCount(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    return OpCount()
+
+
 _CHECKPOINTED = re.compile(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets|attentions)\.\d+")
 
 
-def unet_activations(model, cfg: TrainConfig, resolution, batch: int, dtype, latent_factor: int) -> tuple[float, float]:
-    """(bytes autograd keeps for the backward pass at its peak, forward FLOPs) of one UNet forward with the adapter's
+def unet_activations(model, cfg: TrainConfig, resolution, batch: int, dtype,
+                     latent_factor: int) -> tuple[float, float, int]:
+    """(bytes autograd keeps for the backward pass at its peak, forward FLOPs, forward operators) of one UNet forward with the adapter's
     targets trainable. Attention score matrices (L × L) are left out: SDPA's flash / memory-efficient kernels keep
     only a log-sum-exp row (training.attention = "eager" keeps them: counted then). With gradient checkpointing the
     ResNets and transformers of the blocks keep their inputs only; the backward pass then recomputes one at a time,
@@ -196,23 +221,26 @@ def unet_activations(model, cfg: TrainConfig, resolution, batch: int, dtype, lat
             per_block.clear()
             unet.enable_gradient_checkpointing()
             unet.train()
+        ops = _op_counter()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda v: v), FlopCounterMode(display=False) as flops:
-            unet(x, t, ctx, **kw)
+            with ops:
+                unet(x, t, ctx, **kw)
     finally:
         for h in hooks:
             h.remove()
     kept = sum(saved.values()) + (largest if gc else 0)
-    return kept, flops.get_total_flops()
+    return kept, flops.get_total_flops(), ops.n
 
 
-def _vae_flops(vae, batch: int, resolution, dtype) -> float:
+def _frozen_forward(module, dtype, *inputs) -> tuple[float, int]:
+    """(FLOPs, operators) of a frozen module's forward on meta inputs (the VAE encoder, a text encoder)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(batch, vae.config.in_channels, resolution[1], resolution[0], device="meta", dtype=dtype)
-    with FlopCounterMode(display=False) as flops, torch.no_grad():
-        vae.to(dtype).encode(x)
-    return flops.get_total_flops()
+    ops = _op_counter()
+    with FlopCounterMode(display=False) as flops, torch.no_grad(), ops:
+        module.to(dtype)(*inputs)
+    return flops.get_total_flops(), ops.n
 
 
 def _bytes(dtype) -> int:
@@ -240,12 +268,26 @@ def estimate(cfg: TrainConfig, plan: RunPlan, *, cuda: bool, tflops: float | Non
     state = OPTIMIZER_STATE_BYTES.get(o.type, 8)
     trainable = n_adapter * (4 + 4 + state)
     latent_factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
-    acts, unet_flops = unet_activations(model, cfg, plan.resolution, t.batch_size, dtype, latent_factor)
-    step_flops = unet_flops * STEP_OVER_FORWARD * (CHECKPOINTING_COST if t.gradient_checkpointing else 1)
+    acts, unet_flops, unet_ops = unet_activations(model, cfg, plan.resolution, t.batch_size, dtype, latent_factor)
+    gc = t.gradient_checkpointing
+    step_flops = unet_flops * STEP_OVER_FORWARD * (CHECKPOINTING_COST if gc else 1)
+    step_ops = unet_ops * (1 + BACKWARD_OPS + (1 if gc else 0))
     if not (d.cache_latents or d.cache_latents_to_disk):
-        step_flops += _vae_flops(model.vae, t.batch_size, plan.resolution, vae_dtype)
+        pixels = torch.zeros(t.batch_size, model.vae.config.in_channels, plan.resolution[1], plan.resolution[0],
+                             device="meta", dtype=vae_dtype)
+        f, n = _frozen_forward(model.vae.encoder, vae_dtype, pixels)
+        step_flops, step_ops = step_flops + f, step_ops + n
+    if not (d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk):
+        ids = torch.zeros(t.batch_size, 77, dtype=torch.long, device="meta")
+        for te in model.text_encoders:
+            f, n = _frozen_forward(te, dtype, ids)
+            step_flops, step_ops = step_flops + f, step_ops + n
     step_flops *= t.gradient_accumulation_steps
-    speed = (tflops or (DEFAULT_GPU_TFLOPS if cuda else DEFAULT_CPU_GFLOPS / 1000)) * 1e12
+    step_ops *= t.gradient_accumulation_steps
+    if cuda:  # kernels run while Python queues the next ones: the slower of the two sets the pace
+        step_s = max(step_flops / ((tflops or DEFAULT_GPU_TFLOPS) * 1e12), step_ops * GPU_SECONDS_PER_OP)
+    else:  # one after the other
+        step_s = step_ops * CPU_SECONDS_PER_OP + step_flops / ((tflops or DEFAULT_CPU_GFLOPS / 1000) * 1e12)
     settings = {"training.batch_size": t.batch_size, "training.gradient_checkpointing": t.gradient_checkpointing,
                 "training.mixed_precision": mp, "optimizer.type": o.type, "network.rank": cfg.network.rank,
                 "dataset.cache_latents": d.cache_latents or d.cache_latents_to_disk,
@@ -253,7 +295,7 @@ def estimate(cfg: TrainConfig, plan: RunPlan, *, cuda: bool, tflops: float | Non
     return Estimate(settings=settings, weights_gib=weights / GIB, network_params=n_adapter,
                     trainable_gib=trainable / GIB, activations_gib=acts / GIB,
                     overhead_gib=CUDA_OVERHEAD_GIB if cuda else CPU_BASE_GIB, step_tflops=step_flops / 1e12,
-                    step_s=step_flops / speed, device="cuda" if cuda else "cpu")
+                    step_ops=round(step_ops), step_s=step_s, device="cuda" if cuda else "cpu")
 
 
 def _with(cfg: TrainConfig, section: str, **values) -> TrainConfig:
