@@ -37,15 +37,12 @@ def test_each_option_moves_the_estimate_the_way_it_should(make_config):
     assert gc.activations_gib < 0.7 * base.activations_gib and gc.step_s > base.step_s
     one = estimate(make_config("sd15", **{"training.batch_size": 1}), plan, cuda=True, model=model())
     assert one.activations_gib == pytest.approx(base.activations_gib / 2, rel=0.1)  # a few tensors per step
-    fp32 = estimate(make_config("sd15", **{"training.batch_size": 2, "training.mixed_precision": "no"}), plan,
-                    cuda=True, model=model())
-    assert fp32.weights_gib == pytest.approx(2 * base.weights_gib)  # auto = bf16 on CUDA
-    eight = estimate(make_config("sd15", **{"training.batch_size": 2, "optimizer.type": "adamw8bit"}), plan,
-                     cuda=True, model=model())
-    assert eight.trainable_gib == pytest.approx(base.trainable_gib * (4 + 4 + 2) / (4 + 4 + 8))
-    cached = estimate(make_config("sd15", **{"training.batch_size": 2, "dataset.cache_latents": True}), plan,
-                      cuda=True, model=model())
-    assert cached.step_tflops < base.step_tflops  # no VAE encode in the step
+    # 8-bit AdamW shrinks the optimizer state; cached latents take the VAE encode out of the step
+    both = estimate(make_config("sd15", **{"training.batch_size": 2, "optimizer.type": "adamw8bit",
+                                           "dataset.cache_latents": True}), plan, cuda=True, model=model())
+    assert both.trainable_gib == pytest.approx(base.trainable_gib * (4 + 4 + 2) / (4 + 4 + 8))
+    assert both.step_tflops < base.step_tflops and both.step_ops < base.step_ops
+    assert both.weights_gib == base.weights_gib  # the trainer keeps the VAE on the device either way
 
 
 def test_proposals_turn_on_checkpointing_first_and_stop_when_it_fits(make_config):
@@ -58,8 +55,6 @@ def test_proposals_turn_on_checkpointing_first_and_stop_when_it_fits(make_config
     p = propose(cfg, plan, vram)
     assert p.fits and [text for text, _ in p.steps] == ["training.gradient_checkpointing = true"]
     assert propose(cfg, plan, base.peak_gib / 0.9).steps == []  # fits as configured: nothing to change
-    tight = propose(cfg, plan, with_gc.peak_gib * 0.97 / 0.95)
-    assert tight.steps[0][0].startswith("training.gradient_checkpointing") and len(tight.steps) > 1
 
 
 def test_plan_command_json_and_table(make_config, capsys, tmp_path):
@@ -70,10 +65,11 @@ def test_plan_command_json_and_table(make_config, capsys, tmp_path):
     assert data["tiny"] and e["device"] == "cpu" and e["settings"]["training.batch_size"] == 2
     assert e["peak_gib"] == pytest.approx(e["weights_gib"] + e["trainable_gib"] + e["activations_gib"]
                                           + e["overhead_gib"], abs=0.01)
-    small = ["--set", "model.family='sd15'", "--set", "network.rank=4", "--set", "training.gradient_checkpointing=true"]
-    assert main(["plan", *small, "--vram", "0.0001"]) == 1  # nothing fits 100 KiB
+    small = [f"--set={s}" for s in ("model.family='sd15'", "network.rank=4", "training.gradient_checkpointing=true",
+                                     "optimizer.type='adamw8bit'", "dataset.cache_latents=true")]
+    assert main(["plan", *small, "--vram", "0.0001"]) == 1  # nothing fits 100 KiB, nothing is left to change
     out = capsys.readouterr()
-    assert "optimizer.type = \"adamw8bit\"" in out.out and "no set of the usual changes fits" in out.err
+    assert "too big" in out.out and "no set of the usual changes fits 0.0001 GiB" in out.err
 
 
 def test_memory_watch_warns_near_the_limit_and_on_retries_naming_the_option(make_config):
@@ -93,3 +89,12 @@ def test_memory_watch_warns_near_the_limit_and_on_retries_naming_the_option(make
                                                "training.mixed_precision": "bf16"}), "cuda:0")
     assert "adamw8bit" in later.check({"num_alloc_retries": 3}, 12 * gib)[0]
     assert MemoryWatch(make_config("sd15"), "cpu").check() == []  # off CUDA: nothing to watch
+
+
+def test_the_trainer_checks_memory_after_every_step(make_config, monkeypatch):
+    from loraforge.training.trainer import Trainer
+
+    steps = []
+    monkeypatch.setattr(MemoryWatch, "check", lambda self, stats=None, total_bytes=None, step=None: steps.append(step))
+    Trainer(make_config("sd15", **{"training.max_train_steps": 2})).run()
+    assert steps == [1, 2]
