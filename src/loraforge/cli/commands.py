@@ -12,6 +12,7 @@ from ..families import FAMILY_NAMES
 from .common import quiet_progress
 from .eval_command import add_eval
 from .import_command import add_import
+from .run_commands import RUN_COMMANDS
 from .tools import TOOLS  # the LoRA tools (argparse only at import time)
 from .ui_command import add_ui
 
@@ -281,4 +282,4 @@ def cmd_presets(args) -> int:
     return 0
 
 
-REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets, add_import, add_eval, add_ui] + TOOLS
+REGISTRY = [add_train, add_demo, add_config_docs, add_check, add_presets, add_import, add_eval, add_ui] + TOOLS + RUN_COMMANDS

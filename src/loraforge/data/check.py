@@ -22,9 +22,14 @@ from .sources import ImageItem
 log = logging.getLogger(__name__)
 
 
+def min_image_size(cfg: DatasetConfig, resolution) -> int:
+    """`dataset.min_image_size`, unset: half the resolution's shorter side."""
+    return cfg.min_image_size if cfg.min_image_size is not None else min(pixel_size(resolution)) // 2
+
+
 def validate_items(items: list[ImageItem], cfg: DatasetConfig, resolution) -> list[ImageItem]:
-    """The usable items; unset `min_image_size` is half the resolution's shorter side."""
-    min_size = cfg.min_image_size if cfg.min_image_size is not None else min(pixel_size(resolution)) // 2
+    """The usable items (images at least `min_image_size` on the shorter side, decodable)."""
+    min_size = min_image_size(cfg, resolution)
     good, problems = [], []
     for item in items:
         problem = check_image(item.path, min_size, item.data)
@@ -82,4 +87,4 @@ def long_caption_note(dataset, max_token_length: int = 75) -> str:
             f"{longest[0]} tokens, {longest[1]}); {advice}")
 
 
-__all__ = ["ImageProblem", "validate_items", "duplicate_notes", "long_caption_note"]
+__all__ = ["ImageProblem", "min_image_size", "validate_items", "duplicate_notes", "long_caption_note"]

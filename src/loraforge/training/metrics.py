@@ -126,3 +126,29 @@ def step_series(records: list[dict]) -> list[dict]:
         if r.get("kind") == "step":
             by_step[r["step"]] = r
     return [by_step[s] for s in sorted(by_step)]
+
+
+TRACKED = ("loss_smooth", "it_s", "memory_mb")  # the step line's scalars the trainer does not log itself
+
+
+def tracker_scalars(record: dict) -> dict:
+    """The scalars of a `step` line that TensorBoard / wandb get beside the loss, lr, grad norm and d the trainer
+    logs: the smoothed loss, it/s and peak memory (as `loss/smooth`, `speed/it_s`, `memory/peak_mb`)."""
+    names = {"loss_smooth": "loss/smooth", "it_s": "speed/it_s", "memory_mb": "memory/peak_mb"}
+    return {names[k]: record[k] for k in TRACKED if isinstance(record.get(k), (int, float))}
+
+
+def log_sample_images(accelerator, files: list[Path], step: int) -> int:
+    """Give the sample images (not the grid) to a TensorBoard tracker, as `samples/<index>` at `step`, so its image
+    slider shows each prompt's image over the run; returns how many were logged (0 without a tracker)."""
+    import numpy as np
+    from PIL import Image
+
+    writers = [t.writer for t in getattr(accelerator, "trackers", []) if t.name == "tensorboard"]
+    images = [Path(f) for f in files if not Path(f).name.endswith("_grid.png")]
+    for writer in writers:
+        for i, path in enumerate(images):
+            with Image.open(path) as img:
+                writer.add_image(f"samples/{i}", np.asarray(img.convert("RGB")), step, dataformats="HWC")
+        writer.flush()
+    return len(images) if writers else 0

@@ -28,7 +28,8 @@ from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
 from .attention import set_attention
 from .interrupt import StopOnCtrlC
-from .metrics import METRICS_FILE, MetricsLog
+from .memory import MemoryWatch
+from .metrics import METRICS_FILE, MetricsLog, log_sample_images, tracker_scalars
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
 from .outputs import WrittenFiles, write_lora_files
@@ -36,6 +37,7 @@ from .pivotal import PivotalTuning
 from .plan import RunPlan, plan_run, run_resolution
 from .preflight import logging_folder, preflight, tracker_run
 from .prior import ensure_class_images
+from .report import write_report_quietly
 from .state import (
     FINAL_MARKER,
     STATE_FILE,
@@ -97,6 +99,8 @@ class Trainer:
         """The `end` line of metrics.jsonl (when the run got as far as opening it)."""
         if getattr(self, "metrics", None) is not None:
             self.metrics.end(step=self.state.global_step, status=status, message=message)
+            if self.metrics.enabled:  # the main process: report.html beside the run's files
+                write_report_quietly(self.run_dir)
 
     def prepare(self) -> None:
         """Every phase before the loop, after the pre-flight checks (before anything is written)."""
@@ -140,6 +144,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.metrics = MetricsLog(self.run_dir, enabled=self.accelerator.is_main_process,
                                   device=self.accelerator.device)
+        self.memory_watch = MemoryWatch(cfg, self.accelerator.device)  # warns near the card's limit (CUDA)
         self.state.run_id = uuid.uuid4().hex  # kept by every checkpoint; a resume takes the checkpoint's
         self.mixed_precision = mp
         self.weight_dtype = torch_dtype(mp)
@@ -436,9 +441,10 @@ class Trainer:
         bar.update(1)
         # refresh=False: the bar writes at its own interval (set_postfix's default refresh writes a line per step)
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{next(iter(lrs.values())):.2e}", epoch=st.epoch, refresh=False)
-        acc.log(logs, step=st.global_step)
-        self.metrics.step(step=st.global_step, epoch=st.epoch, max_steps=self.max_steps, loss=value, lrs=lrs,
-                          **extra)
+        record = self.metrics.step(step=st.global_step, epoch=st.epoch, max_steps=self.max_steps, loss=value,
+                                   lrs=lrs, **extra)
+        acc.log({**logs, **tracker_scalars(record)}, step=st.global_step)
+        self.memory_watch.check(step=st.global_step)
         self._periodic(st.global_step, cfg.training.save_every_n_steps, cfg.sampling.sample_every_n_steps,
                        f"{st.global_step:06d}")
 
@@ -533,6 +539,7 @@ class Trainer:
                                           if self.pivotal else None, lora=bool(self.network.parts),
                                           tokens=self.pivotal.tokens if self.pivotal else None)
             self.metrics.sample(step=self.state.global_step, tag=tag, files=files, run_dir=self.run_dir)
+            log_sample_images(self.accelerator, files, self.state.global_step)
             return files
         except OSError as e:  # a full disk or a read-only folder: said like a failed checkpoint
             if isinstance(e, FileNotFoundError):

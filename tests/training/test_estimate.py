@@ -1,0 +1,100 @@
+"""`loraforge plan`: the memory / time estimate and its proposals; the CUDA memory warning (with fake stats)."""
+
+import copy
+import json
+
+import pytest
+
+from loraforge.cli import main
+from loraforge.training.estimate import estimate, meta_model, model_folder, propose
+from loraforge.training.memory import MemoryWatch
+from loraforge.training.plan import plan_run
+
+
+def test_counts_match_the_real_model_and_network(make_config, tiny_models):
+    from loraforge.networks import create_network
+
+    cfg = make_config("sd15", **{"network.rank": 8, "network.train_text_encoder": True})
+    plan = plan_run(cfg)
+    e = estimate(cfg, plan, cuda=False)
+    real = copy.deepcopy(tiny_models("sd15"))
+    n_weights = sum(p.numel() for m in (real.unet, real.vae, *real.text_encoders) for p in m.parameters())
+    assert e.weights_gib * 2**30 == pytest.approx(n_weights * 4)  # fp32 on the CPU
+    net = create_network(cfg.network)
+    net.apply(real)
+    trained = sum(p.numel() for part in net.parts for p in net.parameters(part))
+    assert e.network_params == trained
+    assert e.trainable_gib * 2**30 == pytest.approx(trained * (4 + 4 + 8))  # weights, grads, AdamW's two states
+
+
+def test_each_option_moves_the_estimate_the_way_it_should(make_config):
+    cfg = make_config("sd15", **{"training.batch_size": 2})
+    plan = plan_run(cfg)
+    model = lambda: meta_model(model_folder(cfg, plan), plan.family)  # noqa: E731
+    base = estimate(cfg, plan, cuda=True, model=model())
+    gc = estimate(make_config("sd15", **{"training.batch_size": 2, "training.gradient_checkpointing": True}),
+                  plan, cuda=True, model=model())
+    assert gc.activations_gib < 0.7 * base.activations_gib and gc.step_s > base.step_s
+    one = estimate(make_config("sd15", **{"training.batch_size": 1}), plan, cuda=True, model=model())
+    assert one.activations_gib == pytest.approx(base.activations_gib / 2, rel=0.1)  # a few tensors per step
+    # 8-bit AdamW shrinks the optimizer state; cached latents take the VAE encode out of the step
+    both = estimate(make_config("sd15", **{"training.batch_size": 2, "optimizer.type": "adamw8bit",
+                                           "dataset.cache_latents": True}), plan, cuda=True, model=model())
+    assert both.trainable_gib == pytest.approx(base.trainable_gib * (4 + 4 + 2) / (4 + 4 + 8))
+    assert both.step_tflops < base.step_tflops and both.step_ops < base.step_ops
+    assert both.weights_gib == base.weights_gib  # the trainer keeps the VAE on the device either way
+
+
+def test_proposals_turn_on_checkpointing_first_and_stop_when_it_fits(make_config):
+    cfg = make_config("sd15", **{"training.batch_size": 4})
+    plan = plan_run(cfg)
+    base = estimate(cfg, plan, cuda=True)
+    gc_cfg = make_config("sd15", **{"training.batch_size": 4, "training.gradient_checkpointing": True})
+    with_gc = estimate(gc_cfg, plan, cuda=True)
+    vram = (base.peak_gib + with_gc.peak_gib) / 2 / 0.95  # between the two: checkpointing alone fits
+    p = propose(cfg, plan, vram)
+    assert p.fits and [text for text, _ in p.steps] == ["training.gradient_checkpointing = true"]
+    assert propose(cfg, plan, base.peak_gib / 0.9).steps == []  # fits as configured: nothing to change
+
+
+def test_plan_command_json_and_table(make_config, capsys, tmp_path):
+    cfg = ["--set", "model.family='sd15'", "--set", "training.batch_size=2"]
+    assert main(["plan", *cfg, "--cpu", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    e = data["estimates"][0]
+    assert data["tiny"] and e["device"] == "cpu" and e["settings"]["training.batch_size"] == 2
+    assert e["peak_gib"] == pytest.approx(e["weights_gib"] + e["trainable_gib"] + e["activations_gib"]
+                                          + e["overhead_gib"], abs=0.01)
+    small = [f"--set={s}" for s in ("model.family='sd15'", "network.rank=4", "training.gradient_checkpointing=true",
+                                     "optimizer.type='adamw8bit'", "dataset.cache_latents=true")]
+    assert main(["plan", *small, "--vram", "0.0001"]) == 1  # nothing fits 100 KiB, nothing is left to change
+    out = capsys.readouterr()
+    assert "too big" in out.out and "no set of the usual changes fits 0.0001 GiB" in out.err
+
+
+def test_memory_watch_warns_near_the_limit_and_on_retries_naming_the_option(make_config):
+    watch = MemoryWatch(make_config("sd15"), "cuda:0")
+    gib = 2**30
+    assert watch.check({"reserved_bytes.all.peak": 10 * gib, "num_alloc_retries": 0}, 12 * gib) == []
+    near = watch.check({"reserved_bytes.all.peak": 11.5 * gib, "num_alloc_retries": 0}, 12 * gib, step=7)
+    assert len(near) == 1 and "step 7" in near[0] and "within 5 %" in near[0]
+    assert "training.gradient_checkpointing = true" in near[0]
+    assert watch.check({"reserved_bytes.all.peak": 11.6 * gib, "num_alloc_retries": 0}, 12 * gib) == []  # once
+    first = watch.check({"reserved_bytes.all.peak": 11.6 * gib, "num_alloc_retries": 1}, 12 * gib)
+    assert len(first) == 1 and "retry 1 time" in first[0]
+    assert watch.check({"num_alloc_retries": 1}, 12 * gib) == []
+    assert len(watch.check({"num_alloc_retries": 2}, 12 * gib)) == 1  # again when doubled
+    # with checkpointing on and batch 1, the advice moves on to the next option
+    later = MemoryWatch(make_config("sd15", **{"training.gradient_checkpointing": True,
+                                               "training.mixed_precision": "bf16"}), "cuda:0")
+    assert "adamw8bit" in later.check({"num_alloc_retries": 3}, 12 * gib)[0]
+    assert MemoryWatch(make_config("sd15"), "cpu").check() == []  # off CUDA: nothing to watch
+
+
+def test_the_trainer_checks_memory_after_every_step(make_config, monkeypatch):
+    from loraforge.training.trainer import Trainer
+
+    steps = []
+    monkeypatch.setattr(MemoryWatch, "check", lambda self, stats=None, total_bytes=None, step=None: steps.append(step))
+    Trainer(make_config("sd15", **{"training.max_train_steps": 2})).run()
+    assert steps == [1, 2]
