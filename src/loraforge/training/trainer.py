@@ -36,6 +36,7 @@ from .pivotal import PivotalTuning
 from .plan import RunPlan, plan_run, run_resolution
 from .preflight import logging_folder, preflight, tracker_run
 from .prior import ensure_class_images
+from .release import release, releasable
 from .state import (
     FINAL_MARKER,
     STATE_FILE,
@@ -200,6 +201,7 @@ class Trainer:
                            clip_skip=self.cfg.training.clip_skip, max_token_length=d.max_token_length,
                            vae_batch_size=d.vae_batch_size)
         self.cache_stats = self.data.fill_caches(ctx)
+        release(m, releasable(self.cfg, self.data, self.text_needs_grad))  # their memory, when nothing needs them
     # -----------------------------------------------------------------------------------------------------------
 
     def setup_network(self) -> None:
