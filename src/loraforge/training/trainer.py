@@ -27,6 +27,7 @@ from ..sampling.run import sample_during_training
 from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
 from .attention import set_attention
+from .compile import compile_unet
 from .interrupt import StopOnCtrlC
 from .metrics import METRICS_FILE, MetricsLog
 from .nonfinite import NonFiniteGuard
@@ -223,6 +224,8 @@ class Trainer:
             gen = torch.Generator().manual_seed(self.cfg.training.seed)
             self.pivotal.apply(m, gen, self.network)
         set_attention(m.unet, self.cfg.training.attention)
+        if self.cfg.training.torch_compile:
+            compile_unet(m.unet)
         if self.cfg.training.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             if self.train_te:
