@@ -34,8 +34,10 @@ def _adapter(layer, algo, **overrides):
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            p.mul_(1 + 0.2 * torch.rand(p.shape, generator=g)) if name == "dora_scale" else p.copy_(
-                0.3 * torch.randn(p.shape, generator=g))
+            if name == "dora_scale":
+                p.mul_(1 + 0.2 * torch.rand(p.shape, generator=g))
+            else:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
     module.apply_to()
     return module
 

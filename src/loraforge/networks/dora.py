@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 class DoraMethod(LoconMethod):
     algo = "dora"
     module_path = "lycoris.kohya"
-    bypass = False  # the decomposition needs W + ΔW: LyCORIS' weight-rebuild forward
+    bypass = False  # LyCORIS' weight-rebuild mode; its forward is replaced by ours (`forward` below)
 
     def build(self, target: Target, cfg) -> torch.nn.Module:
         module = super().build(target, cfg)
