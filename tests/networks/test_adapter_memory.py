@@ -125,7 +125,8 @@ def test_rank_dropout_draws_the_same_mask_as_lycoris(algo):
 
 def test_saved_tensors_close_to_loras():
     """What autograd keeps for backward on one linear layer (activations only: the parameters are not counted):
-    LoHa and input-axis DoRA within 1.1× of LoCon (LoRA through LyCORIS) where LyCORIS' forwards kept ≥ 3×."""
+    LoHa and input-axis DoRA within 1.1× of LoCon (LoRA through LyCORIS), where LyCORIS' forwards kept 3× (LoHa) and
+    5× (DoRA)."""
     layer, x = _layer((torch.nn.Linear, (256, 256), (2, 64, 256)))
     sizes = {}
     for algo in ("locon", "dora", "loha"):
@@ -137,5 +138,5 @@ def test_saved_tensors_close_to_loras():
         sizes[algo + " (LyCORIS)"] = _saved_bytes(lambda: lycoris(module, x), exclude)
         module.restore()
     lora = sizes["locon"]
-    assert sizes["dora (LyCORIS)"] >= 3 * lora and sizes["loha (LyCORIS)"] >= 1.5 * lora, sizes
+    assert sizes["dora (LyCORIS)"] >= 4.5 * lora and sizes["loha (LyCORIS)"] >= 2.9 * lora, sizes
     assert sizes["dora"] <= 1.1 * lora and sizes["loha"] <= 1.1 * lora, sizes
