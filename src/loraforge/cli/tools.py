@@ -422,7 +422,7 @@ def add_bench(sub) -> None:
     p.add_argument("--rank", type=_list(int), default=[4], help="network ranks (default 4)")
     p.add_argument("--checkpointing", type=_list(_on_off), default=[False], help="gradient checkpointing: off, on")
     p.add_argument("--compile", type=_list(_on_off), default=[False],
-                   help="torch.compile of each UNet block: off, on (default off)")
+                   help="torch.compile of each UNet transformer block (training.torch_compile): off, on (default off)")
     p.add_argument("--optimizer", type=_list(str), default=["adamw"], help="optimizer.type values (default adamw)")
     p.add_argument("--algo", type=_list(str), default=["lora"], help="network.algo values (default lora)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per point (default 5)")

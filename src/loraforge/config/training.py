@@ -35,6 +35,14 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: much less memory, about 20-30 % slower."
     )
+    torch_compile: bool = Field(
+        False,
+        description=(
+            "Compile each of the UNet's transformer blocks with `torch.compile` (regional compilation, not the whole "
+            "UNet): the first steps, and the first step of each new bucket shape, are slower while they compile; "
+            "needs a working compiler toolchain (Triton on a GPU, a C++ compiler on the CPU). See docs/benchmarks.md."
+        ),
+    )
     attention: Literal["sdpa", "xformers", "eager"] = Field(
         "sdpa",
         description=(

@@ -6,9 +6,10 @@ Instead each module of the plan (`targets.py`) gets one LyCORIS module (`LoConMo
 `NormModule`) whose training forward is LyCORIS' own; the modules are registered under `loraforge_adapters` inside
 the UNet / text encoder they patch, so `.to()`, `.train()/.eval()`, accelerate and DDP see their parameters.
 
-What we take from LyCORIS: the forward (bypass mode, i.e. `W·x + ΔW·x`, for LoCon/LoHa/LoKr; the weight-rebuild
-mode for DoRA, which needs `W + ΔW`), the parametrisation and initialisation, the dropouts. What is ours: module
-selection, the DoRA magnitude (created by us so it works on meta-device models too, on the axis we choose), the
+What we take from LyCORIS: the forward (bypass mode, i.e. `W·x + ΔW·x`, for LoCon/LoKr; for LoHa with our
+`rebuilt_op`, which keeps no full-size ΔW for backward), the parametrisation and initialisation, the dropouts. What
+is ours: module selection, DoRA's training forward (norm detached, no full-size weight kept: `dora.py`) and its
+magnitude (created by us so it works on meta-device models too, on the axis we choose), the
 exported tensors (`export`) and the reference ΔW (`adapters.module_delta` of the exported tensors, the math the file
 reader and the tools use too; cross-checked against LyCORIS' forward and `lycoris.functional` in tests).
 """

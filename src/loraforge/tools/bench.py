@@ -42,6 +42,7 @@ from ..families import family as family_info
 from ..models.configs import config_folder
 from ..models.loading import SDModel
 from ..models.text import sdxl_time_ids
+from ..training.compile import compile_unet
 from ..training.optim import build_optimizer
 from ..training.plan import run_resolution
 from ..training.trainer import Trainer
@@ -188,13 +189,6 @@ def make_images(folder: Path, count: int, size: int) -> Path:
     return folder
 
 
-def compile_blocks(unet) -> None:
-    """Regional compilation: each down, mid and up block of the UNet compiled in place (short compile times)."""
-    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
-        if block is not None:
-            block.compile()
-
-
 def summarize(times: list[float], batch: int) -> dict:
     median = statistics.median(times)
     return {"images_per_s": batch / median, "step_s_median": median, "step_s_min": min(times),
@@ -282,7 +276,7 @@ def run_case(case: Case, steps: int, warmup: int, work: Path, *, size: str = "ti
         batch = next(iter(trainer.train_dataloader))
         flops = step_flops(trainer, batch)
         if case.compile:
-            compile_blocks(trainer.model.unet)
+            compile_unet(trainer.model.unet)
         stamps: list[float] = []
         loss_of = trainer.compute_loss
 

@@ -27,6 +27,7 @@ from ..sampling.run import sample_during_training
 from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
 from .attention import set_attention
+from .compile import compile_unet
 from .interrupt import StopOnCtrlC
 from .memory import MemoryWatch
 from .metrics import METRICS_FILE, MetricsLog, log_sample_images, tracker_scalars
@@ -38,6 +39,7 @@ from .plan import RunPlan, plan_run, run_resolution
 from .preflight import logging_folder, preflight, tracker_run
 from .prior import ensure_class_images
 from .report import write_report_quietly
+from .release import release, releasable
 from .state import (
     FINAL_MARKER,
     STATE_FILE,
@@ -205,6 +207,7 @@ class Trainer:
                            clip_skip=self.cfg.training.clip_skip, max_token_length=d.max_token_length,
                            vae_batch_size=d.vae_batch_size)
         self.cache_stats = self.data.fill_caches(ctx)
+        release(m, releasable(self.cfg, self.data, self.text_needs_grad))  # their memory, when nothing needs them
     # -----------------------------------------------------------------------------------------------------------
 
     def setup_network(self) -> None:
@@ -226,6 +229,8 @@ class Trainer:
             gen = torch.Generator().manual_seed(self.cfg.training.seed)
             self.pivotal.apply(m, gen, self.network)
         set_attention(m.unet, self.cfg.training.attention)
+        if self.cfg.training.torch_compile:
+            compile_unet(m.unet)
         if self.cfg.training.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
             if self.train_te:
