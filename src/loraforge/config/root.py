@@ -55,6 +55,10 @@ class TrainConfig(Section):
                 "optimizer.adafactor_warmup_init = true works only with optimizer.type = 'adafactor' and "
                 "optimizer.adafactor_relative_step = true (it warms up the relative step); remove it or turn both on"
             )
+        if self.model.prediction_type != "auto":
+            problem = tr.prediction_problem(self.model.prediction_type)
+            if problem:
+                raise ValueError(problem)
         family = self.model.family
         if family != "auto" or self.uses_embedded_model:
             problem = block_count_problem(self.network, "sd15" if family == "auto" else family)

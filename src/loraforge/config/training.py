@@ -109,6 +109,116 @@ class TrainingConfig(Section):
     multires_noise_discount: float = Field(
         0.3, gt=0, le=1, description="Strength decay per pyramid level (the LyCORIS guide uses 0.1)."
     )
+    soft_min_snr: bool = Field(
+        False,
+        description=(
+            "With `snr_gamma`: the smooth minimum SNR·γ/(SNR + γ) in place of min(SNR, γ) (the soft min-SNR "
+            "variant: no kink at SNR = γ)."
+        ),
+    )
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = Field(
+        "l2",
+        description=(
+            "The element loss between prediction and target (kohya's `--loss_type`): `l2` squared error (the "
+            "usual), `l1` absolute error, `huber` the pseudo-Huber loss 2δ(√(e² + δ²) − δ) (L2 near zero, L1 far "
+            "out: robust to outliers), `smooth_l1` the same divided by δ. δ follows `huber_schedule`."
+        ),
+    )
+    huber_c: float = Field(
+        0.1,
+        gt=0,
+        description=(
+            "δ of the Huber losses (kohya's `--huber_c`): the constant δ, the end value of the `exponential` "
+            "schedule, the floor of the `snr` one. Only with `loss_type = \"huber\"` or `\"smooth_l1\"`."
+        ),
+    )
+    huber_schedule: Literal["snr", "exponential", "constant"] = Field(
+        "snr",
+        description=(
+            "How δ changes with the timestep (kohya's `--huber_schedule`): `snr` (1 − c)/(1 + σ_t)² + c with "
+            "σ_t = √((1 − ᾱ)/ᾱ), near 1 (L2-like) for clean steps and c for noisy ones; `exponential` "
+            "exp(−t·ln(1/c)/T)·scale, 1 at t = 0 down to c at t = T; `constant` c·scale."
+        ),
+    )
+    huber_scale: float = Field(
+        1.0, gt=0, description="Multiplies δ of the `exponential` and `constant` schedules (kohya's `--huber_scale`)."
+    )
+    debiased_estimation_loss: bool = Field(
+        False,
+        description=(
+            "Debiased estimation (kohya's `--debiased_estimation_loss`, Yu et al. 2024): weight each sample's loss "
+            "by 1/√SNR (ε-prediction) or 1/(SNR + 1) (v-prediction), SNR capped at 1000; multiplies with the other "
+            "weightings."
+        ),
+    )
+    p2_gamma: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "P2 weighting (Choi et al. 2022; OneTrainer's `loss_weight_fn = P2` with `loss_weight_strength` γ): "
+            "weight each sample's loss by 1/(1 + SNR)^γ (γ = 1 in the paper), which favours the noisier steps."
+        ),
+    )
+    scale_v_pred_loss_like_noise_pred: bool = Field(
+        False,
+        description=(
+            "v-prediction only (kohya's `--scale_v_pred_loss_like_noise_pred`): weight the loss by SNR/(SNR + 1), "
+            "giving the timesteps the weights the ε-prediction loss has."
+        ),
+    )
+    ip_noise_gamma: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Input perturbation (Ning et al. 2023; kohya's `--ip_noise_gamma`): the noisy latents are made with "
+            "noise + γ · N(0, 1) while the target keeps the plain noise; 0.1 recommended."
+        ),
+    )
+    ip_noise_gamma_random_strength: bool = Field(
+        False,
+        description="With `ip_noise_gamma`: each sample's γ is scaled by u ~ U(0, 1) (kohya's option of this name).",
+    )
+    zero_terminal_snr: bool = Field(
+        False,
+        description=(
+            "Rescale the noise schedule so its last timestep is pure noise (SNR 0; Lin et al. 2024; kohya's "
+            "`--zero_terminal_snr`, diffusers' `rescale_betas_zero_snr`): lets the model learn very dark and light "
+            "images. Needs a v-prediction model (`model.prediction_type`): an ε-prediction model cannot predict "
+            "the noise from pure noise. Sample the result with trailing timesteps and the rescaled schedule."
+        ),
+    )
+    min_timestep: int | None = Field(
+        None, ge=0, description="Draw timesteps from `min_timestep` on (kohya's `--min_timestep`; default 0)."
+    )
+    max_timestep: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description=(
+            "Draw timesteps below `max_timestep` (exclusive, kohya's `--max_timestep`; default the schedule's "
+            "1000). E.g. 0-500 for detail, 500-1000 for composition."
+        ),
+    )
+    timestep_sampling: Literal["uniform", "logit_normal", "sigmoid", "beta"] = Field(
+        "uniform",
+        description=(
+            "How timesteps are drawn in [min_timestep, max_timestep): `uniform` (kohya's and diffusers' SD "
+            "default); `logit_normal` sigmoid(N(logit_mean, logit_std)) (SD3's `weighting_scheme = logit_normal`, "
+            "more middle steps); `sigmoid` sigmoid(sigmoid_scale · N(0, 1)) (kohya's FLUX/SD3 `--timestep_sampling "
+            "sigmoid`); `beta` Beta(timestep_beta_alpha, timestep_beta_beta)."
+        ),
+    )
+    logit_mean: float = Field(0.0, description="Mean of `timestep_sampling = \"logit_normal\"` (SD3's `--logit_mean`).")
+    logit_std: float = Field(
+        1.0, gt=0, description="Standard deviation of `timestep_sampling = \"logit_normal\"` (SD3's `--logit_std`)."
+    )
+    sigmoid_scale: float = Field(
+        1.0, gt=0, description="Scale of `timestep_sampling = \"sigmoid\"` (kohya's `--sigmoid_scale`)."
+    )
+    timestep_beta_alpha: float = Field(2.0, gt=0, description="α of `timestep_sampling = \"beta\"`.")
+    timestep_beta_beta: float = Field(
+        2.0, gt=0, description="β of `timestep_sampling = \"beta\"` (α = β = 2: more middle steps, fewer extremes)."
+    )
     # ---- conditioning
     clip_skip: int | None = Field(
         None,
@@ -185,6 +295,51 @@ class TrainingConfig(Section):
         if self.token_names and "num_new_tokens_per_abstraction" not in self.model_fields_set:
             return len(self.token_names) // max(1, len(self.token_abstractions))
         return self.num_new_tokens_per_abstraction
+
+    def prediction_problem(self, prediction_type: str) -> str | None:
+        """The error for options that need a v-prediction model when the model predicts `prediction_type`."""
+        if prediction_type == "v_prediction":
+            return None
+        need = [f for f in ("zero_terminal_snr", "scale_v_pred_loss_like_noise_pred") if getattr(self, f)]
+        if not need:
+            return None
+        return (f"training.{', training.'.join(need)} needs a v-prediction model, but the model predicts "
+                f"{prediction_type} (model.prediction_type): with ε-prediction the last, pure-noise step has "
+                "nothing to predict from. Use a v-prediction model (SD 2.x 768, or set model.prediction_type = "
+                "\"v_prediction\" for one trained so), or remove them")
+
+    @model_validator(mode="after")
+    def _check_loss_options(self) -> "TrainingConfig":
+        # changed from its default (a dumped config writes every default, so "given" would not do)
+        fields = type(self).model_fields
+        given = {f for f in fields if getattr(self, f) != fields[f].default}
+        huber = [f for f in ("huber_c", "huber_schedule", "huber_scale") if f in given]
+        if huber and self.loss_type not in ("huber", "smooth_l1"):
+            raise ValueError(f"training.{', training.'.join(huber)} set, but training.loss_type = "
+                             f"{self.loss_type!r} uses no Huber threshold: set loss_type = \"huber\" (or "
+                             "\"smooth_l1\"), or remove them")
+        if self.soft_min_snr and not self.snr_gamma:
+            raise ValueError("training.soft_min_snr = true needs training.snr_gamma (the γ of the soft minimum): "
+                             "set snr_gamma (5.0 recommended) or remove soft_min_snr")
+        if self.ip_noise_gamma_random_strength and not self.ip_noise_gamma:
+            raise ValueError("training.ip_noise_gamma_random_strength = true needs training.ip_noise_gamma (the "
+                             "largest strength): set ip_noise_gamma (0.1 recommended) or remove it")
+        low, high = self.min_timestep or 0, self.max_timestep
+        if high is not None and low >= high:
+            raise ValueError(f"training.min_timestep = {low} is not below training.max_timestep = {high} (the "
+                             "maximum is exclusive): no timestep is left to draw; make min_timestep smaller or "
+                             "max_timestep larger")
+        if self.min_timestep is not None and self.min_timestep >= 1000:
+            raise ValueError(f"training.min_timestep = {self.min_timestep}: the schedules have 1000 timesteps "
+                             "(0-999); give a value below 1000")
+        owners = {"logit_mean": "logit_normal", "logit_std": "logit_normal", "sigmoid_scale": "sigmoid",
+                  "timestep_beta_alpha": "beta", "timestep_beta_beta": "beta"}
+        stray = [f for f, kind in owners.items() if f in given and self.timestep_sampling != kind]
+        if stray:
+            raise ValueError(f"training.{', training.'.join(stray)} set, but training.timestep_sampling = "
+                             f"{self.timestep_sampling!r} does not use them: set timestep_sampling to "
+                             f"{owners[stray[0]]!r}, or remove them")
+        return self
 
     @model_validator(mode="after")
     def _check_token_names(self) -> "TrainingConfig":

@@ -20,7 +20,7 @@ from ..config import TrainConfig, dump_config
 from ..config.dataset import size_text
 from ..data.build import build_train_data
 from ..data.cache import CacheContext
-from ..errors import RunFolderError, RunInterruptedError
+from ..errors import ConfigError, RunFolderError, RunInterruptedError
 from ..models.loading import load_model
 from ..networks import create_network
 from ..sampling.run import sample_during_training
@@ -51,6 +51,7 @@ from .state import (
     write_checkpoint,
 )
 from .step import LossStep
+from .timesteps import zero_terminal_snr_scheduler
 
 log = logging.getLogger("loraforge.train")
 
@@ -149,6 +150,11 @@ class Trainer:
         m = self.model
         self.resolution = run_resolution(self.cfg, m.native_size)
         self.noise_scheduler = m.noise_scheduler()
+        problem = self.cfg.training.prediction_problem(m.prediction_type)
+        if problem:
+            raise ConfigError(problem)
+        if self.cfg.training.zero_terminal_snr:
+            self.noise_scheduler = zero_terminal_snr_scheduler(self.noise_scheduler)
         self.run_info.update(
             model_name=f"tiny-{m.family.name}" if m.is_tiny else Path(m.source).name,
             prediction_type=m.prediction_type, resolution=self.resolution, tiny_model=m.is_tiny,
