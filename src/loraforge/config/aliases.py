@@ -381,7 +381,12 @@ def _entries() -> list[Alias]:
         ("local_rank", None, _D, builtin, "accelerate sets it"),
         ("ddp_timeout", None, _K, none, "configure distributed training with `accelerate config`"),
         ("deepspeed", None, _K, none, "no DeepSpeed"),
-        ("validation_split", None, _K, none, "no validation-loss split"),
+        ("validation_split", "training.validation_split", _K, differs,
+         "kohya splits each dataset apart; loraforge holds out that fraction of all the training images"),
+        ("validation_seed", "training.validation_seed", _K, same, ""),
+        ("validate_every_n_steps", "training.validate_every_n_steps", _K, same, ""),
+        ("validate_every_n_epochs", "training.validate_every_n_epochs", _K, same, ""),
+        ("max_validation_steps", None, _K, none, "every held-out image is scored"),
         ("metadata_title", None, _K, none, "no model-spec metadata options"),
         ("metadata_author", None, _K, none, "no model-spec metadata options"),
         # ------------------------------------------------------------------------------------------ network_args

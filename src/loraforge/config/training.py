@@ -219,6 +219,61 @@ class TrainingConfig(Section):
     timestep_beta_beta: float = Field(
         2.0, gt=0, description="β of `timestep_sampling = \"beta\"` (α = β = 2: more middle steps, fewer extremes)."
     )
+    # ---- validation loss
+    validation_data_dir: str | None = Field(
+        None,
+        description=(
+            "Validation loss on held-out images: a folder of images with captions beside them (as "
+            "`dataset.train_data_dir`, same `caption_extension`; uncaptioned ones get `dataset.instance_prompt`), "
+            "never trained on. The loss is the training loss at fixed timesteps with fixed noise, so its curve "
+            "compares across steps and runs (OneTrainer's validation concept, SimpleTuner's eval dataset)."
+        ),
+    )
+    validation_split: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description=(
+            "Hold out this fraction of the training images (not of the regularisation images) for the validation "
+            "loss, chosen with `validation_seed` (kohya's `validation_split`); at least one image each side."
+        ),
+    )
+    validation_use_reg_images: bool = Field(
+        False,
+        description=(
+            "Also compute the validation loss on the regularisation / class images (they keep training too): how "
+            "far the model drifts from its prior."
+        ),
+    )
+    validation_seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the held-out split and of the fixed validation noise (kohya's `validation_seed`; default `seed`).",
+    )
+    validate_every_n_steps: int | None = Field(
+        None, ge=1, description="Compute the validation loss every N steps (kohya's `validate_every_n_steps`)."
+    )
+    validate_every_n_epochs: int | None = Field(
+        None, ge=1, description="Compute the validation loss every N epochs (kohya's `validate_every_n_epochs`)."
+    )
+    validation_timesteps: int = Field(
+        4,
+        ge=1,
+        le=50,
+        description=(
+            "Fixed timesteps each held-out image is scored at, evenly spaced in [min_timestep, max_timestep) "
+            "(kohya's 4: 200, 400, 600, 800); the validation loss is their mean."
+        ),
+    )
+    keep_best_validation: bool = Field(
+        False,
+        description=(
+            "Keep the LoRA files of the lowest validation loss so far in `<run folder>/best/` "
+            "(`<output_name>-best.safetensors`); its step is logged, and the lowest loss is kept in the checkpoints "
+            "so a resumed run goes on comparing with it."
+        ),
+    )
     # ---- conditioning
     clip_skip: int | None = Field(
         None,
@@ -332,6 +387,18 @@ class TrainingConfig(Section):
         if self.min_timestep is not None and self.min_timestep >= 1000:
             raise ValueError(f"training.min_timestep = {self.min_timestep}: the schedules have 1000 timesteps "
                              "(0-999); give a value below 1000")
+        sources = [f for f in ("validation_data_dir", "validation_split") if getattr(self, f)]
+        if self.validation_use_reg_images:
+            sources.append("validation_use_reg_images")
+        every = [f for f in ("validate_every_n_steps", "validate_every_n_epochs") if getattr(self, f)]
+        if sources and not every:
+            raise ValueError(f"training.{sources[0]} gives validation images but no schedule: set "
+                             "training.validate_every_n_steps (or validate_every_n_epochs)")
+        if (every or self.keep_best_validation) and not sources:
+            what = every[0] if every else "keep_best_validation"
+            raise ValueError(f"training.{what} set, but there are no validation images: set "
+                             "training.validation_data_dir (a folder), training.validation_split (a fraction of "
+                             "the training images) or training.validation_use_reg_images = true")
         owners = {"logit_mean": "logit_normal", "logit_std": "logit_normal", "sigmoid_scale": "sigmoid",
                   "timestep_beta_alpha": "beta", "timestep_beta_beta": "beta"}
         stray = [f for f, kind in owners.items() if f in given and self.timestep_sampling != kind]

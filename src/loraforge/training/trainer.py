@@ -52,10 +52,12 @@ from .state import (
 )
 from .step import LossStep
 from .timesteps import zero_terminal_snr_scheduler
+from .validation import Validation
 
 log = logging.getLogger("loraforge.train")
 
 # kohya's network_alpha defaults to 1 (scale 1/rank); ours to the rank (scale 1): said where it matters
+BEST_FOLDER = "best"  # the LoRA files of the lowest validation loss (training.keep_best_validation)
 ALPHA_DEFAULT_NOTE = " (network.alpha unset: alpha = rank, scale 1; kohya's default is alpha 1, scale 1/rank)"
 
 
@@ -65,6 +67,7 @@ class RunResult:
     files: WrittenFiles
     samples: list[Path] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of this session
     steps: int = 0
     is_main_process: bool = True
 
@@ -245,6 +248,8 @@ class Trainer:
         self.text_encoders = self.trained_models[1:] if with_te else self.model.text_encoders
         self.optimizer, self.train_dataloader, self.lr_scheduler = prepared[len(trained):]
         register_network_hooks(acc, self.network, self.pivotal)
+        self.validation = Validation.from_config(cfg.training, self.data.validation,
+                                                 self.noise_scheduler.config.num_train_timesteps)
         self.step = LossStep(
             training=cfg.training, model=self.model, unet=self.unet, text_encoders=self.text_encoders,
             noise_scheduler=self.noise_scheduler, device=acc.device, weight_dtype=self.weight_dtype,
@@ -404,11 +409,15 @@ class Trainer:
         bar.update(1)
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{next(iter(lrs.values())):.2e}", epoch=st.epoch)
         acc.log(logs, step=st.global_step)
+        if self.validation and self.validation.due(st.global_step, self.validation.every_n_steps):
+            self.validate()
         self._periodic(st.global_step, cfg.training.save_every_n_steps, cfg.sampling.sample_every_n_steps,
                        f"{st.global_step:06d}")
 
     def _after_epoch(self) -> None:
         cfg, st = self.cfg, self.state
+        if self.validation and self.validation.due(st.epoch, self.validation.every_n_epochs):
+            self.validate()
         self._periodic(st.epoch, cfg.training.save_every_n_epochs, cfg.sampling.sample_every_n_epochs,
                        f"e{st.epoch:03d}")
 
@@ -418,6 +427,35 @@ class Trainer:
             self.save_checkpoint()
         if sample_every and count % sample_every == 0:
             self.sample(tag)
+
+    def validate(self) -> float | None:
+        """The validation loss of this step (main process), logged beside the training loss; with
+        `keep_best_validation` a new lowest one writes its LoRA files to `best/` (`<output_name>-best.safetensors`)."""
+        st, acc = self.state, self.accelerator
+        if not acc.is_main_process:
+            return None
+        for mod in self.trained_models:
+            mod.eval()
+        try:
+            value = self.validation.evaluate(self.step)
+        finally:
+            for mod in self.trained_models:
+                mod.train()
+        self.validation.history.append((st.global_step, value))
+        acc.log({"loss/validation": value}, step=st.global_step)
+        best = st.best_validation_loss is None or value < st.best_validation_loss
+        log.info("step %d: validation loss %.5f%s", st.global_step, value,
+                 " (lowest so far)" if best and st.best_validation_loss is not None else "")
+        if best:
+            st.best_validation_loss, st.best_validation_step = value, st.global_step
+            if self.cfg.training.keep_best_validation:
+                folder, name = self.run_dir / BEST_FOLDER, f"{self.cfg.output.output_name}-best"
+                try:
+                    write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name, self.pivotal)
+                except OSError as e:
+                    raise save_failed(e, "the best-validation LoRA", folder, self.run_dir) from e
+                log.info("step %d: kept in %s (training.keep_best_validation)", st.global_step, folder)
+        return value
 
     # ----------------------------------------------------------------------------------------------- outputs
     def _run_info(self) -> dict:
@@ -438,6 +476,8 @@ class Trainer:
         acc = self.accelerator
         files = WrittenFiles()
         samples: list[Path] = []
+        if self.validation and not any(s == self.state.global_step for s, _ in self.validation.history):
+            self.validate()  # the last step has a validation loss too (before its checkpoint: the best is in it)
         # the last step is a checkpoint too, so a finished run continues with a larger max_train_steps and
         # training.resume = "latest" (a resume that ends where it started has it already)
         if not (checkpoints_dir(self.run_dir) / f"step-{self.state.global_step:06d}").is_dir():
@@ -460,7 +500,8 @@ class Trainer:
         is_main = acc.is_main_process
         acc.end_training()
         self.close()
-        return RunResult(self.run_dir, files, samples, self.losses, self.state.global_step, is_main)
+        return RunResult(self.run_dir, files, samples, self.losses, self.validation.history if self.validation else [],
+                         self.state.global_step, is_main)
 
     def close(self) -> None:
         """Release what the run holds in the process: the log file, and accelerate's process-wide state (so a
