@@ -53,6 +53,9 @@ EXPERIMENTS: dict[str, dict[str, dict]] = {
         "range 0-500": {"training.max_timestep": 500},
         "range 500-1000": {"training.min_timestep": 500},
     },
+    # with EMA on, the concept demo scores `<name>-ema.safetensors` (the trained LoRA is the same in every row)
+    "EMA": {"off": {}, "0.99": {"training.use_ema": True, "training.ema_decay": 0.99},
+            "0.9": {"training.use_ema": True, "training.ema_decay": 0.9}},
     "ip noise gamma": {"0": {}, "0.1": {"training.ip_noise_gamma": 0.1},
                        "0.1 random strength": {"training.ip_noise_gamma": 0.1,
                                                "training.ip_noise_gamma_random_strength": True}},

@@ -219,6 +219,52 @@ class TrainingConfig(Section):
     timestep_beta_beta: float = Field(
         2.0, gt=0, description="β of `timestep_sampling = \"beta\"` (α = β = 2: more middle steps, fewer extremes)."
     )
+    # ---- EMA
+    use_ema: bool = Field(
+        False,
+        description=(
+            "Keep an exponential moving average of the trained weights (LoRA and new token embeddings; "
+            "OneTrainer's `ema`, SimpleTuner's `--use_ema`), saved as `<output_name>-ema.safetensors` beside the "
+            "LoRA (and `<output_name>-ema_emb.safetensors` for the embeddings); its state is in every checkpoint, "
+            "so a resume continues it exactly."
+        ),
+    )
+    ema_decay: float = Field(
+        0.999,
+        gt=0,
+        lt=1,
+        description=(
+            "EMA decay d (OneTrainer's `ema_decay`, SimpleTuner's `--ema_decay`): shadow ← d·shadow + (1 − d)·weight "
+            "at each update. Its memory is about 1/(1 − d) updates: 0.999 for long runs, 0.99 or less for a few "
+            "hundred steps."
+        ),
+    )
+    ema_warmup: bool = Field(
+        True,
+        description=(
+            "Use min(ema_decay, (1 + n)/(10 + n)) at the n-th update, so the average does not hold on to the "
+            "starting weights (diffusers' and OneTrainer's warm-up)."
+        ),
+    )
+    ema_update_interval: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Update the EMA every N optimizer steps (OneTrainer's `ema_update_step_interval`, SimpleTuner's "
+            "`--ema_update_interval`)."
+        ),
+    )
+    ema_device: Literal["gpu", "cpu"] = Field(
+        "gpu",
+        description=(
+            "Where the EMA copy lives: `gpu` (the training device; fastest) or `cpu` (saves its memory on the GPU; "
+            "OneTrainer's `ema = CPU`, SimpleTuner's `--ema_device cpu`)."
+        ),
+    )
+    ema_sampling: bool = Field(
+        False,
+        description="Sample with the EMA weights (during and after training) instead of the trained ones.",
+    )
     # ---- validation loss
     validation_data_dir: str | None = Field(
         None,
@@ -399,6 +445,11 @@ class TrainingConfig(Section):
             raise ValueError(f"training.{what} set, but there are no validation images: set "
                              "training.validation_data_dir (a folder), training.validation_split (a fraction of "
                              "the training images) or training.validation_use_reg_images = true")
+        ema = [f for f in ("ema_decay", "ema_warmup", "ema_update_interval", "ema_device", "ema_sampling")
+               if f in given]
+        if ema and not self.use_ema:
+            raise ValueError(f"training.{', training.'.join(ema)} set, but training.use_ema is off: turn it on "
+                             "(use_ema = true) or remove them")
         owners = {"logit_mean": "logit_normal", "logit_std": "logit_normal", "sigmoid_scale": "sigmoid",
                   "timestep_beta_alpha": "beta", "timestep_beta_beta": "beta"}
         stray = [f for f, kind in owners.items() if f in given and self.timestep_sampling != kind]

@@ -52,6 +52,7 @@ def concept_demo(out_dir, *, concept: str = "heart", steps: int = 150, images: i
         *(f"{k}={json.dumps(v)}" for k, v in settings.items()),
     ])
     result = Trainer(cfg).run()
-    report = evaluate(load_sd_model(model), result.files.kohya, concept=concept, out_dir=out_dir / "eval",
+    lora = result.files.extra.get("ema", result.files.kohya)  # with training.use_ema the EMA weights are scored
+    report = evaluate(load_sd_model(model), lora, concept=concept, out_dir=out_dir / "eval",
                       steps=eval_steps, seeds=seeds, overwrite=True)
-    return DemoResult(result.run_dir, result.files.kohya, report)
+    return DemoResult(result.run_dir, lora, report)

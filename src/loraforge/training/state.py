@@ -216,6 +216,7 @@ RESUME_MAY_CHANGE = frozenset({
     "training.mixed_precision", "training.no_half_vae", "training.on_nonfinite", "training.nonfinite_skip_limit",
     "training.validation_data_dir", "training.validation_use_reg_images", "training.validate_every_n_steps",
     "training.validate_every_n_epochs", "training.validation_timesteps", "training.keep_best_validation",
+    "training.ema_sampling",
     "dataset.cache_latents", "dataset.cache_latents_to_disk", "dataset.cache_text_encoder_outputs",
     "dataset.cache_text_encoder_outputs_to_disk", "dataset.vae_batch_size", "dataset.cache_dir",
     "model.config_dir", "model.allow_pickle", "sampling", "output",

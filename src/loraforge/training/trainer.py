@@ -7,6 +7,7 @@ precision, gradient accumulation and several GPUs (`accelerate launch -m lorafor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ from ..sampling.run import sample_during_training
 from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
 from .attention import set_attention
+from .ema import EMA, load_ema_state, save_ema_state, write_ema_files
 from .interrupt import StopOnCtrlC
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
@@ -248,6 +250,7 @@ class Trainer:
         self.text_encoders = self.trained_models[1:] if with_te else self.model.text_encoders
         self.optimizer, self.train_dataloader, self.lr_scheduler = prepared[len(trained):]
         register_network_hooks(acc, self.network, self.pivotal)
+        self.ema = EMA.from_config(cfg.training, self.network_params + (self.pivotal.parameters() if self.pivotal else []))
         self.validation = Validation.from_config(cfg.training, self.data.validation,
                                                  self.noise_scheduler.config.num_train_timesteps)
         self.step = LossStep(
@@ -288,6 +291,8 @@ class Trainer:
             )
         self.accelerator.load_state(str(folder))
         self.state = read_state(folder)
+        if self.ema:
+            load_ema_state(self.ema, folder)
         self.state.run_id = self.state.run_id or run_id  # a checkpoint of an older loraforge has none
         self._maybe_pivot()
         log.info("resumed from %s at step %d (epoch %d)", folder, self.state.global_step, self.state.epoch)
@@ -409,6 +414,8 @@ class Trainer:
         bar.update(1)
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{next(iter(lrs.values())):.2e}", epoch=st.epoch)
         acc.log(logs, step=st.global_step)
+        if self.ema:
+            self.ema.step(st.global_step)
         if self.validation and self.validation.due(st.global_step, self.validation.every_n_steps):
             self.validate()
         self._periodic(st.global_step, cfg.training.save_every_n_steps, cfg.sampling.sample_every_n_steps,
@@ -457,6 +464,13 @@ class Trainer:
                 log.info("step %d: kept in %s (training.keep_best_validation)", st.global_step, folder)
         return value
 
+    def _checkpoint_files(self, folder: Path, name: str) -> WrittenFiles:
+        """The LoRA files of a checkpoint, and the EMA state when there is one."""
+        files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name, self.pivotal)
+        if self.ema:
+            save_ema_state(self.ema, folder)
+        return files
+
     # ----------------------------------------------------------------------------------------------- outputs
     def _run_info(self) -> dict:
         return {**self.run_info, "step": self.state.global_step, "epoch": self.state.epoch}
@@ -467,8 +481,7 @@ class Trainer:
         t = self.cfg.training
         return write_checkpoint(
             self.accelerator, self.run_dir, self.state, dump_config(self.cfg),
-            lambda folder: write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name,
-                                            self.pivotal),
+            lambda folder: self._checkpoint_files(folder, name),
             t.save_last_n_steps, t.save_last_n_epochs,
         )
 
@@ -488,7 +501,10 @@ class Trainer:
                                          self.cfg.output.output_name, self.pivotal)
             except OSError as e:
                 raise save_failed(e, "the LoRA files", self.run_dir, self.run_dir) from e
-            for f in (files.kohya, files.diffusers, files.embeddings):
+            if self.ema:
+                files.extra.update(write_ema_files(self.cfg, self.ema, self.network, self.model, self._run_info(),
+                                                   self.run_dir, self.pivotal))
+            for f in (files.kohya, files.diffusers, files.embeddings, *files.extra.values()):
                 if f:
                     log.info("wrote %s", f)
             if self.cfg.sampling.at_end:
@@ -529,13 +545,15 @@ class Trainer:
             return []
         for mod in self.trained_models:
             mod.eval()
+        ema = self.ema.applied() if self.ema and self.cfg.training.ema_sampling else contextlib.nullcontext()
         try:
-            return sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
-                                          self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
-                                          replace=self.pivotal.replace if self.pivotal else None,
-                                          embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
-                                          if self.pivotal else None, lora=bool(self.network.parts),
-                                          tokens=self.pivotal.tokens if self.pivotal else None)
+            with ema:
+                return sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
+                                              self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
+                                              replace=self.pivotal.replace if self.pivotal else None,
+                                              embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
+                                              if self.pivotal else None, lora=bool(self.network.parts),
+                                              tokens=self.pivotal.tokens if self.pivotal else None)
         except OSError as e:  # a full disk or a read-only folder: said like a failed checkpoint
             if isinstance(e, FileNotFoundError):
                 raise
