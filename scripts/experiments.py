@@ -56,6 +56,11 @@ EXPERIMENTS: dict[str, dict[str, dict]] = {
     # with EMA on, the concept demo scores `<name>-ema.safetensors` (the trained LoRA is the same in every row)
     "EMA": {"off": {}, "0.99": {"training.use_ema": True, "training.ema_decay": 0.99},
             "0.9": {"training.use_ema": True, "training.ema_decay": 0.9}},
+    "text-encoder LoRA schedule": {
+        "UNet LoRA only": {},
+        "+ text-encoder LoRA, whole run": {"network.train_text_encoder": True},
+        "+ text-encoder LoRA, first half": {"network.train_text_encoder": True, "training.train_text_encoder_frac": 0.5},
+    },
     "ip noise gamma": {"0": {}, "0.1": {"training.ip_noise_gamma": 0.1},
                        "0.1 random strength": {"training.ip_noise_gamma": 0.1,
                                                "training.ip_noise_gamma_random_strength": True}},

@@ -212,7 +212,7 @@ def _entries() -> list[Alias]:
          "becomes algo 'dora' on LyCORIS modules; diffusers (peft) keeps one magnitude per output row, loraforge "
          "per input column by default (network.dora_axis = 'output' for peft's axis; ComfyUI mis-merges it)"),
         ("train_text_encoder", "network.train_text_encoder", _D, same, ""),
-        ("train_text_encoder_frac", None, _D, none, "the text encoder trains for the whole run"),
+        ("train_text_encoder_frac", "training.train_text_encoder_frac", _D, same, ""),
         ("lora_unet_blocks", None, _D, none, "use network.block_dims (0 removes a block)"),
         ("use_blora", None, _D, none, "use network.block_dims (0 removes a block)"),
         ("output_kohya_format", None, _D, builtin, "the kohya file is always written (output.write_kohya)"),

@@ -219,6 +219,26 @@ class TrainingConfig(Section):
     timestep_beta_beta: float = Field(
         2.0, gt=0, description="β of `timestep_sampling = \"beta\"` (α = β = 2: more middle steps, fewer extremes)."
     )
+    # ---- text-encoder schedule
+    stop_text_encoder_training: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "With `network.train_text_encoder`: the text-encoder LoRA trains for the first N steps only, then the "
+            "UNet LoRA goes on alone (kohya's `--stop_text_encoder_training` of train_db.py). The seed guides stop "
+            "it early because the text encoder overfits sooner. Pivotal tuning's embeddings have their own stop "
+            "(`train_text_encoder_ti_frac`, `ti_steps`)."
+        ),
+    )
+    train_text_encoder_frac: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "With `network.train_text_encoder`: the text-encoder LoRA trains for this fraction of the steps "
+            "(diffusers' advanced scripts' `--train_text_encoder_frac`); not with `stop_text_encoder_training`."
+        ),
+    )
     # ---- EMA
     use_ema: bool = Field(
         False,
@@ -450,6 +470,9 @@ class TrainingConfig(Section):
         if ema and not self.use_ema:
             raise ValueError(f"training.{', training.'.join(ema)} set, but training.use_ema is off: turn it on "
                              "(use_ema = true) or remove them")
+        if self.stop_text_encoder_training is not None and self.train_text_encoder_frac is not None:
+            raise ValueError("training.stop_text_encoder_training and training.train_text_encoder_frac both say when "
+                             "the text encoder stops: keep one")
         owners = {"logit_mean": "logit_normal", "logit_std": "logit_normal", "sigmoid_scale": "sigmoid",
                   "timestep_beta_alpha": "beta", "timestep_beta_beta": "beta"}
         stray = [f for f, kind in owners.items() if f in given and self.timestep_sampling != kind]
