@@ -152,9 +152,9 @@ def _entries() -> list[Alias]:
         ("bucket_no_upscale", "dataset.bucket_no_upscale", _K, same, ""),
         ("resize_interpolation", None, _K, none, "images are resized with Lanczos"),
         ("image_interpolation_mode", None, _D, none, "images are resized with Lanczos"),
-        ("alpha_mask", None, _K, none, "no masked loss"),
-        ("masked_loss", None, _K, none, "no masked loss"),
-        ("conditioning_data_dir", None, _K, none, "no masked loss"),
+        ("alpha_mask", "dataset.alpha_mask", _K, same, ""),
+        ("masked_loss", "training.masked_loss", _K, same, ""),
+        ("conditioning_data_dir", "dataset.mask_dir", _K, same, "the masks of --masked_loss (red channel)"),
         ("debug_dataset", None, _K, none, "use `loraforge train CONFIG --dry-run` to check every image"),
         # ------------------------------------------------------------------------------------------ captions
         ("caption_extension", "dataset.caption_extension", _K, same,

@@ -60,6 +60,15 @@ class TrainConfig(Section):
             raise ValueError(f"training.{te_stop[0]} stops the text-encoder LoRA, but network.train_text_encoder is "
                              "off (no text-encoder LoRA trains): turn it on, or remove the option (pivotal tuning's "
                              "embeddings stop with training.train_text_encoder_ti_frac)")
+        d = self.dataset
+        if tr.masked_loss and not (d.alpha_mask or d.mask_dir):
+            raise ValueError("training.masked_loss needs masks: set dataset.alpha_mask = true (the images' alpha "
+                             "channel) or dataset.mask_dir (a folder of masks with the images' file names)")
+        if d.alpha_mask and d.mask_dir:
+            raise ValueError("dataset.alpha_mask and dataset.mask_dir both give the masks: keep one")
+        if (d.alpha_mask or d.mask_dir) and not tr.masked_loss:
+            raise ValueError(f"dataset.{'alpha_mask' if d.alpha_mask else 'mask_dir'} gives masks, but "
+                             "training.masked_loss is off: turn it on, or remove the masks option")
         if self.model.prediction_type != "auto":
             problem = tr.prediction_problem(self.model.prediction_type)
             if problem:

@@ -219,6 +219,37 @@ class TrainingConfig(Section):
     timestep_beta_beta: float = Field(
         2.0, gt=0, description="β of `timestep_sampling = \"beta\"` (α = β = 2: more middle steps, fewer extremes)."
     )
+    # ---- masked loss
+    masked_loss: bool = Field(
+        False,
+        description=(
+            "Weight the loss by a mask per image (`dataset.alpha_mask` or `dataset.mask_dir`), scaled down to the "
+            "latents: only the masked area trains (kohya's `--masked_loss`; OneTrainer's masked training). kohya "
+            "multiplies the loss by the mask and averages over the whole image (the default here); OneTrainer "
+            "also gives the background `unmasked_weight` and can average over the masked area "
+            "(`normalize_masked_area_loss`). Regularisation / class images stay unmasked unless "
+            "`masked_loss_reg_images`."
+        ),
+    )
+    unmasked_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description=(
+            "With `masked_loss`: the loss weight of the unmasked background (OneTrainer's `unmasked_weight`, its "
+            "default 0.1; kohya's is 0): weight = unmasked_weight + (1 − unmasked_weight) × mask."
+        ),
+    )
+    normalize_masked_area_loss: bool = Field(
+        False,
+        description=(
+            "With `masked_loss`: divide each sample's loss by its mean weight, so a small mask trains as strongly "
+            "as a large one (OneTrainer's `normalize_masked_area_loss`)."
+        ),
+    )
+    masked_loss_reg_images: bool = Field(
+        False, description="With `masked_loss`: mask the regularisation / class images too (their masks from the same source)."
+    )
     # ---- text-encoder schedule
     stop_text_encoder_training: int | None = Field(
         None,
@@ -473,6 +504,10 @@ class TrainingConfig(Section):
         if self.stop_text_encoder_training is not None and self.train_text_encoder_frac is not None:
             raise ValueError("training.stop_text_encoder_training and training.train_text_encoder_frac both say when "
                              "the text encoder stops: keep one")
+        masks = [f for f in ("unmasked_weight", "normalize_masked_area_loss", "masked_loss_reg_images") if f in given]
+        if masks and not self.masked_loss:
+            raise ValueError(f"training.{', training.'.join(masks)} set, but training.masked_loss is off: turn it on "
+                             "or remove them")
         owners = {"logit_mean": "logit_normal", "logit_std": "logit_normal", "sigmoid_scale": "sigmoid",
                   "timestep_beta_alpha": "beta", "timestep_beta_beta": "beta"}
         stray = [f for f, kind in owners.items() if f in given and self.timestep_sampling != kind]

@@ -17,6 +17,7 @@ from .images import face_box
 from .kohya_toml import plan_from_file
 from .sources import ImageItem
 from .subsets import DataPlan, Subset, collect_plan_items, native_plan
+from .masks import MaskSource
 from .validation import hold_out, validation_dataset
 
 log = logging.getLogger(__name__)
@@ -153,10 +154,16 @@ def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict |
     plan.items, held_out, held_subsets = hold_out(cfg, plan, resolution)
     check_cache_options(cfg, plan.subsets, text_replacements)
     face_notes = check_face_crop(plan)
+    if t.masked_loss and any(s.face_crop_aug_range for s in plan.subsets):
+        raise DataError("training.masked_loss cannot be combined with dataset.face_crop_aug_range (the face crop "
+                        "moves the image, not its mask); remove face_crop_aug_range or turn masked_loss off")
     dataset = ImageCaptionDataset(
         plan.items, resolution, seed=t.seed, subsets=plan.subsets, groups=plan.groups,
         prior_loss_weight=d.prior_loss_weight, text_replacements=text_replacements, prior_batches=d.prior_batches,
     )
+    dataset.masks = MaskSource.from_config(cfg)
+    if dataset.masks:
+        dataset.masks.check(plan.items, plan.subsets)
     empty = [str(dataset.items[i].path) for i, b in enumerate(dataset.item_buckets) if min(b) <= 0]
     if empty:
         raise DataError("image(s) smaller than dataset.bucket_reso_steps get an empty bucket with "

@@ -23,27 +23,49 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.ndim)))
 
 
-def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
-                    huber_c: torch.Tensor | None = None) -> torch.Tensor:
-    """The element loss of `training.loss_type` averaged per sample, in fp32 (shape [B]). `l2`: squared error; `l1`:
-    absolute error; `huber`: the pseudo-Huber 2δ(√(e² + δ²) − δ) (quadratic e² near 0, linear 2δ|e| far out);
-    `smooth_l1`: 2(√(e² + δ²) − δ), the same curve divided by δ. δ (`huber_c`, shape [B]) is per sample
-    (`huber_threshold`). kohya's `conditional_loss`."""
+def element_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
+                 huber_c: torch.Tensor | None = None) -> torch.Tensor:
+    """The element loss of `training.loss_type`, in fp32 (the shape of `pred`). `l2`: squared error; `l1`: absolute
+    error; `huber`: the pseudo-Huber 2δ(√(e² + δ²) − δ) (quadratic e² near 0, linear 2δ|e| far out); `smooth_l1`:
+    2(√(e² + δ²) − δ), the same curve divided by δ. δ (`huber_c`, shape [B]) is per sample (`huber_threshold`).
+    kohya's `conditional_loss`."""
     pred, target = pred.float(), target.float()
     if loss_type == "l2":
-        return per_sample_mse(pred, target)
-    dims = list(range(1, pred.ndim))
+        return F.mse_loss(pred, target, reduction="none")
     if loss_type == "l1":
-        return F.l1_loss(pred, target, reduction="none").mean(dim=dims)
+        return F.l1_loss(pred, target, reduction="none")
     if huber_c is None:
         raise ValueError(f"loss_type {loss_type!r} needs a Huber threshold")
     c = huber_c.float().to(pred.device).view(-1, *([1] * (pred.ndim - 1)))
     root = torch.sqrt((pred - target) ** 2 + c**2) - c
     if loss_type == "huber":
-        return (2 * c * root).mean(dim=dims)
+        return 2 * c * root
     if loss_type == "smooth_l1":
-        return (2 * root).mean(dim=dims)
+        return 2 * root
     raise ValueError(f"unsupported loss type {loss_type!r}")
+
+
+def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
+                    huber_c: torch.Tensor | None = None, weight_map: torch.Tensor | None = None,
+                    normalize: bool = False) -> torch.Tensor:
+    """`element_loss` averaged per sample (shape [B]). `weight_map` ([B, 1, h, w], `mask_weights`) weights each
+    latent pixel first (masked loss); with `normalize` each sample's loss is then divided by its mean weight."""
+    loss = element_loss(pred, target, loss_type, huber_c)
+    dims = list(range(1, pred.ndim))
+    if weight_map is None:
+        return loss.mean(dim=dims)
+    w = weight_map.float().to(loss.device)
+    out = (loss * w).mean(dim=dims)
+    if normalize:
+        out = out / w.expand_as(loss).mean(dim=dims).clamp(min=1e-6)
+    return out
+
+
+def mask_weights(masks: torch.Tensor, size: tuple[int, int], unmasked_weight: float = 0.0) -> torch.Tensor:
+    """Pixel masks [B, 1, H, W] in [0, 1] → loss weights at the latents' size (h, w): area-averaged (kohya's
+    `apply_masked_loss`), then unmasked_weight + (1 − unmasked_weight) × mask (OneTrainer's background weight)."""
+    m = F.interpolate(masks.float(), size=tuple(size), mode="area")
+    return unmasked_weight + (1.0 - unmasked_weight) * m
 
 
 def huber_threshold(noise_scheduler, timesteps: torch.Tensor, huber_c: float, schedule: str,

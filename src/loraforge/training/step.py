@@ -15,7 +15,8 @@ from ..config.training import TrainingConfig
 from ..data.cache import sample_latents, vae_scaling
 from ..models.text import Conditioning, encode_prompts, sdxl_time_ids
 from .losses import (
-    diffusion_target, huber_threshold, offset_noise, paired_prior_loss, per_sample_loss, pyramid_noise, timestep_weights,
+    diffusion_target, huber_threshold, mask_weights, offset_noise, paired_prior_loss, per_sample_loss, pyramid_noise,
+    timestep_weights,
 )
 from .timesteps import draw_timestep, input_perturbation
 
@@ -115,7 +116,10 @@ class LossStep:
         huber_c = None
         if t.loss_type in ("huber", "smooth_l1"):
             huber_c = huber_threshold(self.noise_scheduler, timesteps, t.huber_c, t.huber_schedule, t.huber_scale)
-        loss = per_sample_loss(pred, target, t.loss_type, huber_c)
+        weight_map = None
+        if t.masked_loss and "masks" in batch:  # dataset masks, scaled down to the latents
+            weight_map = mask_weights(batch["masks"].to(device), pred.shape[-2:], t.unmasked_weight)
+        loss = per_sample_loss(pred, target, t.loss_type, huber_c, weight_map, t.normalize_masked_area_loss)
         weights = timestep_weights(self.noise_scheduler, timesteps, t, m.prediction_type)
         if weights is not None:  # min-SNR-γ, debiased estimation, P2, v scaled like ε
             loss = loss * weights
