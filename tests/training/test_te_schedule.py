@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from loraforge.config import ConfigError, load_config
-from loraforge.training.te_schedule import te_stop_step
+from loraforge.training.te_schedule import TextEncoderSchedule, te_stop_step
 from loraforge.training.trainer import Trainer
 
 
@@ -16,8 +16,16 @@ def test_stop_step():
     assert te_stop_step(frac.training, 100) == 25
 
 
+def test_alternating_phases():
+    sched = TextEncoderSchedule([], [], stop_at=None, alternate_every=2)
+    assert [sched.idle(s) for s in range(6)] == ["unet", "unet", "te", "te", "unet", "unet"]
+    stops = TextEncoderSchedule([], [], stop_at=3, alternate_every=2)
+    assert [stops.idle(s) for s in range(6)] == ["unet", "unet", "te", "te", "te", "te"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["training.stop_text_encoder_training=5"], "network.train_text_encoder is off"),
+    (["training.alternate_text_encoder_unet_every=5"], "network.train_text_encoder is off"),
     (["network.train_text_encoder=true", "training.stop_text_encoder_training=5",
       "training.train_text_encoder_frac=0.5"], "keep one"),
 ])
@@ -53,7 +61,23 @@ def test_text_encoder_lora_stops_and_the_unet_goes_on(make_config, option, value
         assert all(torch.equal(a, b) for a, b in zip(first[part], last[part])), part
     assert any(not torch.equal(a, b) for a, b in zip(first["unet"], last["unet"]))
     # gradient clipping and the NaN check leave the frozen text-encoder LoRA out
-    assert not {id(p) for p in t.te_stop.params} & {id(p) for p in t.trainable_parameters()}
-    assert len(t.trainable_parameters()) == len(t.network_params) - len(t.te_stop.params)
+    assert not {id(p) for p in t.te_schedule.te_params} & {id(p) for p in t.trainable_parameters()}
+    assert len(t.trainable_parameters()) == len(t.network_params) - len(t.te_schedule.te_params)
     # and before the stop it trained
     assert any(not torch.equal(a, b) for a, b in zip(t.start[te[0]], first[te[0]]))
+
+
+def test_alternating_text_encoder_and_unet_phases(make_config):
+    t = Recording(make_config("sd15", **{"network.train_text_encoder": True,
+                                         "training.alternate_text_encoder_unet_every": 1,
+                                         "training.max_train_steps": 3, "optimizer.learning_rate": 1e-2}))
+    t.run()
+    before = [t.start] + t.seen[:-1]
+
+    def moved(part, step):  # did `part` change in step `step` (1-based)?
+        a, b = before[step - 1], t.seen[step - 1]
+        return any(not torch.equal(x, y) for x, y in zip(a[part], b[part]))
+
+    te = [part for part in t.start if part.startswith("te")]
+    assert [(any(moved(p, s) for p in te), moved("unet", s)) for s in (1, 2, 3)] == [
+        (True, False), (False, True), (True, False)]  # text encoder, UNet, text encoder

@@ -55,9 +55,10 @@ class TrainConfig(Section):
                 "optimizer.adafactor_warmup_init = true works only with optimizer.type = 'adafactor' and "
                 "optimizer.adafactor_relative_step = true (it warms up the relative step); remove it or turn both on"
             )
-        te_stop = [f for f in ("stop_text_encoder_training", "train_text_encoder_frac") if getattr(tr, f) is not None]
+        te_stop = [f for f in ("stop_text_encoder_training", "train_text_encoder_frac",
+                               "alternate_text_encoder_unet_every") if getattr(tr, f) is not None]
         if te_stop and not net.train_text_encoder:
-            raise ValueError(f"training.{te_stop[0]} stops the text-encoder LoRA, but network.train_text_encoder is "
+            raise ValueError(f"training.{te_stop[0]} schedules the text-encoder LoRA, but network.train_text_encoder is "
                              "off (no text-encoder LoRA trains): turn it on, or remove the option (pivotal tuning's "
                              "embeddings stop with training.train_text_encoder_ti_frac)")
         d = self.dataset

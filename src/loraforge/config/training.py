@@ -270,6 +270,15 @@ class TrainingConfig(Section):
             "(diffusers' advanced scripts' `--train_text_encoder_frac`); not with `stop_text_encoder_training`."
         ),
     )
+    alternate_text_encoder_unet_every: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "With `network.train_text_encoder`: alternate phases of N steps, the text-encoder LoRA alone first, then "
+            "the UNet LoRA alone, and so on (until a text-encoder stop, after which the UNet LoRA trains alone); one "
+            "learning-rate schedule spans them."
+        ),
+    )
     # ---- EMA
     use_ema: bool = Field(
         False,

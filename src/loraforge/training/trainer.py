@@ -53,7 +53,7 @@ from .state import (
     write_checkpoint,
 )
 from .step import LossStep
-from .te_schedule import TextEncoderStop
+from .te_schedule import TextEncoderSchedule
 from .timesteps import zero_terminal_snr_scheduler
 from .validation import Validation
 
@@ -251,7 +251,7 @@ class Trainer:
         self.text_encoders = self.trained_models[1:] if with_te else self.model.text_encoders
         self.optimizer, self.train_dataloader, self.lr_scheduler = prepared[len(trained):]
         register_network_hooks(acc, self.network, self.pivotal)
-        self.te_stop = TextEncoderStop.from_config(cfg.training, self.network, self.max_steps)
+        self.te_schedule = TextEncoderSchedule.from_config(cfg.training, self.network, self.max_steps)
         self.ema = EMA.from_config(cfg.training, self.network_params + (self.pivotal.parameters() if self.pivotal else []))
         self.validation = Validation.from_config(cfg.training, self.data.validation,
                                                  self.noise_scheduler.config.num_train_timesteps)
@@ -340,8 +340,8 @@ class Trainer:
                     acc.backward(loss)
                     if self.pivotal:  # phased: the network waits while the embeddings train
                         self.pivotal.hold_network(self.network_params)
-                    if self.te_stop:  # training.stop_text_encoder_training / train_text_encoder_frac
-                        self.te_stop.hold(st.global_step)
+                    if self.te_schedule:  # training.stop_text_encoder_training / _frac / alternate phases
+                        self.te_schedule.hold(st.global_step)
                     skip = self.nonfinite.check(loss, self.trainable_parameters(), st.global_step + 1,
                                                 current_lrs(self.optimizer, self.lr_scheduler))
                     if acc.sync_gradients and cfg.optimizer.max_grad_norm and not skip:
@@ -396,7 +396,7 @@ class Trainer:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         params = self.pivotal.step_parameters(self.network_params) if self.pivotal else list(self.network_params)
-        return self.te_stop.still_training(params, self.state.global_step) if self.te_stop else params
+        return self.te_schedule.still_training(params, self.state.global_step) if self.te_schedule else params
 
     def _maybe_pivot(self) -> None:
         if self.pivotal and self.pivotal.training and self.state.global_step >= self.pivot_at:
