@@ -34,6 +34,36 @@ EXPERIMENTS: dict[str, dict[str, dict]] = {
     "repeats": {"1": {}, "4": {"dataset.repeats": 4}},
     "caption dropout": {"0": {}, "0.1": {"dataset.caption_dropout_rate": 0.1}},
     "noise offset": {"0": {}, "0.1": {"training.noise_offset": 0.1}},
+    "loss type": {
+        "L2": {},
+        "Huber (snr schedule)": {"training.loss_type": "huber"},
+        "smooth L1 (snr schedule)": {"training.loss_type": "smooth_l1"},
+        "L1": {"training.loss_type": "l1"},
+    },
+    "timestep weighting": {
+        "none": {},
+        "debiased estimation": {"training.debiased_estimation_loss": True},
+        "soft min-SNR 5": {"training.snr_gamma": 5.0, "training.soft_min_snr": True},
+        "P2 gamma 1": {"training.p2_gamma": 1.0},
+    },
+    "timestep sampling": {
+        "uniform": {},
+        "logit-normal": {"training.timestep_sampling": "logit_normal"},
+        "beta 2/2": {"training.timestep_sampling": "beta"},
+        "range 0-500": {"training.max_timestep": 500},
+        "range 500-1000": {"training.min_timestep": 500},
+    },
+    # with EMA on, the concept demo scores `<name>-ema.safetensors` (the trained LoRA is the same in every row)
+    "EMA": {"off": {}, "0.99": {"training.use_ema": True, "training.ema_decay": 0.99},
+            "0.9": {"training.use_ema": True, "training.ema_decay": 0.9}},
+    "text-encoder LoRA schedule": {
+        "UNet LoRA only": {},
+        "+ text-encoder LoRA, whole run": {"network.train_text_encoder": True},
+        "+ text-encoder LoRA, first half": {"network.train_text_encoder": True, "training.train_text_encoder_frac": 0.5},
+    },
+    "ip noise gamma": {"0": {}, "0.1": {"training.ip_noise_gamma": 0.1},
+                       "0.1 random strength": {"training.ip_noise_gamma": 0.1,
+                                               "training.ip_noise_gamma_random_strength": True}},
 }
 
 

@@ -188,10 +188,31 @@ class DatasetConfig(Section):
         ),
     )
     # ------------------------------------------------------------------------------------------ captions
+    alpha_mask: bool = Field(
+        False,
+        description=(
+            "With `training.masked_loss`: each image's mask is its alpha channel (opaque = trained; kohya's "
+            "`alpha_mask`); an image without one is trained everywhere."
+        ),
+    )
+    mask_dir: str | None = Field(
+        None,
+        description=(
+            "With `training.masked_loss`: a folder of mask images with the training images' file names (any image "
+            "extension); white = trained, black = not (the red channel, as kohya's `conditioning_data_dir` masks). "
+            "Each mask is scaled to its image, then cropped and flipped with it."
+        ),
+    )
     caption_prefix: str | None = Field(None, description="Text put before every caption (joined with a space).")
     caption_suffix: str | None = Field(None, description="Text put after every caption (joined with a space).")
     caption_dropout_rate: float = Field(
-        0.0, ge=0.0, le=1.0, description="Probability that a sample's caption is left empty (unconditional training)."
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Probability that a sample's caption is left empty (unconditional training: the empty prompt that "
+            "classifier-free guidance samples against; kohya's `caption_dropout_rate`)."
+        ),
     )
     caption_dropout_every_n_epochs: int = Field(
         0, ge=0, description="Empty every caption in every N-th epoch (epochs counted from 1). 0: never."

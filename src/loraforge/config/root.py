@@ -55,6 +55,25 @@ class TrainConfig(Section):
                 "optimizer.adafactor_warmup_init = true works only with optimizer.type = 'adafactor' and "
                 "optimizer.adafactor_relative_step = true (it warms up the relative step); remove it or turn both on"
             )
+        te_stop = [f for f in ("stop_text_encoder_training", "train_text_encoder_frac",
+                               "alternate_text_encoder_unet_every") if getattr(tr, f) is not None]
+        if te_stop and not net.train_text_encoder:
+            raise ValueError(f"training.{te_stop[0]} schedules the text-encoder LoRA, but network.train_text_encoder is "
+                             "off (no text-encoder LoRA trains): turn it on, or remove the option (pivotal tuning's "
+                             "embeddings stop with training.train_text_encoder_ti_frac)")
+        d = self.dataset
+        if tr.masked_loss and not (d.alpha_mask or d.mask_dir):
+            raise ValueError("training.masked_loss needs masks: set dataset.alpha_mask = true (the images' alpha "
+                             "channel) or dataset.mask_dir (a folder of masks with the images' file names)")
+        if d.alpha_mask and d.mask_dir:
+            raise ValueError("dataset.alpha_mask and dataset.mask_dir both give the masks: keep one")
+        if (d.alpha_mask or d.mask_dir) and not tr.masked_loss:
+            raise ValueError(f"dataset.{'alpha_mask' if d.alpha_mask else 'mask_dir'} gives masks, but "
+                             "training.masked_loss is off: turn it on, or remove the masks option")
+        if self.model.prediction_type != "auto":
+            problem = tr.prediction_problem(self.model.prediction_type)
+            if problem:
+                raise ValueError(problem)
         family = self.model.family
         if family != "auto" or self.uses_embedded_model:
             problem = block_count_problem(self.network, "sd15" if family == "auto" else family)

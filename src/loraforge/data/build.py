@@ -17,6 +17,8 @@ from .images import face_box
 from .kohya_toml import plan_from_file
 from .sources import ImageItem
 from .subsets import DataPlan, Subset, collect_plan_items, native_plan
+from .masks import MaskSource
+from .validation import hold_out, validation_dataset
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class TrainData:
     plan: DataPlan | None = None
     cfg: object = None
     notes: list[str] = field(default_factory=list)  # summary lines: skipped files, duplicates, long captions
+    validation: ImageCaptionDataset | None = None  # the held-out images of the validation loss
 
     def describe(self) -> str:
         info = self.run_info
@@ -148,12 +151,19 @@ def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict |
     d, t = cfg.dataset, cfg.training
     plan = collect_all(cfg, resolution)
     plan.items = validate_items(plan.items, d, resolution)
+    plan.items, held_out, held_subsets = hold_out(cfg, plan, resolution)
     check_cache_options(cfg, plan.subsets, text_replacements)
     face_notes = check_face_crop(plan)
+    if t.masked_loss and any(s.face_crop_aug_range for s in plan.subsets):
+        raise DataError("training.masked_loss cannot be combined with dataset.face_crop_aug_range (the face crop "
+                        "moves the image, not its mask); remove face_crop_aug_range or turn masked_loss off")
     dataset = ImageCaptionDataset(
         plan.items, resolution, seed=t.seed, subsets=plan.subsets, groups=plan.groups,
         prior_loss_weight=d.prior_loss_weight, text_replacements=text_replacements, prior_batches=d.prior_batches,
     )
+    dataset.masks = MaskSource.from_config(cfg)
+    if dataset.masks:
+        dataset.masks.check(plan.items, plan.subsets)
     empty = [str(dataset.items[i].path) for i, b in enumerate(dataset.item_buckets) if min(b) <= 0]
     if empty:
         raise DataError("image(s) smaller than dataset.bucket_reso_steps get an empty bucket with "
@@ -184,8 +194,15 @@ def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict |
     faces = [s.face_crop_aug_range for s in plan.subsets if s.face_crop_aug_range]
     if faces:  # kohya writes the tuple, e.g. "(2.0, 4.0)"; with per-subset ranges, the first
         info["ss_face_crop_aug_range"] = faces[0]
+    validation = None
+    if held_out:
+        info["num_validation_images"] = len(held_out)
+        validation = validation_dataset(held_out, held_subsets, plan.groups, resolution,
+                                        t.seed if t.validation_seed is None else t.validation_seed, text_replacements)
+        face_notes.append(f"validation loss: {len(held_out)} held-out image(s), each at {t.validation_timesteps} "
+                          "fixed timestep(s) with fixed noise")
     notes = plan.notes + face_notes + duplicate_notes(plan.items) + [long_caption_note(dataset, d.max_token_length)]
-    data = TrainData(plan.items, dataset, sampler, loader, info, plan, cfg, [n for n in notes if n])
+    data = TrainData(plan.items, dataset, sampler, loader, info, plan, cfg, [n for n in notes if n], validation)
     if cache_context is not None:
         data.fill_caches(cache_context)
     return data

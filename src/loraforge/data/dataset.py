@@ -44,6 +44,7 @@ class Example:
     latents: torch.Tensor | None = None  # scaled, from the latent cache
     prompt_embeds: torch.Tensor | None = None  # from the text-encoder cache
     pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # [1, H, W] in [0, 1], with `training.masked_loss`
 
 
 def balanced_repeats(items: list[ImageItem], subsets: list[Subset]) -> list[int]:
@@ -144,6 +145,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         self.decoded: dict[int, tuple[Image.Image, tuple[int, int]]] = {}  # item → (cover image, original (h, w))
         self.decoded_bytes = 0
         self.decode_count = 0  # files decoded (what the cache saves)
+        self.masks = None  # a `masks.MaskSource`, set by `data.build` with training.masked_loss
 
     # ------------------------------------------------------------------------------------------ items
     def set_epoch(self, epoch: int) -> None:
@@ -262,11 +264,15 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             else:  # the cover image is already at its bucket's scale: this only crops
                 img, ex.original_size = self.cover_image(item_index)
                 img, ex.crop_top_left = resize_and_crop(img, (bw, bh), not random_crop, rng)
-            if sub.random_flip and rng.random() < 0.5:
+            flip = sub.random_flip and rng.random() < 0.5
+            if flip:
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             if sub.color_aug:  # its own stream: turning it on changes no other draw
                 img = color_aug(img, self.rng(index, epoch, 4))
             ex.pixel_values = to_tensor(img)
+        if self.masks is not None:  # the image's geometry: its bucket, crop and flip
+            ex.mask = self.masks.render(item.path, item.data, sub.is_reg, self.size_of(item_index), (bw, bh),
+                                        ex.crop_top_left, flip)
         if self.text_cache is not None:
             ex.prompt_embeds, ex.pooled = self.text_cache.outputs_for(self, item_index, ex.caption)
         return ex
@@ -287,7 +293,7 @@ def collate(examples: list[Example]) -> dict:
         "noise_seeds": [e.noise_seed for e in examples],
     }
     for key, attr in (("pixel_values", "pixel_values"), ("latents", "latents"), ("prompt_embeds", "prompt_embeds"),
-                      ("pooled", "pooled")):
+                      ("pooled", "pooled"), ("masks", "mask")):
         values = [getattr(e, attr) for e in examples]
         if all(v is not None for v in values):
             batch[key] = torch.stack(values)

@@ -101,6 +101,17 @@ def training_metadata(
         meta["ss_min_snr_gamma"] = str(t.snr_gamma)
     if t.noise_offset:
         meta["ss_noise_offset"] = str(t.noise_offset)
+    if t.loss_type != "l2":
+        meta["ss_loss_type"] = t.loss_type
+        if t.loss_type in ("huber", "smooth_l1"):
+            meta.update(ss_huber_schedule=t.huber_schedule, ss_huber_c=str(t.huber_c), ss_huber_scale=str(t.huber_scale))
+    if t.debiased_estimation_loss:
+        meta["ss_debiased_estimation"] = "True"
+    if t.ip_noise_gamma:
+        meta["ss_ip_noise_gamma"] = str(t.ip_noise_gamma)
+        meta["ss_ip_noise_gamma_random_strength"] = str(t.ip_noise_gamma_random_strength)
+    if t.zero_terminal_snr:
+        meta["ss_zero_terminal_snr"] = "True"
     if t.clip_skip is not None:  # kohya counts the last layer as 1: loraforge's 1 (penultimate) is its 2
         meta["ss_clip_skip"] = str(t.clip_skip + 1)
     for key in ("ss_prior_loss_weight", "ss_max_token_length", "ss_color_aug", "ss_face_crop_aug_range"):

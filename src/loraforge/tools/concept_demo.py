@@ -63,7 +63,9 @@ def concept_demo(out_dir, *, concept: str = "heart", steps: int = 150, images: i
         set_path(tree, key.split("."), value)
     cfg = validate_config(tree, "concept demo")
     result = Trainer(cfg).run()
-    # a run of textual inversion alone (`network.algo = "none"`) has no LoRA file: its folder holds the embeddings
-    report = evaluate(load_sd_model(model), result.files.kohya or result.run_dir, concept=concept, out_dir=out_dir / "eval",
+    # with training.use_ema the EMA weights are scored; a run of textual inversion alone (network.algo = "none") has
+    # no LoRA file: its folder holds the embeddings
+    lora = result.files.extra.get("ema", result.files.kohya)
+    report = evaluate(load_sd_model(model), lora or result.run_dir, concept=concept, out_dir=out_dir / "eval",
                       steps=eval_steps, seeds=seeds, overwrite=True)
-    return DemoResult(result.run_dir, result.files.kohya or result.files.embeddings, report)
+    return DemoResult(result.run_dir, lora or result.files.embeddings, report)

@@ -9,6 +9,7 @@ The one record of a run's progress that the web UI (live progress), `report.html
   last steps), `eta_s`, `memory_mb` (peak: CUDA allocated, else the process's resident set), and any extra scalars
   the trainer logs (e.g. `d` of Prodigy);
 * `sample`: `time`, `step`, `tag`, `files` (paths relative to the run folder);
+* `validation`: `time`, `step`, `loss` (the validation loss, `training.validation_*`), `best` (lowest so far);
 * `checkpoint`: `time`, `step`, `path` (relative);
 * `end`: `time`, `step`, `status` ("done", "stopped" or "failed"), `message`.
 
@@ -97,6 +98,9 @@ class MetricsLog:
         self._write({"kind": "sample", "step": step, "tag": tag,
                      "files": [str(Path(f).relative_to(run_dir)) if Path(f).is_relative_to(run_dir) else str(f)
                                for f in files]})
+
+    def validation(self, *, step: int, loss: float, best: bool) -> None:
+        self._write({"kind": "validation", "step": step, "loss": loss, "best": best})
 
     def checkpoint(self, *, step: int, path: Path, run_dir: Path) -> None:
         self._write({"kind": "checkpoint", "step": step, "path": str(Path(path).relative_to(run_dir))})

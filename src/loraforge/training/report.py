@@ -162,8 +162,11 @@ def render_report(run_dir: Path) -> str:
     smooth = [(r["step"], r["loss_smooth"]) for r in steps]
     groups = sorted({g for r in steps for g in (r.get("lr") or {})})
     lrs = {g: [(r["step"], (r.get("lr") or {}).get(g)) for r in steps] for g in groups}
-    plots = [svg_plot("loss", {"loss": loss, "smoothed": smooth}),
-             svg_plot("learning rate per group", lrs)]
+    validation = {r["step"]: r["loss"] for r in records if r.get("kind") == "validation"}  # the last per step
+    series = {"loss": loss, "smoothed": smooth}
+    if validation:
+        series["validation"] = sorted(validation.items())
+    plots = [svg_plot("loss", series), svg_plot("learning rate per group", lrs)]
     if any(_finite(r.get("grad_norm")) for r in steps):
         plots.append(svg_plot("grad norm (before clipping)", {"grad_norm": [(r["step"], r.get("grad_norm"))
                                                                             for r in steps]}))

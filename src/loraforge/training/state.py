@@ -57,6 +57,8 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already consumed
     run_id: str = ""  # the same in every checkpoint of a run, resumes included ("": written by an older loraforge)
+    best_validation_loss: float | None = None  # the lowest validation loss so far (training.keep_best_validation)
+    best_validation_step: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -212,6 +214,9 @@ RESUME_MAY_CHANGE = frozenset({
     "training.save_every_n_steps", "training.save_every_n_epochs", "training.save_last_n_steps",
     "training.save_last_n_epochs", "training.dataloader_num_workers", "training.gradient_checkpointing",
     "training.mixed_precision", "training.no_half_vae", "training.on_nonfinite", "training.nonfinite_skip_limit",
+    "training.validation_data_dir", "training.validation_use_reg_images", "training.validate_every_n_steps",
+    "training.validate_every_n_epochs", "training.validation_timesteps", "training.keep_best_validation",
+    "training.ema_sampling",
     "dataset.cache_latents", "dataset.cache_latents_to_disk", "dataset.cache_text_encoder_outputs",
     "dataset.cache_text_encoder_outputs_to_disk", "dataset.vae_batch_size", "dataset.cache_dir",
     "model.config_dir", "model.allow_pickle", "sampling", "output",

@@ -14,7 +14,11 @@ import torch
 from ..config.training import TrainingConfig
 from ..data.cache import sample_latents, vae_scaling
 from ..models.text import Conditioning, encode_prompts, sdxl_time_ids
-from .losses import diffusion_target, min_snr_weights, offset_noise, paired_prior_loss, per_sample_mse, pyramid_noise
+from .losses import (
+    diffusion_target, huber_threshold, mask_weights, offset_noise, paired_prior_loss, per_sample_loss, pyramid_noise,
+    timestep_weights,
+)
+from .timesteps import draw_timestep, input_perturbation
 
 
 @dataclass
@@ -55,7 +59,7 @@ class LossStep:
         device = latents.device  # drawn where they are used: no host-to-device copy per step on a GPU
         for seed in seeds:
             g = torch.Generator(device=device).manual_seed(int(seed))
-            timesteps.append(torch.randint(0, num_timesteps, (1,), generator=g, device=device))
+            timesteps.append(draw_timestep(g, t, num_timesteps))  # min/max_timestep, timestep_sampling
             noise = torch.randn((1, *latents.shape[1:]), generator=g, device=device)
             if t.noise_offset:
                 noise = offset_noise(noise, t.noise_offset, g)
@@ -88,7 +92,12 @@ class LossStep:
             noise = drawn_noise if noise is None else noise
             timesteps = drawn_timesteps if timesteps is None else timesteps
         noise, timesteps = noise.to(latents), timesteps.to(latents.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        noisy_from = noise
+        if self.training.ip_noise_gamma:  # input perturbation: the noisy latents only, not the target
+            noisy_from = noise + input_perturbation(tuple(latents.shape[1:]), batch["noise_seeds"],
+                                                    self.training.ip_noise_gamma,
+                                                    self.training.ip_noise_gamma_random_strength).to(noise)
+        noisy = self.noise_scheduler.add_noise(latents, noisy_from, timesteps)
         if "prompt_embeds" in batch:  # from the text-encoder cache
             pooled = batch.get("pooled")
             cond = Conditioning(batch["prompt_embeds"].to(device), None if pooled is None else pooled.to(device))
@@ -104,10 +113,17 @@ class LossStep:
             noisy, timesteps, cond.prompt_embeds.to(self.weight_dtype), added_cond_kwargs=added, return_dict=False
         )[0]
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, m.prediction_type)
-        loss = per_sample_mse(pred, target)
-        if self.training.snr_gamma:
-            loss = loss * min_snr_weights(self.noise_scheduler, timesteps, self.training.snr_gamma,
-                                          m.prediction_type)
+        t = self.training
+        huber_c = None
+        if t.loss_type in ("huber", "smooth_l1"):
+            huber_c = huber_threshold(self.noise_scheduler, timesteps, t.huber_c, t.huber_schedule, t.huber_scale)
+        weight_map = None
+        if t.masked_loss and "masks" in batch:  # dataset masks, scaled down to the latents
+            weight_map = mask_weights(batch["masks"].to(device), pred.shape[-2:], t.unmasked_weight)
+        loss = per_sample_loss(pred, target, t.loss_type, huber_c, weight_map, t.normalize_masked_area_loss)
+        weights = timestep_weights(self.noise_scheduler, timesteps, t, m.prediction_type)
+        if weights is not None:  # min-SNR-γ, debiased estimation, P2, v scaled like ε
+            loss = loss * weights
         if "loss_weights" in batch:  # prior-preservation (class) samples weigh prior_loss_weight
             loss = loss * batch["loss_weights"].to(loss)
         if self.prior_batches == "paired" and "is_reg" in batch:

@@ -7,6 +7,7 @@ precision, gradient accumulation and several GPUs (`accelerate launch -m lorafor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ from ..config import TrainConfig, dump_config
 from ..config.dataset import size_text
 from ..data.build import build_train_data
 from ..data.cache import CacheContext
-from ..errors import RunFolderError, RunInterruptedError
+from ..errors import ConfigError, RunFolderError, RunInterruptedError
 from ..models.loading import load_model
 from ..networks import create_network
 from ..sampling.run import sample_during_training
@@ -28,6 +29,7 @@ from ..utils.dtypes import torch_dtype
 from ..utils.files import write_text_atomic
 from .attention import set_attention
 from .compile import compile_unet
+from .ema import EMA, load_ema_state, save_ema_state, write_ema_files
 from .interrupt import StopOnCtrlC
 from .memory import MemoryWatch
 from .metrics import METRICS_FILE, MetricsLog, log_sample_images, tracker_scalars
@@ -56,10 +58,14 @@ from .state import (
     write_checkpoint,
 )
 from .step import LossStep
+from .te_schedule import TextEncoderSchedule
+from .timesteps import zero_terminal_snr_scheduler
+from .validation import Validation
 
 log = logging.getLogger("loraforge.train")
 
 # kohya's network_alpha defaults to 1 (scale 1/rank); ours to the rank (scale 1): said where it matters
+BEST_FOLDER = "best"  # the LoRA files of the lowest validation loss (training.keep_best_validation)
 ALPHA_DEFAULT_NOTE = " (network.alpha unset: alpha = rank, scale 1; kohya's default is alpha 1, scale 1/rank)"
 
 
@@ -69,6 +75,7 @@ class RunResult:
     files: WrittenFiles
     samples: list[Path] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of this session
     steps: int = 0
     is_main_process: bool = True
 
@@ -177,6 +184,11 @@ class Trainer:
         m = self.model
         self.resolution = run_resolution(self.cfg, m.native_size)
         self.noise_scheduler = m.noise_scheduler()
+        problem = self.cfg.training.prediction_problem(m.prediction_type)
+        if problem:
+            raise ConfigError(problem)
+        if self.cfg.training.zero_terminal_snr:
+            self.noise_scheduler = zero_terminal_snr_scheduler(self.noise_scheduler)
         self.run_info.update(
             model_name=f"tiny-{m.family.name}" if m.is_tiny else Path(m.source).name,
             prediction_type=m.prediction_type, resolution=self.resolution, tiny_model=m.is_tiny,
@@ -270,6 +282,10 @@ class Trainer:
         self.text_encoders = self.trained_models[1:] if with_te else self.model.text_encoders
         self.optimizer, self.train_dataloader, self.lr_scheduler = prepared[len(trained):]
         register_network_hooks(acc, self.network, self.pivotal)
+        self.te_schedule = TextEncoderSchedule.from_config(cfg.training, self.network, self.max_steps)
+        self.ema = EMA.from_config(cfg.training, self.network_params + (self.pivotal.parameters() if self.pivotal else []))
+        self.validation = Validation.from_config(cfg.training, self.data.validation,
+                                                 self.noise_scheduler.config.num_train_timesteps)
         self.step = LossStep(
             training=cfg.training, model=self.model, unet=self.unet, text_encoders=self.text_encoders,
             noise_scheduler=self.noise_scheduler, device=acc.device, weight_dtype=self.weight_dtype,
@@ -308,6 +324,8 @@ class Trainer:
             )
         self.accelerator.load_state(str(folder))
         self.state = read_state(folder)
+        if self.ema:
+            load_ema_state(self.ema, folder)
         self.state.run_id = self.state.run_id or run_id  # a checkpoint of an older loraforge has none
         self._maybe_pivot()
         log.info("resumed from %s at step %d (epoch %d)", folder, self.state.global_step, self.state.epoch)
@@ -355,6 +373,8 @@ class Trainer:
                     acc.backward(loss)
                     if self.pivotal:  # phased: the network waits while the embeddings train
                         self.pivotal.hold_network(self.network_params)
+                    if self.te_schedule:  # training.stop_text_encoder_training / _frac / alternate phases
+                        self.te_schedule.hold(st.global_step)
                     skip = self.nonfinite.check(loss, self.trainable_parameters(), st.global_step + 1,
                                                 current_lrs(self.optimizer, self.lr_scheduler))
                     self._grad_norm = None
@@ -411,11 +431,14 @@ class Trainer:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters this step trains (clipped, checked for NaN): one list, rebuilt only when pivotal tuning
-        changes phase."""
-        phase = (self.pivotal.network_waits, self.pivotal.training) if self.pivotal else None
+        or the text-encoder schedule changes phase."""
+        phase = ((self.pivotal.network_waits, self.pivotal.training) if self.pivotal else None,
+                 self.te_schedule.idle(self.state.global_step) if self.te_schedule else None)
         cached = getattr(self, "_trainable", None)
         if cached is None or cached[0] != phase:
             params = self.pivotal.step_parameters(self.network_params) if self.pivotal else list(self.network_params)
+            if self.te_schedule:
+                params = self.te_schedule.still_training(params, self.state.global_step)
             self._trainable = cached = (phase, params)
         return cached[1]
 
@@ -450,11 +473,17 @@ class Trainer:
                                    lrs=lrs, **extra)
         acc.log({**logs, **tracker_scalars(record)}, step=st.global_step)
         self.memory_watch.check(step=st.global_step)
+        if self.ema:
+            self.ema.step(st.global_step)
+        if self.validation and self.validation.due(st.global_step, self.validation.every_n_steps):
+            self.validate()
         self._periodic(st.global_step, cfg.training.save_every_n_steps, cfg.sampling.sample_every_n_steps,
                        f"{st.global_step:06d}")
 
     def _after_epoch(self) -> None:
         cfg, st = self.cfg, self.state
+        if self.validation and self.validation.due(st.epoch, self.validation.every_n_epochs):
+            self.validate()
         self._periodic(st.epoch, cfg.training.save_every_n_epochs, cfg.sampling.sample_every_n_epochs,
                        f"e{st.epoch:03d}")
 
@@ -464,6 +493,43 @@ class Trainer:
             self.save_checkpoint()
         if sample_every and count % sample_every == 0:
             self.sample(tag)
+
+    def validate(self) -> float | None:
+        """The validation loss of this step (main process), logged beside the training loss; with
+        `keep_best_validation` a new lowest one writes its LoRA files to `best/` (`<output_name>-best.safetensors`)."""
+        st, acc = self.state, self.accelerator
+        if not acc.is_main_process:
+            return None
+        for mod in self.trained_models:
+            mod.eval()
+        try:
+            value = self.validation.evaluate(self.step)
+        finally:
+            for mod in self.trained_models:
+                mod.train()
+        self.validation.history.append((st.global_step, value))
+        acc.log({"loss/validation": value}, step=st.global_step)
+        best = st.best_validation_loss is None or value < st.best_validation_loss
+        self.metrics.validation(step=st.global_step, loss=value, best=best)
+        log.info("step %d: validation loss %.5f%s", st.global_step, value,
+                 " (lowest so far)" if best and st.best_validation_loss is not None else "")
+        if best:
+            st.best_validation_loss, st.best_validation_step = value, st.global_step
+            if self.cfg.training.keep_best_validation:
+                folder, name = self.run_dir / BEST_FOLDER, f"{self.cfg.output.output_name}-best"
+                try:
+                    write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name, self.pivotal)
+                except OSError as e:
+                    raise save_failed(e, "the best-validation LoRA", folder, self.run_dir) from e
+                log.info("step %d: kept in %s (training.keep_best_validation)", st.global_step, folder)
+        return value
+
+    def _checkpoint_files(self, folder: Path, name: str) -> WrittenFiles:
+        """The LoRA files of a checkpoint, and the EMA state when there is one."""
+        files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name, self.pivotal)
+        if self.ema:
+            save_ema_state(self.ema, folder)
+        return files
 
     # ----------------------------------------------------------------------------------------------- outputs
     def _run_info(self) -> dict:
@@ -475,8 +541,7 @@ class Trainer:
         t = self.cfg.training
         folder = write_checkpoint(
             self.accelerator, self.run_dir, self.state, dump_config(self.cfg),
-            lambda folder: write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name,
-                                            self.pivotal),
+            lambda folder: self._checkpoint_files(folder, name),
             t.save_last_n_steps, t.save_last_n_epochs,
         )
         self.metrics.checkpoint(step=self.state.global_step, path=folder, run_dir=self.run_dir)
@@ -486,6 +551,8 @@ class Trainer:
         acc = self.accelerator
         files = WrittenFiles()
         samples: list[Path] = []
+        if self.validation and not any(s == self.state.global_step for s, _ in self.validation.history):
+            self.validate()  # the last step has a validation loss too (before its checkpoint: the best is in it)
         # the last step is a checkpoint too, so a finished run continues with a larger max_train_steps and
         # training.resume = "latest" (a resume that ends where it started has it already)
         if not (checkpoints_dir(self.run_dir) / f"step-{self.state.global_step:06d}").is_dir():
@@ -496,7 +563,10 @@ class Trainer:
                                          self.cfg.output.output_name, self.pivotal)
             except OSError as e:
                 raise save_failed(e, "the LoRA files", self.run_dir, self.run_dir) from e
-            for f in (files.kohya, files.diffusers, files.embeddings):
+            if self.ema:
+                files.extra.update(write_ema_files(self.cfg, self.ema, self.network, self.model, self._run_info(),
+                                                   self.run_dir, self.pivotal))
+            for f in (files.kohya, files.diffusers, files.embeddings, *files.extra.values()):
                 if f:
                     log.info("wrote %s", f)
             if self.cfg.sampling.at_end:
@@ -508,7 +578,8 @@ class Trainer:
         is_main = acc.is_main_process
         acc.end_training()
         self.close()
-        return RunResult(self.run_dir, files, samples, self.losses, self.state.global_step, is_main)
+        return RunResult(self.run_dir, files, samples, self.losses, self.validation.history if self.validation else [],
+                         self.state.global_step, is_main)
 
     def close(self) -> None:
         """Release what the run holds in the process: the log file, and accelerate's process-wide state (so a
@@ -536,13 +607,15 @@ class Trainer:
             return []
         for mod in self.trained_models:
             mod.eval()
+        ema = self.ema.applied() if self.ema and self.cfg.training.ema_sampling else contextlib.nullcontext()
         try:
-            files = sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
-                                          self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
-                                          replace=self.pivotal.replace if self.pivotal else None,
-                                          embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
-                                          if self.pivotal else None, lora=bool(self.network.parts),
-                                          tokens=self.pivotal.tokens if self.pivotal else None)
+            with ema:
+                files = sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
+                                              self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
+                                              replace=self.pivotal.replace if self.pivotal else None,
+                                              embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
+                                              if self.pivotal else None, lora=bool(self.network.parts),
+                                              tokens=self.pivotal.tokens if self.pivotal else None)
             self.metrics.sample(step=self.state.global_step, tag=tag, files=files, run_dir=self.run_dir)
             log_sample_images(self.accelerator, files, self.state.global_step)
             return files
