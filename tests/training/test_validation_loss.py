@@ -1,7 +1,6 @@
 """The validation loss: held-out images (a folder, a split, the regularisation images) scored at fixed timesteps with
 fixed noise, logged beside the training loss; the best LoRA kept; validating leaves the training unchanged."""
 
-import json
 
 import pytest
 import torch

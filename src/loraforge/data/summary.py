@@ -88,7 +88,6 @@ def summarize_folder(folder: Path, d: DatasetConfig, resolution) -> FolderSummar
     if bad:
         target = summary.notes if d.skip_bad_images else summary.problems
         target += [f"{i.path}: {i.problem}" for i in bad]
-    no_caption = [i for i in infos if i.caption_source in ("empty", "missing")]
     missing = f"no {d.caption_extension} sidecar or {d.metadata_file} entry"
     for i in infos:
         if i.caption_source in ("empty", "missing"):
