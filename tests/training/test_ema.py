@@ -82,7 +82,7 @@ def test_ema_sampling_samples_the_ema_weights(make_config):
                                        "training.max_train_steps": 1, "optimizer.learning_rate": 1e-2}))
     t.prepare()
     seen = []
-    import loraforge.training.trainer as trainer_module
+    import loraforge.training.run_outputs as trainer_module  # where the trainer samples
 
     def spy(*args, **kwargs):
         seen.append([p.detach().clone() for p in t.ema.params])

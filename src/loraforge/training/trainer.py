@@ -7,12 +7,10 @@ precision, gradient accumulation and several GPUs (`accelerate launch -m lorafor
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,24 +22,22 @@ from ..data.cache import CacheContext
 from ..errors import ConfigError, RunFolderError, RunInterruptedError
 from ..models.loading import load_model
 from ..networks import create_network
-from ..sampling.run import sample_during_training
 from ..utils.dtypes import torch_dtype
-from ..utils.files import write_text_atomic
 from .attention import set_attention
 from .compile import compile_unet
-from .ema import EMA, load_ema_state, save_ema_state, write_ema_files
+from .ema import EMA, load_ema_state
 from .interrupt import StopOnCtrlC
 from .memory import MemoryWatch
-from .metrics import METRICS_FILE, MetricsLog, log_sample_images, tracker_scalars
+from .metrics import METRICS_FILE, MetricsLog, tracker_scalars
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler, current_lrs, param_groups
-from .outputs import WrittenFiles, write_lora_files
 from .pivotal import PivotalTuning
 from .plan import RunPlan, plan_run, run_resolution
 from .preflight import logging_folder, preflight, tracker_run
 from .prior import ensure_class_images
 from .report import write_report_quietly
 from .release import release, releasable
+from .run_outputs import RunOutputs, RunResult
 from .state import (
     FINAL_MARKER,
     STATE_FILE,
@@ -54,8 +50,6 @@ from .state import (
     register_network_hooks,
     remove_stale_temporaries,
     resolve_resume,
-    save_failed,
-    write_checkpoint,
 )
 from .step import LossStep
 from .te_schedule import TextEncoderSchedule
@@ -65,22 +59,12 @@ from .validation import Validation
 log = logging.getLogger("loraforge.train")
 
 # kohya's network_alpha defaults to 1 (scale 1/rank); ours to the rank (scale 1): said where it matters
-BEST_FOLDER = "best"  # the LoRA files of the lowest validation loss (training.keep_best_validation)
 ALPHA_DEFAULT_NOTE = " (network.alpha unset: alpha = rank, scale 1; kohya's default is alpha 1, scale 1/rank)"
 
 
-@dataclass
-class RunResult:
-    run_dir: Path
-    files: WrittenFiles
-    samples: list[Path] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of this session
-    steps: int = 0
-    is_main_process: bool = True
+class Trainer(RunOutputs):
+    """A run, phase by phase (the output phase, `RunOutputs`, is in run_outputs.py)."""
 
-
-class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.run_dir = Path(cfg.output.output_dir).expanduser() / cfg.output.output_name
@@ -494,93 +478,6 @@ class Trainer:
         if sample_every and count % sample_every == 0:
             self.sample(tag)
 
-    def validate(self) -> float | None:
-        """The validation loss of this step (main process), logged beside the training loss; with
-        `keep_best_validation` a new lowest one writes its LoRA files to `best/` (`<output_name>-best.safetensors`)."""
-        st, acc = self.state, self.accelerator
-        if not acc.is_main_process:
-            return None
-        for mod in self.trained_models:
-            mod.eval()
-        try:
-            value = self.validation.evaluate(self.step)
-        finally:
-            for mod in self.trained_models:
-                mod.train()
-        self.validation.history.append((st.global_step, value))
-        acc.log({"loss/validation": value}, step=st.global_step)
-        best = st.best_validation_loss is None or value < st.best_validation_loss
-        self.metrics.validation(step=st.global_step, loss=value, best=best)
-        log.info("step %d: validation loss %.5f%s", st.global_step, value,
-                 " (lowest so far)" if best and st.best_validation_loss is not None else "")
-        if best:
-            st.best_validation_loss, st.best_validation_step = value, st.global_step
-            if self.cfg.training.keep_best_validation:
-                folder, name = self.run_dir / BEST_FOLDER, f"{self.cfg.output.output_name}-best"
-                try:
-                    write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name, self.pivotal)
-                except OSError as e:
-                    raise save_failed(e, "the best-validation LoRA", folder, self.run_dir) from e
-                log.info("step %d: kept in %s (training.keep_best_validation)", st.global_step, folder)
-        return value
-
-    def _checkpoint_files(self, folder: Path, name: str) -> WrittenFiles:
-        """The LoRA files of a checkpoint, and the EMA state when there is one."""
-        files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), folder, name, self.pivotal)
-        if self.ema:
-            save_ema_state(self.ema, folder)
-        return files
-
-    # ----------------------------------------------------------------------------------------------- outputs
-    def _run_info(self) -> dict:
-        return {**self.run_info, "step": self.state.global_step, "epoch": self.state.epoch}
-
-    def save_checkpoint(self) -> Path:
-        """`checkpoints/step-N/` of this step (`state.write_checkpoint`), with the LoRA files of the step."""
-        name = f"{self.cfg.output.output_name}-step{self.state.global_step:08d}"
-        t = self.cfg.training
-        folder = write_checkpoint(
-            self.accelerator, self.run_dir, self.state, dump_config(self.cfg),
-            lambda folder: self._checkpoint_files(folder, name),
-            t.save_last_n_steps, t.save_last_n_epochs,
-        )
-        self.metrics.checkpoint(step=self.state.global_step, path=folder, run_dir=self.run_dir)
-        return folder
-
-    def finish(self) -> RunResult:
-        acc = self.accelerator
-        files = WrittenFiles()
-        samples: list[Path] = []
-        if self.validation and not any(s == self.state.global_step for s, _ in self.validation.history):
-            self.validate()  # the last step has a validation loss too (before its checkpoint: the best is in it)
-        # the last step is a checkpoint too, so a finished run continues with a larger max_train_steps and
-        # training.resume = "latest" (a resume that ends where it started has it already)
-        if not (checkpoints_dir(self.run_dir) / f"step-{self.state.global_step:06d}").is_dir():
-            self.save_checkpoint()
-        if acc.is_main_process:
-            try:
-                files = write_lora_files(self.cfg, self.network, self.model, self._run_info(), self.run_dir,
-                                         self.cfg.output.output_name, self.pivotal)
-            except OSError as e:
-                raise save_failed(e, "the LoRA files", self.run_dir, self.run_dir) from e
-            if self.ema:
-                files.extra.update(write_ema_files(self.cfg, self.ema, self.network, self.model, self._run_info(),
-                                                   self.run_dir, self.pivotal))
-            for f in (files.kohya, files.diffusers, files.embeddings, *files.extra.values()):
-                if f:
-                    log.info("wrote %s", f)
-            if self.cfg.sampling.at_end:
-                samples = self.sample("final")
-            try:
-                write_text_atomic(self.run_dir / FINAL_MARKER, dump_config(self.cfg))
-            except OSError as e:
-                raise save_failed(e, "the finished-run marker", self.run_dir / FINAL_MARKER, self.run_dir) from e
-        is_main = acc.is_main_process
-        acc.end_training()
-        self.close()
-        return RunResult(self.run_dir, files, samples, self.losses, self.validation.history if self.validation else [],
-                         self.state.global_step, is_main)
-
     def close(self) -> None:
         """Release what the run holds in the process: the log file, and accelerate's process-wide state (so a
         next run in this process may choose another precision or accumulation)."""
@@ -601,28 +498,3 @@ class Trainer:
             logging.getLogger("loraforge").removeHandler(handler)
             handler.close()
             self._log_handler = None
-
-    def sample(self, tag: str) -> list[Path]:
-        if not self.accelerator.is_main_process:
-            return []
-        for mod in self.trained_models:
-            mod.eval()
-        ema = self.ema.applied() if self.ema and self.cfg.training.ema_sampling else contextlib.nullcontext()
-        try:
-            with ema:
-                files = sample_during_training(self.cfg, self.model, self.dataset.items, self.resolution,
-                                              self.run_dir / "samples", tag, autocast=self.accelerator.autocast(),
-                                              replace=self.pivotal.replace if self.pivotal else None,
-                                              embeddings=self.pivotal.a1111_names(self.cfg.output.output_name)
-                                              if self.pivotal else None, lora=bool(self.network.parts),
-                                              tokens=self.pivotal.tokens if self.pivotal else None)
-            self.metrics.sample(step=self.state.global_step, tag=tag, files=files, run_dir=self.run_dir)
-            log_sample_images(self.accelerator, files, self.state.global_step)
-            return files
-        except OSError as e:  # a full disk or a read-only folder: said like a failed checkpoint
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise save_failed(e, "the sample images", self.run_dir / "samples", self.run_dir) from e
-        finally:
-            for mod in self.trained_models:
-                mod.train()
