@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .runner import Case as C
 
-RUN_LOG = ("out/*/train.log", "out/*/logs/*")  # a run that starts and then fails keeps its log
+# a run that starts and then fails keeps its log, its metrics.jsonl (ending with a "failed" line) and its report
+RUN_LOG = ("out/*/train.log", "out/*/logs/*", "out/*/metrics.jsonl", "out/*/report.html")
 
 
 # ------------------------------------------------------------------------------------------------------- item 1

@@ -5,6 +5,8 @@ import torch
 
 from loraforge.config.optimizer import OptimizerConfig
 from loraforge.training.optim import build_optimizer, fast_kernels
+from loraforge.training.state import TrainState
+from loraforge.training.te_schedule import TextEncoderSchedule
 from loraforge.training.trainer import Trainer
 
 
@@ -49,16 +51,27 @@ class Phases:
 def test_the_trainable_parameters_are_one_list_until_the_pivotal_phase_changes():
     t = Trainer.__new__(Trainer)
     net, emb = [torch.nn.Parameter(torch.zeros(2))], [torch.nn.Parameter(torch.zeros(3))]
-    t.network_params, t.pivotal = net, None
+    t.network_params, t.pivotal, t.te_schedule = net, None, None
     assert t.trainable_parameters() is t.trainable_parameters() and t.trainable_parameters() == net
     t = Trainer.__new__(Trainer)
-    t.network_params, t.pivotal = net, Phases(emb)
+    t.network_params, t.pivotal, t.te_schedule = net, Phases(emb), None
     first = t.trainable_parameters()
     assert first == emb and t.trainable_parameters() is first
     t.pivotal.network_waits = False  # the network joins
     assert t.trainable_parameters() == net + emb
     t.pivotal.training = False  # the embeddings freeze
     assert t.trainable_parameters() == net
+
+
+def test_the_trainable_parameters_follow_the_text_encoder_schedule():
+    te, unet = [torch.nn.Parameter(torch.zeros(2))], [torch.nn.Parameter(torch.zeros(3))]
+    t = Trainer.__new__(Trainer)
+    t.network_params, t.pivotal, t.state = te + unet, None, TrainState()
+    t.te_schedule = TextEncoderSchedule(te, unet, stop_at=2)
+    first = t.trainable_parameters()
+    assert first == te + unet and t.trainable_parameters() is first
+    t.state.global_step = 2  # the text-encoder LoRA stops: the list changes with the phase
+    assert t.trainable_parameters() == unet
 
 
 def test_the_progress_bar_writes_to_a_pipe_at_its_interval_not_per_step(make_config, capsys):
