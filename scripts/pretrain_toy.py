@@ -321,7 +321,7 @@ def main(argv=None):
     p.add_argument("--vae-crop", type=int, default=32, help="train the VAE on random crops of this side")
     p.add_argument("--vae-lr", type=float, default=1e-4)
     p.add_argument("--scenes", type=int, default=40000)
-    p.add_argument("--unet-steps", type=int, default=12000)
+    p.add_argument("--unet-steps", type=int, default=9000)
     p.add_argument("--decay-from", type=float, default=0.7, help="cosine decay of the lr over the last part")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
