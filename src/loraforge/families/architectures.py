@@ -210,11 +210,90 @@ COMPONENTS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# FLUX.1 [dev] (black-forest-labs/FLUX.1-dev): a flow-matching transformer (19 double-stream + 38 single-stream
+# blocks, RoPE, guidance embedding), a 16-channel VAE without quant convs, CLIP-L (pooled) + T5-XXL (sequence).
+_FLUX_TRANSFORMER = {
+    "_class_name": "FluxTransformer2DModel",
+    "attention_head_dim": 128,
+    "axes_dims_rope": [16, 56, 56],
+    "guidance_embeds": True,
+    "in_channels": 64,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "out_channels": None,
+    "patch_size": 1,
+    "pooled_projection_dim": 768,
+}
+_FLUX_VAE = _vae(1024, 0.3611, shift_factor=0.1159, latent_channels=16, force_upcast=True, use_quant_conv=False,
+                 use_post_quant_conv=False, mid_block_add_attention=True)
+_T5_XXL = {  # google/t5-v1_1-xxl's encoder, as FLUX.1 ships it
+    "architectures": ["T5EncoderModel"],
+    "model_type": "t5",
+    "classifier_dropout": 0.0,
+    "d_ff": 10240,
+    "d_kv": 64,
+    "d_model": 4096,
+    "decoder_start_token_id": 0,
+    "dense_act_fn": "gelu_new",
+    "dropout_rate": 0.1,
+    "eos_token_id": 1,
+    "feed_forward_proj": "gated-gelu",
+    "initializer_factor": 1.0,
+    "is_encoder_decoder": True,
+    "is_gated_act": True,
+    "layer_norm_epsilon": 1e-06,
+    "num_decoder_layers": 24,
+    "num_heads": 64,
+    "num_layers": 24,
+    "pad_token_id": 0,
+    "relative_attention_max_distance": 128,
+    "relative_attention_num_buckets": 32,
+    "tie_word_embeddings": False,
+    "vocab_size": 32128,
+}
+_FLUX_SCHEDULER = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+}
+COMPONENTS["flux"] = {
+    "model_index": {
+        "_class_name": "FluxPipeline",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "FluxTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+    },
+    "scheduler": _FLUX_SCHEDULER,
+    "transformer": _FLUX_TRANSFORMER,
+    "vae": _FLUX_VAE,
+    "text_encoder": _CLIP_L,
+    "text_encoder_2": _T5_XXL,
+}
+# FLUX.1 [schnell] differs only here: no guidance embedding, a fixed shift of 1 (timestep-distilled, 1-4 steps).
+FLUX_SCHNELL_OVERRIDES = {
+    "transformer": {"guidance_embeds": False},
+    "scheduler": {"shift": 1.0, "use_dynamic_shifting": False},
+}
+
 # Padding token of each tokenizer folder, as in the official repositories.
 TOKENIZER_PADS = {
     "sd15": {"tokenizer": "<|endoftext|>"},
     "sd2": {"tokenizer": "!"},
     "sdxl": {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"},
+    "flux": {"tokenizer": "<|endoftext|>", "tokenizer_2": "<pad>"},
 }
 
 
