@@ -1,4 +1,4 @@
-"""DoRA's and LoHa's training forwards keep no full-size weight copy for backward (issue 13): the same outputs as
+"""DoRA's, LoHa's and LoKr's training forwards keep no full-size weight copy for backward (issue 13): the same outputs as
 LyCORIS' forwards, the same gradients (DoRA: with the norm ‖W + ΔW‖ detached, the paper's and peft's choice), and the
 tensors autograd saves about as large as LoRA's."""
 
@@ -88,6 +88,20 @@ def test_loha_matches_lycoris_forward_and_gradients(kind, tucker):
     _assert_same(ours, theirs)
 
 
+@pytest.mark.parametrize("kind, overrides", [(LINEAR, {}), (LINEAR, {"network.decompose_both": True}), (CONV, {}),
+                                             (LINEAR, {"network.dropout": 0.5})],
+                         ids=["linear", "linear-both", "conv", "linear-dropout"])
+def test_lokr_matches_lycoris_forward_and_gradients(kind, overrides):
+    layer, x = _layer(kind)
+    module = _adapter(layer, "lokr", **overrides)
+    module.train()
+    torch.manual_seed(3)  # the dropout's draw: the recomputation in backward must repeat it
+    ours = _grads(lambda: layer(x), x, module)
+    torch.manual_seed(3)
+    theirs = _grads(lambda: module.org_forward(x) + type(module).bypass_forward_diff(module, x), x, module)
+    _assert_same(ours, theirs)
+
+
 @pytest.mark.parametrize("kind", [LINEAR, CONV], ids=["linear", "conv"])
 @pytest.mark.parametrize("axis", ["input", "output"])
 def test_dora_matches_the_weight_rebuild_with_the_norm_detached(kind, axis):
@@ -125,11 +139,11 @@ def test_rank_dropout_draws_the_same_mask_as_lycoris(algo):
 
 def test_saved_tensors_close_to_loras():
     """What autograd keeps for backward on one linear layer (activations only: the parameters are not counted):
-    LoHa and input-axis DoRA within 1.1× of LoCon (LoRA through LyCORIS), where LyCORIS' forwards kept 3× (LoHa) and
-    5× (DoRA)."""
+    LoHa, LoKr and input-axis DoRA within 1.1× of LoCon (LoRA through LyCORIS), where LyCORIS' forwards kept 3×
+    (LoHa), 2× (LoKr) and 5× (DoRA)."""
     layer, x = _layer((torch.nn.Linear, (256, 256), (2, 64, 256)))
     sizes = {}
-    for algo in ("locon", "dora", "loha"):
+    for algo in ("locon", "dora", "loha", "lokr"):
         module = _adapter(layer, algo)
         exclude = [*module.parameters(), *module.buffers(), *layer.parameters()]
         lycoris = type(module).forward if algo == "dora" else (
@@ -139,4 +153,5 @@ def test_saved_tensors_close_to_loras():
         module.restore()
     lora = sizes["locon"]
     assert sizes["dora (LyCORIS)"] >= 4.5 * lora and sizes["loha (LyCORIS)"] >= 2.9 * lora, sizes
-    assert sizes["dora"] <= 1.1 * lora and sizes["loha"] <= 1.1 * lora, sizes
+    assert sizes["lokr (LyCORIS)"] >= 1.9 * lora, sizes
+    assert sizes["dora"] <= 1.1 * lora and sizes["loha"] <= 1.1 * lora and sizes["lokr"] <= 1.1 * lora, sizes

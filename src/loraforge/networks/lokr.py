@@ -6,11 +6,18 @@ kron(w1 [a, c], w2 [b, d(, k, k)]). w2 is low-rank (`lokr_w2_a` [b, r] @ `lokr_w
 `decompose_both` makes w1 low-rank too. Consumers scale by alpha / rank only when a half is low-rank, else by 1
 (formats.md §4.4). LyCORIS forces alpha = rank for two full halves but still applies √rank with rsLoRA there; we set
 the scale to 1 in that case so training and every consumer agree. The file stores w1 × scalar.
+
+The training forward is LyCORIS' bypass (W x + ΔW x with ΔW x as a chain of small products on x, never building
+kron(w1, w2)), recomputed in backward (`bypass_forward_diff`): the chain's activation-sized intermediates are not
+kept, only x (which the frozen layer keeps anyway) and the factors (docs/benchmarks.md, "LoKr memory").
 """
 
 from __future__ import annotations
 
+import types
+
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .lycoris_engine import Method, common_kwargs, cpu, scalar_of
 from .targets import Target
@@ -50,6 +57,7 @@ class LokrMethod(Method):
             module.scale = 1.0  # what consumers apply to two full halves, whatever alpha or rs_lora say
         if cfg.dropout:
             module.drop = torch.nn.Dropout(cfg.dropout)
+        module.bypass_forward_diff = types.MethodType(bypass_forward_diff, module)
         return module
 
     def norm_factors(self, module) -> list[torch.Tensor]:
@@ -68,3 +76,14 @@ class LokrMethod(Method):
         if cfg.full_matrix:
             args["full_matrix"] = True
         return args
+
+
+def bypass_forward_diff(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """LyCORIS' `LokrModule.bypass_forward_diff`, recomputed in backward when gradients are recorded: autograd keeps
+    x and the factors instead of the chain's intermediates (each as large as the layer's input or output). The same
+    numbers and gradients; the chain runs twice (small products, a fraction of the frozen layer's cost). The dropout
+    draws repeat in the recomputation (the checkpoint restores the random state)."""
+    lycoris = type(self).bypass_forward_diff
+    if not torch.is_grad_enabled():
+        return lycoris(self, x, scale)
+    return checkpoint(lycoris, self, x, scale, use_reentrant=False)
