@@ -382,3 +382,15 @@ def test_kohya_width_height_resolution_maps_to_a_pair(tmp_path):
     # diffusers' scripts take one number (argparse type=int): a pair is not theirs
     d = import_text("accelerate launch train_text_to_image_lora.py --resolution=512,768")
     assert "dataset.resolution" not in mapped(d) and "whole number" in unmapped(d)["--resolution=512,768"]
+
+
+def test_kohya_torch_compile_and_dynamo_backend():
+    r = import_text("python sdxl_train_network.py --torch_compile --dynamo_backend=inductor")
+    assert mapped(r)["training.torch_compile"] is True
+    assert any("regional compilation" in d for d in r.differences)  # kohya compiles the whole U-Net
+    assert unmapped(r)["--dynamo_backend=inductor"].startswith("not needed")
+    validate_config(r.data)
+    other = import_text("python sdxl_train_network.py --torch_compile --dynamo_backend eager")
+    miss = next(reason for flag, reason in unmapped(other).items() if flag.startswith("--dynamo_backend"))
+    assert miss.startswith("no equivalent") and "'eager'" in miss
+    assert "torch_compile" not in import_text("python train_network.py --torch_compile=false").data["training"]

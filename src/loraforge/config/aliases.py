@@ -85,6 +85,12 @@ def _entries() -> list[Alias]:
          "kohya's own memory-efficient attention: loraforge's nearest is PyTorch's SDPA, training.attention = 'sdpa'"),
         ("enable_xformers_memory_efficient_attention", "training.attention", _D, same,
          "becomes training.attention = 'xformers' (where the package is installed)"),
+        ("torch_compile", "training.torch_compile", _K, differs,
+         "kohya hands the whole prepared U-Net and network to accelerate's dynamo; loraforge compiles each U-Net "
+         "transformer block (regional compilation, a shorter compile), with TorchInductor"),
+        ("dynamo_backend", None, _K, builtin,
+         "loraforge's training.torch_compile always uses TorchInductor (`inductor`, kohya's default); another "
+         "backend has no equivalent"),
         ("allow_tf32", None, _D, none, "no equivalent option"),
         ("full_fp16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),
         ("full_bf16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),

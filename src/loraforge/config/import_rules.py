@@ -34,6 +34,15 @@ def bare_flag(t: Translation, flag: Flag, key: str, value: Any) -> None:
         t.differ(flag.text, alias.note)
 
 
+def _dynamo_backend(t: Translation, flag: Flag) -> None:
+    """kohya's `--dynamo_backend`: `inductor` (its default) is what loraforge compiles with; others are not offered."""
+    if str(flag.value).lower() == "inductor":
+        t.apply(t.alias(flag.name), flag.value, flag.text)
+    else:
+        t.skip(flag.text, f"no equivalent: training.torch_compile compiles with TorchInductor (`inductor`) only, "
+                          f"not {flag.value!r}")
+
+
 def _network_module(t: Translation, flag: Flag) -> None:
     t.network_module = str(flag.value)
 
@@ -204,6 +213,8 @@ _HANDLERS: dict[tuple[str, str], Handler] = {
     (KOHYA, "random_crop"): lambda t, f: bare_flag(t, f, "dataset.center_crop", False),
     (KOHYA, "network_train_unet_only"): lambda t, f: bare_flag(t, f, "network.train_text_encoder", False),
     (DIFFUSERS, "use_dora"): lambda t, f: bare_flag(t, f, "network.algo", "dora"),
+    (KOHYA, "torch_compile"): lambda t, f: bare_flag(t, f, "training.torch_compile", True),
+    (KOHYA, "dynamo_backend"): _dynamo_backend,
     (KOHYA, "sdpa"): lambda t, f: bare_flag(t, f, "training.attention", "sdpa"),
     (KOHYA, "mem_eff_attn"): lambda t, f: bare_flag(t, f, "training.attention", "sdpa"),
     ("*", "xformers"): lambda t, f: bare_flag(t, f, "training.attention", "xformers"),
