@@ -52,3 +52,13 @@ class ModelConfig(Section):
             "code; when on, loraforge still loads with `weights_only=True`."
         ),
     )
+    quantize_base: Literal["none", "int8", "fp8"] = Field(
+        "none",
+        description=(
+            "Store the frozen UNet's linear layers quantized with torchao before the LoRA is added (needs the torchao "
+            "package; `network.algo = \"lora\"` only): `int8` (int8 weight-only, any device: about half the bf16 "
+            "weights' memory, each layer dequantized as it runs), `fp8` (float8 weight-only: a CUDA GPU of compute "
+            "capability 8.9 or newer, e.g. L4, L40S, H100, H200). The LoRA trains in full precision and its file is "
+            "the same; the text encoders and the convolutions stay unquantized. See docs/benchmarks.md."
+        ),
+    )

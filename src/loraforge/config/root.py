@@ -70,6 +70,10 @@ class TrainConfig(Section):
         if (d.alpha_mask or d.mask_dir) and not tr.masked_loss:
             raise ValueError(f"dataset.{'alpha_mask' if d.alpha_mask else 'mask_dir'} gives masks, but "
                              "training.masked_loss is off: turn it on, or remove the masks option")
+        if self.model.quantize_base != "none" and self.network.algo != "lora":
+            raise ValueError(f"model.quantize_base = {self.model.quantize_base!r} works with network.algo = 'lora' "
+                             f"only (peft's LoRA layers over torchao's quantized linear layers), not "
+                             f"{self.network.algo!r}: set network.algo = 'lora', or model.quantize_base = 'none'")
         if self.model.prediction_type != "auto":
             problem = tr.prediction_problem(self.model.prediction_type)
             if problem:

@@ -32,8 +32,28 @@ class TrainingConfig(LossAndScheduleOptions):
             "`no` (fp32) on the CPU. LoRA weights and optimizer state stay fp32."
         ),
     )
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: much less memory, about 20-30 % slower."
+    gradient_checkpointing: bool | Literal["selective"] = Field(
+        False,
+        description=(
+            "Recompute activations in the backward pass: much less memory, about 20-30 % slower. `\"selective\"`: "
+            "the same checkpointed blocks, but the outputs of matrix products, convolutions and attention are kept "
+            "and only the cheap operations between them (norms, activations, additions) are recomputed: less "
+            "recomputation than `true`, more memory. See docs/benchmarks.md."
+        ),
+    )
+    channels_last: bool = Field(
+        False,
+        description=(
+            "Keep the UNet's convolution weights and the noisy latents in channels-last memory layout (NHWC), which "
+            "tensor-core convolutions prefer on a GPU. The same results (up to float rounding); often slower on a CPU."
+        ),
+    )
+    pin_memory: Literal["auto"] | bool = Field(
+        "auto",
+        description=(
+            "Load batches into pinned (page-locked) host memory and copy them to the GPU asynchronously. `auto`: on "
+            "when training on CUDA, off otherwise (pinning does nothing useful without a GPU)."
+        ),
     )
     torch_compile: bool = Field(
         False,
@@ -41,6 +61,15 @@ class TrainingConfig(LossAndScheduleOptions):
             "Compile each of the UNet's transformer blocks with `torch.compile` (regional compilation, not the whole "
             "UNet): the first steps, and the first step of each new bucket shape, are slower while they compile; "
             "needs a working compiler toolchain (Triton on a GPU, a C++ compiler on the CPU). See docs/benchmarks.md."
+        ),
+    )
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default",
+        description=(
+            "torch.compile's mode with `torch_compile = true`: `default`; `reduce-overhead` (CUDA graphs: one graph "
+            "replayed per step, for static shapes only, so refused when the buckets give several image sizes); "
+            "`max-autotune` (tries more kernels: a longer compile, sometimes faster steps). CUDA graphs and "
+            "autotuning act on a GPU only."
         ),
     )
     attention: Literal["sdpa", "xformers", "eager"] = Field(
@@ -174,6 +203,13 @@ class TrainingConfig(LossAndScheduleOptions):
         if self.token_names and "num_new_tokens_per_abstraction" not in self.model_fields_set:
             return len(self.token_names) // max(1, len(self.token_abstractions))
         return self.num_new_tokens_per_abstraction
+
+    @model_validator(mode="after")
+    def _check_compile_mode(self) -> "TrainingConfig":
+        if self.torch_compile_mode != "default" and not self.torch_compile:
+            raise ValueError(f"training.torch_compile_mode = {self.torch_compile_mode!r} needs training.torch_compile "
+                             "= true (nothing is compiled without it): turn it on, or remove torch_compile_mode")
+        return self
 
     @model_validator(mode="after")
     def _check_token_names(self) -> "TrainingConfig":

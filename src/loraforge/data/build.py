@@ -142,6 +142,11 @@ def check_face_crop(plan: DataPlan) -> list[str]:
             f"so they are resized and cropped as usual: {shown}"]
 
 
+def pin_memory(training) -> bool:
+    """`training.pin_memory`: pinned batches (copied to the GPU without blocking); `auto` = on when CUDA is there."""
+    return torch.cuda.is_available() if training.pin_memory == "auto" else bool(training.pin_memory)
+
+
 def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict | None = None,
                      cache_context: CacheContext | None = None) -> TrainData:
     """`cfg` is the whole `TrainConfig` (dataset, batch size, workers, seed). `text_replacements` are applied to
@@ -178,6 +183,7 @@ def build_train_data(cfg, resolution: tuple[int, int], text_replacements: dict |
         collate_fn=collate,
         num_workers=t.dataloader_num_workers,
         persistent_workers=t.dataloader_num_workers > 0,
+        pin_memory=pin_memory(t),
         # Its own generator: creating an epoch's iterator must not draw from the global RNG that noise and
         # timesteps come from, or a resumed run would drift from an uninterrupted one.
         generator=torch.Generator().manual_seed(t.seed),

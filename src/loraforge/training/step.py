@@ -98,6 +98,8 @@ class LossStep:
                                                     self.training.ip_noise_gamma,
                                                     self.training.ip_noise_gamma_random_strength).to(noise)
         noisy = self.noise_scheduler.add_noise(latents, noisy_from, timesteps)
+        if self.training.channels_last:  # NHWC, as the UNet's convolution weights (training.channels_last)
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
         if "prompt_embeds" in batch:  # from the text-encoder cache
             pooled = batch.get("pooled")
             cond = Conditioning(batch["prompt_embeds"].to(device), None if pooled is None else pooled.to(device))

@@ -17,14 +17,15 @@ import torch
 
 from ..config import TrainConfig, dump_config
 from ..config.dataset import size_text
-from ..data.build import build_train_data
+from ..data.build import build_train_data, pin_memory
 from ..data.cache import CacheContext
 from ..errors import ConfigError, RunFolderError, RunInterruptedError
 from ..models.loading import load_model
 from ..networks import create_network
 from ..utils.dtypes import torch_dtype
 from .attention import set_attention
-from .compile import compile_unet
+from .checkpointing import enable_checkpointing
+from .compile import check_static_shapes, compile_unet
 from .ema import EMA, load_ema_state
 from .interrupt import StopOnCtrlC
 from .memory import MemoryWatch
@@ -35,6 +36,7 @@ from .pivotal import PivotalTuning
 from .plan import RunPlan, plan_run, run_resolution
 from .preflight import logging_folder, preflight, tracker_run
 from .prior import ensure_class_images
+from .quantize import quantize_unet
 from .report import write_report_quietly
 from .release import release, releasable
 from .run_outputs import RunOutputs, RunResult
@@ -109,7 +111,7 @@ class Trainer(RunOutputs):
 
     def setup(self) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
         cfg = self.cfg
         fresh = not cfg.training.resume
@@ -127,6 +129,7 @@ class Trainer(RunOutputs):
             cpu=several and not torch.cuda.is_available(),
             mixed_precision=mp,
             gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(non_blocking=pin_memory(cfg.training)),  # asynchronous copies
             log_with=None if cfg.output.log_with == "none" else cfg.output.log_with,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(logging_folder(cfg))),
         )
@@ -211,6 +214,9 @@ class Trainer(RunOutputs):
         m.vae.requires_grad_(False)
         # Frozen weights in the compute dtype; the VAE stays fp32 under fp16 (fp16 SD VAEs overflow into NaNs).
         m.unet.to(acc.device, dtype=self.weight_dtype)
+        if self.cfg.training.channels_last:
+            m.unet.to(memory_format=torch.channels_last)
+        quantize_unet(m.unet, self.cfg.model.quantize_base, acc.device)  # before the LoRA wraps its layers
         for te in m.text_encoders:
             te.to(acc.device, dtype=self.weight_dtype)
         keep_fp32 = self.weight_dtype == torch.float16 or self.cfg.training.no_half_vae
@@ -225,13 +231,11 @@ class Trainer(RunOutputs):
             gen = torch.Generator().manual_seed(self.cfg.training.seed)
             self.pivotal.apply(m, gen, self.network)
         set_attention(m.unet, self.cfg.training.attention)
-        if self.cfg.training.torch_compile:
-            compile_unet(m.unet)
-        if self.cfg.training.gradient_checkpointing:
-            m.unet.enable_gradient_checkpointing()
-            if self.train_te:
-                for te in m.text_encoders:
-                    te.gradient_checkpointing_enable()
+        t = self.cfg.training
+        if t.torch_compile:
+            check_static_shapes(t.torch_compile_mode, {size for _, size in self.dataset.bucket_keys()})
+            compile_unet(m.unet, t.torch_compile_mode)
+        enable_checkpointing(m.unet, m.text_encoders if self.train_te else [], t.gradient_checkpointing)
         self.network_params = [p for part in self.network.parts for p in self.network.parameters(part)]
         if not self.network.parts:  # network.algo = "none"
             log.info("network: none — textual inversion alone, only the new token embeddings train")

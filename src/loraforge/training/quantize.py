@@ -1,0 +1,53 @@
+"""`model.quantize_base`: the frozen UNet's linear layers stored quantized by torchao (int8 or float8 weight-only)
+before the LoRA is added.
+
+peft wraps a torchao-quantized `nn.Linear` in its `TorchaoLoraLinear`: the base layer runs on the quantized weight
+(dequantized per call), the LoRA factors stay ordinary fp32 parameters, so training, gradients and the saved file are
+the same as over an unquantized base. Convolutions, norms and the text encoders are left as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+FP8_CAPABILITY = (8, 9)  # float8 matmuls: Ada (sm_89) and Hopper (sm_90) or newer
+
+
+def check_quantize(mode: str, device) -> None:
+    """Refuse a mode the device cannot run (fp8 needs a CUDA GPU of compute capability 8.9 or newer)."""
+    if mode != "fp8":
+        return
+    device = torch.device(device)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    if capability is None or tuple(capability) < FP8_CAPABILITY:
+        where = (f"a CUDA GPU of compute capability {capability[0]}.{capability[1]}" if capability
+                 else f"the {device.type} device")
+        raise ConfigError(
+            f"model.quantize_base = 'fp8' needs a CUDA GPU of compute capability 8.9 or newer (L4, L40S, RTX 40xx, "
+            f"H100, H200); this run trains on {where}. Set model.quantize_base = 'int8' (any device) or 'none'"
+        )
+
+
+def quantize_unet(unet: torch.nn.Module, mode: str, device) -> int:
+    """Quantize the UNet's `nn.Linear` layers in place (before the network is injected); returns how many."""
+    if mode == "none":
+        return 0
+    check_quantize(mode, device)
+    try:
+        from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_  # lazy: optional
+    except ImportError:
+        raise ConfigError(f"model.quantize_base = {mode!r} needs the torchao package, which is not installed: "
+                          "install it (pip install 'loraforge[quant]'), or set model.quantize_base = 'none'") from None
+    count = sum(isinstance(m, torch.nn.Linear) for m in unet.modules())
+    quantize_(unet, Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig())
+    log.info("model.quantize_base = %s: %d linear layers of the UNet quantized (torchao, weight-only)", mode, count)
+    return count
+
+
+__all__ = ["check_quantize", "quantize_unet"]
