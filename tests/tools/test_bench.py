@@ -40,6 +40,8 @@ def test_the_grid_is_every_combination_and_the_mfu_is_left_out_without_a_peak():
     cases = grid(batch=[1, 4], checkpointing=[False, True], family=["sdxl"])
     assert len(cases) == 4 and {c.family for c in cases} == {"sdxl"}
     assert Case(family="sdxl", batch=4, checkpointing=True) in cases
+    options = grid(checkpointing=[False, True, "selective"], quantize=["none", "int8"], channels_last=[True])
+    assert len(options) == 6 and Case(checkpointing="selective", quantize="int8", channels_last=True) in options
     row = {**Case().__dict__, "impl": "loraforge", "images_per_s": 2.0, "step_s_median": 0.5, "step_s_min": 0.4,
            "step_s_max": 0.6, "peak_rss_mib": 100.0, "achieved_tflops": 0.01, "mfu": None}
     assert "| — |" in markdown({"rows": [row]}).splitlines()[2]
@@ -57,3 +59,14 @@ def test_mid_and_full_size_models_are_the_real_architecture_at_their_width():
     assert sum(p.numel() for p in mid.unet.parameters()) < 0.25 * sum(p.numel() for p in full.unet.parameters())
     assert [type(te).__name__ for te in mid.text_encoders] == ["CLIPTextModel", "CLIPTextModelWithProjection"]
     assert mid.family.name == "sdxl" and mid.prediction_type == "epsilon"
+
+
+def test_the_fast_path_axes_reach_the_grid_from_the_command_line(monkeypatch, tmp_path):
+    import loraforge.tools.bench as bench
+
+    seen = []
+    monkeypatch.setattr(bench, "run_grid", lambda cases, *a, **k: seen.extend(cases) or {"rows": []})
+    assert main(["bench", "--checkpointing", "off,selective", "--compile", "reduce-overhead", "--quantize", "int8",
+                 "--channels-last", "on", "-o", str(tmp_path / "b.json")]) == 0
+    assert [(c.checkpointing, c.compile, c.quantize, c.channels_last) for c in seen] == [
+        (False, "reduce-overhead", "int8", True), ("selective", "reduce-overhead", "int8", True)]

@@ -170,3 +170,39 @@ def test_an_int8_base_trains_only_the_lora_and_saves_the_same_file(make_config, 
     assert [p.name for p in files["int8"]] == names
     for name in names:
         assert shapes["int8", name] == shapes["none", name] and len(shapes["none", name]) > 10
+
+
+def test_a_quantized_linear_keeps_no_dequantized_weight_for_backward():
+    pytest.importorskip("torchao")
+    import copy
+
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    from loraforge.training.quantize import quantize_unet
+
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    ours.requires_grad_(False)
+    torchao_own = copy.deepcopy(ours)
+    quantize_(torchao_own, Int8WeightOnlyConfig())
+    assert quantize_unet(ours, "int8", "cpu") == 2
+    x = torch.randn(2, 32, 256, requires_grad=True)
+
+    def run(model):
+        x.grad = None
+        saved = {}
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = model(x)
+        y.backward(torch.cos(y.detach()))
+        return y.detach(), x.grad.clone(), sum(saved.values())
+
+    (y, grad, kept), (y_ref, grad_ref, kept_ref) = run(ours), run(torchao_own)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+    weight_bytes = 256 * 256 * 4
+    assert kept_ref > weight_bytes and kept < weight_bytes // 2, (kept, kept_ref)  # torchao's keeps fp32 weights

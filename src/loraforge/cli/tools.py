@@ -409,6 +409,13 @@ def _on_off(text: str) -> bool:
     raise ValueError(f"{text!r} is not on or off")
 
 
+def _on_off_or(*words: str):
+    """An argparse value: on/off, or one of `words` (kept as the string)."""
+    def parse(text: str):
+        return text if text in words else _on_off(text)
+    return parse
+
+
 def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time LoRA training steps of the real trainer over a grid (img/s, memory, MFU)",
                        description="Warm-up then timed training steps of the trainer's own loop (cached latents and "
@@ -420,9 +427,15 @@ def add_bench(sub) -> None:
     p.add_argument("--resolution", type=_list(int), default=[64], help="square sizes in px (default 64)")
     p.add_argument("--batch", type=_list(int), default=[1], help="batch sizes (default 1)")
     p.add_argument("--rank", type=_list(int), default=[4], help="network ranks (default 4)")
-    p.add_argument("--checkpointing", type=_list(_on_off), default=[False], help="gradient checkpointing: off, on")
-    p.add_argument("--compile", type=_list(_on_off), default=[False],
-                   help="torch.compile of each UNet transformer block (training.torch_compile): off, on (default off)")
+    p.add_argument("--checkpointing", type=_list(_on_off_or("selective")), default=[False],
+                   help="gradient checkpointing: off, on, selective (default off)")
+    p.add_argument("--compile", type=_list(_on_off_or("default", "reduce-overhead", "max-autotune")), default=[False],
+                   help="torch.compile of each UNet transformer block (training.torch_compile): off, on, or a mode "
+                        "(default, reduce-overhead, max-autotune; on = default) (default off)")
+    p.add_argument("--quantize", type=_list(str), default=["none"],
+                   help="model.quantize_base: none, int8, fp8 (default none)")
+    p.add_argument("--channels-last", type=_list(_on_off), default=[False],
+                   help="training.channels_last: off, on (default off)")
     p.add_argument("--optimizer", type=_list(str), default=["adamw"], help="optimizer.type values (default adamw)")
     p.add_argument("--algo", type=_list(str), default=["lora"], help="network.algo values (default lora)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per point (default 5)")
@@ -450,7 +463,8 @@ def cmd_bench(args) -> int:
 
     quiet_progress()
     cases = grid(family=args.family, resolution=args.resolution, batch=args.batch, rank=args.rank,
-                 checkpointing=args.checkpointing, compile=args.compile, optimizer=args.optimizer, algo=args.algo)
+                 checkpointing=args.checkpointing, compile=args.compile, optimizer=args.optimizer, algo=args.algo,
+                 quantize=args.quantize, channels_last=args.channels_last)
     report = run_grid(cases, args.steps, args.warmup, size=args.size,
                       mixed_precision=args.mixed_precision, baseline=args.baseline, peak_tflops=args.peak_tflops)
     text = json.dumps(report, indent=1)

@@ -8,7 +8,8 @@ configs from `models.configs`) with random weights ("full"), or that architectur
 ("mid": SD 1.5's UNet at about 140 M parameters) — nothing is downloaded.
 
 Per point: images per second, step time (median, min, max), peak memory (CUDA allocated and reserved; on the CPU
-the process's peak resident memory, reset per point), the FLOPs of one step (torch's `FlopCounterMode`: the
+the process's peak resident memory, reset per point, and again after the model is built and the caches filled, for
+the steps alone), the FLOPs of one step (torch's `FlopCounterMode`: the
 operations executed, so gradient checkpointing's recomputation counts) and the MFU against `peak_tflops` (the
 device's dense peak: a built-in table for known GPUs, else given; none on the CPU unless given).
 
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 
 # dense bf16/fp16 tensor-core peaks in TFLOP/s (vendor data sheets, SXM parts); matched against the device name
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0, "3090": 71.0}
-AXES = ("family", "resolution", "batch", "rank", "checkpointing", "compile", "optimizer", "algo")
+AXES = ("family", "resolution", "batch", "rank", "checkpointing", "compile", "optimizer", "algo", "quantize",
+        "channels_last")
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,12 @@ class Case:
     resolution: int = 64
     batch: int = 1
     rank: int = 4
-    checkpointing: bool = False
-    compile: bool = False
+    checkpointing: bool | str = False  # training.gradient_checkpointing: False, True, "selective"
+    compile: bool | str = False  # False, True (mode "default"), or a training.torch_compile_mode
     optimizer: str = "adamw"
     algo: str = "lora"
+    quantize: str = "none"  # model.quantize_base
+    channels_last: bool = False
 
 
 def grid(**axes) -> list[Case]:
@@ -256,7 +260,8 @@ def run_case(case: Case, steps: int, warmup: int, work: Path, *, size: str = "ti
         "dataset.instance_dir": str(images), "dataset.instance_prompt": "a photo of sks noise",
         "dataset.resolution": case.resolution, "dataset.cache_latents": True,
         "dataset.cache_text_encoder_outputs": True, "network.rank": case.rank, "network.algo": case.algo,
-        "optimizer.type": case.optimizer,
+        "optimizer.type": case.optimizer, "model.quantize_base": case.quantize,
+        "training.channels_last": case.channels_last,
     }
     if case.optimizer == "prodigy":
         overrides["optimizer.learning_rate"] = 1.0
@@ -271,12 +276,15 @@ def run_case(case: Case, steps: int, warmup: int, work: Path, *, size: str = "ti
     try:
         trainer.prepare()
         device = trainer.accelerator.device
+        gc.collect()
+        build_rss = peak_rss_mib() if rss_reset else None  # building the model and filling the caches
+        steps_rss_reset = reset_peak_rss()  # a second peak: the steps alone, without building and caching
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         batch = next(iter(trainer.train_dataloader))
         flops = step_flops(trainer, batch)
         if case.compile:
-            compile_unet(trainer.model.unet)
+            compile_unet(trainer.model.unet, "default" if case.compile is True else case.compile)
         stamps: list[float] = []
         loss_of = trainer.compute_loss
 
@@ -289,13 +297,17 @@ def run_case(case: Case, steps: int, warmup: int, work: Path, *, size: str = "ti
         trainer.train()
         sync(device)
         stamps.append(time.perf_counter())
+        steps_rss = peak_rss_mib() if steps_rss_reset else None
         times = [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
         peak = device_peak_tflops(device, peak_tflops)
         common = {**asdict(case), "size": size, "mixed_precision": trainer.mixed_precision,
                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
                   "flops_per_step": flops, "peak_tflops": peak}
-        rows = [{**common, "impl": "loraforge", **summarize(times, case.batch), **peak_memory(device, rss_reset),
-                 "optimizer_steps": trainer.state.global_step}]
+        memory = peak_memory(device, rss_reset)
+        if build_rss is not None and steps_rss is not None:
+            memory["peak_rss_mib"] = max(build_rss, steps_rss)  # the whole point's: before and after the reset
+        rows = [{**common, "impl": "loraforge", **summarize(times, case.batch), **memory,
+                 "peak_rss_steps_mib": steps_rss, "optimizer_steps": trainer.state.global_step}]
         if baseline:  # its peak memory: during its own loop (the model is loaded already)
             rss_reset = reset_peak_rss()
             if device.type == "cuda":
@@ -332,9 +344,10 @@ def run_grid(cases: list[Case], steps: int = 5, warmup: int = 2, *, size: str = 
 
 
 COLUMNS = [("family", "{}"), ("size", "{}"), ("resolution", "{}"), ("batch", "{}"), ("rank", "{}"), ("checkpointing", "{}"),
-           ("compile", "{}"), ("optimizer", "{}"), ("algo", "{}"), ("impl", "{}"), ("images_per_s", "{:.2f}"),
+           ("compile", "{}"), ("optimizer", "{}"), ("algo", "{}"), ("quantize", "{}"), ("channels_last", "{}"),
+           ("impl", "{}"), ("images_per_s", "{:.2f}"),
            ("step_s_median", "{:.3f}"), ("step_s_min", "{:.3f}"), ("step_s_max", "{:.3f}"),
-           ("peak_allocated_mib", "{:.0f}"), ("peak_reserved_mib", "{:.0f}"), ("peak_rss_mib", "{:.0f}"),
+           ("peak_allocated_mib", "{:.0f}"), ("peak_reserved_mib", "{:.0f}"), ("peak_rss_mib", "{:.0f}"), ("peak_rss_steps_mib", "{:.0f}"),
            ("achieved_tflops", "{:.3f}"), ("mfu", "{:.1%}")]
 
 

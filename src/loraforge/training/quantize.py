@@ -4,13 +4,20 @@ before the LoRA is added.
 peft wraps a torchao-quantized `nn.Linear` in its `TorchaoLoraLinear`: the base layer runs on the quantized weight
 (dequantized per call), the LoRA factors stay ordinary fp32 parameters, so training, gradients and the saved file are
 the same as over an unquantized base. Convolutions, norms and the text encoders are left as they are.
+
+torchao's linear dequantizes the weight and calls `F.linear` on it, so autograd would keep that full-precision copy
+of every layer's weight from forward to backward (for the input's gradient): more memory than an unquantized base.
+Each quantized layer's forward is therefore `frozen_linear`, which keeps a reference to the quantized weight and
+dequantizes it again in backward.
 """
 
 from __future__ import annotations
 
 import logging
+import types
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
 
@@ -46,8 +53,35 @@ def quantize_unet(unet: torch.nn.Module, mode: str, device) -> int:
                           "install it (pip install 'loraforge[quant]'), or set model.quantize_base = 'none'") from None
     count = sum(isinstance(m, torch.nn.Linear) for m in unet.modules())
     quantize_(unet, Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig())
+    for m in unet.modules():
+        if isinstance(m, torch.nn.Linear) and hasattr(m.weight, "dequantize"):
+            m.forward = types.MethodType(_forward, m)
     log.info("model.quantize_base = %s: %d linear layers of the UNet quantized (torchao, weight-only)", mode, count)
     return count
 
 
-__all__ = ["check_quantize", "quantize_unet"]
+class _FrozenLinear(torch.autograd.Function):
+    """y = x Wᵀ + b for a frozen quantized W: backward gives x's gradient only, from W dequantized there."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.weight = weight  # the module's quantized parameter: a reference, no copy
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad @ ctx.weight.dequantize().to(grad.dtype), None, None
+
+
+def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear` over a frozen torchao weight without keeping its dequantized copy for backward."""
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        return F.linear(x, weight, bias)
+    return _FrozenLinear.apply(x, weight, bias)
+
+
+def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    return frozen_linear(x, self.weight, self.bias)
+
+
+__all__ = ["check_quantize", "frozen_linear", "quantize_unet"]
