@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from loraforge.errors import ConfigError
@@ -95,7 +96,7 @@ def test_pin_memory_reaches_the_data_loader_and_accelerate(make_config):
             t.close()
 
 
-def test_compile_mode_flows_to_torch_compile_and_cuda_graphs_need_one_shape(make_config, monkeypatch):
+def test_compile_mode_flows_to_torch_compile_and_cuda_graphs_need_one_shape(make_config, monkeypatch, tmp_path):
     modes = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
     t = Trainer(make_config("sd15", **{"training.torch_compile": True, "training.torch_compile_mode": "max-autotune"}))
@@ -107,6 +108,23 @@ def test_compile_mode_flows_to_torch_compile_and_cuda_graphs_need_one_shape(make
     finally:
         t.close()
     assert modes and set(modes) == {"max-autotune"}
+    folder = tmp_path / "two-sizes"  # two aspect ratios: two buckets, two shapes
+    folder.mkdir()
+    for i, size in enumerate([(130, 40), (64, 64)]):
+        Image.new("RGB", size, (60 * i, 120, 90)).save(folder / f"{i}.png")
+    cfg = make_config("sd15", **{"training.torch_compile": True, "training.torch_compile_mode": "reduce-overhead",
+                                 "dataset.instance_dir": str(folder), "dataset.instance_prompt": "a sks shape",
+                                 "dataset.enable_bucket": True, "dataset.min_image_size": 16,
+                                 "dataset.bucket_reso_steps": 32})
+    t = Trainer(cfg)
+    t.setup()
+    try:
+        t.load_model()
+        t.load_data()
+        with pytest.raises(ConfigError, match="2 image sizes"):
+            t.setup_network()
+    finally:
+        t.close()
     check_static_shapes("reduce-overhead", {(64, 64)})
     check_static_shapes("default", {(64, 64), (64, 96)})
     with pytest.raises(ConfigError, match=r"torch_compile_mode = 'reduce-overhead'.*2 image sizes.*'default'"):
