@@ -45,7 +45,7 @@ class TrainingConfig(LossAndScheduleOptions):
         False,
         description=(
             "Keep the UNet's convolution weights and the noisy latents in channels-last memory layout (NHWC), which "
-            "tensor-core convolutions prefer on a GPU. The same results (up to float rounding); often slower on a CPU."
+            "tensor-core convolutions prefer on a GPU. The same results (up to float rounding). See docs/benchmarks.md."
         ),
     )
     pin_memory: Literal["auto"] | bool = Field(
