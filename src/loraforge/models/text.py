@@ -95,6 +95,7 @@ def text_ids(conditioning: Conditioning) -> torch.Tensor:
     return torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=embeds.dtype)
 
 
+CHUNKED = ("clip-last", "clip-penultimate-pooled")  # conditionings that read long prompts in 75-token chunks
 ENCODERS = {  # Family.text_conditioning
     "clip-last": _clip_last,
     "clip-penultimate-pooled": _clip_penultimate_pooled,
@@ -126,6 +127,8 @@ def encode_prompts(
 ) -> Conditioning:
     """Conditioning of `captions`; `max_token_length` (kohya's 150 / 225) encodes longer prompts in 75-token
     chunks instead of cutting them at the encoder's 77-token window."""
+    if family.text_conditioning not in CHUNKED:  # FLUX: T5 reads model.max_sequence_length tokens, no chunks
+        max_token_length = None
     ids = [tokenize(tok, captions, max_token_length).to(te.device) for tok, te in zip(tokenizers, text_encoders)]
     return encode_tokens(family, text_encoders, ids, clip_skip)
 
