@@ -89,13 +89,21 @@ def objective_problem(cfg, family: str | Family) -> str | None:
         bad = [f for f in DIFFUSION_ONLY if f in changed]
         if bad:
             why = "; ".join(f"training.{f}: {DIFFUSION_ONLY[f]}" for f in bad)
-            return f"{fam.label} trains by flow matching, so these options do not apply: {why}. Remove them"
+            hint = (f" (preset {cfg.preset!r} sets some: with model.family = \"{fam.name}\" it leaves them out)"
+                    if cfg.preset else "")
+            return f"{fam.label} trains by flow matching, so these options do not apply: {why}. Remove them{hint}"
         if cfg.model.prediction_type != "auto":
             return (f"model.prediction_type = {cfg.model.prediction_type!r}: {fam.label} predicts the flow "
                     "(noise - latents), not ε or v; leave it \"auto\"")
         if cfg.dataset.max_token_length not in (None, 75):  # 75: CLIP's one window, the default
             return (f"dataset.max_token_length = {cfg.dataset.max_token_length}: {fam.label} reads long prompts with "
                     "T5 (model.max_sequence_length tokens), not CLIP in 75-token chunks; remove it")
+        if tr.train_text_encoder_ti:
+            return (f"training.train_text_encoder_ti: pivotal tuning (new token embeddings) is not implemented for "
+                    f"{fam.label} yet; train the LoRA alone (network.train_text_encoder = true adds a CLIP-L LoRA)")
+        if tr.attention == "eager":
+            return (f"training.attention = \"eager\" swaps in the UNet's plain attention processor, which "
+                    f"{fam.label}'s joint attention (RoPE, two streams) cannot use: use \"sdpa\"")
         if tr.loss_type in ("huber", "smooth_l1") and tr.huber_schedule == "snr":
             return ("training.huber_schedule = \"snr\" follows the DDPM schedule's SNR, which flow matching has "
                     "not: use \"constant\" or \"exponential\"")
