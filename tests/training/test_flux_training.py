@@ -157,3 +157,12 @@ def test_flow_options_are_refused_for_sd(make_config, option, value):
 def test_two_shifts_are_refused(make_config):
     with pytest.raises(ConfigError, match="flow_shift and training.flow_resolution_shift"):
         make_config("flux", **{"training.flow_shift": 3.0, "training.flow_resolution_shift": True})
+
+
+def test_memory_estimate_refuses_flux_with_the_way_out():
+    from loraforge.errors import UnsupportedError
+    from loraforge.families import family
+    from loraforge.training.estimate import meta_model
+
+    with pytest.raises(UnsupportedError, match="FLUX.1 .* not estimated yet.*max_train_steps=5"):
+        meta_model(tiny_model_dir("flux"), family("flux"))

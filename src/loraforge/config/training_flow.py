@@ -99,8 +99,10 @@ def objective_problem(cfg, family: str | Family) -> str | None:
             return (f"dataset.max_token_length = {cfg.dataset.max_token_length}: {fam.label} reads long prompts with "
                     "T5 (model.max_sequence_length tokens), not CLIP in 75-token chunks; remove it")
         if tr.train_text_encoder_ti:
+            preset = f" (preset {cfg.preset!r} turns it on: set it to false)" if cfg.preset else ""
             return (f"training.train_text_encoder_ti: pivotal tuning (new token embeddings) is not implemented for "
-                    f"{fam.label} yet; train the LoRA alone (network.train_text_encoder = true adds a CLIP-L LoRA)")
+                    f"{fam.label} yet{preset}; train the LoRA alone (network.train_text_encoder = true adds a "
+                    "CLIP-L LoRA)")
         if tr.attention == "eager":
             return (f"training.attention = \"eager\" swaps in the UNet's plain attention processor, which "
                     f"{fam.label}'s joint attention (RoPE, two streams) cannot use: use \"sdpa\"")
