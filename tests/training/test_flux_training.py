@@ -122,13 +122,21 @@ def test_resume_is_bit_exact(make_config):
 
 def test_cached_text_releases_t5_and_trains(make_config, tmp_path):
     folder = images(tmp_path / "img", [(64, 64), (64, 64)])
-    t = _prepared(make_config, **data_options(folder, **{"dataset.cache_text_encoder_outputs": True,
-                                                         "training.max_train_steps": 1}))
+    options = data_options(folder, **{"dataset.cache_text_encoder_outputs": True,
+                                      "dataset.cache_text_encoder_outputs_to_disk": True,
+                                      "training.max_train_steps": 1})
+    t = _prepared(make_config, **options)
     try:
         assert {p.device.type for te in t.model.text_encoders for p in te.parameters()} == {"meta"}
         batch = next(iter(t.train_dataloader))
         assert batch["prompt_embeds"].shape[1:] == (16, 32) and batch["pooled"].shape[1:] == (32,)
         assert torch.isfinite(t.compute_loss(batch))
+    finally:
+        t.close()
+    # another T5 length is another cache entry, not the 16-token one on disk
+    t = _prepared(make_config, **{**options, "model.max_sequence_length": 24})
+    try:
+        assert next(iter(t.train_dataloader))["prompt_embeds"].shape[1:] == (24, 32)
     finally:
         t.close()
 
