@@ -10,6 +10,7 @@ from loraforge.data.dataset import collate
 from loraforge.errors import ConfigError
 from loraforge.models.tiny import tiny_model_dir
 from loraforge.training.flow import flow_target, noisy_latents
+from loraforge.training.timesteps import draw_flow_timestep
 from loraforge.training.trainer import Trainer
 
 from .resume import assert_same_tensors, straight_and_resumed
@@ -82,6 +83,12 @@ def test_the_loss_is_the_flow_target_mse(make_config):
             assert weighted.item() == pytest.approx((per_sample / sigmas**2).mean().item(), rel=1e-5)
             t.step.training = t.cfg.training.model_copy(update={"guidance_scale": 4.0})
             assert t.compute_loss(batch, latents, noise, timesteps).item() != pytest.approx(loss.item())
+            # drawn timesteps are σ·1000 of the flow draw (8×8 latents: 16 packed tokens), per sample seed
+            t.step.training = t.cfg.training.model_copy(update={"flow_shift": 3.0})
+            _, drawn = t.make_noise(latents, [3, 4])
+            want = [draw_flow_timestep(torch.Generator().manual_seed(s), t.step.training, 1000, 16,
+                                       t.noise_scheduler.config) for s in (3, 4)]
+            assert drawn.dtype == torch.float32 and torch.equal(drawn, torch.cat(want))
     finally:
         t.close()
 
