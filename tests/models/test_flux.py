@@ -90,3 +90,34 @@ def test_flux_single_file_is_refused_with_the_fix(tmp_path):
     cfg = load_config(None, ["model.family='flux'", f"model.pretrained_model_name_or_path='{path}'"]).model
     with pytest.raises(ModelLoadError, match="diffusers folder or hub id"):
         load_model(cfg)
+
+
+def test_schnell_is_the_same_family_without_guidance(tmp_path):
+    """[schnell] = the transformer without a guidance embedding: same family, T5 length 256 by default, and the
+    training step passes no guidance."""
+    import shutil
+
+    from loraforge.models.text import Conditioning
+    from loraforge.training.step import LossStep
+
+    folder = tmp_path / "tiny-schnell"
+    shutil.copytree(tiny_model_dir("flux"), folder)
+    config = folder / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "guidance_embeds": False}))
+    model = load_model(load_config(None, [f"model.pretrained_model_name_or_path='{folder}'"]).model)
+    assert model.family is family("flux") and not model.guidance_embeds
+    assert model.tokenizers[1].model_max_length == 256
+    seen = {}
+
+    def transformer(**kw):
+        seen.update(kw)
+        return (torch.zeros_like(kw["hidden_states"]),)
+
+    step = LossStep(training=load_config(None, ["model.family='flux'"]).training, model=model, unet=transformer,
+                    text_encoders=model.text_encoders, noise_scheduler=model.noise_scheduler(), device="cpu",
+                    weight_dtype=torch.float32, vae_dtype=torch.float32, resolution=(64, 64),
+                    text_needs_grad=lambda: False)
+    cond = Conditioning(torch.zeros(1, 8, 32), torch.zeros(1, 32))
+    out = step.flow_prediction(torch.zeros(1, 16, 8, 8), torch.tensor([0.5]), cond)
+    assert out.shape == (1, 16, 8, 8) and seen["guidance"] is None
+    assert seen["hidden_states"].shape == (1, 16, 64) and seen["img_ids"].shape == (16, 3)
