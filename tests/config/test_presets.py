@@ -30,3 +30,15 @@ def test_unknown_preset_suggests(tmp_path):
     f.write_text('preset = "fase"\n')
     with pytest.raises(ConfigError, match="unknown preset 'fase'; did you mean 'face'"):
         load_config(f)
+
+
+def test_a_preset_leaves_its_ddpm_options_out_for_flux():
+    """The seed-guide presets carry min-SNR-γ (an SD recipe); on FLUX (flow matching) it would be refused, so a
+    preset with model.family = "flux" leaves the DDPM-only options out and keeps the rest."""
+    sd = load_config(None, ["preset='face'"])
+    with pytest.raises(ConfigError, match="pivotal tuning .* not implemented for FLUX.1 yet.*preset 'face'"):
+        load_config(None, ["preset='face'", "model.family='flux'"])
+    flux = load_config(None, ["preset='face'", "model.family='flux'", "training.train_text_encoder_ti=false"])
+    assert sd.training.snr_gamma == 5.0
+    assert flux.training.snr_gamma is None
+    assert flux.optimizer.type == sd.optimizer.type and flux.network.rank == sd.network.rank

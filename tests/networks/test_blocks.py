@@ -130,3 +130,14 @@ def test_loraplus_speeds_up_the_up_matrices(models, algo, up):
     names = {id(p): n for key in net.targets for n, p in net.target_params(key).items()}
     assert {names[id(p)] for p in groups["unet_plus"]["params"]} == ({up, "hada_w2_a"} if algo == "loha" else {up})
     assert torch.is_tensor(groups["unet"]["params"][0])
+
+
+def test_flux_blocks_are_the_double_then_the_single_blocks():
+    from loraforge.families import family
+
+    paths = ["transformer_blocks.0.attn.to_q", "transformer_blocks.18.ff.net.2", "single_transformer_blocks.0.proj_mlp",
+             "single_transformer_blocks.37.norm.linear", "proj_out", "time_text_embed.timestep_embedder.linear_1"]
+    got = unet_block_indices({}, "flux", paths)
+    assert list(got.values()) == [0, 18, 19, 56, None, None]
+    assert family("flux").block_count == 57
+    assert [block_label("flux", i) for i in (0, 18, 19, 56)] == ["D00", "D18", "S00", "S37"]

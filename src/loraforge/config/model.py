@@ -23,13 +23,26 @@ class ModelConfig(Section):
     )
     family: Family = Field(
         "auto",
-        description="`sd15`, `sd2` or `sdxl`. `auto` detects it from the model (and means `sd15` for the embedded model).",
+        description=(
+            "`sd15`, `sd2`, `sdxl` or `flux` (FLUX.1 [dev] and [schnell]). `auto` detects it from the model (and "
+            "means `sd15` for the embedded model)."
+        ),
     )
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field(
         "auto",
         description=(
             "What the UNet predicts. `auto` reads the model's scheduler config (SD 2.x 768 models are `v_prediction`). "
             "Same as kohya's `--v_parameterization`."
+        ),
+    )
+    max_sequence_length: int | None = Field(
+        None,
+        ge=8,
+        le=512,
+        description=(
+            "FLUX: how many T5 tokens a prompt is padded or cut to, in training and sampling (the diffusers FLUX "
+            "scripts' `--max_sequence_length`, kohya's `--t5xxl_max_token_length`). Unset: 512 for [dev], 256 for "
+            "[schnell], as FLUX was trained."
         ),
     )
     vae: str | None = Field(

@@ -432,12 +432,13 @@ def _block_problems(c: NetworkBase) -> list[str]:
 
 
 def block_count_problem(c: NetworkBase, family: str) -> str | None:
-    """The error for block-wise lists whose length does not fit `family` (sd15, sd2, sdxl), else None."""
+    """The error for block-wise lists whose length does not fit `family` (sd15, sd2, sdxl, flux), else None."""
     want = BLOCK_COUNTS[family]
     for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "block_lr_weights"):
         values = getattr(c, name)
         if values is not None and len(values) != want:
-            layout = "SD 1.x/2.x (IN0-11, MID, OUT0-11)" if want == 25 else "SDXL (emb, IN0-8, MID0-2, OUT0-8, out)"
+            layout = {25: "SD 1.x/2.x (IN0-11, MID, OUT0-11)", 23: "SDXL (emb, IN0-8, MID0-2, OUT0-8, out)"}.get(
+                want, "FLUX.1 (19 double blocks, then 38 single blocks)")
             hint = ""
             if len(values) == BLOCK_COUNTS["sd15"]:  # (the family wants 23)
                 hint = ("; 25 values are the SD 1.x layout that some kohya guides write for SDXL too (kohya's SDXL "

@@ -7,6 +7,9 @@ import copy
 import difflib
 from typing import Any
 
+from ..families import FAMILIES
+from .training_flow import DIFFUSION_ONLY
+
 _PRODIGY = {
     "type": "prodigy",
     "learning_rate": 1.0,
@@ -70,7 +73,12 @@ def apply_preset(data: dict[str, Any]) -> dict[str, Any]:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown preset {name!r}{hint} (presets: {', '.join(PRESETS)})")
     rest = {k: v for k, v in data.items() if k != "preset"}
-    merged = _merge(PRESETS[name], rest)
+    preset = PRESETS[name]
+    fam = FAMILIES.get(str((data.get("model") or {}).get("family")))
+    if fam is not None and fam.is_flow:  # FLUX: the recipe without its DDPM-only options (min-SNR-γ, ...)
+        preset = {**preset, "training": {k: v for k, v in preset.get("training", {}).items()
+                                         if k not in DIFFUSION_ONLY}}
+    merged = _merge(preset, rest)
     merged["preset"] = name
     return merged
 

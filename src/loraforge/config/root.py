@@ -14,6 +14,7 @@ from .optimizer import OptimizerConfig
 from .output import OutputConfig
 from .sampling import SamplingConfig
 from .training import TrainingConfig
+from .training_flow import objective_problem
 
 DEFAULT_MAX_TRAIN_STEPS = 1000
 
@@ -80,7 +81,8 @@ class TrainConfig(Section):
                 raise ValueError(problem)
         family = self.model.family
         if family != "auto" or self.uses_embedded_model:
-            problem = block_count_problem(self.network, "sd15" if family == "auto" else family)
+            known = "sd15" if family == "auto" else family
+            problem = block_count_problem(self.network, known) or objective_problem(self, known)
             if problem:
                 raise ValueError(problem)
         return self

@@ -6,11 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .training_options import MAX_SEED, LossAndScheduleOptions
+from .training_flow import FlowOptions
+from .training_options import MAX_SEED
 
-class TrainingConfig(LossAndScheduleOptions):
+class TrainingConfig(FlowOptions):
     """The loop; the loss, noise, validation, EMA, masked-loss and text-encoder-schedule options are in
-    `training_options.py` (their fields come first in the section)."""
+    `training_options.py` and the flow-matching (FLUX) options in `training_flow.py` (their fields come first in
+    the section)."""
 
     max_train_steps: int | None = Field(
         None,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..families import Family
-from ..models.text import encode_prompts
+from ..models.text import CHUNKED, encode_prompts
 from ..utils.files import cache_home, remove_temporaries, save_safetensors_atomic
 from ..errors import DataError
 from .images import center_crop_offset, file_bytes
@@ -236,6 +236,8 @@ def fill_text_cache(dataset, d, ctx: CacheContext, batch_size: int = 8) -> TextC
     setting = f"{parts}|conditioning={ctx.family.text_conditioning}|clip_skip={ctx.clip_skip}"
     if ctx.max_token_length not in (None, 75):  # the 75-token identity stays what it was, so old caches are reused
         setting += f"|max_token_length={ctx.max_token_length}"
+    if ctx.family.text_conditioning not in CHUNKED:  # FLUX: the T5 length (`model.max_sequence_length`)
+        setting += f"|sequence_lengths={[t.model_max_length for t in ctx.tokenizers]}"
     identity = hashlib.sha256(setting.encode()).hexdigest()[:24]
     cache = TextCache(identity, d.cache_text_encoder_outputs_to_disk, d.cache_dir)
     todo: dict[tuple[str, str], tuple[str, int]] = {}

@@ -1,4 +1,4 @@
-"""The model families loraforge trains (SD 1.x, SD 2.x, SDXL): one `Family` object per family, and the tables
+"""The model families loraforge trains (SD 1.x, SD 2.x, SDXL, FLUX.1): one `Family` object per family, and the tables
 that name a family's weights. A leaf package: it imports only `loraforge.errors` (diffusers is imported lazily, when
 a pipeline class is asked for), so every other package may ask it instead of branching on a family's name.
 
@@ -25,7 +25,8 @@ Adding a fourth family (another UNet + CLIP model) touches:
 Everything else (config choices, `--family` flags, kohya names, single files, metadata, embeddings, pipelines,
 block-weight counts, caches, the trainer) asks the `Family` object. A family that does not condition like CLIP or
 does not denoise like a UNet (FLUX.1: T5 + CLIP, a flow-matching transformer) also adds its `text_conditioning`
-encoder to `models/text.py` and its noise / target rule to `training/losses.py`.
+encoder to `models/text.py`, and sets `denoiser` (its pipeline attribute) and `objective` ("flow": the math in
+`training/flow.py`, the options it refuses in `config/training_flow.py`).
 """
 
 from .architectures import ModelArchitecture

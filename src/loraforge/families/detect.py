@@ -12,6 +12,8 @@ def detect_family_from_folder(folder: Path) -> str | None:
     if index.is_file():
         data = json.loads(index.read_text())
         cls = data.get("_class_name", "")
+        if cls.startswith("Flux") or data.get("transformer", [None, None])[1] == "FluxTransformer2DModel":
+            return "flux"
         if "XL" in cls or "text_encoder_2" in data and data.get("text_encoder_2", [None])[0]:
             return "sdxl"
     unet_cfg = folder / "unet" / "config.json"
@@ -47,4 +49,6 @@ def family_from_single_file_type(model_type: str) -> str | None:
         return "sd2"
     if model_type in ("v1", "inpainting"):
         return "sd15"
+    if model_type in ("flux-dev", "flux-schnell"):
+        return "flux"
     return None

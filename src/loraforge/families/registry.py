@@ -11,8 +11,20 @@ from .ldm import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, SDXL_TEXT1_PREFIX, SDXL_TEXT2
 from .architectures import COMPONENTS, TOKENIZER_PADS
 
 TINY_RESOLUTION = 64  # native size of every embedded tiny model (`models.tiny`)
-# block-weight values per sd-scripts block layout: LDM = IN0-11, MID, OUT0-11; SGM (SDXL) = emb, IN0-8, MID0-2, OUT0-8, out
-BLOCK_LAYOUT_SIZES = {"ldm": 25, "sgm": 23}
+# block-weight values per block layout: LDM = IN0-11, MID, OUT0-11; SGM (SDXL) = emb, IN0-8, MID0-2, OUT0-8, out;
+# FLUX = the 19 double-stream blocks, then the 38 single-stream blocks (`networks.blocks`)
+FLUX_DOUBLE_BLOCKS, FLUX_SINGLE_BLOCKS = 19, 38
+BLOCK_LAYOUT_SIZES = {"ldm": 25, "sgm": 23, "flux": FLUX_DOUBLE_BLOCKS + FLUX_SINGLE_BLOCKS}
+
+# The LoRA targets of a FLUX transformer when `network.target_modules` is not set: every linear layer of the double
+# blocks (image and text attention, MLPs, modulation) and of the single blocks, as kohya and ai-toolkit train them.
+FLUX_TARGETS = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+    "norm1.linear", "norm1_context.linear",
+    "proj_mlp", "proj_out", "norm.linear",
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,7 @@ class TextEncoderPart:
 class Family:
     """Everything loraforge needs to know about one model family. Compared by identity (one object per family)."""
 
-    name: str  # "sd15" | "sd2" | "sdxl"
+    name: str  # "sd15" | "sd2" | "sdxl" | "flux"
     label: str  # for messages: "SD 1.x"
     resolution: int  # native training size
     text_encoders: tuple[TextEncoderPart, ...]
@@ -40,7 +52,8 @@ class Family:
     pipeline_kwargs: dict[str, Any]  # what its pipelines are built with (no safety checker, no watermark)
     # How prompts become conditioning (`models.text.encode_tokens`): "clip-last" = the final layer of the one CLIP
     # encoder (after its final layer norm); "clip-penultimate-pooled" = every encoder's penultimate layer,
-    # concatenated, plus the pooled output of the projection model.
+    # concatenated, plus the pooled output of the projection model; "clip-pooled-t5" = the pooled output of the CLIP
+    # encoder plus the last hidden state of the T5 encoder (the sequence; FLUX).
     text_conditioning: str
     size_conditioning: bool  # SDXL micro-conditioning: original size, crop and target size as `time_ids`
     block_layout: str  # sd-scripts' block-weight numbering (`networks.blocks`): "ldm" (25 blocks) or "sgm" (23)
@@ -53,6 +66,17 @@ class Family:
     # the full-size architecture: component -> diffusers config (`architectures.COMPONENTS`), tokenizer pads
     components: dict[str, dict[str, Any]] = field(repr=False)
     tokenizer_pads: dict[str, str] = field(repr=False)
+    # The denoiser. Our part name for it is always "unet" (kohya writes `lora_unet_` for every family); this is its
+    # pipeline attribute, diffusers folder and diffusers/PEFT LoRA prefix: "unet", or "transformer" (FLUX).
+    denoiser: str = "unet"
+    # What the denoiser learns: "diffusion" (DDPM noise schedule, epsilon / v prediction) or "flow" (rectified flow:
+    # noisy = (1 - σ)·x + σ·noise, target noise - x; `training.flow`).
+    objective: str = "diffusion"
+    # The denoiser modules a LoRA adapts when `network.target_modules` is not set (None: the config's default)
+    default_targets: tuple[str, ...] | None = None
+    # The text encoders `network.train_text_encoder` adapts (None: all). FLUX: CLIP-L only, as the diffusers FLUX
+    # scripts (T5 LoRA, kohya's `--train_t5xxl`, is not trained yet: diffusers' FLUX LoRA file has no place for it).
+    lora_text_encoders: tuple[str, ...] | None = None
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -65,6 +89,10 @@ class Family:
         return BLOCK_LAYOUT_SIZES[self.block_layout]
 
     @property
+    def is_flow(self) -> bool:
+        return self.objective == "flow"
+
+    @property
     def txt2img_pipeline(self) -> str:
         return self.components["model_index"]["_class_name"]
 
@@ -72,6 +100,10 @@ class Family:
     def embedding_keys(self) -> tuple[str, ...]:
         """The text encoders' tensor names in a textual-inversion file of several encoders (SDXL: clip_l, clip_g)."""
         return tuple(te.embedding_key for te in self.text_encoders)
+
+    def diffusers_prefix(self, part: str) -> str:
+        """The diffusers/PEFT LoRA key prefix of a part: the denoiser's ("unet" / "transformer") or a text encoder's."""
+        return self.denoiser if part == "unet" else self.text_encoder(part).diffusers
 
     def text_encoder(self, part: str) -> TextEncoderPart:
         for te in self.text_encoders:
@@ -152,17 +184,45 @@ FAMILIES: dict[str, Family] = {
             components=COMPONENTS["sdxl"],
             tokenizer_pads=TOKENIZER_PADS["sdxl"],
         ),
+        Family(
+            # [dev] and [schnell] are this one family: the variant is the transformer's `guidance_embeds`
+            name="flux", label="FLUX.1", resolution=1024,
+            text_encoders=(
+                # CLIP-L gives the pooled vector, T5-XXL the sequence; sd-scripts writes T5 LoRA as lora_te3
+                _te("te1", "text_encoder", "tokenizer", ("lora_te1", "lora_te"), "clip_l",
+                    ("text_encoders.clip_l.transformer.", "clip")),
+                _te("te2", "text_encoder_2", "tokenizer_2", ("lora_te3",), "t5",
+                    ("text_encoders.t5xxl.transformer.", "t5")),
+            ),
+            img2img_pipeline="FluxImg2ImgPipeline",
+            pipeline_kwargs={},
+            text_conditioning="clip-pooled-t5",
+            size_conditioning=False,
+            block_layout="flux",
+            kohya_unet_names="bfl",
+            base_model_version="flux1",
+            modelspec_architecture="flux-1-dev",
+            modelspec_implementation="https://github.com/black-forest-labs/flux",
+            kohya_v2=False,
+            components=COMPONENTS["flux"],
+            tokenizer_pads=TOKENIZER_PADS["flux"],
+            denoiser="transformer",
+            objective="flow",
+            default_targets=FLUX_TARGETS,
+            lora_text_encoders=("te1",),
+        ),
     )
 }
 FAMILY_NAMES = tuple(FAMILIES)
 FAMILY_LABELS = {name: f.label for name, f in FAMILIES.items()}
 
 # diffusers part prefixes (PEFT / diffusers LoRA keys), over every family
+# (the denoiser's is "unet" for the SD families, "transformer" for FLUX: `family(name).denoiser`)
 DIFFUSERS_PREFIXES = {"unet": "unet", **{te.part: te.diffusers for f in FAMILIES.values() for te in f.text_encoders}}
 
 
 def family(name: str | Family) -> Family:
-    """The `Family` of a name ("sd15", "sd2", "sdxl"); a `Family` is returned as is."""
+    """The `Family` of a name ("sd15", "sd2", "sdxl", "flux"); a `Family` is returned as is."""
     if isinstance(name, Family):
         return name
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnsupportedError
-from ..families import DIFFUSERS_PREFIXES, family as family_info
+from ..families import family as family_info
 from ..utils.files import TEMP_MARK, atomic_path
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -64,7 +64,7 @@ def save_diffusers_lora(network, family: str, target: Path, dtype: torch.dtype =
     kwargs = {}
     for part in network.parts:
         layers, config = peft_layers(modules, part, dtype)
-        prefix = DIFFUSERS_PREFIXES[part]
+        prefix = family_info(family).diffusers_prefix(part)  # "transformer" for FLUX's denoiser
         # PEFT spelling (`lora_A` / `lora_B`) for every module: diffusers' PEFT -> "lora.down" renaming only knows
         # attention projections, and a file mixing both spellings loses the renamed ones on load
         kwargs[f"{prefix}_lora_layers"] = layers

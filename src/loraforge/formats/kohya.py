@@ -23,10 +23,23 @@ from typing import Iterable
 import torch
 
 from ..adapters import AdapterModule
+from ..errors import UnsupportedError
 from ..families import family as family_info
 from ..families.ldm import unet_module_to_original
 
 _TEXT_MODEL_PARTS = ("encoder.", "embeddings.", "final_layer_norm")  # what lives under CLIP's `text_model`
+# The `Family.kohya_unet_names` this writer knows: SD 1.x/2.x's diffusers names, SDXL's SGM names. FLUX ("bfl":
+# BFL names with fused qkv / linear1 layers) is not written yet.
+KOHYA_UNET_NAMINGS = ("diffusers", "original")
+
+
+def kohya_support(family: str) -> str | None:
+    """Why the kohya file of `family` cannot be written, or None when it can."""
+    fam = family_info(family)
+    if fam.kohya_unet_names in KOHYA_UNET_NAMINGS:
+        return None
+    return (f"the kohya layout of {fam.label} ({fam.kohya_unet_names} names, fused layers) is not written by this "
+            "version")
 
 
 def kohya_module_name(
@@ -36,6 +49,9 @@ def kohya_module_name(
     for SD 1.x/2.x, SGM names for SDXL, as sd-scripts writes), "diffusers" or "ldm". Text encoders: `text_model_`
     for what CLIP keeps under `text_model` (whatever the transformers version), none for `text_projection`."""
     if part == "unet":
+        why = kohya_support(family)
+        if why:  # never a file with names no consumer knows
+            raise UnsupportedError(f"no kohya name for {module_path}: {why}")
         path = module_path
         if naming == "ldm" or (naming == "auto" and family_info(family).kohya_unet_names == "original"):
             path = unet_module_to_original(module_path, unet_config)

@@ -15,7 +15,9 @@ def _in_width(t) -> int | None:
 
 
 # full-size widths that tell the families apart: cross-attention input, and the only text encoder's hidden size
-_CROSS_ATTENTION_WIDTHS = {f.components["unet"]["cross_attention_dim"]: f.name for f in FAMILIES.values()}
+# (UNet families only: FLUX files are told apart by their key names)
+_CROSS_ATTENTION_WIDTHS = {f.components["unet"]["cross_attention_dim"]: f.name for f in FAMILIES.values()
+                           if "unet" in f.components}
 _TEXT_ENCODER_WIDTHS = {f.components["text_encoder"]["hidden_size"]: f.name for f in FAMILIES.values()
                         if len(f.text_encoders) == 1}
 

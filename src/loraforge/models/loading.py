@@ -32,11 +32,15 @@ TINY_UNET_CHANNELS = 32  # block_out_channels[0] of every embedded tiny model (`
 
 
 
+# T5 tokens of a FLUX prompt when `model.max_sequence_length` is unset: as FLUX.1 [dev] / [schnell] were trained
+T5_LENGTHS = {"dev": 512, "schnell": 256}
+
+
 @dataclass
 class SDModel:
     family: Family
     source: str
-    unet: Any
+    unet: Any  # the denoiser (`family.denoiser`: a UNet, or FLUX's transformer); its part name is always "unet"
     vae: Any
     text_encoders: list
     tokenizers: list
@@ -47,18 +51,31 @@ class SDModel:
 
     @property
     def native_size(self) -> int:
-        """The side the model was trained at: its UNet's latent size times the VAE's downsampling."""
-        return pixel_size(self.unet.config.sample_size, self.vae.config.block_out_channels)
+        """The side the model was trained at: its UNet's latent size times the VAE's downsampling (a transformer
+        has no latent size: 64 for the tiny model, else the family's)."""
+        sample_size = getattr(self.unet.config, "sample_size", None)
+        if not isinstance(sample_size, int):
+            return TINY_RESOLUTION if self.is_tiny else self.family.resolution
+        return pixel_size(sample_size, self.vae.config.block_out_channels)
+
+    @property
+    def guidance_embeds(self) -> bool:
+        """FLUX.1 [dev] (a guidance embedding) rather than [schnell]; False for the UNet families."""
+        return bool(getattr(self.unet.config, "guidance_embeds", False))
 
     def noise_scheduler(self):
-        """DDPM with the model's own beta schedule: what training adds noise with."""
-        from diffusers import DDPMScheduler
+        """What training adds noise with: DDPM with the model's own beta schedule, or for a flow-matching family
+        (FLUX) its FlowMatchEuler scheduler (its config's shift values)."""
+        from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+        if self.family.is_flow:
+            return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
         return DDPMScheduler.from_config(self.scheduler.config, prediction_type=self.prediction_type)
 
     def pipeline(self, scheduler=None):
         """A diffusers pipeline over these very modules (LoRA layers included)."""
-        components = {"vae": self.vae, "unet": self.unet, "scheduler": scheduler if scheduler is not None else self.scheduler}
+        components = {"vae": self.vae, self.family.denoiser: self.unet,
+                      "scheduler": scheduler if scheduler is not None else self.scheduler}
         for te, encoder, tokenizer in zip(self.family.text_encoders, self.text_encoders, self.tokenizers):
             components[te.diffusers], components[te.tokenizer] = encoder, tokenizer
         return self.family.pipeline_class()(**components, **self.family.pipeline_kwargs)
@@ -148,7 +165,7 @@ def _check_family(requested: str, detected: str | None, source: str) -> str:
         return requested
     if detected is None:
         raise ModelLoadError(
-            f"could not tell which family {source} is; set model.family to sd15, sd2 or sdxl"
+            f"could not tell which family {source} is; set model.family to sd15, sd2, sdxl or flux"
         )
     return detected
 
@@ -236,7 +253,7 @@ def _hub_family(name: str, cfg: ModelConfig) -> str:
             "model.pretrained_model_name_or_path"
         ) from None
     cls = index.get("_class_name", "")
-    detected = "sdxl" if "XL" in cls else None
+    detected = "flux" if cls.startswith("Flux") else "sdxl" if "XL" in cls else None
     if detected is None and "StableDiffusion" in cls:
         detected = "sd15"
         if cfg.family == "auto":
@@ -272,6 +289,12 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
             )
             source = str(path)
         elif path.is_file():
+            if fam.is_flow:
+                raise ModelLoadError(
+                    f"{path}: {fam.label} single files (flux1-dev.safetensors with separate clip_l / t5xxl / ae "
+                    "files) are not loaded yet; pass a diffusers folder or hub id (black-forest-labs/FLUX.1-dev) as "
+                    "model.pretrained_model_name_or_path"
+                )
             config_dir = Path(cfg.config_dir) if cfg.config_dir else None
             if config_dir is None and is_tiny:
                 config_dir = tiny_model_dir(family_name)  # a file of an embedded tiny model: its own configs
@@ -299,11 +322,17 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
     if cfg.vae:
         pipe.vae = _load_vae(cfg.vae, cfg, load_kw)
     prediction = cfg.prediction_type
-    if prediction == "auto":
+    if fam.is_flow:
+        prediction = "flow"  # noise - latents (`training.flow`); config refuses another prediction_type
+    elif prediction == "auto":
         prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
     te = [getattr(pipe, part.diffusers) for part in fam.text_encoders]
     tok = [getattr(pipe, part.tokenizer) for part in fam.text_encoders]
-    return SDModel(fam, source, pipe.unet, pipe.vae, te, tok, pipe.scheduler, prediction, is_tiny)
+    denoiser = getattr(pipe, fam.denoiser)
+    if fam.text_conditioning == "clip-pooled-t5":  # the T5 tokenizer pads / cuts prompts to this many tokens
+        variant = "dev" if getattr(denoiser.config, "guidance_embeds", False) else "schnell"
+        tok[1].model_max_length = cfg.max_sequence_length or T5_LENGTHS[variant]
+    return SDModel(fam, source, denoiser, pipe.vae, te, tok, pipe.scheduler, prediction, is_tiny)
 
 
 def _load_vae(name: str, cfg: ModelConfig, load_kw: dict):

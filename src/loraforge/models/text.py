@@ -16,8 +16,8 @@ from ..families import Family
 
 @dataclass
 class Conditioning:
-    prompt_embeds: torch.Tensor  # [B, 77, D]; [B, 2 + max_token_length, D] with chunked prompts
-    pooled: torch.Tensor | None = None  # [B, P] for SDXL
+    prompt_embeds: torch.Tensor  # [B, 77, D]; [B, 2 + max_token_length, D] with chunked prompts; FLUX: T5 [B, L, D]
+    pooled: torch.Tensor | None = None  # [B, P] for SDXL and FLUX (CLIP-L's pooled output)
 
 
 def tokenize(tokenizer, captions: list[str], max_token_length: int | None = None) -> torch.Tensor:
@@ -78,7 +78,29 @@ def _clip_penultimate_pooled(text_encoders: list, input_ids: list[torch.Tensor],
     return Conditioning(torch.cat(embeds, dim=-1), pooled)
 
 
-ENCODERS = {"clip-last": _clip_last, "clip-penultimate-pooled": _clip_penultimate_pooled}  # Family.text_conditioning
+def _clip_pooled_t5(text_encoders: list, input_ids: list[torch.Tensor], clip_skip: int | None) -> Conditioning:
+    """FLUX: CLIP-L's pooled output (the vector) and T5's last hidden state (the sequence, as long as the T5 ids:
+    `model.max_sequence_length`), as `FluxPipeline.encode_prompt` computes them (no attention mask)."""
+    if clip_skip is not None:
+        raise ValueError("clip_skip does not apply to FLUX's text conditioning")
+    clip, t5 = text_encoders
+    pooled = clip(input_ids[0], output_hidden_states=False).pooler_output
+    return Conditioning(t5(input_ids[1], output_hidden_states=False)[0], pooled)
+
+
+def text_ids(conditioning: Conditioning) -> torch.Tensor:
+    """FLUX's text position ids [L, 3]: zeros (the text tokens have no position in RoPE's image grid), as
+    `FluxPipeline.encode_prompt` makes them."""
+    embeds = conditioning.prompt_embeds
+    return torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=embeds.dtype)
+
+
+CHUNKED = ("clip-last", "clip-penultimate-pooled")  # conditionings that read long prompts in 75-token chunks
+ENCODERS = {  # Family.text_conditioning
+    "clip-last": _clip_last,
+    "clip-penultimate-pooled": _clip_penultimate_pooled,
+    "clip-pooled-t5": _clip_pooled_t5,
+}
 
 
 def encode_tokens(
@@ -105,6 +127,8 @@ def encode_prompts(
 ) -> Conditioning:
     """Conditioning of `captions`; `max_token_length` (kohya's 150 / 225) encodes longer prompts in 75-token
     chunks instead of cutting them at the encoder's 77-token window."""
+    if family.text_conditioning not in CHUNKED:  # FLUX: T5 reads model.max_sequence_length tokens, no chunks
+        max_token_length = None
     ids = [tokenize(tok, captions, max_token_length).to(te.device) for tok, te in zip(tokenizers, text_encoders)]
     return encode_tokens(family, text_encoders, ids, clip_skip)
 

@@ -1,8 +1,9 @@
-"""The embedded default: tiny models of the real SD 1.5, SD 2.x (v-prediction) and SDXL architectures.
+"""The embedded default: tiny models of the real SD 1.5, SD 2.x (v-prediction), SDXL and FLUX.1 [dev] architectures.
 
 They are built in code from the same config classes as the real models (only the widths, depths and head counts are
 small), with the real 49,408-token CLIP vocabulary, so every code path (tokenizers, text encoders, UNet blocks,
-SDXL's pooled embeds and time ids, VAE scaling) is the real one. Weights are random with a fixed seed, so the same
+SDXL's pooled embeds and time ids, VAE scaling; FLUX's double- and single-stream blocks, RoPE, guidance embedding,
+16-channel VAE without quant convs, CLIP-L pooled + T5 sequence) is the real one. Weights are random with a fixed seed, so the same
 model is built on every machine. Built once into the cache folder and reused.
 """
 
@@ -11,16 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..utils.files import atomic_dir, cache_home
-from .tokenizer import clip_tokenizer
+from ..families import full_size_config
+from .tokenizer import clip_tokenizer, t5_tokenizer
 
 TINY_VERSION = 2  # bump when the architecture below changes, so stale caches are rebuilt
 
 
-def small_vae(block_out_channels=(16, 32, 32, 32), norm_num_groups: int = 8):
-    """An SD VAE (AutoencoderKL, 4 latent channels) with one layer per level; the level count sets the factor."""
+def small_vae(block_out_channels=(16, 32, 32, 32), norm_num_groups: int = 8, **extra):
+    """An SD VAE (AutoencoderKL, 4 latent channels) with one layer per level; the level count sets the factor.
+    `extra` overrides (FLUX: 16 latent channels, no quant convs, its scaling and shift factors)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
+    return AutoencoderKL(**{**dict(
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * len(block_out_channels),
@@ -30,7 +33,7 @@ def small_vae(block_out_channels=(16, 32, 32, 32), norm_num_groups: int = 8):
         latent_channels=4,
         norm_num_groups=norm_num_groups,
         sample_size=64,
-    )
+    ), **extra})
 
 
 def clip_config(hidden: int, act: str, projection: int | None = None, layers: int = 2):
@@ -170,7 +173,51 @@ def build_tiny_sdxl():
     )
 
 
-BUILDERS = {"sd15": build_tiny_sd15, "sd2": build_tiny_sd2, "sdxl": build_tiny_sdxl}
+def build_tiny_flux():
+    """FLUX.1 [dev]: a FluxTransformer2DModel with 2 double-stream and 2 single-stream blocks (RoPE over 3 axes,
+    guidance embedding, 2×2-packed 16-channel latents), a 16-channel VAE without quant convs (FLUX's scaling and
+    shift factors), CLIP-L with the real tokenizer (pooled output) and a small T5 encoder (gated GELU, relative
+    positions) with a T5 tokenizer built in code; FLUX's FlowMatchEuler scheduler with its dynamic shift."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    clip, t5_width = clip_config(32, "quick_gelu"), 32
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels × the 2×2 packing
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=t5_width,
+        pooled_projection_dim=clip.hidden_size,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim, as FLUX's (16, 56, 56) sums to 128
+    )
+    vae_cfg = full_size_config("flux", "vae")
+    vae = small_vae(latent_channels=vae_cfg["latent_channels"], scaling_factor=vae_cfg["scaling_factor"],
+                    shift_factor=vae_cfg["shift_factor"], use_quant_conv=False, use_post_quant_conv=False)
+    tokenizer_2 = t5_tokenizer()
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=256, d_model=t5_width, d_kv=8, d_ff=64, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.0,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, is_encoder_decoder=False, tie_word_embeddings=False,
+    ))
+    scheduler_cfg = {k: v for k, v in full_size_config("flux", "scheduler").items() if not k.startswith("_")}
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_cfg),
+        vae=vae,
+        text_encoder=CLIPTextModel(clip),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=t5,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+BUILDERS = {"sd15": build_tiny_sd15, "sd2": build_tiny_sd2, "sdxl": build_tiny_sdxl, "flux": build_tiny_flux}
 
 
 def tiny_model_dir(family: str, root: Path | None = None) -> Path:

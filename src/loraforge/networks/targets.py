@@ -34,21 +34,29 @@ class Target:
 
 
 def part_modules(model, cfg: NetworkConfig) -> dict[str, torch.nn.Module]:
-    """part -> root module to adapt: the UNet, and the text encoders when `train_text_encoder` is on."""
+    """part -> root module to adapt: the UNet, and the text encoders when `train_text_encoder` is on (those of
+    `family.lora_text_encoders`)."""
     parts = {"unet": model.unet}
     if cfg.train_text_encoder:
+        allowed = model.family.lora_text_encoders  # FLUX: CLIP-L only
         for i, te in enumerate(model.text_encoders):
-            parts[f"te{i + 1}"] = te
+            if allowed is None or f"te{i + 1}" in allowed:
+                parts[f"te{i + 1}"] = te
     return parts
 
 
-def _candidates(part: str, root, cfg: NetworkConfig) -> dict[str, torch.nn.Module]:
+def _candidates(part: str, root, cfg: NetworkConfig, family) -> dict[str, torch.nn.Module]:
     if cfg.preset is not None:
         preset = PRESETS[cfg.preset]
         if part == "unet":
             return by_classes(root, preset.unet_classes, preset.unet_names)
         return by_classes(root, preset.te_classes)
     suffixes = cfg.target_modules if part == "unet" else cfg.text_encoder_target_modules
+    if part == "unet" and family.default_targets and "target_modules" not in cfg.model_fields_set:
+        # FLUX: attention, MLPs and modulation of every block (not the final `proj_out` outside them)
+        found = by_suffixes(root, family.default_targets)
+        blocks = unet_block_indices(dict(root.config), family.name, found)
+        return {path: m for path, m in found.items() if blocks[path] is not None}
     return by_suffixes(root, suffixes)
 
 
@@ -62,7 +70,7 @@ def plan_targets(model, cfg: NetworkConfig) -> list[Target]:
     targets: list[Target] = []
     skipped_convs: list[str] = []
     for part, root in part_modules(model, cfg).items():
-        found = _candidates(part, root, cfg)
+        found = _candidates(part, root, cfg, model.family)
         if cfg.preset is None and not any(layer_kind(m) != "norm" for m in found.values()):
             field = "target_modules" if part == "unet" else "text_encoder_target_modules"
             raise NetworkError(

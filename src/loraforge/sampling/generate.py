@@ -60,6 +60,8 @@ def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_ski
 
     with torch.no_grad():
         cond = encode(prompt)
+        if model.family.is_flow:  # FLUX: guidance-distilled, no negative prompt (FluxPipeline's true CFG is off)
+            return {"prompt_embeds": cond.prompt_embeds, "pooled_prompt_embeds": cond.pooled}
         if cond.pooled is not None and not negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False):
             neg = type(cond)(torch.zeros_like(cond.prompt_embeds), torch.zeros_like(cond.pooled))
         else:
@@ -71,8 +73,13 @@ def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_ski
 
 
 def make_pipeline(model, sampler: str, img2img: bool = False, progress: bool = False):
-    """A pipeline over the model's modules with the sampler's scheduler; img2img's pipeline class when asked."""
-    pipe = model.pipeline(scheduler=make_scheduler(sampler, model.scheduler.config, model.prediction_type))
+    """A pipeline over the model's modules with the sampler's scheduler; img2img's pipeline class when asked. A
+    flow-matching family (FLUX) samples with its own FlowMatchEuler scheduler and its shift, whatever `sampler`."""
+    if model.family.is_flow:
+        scheduler = type(model.scheduler).from_config(model.scheduler.config)
+    else:
+        scheduler = make_scheduler(sampler, model.scheduler.config, model.prediction_type)
+    pipe = model.pipeline(scheduler=scheduler)
     if img2img:
         family = model.family
         pipe = family.pipeline_class(img2img=True)(**{**pipe.components, **family.pipeline_kwargs})
@@ -91,9 +98,10 @@ def generate(model, requests: list[SampleRequest], *, clip_skip: int | None = No
 
     images = []
     pipes: dict[str, object] = {}
+    flow = model.family.is_flow  # FLUX: guidance_scale feeds [dev]'s guidance embedding ([schnell] ignores it)
     for batch in _batches(requests, batch_size):
         req = batch[0]
-        key = normalize_sampler(req.sampler)
+        key = "flow_euler" if flow else normalize_sampler(req.sampler)
         if key not in pipes:
             pipes[key] = make_pipeline(model, key, img2img=init_image is not None, progress=progress)
         pipe = pipes[key]

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..config import TrainConfig
+from ..errors import UnsupportedError
 from ..models.configs import config_folder
 from ..models.tiny import tiny_model_dir
 from ..networks.targets import plan_targets
@@ -103,6 +104,10 @@ def model_folder(cfg: TrainConfig, plan: RunPlan) -> Path:
 
 def meta_model(folder: Path, fam) -> SimpleNamespace:
     """The UNet, text encoders and VAE of `folder` on the meta device (shapes only), as `plan_targets` takes them."""
+    if fam.is_flow:
+        raise UnsupportedError(f"the memory and speed estimate knows UNet models only; {fam.label} (a transformer) is "
+                               "not estimated yet: measure a few steps with `loraforge train --set "
+                               "training.max_train_steps=5` instead")
     import torch
     import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel  # lazy: diffusers is heavy

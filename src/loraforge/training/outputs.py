@@ -15,7 +15,7 @@ from ..errors import NonFiniteError
 from ..formats.check import check_state_dict
 from ..formats.diffusers_lora import WEIGHT_NAME, save_diffusers_lora
 from ..formats.embeddings import check_embedding_file, embedding_keys, embeddings_file_name, save_embeddings
-from ..formats.kohya import kohya_state_dict
+from ..formats.kohya import kohya_state_dict, kohya_support
 from ..formats.metadata import model_hashes, training_metadata
 from ..utils.dtypes import torch_dtype
 from ..utils.files import save_safetensors_atomic
@@ -43,11 +43,21 @@ def write_lora_files(
     family = model.family.name
     out = WrittenFiles()
     lora = bool(network.parts)  # network.algo = "none" (textual inversion alone): the embeddings file only
-    sd = kohya_state_dict(network.module_tensors().values(), family, dict(model.unet.config), dtype=dtype) if lora else {}
+    no_kohya = kohya_support(family) if lora and cfg.output.write_kohya else None
+    if no_kohya is None:
+        sd = kohya_state_dict(network.module_tensors().values(), family, dict(model.unet.config), dtype=dtype) if lora else {}
+    else:  # FLUX until the kohya writer knows it: the same tensors under their module paths, for the NaN check
+        sd = {f"{p}.{path}.{k}": v.to(dtype) for (p, path), mt in network.module_tensors().items()
+              for k, v in mt.tensors.items()}
     refuse_nonfinite(sd, pivotal, family, dtype,
                      folder / (f"{kohya_name}.safetensors" if lora else embeddings_file_name(kohya_name)))
     folder.mkdir(parents=True, exist_ok=True)
-    if lora and cfg.output.write_kohya:
+    if no_kohya and not getattr(network, "_kohya_note_logged", False):
+        network._kohya_note_logged = True
+        log.warning("no kohya file: %s; only the diffusers file (%s) is written, for diffusers' "
+                    "`pipe.load_lora_weights`. Set output.write_kohya = false to silence this note", no_kohya,
+                    WEIGHT_NAME)
+    if lora and cfg.output.write_kohya and no_kohya is None:
         meta = training_metadata(cfg, run_info, family, network.algo, network.network_args(), network.network_module())
         meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(sd, meta)
         out.kohya = folder / f"{kohya_name}.safetensors"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_MAX_TRAIN_STEPS, TrainConfig
 from ..config.dataset import size_text
+from ..config.training_flow import objective_problem
 from ..data.build import TrainData, build_train_data
 from ..data.sources import list_images
 from ..errors import ConfigError
@@ -96,6 +97,9 @@ def plan_run(cfg: TrainConfig, *, model=None, data: TrainData | None = None, num
     else:
         name, is_tiny = detect_model_family(cfg.model)
         fam, native = family(name), native_size(cfg.model, name, is_tiny)
+        problem = objective_problem(cfg, fam)  # a dry run refuses what training would (min-SNR on FLUX...)
+        if problem:
+            raise ConfigError(problem)
     resolution = run_resolution(cfg, native)
     notes: list[str] = []
     if data is None:

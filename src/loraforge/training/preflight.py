@@ -27,13 +27,14 @@ from .state import STATE_FILE, check_fresh_start, check_resume, complete_checkpo
 log = logging.getLogger(__name__)
 
 
-# Σ (in + out features) of the layers the default targets adapt (the UNet's attention projections; plus the text
-# encoders' with network.train_text_encoder), counted on the full-size models: a LoRA of rank r has r × this many
+# Σ (in + out features) of the layers the default targets adapt (the UNet's attention projections, FLUX's block
+# linears; plus the text encoders' with network.train_text_encoder), counted on the full-size models: a LoRA of rank r has r × this many
 # parameters. Presets that adapt more layers (`full`, conv layers) are larger; the estimate is for a warning only.
 LORA_PARAMS_PER_RANK = {  # family -> (UNet only, UNet + text encoders)
     "sd15": (199_296, 273_024),
     "sd2": (207_488, 395_904),
     "sdxl": (1_451_520, 1_852_928),
+    "flux": (5_369_856, 5_443_584),  # FLUX's default targets (every linear layer of the blocks) + CLIP-L's q/k/v/out
 }
 DISK_MARGIN = 1 << 30  # warn when less than the estimate plus 1 GiB is free
 

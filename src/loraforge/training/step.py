@@ -1,4 +1,5 @@
-"""One training step's loss: latents → noise → UNet prediction → target → weighted loss.
+"""One training step's loss: latents → noise → UNet prediction → target → weighted loss. A flow-matching family
+(FLUX) takes the same path with its own noise, prediction and target (`training.flow`).
 
 `LossStep` names everything the loss depends on; the `Trainer` builds one once its models are prepared and the
 loop (and the tests) call it. Nothing here reaches back into the trainer.
@@ -13,12 +14,13 @@ import torch
 
 from ..config.training import TrainingConfig
 from ..data.cache import sample_latents, vae_scaling
-from ..models.text import Conditioning, encode_prompts, sdxl_time_ids
+from ..models.text import Conditioning, encode_prompts, sdxl_time_ids, text_ids
+from .flow import flow_target, latent_image_ids, loss_weighting, noisy_latents, pack_latents, unpack_latents
 from .losses import (
     diffusion_target, huber_threshold, mask_weights, offset_noise, paired_prior_loss, per_sample_loss, pyramid_noise,
     timestep_weights,
 )
-from .timesteps import draw_timestep, input_perturbation
+from .timesteps import draw_flow_timestep, draw_timestep, input_perturbation
 
 
 @dataclass
@@ -55,24 +57,51 @@ class LossStep:
         train as one process at batch N·B, and a resumed run draws what an uninterrupted one would."""
         t = self.training
         num_timesteps = self.noise_scheduler.config.num_train_timesteps
+        flow = self.model.family.is_flow
+        image_seq_len = (latents.shape[-2] // 2) * (latents.shape[-1] // 2)  # FLUX's packed tokens
         noises, timesteps = [], []
         device = latents.device  # drawn where they are used: no host-to-device copy per step on a GPU
         for seed in seeds:
             g = torch.Generator(device=device).manual_seed(int(seed))
-            timesteps.append(draw_timestep(g, t, num_timesteps))  # min/max_timestep, timestep_sampling
+            if flow:  # σ·1000, float: timestep_sampling, the range, flow_shift / flow_resolution_shift
+                timesteps.append(draw_flow_timestep(g, t, num_timesteps, image_seq_len, self.noise_scheduler.config))
+            else:
+                timesteps.append(draw_timestep(g, t, num_timesteps))  # min/max_timestep, timestep_sampling
             noise = torch.randn((1, *latents.shape[1:]), generator=g, device=device)
             if t.noise_offset:
                 noise = offset_noise(noise, t.noise_offset, g)
             if t.multires_noise_iterations:
                 noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount, g)
             noises.append(noise)
-        return torch.cat(noises).to(latents), torch.cat(timesteps).long()
+        steps = torch.cat(timesteps)
+        return torch.cat(noises).to(latents), steps if flow else steps.long()
 
     def encode_batch_text(self, captions: list[str]):
         m = self.model
         with torch.set_grad_enabled(self.text_needs_grad()):
             return encode_prompts(m.family, m.tokenizers, self.text_encoders, captions,
                                   self.training.clip_skip, self.max_token_length)
+
+    def flow_prediction(self, noisy: torch.Tensor, sigmas: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """FLUX's transformer on noisy latents [B, C, H, W], as `FluxPipeline` calls it: latents packed 2×2 into
+        tokens with their image ids, text ids, timestep σ, and for [dev] the guidance embedding at
+        `training.guidance_scale`; the prediction unpacked to [B, C, H, W]."""
+        b, _, h, w = noisy.shape
+        dtype = self.weight_dtype
+        guidance = None
+        if self.model.guidance_embeds:
+            guidance = torch.full((b,), float(self.training.guidance_scale), device=noisy.device, dtype=torch.float32)
+        pred = self.unet(
+            hidden_states=pack_latents(noisy).to(dtype),
+            timestep=sigmas.to(dtype),
+            guidance=guidance,
+            pooled_projections=cond.pooled.to(dtype),
+            encoder_hidden_states=cond.prompt_embeds.to(dtype),
+            txt_ids=text_ids(cond).to(dtype),
+            img_ids=latent_image_ids(h, w, device=noisy.device, dtype=dtype),
+            return_dict=False,
+        )[0]
+        return unpack_latents(pred, h, w)
 
     def compute_loss(
         self,
@@ -92,12 +121,17 @@ class LossStep:
             noise = drawn_noise if noise is None else noise
             timesteps = drawn_timesteps if timesteps is None else timesteps
         noise, timesteps = noise.to(latents), timesteps.to(latents.device)
+        flow = m.family.is_flow
+        sigmas = timesteps.float() / self.noise_scheduler.config.num_train_timesteps if flow else None
         noisy_from = noise
         if self.training.ip_noise_gamma:  # input perturbation: the noisy latents only, not the target
             noisy_from = noise + input_perturbation(tuple(latents.shape[1:]), batch["noise_seeds"],
                                                     self.training.ip_noise_gamma,
                                                     self.training.ip_noise_gamma_random_strength).to(noise)
-        noisy = self.noise_scheduler.add_noise(latents, noisy_from, timesteps)
+        if flow:
+            noisy = noisy_latents(latents, noisy_from, sigmas)
+        else:
+            noisy = self.noise_scheduler.add_noise(latents, noisy_from, timesteps)
         if self.training.channels_last:  # NHWC, as the UNet's convolution weights (training.channels_last)
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         if "prompt_embeds" in batch:  # from the text-encoder cache
@@ -111,10 +145,14 @@ class LossStep:
             target_size = tuple(batch.get("target_size") or (height, width))  # the batch's bucket, (h, w)
             time_ids = sdxl_time_ids(batch["original_sizes"], batch["crops_top_left"], target_size)
             added = {"text_embeds": cond.pooled.to(self.weight_dtype), "time_ids": time_ids.to(device, self.weight_dtype)}
-        pred = self.unet(
-            noisy, timesteps, cond.prompt_embeds.to(self.weight_dtype), added_cond_kwargs=added, return_dict=False
-        )[0]
-        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, m.prediction_type)
+        if flow:
+            pred = self.flow_prediction(noisy, sigmas, cond)
+            target = flow_target(latents, noise)
+        else:
+            pred = self.unet(
+                noisy, timesteps, cond.prompt_embeds.to(self.weight_dtype), added_cond_kwargs=added, return_dict=False
+            )[0]
+            target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, m.prediction_type)
         t = self.training
         huber_c = None
         if t.loss_type in ("huber", "smooth_l1"):
@@ -123,8 +161,11 @@ class LossStep:
         if t.masked_loss and "masks" in batch:  # dataset masks, scaled down to the latents
             weight_map = mask_weights(batch["masks"].to(device), pred.shape[-2:], t.unmasked_weight)
         loss = per_sample_loss(pred, target, t.loss_type, huber_c, weight_map, t.normalize_masked_area_loss)
-        weights = timestep_weights(self.noise_scheduler, timesteps, t, m.prediction_type)
-        if weights is not None:  # min-SNR-γ, debiased estimation, P2, v scaled like ε
+        if flow:
+            weights = None if t.weighting_scheme == "none" else loss_weighting(t.weighting_scheme, sigmas)
+        else:
+            weights = timestep_weights(self.noise_scheduler, timesteps, t, m.prediction_type)
+        if weights is not None:  # min-SNR-γ, debiased estimation, P2, v scaled like ε; flow: weighting_scheme
             loss = loss * weights
         if "loss_weights" in batch:  # prior-preservation (class) samples weigh prior_loss_weight
             loss = loss * batch["loss_weights"].to(loss)

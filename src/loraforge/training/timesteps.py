@@ -1,6 +1,6 @@
 """Which timesteps training draws, and the noise-schedule tricks around them: the timestep range
-(`min_timestep` / `max_timestep`), the sampling distribution (`timestep_sampling`), input perturbation
-(`ip_noise_gamma`) and zero-terminal-SNR rescaling.
+(`min_timestep` / `max_timestep`), the sampling distribution (`timestep_sampling`), flow matching's σ and its shifts
+(`draw_flow_timestep`), input perturbation (`ip_noise_gamma`) and zero-terminal-SNR rescaling.
 
 Every draw comes from a generator the caller seeds per sample (`LossStep.make_noise`), so a sample gets the same
 timestep whatever batch or process it lands in.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from .flow import flow_sigmas, resolution_mu
 
 
 def timestep_range(training, num_timesteps: int) -> tuple[int, int]:
@@ -45,6 +47,27 @@ def draw_timestep(generator: torch.Generator, training, num_timesteps: int) -> t
         return torch.randint(low, high, (1,), generator=generator, device=generator.device)
     u = unit_draw(generator, training)
     return (low + torch.floor(u * (high - low))).long().clamp(low, high - 1)
+
+
+def draw_flow_timestep(generator: torch.Generator, training, num_timesteps: int, image_seq_len: int,
+                       scheduler_config) -> torch.Tensor:
+    """Flow matching (FLUX): one timestep σ·num_timesteps (shape [1], float). u is drawn as `timestep_sampling`
+    says (`uniform`: torch.rand, the diffusers FLUX scripts' `weighting_scheme = none`), put in
+    [min_timestep, max_timestep) / num_timesteps, then shifted: `flow_shift` (fixed), `flow_resolution_shift`
+    (FLUX's μ for `image_seq_len` packed tokens, from the scheduler's base/max shift), or not at all."""
+    if training.timestep_sampling == "uniform":
+        u = torch.rand((1,), generator=generator, device=generator.device)
+    else:
+        u = unit_draw(generator, training)
+    low, high = timestep_range(training, num_timesteps)
+    u = (low + u * (high - low)) / num_timesteps
+    mu = None
+    if training.flow_resolution_shift:
+        c = scheduler_config
+        mu = resolution_mu(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                           c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+    sigma = flow_sigmas(u.clamp(1e-5, 1.0), training.flow_shift, mu)  # σ > 0: sigma_sqrt weights divide by it
+    return sigma * num_timesteps
 
 
 def perturbation_generator(noise_seed: int) -> torch.Generator:

@@ -17,6 +17,7 @@ import torch
 
 from ..config import TrainConfig, dump_config
 from ..config.dataset import size_text
+from ..config.training_flow import objective_problem
 from ..data.build import build_train_data, pin_memory
 from ..data.cache import CacheContext
 from ..errors import ConfigError, RunFolderError, RunInterruptedError
@@ -171,7 +172,8 @@ class Trainer(RunOutputs):
         m = self.model
         self.resolution = run_resolution(self.cfg, m.native_size)
         self.noise_scheduler = m.noise_scheduler()
-        problem = self.cfg.training.prediction_problem(m.prediction_type)
+        # options the model's objective cannot honour (min-SNR on FLUX...), now that an "auto" family is known
+        problem = objective_problem(self.cfg, m.family) or self.cfg.training.prediction_problem(m.prediction_type)
         if problem:
             raise ConfigError(problem)
         if self.cfg.training.zero_terminal_snr:
