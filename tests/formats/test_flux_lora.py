@@ -18,7 +18,7 @@ from .flux_helpers import delta, random_flux_lora
 
 SAMPLE = ("transformer_blocks.3.attn.to_k", "transformer_blocks.3.attn.add_v_proj", "norm_out.linear",
           "single_transformer_blocks.7.proj_mlp", "single_transformer_blocks.7.attn.to_q", "proj_out",
-          "transformer_blocks.0.norm1_context.linear", "encoder.layers.2.self_attn.q_proj",
+          "transformer_blocks.0.attn.to_add_out", "encoder.layers.2.self_attn.q_proj",
           "encoder.block.1.layer.1.DenseReluDense.wi_0")
 
 
@@ -89,14 +89,16 @@ def test_fused_layer_refuses_loha_with_the_fix():
 
 
 def _subset(modules):
-    return [m for m in modules if m.part == "unet" and m.path.startswith(("transformer_blocks.1.",
-                                                                          "single_transformer_blocks.2.", "norm_out"))]
+    """A few modules: parts of the fused layers, a one-to-one layer and the swapped final modulation."""
+    paths = ("transformer_blocks.1.attn.to_q", "transformer_blocks.1.attn.add_k_proj", "transformer_blocks.1.attn.to_out.0",
+             "single_transformer_blocks.2.proj_mlp", "single_transformer_blocks.2.attn.to_v", "norm_out.linear")
+    return [m for m in modules if m.part == "unet" and m.path in paths]
 
 
 def test_comfyui_native_and_peft_spelling_read_like_kohya(modules, kohya):
     native = {}
     for k, v in kohya.items():
-        if k.startswith("lora_unet_"):
+        if k.startswith(("lora_unet_double_blocks_1_", "lora_unet_single_blocks_2_", "lora_unet_final_layer_ada")):
             native["diffusion_model." + _original(k)] = v
     back = read_flux_lora(native)
     assert back.layout == "comfyui" and back.unknown == {}
