@@ -59,11 +59,10 @@ def _meta(config_key) -> dict[str, dict[str, tuple[int, ...]]]:
     weights = {n: tuple(p.shape) for n, p in dit.named_parameters()}
     keys = {}
     for diffusers, (original, rows, _fn) in _flux_to_original(config).items():
-        if diffusers in weights:
-            out = original if rows is None else original
-            shape = keys.get(out, (0,) + weights[diffusers][1:])
+        if diffusers in weights:  # a fused weight is as tall as its last slice reaches
             size = weights[diffusers][0] if rows is None else rows[0] + rows[1]
-            keys[out] = (max(shape[0], size),) + weights[diffusers][1:]
+            height = max(keys.get(original, (0,))[0], size)
+            keys[original] = (height,) + weights[diffusers][1:]
     keys.update({f"clip_l.transformer.text_model.{n.removeprefix('text_model.')}": tuple(p.shape)
                  for n, p in clip.named_parameters() if n.endswith(".weight")})
     keys.update({f"t5xxl.transformer.{n}": tuple(p.shape) for n, p in t5.named_parameters() if n.endswith(".weight")})
