@@ -93,3 +93,20 @@ def test_diffusers_loads_every_transformer_module_of_the_peft_file(peft, modules
     m = next(x for x in modules if x.target == ("unet", "transformer_blocks.1.attn.to_v"))
     assert torch.allclose(consumer.diffusers_delta(result, "transformer.transformer_blocks.1.attn.to_v"),
                           delta(m), atol=1e-6)
+
+
+def test_check_state_dict_reports_flux_consumers(kohya, modules):
+    from loraforge.formats.check import check_state_dict
+    from loraforge.formats.flux_lora import flux_metadata
+
+    report = check_state_dict(kohya, metadata=flux_metadata())
+    assert report.family == "flux" and report.errors == []
+    total = len({k.split(".")[0] for k in kohya})
+    comfy, forge, diffusers = (report.consumers[k] for k in ("comfyui", "a1111", "diffusers"))
+    assert comfy.loads and comfy.applied == total and comfy.unmatched == [] and comfy.skipped == {}
+    assert forge.consumer == "Forge" and forge.applied == total
+    t5 = sum(1 for m in modules if m.part == "te2")
+    assert diffusers.loads and diffusers.applied == total - len(EMBEDDERS) - t5
+    assert "lora_unet_final_layer_adaLN_modulation_1" in diffusers.skipped
+    assert "lora_te3_encoder_block_0_layer_0_SelfAttention_q" in diffusers.skipped
+    assert "ComfyUI" in report.summary()

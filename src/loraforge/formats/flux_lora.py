@@ -263,8 +263,11 @@ def read_flux_lora(sd: dict[str, torch.Tensor], metadata: dict | None = None, co
     table = transformer_modules(config)
     index = _index(_config_key(config))
     peft_alpha = _peft_alphas(metadata or {})
-    grouped, unknown_keys = group_keys({_xlabs_spelling(k): v for k, v in sd.items()})
-    result = FluxLora({}, {k: "unknown tensor suffix" for k in unknown_keys})
+    spelled = {_xlabs_spelling(k): k for k in sd}
+    grouped, unknown_keys = group_keys({k: sd[original] for k, original in spelled.items()})
+    for m in grouped.values():
+        m.keys = [spelled[k] for k in m.keys]  # the file's own keys
+    result = FluxLora({}, {spelled[k]: "unknown tensor suffix" for k in unknown_keys})
     layouts = set()
     for name, m in grouped.items():
         alpha = m.tensors.pop("alpha", None)
