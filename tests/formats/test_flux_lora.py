@@ -7,12 +7,12 @@ from loraforge.adapters import AdapterModule
 from loraforge.errors import UnsupportedError
 from loraforge.formats.flux_lora import (
     flux_kohya_state_dict,
-    flux_lora_evidence,
     flux_metadata,
     fuse,
     read_flux_lora,
 )
 from loraforge.families.flux import transformer_modules
+from loraforge.formats.lora_family import flux_lora_evidence
 
 from .flux_helpers import delta, random_flux_lora
 

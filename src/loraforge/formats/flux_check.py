@@ -9,7 +9,8 @@ from .check_report import CheckReport, ConsumerReport, Issue
 from .consumers import comfyui, diffusers_rules
 from .consumers import flux as consumer
 from .consumers.keys import delta_shape, group_modules, split_key
-from .flux_lora import flux_lora_evidence, read_flux_lora
+from .flux_lora import read_flux_lora
+from .lora_family import flux_lora_evidence
 
 FORGE = "Forge"
 _COMPONENT = {"unet": "transformer", "te1": "text_encoder", "te2": "text_encoder_2"}

@@ -34,6 +34,7 @@ from ..adapters import AdapterModule
 from ..adapters.math import raw_delta
 from ..errors import UnsupportedError
 from ..families.flux import FLUX_FILE_FACTS, FusedModule, diffusers_module_origin, flux_components, transformer_modules
+from .diffusers_lora import peft_layers
 from .lora_file import _peft_alphas
 from .lora_keys import DOWN, UP, group_keys
 
@@ -154,6 +155,46 @@ def flux_kohya_state_dict(modules, config: Config = None, dtype: torch.dtype | N
     return sd
 
 
+def flux_comfyui_state_dict(modules, config: Config = None, dtype: torch.dtype | None = None) -> dict:
+    """ComfyUI's native layout: the kohya file with `diffusion_model.<original name>` transformer keys (text
+    encoders keep their kohya names, which ComfyUI reads)."""
+    names = {kohya_unet_name(o): o for o in transformer_modules(config)}
+    out = {}
+    for key, value in flux_kohya_state_dict(modules, config, dtype).items():
+        module, _, suffix = key.partition(".")
+        out[f"diffusion_model.{names[module]}.{suffix}" if module in names else key] = value
+    return out
+
+
+def flux_diffusers_state_dict(modules) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, header) in the layout `FluxPipeline.load_lora_weights` reads: PEFT keys under `transformer.`,
+    `text_encoder.`, `text_encoder_2.`, each part's LoraConfig in `lora_adapter_metadata`. Plain LoRA only."""
+    import json
+
+    modules = list(modules)
+    bad = [f"{m.part}:{m.path} ({m.kind})" for m in modules if m.kind != "lora" or set(m.tensors) - {DOWN, UP}]
+    if bad:
+        raise UnsupportedError(f"diffusers loads plain LoRA only; {len(bad)} modules are not: {', '.join(bad[:5])}. "
+                               "Keep the kohya file for ComfyUI / Forge")
+    prefixes = {"unet": FLUX_FILE_FACTS["denoiser_prefix"],
+                **{part: te[0] for part, te in FLUX_FILE_FACTS["text_encoders"].items()}}
+    sd: dict[str, torch.Tensor] = {}
+    config: dict = {}
+    for part, prefix in prefixes.items():
+        chosen = {(m.part, m.path): m for m in modules if m.part == part}
+        if not chosen:
+            continue
+        layers, cfg = peft_layers(chosen, part, None)
+        sd.update({f"{prefix}.{k}": v for k, v in layers.items()})
+        config.update({f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in cfg.items()})
+    seen: set[int] = set()
+    for key, value in sd.items():  # parts split off one fused layer share its down: safetensors stores no aliases
+        if value.data_ptr() in seen:
+            sd[key] = value.clone()
+        seen.add(sd[key].data_ptr())
+    return sd, {"format": "pt", "lora_adapter_metadata": json.dumps(config, indent=2, sort_keys=True)}
+
+
 def flux_metadata(dev: bool = True, training: dict | None = None) -> dict[str, str]:
     """The header keys sd-scripts writes for a FLUX LoRA (`ss_base_model_version = flux1`, `networks.lora_flux`,
     SAI modelspec `flux-1-dev/lora` or `flux-1-schnell/lora`), plus FLUX training keys given in `training`
@@ -180,17 +221,6 @@ class FluxLora:
 
     def by_target(self) -> dict[tuple[str, str], AdapterModule]:
         return {m.target: m for m in self.modules.values() if m.target}
-
-
-def flux_lora_evidence(sd) -> str | None:
-    """Why a state dict is a FLUX LoRA (a key only FLUX files have), or None."""
-    pattern = re.compile(r"(double_blocks|single_blocks)[._]\d+[._](img_attn|txt_attn|linear1|processor|modulation)"
-                         r"|single_transformer_blocks[._]\d+|transformer_blocks[._]\d+[._]attn[._]add_q_proj"
-                         r"|transformer_blocks[._]\d+[._]norm1_context|^lora_te3_encoder_block")
-    for key in sd:
-        if pattern.search(key):
-            return f"FLUX module name ({key})"
-    return None
 
 
 @functools.lru_cache(maxsize=4)
@@ -237,6 +267,8 @@ def _split(name: str, m: AdapterModule, fused: FusedModule, rows: int | None = N
             up = up.roll(up.shape[0] // 2, dims=0)
         out = []
         for path, start, size in parts:
+            if fused.fused and not up[start:start + size].any():
+                continue  # a part the network left alone (zero rows, ΔW 0): not a module of its own
             tensors = {DOWN: m.tensors[DOWN], UP: up[start:start + size].contiguous()}
             out.append(AdapterModule(f"{name}:{path}" if fused.fused else name, tensors, m.alpha, m.alpha_tensor,
                                      part="unet", path=path, keys=list(m.keys)))
@@ -298,6 +330,6 @@ def read_flux_lora(sd: dict[str, torch.Tensor], metadata: dict | None = None, co
             del result.modules[name]
         else:
             seen[m.target] = name
-    result.layout = "xlabs" if "xlabs" in layouts else "kohya" if "kohya" in layouts else \
-        "comfyui" if "comfyui" in layouts else "diffusers"
+    # the transformer's names tell the layout (ComfyUI-native files keep kohya text-encoder names)
+    result.layout = next((x for x in ("xlabs", "comfyui", "kohya") if x in layouts), "diffusers")
     return result

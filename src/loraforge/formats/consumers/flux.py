@@ -219,7 +219,10 @@ def diffusers_check(sd: dict, config: dict | None = None) -> FluxDiffusersResult
     text = {k: v for k, v in state_dict.items() if k.startswith("text_encoder.")}
     if text:  # the text-encoder loader's own renaming (`to_q_lora.down` -> `q_proj.lora_A`)
         state_dict = {k: v for k, v in state_dict.items() if k not in text}
-        state_dict.update(convert_state_dict_to_peft(convert_state_dict_to_diffusers(text)))
+        try:  # a CLIP part holding only q/k/v (no out_proj, no MLP) is refused
+            state_dict.update(convert_state_dict_to_peft(convert_state_dict_to_diffusers(text)))
+        except Exception as e:  # noqa: BLE001 - any exception is a refused file
+            return FluxDiffusersResult(False, f"text_encoder: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
     result = FluxDiffusersResult(True, state_dict=state_dict, alphas=alphas or {})
     for k in state_dict:
         component, _, rest = k.partition(".")
