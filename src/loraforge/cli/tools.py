@@ -323,7 +323,8 @@ def add_convert(sub) -> None:
         ))
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--to", choices=["kohya", "diffusers"], help="LoRA target layout (default: the other one)")
+    p.add_argument("--to", choices=["kohya", "diffusers", "comfyui"],
+                   help="LoRA target layout (default: the other one; comfyui = FLUX files in ComfyUI's native names)")
     p.add_argument("--naming", choices=["auto", "diffusers", "ldm"], default="auto",
                    help="kohya UNet names: auto = diffusers names for SD 1.x/2.x, SGM for SDXL")
     p.add_argument("--base", help="model a LoRA is for (resolves names; default: the embedded tiny model the file "

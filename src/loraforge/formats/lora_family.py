@@ -74,3 +74,14 @@ def detect_lora_family(sd: dict, metadata: dict | None = None) -> tuple[str, str
             if value.shape[1] in _CROSS_ATTENTION_WIDTHS:
                 return _CROSS_ATTENTION_WIDTHS[value.shape[1]], f"cross-attention input width {value.shape[1]} ({key})"
     return detect_family(sd, metadata)
+
+
+def flux_lora_evidence(sd) -> str | None:
+    """Why a state dict is a FLUX LoRA (a key only FLUX files have), or None."""
+    pattern = re.compile(r"(double_blocks|single_blocks)[._]\d+[._](img_attn|txt_attn|linear1|processor|modulation)"
+                         r"|single_transformer_blocks[._]\d+|transformer_blocks[._]\d+[._]attn[._]add_q_proj"
+                         r"|transformer_blocks[._]\d+[._]norm1_context|^lora_te3_encoder_block")
+    for key in sd:
+        if pattern.search(key):
+            return f"FLUX module name ({key})"
+    return None

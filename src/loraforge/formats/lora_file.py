@@ -42,7 +42,7 @@ from ..families import BASE_MODEL_KEY, FAMILY_LABELS, tiny_family
 from ..utils.files import PICKLE_SUFFIXES, open_safetensors
 from ..utils.tensors import describe_nonfinite, nonfinite_tensors
 from .cloneofsimo import is_pt_lora, is_safelora
-from .lora_family import detect_lora_family
+from .lora_family import detect_lora_family, flux_lora_evidence
 from .lora_keys import DOWN, group_keys
 from .model_tree import ModelTree
 
@@ -153,6 +153,13 @@ def read_lora_state_dict(sd: dict[str, torch.Tensor], metadata: dict | None = No
     """Group a state dict into modules with normalised suffixes; not yet bound to a model (see `bind`). Tensors with
     NaN / Inf values are listed in `nonfinite` (`require_finite` refuses them)."""
     metadata = dict(metadata or {})
+    flux = flux_lora_evidence(sd)
+    if flux:  # FLUX files are read by `formats.flux_lora.read_flux_lora` (convert, inspect, check)
+        raise UnsupportedError(
+            f"{source or 'the LoRA'} is a FLUX.1 LoRA ({flux}); this command handles SD 1.x / 2.x / SDXL files. "
+            "For FLUX files use `loraforge inspect`, `loraforge check` and `loraforge convert` (merge, resize, "
+            "extract and sampling with FLUX LoRAs are not available yet)"
+        )
     unknown: dict[str, str] = {}
     body = {}
     for key, value in sd.items():

@@ -34,6 +34,7 @@ from ..formats.lora_write import ADAPTER_METADATA, diffusers_state_dict
 from ..formats.single_file import CKPT_SUFFIX, save_checkpoint_tensors
 from ..utils.files import PICKLE_SUFFIXES, atomic_path, open_safetensors, save_safetensors_atomic
 from .common import check_output, family_metadata, load_sd_model, model_tree
+from .flux_files import convert_flux_lora, flux_file
 from .merge import check_model_output, write_model
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -197,6 +198,9 @@ def _embedding_to_pt(src: Path, dst: Path, overwrite: bool) -> ConvertResult:
 def _convert_lora(src: Path, dst: Path, to: str | None, family: str, base: str | None, allow_pickle: bool,
                   overwrite: bool, naming: str) -> ConvertResult:
     sd, metadata = read_tensors(src, allow_pickle)
+    if family == "flux" or (family in (None, "auto") and flux_file(sd, metadata)):
+        kind, written = convert_flux_lora(src, dst, sd, metadata, to, overwrite, LORA_WEIGHT_NAME)
+        return ConvertResult(kind, written)
     lora = read_lora_state_dict(sd, metadata, source=str(src))
     if not lora.modules:
         raise UnsupportedError(f"{src}: no LoRA modules found, so it cannot be written as a {to or 'LoRA'} file")

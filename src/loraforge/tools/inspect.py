@@ -24,6 +24,8 @@ from ..formats.lora_file import PART_LABELS, read_lora_state_dict
 from ..utils.files import PICKLE_SUFFIXES, open_safetensors
 from ..utils.tensors import describe_nonfinite
 from .convert import flatten_tensors, load_pickle
+from .flux_files import flux_file
+from .flux_files import inspect_lines as flux_inspect_lines
 
 SHOWN_METADATA = (
     "ss_output_name", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args",
@@ -122,6 +124,9 @@ def inspect_file(path, allow_pickle: bool = False, all_metadata: bool = False) -
 
 
 def _inspect_lora(path: Path, sd: dict, metadata: dict) -> InspectReport:
+    flux = flux_file(sd, metadata)
+    if flux:
+        return InspectReport(path, "lora", flux_inspect_lines(sd, metadata, flux))
     lora = read_lora_state_dict(sd, metadata, source=str(path))
     if not lora.modules:
         return InspectReport(path, "unknown", ["kind: no LoRA modules, checkpoint or embedding found"]

@@ -170,9 +170,13 @@ class LoadResult:
 
 def load(sd, family: str) -> LoadResult:
     """Replay ComfyUI's loader on a state dict (only key names, shapes and alpha values are read)."""
-    kmap = key_map(family)
+    return load_with_map(sd, key_map(family), model_keys(family), family_of(family))
+
+
+def load_with_map(sd, kmap: dict, mkeys, model_label: str) -> LoadResult:
+    """`load` with an explicit key map (LoRA name -> weight key, or a (weight key, slice, function) tuple as ComfyUI
+    keeps for fused layers) and the model's weight keys."""
     sdk = set(sd)
-    mkeys = model_keys(family)
     patches: dict[str, Patch] = {}
     producers: list[tuple[str, str]] = []  # (name, target) for every name that produced a patch
     loaded: set[str] = set()
@@ -221,10 +225,10 @@ def load(sd, family: str) -> LoadResult:
         winner = patches[target]
         if winner.module != x:
             dropped[x] = f"overwritten by {winner.module} (same target {target})"
-        elif target in mkeys:
+        elif (target if isinstance(target, str) else target[0]) in mkeys:
             applied[x] = winner
         else:
-            dropped[x] = f"target {target} is not in the {family_of(family)} model (patch ignored)"
+            dropped[x] = f"target {target} is not in the {model_label} model (patch ignored)"
     not_loaded = sorted(k for k in sd if k not in loaded)
     return LoadResult(patches, applied, dropped, not_loaded, fatal)
 
