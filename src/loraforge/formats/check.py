@@ -36,7 +36,7 @@ from .consumers.keys import (
     lora_pair,
 )
 from .consumers.tables import family_of, model_tables_key
-from .check_report import CONSUMERS, CheckReport, ConsumerReport, Issue, adapters_in_names
+from .check_report import CONSUMERS, CheckReport, ConsumerReport, Issue
 from .file_kind import require_kind
 from .flux_check import check_flux_state_dict, is_flux_lora
 from .lora_family import detect_family, metadata_family

@@ -26,11 +26,12 @@ from ..adapters import AdapterModule
 from ..errors import UnsupportedError
 from ..families import family as family_info
 from ..families.ldm import unet_module_to_original
+from .flux_lora import flux_kohya_state_dict
 
 _TEXT_MODEL_PARTS = ("encoder.", "embeddings.", "final_layer_norm")  # what lives under CLIP's `text_model`
-# The `Family.kohya_unet_names` this writer knows: SD 1.x/2.x's diffusers names, SDXL's SGM names. FLUX ("bfl":
-# BFL names with fused qkv / linear1 layers) is not written yet.
-KOHYA_UNET_NAMINGS = ("diffusers", "original")
+# The `Family.kohya_unet_names` this writer knows: SD 1.x/2.x's diffusers names, SDXL's SGM names, FLUX's BFL names
+# ("bfl": fused qkv / linear1 layers, written by `formats.flux_lora.flux_kohya_state_dict`).
+KOHYA_UNET_NAMINGS = ("diffusers", "original", "bfl")
 
 
 def kohya_support(family: str) -> str | None:
@@ -52,6 +53,9 @@ def kohya_module_name(
         why = kohya_support(family)
         if why:  # never a file with names no consumer knows
             raise UnsupportedError(f"no kohya name for {module_path}: {why}")
+        if family_info(family).kohya_unet_names == "bfl":  # the name depends on the fused layer the module joins
+            raise UnsupportedError(f"{module_path}: a FLUX module's kohya name is that of the fused layer it joins; "
+                                   "write the file with kohya_state_dict")
         path = module_path
         if naming == "ldm" or (naming == "auto" and family_info(family).kohya_unet_names == "original"):
             path = unet_module_to_original(module_path, unet_config)
@@ -72,7 +76,10 @@ def kohya_state_dict(
     """The kohya state dict of bound modules (part and path set). `naming`: "auto", "diffusers", "ldm" (see
     `kohya_module_name`) or "keep" (a module's own kohya name from the file it was read from, when it has one, else
     "auto"). `dtype` None keeps the tensors as stored (bit-exact rewrites); else every tensor is cast to it. A PEFT 1-D
-    `dora_scale` is written keep-dim on the output axis."""
+    `dora_scale` is written keep-dim on the output axis. FLUX: sd-scripts' layout, split q/k/v LoRAs fused exactly
+    (`flux_kohya_state_dict`; `unet_config` is the transformer's config)."""
+    if family_info(family).kohya_unet_names == "bfl":
+        return flux_kohya_state_dict(modules, config=unet_config, dtype=dtype)
     sd: dict[str, torch.Tensor] = {}
     for m in modules:
         if naming == "keep" and m.name and "." not in m.name:

@@ -10,7 +10,6 @@ recomputation's FLOPs are saved, and the memory lies between no checkpointing an
 
 from __future__ import annotations
 
-import functools
 
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
