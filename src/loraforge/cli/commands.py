@@ -145,7 +145,7 @@ def add_demo(sub) -> None:
     p.add_argument("--output-dir", default="output/demo", help="where the two runs go (default output/demo)")
     p.add_argument("--steps", type=int, default=100, help="steps per model (default 100)")
     p.add_argument("--sample-steps", type=int, default=20, help="denoising steps of each sample image (default 20)")
-    p.add_argument("--concept-steps", type=int, default=150, help="steps of the toy model's concept LoRA (default 150)")
+    p.add_argument("--concept-steps", type=int, default=300, help="steps of the toy model's concept LoRA (default 300)")
     p.add_argument("--tiny", action="store_true", help="train the tiny random-weight models only (no toy model)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_demo)

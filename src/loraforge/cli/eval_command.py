@@ -26,7 +26,7 @@ def add_eval(sub) -> None:
     p.add_argument("--trigger", help="the trigger word in the prompts (default: the run's embedding name, else TOK)")
     p.add_argument("--seeds", type=int, default=2, help="images per prompt (default 2)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
-    p.add_argument("--cfg", type=float, default=4.0, help="guidance scale (default 4)")
+    p.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default 3: the toy model's best on held-out prompts, docs/toy-world.md)")
     p.add_argument("--sampler", default="ddim")
     p.add_argument("-o", "--output-dir", help="write eval.json and eval-grid.png here")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")

@@ -9,8 +9,7 @@ stacked along the output rows, `txt_attn.qkv` is `attn.add_q_proj | add_k_proj |
 first output row, rows). One module also re-orders its rows: the final layer's modulation `final_layer.adaLN_modulation.1`
 yields (shift, scale), diffusers' `norm_out.linear` (scale, shift), so the two halves of its rows swap.
 
-Also here, in one marked place, the FLUX facts the LoRA file formats need until the family registry's `Family("flux")`
-entry carries them (`FLUX_FILE_FACTS`).
+Also here: `FLUX_FILE_FACTS`, the registry's FLUX facts in the shape the LoRA file formats use.
 """
 
 from __future__ import annotations
@@ -20,24 +19,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from .architectures import COMPONENTS
+from .registry import FAMILIES
 
 FLUX = "flux"  # the family's name
 MLP_RATIO = 4  # diffusers' FluxTransformer2DModel and BFL's Flux both use an MLP 4x the hidden width
 
 # ------------------------------------------------------------------------------------------------- the FLUX facts
-# The ONE place that maps the family name "flux" to the facts the file formats use. When the registry's
-# Family("flux") exists these come from it (lead: replace the values with `family("flux")` lookups at merge).
+# The facts the file formats use, read from the registry's Family("flux") (one source of truth); only the [schnell]
+# modelspec name is a variant fact kept here.
+_FAMILY = FAMILIES[FLUX]
 FLUX_FILE_FACTS: dict[str, Any] = {
-    "label": "FLUX.1",
-    "denoiser_prefix": "transformer",  # diffusers / PEFT prefix and pipeline attribute of the denoiser ("unet" part)
+    "label": _FAMILY.label,
+    "denoiser_prefix": _FAMILY.denoiser,  # diffusers / PEFT prefix and pipeline attribute of the denoiser ("unet" part)
     # text-encoder part -> (diffusers prefix, kohya prefixes: the first is written, the others are read)
-    "text_encoders": {
-        "te1": ("text_encoder", ("lora_te1",)),  # CLIP-L
-        "te2": ("text_encoder_2", ("lora_te3", "lora_te2")),  # T5-XXL: sd-scripts writes lora_te3, OneTrainer lora_te2
-    },
-    "base_model_version": "flux1",  # ss_base_model_version
-    "modelspec_architecture": {True: "flux-1-dev", False: "flux-1-schnell"},  # by `guidance_embeds`
-    "modelspec_implementation": "https://github.com/black-forest-labs/flux",
+    "text_encoders": {te.part: (te.diffusers, te.kohya_prefixes) for te in _FAMILY.text_encoders},
+    "base_model_version": _FAMILY.base_model_version,  # ss_base_model_version
+    "modelspec_architecture": {True: _FAMILY.modelspec_architecture, False: "flux-1-schnell"},  # by guidance_embeds
+    "modelspec_implementation": _FAMILY.modelspec_implementation,
 }
 
 

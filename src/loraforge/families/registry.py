@@ -191,7 +191,7 @@ FAMILIES: dict[str, Family] = {
                 # CLIP-L gives the pooled vector, T5-XXL the sequence; sd-scripts writes T5 LoRA as lora_te3
                 _te("te1", "text_encoder", "tokenizer", ("lora_te1", "lora_te"), "clip_l",
                     ("text_encoders.clip_l.transformer.", "clip")),
-                _te("te2", "text_encoder_2", "tokenizer_2", ("lora_te3",), "t5",
+                _te("te2", "text_encoder_2", "tokenizer_2", ("lora_te3", "lora_te2"), "t5",  # OneTrainer: lora_te2
                     ("text_encoders.t5xxl.transformer.", "t5")),
             ),
             img2img_pipeline="FluxImg2ImgPipeline",

@@ -154,10 +154,12 @@ def run_files(path) -> tuple[Path | None, list[Path]]:
 
 
 def evaluate(model, lora_or_run, *, concept: str = "heart", trigger: str | None = None, out_dir=None,
-             steps: int = 25, guidance_scale: float = 4.0, sampler: str = "ddim", seeds: int = 2, size: int = 64,
-             overwrite: bool = False, allow_pickle: bool = False) -> EvalReport:
+             steps: int = 25, guidance_scale: float = 3.0, sampler: str = "ddim", seeds: int = 2, size: int = 64,
+             overwrite: bool = False, allow_pickle: bool = False, base_images: dict | None = None) -> EvalReport:
     """Generate the prompt set with `model` (a loaded `SDModel`, patched in place) before and after applying the
-    LoRA, judge both, and write `out_dir/eval.json` and `out_dir/eval-grid.png` when `out_dir` is given."""
+    LoRA, judge both, and write `out_dir/eval.json` and `out_dir/eval-grid.png` when `out_dir` is given.
+    `base_images`: a dict shared by evaluations of the SAME base model (the caller's promise); its images are kept
+    there by prompt set and settings and generated once (the concept tests score several LoRAs of one model)."""
     lora, embeddings = run_files(lora_or_run)
     if trigger is None:
         trigger = embeddings[0].stem if embeddings else "TOK"
@@ -169,7 +171,12 @@ def evaluate(model, lora_or_run, *, concept: str = "heart", trigger: str | None 
     base_req = SampleRequest("", "", size, size, steps, guidance_scale, 0, normalize_sampler(sampler))
     requests = [replace(base_req, prompt=p.prompt, seed=p.seed) for p in prompts]
     judge = load_judge()
-    before = generate(model, requests)
+    key = tuple(requests)
+    before = base_images.get(key) if base_images is not None else None
+    if before is None:
+        before = generate(model, requests)
+        if base_images is not None:
+            base_images[key] = before
     if lora is not None:
         apply_lora_files(model, [LoraSpec(str(lora))], allow_pickle)
     for emb in embeddings:
