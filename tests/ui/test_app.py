@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -32,9 +33,9 @@ FAKE_TRAIN = textwrap.dedent(f"""\
     def write(**r):
         with open(run / "metrics.jsonl", "w") as f:
             f.write(json.dumps({{"time": time.time(), **r}}) + "\\n")
-    write(kind="start", step=0, max_steps=cfg["training"]["max_train_steps"], run_id="x", resumed=False)
-    write(kind="step", step=1, max_steps=cfg["training"]["max_train_steps"], loss=0.5, loss_smooth=0.5, lr={{"unet": 1e-3}})
     try:
+        write(kind="start", step=0, max_steps=cfg["training"]["max_train_steps"], run_id="x", resumed=False)
+        write(kind="step", step=1, max_steps=cfg["training"]["max_train_steps"], loss=0.5, loss_smooth=0.5, lr={{"unet": 1e-3}})
         time.sleep(60)
     except KeyboardInterrupt:
         write(kind="end", step=1, status="stopped", message="interrupted")
@@ -137,6 +138,21 @@ def test_jobs_queue_one_at_a_time_and_survive_a_restart_of_the_ui(folders):
     restarted.app.state.queue._procs[second["id"]].wait(10)
     _wait(restarted, second["id"], "stopped")
     assert restarted.get(f"/api/jobs/{third['id']}").json()["status"] == "cancelled"
+
+
+def test_stop_works_when_the_ui_was_started_ignoring_sigint(folders):
+    """A UI started in the background by a script inherits SIGINT ignored (and so would its runs, which then never
+    stop); its runs get SIGINT back, even for a stop sent before the run's Python is up."""
+    state, data, fake = folders
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        client = _app(state, data, fake)
+        job = client.post("/api/jobs", json={"values": {"training.max_train_steps": "7"}}).json()
+        client.post(f"/api/jobs/{job['id']}/stop")
+        client.app.state.queue._procs[job["id"]].wait(20)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    _wait(client, job["id"], "stopped")
 
 
 def test_progress_files_and_check_are_read_from_the_run_folder(folders):

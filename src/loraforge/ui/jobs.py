@@ -108,6 +108,10 @@ def resolve_config(overrides: list[str], roots: Roots, output_dir: Path | None =
     return load_config(None, [*overrides, *fixed]) if fixed else cfg
 
 
+def _sigint_default() -> None:  # runs in the child between fork and exec
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class JobQueue:
     def __init__(self, roots: Roots, python: str = sys.executable):
         self.roots = roots
@@ -210,8 +214,11 @@ class JobQueue:
     def _start(self, job: Job) -> None:
         folder = job.folder(self.state_dir)
         with open(folder / CONSOLE_FILE, "ab") as console:
+            # a UI started in the background by a script ignores SIGINT, and its children would inherit that: the
+            # stop button (SIGINT) would then never reach a run that has not installed its own handler yet
+            sigint = _sigint_default if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None
             proc = subprocess.Popen(self.command(job), stdout=console, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=sigint)
         self._procs[job.id] = proc
         job.status, job.pid, job.started, job.returncode, job.message = "running", proc.pid, time.time(), None, ""
         job.history.append("resumed" if job.resume else "started")
