@@ -8,12 +8,11 @@ from .aliases import (
     ACCELERATE,
     ALIASES,
     DIFFUSERS,
-    DIFFUSERS_DEFAULTS,
     KOHYA,
-    KOHYA_DEFAULTS,
     NETWORK_ARGS,
     OPTIMIZER_ARGS,
 )
+from .script_defaults import DIFFUSERS_DEFAULTS, KOHYA_DEFAULTS
 from .aliases_cloneofsimo import CLONEOFSIMO, CLONEOFSIMO_DEFAULTS
 
 _KIND_TEXT = {"same": "same", "differs": "differs", "builtin": "built in", "none": "no equivalent",

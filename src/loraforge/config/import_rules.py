@@ -9,14 +9,13 @@ from typing import Any, Callable, Mapping
 
 from .aliases import (
     DIFFUSERS,
-    DIFFUSERS_DEFAULTS,
     KOHYA,
-    KOHYA_DEFAULTS,
     NETWORK_ARGS,
     OPTIMIZER_ARGS,
     Alias,
 )
 from .base import str_choices
+from .script_defaults import DIFFUSERS_DEFAULTS, KOHYA_DEFAULTS
 from .command_line import Flag
 from .import_translation import FALSE_WORDS, Translation, Unmappable, coerce, items, scalar
 from .network import BLOCK_COUNTS

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .aliases import ACCELERATE, DIFFUSERS, DIFFUSERS_SCRIPTS, KOHYA, KOHYA_SCRIPTS
+from .aliases import ACCELERATE, DIFFUSERS, KOHYA
+from .script_defaults import DIFFUSERS_SCRIPTS, KOHYA_SCRIPTS
 from .aliases_cloneofsimo import CLONEOFSIMO, CLONEOFSIMO_SCRIPTS
 from .command_line import Command, Flag, parse_command
 from .import_cloneofsimo import HANDLERS as CLONEOFSIMO_HANDLERS
