@@ -6,7 +6,9 @@ docs/experiments.md is made from).
     python scripts/experiments.py --out output/experiments --only rank,algorithm --steps 150
 
 Each variant is a set of config overrides on top of the concept demo's settings (tools/concept_demo.py:
-DEMO_SETTINGS: rank 8, AdamW lr 1e-3, batch 4), so a row's command is `loraforge train` with those `--set`s.
+DEMO_SETTINGS: rank 8, AdamW lr 5e-3, batch 4), so a row's command is `loraforge train` with those `--set`s. The
+base model's images are generated once for all rows, and a variant whose overrides equal an earlier row's (every
+group's reference) reuses that row's scores instead of training again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from loraforge.utils.files import write_text_atomic
 
 # group -> variant -> overrides. The first variant of a group is its reference.
 EXPERIMENTS: dict[str, dict[str, dict]] = {
-    "optimizer": {"AdamW lr 1e-3": {}, "Prodigy lr 1.0": {"optimizer.type": "prodigy", "optimizer.learning_rate": 1.0}},
+    "optimizer": {"AdamW lr 5e-3": {}, "Prodigy lr 1.0": {"optimizer.type": "prodigy", "optimizer.learning_rate": 1.0}},
     "min-SNR gamma": {"none": {}, "5": {"training.snr_gamma": 5.0}},
     "text conditioning": {
         "UNet LoRA only": {},
@@ -70,12 +72,20 @@ EXPERIMENTS: dict[str, dict[str, dict]] = {
 def run_experiments(out: Path, groups: dict[str, dict[str, dict]], *, steps: int, eval_steps: int, seeds: int,
                     runner=concept_demo) -> list[dict]:
     """Train and evaluate every variant; one result row each (also written to `out/results.json` as it goes)."""
-    rows = []
+    rows: list[dict] = []
+    done: dict[str, dict] = {}  # overrides (as JSON) -> the row that trained them
+    base_images: dict = {}
     for group, variants in groups.items():
         for name, overrides in variants.items():
+            key = json.dumps(overrides, sort_keys=True)
+            if key in done:
+                rows.append({**done[key], "group": group, "variant": name, "reused_from": done[key]["group"]})
+                write_text_atomic(out / "results.json", json.dumps(rows, indent=1) + "\n")
+                continue
             folder = out / _slug(group) / _slug(name)
             t0 = time.time()
-            demo = runner(folder, steps=steps, eval_steps=eval_steps, seeds=seeds, overrides=overrides)
+            demo = runner(folder, steps=steps, eval_steps=eval_steps, seeds=seeds, overrides=overrides,
+                          base_images=base_images)
             r = demo.report
             rows.append({
                 "group": group, "variant": name, "overrides": overrides, "steps": steps,
@@ -83,6 +93,7 @@ def run_experiments(out: Path, groups: dict[str, dict[str, dict]], *, steps: int
                 "fidelity": r.lora_scores["fidelity"], "leakage": r.lora_scores["leakage"], "drift": r.drift,
                 "seconds": round(time.time() - t0, 1), "grid": r.grid, "lora": str(demo.lora),
             })
+            done[key] = rows[-1]
             write_text_atomic(out / "results.json", json.dumps(rows, indent=1) + "\n")
     return rows
 
@@ -109,7 +120,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="output/experiments")
     p.add_argument("--only", help=f"comma-separated groups (default all: {', '.join(EXPERIMENTS)})")
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--seeds", type=int, default=2)
     a = p.parse_args(argv)

@@ -45,3 +45,27 @@ def test_a_group_runs_each_variant_and_writes_the_table(random_toy, tmp_path):
     assert offsets[1] == "0.1" and offsets[0] in (None, "None", "0", "0.0"), offsets
     text = exp.table(rows)
     assert "| noise offset | 0.1 |" in text and '`--set training.noise_offset=0.1`' in text and "(reference)" in text
+
+
+def test_equal_overrides_train_once_and_the_base_images_are_shared(tmp_path):
+    """Every group's reference is the same run: it trains once, later references reuse its scores; every run gets
+    the same `base_images` dict, so the base model's images are generated once."""
+    from types import SimpleNamespace
+
+    exp = _script()
+    calls = []
+
+    def runner(folder, *, steps, eval_steps, seeds, overrides, base_images):
+        calls.append((dict(overrides), id(base_images)))
+        base_images.setdefault("made", len(calls))
+        report = SimpleNamespace(lora_scores={"concept_score": 0.5 + 0.1 * len(calls), "fidelity": 1.0,
+                                              "leakage": 0.0}, base={"concept_score": 0.0}, drift=0.01, grid="g.png")
+        return SimpleNamespace(report=report, lora=folder / "x.safetensors")
+
+    groups = {g: exp.EXPERIMENTS[g] for g in ("noise offset", "caption dropout")}
+    rows = exp.run_experiments(tmp_path, groups, steps=1, eval_steps=1, seeds=1, runner=runner)
+    assert [c[0] for c in calls] == [{}, {"training.noise_offset": 0.1}, {"dataset.caption_dropout_rate": 0.1}]
+    assert len({c[1] for c in calls}) == 1  # one base_images dict for every run
+    ref, reused = rows[0], rows[2]
+    assert (reused["group"], reused["variant"], reused["reused_from"]) == ("caption dropout", "0", "noise offset")
+    assert reused["concept_score"] == ref["concept_score"] and rows[3]["concept_score"] != ref["concept_score"]
