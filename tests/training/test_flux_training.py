@@ -99,7 +99,7 @@ def test_diffusers_file_reproduces_the_trained_transformer(make_config):
     from diffusers import FluxPipeline
 
     t = Trainer(make_config("flux", **{**SHORT_T5, "training.max_train_steps": 3, "optimizer.learning_rate": 3e-2,
-                                       "network.alpha": 2}))
+                                       "network.alpha": 2, "network.train_text_encoder": True}))
     result = t.run()
     # the kohya file: sd-scripts' names, q/k/v fused, checked against the consumers at save time
     ksd = load_file(str(result.files.kohya))
@@ -111,7 +111,9 @@ def test_diffusers_file_reproduces_the_trained_transformer(make_config):
     assert re.search(r"check run-flux\.safetensors: ComfyUI (\d+)/\1 modules, Forge (\d+)/\2", log), log
     assert "no kohya file" not in log
     sd = load_file(str(result.files.diffusers))
-    assert sd and all(k.startswith("transformer.") for k in sd)
+    # CLIP-L keys keep the `text_model.` level (ComfyUI maps only that spelling; diffusers reads both)
+    assert {k.split(".")[0] for k in sd} == {"transformer", "text_encoder"}
+    assert all(k.startswith("text_encoder.text_model.encoder.layers.") for k in sd if k.startswith("text_encoder."))
     trained = t.model.unet
     fresh = FluxPipeline.from_pretrained(str(tiny_model_dir("flux")), local_files_only=True)
     torch.manual_seed(1)
@@ -126,6 +128,13 @@ def test_diffusers_file_reproduces_the_trained_transformer(make_config):
         want = trained(**inputs)[0]
     assert not torch.allclose(base, want, atol=1e-4)  # the LoRA changed the output
     assert torch.allclose(loaded, want, atol=1e-5)
+    ids = torch.tensor([[49406, 320, 1125, 49407]])
+    with torch.no_grad():
+        te_want = t.model.text_encoders[0](ids).last_hidden_state
+        te_loaded = fresh.text_encoder(ids).last_hidden_state
+        te_base = FluxPipeline.from_pretrained(str(tiny_model_dir("flux")), local_files_only=True).text_encoder(
+            ids).last_hidden_state
+    assert not torch.allclose(te_base, te_want, atol=1e-4) and torch.allclose(te_loaded, te_want, atol=1e-5)
 
 
 def test_resume_is_bit_exact(make_config):

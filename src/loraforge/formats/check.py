@@ -247,7 +247,8 @@ def check_state_dict(
     # FLUX.1 (family "flux"; lead: the registry's Family("flux") makes `family in FAMILIES` true after the merge)
     if family == FLUX or (family is None and is_flux_lora(sd, metadata)):
         return check_flux_state_dict(sd, metadata, unet_config,
-                                     "given" if family else is_flux_lora(sd, metadata) or "given")
+                                     "given" if family else is_flux_lora(sd, metadata) or "given",
+                                     tuple(text_encoder_configs) if text_encoder_configs else None)
     issues: list[Issue] = []
     tiny = detect_tiny_model(sd, metadata) if unet_config is None else (None, "")
     if tiny[0] and family is None:  # a LoRA of the embedded tiny model: check against that model

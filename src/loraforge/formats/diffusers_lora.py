@@ -28,14 +28,28 @@ def _most_common(values):
     return collections.Counter(values).most_common(1)[0][0]
 
 
+_CLIP_TEXT_MODEL = ("encoder.", "embeddings.", "final_layer_norm")  # what CLIP keeps under `text_model`
+
+
+def file_path(part: str, path: str) -> str:
+    """The module path a diffusers file names: the first text encoder (CLIP in every family) with its `text_model.`
+    level, which transformers 5 dropped from `CLIPTextModel`: ComfyUI maps only `text_encoder.text_model.…` keys, and
+    diffusers loads either spelling when the LoraConfig's `target_modules` name the loaded model's paths (tested in
+    tests/training/test_flux_training.py and test_train_e2e.py)."""
+    if part == "te1" and path.startswith(_CLIP_TEXT_MODEL):
+        return f"text_model.{path}"
+    return path
+
+
 def peft_layers(modules: dict, part: str, dtype: torch.dtype | None) -> tuple[dict[str, torch.Tensor], dict]:
     """(PEFT state dict, LoraConfig dict) of one part from `module_tensors()` entries (`dtype` None: as stored)."""
     from peft import LoraConfig
 
     layers, ranks, alphas = {}, {}, {}
-    for (p, path), mt in modules.items():
+    for (p, module_path), mt in modules.items():
         if p != part:
             continue
+        path = file_path(part, module_path)
         extra = set(mt.tensors) - {"lora_down.weight", "lora_up.weight"}
         if extra:
             raise UnsupportedError(
@@ -45,8 +59,9 @@ def peft_layers(modules: dict, part: str, dtype: torch.dtype | None) -> tuple[di
         down, up = mt.tensors["lora_down.weight"], mt.tensors["lora_up.weight"]
         layers[f"{path}.lora_A.weight"] = (down if dtype is None else down.to(dtype)).contiguous()
         layers[f"{path}.lora_B.weight"] = (up if dtype is None else up.to(dtype)).contiguous()
-        ranks[path] = down.shape[0]
-        alphas[path] = float(mt.alpha) if mt.alpha is not None else float(down.shape[0])
+        # the LoraConfig names modules as the loaded model has them (PEFT matches target_modules by path suffix)
+        ranks[module_path] = down.shape[0]
+        alphas[module_path] = float(mt.alpha) if mt.alpha is not None else float(down.shape[0])
     r, alpha = _most_common(ranks.values()), _most_common(alphas.values())
     config = LoraConfig(
         r=r,

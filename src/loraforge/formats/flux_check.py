@@ -16,14 +16,14 @@ FORGE = "Forge"
 _COMPONENT = {"unet": "transformer", "te1": "text_encoder", "te2": "text_encoder_2"}
 
 
-def _comfy_report(sd, modules, total, config, label: str, version: str) -> ConsumerReport:
-    converted, res = consumer.comfy_load(sd, config)
+def _comfy_report(sd, modules, total, config, text_configs, label: str, version: str) -> ConsumerReport:
+    converted, res = consumer.comfy_load(sd, config, text_configs)
     rep = ConsumerReport(label, version, res.fatal is None, 0, total, list(res.not_loaded))
     if res.fatal:
         rep.reason = res.fatal
         return rep
     rep.skipped = dict(res.dropped)
-    shapes = consumer.comfy_model_keys(config)
+    shapes = consumer.comfy_model_keys(config, text_configs)
     for name, patch in res.applied.items():
         base, rows, _ = (patch.target, None, None) if isinstance(patch.target, str) else patch.target
         shape = shapes[base] if rows is None else (rows[1],) + shapes[base][1:]
@@ -36,8 +36,8 @@ def _comfy_report(sd, modules, total, config, label: str, version: str) -> Consu
     return rep
 
 
-def _diffusers_report(sd, metadata, total, config) -> ConsumerReport:
-    res = consumer.diffusers_check(sd, config)
+def _diffusers_report(sd, metadata, total, config, text_configs) -> ConsumerReport:
+    res = consumer.diffusers_check(sd, config, text_configs)
     rep = ConsumerReport(diffusers_rules.LABEL, diffusers_rules.VERSION, res.loads, 0, total)
     if not res.loads:
         rep.reason = res.reason
@@ -63,9 +63,9 @@ def _diffusers_report(sd, metadata, total, config) -> ConsumerReport:
 
 
 def check_flux_state_dict(sd, metadata: dict | None = None, config: dict | None = None,
-                          evidence: str = "given") -> CheckReport:
+                          evidence: str = "given", text_configs=None) -> CheckReport:
     """Check a FLUX LoRA state dict against ComfyUI, Forge and diffusers. `config`: the transformer's diffusers
-    config (None: full-size FLUX.1 [dev])."""
+    config, `text_configs`: (CLIP-L config, T5 config) (None: full-size FLUX.1 [dev])."""
     issues: list[Issue] = []
     modules = group_modules(sd)
     bad = nonfinite_tensors(sd)
@@ -77,9 +77,9 @@ def check_flux_state_dict(sd, metadata: dict | None = None, config: dict | None 
         issues.append(Issue("warning", "unknown-keys", "keys that name no layer of FLUX.1", sorted(unknown)))
     total = sum(1 for m in modules.values() if m.kind != "none")
     consumers = {
-        "comfyui": _comfy_report(sd, modules, total, config, comfyui.LABEL, comfyui.VERSION),
-        "a1111": _comfy_report(sd, modules, total, config, FORGE, "(ComfyUI's FLUX rules)"),
-        "diffusers": _diffusers_report(sd, metadata, total, config),
+        "comfyui": _comfy_report(sd, modules, total, config, text_configs, comfyui.LABEL, comfyui.VERSION),
+        "a1111": _comfy_report(sd, modules, total, config, text_configs, FORGE, "(ComfyUI's FLUX rules)"),
+        "diffusers": _diffusers_report(sd, metadata, total, config, text_configs),
     }
     return CheckReport("flux", evidence, {n: m.kind for n, m in modules.items()}, consumers, issues)
 

@@ -22,6 +22,7 @@ own key rules and slices (hidden size h from the config, MLP = 4h as ComfyUI ass
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -39,23 +40,27 @@ _USO = {".qkv_lora2.": ".txt_attn.qkv.", ".qkv_lora1.": ".img_attn.qkv.", ".proj
         ".processor.": "."}  # fmt: skip
 
 
-def _config_key(config):
-    config = config or flux_components()["transformer"]
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+def _config_key(config, text_configs=None) -> tuple[str, str, str]:
+    """The cache key of an architecture: the transformer config and the (CLIP-L, T5) configs (None: full size), as
+    JSON."""
+    full = flux_components()
+    clip, t5 = text_configs or (None, None)
+    return tuple(json.dumps({k: v for k, v in c.items() if not k.startswith("_")}, sort_keys=True, default=str)
+                 for c in (config or full["transformer"], clip or full["text_encoder"], t5 or full["text_encoder_2"]))
 
 
 @functools.lru_cache(maxsize=4)
-def _meta(config_key) -> dict[str, dict[str, tuple[int, ...]]]:
+def _meta(arch_key) -> dict[str, dict[str, tuple[int, ...]]]:
     """Weight shapes of ComfyUI's FLUX model: `diffusion_model.` (original names), `clip_l.`, `t5xxl.`."""
     from accelerate import init_empty_weights  # lazy: heavy
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    config = dict(config_key)
+    config, clip_config, t5_config = (json.loads(k) for k in arch_key)
     with init_empty_weights():
         dit = FluxTransformer2DModel.from_config(config)
-        clip = CLIPTextModel(CLIPTextConfig.from_dict(flux_components()["text_encoder"]))
-        t5 = T5EncoderModel(T5Config.from_dict(flux_components()["text_encoder_2"]))
+        clip = CLIPTextModel(CLIPTextConfig.from_dict(clip_config))
+        t5 = T5EncoderModel(T5Config.from_dict(t5_config))
     weights = {n: tuple(p.shape) for n, p in dit.named_parameters()}
     keys = {}
     for diffusers, (original, rows, _fn) in _flux_to_original(config).items():
@@ -104,15 +109,17 @@ def _flux_to_original(config) -> dict[str, tuple[str, tuple[int, int] | None, st
     return out
 
 
-def comfy_model_keys(config: dict | None = None) -> dict[str, tuple[int, ...]]:
-    return _meta(_config_key(config))
+def comfy_model_keys(config: dict | None = None, text_configs=None) -> dict[str, tuple[int, ...]]:
+    """Weight key -> shape of the model ComfyUI holds: the transformer of `config` and the text encoders of
+    `text_configs` ((CLIP-L config, T5 config); None: full-size FLUX.1)."""
+    return _meta(_config_key(config, text_configs))
 
 
-def comfy_key_map(config: dict | None = None) -> dict:
+def comfy_key_map(config: dict | None = None, text_configs=None) -> dict:
     """LoRA module name -> model weight key, or (key, (first row, rows) or None, "swap" or None)."""
     config = config or flux_components()["transformer"]
     h = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-    keys = comfy_model_keys(config)
+    keys = comfy_model_keys(config, text_configs)
     kmap: dict = {}
     for k in keys:
         if k.startswith("diffusion_model.") and k.endswith(".weight"):
@@ -156,10 +163,11 @@ def _comfy_convert(sd: dict) -> dict:
     return sd
 
 
-def comfy_load(sd: dict, config: dict | None = None) -> tuple[dict, LoadResult]:
+def comfy_load(sd: dict, config: dict | None = None, text_configs=None) -> tuple[dict, LoadResult]:
     """(the state dict as ComfyUI sees it after renaming, what its loader does with it)."""
     sd = _comfy_convert(sd)
-    return sd, load_with_map(sd, comfy_key_map(config), comfy_model_keys(config), "FLUX.1")
+    return sd, load_with_map(sd, comfy_key_map(config, text_configs), comfy_model_keys(config, text_configs),
+                             "FLUX.1")
 
 
 def comfy_delta(sd: dict, result: LoadResult, key: str, shape, strength: float = 1.0) -> torch.Tensor:
@@ -194,7 +202,7 @@ class FluxDiffusersResult:
     alphas: dict = field(default_factory=dict)
 
 
-def diffusers_check(sd: dict, config: dict | None = None) -> FluxDiffusersResult:
+def diffusers_check(sd: dict, config: dict | None = None, text_configs=None) -> FluxDiffusersResult:
     """Replay `FluxPipeline.load_lora_weights(sd)`: diffusers' own `lora_state_dict` conversion, then PEFT's
     injection modelled on the meta-device transformer / CLIP-L (a target the model lacks is dropped)."""
     import diffusers.utils.logging as dlog  # lazy: heavy
@@ -211,7 +219,7 @@ def diffusers_check(sd: dict, config: dict | None = None) -> FluxDiffusersResult
         dlog.set_verbosity(previous)
     if not all("lora" in k for k in state_dict):
         return FluxDiffusersResult(False, "ValueError: Invalid LoRA checkpoint (a key without 'lora')")
-    keys = comfy_model_keys(config)  # the same meta models, in diffusers naming below
+    keys = comfy_model_keys(config, text_configs)  # the same meta models, in diffusers naming below
     transformer = set(_flux_to_original(config or flux_components()["transformer"]))
     clip = {k[len("clip_l.transformer."):] for k in keys if k.startswith("clip_l.")}
     from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
