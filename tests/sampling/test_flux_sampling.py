@@ -42,3 +42,29 @@ def test_generate_equals_fluxpipeline_with_the_prompt(flux):
     # the guidance value reaches [dev]'s guidance embedding; the seed decides the noise
     assert not np.allclose(ours, generate(flux, [_request(guidance_scale=1.0)], output_type="np")[0], atol=1e-4)
     assert not np.allclose(ours, generate(flux, [_request(seed=6)], output_type="np")[0], atol=1e-4)
+
+
+def test_unset_steps_and_guidance_are_the_models(flux, tmp_path):
+    """[sampling] and `loraforge sample` leave steps and guidance to the model: FLUX.1 [dev] 28 steps at guidance
+    3.5, [schnell] 4 (no guidance embedding), SD 25 at CFG 7; a value that is set wins."""
+    from dataclasses import replace
+
+    from loraforge.sampling.generate import with_model_defaults
+    from loraforge.sampling.run import base_request
+
+    cfg = load_config(None, ["model.family='flux'"])
+    unset = base_request(cfg, (64, 64))
+    assert (unset.steps, unset.guidance_scale) == (None, None)
+    dev = with_model_defaults(flux, [unset])[0]
+    assert (dev.steps, dev.guidance_scale) == (28, 3.5)
+    assert "Steps: 28" in dev.parameters_text() and "CFG scale: 3.5" in dev.parameters_text()
+    kept = with_model_defaults(flux, [replace(unset, steps=3, guidance_scale=1.0)])[0]
+    assert (kept.steps, kept.guidance_scale) == (3, 1.0)
+    flux.unet.register_to_config(guidance_embeds=False)  # what a [schnell] transformer's config says
+    try:
+        schnell = with_model_defaults(flux, [unset])[0]
+    finally:
+        flux.unet.register_to_config(guidance_embeds=True)
+    assert (schnell.steps, schnell.guidance_scale) == (4, 0.0)
+    sd = with_model_defaults(load_model(load_config(None, ["model.family='sd15'"]).model), [unset])[0]
+    assert (sd.steps, sd.guidance_scale) == (25, 7.0)

@@ -105,8 +105,9 @@ def add_sample(sub) -> None:
     p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
                    help="textual-inversion embedding; its token defaults to the file name (repeatable)")
     p.add_argument("--sampler", default="euler_a", help="kohya sampler name (ddim, euler, euler_a, dpmsolver++, ...)")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--cfg", type=number, default=7.0, help="guidance scale")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's (25 SD, 28 FLUX.1 [dev], 4 [schnell])")
+    p.add_argument("--cfg", type=number, default=None,
+                   help="guidance scale; default: the model's (7 SD, 3.5 FLUX.1 [dev])")
     p.add_argument("--width", type=int, default=0, help="default: the model's resolution (img2img: the image's)")
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)

@@ -29,8 +29,14 @@ class SamplingConfig(Section):
     )
     negative_prompt: str = Field("", description="Negative prompt for every sample.")
     num_images_per_prompt: int = Field(2, ge=1, description="Images per prompt (seeds `seed`, `seed+1`, ...).")
-    num_inference_steps: int = Field(25, ge=1, description="Denoising steps.")
-    guidance_scale: float = Field(7.0, ge=0, description="Classifier-free guidance scale (kohya `--l`).")
+    num_inference_steps: int | None = Field(
+        None, ge=1, description="Denoising steps; unset: the model's (25 for SD, 28 for FLUX.1 [dev], 4 for [schnell])."
+    )
+    guidance_scale: float | None = Field(
+        None, ge=0,
+        description=("Guidance scale (kohya `--l`); unset: the model's (classifier-free guidance 7 for SD, the "
+                     "distilled guidance 3.5 for FLUX.1 [dev]; [schnell] ignores it)."),
+    )
     width: int | None = Field(
         None, ge=64, description="Sample width, a multiple of 8; unset: the training resolution."
     )

@@ -77,6 +77,11 @@ class Family:
     # The text encoders `network.train_text_encoder` adapts (None: all). FLUX: CLIP-L only, as the diffusers FLUX
     # scripts (T5 LoRA, kohya's `--train_t5xxl`, is not trained yet: diffusers' FLUX LoRA file has no place for it).
     lora_text_encoders: tuple[str, ...] | None = None
+    # Sampling when `[sampling]` / `loraforge sample` leave them unset: steps and guidance scale (SD: A1111's CFG 7;
+    # FLUX.1 [dev]: the distilled guidance 3.5 and 28 steps of BFL's and diffusers' examples; [schnell]:
+    # `models.loading.SCHNELL_SAMPLING`)
+    sample_steps: int = 25
+    sample_guidance: float = 7.0
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -210,6 +215,8 @@ FAMILIES: dict[str, Family] = {
             objective="flow",
             default_targets=FLUX_TARGETS,
             lora_text_encoders=("te1",),
+            sample_steps=28,
+            sample_guidance=3.5,
         ),
     )
 }

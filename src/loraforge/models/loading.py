@@ -34,6 +34,8 @@ TINY_UNET_CHANNELS = 32  # block_out_channels[0] of every embedded tiny model (`
 
 # T5 tokens of a FLUX prompt when `model.max_sequence_length` is unset: as FLUX.1 [dev] / [schnell] were trained
 T5_LENGTHS = {"dev": 512, "schnell": 256}
+# FLUX.1 [schnell] samples in 4 steps and has no guidance embedding (the guidance scale is ignored: 0 says so)
+SCHNELL_SAMPLING = (4, 0.0)
 
 
 @dataclass
@@ -62,6 +64,14 @@ class SDModel:
     def guidance_embeds(self) -> bool:
         """FLUX.1 [dev] (a guidance embedding) rather than [schnell]; False for the UNet families."""
         return bool(getattr(self.unet.config, "guidance_embeds", False))
+
+    @property
+    def sample_defaults(self) -> tuple[int, float]:
+        """(steps, guidance scale) for a sample that does not set them: the family's, [schnell]'s for a FLUX
+        transformer without a guidance embedding."""
+        if self.family.is_flow and not self.guidance_embeds:
+            return SCHNELL_SAMPLING
+        return self.family.sample_steps, self.family.sample_guidance
 
     def noise_scheduler(self):
         """What training adds noise with: DDPM with the model's own beta schedule, or for a flow-matching family

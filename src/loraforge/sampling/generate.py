@@ -20,8 +20,8 @@ class SampleRequest:
     negative_prompt: str = ""
     width: int = 512
     height: int = 512
-    steps: int = 25
-    guidance_scale: float = 7.0
+    steps: int | None = 25  # None: the model's (`SDModel.sample_defaults`), filled by `with_model_defaults`
+    guidance_scale: float | None = 7.0
     seed: int = 0
     sampler: str = "euler_a"
 
@@ -39,6 +39,14 @@ class SampleRequest:
             tail += f", Model: {model_name}"
         lines.append(tail)
         return "\n".join(lines)
+
+
+def with_model_defaults(model, requests: list[SampleRequest]) -> list[SampleRequest]:
+    """`requests` with unset steps / guidance scale (None) set to the model's (`SDModel.sample_defaults`: SD 25
+    steps at CFG 7, FLUX.1 [dev] 28 at guidance 3.5, [schnell] 4)."""
+    steps, guidance = model.sample_defaults
+    return [replace(r, steps=steps if r.steps is None else r.steps,
+                    guidance_scale=guidance if r.guidance_scale is None else r.guidance_scale) for r in requests]
 
 
 def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_skip: int | None = None) -> dict:
@@ -98,6 +106,7 @@ def generate(model, requests: list[SampleRequest], *, clip_skip: int | None = No
 
     images = []
     pipes: dict[str, object] = {}
+    requests = with_model_defaults(model, requests)
     flow = model.family.is_flow  # FLUX: guidance_scale feeds [dev]'s guidance embedding ([schnell] ignores it)
     for batch in _batches(requests, batch_size):
         req = batch[0]

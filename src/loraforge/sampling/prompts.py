@@ -44,9 +44,9 @@ def parse_prompt_line(line: str, base: SampleRequest, where: str = "prompt") -> 
                 raise PromptFileError(f"{where}: --{flag} {value!r}: {e}") from None
             kind, example = ("a number", "7.5") if flag == "l" else ("a whole number", "512" if flag in "wh" else "20")
             raise PromptFileError(f"{where}: --{flag} {value!r} is not {kind}; write e.g. --{flag} {example}") from None
-    if not math.isfinite(req.guidance_scale):
+    if req.guidance_scale is not None and not math.isfinite(req.guidance_scale):
         raise PromptFileError(f"{where}: --l {req.guidance_scale}: give a finite guidance scale, e.g. --l 7.5")
-    if req.steps < 1:
+    if req.steps is not None and req.steps < 1:
         raise PromptFileError(f"{where}: --s {req.steps}: give 1 or more denoising steps, e.g. --s 20")
     if not 0 <= req.seed <= MAX_SEED:
         raise PromptFileError(f"{where}: --d {req.seed}: a seed is 0 to {MAX_SEED}")

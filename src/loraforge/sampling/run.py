@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .generate import SampleRequest, expand_requests, generate, make_grid, save_png
+from .generate import SampleRequest, expand_requests, generate, make_grid, save_png, with_model_defaults
 from .prompts import read_prompt_file
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,8 @@ def sample_during_training(cfg, model, items, resolution: tuple[int, int], folde
     """Sample the run's prompts with the network active. Each PNG's `parameters` chunk holds the prompt A1111 takes
     (`a1111_prompt`: `<lora:output_name:1>` unless the run writes no LoRA (`lora` false), embedding names for the
     token abstractions, never `<s0><s1>`) and the new `tokens` the embedding file holds (`tokens_field`)."""
-    written_as = sample_requests(cfg, items, resolution)
-    requests = sample_requests(cfg, items, resolution, replace)
+    written_as = with_model_defaults(model, sample_requests(cfg, items, resolution))
+    requests = with_model_defaults(model, sample_requests(cfg, items, resolution, replace))
     # Sampling must not disturb the training RNG streams (resume equality depends on them).
     cpu_state = torch.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None

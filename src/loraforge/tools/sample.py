@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import FamilyMismatchError, InputNotFoundError, ShapeMismatchError, ToolError
 from ..families import FAMILIES
 from ..formats.embeddings import load_embeddings
-from ..sampling.generate import SampleRequest, expand_requests, generate, save_png
+from ..sampling.generate import SampleRequest, expand_requests, generate, save_png, with_model_defaults
 from ..sampling.prompts import PromptFileError, read_prompt_file
 from ..sampling.samplers import normalize_sampler
 from .common import LoraSpec, apply_lora_files, check_output, find_lora_file, load_sd_model
@@ -62,11 +62,12 @@ def prepare_model(model: str | None, loras: list[LoraSpec] = (), embeddings: lis
 
 
 def build_requests(prompt: str | None = None, prompt_file: str | None = None, *, negative_prompt: str = "",
-                   sampler: str = "euler_a", steps: int = 25, guidance_scale: float = 7.0, width: int = 0,
+                   sampler: str = "euler_a", steps: int | None = None, guidance_scale: float | None = None, width: int = 0,
                    height: int = 0, seed: int = 0, batch: int = 1) -> list[SampleRequest]:
     """Requests from a prompt or a kohya prompt file (its `--n --w --h --d --l --s --ss` override the defaults);
-    `batch` images per prompt with seeds seed, seed+1, ... A size of 0 means the model's own (`sample` fills it)."""
-    if steps < 1 or batch < 1:
+    `batch` images per prompt with seeds seed, seed+1, ... A size of 0, steps or guidance None mean the model's own
+    (`sample` fills them)."""
+    if (steps is not None and steps < 1) or batch < 1:
         flag, value = ("--steps", steps) if steps < 1 else ("--batch", batch)
         raise ToolError(f"{flag} {value}: it must be 1 or more")
     if width < 0 or height < 0:
@@ -85,7 +86,7 @@ def build_requests(prompt: str | None = None, prompt_file: str | None = None, *,
             raise
         raise ToolError(str(e)) from None
     for r in reqs:
-        if r.steps < 1:
+        if r.steps is not None and r.steps < 1:
             raise ToolError(f"{prompt_file}: the prompt {r.prompt!r} asks for {r.steps} steps (--s); give 1 or more")
         if r.width % 8 or r.height % 8:
             raise ToolError(f"size {r.width}x{r.height}: width and height must be multiples of 8")
@@ -127,7 +128,8 @@ def sample(model: str | None, requests: list[SampleRequest], out_dir, *, loras: 
     sd = prepare_model(model, loras, embeddings, family=family, allow_pickle=allow_pickle, skip_unknown=skip_unknown,
                        config_dir=config_dir)
     size = default_size(sd, init_image)
-    requests = [replace(r, width=r.width or size[0], height=r.height or size[1]) for r in requests]
+    requests = with_model_defaults(sd, [replace(r, width=r.width or size[0], height=r.height or size[1])
+                                        for r in requests])
     images = generate(sd, requests, clip_skip=clip_skip, init_image=init_image, strength=strength)
     name = Path(model).stem if model else f"tiny-{sd.family.name}"
     for path, image, req in zip(paths, images, requests):

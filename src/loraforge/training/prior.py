@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data.sources import list_images
-from ..sampling.generate import SampleRequest, generate, save_png
+from ..sampling.generate import SampleRequest, generate, save_png, with_model_defaults
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ def ensure_class_images(cfg, model, accelerator, resolution: tuple[int, int], re
         for part in (model.unet, model.vae, *model.text_encoders):
             part.to(accelerator.device, dtype=dtype) if dtype else part.to(accelerator.device)
         width, height = resolution
-        requests = [SampleRequest(prompt, s.negative_prompt, width, height, s.num_inference_steps,
-                                  s.guidance_scale, cfg.training.seed + i, s.sample_sampler) for i in todo]
+        requests = with_model_defaults(model, [
+            SampleRequest(prompt, s.negative_prompt, width, height, s.num_inference_steps, s.guidance_scale,
+                          cfg.training.seed + i, s.sample_sampler) for i in todo])
         with accelerator.autocast():
             images = generate(model, requests, clip_skip=cfg.training.clip_skip, batch_size=s.sample_batch_size)
         for i, img, req in zip(todo, images, requests):
