@@ -42,7 +42,8 @@ def test_each_option_moves_the_estimate_the_way_it_should(make_config):
                                            "dataset.cache_latents": True}), plan, cuda=True, model=model())
     assert both.trainable_gib == pytest.approx(base.trainable_gib * (4 + 4 + 2) / (4 + 4 + 8))
     assert both.step_tflops < base.step_tflops and both.step_ops < base.step_ops
-    assert both.weights_gib == base.weights_gib  # the trainer keeps the VAE on the device either way
+    # with no samples drawn (make_config), the VAE leaves the device once the latents are cached
+    assert both.weights_gib < base.weights_gib and both.loading_gib == pytest.approx(base.weights_gib)
 
 
 def test_proposals_turn_on_checkpointing_first_and_stop_when_it_fits(make_config):
@@ -98,3 +99,48 @@ def test_the_trainer_checks_memory_after_every_step(make_config, monkeypatch):
     monkeypatch.setattr(MemoryWatch, "check", lambda self, stats=None, total_bytes=None, step=None: steps.append(step))
     Trainer(make_config("sd15", **{"training.max_train_steps": 2})).run()
     assert steps == [1, 2]
+
+
+def test_flux_estimate_counts_the_transformer_t5_and_what_quantizing_and_caching_free(tmp_path):
+    """Full-size FLUX.1 [dev] on the meta device: the weights are the transformer's, T5's, CLIP-L's and the VAE's
+    (bf16); int8 stores every linear weight of the transformer in one byte; cached text with no samples releases the
+    text encoders after caching (the peak then is the loading phase or training, whichever is larger); the proposal
+    for a 24 GiB card reaches a fit through those two changes."""
+    from PIL import Image
+
+    from loraforge.config import load_config
+    from loraforge.models.configs import config_folder
+
+    for i in range(2):
+        Image.new("RGB", (512, 512), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+
+    def cfg_with(*sets):
+        return load_config(None, ["model.family='flux'", f"model.pretrained_model_name_or_path='{config_folder('flux')}'",
+                                  "dataset.resolution=512", "model.max_sequence_length=128", "network.rank=16",
+                                  "training.gradient_checkpointing=true", "training.mixed_precision='bf16'",
+                                  f"dataset.instance_dir='{tmp_path}'", "dataset.instance_prompt='a photo of sks'",
+                                  *sets])
+
+    cfg = cfg_with()
+    plan = plan_run(cfg)
+    model = meta_model(model_folder(cfg, plan), plan.family)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    transformer, text, vae = count(model.unet), sum(count(te) for te in model.text_encoders), count(model.vae)
+    assert 11.5e9 < transformer < 12.5e9 and 4.5e9 < text < 5.0e9  # FLUX.1's 12B transformer, T5-XXL + CLIP-L
+    base = estimate(cfg, plan, cuda=True, model=model)
+    assert base.weights_gib * 2**30 == pytest.approx((transformer + text + vae) * 2)
+    assert base.activations_gib > 0 and base.network_params > 0
+    linear = sum(m.weight.numel() for m in model.unet.modules() if type(m).__name__ == "Linear")
+    q = estimate(cfg_with("model.quantize_base='int8'"), plan, cuda=True, model=model)
+    assert (base.weights_gib - q.weights_gib) * 2**30 == pytest.approx(linear)  # 2 bytes -> 1 per linear weight
+    cached = estimate(cfg_with("model.quantize_base='int8'", "dataset.cache_text_encoder_outputs=true",
+                               "sampling.at_end=false"), plan, cuda=True, model=model)
+    assert (q.weights_gib - cached.weights_gib) * 2**30 == pytest.approx(text * 2)  # the text encoders leave
+    assert cached.loading_gib * 2**30 == pytest.approx(q.weights_gib * 2**30)  # ... after they filled the cache
+    assert cached.peak_gib < q.peak_gib and cached.step_s < q.step_s  # no T5 forward in the step either
+    longer = estimate(cfg_with("model.max_sequence_length=512"), plan, cuda=True, model=model)
+    assert longer.activations_gib > base.activations_gib and longer.step_tflops > base.step_tflops
+    proposal = propose(cfg, plan, 24.0)
+    changes = [text for text, _ in proposal.steps]
+    assert proposal.fits and 'model.quantize_base = "int8"' in changes, changes
+    assert any(c.startswith("dataset.cache_text_encoder_outputs = true") for c in changes), changes

@@ -192,10 +192,33 @@ def test_two_shifts_are_refused(make_config):
         make_config("flux", **{"training.flow_shift": 3.0, "training.flow_resolution_shift": True})
 
 
-def test_memory_estimate_refuses_flux_with_the_way_out():
-    from loraforge.errors import UnsupportedError
-    from loraforge.families import family
-    from loraforge.training.estimate import meta_model
+def test_an_int8_base_trains_a_flux_lora(make_config):
+    """`model.quantize_base = "int8"` on FLUX's transformer: its linear layers are stored by torchao, the LoRA wraps
+    them (peft's TorchaoLoraLinear), the loss goes down on a fixed batch and the kohya file has the same keys as
+    over an unquantized base."""
+    pytest.importorskip("torchao")
+    from torchao.utils import TorchAOBaseTensor
 
-    with pytest.raises(UnsupportedError, match="FLUX.1 .* not estimated yet.*max_train_steps=5"):
-        meta_model(tiny_model_dir("flux"), family("flux"))
+    keys = {}
+    for mode in ("none", "int8"):
+        t = _prepared(make_config, **{"model.quantize_base": mode, "training.max_train_steps": 1,
+                                      "optimizer.learning_rate": 1e-2, "output.output_name": f"run-{mode}"})
+        try:
+            quantized = [m for m in t.model.unet.modules()
+                         if isinstance(m, torch.nn.Linear) and isinstance(m.weight, TorchAOBaseTensor)]
+            assert (len(quantized) > 30) == (mode == "int8"), len(quantized)
+            if mode == "int8":
+                batch, latents, noise, steps = _fixed(t)
+                losses = []
+                for _ in range(4):
+                    loss = t.compute_loss(batch, latents, noise, steps)
+                    loss.backward()
+                    t.optimizer.step()
+                    t.optimizer.zero_grad(set_to_none=True)
+                    losses.append(loss.item())
+                assert losses[-1] < losses[0], losses
+            t.train()
+            keys[mode] = set(load_file(str(t.finish().files.kohya)))
+        finally:
+            t.close()
+    assert keys["int8"] == keys["none"] and any("double_blocks_0_img_attn_qkv" in k for k in keys["none"])

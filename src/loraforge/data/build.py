@@ -30,6 +30,17 @@ def collect_all(cfg, resolution: tuple[int, int]) -> DataPlan:
     plan = plan_from_file(cfg, resolution) if cfg.dataset.config_file else native_plan(cfg, resolution)
     return collect_plan_items(plan, cfg.dataset)
 
+
+def wants_latent_cache(d) -> bool:
+    """`[dataset]` `d` caches latents (in memory or on disk)."""
+    return d.cache_latents or d.cache_latents_to_disk
+
+
+def wants_text_cache(d) -> bool:
+    """`[dataset]` `d` caches text-encoder outputs (in memory or on disk)."""
+    return d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk
+
+
 @dataclass
 class TrainData:
     items: list[ImageItem]
@@ -57,13 +68,11 @@ class TrainData:
 
     @property
     def wants_latent_cache(self) -> bool:
-        d = self.cfg.dataset
-        return d.cache_latents or d.cache_latents_to_disk
+        return wants_latent_cache(self.cfg.dataset)
 
     @property
     def wants_text_cache(self) -> bool:
-        d = self.cfg.dataset
-        return d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk
+        return wants_text_cache(self.cfg.dataset)
 
     def fill_caches(self, ctx: CacheContext) -> dict:
         """Fill the requested caches with the model in `ctx`; returns hit/miss counts per cache."""

@@ -17,11 +17,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..config import TrainConfig
-from ..errors import UnsupportedError
 from ..models.configs import config_folder
+from ..models.loading import T5_LENGTHS
 from ..models.tiny import tiny_model_dir
 from ..networks.targets import plan_targets
 from .plan import RunPlan
+from .release import releasable
 
 GIB = 2**30
 # CUDA context, cuBLAS/cuDNN workspaces and allocator slack not counted elsewhere (docs/plan.md: 0.9–1.3 GiB measured
@@ -35,9 +36,12 @@ OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "adafactor":
 # forward; gradient checkpointing recomputes the forward: ≈ 1.48 × the step)
 STEP_OVER_FORWARD = 2.1
 CHECKPOINTING_COST = 1.48
-# effective throughput of a GPU running loraforge-like eager code, TFLOP/s: kohya sd-scripts SDXL LoRA 1024 bs1 at
-# 1.08 it/s on an RTX 4090 (kohya_ss #1288) × 14.35 TFLOP/step (peers.md §4) ≈ 15.5
-DEFAULT_GPU_TFLOPS = 15.5
+# effective throughput of a GPU running loraforge-like eager code, TFLOP/s, by denoiser: a UNet, kohya sd-scripts
+# SDXL LoRA 1024 bs1 at 1.08 it/s on an RTX 4090 (kohya_ss #1288) × 14.35 TFLOP/step (peers.md §4) ≈ 15.5; FLUX's
+# transformer (large matmuls), SimpleTuner's FLUX LoRA bs1 at 1024 on a 4090, 3.5 s/step (quickstart/FLUX.md,
+# peers.md) × our count of that step with gradient checkpointing, 241 TFLOP ≈ 69
+GPU_TFLOPS = {"unet": 15.5, "transformer": 69.0}
+DEFAULT_GPU_TFLOPS = GPU_TFLOPS["unet"]
 # backward operators per forward operator: peers.md §4 counted 5.4k forward + 6.9k backward aten ops for an SDXL
 # LoRA step (TorchDispatchMode on meta)
 BACKWARD_OPS = 1.3
@@ -64,16 +68,21 @@ class Estimate:
     step_ops: int  # aten operators a step dispatches (forward, backward, recomputation, VAE / text encoders)
     step_s: float
     device: str  # "cuda" or "cpu"
+    # the weights on the device before training: the text encoders and VAE stay until the caches are filled
+    # (`training.release`)
+    loading_gib: float = 0.0
 
     @property
     def peak_gib(self) -> float:
-        return self.weights_gib + self.trainable_gib + self.activations_gib + self.overhead_gib
+        training = self.weights_gib + self.trainable_gib + self.activations_gib
+        return max(training, self.loading_gib) + self.overhead_gib
 
     def as_dict(self) -> dict:
         return {"settings": self.settings, "peak_gib": round(self.peak_gib, 3),
                 "weights_gib": round(self.weights_gib, 3), "network_params": self.network_params,
                 "trainable_gib": round(self.trainable_gib, 3), "activations_gib": round(self.activations_gib, 3),
-                "overhead_gib": round(self.overhead_gib, 3), "step_tflops": round(self.step_tflops, 4),
+                "overhead_gib": round(self.overhead_gib, 3), "loading_gib": round(self.loading_gib, 3),
+                "step_tflops": round(self.step_tflops, 4),
                 "step_ops": self.step_ops,
                 "step_s": round(self.step_s, 4), "it_s": round(1 / self.step_s, 3) if self.step_s else None,
                 "device": self.device}
@@ -103,21 +112,21 @@ def model_folder(cfg: TrainConfig, plan: RunPlan) -> Path:
 
 
 def meta_model(folder: Path, fam) -> SimpleNamespace:
-    """The UNet, text encoders and VAE of `folder` on the meta device (shapes only), as `plan_targets` takes them."""
-    if fam.is_flow:
-        raise UnsupportedError(f"the memory and speed estimate knows UNet models only; {fam.label} (a transformer) is "
-                               "not estimated yet: measure a few steps with `loraforge train --set "
-                               "training.max_train_steps=5` instead")
+    """The denoiser (a UNet, or FLUX's transformer), text encoders and VAE of `folder` on the meta device (shapes
+    only), as `plan_targets` takes them."""
     import torch
     import transformers
-    from diffusers import AutoencoderKL, UNet2DConditionModel  # lazy: diffusers is heavy
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DConditionModel  # lazy: diffusers is heavy
 
     def config(sub):
         data = json.loads((folder / sub / "config.json").read_text(encoding="utf-8"))
         return {k: v for k, v in data.items() if not k.startswith("_")}
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config("unet"))
+        if fam.is_flow:
+            unet = FluxTransformer2DModel.from_config(config(fam.denoiser))
+        else:
+            unet = UNet2DConditionModel.from_config(config("unet"))
         vae = AutoencoderKL.from_config(config("vae"))
         tes = []
         for te in fam.text_encoders:
@@ -145,6 +154,36 @@ def adapter_params(model, cfg: TrainConfig) -> int:
             k = m.kernel_size[0] * m.kernel_size[1] if t.kind == "conv" else 1
             total += t.rank * (m.in_channels * k + m.out_channels)
     return total
+
+
+def text_length(model, cfg: TrainConfig) -> int:
+    """Tokens of the text sequence the denoiser attends to: CLIP's 77, FLUX's T5 length (`model.max_sequence_length`,
+    unset: [dev]'s 512, [schnell]'s 256)."""
+    if not model.family.is_flow:
+        return 77
+    variant = "dev" if getattr(model.unet.config, "guidance_embeds", False) else "schnell"
+    return cfg.model.max_sequence_length or T5_LENGTHS[variant]
+
+
+def _denoiser_inputs(model, cfg: TrainConfig, batch: int, resolution, dtype, latent_factor: int):
+    """(args, kwargs) of one training forward of the denoiser on meta tensors."""
+    import torch
+
+    if not model.family.is_flow:
+        x, t, ctx, kw = _unet_inputs(model.unet, batch, resolution, dtype, latent_factor)
+        return (x, t, ctx), kw
+    c = model.unet.config
+    tokens = (resolution[1] // latent_factor // 2) * (resolution[0] // latent_factor // 2)  # latents packed 2×2
+    seq = text_length(model, cfg)
+    meta = dict(device="meta", dtype=dtype)
+    kw = dict(hidden_states=torch.zeros(batch, tokens, c.in_channels, **meta),
+              encoder_hidden_states=torch.zeros(batch, seq, c.joint_attention_dim, **meta),
+              pooled_projections=torch.zeros(batch, c.pooled_projection_dim, **meta),
+              timestep=torch.zeros(batch, **meta), img_ids=torch.zeros(tokens, 3, **meta),
+              txt_ids=torch.zeros(seq, 3, **meta), return_dict=False)
+    if c.guidance_embeds:
+        kw["guidance"] = torch.zeros(batch, **meta)
+    return (), kw
 
 
 def _unet_inputs(unet, batch: int, resolution: tuple[int, int], dtype, latent_factor: int):
@@ -177,7 +216,9 @@ def _op_counter():
     return OpCount()
 
 
-_CHECKPOINTED = re.compile(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets|attentions)\.\d+")
+# the units diffusers checkpoints one by one: each ResNet and transformer of a UNet's blocks, each FLUX block
+_CHECKPOINTED = re.compile(r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets|attentions)\.\d+"
+                           r"|(single_)?transformer_blocks\.\d+")
 
 
 def unet_activations(model, cfg: TrainConfig, resolution, batch: int, dtype,
@@ -212,15 +253,14 @@ def unet_activations(model, cfg: TrainConfig, resolution, batch: int, dtype,
         per_block[current[0]] = per_block.get(current[0], 0) + saved[id(t)]
         return t
 
-    # the units diffusers checkpoints one by one: each ResNet and each transformer of the blocks
     units = [n for n, _ in unet.named_modules() if _CHECKPOINTED.fullmatch(n)]
     hooks = [unet.get_submodule(u).register_forward_pre_hook(lambda *_, u=u: current.__setitem__(0, u))
              for u in units]
-    x, t, ctx, kw = _unet_inputs(unet, batch, resolution, dtype, latent_factor)
+    args, kw = _denoiser_inputs(model, cfg, batch, resolution, dtype, latent_factor)
     try:
         if gc:  # the blocks' own activations, measured without checkpointing, give the recomputation's peak
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda v: v):
-                unet(x, t, ctx, **kw)
+                unet(*args, **kw)
             largest = max((v for k, v in per_block.items() if k != "other"), default=0)
             saved.clear()
             per_block.clear()
@@ -229,10 +269,13 @@ def unet_activations(model, cfg: TrainConfig, resolution, batch: int, dtype,
         ops = _op_counter()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda v: v), FlopCounterMode(display=False) as flops:
             with ops:
-                unet(x, t, ctx, **kw)
-    finally:
+                unet(*args, **kw)
+    finally:  # the meta model as it was, for the next estimate
         for h in hooks:
             h.remove()
+        unet.requires_grad_(False)
+        if gc:
+            unet.disable_gradient_checkpointing()
     kept = sum(saved.values()) + (largest if gc else 0)
     return kept, flops.get_total_flops(), ops.n
 
@@ -267,8 +310,16 @@ def estimate(cfg: TrainConfig, plan: RunPlan, *, cuda: bool, tflops: float | Non
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mp]
     vae_dtype = torch.float32 if mp == "fp16" or t.no_half_vae else dtype
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    weights = (count(model.unet) + sum(count(te) for te in model.text_encoders)) * _bytes(dtype) \
-        + count(model.vae) * _bytes(vae_dtype)
+    denoiser = count(model.unet) * _bytes(dtype)
+    stored = denoiser
+    if cfg.model.quantize_base != "none":  # torchao weight-only: every linear weight in one byte
+        linear = sum(m.weight.numel() for m in model.unet.modules() if isinstance(m, torch.nn.Linear))
+        stored -= linear * (_bytes(dtype) - 1)
+    text = sum(count(te) for te in model.text_encoders) * _bytes(dtype)
+    vae = count(model.vae) * _bytes(vae_dtype)
+    released = releasable(cfg, cfg.network.train_text_encoder or t.train_text_encoder_ti)
+    weights = stored + (0 if "text_encoders" in released else text) + (0 if "vae" in released else vae)
+    loading = stored + text + vae  # a quantized denoiser arrives layer by layer (`quantize_unet`)
     n_adapter = adapter_params(model, cfg)
     state = OPTIMIZER_STATE_BYTES.get(o.type, 8)
     trainable = n_adapter * (4 + 4 + state)
@@ -283,21 +334,26 @@ def estimate(cfg: TrainConfig, plan: RunPlan, *, cuda: bool, tflops: float | Non
         f, n = _frozen_forward(model.vae.encoder, vae_dtype, pixels)
         step_flops, step_ops = step_flops + f, step_ops + n
     if not (d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk):
-        ids = torch.zeros(t.batch_size, 77, dtype=torch.long, device="meta")
-        for te in model.text_encoders:
+        for i, te in enumerate(model.text_encoders):  # FLUX: CLIP-L reads 77 tokens, T5 the T5 length
+            length = text_length(model, cfg) if fam.is_flow and i else 77
+            ids = torch.zeros(t.batch_size, length, dtype=torch.long, device="meta")
             f, n = _frozen_forward(te, dtype, ids)
             step_flops, step_ops = step_flops + f, step_ops + n
     step_flops *= t.gradient_accumulation_steps
     step_ops *= t.gradient_accumulation_steps
     if cuda:  # kernels run while Python queues the next ones: the slower of the two sets the pace
-        step_s = max(step_flops / ((tflops or DEFAULT_GPU_TFLOPS) * 1e12), step_ops * GPU_SECONDS_PER_OP)
+        step_s = max(step_flops / ((tflops or GPU_TFLOPS[fam.denoiser]) * 1e12), step_ops * GPU_SECONDS_PER_OP)
     else:  # one after the other
         step_s = step_ops * CPU_SECONDS_PER_OP + step_flops / ((tflops or DEFAULT_CPU_GFLOPS / 1000) * 1e12)
     settings = {"training.batch_size": t.batch_size, "training.gradient_checkpointing": t.gradient_checkpointing,
                 "training.mixed_precision": mp, "optimizer.type": o.type, "network.rank": cfg.network.rank,
                 "dataset.cache_latents": d.cache_latents or d.cache_latents_to_disk,
                 "resolution": f"{plan.resolution[0]}x{plan.resolution[1]}"}
-    return Estimate(settings=settings, weights_gib=weights / GIB, network_params=n_adapter,
+    if cfg.model.quantize_base != "none":
+        settings["model.quantize_base"] = cfg.model.quantize_base
+    if released:
+        settings["released after caching"] = " and ".join(released)
+    return Estimate(settings=settings, weights_gib=weights / GIB, network_params=n_adapter, loading_gib=loading / GIB,
                     trainable_gib=trainable / GIB, activations_gib=acts / GIB,
                     overhead_gib=CUDA_OVERHEAD_GIB if cuda else CPU_BASE_GIB, step_tflops=step_flops / 1e12,
                     step_ops=round(step_ops), step_s=step_s, device="cuda" if cuda else "cpu")
@@ -325,6 +381,14 @@ def propose(cfg: TrainConfig, plan: RunPlan, vram_gib: float, *, tflops: float |
          else _with(c, "optimizer", type="adamw8bit")),
         ("dataset.cache_latents = true", lambda c: None if c.dataset.cache_latents or c.dataset.cache_latents_to_disk
          else _with(c, "dataset", cache_latents=True)),
+        # the frozen denoiser in one byte a weight (torchao; LoRA only)
+        ("model.quantize_base = \"int8\"", lambda c: None if c.model.quantize_base != "none" or c.network.algo != "lora"
+         else _with(c, "model", quantize_base="int8")),
+        # text-encoder outputs cached and no samples: the text encoders (FLUX's T5: 9 GiB in bf16) and VAE leave
+        ("dataset.cache_text_encoder_outputs = true, sampling.at_end = false",
+         lambda c: None if c.network.train_text_encoder or c.training.train_text_encoder_ti or (
+             c.dataset.cache_text_encoder_outputs and not c.sampling.at_end)
+         else _with(_with(c, "dataset", cache_text_encoder_outputs=True), "sampling", at_end=False)),
     ]
     b = cfg.training.batch_size
     while b > 1:
@@ -345,8 +409,7 @@ def propose(cfg: TrainConfig, plan: RunPlan, vram_gib: float, *, tflops: float |
         if new is None:
             continue
         current = new
-        last = estimate(current, plan, cuda=True, tflops=tflops, model=meta_model(model_folder(cfg, plan),
-                                                                                     plan.family))
+        last = estimate(current, plan, cuda=True, tflops=tflops, model=model)
         proposal.steps.append((text, last))
     return proposal
 

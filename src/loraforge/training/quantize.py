@@ -42,7 +42,8 @@ def check_quantize(mode: str, device) -> None:
 
 
 def quantize_unet(unet: torch.nn.Module, mode: str, device) -> int:
-    """Quantize the UNet's `nn.Linear` layers in place (before the network is injected); returns how many."""
+    """Quantize the UNet's `nn.Linear` layers in place (before the network is injected), each moved to `device` as it
+    is quantized (torchao's `device`: one layer at a time in full precision there); returns how many."""
     if mode == "none":
         return 0
     check_quantize(mode, device)
@@ -52,7 +53,7 @@ def quantize_unet(unet: torch.nn.Module, mode: str, device) -> int:
         raise ConfigError(f"model.quantize_base = {mode!r} needs the torchao package, which is not installed: "
                           "install it (pip install 'loraforge[quant]'), or set model.quantize_base = 'none'") from None
     count = sum(isinstance(m, torch.nn.Linear) for m in unet.modules())
-    quantize_(unet, Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig())
+    quantize_(unet, Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig(), device=device)
     for m in unet.modules():
         if isinstance(m, torch.nn.Linear) and hasattr(m.weight, "dequantize"):
             m.forward = types.MethodType(_forward, m)

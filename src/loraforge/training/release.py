@@ -13,17 +13,19 @@ import logging
 
 import torch
 
+from ..data.build import wants_latent_cache, wants_text_cache
+
 log = logging.getLogger(__name__)
 
 
-def releasable(cfg, data, text_needs_grad: bool) -> list[str]:
+def releasable(cfg, text_needs_grad: bool) -> list[str]:
     """The frozen parts nothing needs after caching: "vae" when latents are cached, "text_encoders" when text-encoder
     outputs are and the text encoders do not train; none when samples are drawn during or after training."""
     s = cfg.sampling
     if s.at_end or s.sample_every_n_steps or s.sample_every_n_epochs:
         return []
-    parts = ["vae"] if data.wants_latent_cache else []
-    if data.wants_text_cache and not text_needs_grad:
+    parts = ["vae"] if wants_latent_cache(cfg.dataset) else []
+    if wants_text_cache(cfg.dataset) and not text_needs_grad:
         parts.append("text_encoders")
     return parts
 

@@ -208,17 +208,20 @@ class Trainer(RunOutputs):
                            clip_skip=self.cfg.training.clip_skip, max_token_length=d.max_token_length,
                            vae_batch_size=d.vae_batch_size)
         self.cache_stats = self.data.fill_caches(ctx)
-        release(m, releasable(self.cfg, self.data, self.text_needs_grad))  # their memory, when nothing needs them
+        release(m, releasable(self.cfg, self.text_needs_grad))  # their memory, when nothing needs them
     # -----------------------------------------------------------------------------------------------------------
 
     def setup_network(self) -> None:
         m, acc = self.model, self.accelerator
         m.vae.requires_grad_(False)
         # Frozen weights in the compute dtype; the VAE stays fp32 under fp16 (fp16 SD VAEs overflow into NaNs).
-        m.unet.to(acc.device, dtype=self.weight_dtype)
+        # A quantized base is quantized layer by layer as its layers move to the device (before the LoRA wraps them),
+        # so the whole denoiser never sits there in the compute dtype (FLUX's: 22 GiB in bf16)
+        m.unet.to(dtype=self.weight_dtype)
+        quantize_unet(m.unet, self.cfg.model.quantize_base, acc.device)
+        m.unet.to(acc.device)
         if self.cfg.training.channels_last:
             m.unet.to(memory_format=torch.channels_last)
-        quantize_unet(m.unet, self.cfg.model.quantize_base, acc.device)  # before the LoRA wraps its layers
         for te in m.text_encoders:
             te.to(acc.device, dtype=self.weight_dtype)
         keep_fp32 = self.weight_dtype == torch.float16 or self.cfg.training.no_half_vae
