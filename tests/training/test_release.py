@@ -45,3 +45,24 @@ def test_sampling_keeps_them_and_samples(make_config, tmp_path):
     result = t.run()
     assert _devices(t.model) == {"vae": {"cpu"}, "te": {"cpu"}, "unet": {"cpu"}}
     assert len(result.samples) == 1 and result.samples[0].is_file()
+
+
+def test_the_caches_fill_before_the_denoiser_is_set_up(make_config, tmp_path, monkeypatch):
+    """The caches' encoders do their work and leave before the denoiser is moved, quantized and wrapped by the LoRA,
+    so the two are never on the device together (FLUX: T5-XXL and the transformer; `loraforge plan` counts it so)."""
+    from loraforge.data.build import TrainData
+
+    folder = images(tmp_path / "img", [(64, 64)])
+    seen = []
+    fill = TrainData.fill_caches
+
+    def spy(self, ctx):
+        seen.append(getattr(t, "network", None))
+        return fill(self, ctx)
+
+    monkeypatch.setattr(TrainData, "fill_caches", spy)
+    t = Trainer(make_config("sd15", **data_options(folder, **{"dataset.cache_text_encoder_outputs": True})))
+    t.prepare()
+    t.close()
+    assert seen == [None]  # the caches filled once, before the network existed
+    assert tuple(t.network.parts) == ("unet",)  # it came after

@@ -68,8 +68,8 @@ class Estimate:
     step_ops: int  # aten operators a step dispatches (forward, backward, recomputation, VAE / text encoders)
     step_s: float
     device: str  # "cuda" or "cpu"
-    # the weights on the device before training: the text encoders and VAE stay until the caches are filled
-    # (`training.release`)
+    # the weights on the device while the caches fill, before the denoiser arrives: the text encoders and the VAE
+    # (`training.release` drops them afterwards when nothing needs them)
     loading_gib: float = 0.0
 
     @property
@@ -317,9 +317,9 @@ def estimate(cfg: TrainConfig, plan: RunPlan, *, cuda: bool, tflops: float | Non
         stored -= linear * (_bytes(dtype) - 1)
     text = sum(count(te) for te in model.text_encoders) * _bytes(dtype)
     vae = count(model.vae) * _bytes(vae_dtype)
-    released = releasable(cfg, cfg.network.train_text_encoder or t.train_text_encoder_ti)
+    released = releasable(cfg)
     weights = stored + (0 if "text_encoders" in released else text) + (0 if "vae" in released else vae)
-    loading = stored + text + vae  # a quantized denoiser arrives layer by layer (`quantize_unet`)
+    loading = text + vae  # the caches fill before the denoiser reaches the device (`Trainer.prepare`)
     n_adapter = adapter_params(model, cfg)
     state = OPTIMIZER_STATE_BYTES.get(o.type, 8)
     trainable = n_adapter * (4 + 4 + state)

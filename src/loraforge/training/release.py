@@ -18,14 +18,16 @@ from ..data.build import wants_latent_cache, wants_text_cache
 log = logging.getLogger(__name__)
 
 
-def releasable(cfg, text_needs_grad: bool) -> list[str]:
+def releasable(cfg) -> list[str]:
     """The frozen parts nothing needs after caching: "vae" when latents are cached, "text_encoders" when text-encoder
-    outputs are and the text encoders do not train; none when samples are drawn during or after training."""
+    outputs are and the text encoders do not train (no text-encoder LoRA, no pivotal tuning); none when samples are
+    drawn during or after training. Decided from the config alone: the caches fill before the network exists."""
     s = cfg.sampling
     if s.at_end or s.sample_every_n_steps or s.sample_every_n_epochs:
         return []
     parts = ["vae"] if wants_latent_cache(cfg.dataset) else []
-    if wants_text_cache(cfg.dataset) and not text_needs_grad:
+    text_trains = cfg.network.train_text_encoder or cfg.training.train_text_encoder_ti
+    if wants_text_cache(cfg.dataset) and not text_trains:
         parts.append("text_encoders")
     return parts
 

@@ -73,6 +73,7 @@ class Trainer(RunOutputs):
         self.run_dir = Path(cfg.output.output_dir).expanduser() / cfg.output.output_name
         self.state = TrainState()
         self.losses: list[float] = []
+        self.vae_dtype: torch.dtype | None = None  # set when the frozen parts reach the device (`place_frozen`)
 
     # ----------------------------------------------------------------------------------------------- phases
     def run(self) -> RunResult:
@@ -105,8 +106,9 @@ class Trainer(RunOutputs):
         self.setup()
         self.load_model()
         self.load_data()
+        self.place_frozen()
+        self.cache()  # before the denoiser reaches the device: the caches' encoders leave it first (FLUX's T5)
         self.setup_network()
-        self.cache()
         self.setup_optimization()
         self.maybe_resume()
 
@@ -208,25 +210,32 @@ class Trainer(RunOutputs):
                            clip_skip=self.cfg.training.clip_skip, max_token_length=d.max_token_length,
                            vae_batch_size=d.vae_batch_size)
         self.cache_stats = self.data.fill_caches(ctx)
-        release(m, releasable(self.cfg, self.text_needs_grad))  # their memory, when nothing needs them
+        release(m, releasable(self.cfg))  # their memory, when nothing needs them
     # -----------------------------------------------------------------------------------------------------------
+
+    def place_frozen(self) -> None:
+        """The text encoders and the VAE onto the device in their dtypes (the caches use them); once."""
+        if self.vae_dtype is not None:
+            return
+        m, acc = self.model, self.accelerator
+        m.vae.requires_grad_(False)
+        for te in m.text_encoders:
+            te.to(acc.device, dtype=self.weight_dtype)
+        # the VAE stays fp32 under fp16 (fp16 SD VAEs overflow into NaNs)
+        keep_fp32 = self.weight_dtype == torch.float16 or self.cfg.training.no_half_vae
+        self.vae_dtype = torch.float32 if keep_fp32 else self.weight_dtype
+        m.vae.to(acc.device, dtype=self.vae_dtype)
 
     def setup_network(self) -> None:
         m, acc = self.model, self.accelerator
-        m.vae.requires_grad_(False)
-        # Frozen weights in the compute dtype; the VAE stays fp32 under fp16 (fp16 SD VAEs overflow into NaNs).
-        # A quantized base is quantized layer by layer as its layers move to the device (before the LoRA wraps them),
+        self.place_frozen()
+        # The denoiser's frozen weights in the compute dtype. A quantized base is quantized layer by layer as its layers move to the device (before the LoRA wraps them),
         # so the whole denoiser never sits there in the compute dtype (FLUX's: 22 GiB in bf16)
         m.unet.to(dtype=self.weight_dtype)
         quantize_unet(m.unet, self.cfg.model.quantize_base, acc.device)
         m.unet.to(acc.device)
         if self.cfg.training.channels_last:
             m.unet.to(memory_format=torch.channels_last)
-        for te in m.text_encoders:
-            te.to(acc.device, dtype=self.weight_dtype)
-        keep_fp32 = self.weight_dtype == torch.float16 or self.cfg.training.no_half_vae
-        self.vae_dtype = torch.float32 if keep_fp32 else self.weight_dtype
-        m.vae.to(acc.device, dtype=self.vae_dtype)
         self.network = create_network(self.cfg.network)
         self.network.apply(m)
         for part in self.network.parts:  # trainable tensors in fp32 whatever the base dtype
