@@ -77,6 +77,10 @@ class Family:
     # The text encoders `network.train_text_encoder` adapts (None: all). FLUX: CLIP-L only, as the diffusers FLUX
     # scripts (T5 LoRA, kohya's `--train_t5xxl`, is not trained yet: diffusers' FLUX LoRA file has no place for it).
     lora_text_encoders: tuple[str, ...] | None = None
+    # The text encoders pivotal tuning gives the new tokens only when asked (`training.train_t5_ti`); the others always
+    # get them. FLUX: T5, as diffusers' advanced FLUX script (`--enable_t5_ti`); by default T5 reads the new tokens'
+    # text (`<s0><s1>`) with its own vocabulary.
+    optional_ti_text_encoders: tuple[str, ...] = ()
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -100,6 +104,10 @@ class Family:
     def embedding_keys(self) -> tuple[str, ...]:
         """The text encoders' tensor names in a textual-inversion file of several encoders (SDXL: clip_l, clip_g)."""
         return tuple(te.embedding_key for te in self.text_encoders)
+
+    def ti_text_encoders(self, optional: bool = False) -> tuple[TextEncoderPart, ...]:
+        """The text encoders pivotal tuning adds the new tokens to: all but the optional ones, unless `optional`."""
+        return tuple(te for te in self.text_encoders if optional or te.part not in self.optional_ti_text_encoders)
 
     def diffusers_prefix(self, part: str) -> str:
         """The diffusers/PEFT LoRA key prefix of a part: the denoiser's ("unet" / "transformer") or a text encoder's."""
@@ -210,6 +218,7 @@ FAMILIES: dict[str, Family] = {
             objective="flow",
             default_targets=FLUX_TARGETS,
             lora_text_encoders=("te1",),
+            optional_ti_text_encoders=("te2",),
         ),
     )
 }
