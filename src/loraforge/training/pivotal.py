@@ -69,7 +69,8 @@ def phases_text(cfg, max_steps: int, warmup: int = 0, family=None) -> str | None
     if net.algo == "none":
         return (f"textual inversion alone: new tokens {tokens} train all {max_steps} steps at lr {emb_lr:g}; "
                 "no LoRA (only the embeddings file is written)")
-    lora = "UNet" + (" + text encoder(s)" if net.train_text_encoder else "") + f" {net.algo}"
+    denoiser = "transformer" if family is not None and family.denoiser == "transformer" else "UNet"
+    lora = denoiser + (" + text encoder(s)" if net.train_text_encoder else "") + f" {net.algo}"
     if t.ti_steps is None:
         pivot = int(round(t.train_text_encoder_ti_frac * max_steps))
         return (f"pivotal tuning: new tokens {tokens}; steps 1-{pivot}: embeddings (lr {emb_lr:g}) and {lora} "
