@@ -19,7 +19,6 @@ from loraforge.training.trainer import Trainer
 
 from .resume import assert_same_tensors, straight_and_resumed
 from .test_flux_training import SHORT_T5
-from .test_pivotal import tok_images  # noqa: F401  (fixture)
 
 CAPTION = "a photo of <s0><s1> robot"
 
@@ -55,7 +54,7 @@ def _table(te) -> torch.Tensor:
     return emb.base.weight if isinstance(emb, ExtendedEmbedding) else emb.weight
 
 
-def test_clip_l_alone_learns_the_tokens_and_t5_reads_them_as_text(make_config, tok_images):  # noqa: F811
+def test_clip_l_alone_learns_the_tokens_and_t5_reads_them_as_text(make_config, tok_images):
     t, result, (clip_before, t5_before), initial = _run(make_config, tok_images, **{
         "sampling.at_end": True, "sampling.validation_prompts": ["TOK on the moon"]})
     clip, t5 = t.model.text_encoders
@@ -88,7 +87,7 @@ def test_clip_l_alone_learns_the_tokens_and_t5_reads_them_as_text(make_config, t
     _assert_pipeline_reproduces(t, sd)
 
 
-def test_t5_ti_trains_t5_rows_over_its_padding_rows(make_config, tok_images):  # noqa: F811
+def test_t5_ti_trains_t5_rows_over_its_padding_rows(make_config, tok_images):
     t, result, (clip_before, t5_before), initial = _run(make_config, tok_images, **{"training.train_t5_ti": True})
     clip, t5 = t.model.text_encoders
     t5_tok = t.model.tokenizers[1]
@@ -115,6 +114,12 @@ def test_t5_ti_trains_t5_rows_over_its_padding_rows(make_config, tok_images):  #
     assert problems == [] and summary.startswith("clip_l 2×32, t5 2×32: clip_l loads in ComfyUI, Forge and diffusers; "
                                                  "t5 in diffusers only"), summary
     _assert_pipeline_reproduces(t, sd)
+    # A1111's .pt holds one encoder's vectors: `loraforge convert` says so instead of dropping T5's
+    from loraforge.errors import UnsupportedError
+    from loraforge.tools.convert import convert
+
+    with pytest.raises(UnsupportedError, match="a FLUX.1 embedding with T5 vectors; A1111's .pt holds one"):
+        convert(result.files.embeddings, result.run_dir / "x.pt")
     # `loraforge sample`'s loader puts both tensors into a fresh model under the trigger
     from loraforge.tools.common import load_sd_model
     from loraforge.tools.sample import EmbeddingSpec, load_embedding
@@ -147,7 +152,7 @@ def _assert_pipeline_reproduces(t: Trainer, sd: dict) -> None:
     assert torch.allclose(embeds, base_embeds) != ("t5" in sd)  # and T5's sequence only with T5 TI
 
 
-def test_resume_is_bit_exact_with_t5_ti(make_config, tok_images):  # noqa: F811
+def test_resume_is_bit_exact_with_t5_ti(make_config, tok_images):
     common = flux_ti(tok_images, **{"training.train_t5_ti": True, "training.train_text_encoder_ti_frac": 0.75})
     straight, resumed, ckpt = straight_and_resumed(make_config, "flux", common, save_at=2)
     assert (ckpt / "embeddings.safetensors").is_file()
@@ -162,7 +167,7 @@ def test_resume_is_bit_exact_with_t5_ti(make_config, tok_images):  # noqa: F811
         pivotal.load_state_dict(load_file(str(ckpt / "embeddings.safetensors")))
 
 
-def test_config_plan_preset_and_cache(make_config, tok_images):  # noqa: F811
+def test_config_plan_preset_and_cache(make_config, tok_images):
     # the plan says where the tokens go
     cfg = make_config("flux", **flux_ti(tok_images, **{"training.max_train_steps": 10}))
     text = plan_run(cfg).describe(cfg)
