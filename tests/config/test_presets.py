@@ -36,9 +36,8 @@ def test_a_preset_leaves_its_ddpm_options_out_for_flux():
     """The seed-guide presets carry min-SNR-γ (an SD recipe); on FLUX (flow matching) it would be refused, so a
     preset with model.family = "flux" leaves the DDPM-only options out and keeps the rest."""
     sd = load_config(None, ["preset='face'"])
-    with pytest.raises(ConfigError, match="pivotal tuning .* not implemented for FLUX.1 yet.*preset 'face'"):
-        load_config(None, ["preset='face'", "model.family='flux'"])
-    flux = load_config(None, ["preset='face'", "model.family='flux'", "training.train_text_encoder_ti=false"])
+    flux = load_config(None, ["preset='face'", "model.family='flux'"])
     assert sd.training.snr_gamma == 5.0
     assert flux.training.snr_gamma is None
+    assert flux.training.train_text_encoder_ti  # pivotal tuning is kept (CLIP-L's tokens, as diffusers' FLUX script)
     assert flux.optimizer.type == sd.optimizer.type and flux.network.rank == sd.network.rank

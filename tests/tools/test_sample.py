@@ -132,7 +132,7 @@ def test_sdxl_embedding_goes_into_both_encoders(trained, tmp_path):
         ids = tok.convert_tokens_to_ids(["<y2k>", "<y2k>_1"])
         assert torch.equal(te.get_input_embeddings().weight[ids].detach(), v)
     sd1 = save_embeddings(tmp_path / "sd1.safetensors", "sd15", [torch.randn(1, 32)])
-    with pytest.raises(FamilyMismatchError, match="an SD 1.x/SD 2.x embedding"):
+    with pytest.raises(FamilyMismatchError, match="an SD 1.x/SD 2.x/FLUX.1 embedding"):
         load_embedding(model, EmbeddingSpec(str(sd1)))
     wide = save_embeddings(tmp_path / "wide.safetensors", "sdxl", [torch.randn(1, 768), torch.randn(1, 64)])
     with pytest.raises(ShapeMismatchError, match="768 wide"):

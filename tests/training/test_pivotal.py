@@ -1,23 +1,11 @@
 """Pivotal tuning: new tokens in every text encoder, only their rows train, files diffusers/A1111/ComfyUI read."""
 
-import shutil
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from loraforge.config import ConfigError, load_config
-from loraforge.data.sources import demo_dir
 from loraforge.training.trainer import Trainer
-
-
-@pytest.fixture
-def tok_images(tmp_path):
-    folder = tmp_path / "tok"
-    folder.mkdir()
-    for p in sorted(demo_dir().glob("*.png"))[:4]:
-        shutil.copy(p, folder / p.name)
-    return folder
 
 
 def ti_config(make_config, family, folder, **kw):

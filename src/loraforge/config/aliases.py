@@ -329,6 +329,7 @@ def _entries() -> list[Alias]:
         ("skip_until_initial_step", None, _K, none, "resume from a checkpoint instead"),
         # ------------------------------------------------------------------------------------------ pivotal tuning
         ("train_text_encoder_ti", "training.train_text_encoder_ti", _D, same, ""),
+        ("enable_t5_ti", "training.train_t5_ti", _D, same, "FLUX (the advanced FLUX script's flag)"),
         ("train_text_encoder_ti_frac", "training.train_text_encoder_ti_frac", _D, differs,
          "diffusers counts it in whole epochs (int(frac × epochs), so with one epoch the embeddings never train); "
          "loraforge in steps"),

@@ -98,7 +98,8 @@ def _pivotal_problem(net, tr: TrainingConfig) -> str | None:
     if net.algo == "none" and not ti:
         return ("network.algo = 'none' trains no adapter, so nothing would train: set "
                 "training.train_text_encoder_ti = true for textual inversion alone, or choose an algo such as 'lora'")
-    needs_ti = [n for n in ("ti_steps", "token_names") if getattr(tr, n) is not None]
+    needs_ti = [n for n in ("ti_steps", "token_names") if getattr(tr, n) is not None] + (
+        ["train_t5_ti"] if tr.train_t5_ti else [])
     if needs_ti and not ti:
         return (f"training.{', training.'.join(needs_ti)} set, but training.train_text_encoder_ti is off: turn it on "
                 "(new token embeddings) or remove them")

@@ -152,6 +152,15 @@ class TrainingConfig(FlowOptions):
             "With `network.algo = \"none\"`: textual inversion alone, the embeddings train for the whole run."
         ),
     )
+    train_t5_ti: bool = Field(
+        False,
+        description=(
+            "FLUX.1 pivotal tuning: give the new tokens to T5-XXL too, with their own trained embeddings (diffusers' "
+            "advanced FLUX script's `--enable_t5_ti`); the embeddings file then holds `t5` vectors beside `clip_l`. "
+            "Off: only CLIP-L learns them and T5 reads `<s0><s1>` as text, as that script does by default. Needs "
+            "`train_text_encoder_ti`."
+        ),
+    )
     train_text_encoder_ti_frac: float = Field(
         0.5,
         gt=0,

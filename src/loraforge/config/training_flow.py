@@ -1,6 +1,6 @@
 """`[training]`'s options of flow-matching families (FLUX.1): the timestep shift, the loss weighting scheme and the
 guidance value of [dev]; and `objective_problem`, which refuses the options of one objective on a family of the
-other (min-SNR on FLUX, a flow shift on SD), said before anything loads."""
+other (min-SNR on FLUX, a flow shift on SD), and T5 options on a family without T5, said before anything loads."""
 
 from __future__ import annotations
 
@@ -83,6 +83,9 @@ def objective_problem(cfg, family: str | Family) -> str | None:
     options on a flow-matching family (FLUX), flow-only options on a DDPM family; None when they fit."""
     fam = family_info(family)
     tr = cfg.training
+    if tr.train_t5_ti and not fam.optional_ti_text_encoders:  # a family fact, known with the family like the rest
+        return (f"training.train_t5_ti gives FLUX's T5 encoder the new tokens; {fam.label} has no T5 (pivotal "
+                "tuning gives every one of its text encoders the tokens already): remove it")
     fields = type(tr).model_fields
     changed = {f for f in fields if getattr(tr, f) != fields[f].default}
     if fam.is_flow:
@@ -98,11 +101,6 @@ def objective_problem(cfg, family: str | Family) -> str | None:
         if cfg.dataset.max_token_length not in (None, 75):  # 75: CLIP's one window, the default
             return (f"dataset.max_token_length = {cfg.dataset.max_token_length}: {fam.label} reads long prompts with "
                     "T5 (model.max_sequence_length tokens), not CLIP in 75-token chunks; remove it")
-        if tr.train_text_encoder_ti:
-            preset = f" (preset {cfg.preset!r} turns it on: set it to false)" if cfg.preset else ""
-            return (f"training.train_text_encoder_ti: pivotal tuning (new token embeddings) is not implemented for "
-                    f"{fam.label} yet{preset}; train the LoRA alone (network.train_text_encoder = true adds a "
-                    "CLIP-L LoRA)")
         if tr.attention == "eager":
             return (f"training.attention = \"eager\" swaps in the UNet's plain attention processor, which "
                     f"{fam.label}'s joint attention (RoPE, two streams) cannot use: use \"sdpa\"")

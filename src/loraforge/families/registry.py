@@ -82,6 +82,10 @@ class Family:
     # `models.loading.SCHNELL_SAMPLING`)
     sample_steps: int = 25
     sample_guidance: float = 7.0
+    # The text encoders pivotal tuning gives the new tokens only when asked (`training.train_t5_ti`); the others always
+    # get them. FLUX: T5, as diffusers' advanced FLUX script (`--enable_t5_ti`); by default T5 reads the new tokens'
+    # text (`<s0><s1>`) with its own vocabulary.
+    optional_ti_text_encoders: tuple[str, ...] = ()
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -105,6 +109,10 @@ class Family:
     def embedding_keys(self) -> tuple[str, ...]:
         """The text encoders' tensor names in a textual-inversion file of several encoders (SDXL: clip_l, clip_g)."""
         return tuple(te.embedding_key for te in self.text_encoders)
+
+    def ti_text_encoders(self, optional: bool = False) -> tuple[TextEncoderPart, ...]:
+        """The text encoders pivotal tuning adds the new tokens to: all but the optional ones, unless `optional`."""
+        return tuple(te for te in self.text_encoders if optional or te.part not in self.optional_ti_text_encoders)
 
     def diffusers_prefix(self, part: str) -> str:
         """The diffusers/PEFT LoRA key prefix of a part: the denoiser's ("unet" / "transformer") or a text encoder's."""
@@ -217,6 +225,7 @@ FAMILIES: dict[str, Family] = {
             lora_text_encoders=("te1",),
             sample_steps=28,
             sample_guidance=3.5,
+            optional_ti_text_encoders=("te2",),
         ),
     )
 }

@@ -1,6 +1,8 @@
 """Textual-inversion embedding files, in the layouts AUTOMATIC1111, ComfyUI and diffusers read (formats.md §7):
 
 - SDXL: safetensors `{"clip_l": [n, 768], "clip_g": [n, 1280]}` (kohya, diffusers' advanced script, LyCORIS);
+- FLUX.1: `{"clip_l": [n, 768]}`, and `{"clip_l": ..., "t5": [n, 4096]}` when T5 got the tokens too (diffusers'
+  advanced FLUX script, `--enable_t5_ti`; loraforge's `training.train_t5_ti`);
 - SD 1.x / 2.x: safetensors with a single tensor `{"emb_params": [n, d]}` (kohya's layout; A1111 reads any single
   tensor, ComfyUI takes the first value, diffusers' `load_textual_inversion` takes a single-key dict).
 
@@ -23,6 +25,19 @@ SD_KEY = "emb_params"  # the one tensor of a single-encoder file (kohya)
 # the layouts of several encoders, one tensor per encoder (SDXL: clip_l, clip_g)
 MULTI_KEYS = tuple({f.embedding_keys for f in FAMILIES.values() if len(f.embedding_keys) > 1})
 
+# Who loads a family's embeddings file (the check's summary). FLUX: ComfyUI and Forge put `clip_l` into CLIP-L for
+# `embedding:<name>` / the file name; ComfyUI's T5 reads a `t5xxl` tensor (none here: diffusers' `t5` name is kept,
+# so its T5 leaves the trigger out), Forge's T5 takes no embeddings (it reads the trigger as text).
+CONSUMERS = {"flux": {"clip_l": "clip_l loads in ComfyUI, Forge and diffusers",
+                      "t5": "t5 in diffusers only (ComfyUI's T5 reads a t5xxl tensor, Forge's T5 no embedding)"}}
+DEFAULT_CONSUMERS = "loads in A1111, ComfyUI and diffusers"
+
+
+def consumers_text(family_name: str, keys) -> str:
+    """Who loads an embeddings file of `family_name` holding `keys` (read back: `clip_l`, `clip_g`, `t5`)."""
+    per_key = CONSUMERS.get(family(family_name).name)
+    return "; ".join(per_key[k] for k in per_key if k in keys) if per_key else DEFAULT_CONSUMERS
+
 EMBEDDINGS_SUFFIX = "_emb"  # a run's embeddings file: <output_name>_emb.safetensors (A1111's trigger: its file name)
 
 
@@ -30,17 +45,30 @@ def embeddings_file_name(output_name: str) -> str:
     return f"{output_name}{EMBEDDINGS_SUFFIX}.safetensors"
 
 
-def embedding_keys(name: str) -> tuple[str, ...]:
-    keys = family(name).embedding_keys
-    return keys if len(keys) > 1 else (SD_KEY,)
+def embedding_keys(name: str, optional: bool = False) -> tuple[str, ...]:
+    """The tensors of the embeddings file pivotal tuning writes for family `name`: one per text encoder given the new
+    tokens (`Family.ti_text_encoders`; `optional`: FLUX's T5 too), or kohya's one `emb_params` for a family of one
+    text encoder."""
+    fam = family(name)
+    if len(fam.text_encoders) == 1:
+        return (SD_KEY,)
+    return tuple(te.embedding_key for te in fam.ti_text_encoders(optional))
+
+
+def embedding_layouts(name: str) -> list[tuple[str, ...]]:
+    """The tensor names an embedding of family `name` holds once read (`load_embeddings`): SD 1.x/2.x `clip_l`;
+    SDXL `clip_l, clip_g`; FLUX `clip_l`, or `clip_l, t5`."""
+    fam = family(name)
+    return list(dict.fromkeys(tuple(te.embedding_key for te in fam.ti_text_encoders(o)) for o in (False, True)))
 
 
 def save_embeddings(
     path: str | Path, family: str, vectors: list[torch.Tensor], metadata: dict[str, str] | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, optional: bool = False,
 ) -> Path:
-    """`vectors[i]` are the new rows [n, d_i] of text encoder i, in token order (`<s0>`, `<s1>`, ...)."""
-    keys = embedding_keys(family)
+    """`vectors[i]` are the new rows [n, d_i] of the i-th text encoder given the new tokens (`embedding_keys`), in
+    token order (`<s0>`, `<s1>`, ...)."""
+    keys = embedding_keys(family, optional)
     if len(vectors) != len(keys):
         raise FamilyMismatchError(
             f"{family} needs {len(keys)} embedding tensors ({', '.join(keys)}), got {len(vectors)}: the embedding "
@@ -59,25 +87,28 @@ def save_embeddings(
 def check_embedding_file(path: str | Path, family_name: str, widths: list[int]) -> tuple[str, list[str]]:
     """Read a written embedding file back as the consumers do (`load_embeddings`: the layout A1111, ComfyUI and
     diffusers' `load_textual_inversion` take, the reader `loraforge sample` uses) and compare it with the model:
-    one tensor per text encoder of `family_name`, each as wide as that encoder (`widths`). Returns (summary,
-    problems); no problems: every consumer loads it into this model."""
+    one tensor per text encoder of a layout of `family_name` (`embedding_layouts`), each as wide as that encoder
+    (`widths`: one per text encoder of the family, in order). Returns (summary, problems); no problems: every consumer
+    loads it into this model."""
     try:
         vectors = load_embeddings(path)
     except (UnsupportedError, NonFiniteTensorError) as e:
         return "unreadable", [str(e)]
-    keys = family(family_name).embedding_keys
+    layouts = embedding_layouts(family_name)
     problems = []
-    if set(vectors) != set(keys):
-        problems.append(f"holds {', '.join(sorted(vectors))}; {family_name} reads {', '.join(keys)}")
-    for key, width in zip(keys, widths):
+    if tuple(sorted(vectors)) not in {tuple(sorted(k)) for k in layouts}:
+        problems.append(f"holds {', '.join(sorted(vectors))}; {family_name} reads "
+                        f"{' or '.join(', '.join(k) for k in layouts)}")
+    for key, width in zip(family(family_name).embedding_keys, widths):
         if key in vectors and vectors[key].shape[1] != width:
             problems.append(f"{key} vectors are {vectors[key].shape[1]} wide, the text encoder {width}")
     summary = ", ".join(f"{k} {v.shape[0]}×{v.shape[1]}" for k, v in vectors.items())
-    return f"{summary}: loads in A1111, ComfyUI and diffusers" if not problems else summary, problems
+    return f"{summary}: {consumers_text(family_name, vectors)}" if not problems else summary, problems
 
 
 def load_embeddings(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Return `{"clip_l": [n, d]}` (SD 1.x/2.x) or `{"clip_l": ..., "clip_g": ...}` (SDXL), 2-D tensors."""
+    """Return `{"clip_l": [n, d]}` (SD 1.x/2.x, FLUX without T5), `{"clip_l": ..., "clip_g": ...}` (SDXL) or
+    `{"clip_l": ..., "t5": ...}` (FLUX), 2-D tensors."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:

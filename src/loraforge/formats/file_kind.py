@@ -13,7 +13,7 @@ from .cloneofsimo import PAIR_KEY
 
 MODEL_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.embedders.")
 VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-EMBEDDING_KEYS = {"emb_params", "clip_l", "clip_g", "clip_h", "string_to_param", "string_to_token", "name", "step"}
+EMBEDDING_KEYS = {"emb_params", "clip_l", "clip_g", "clip_h", "t5", "string_to_param", "string_to_token", "name", "step"}
 LORA_MARKS = ("lora_", ".alpha", "hada_", "lokr_", "dora_scale", "oft_", ".diff", "lora.down", "lora.up")
 
 LABELS = {"model": "a Stable Diffusion model", "vae": "a VAE", "lora": "a LoRA file", "embedding": "an embedding"}

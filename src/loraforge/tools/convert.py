@@ -38,7 +38,7 @@ from .flux_files import convert_flux_lora, flux_file
 from .merge import check_model_output, write_model
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-EMBEDDING_KEYS = ("emb_params", "clip_l", "clip_g", "clip_h")
+EMBEDDING_KEYS = ("emb_params", "clip_l", "clip_g", "clip_h", "t5")
 
 
 @dataclass
@@ -173,6 +173,9 @@ def _embedding_to_pt(src: Path, dst: Path, overwrite: bool) -> ConvertResult:
         meta = f.metadata() or {}
     if "clip_g" in data:
         raise UnsupportedError(f"{src} is an SDXL embedding; A1111 reads it as .safetensors (there is no SDXL .pt)")
+    if "t5" in data:
+        raise UnsupportedError(f"{src} is a FLUX.1 embedding with T5 vectors; A1111's .pt holds one text encoder's "
+                               "vectors (ComfyUI and Forge read the .safetensors file's clip_l as it is)")
     vectors = data.get("emb_params")
     if vectors is None:
         if len(data) != 1:

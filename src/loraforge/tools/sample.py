@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import FamilyMismatchError, InputNotFoundError, ShapeMismatchError, ToolError
 from ..families import FAMILIES
-from ..formats.embeddings import load_embeddings
+from ..formats.embeddings import embedding_layouts, load_embeddings
 from ..sampling.generate import SampleRequest, expand_requests, generate, save_png, with_model_defaults
 from ..sampling.prompts import PromptFileError, read_prompt_file
 from ..sampling.samplers import normalize_sampler
@@ -34,15 +34,19 @@ class EmbeddingSpec:
 
 def load_embedding(model, spec: EmbeddingSpec, allow_pickle: bool = False) -> None:
     """Add the embedding's vectors to the tokenizers and text encoders under its trigger token (several vectors:
-    `tok`, `tok_1`, ...; the pipelines expand `tok` in prompts)."""
+    `tok`, `tok_1`, ...; the pipelines expand `tok` in prompts). A FLUX embedding without `t5` vectors leaves T5
+    alone: T5 reads the trigger as text."""
     vectors = load_embeddings(spec.path, allow_pickle=allow_pickle)
-    keys = model.family.embedding_keys
-    if set(vectors) != set(keys):
-        kind = "/".join(f.label for f in FAMILIES.values() if set(f.embedding_keys) == set(vectors)) or "unknown"
-        raise FamilyMismatchError(f"{spec.path} is an {kind} embedding ({', '.join(sorted(vectors))}); the model is "
-                                  f"{model.family.label} ({', '.join(keys)})")
+    fam = model.family
+    if tuple(sorted(vectors)) not in {tuple(sorted(k)) for k in embedding_layouts(fam.name)}:
+        kind = "/".join(f.label for f in FAMILIES.values()
+                        if tuple(sorted(vectors)) in {tuple(sorted(k)) for k in embedding_layouts(f.name)})
+        raise FamilyMismatchError(f"{spec.path} is an {kind or 'unknown'} embedding ({', '.join(sorted(vectors))}); "
+                                  f"the model is {fam.label} ({' or '.join(', '.join(k) for k in embedding_layouts(fam.name))})")
     pipe = model.pipeline()
-    for key, te, tok in zip(keys, model.text_encoders, model.tokenizers):
+    for key, te, tok in zip(fam.embedding_keys, model.text_encoders, model.tokenizers):
+        if key not in vectors:
+            continue
         v = vectors[key]
         width = te.get_input_embeddings().weight.shape[1]
         if v.shape[1] != width:

@@ -75,7 +75,8 @@ def write_lora_files(
             )
     if pivotal is not None:
         meta = {"tokens": ",".join(pivotal.tokens), "token_abstraction": cfg.training.token_abstraction}
-        out.embeddings = save_embeddings(folder / embeddings_file_name(kohya_name), family, pivotal.vectors(), meta, dtype)
+        out.embeddings = save_embeddings(folder / embeddings_file_name(kohya_name), family, pivotal.vectors(), meta, dtype,
+                                         pivotal.optional)
         out.embeddings_problems = check_embedding_written(out.embeddings, model)
     return out
 
@@ -95,7 +96,8 @@ def refuse_nonfinite(sd: dict, pivotal, family: str, dtype: torch.dtype, target:
     state dict holds every tensor the diffusers file holds, in the same dtype)."""
     tensors = dict(sd)
     if pivotal is not None:
-        tensors.update({f"embeddings {k}": v.to(dtype) for k, v in zip(embedding_keys(family), pivotal.vectors())})
+        tensors.update({f"embeddings {k}": v.to(dtype)
+                        for k, v in zip(embedding_keys(family, pivotal.optional), pivotal.vectors())})
     bad = nonfinite_tensors(tensors)
     if not bad:
         return

@@ -78,7 +78,7 @@ class RunPlan:
             "step(s)",
         ]
         prior = self.prior_line(cfg)
-        phases = phases_text(cfg, self.max_steps, self.warmup_steps)
+        phases = phases_text(cfg, self.max_steps, self.warmup_steps, self.family)
         return "\n".join(lines + ([prior] if prior else []) + ([phases] if phases else []) + self.notes)
 
 
