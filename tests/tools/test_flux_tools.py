@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from loraforge.adapters.math import raw_delta
 from loraforge.cli import main
-from loraforge.errors import FamilyMismatchError
+from loraforge.errors import FamilyMismatchError, ToolError
 from loraforge.formats.flux_lora import flux_diffusers_state_dict, flux_metadata, read_flux_lora
 from loraforge.formats.flux_single_file import read_flux_transformer, save_flux_transformer
 from loraforge.models.tiny import tiny_model_dir
@@ -111,15 +111,16 @@ def test_resize_to_full_rank_keeps_every_delta_and_the_kohya_layout(flux, tmp_pa
     meta = _header(result.output)
     assert meta["ss_network_dim"] == "4" and meta["ss_base_model_version"] == "flux1"
     assert meta["loraforge_resize"] == "rank 4" and result.check.startswith("ComfyUI 4/8 modules")
-    assert "4 text-encoder modules of the tiny model not checked" in result.check  # CLIP-L of the tiny model
+    assert "4 text-encoder modules of the small model not checked" in result.check  # CLIP-L of the tiny model
     _assert_same(_deltas(result.output, config), _deltas(src, config))
 
 
 def test_resize_to_a_lower_rank_is_the_best_approximation_of_each_layer(flux, tmp_path):
     _, config, _ = flux
-    src = _write(tmp_path / "in.safetensors", _kohya_sd(1))
+    src = _write(tmp_path / "in.safetensors", _kohya_sd(1), tiny_meta=False)  # told tiny by its width
     result = resize_lora(src, tmp_path / "r2.safetensors", RankRule(rank=2))
     assert _header(result.output)["ss_network_dim"] == "2"
+    assert _header(result.output)["loraforge_base_model"] == "tiny-flux"
     want, got = _deltas(src, config), _deltas(result.output, config)
     layers = [QKV, LINEAR1, ["transformer_blocks.1.ff.net.0.proj"], ["norm_out.linear"]]
     for names in layers:
@@ -176,6 +177,8 @@ def test_flux_and_sd_files_do_not_mix(tmp_path):
         merge_loras([(str(flux_file), 1.0), (str(sd_file), 1.0)], tmp_path / "m.safetensors")
     with pytest.raises(FamilyMismatchError, match="FLUX.1 LoRA, but the model .* is not FLUX.1"):
         merge_into_model(None, [LoraSpec(str(flux_file))], tmp_path / "x", family="sd15")
+    with pytest.raises(ToolError, match="Stable Diffusion LoRAs are written in the kohya layout"):
+        resize_lora(sd_file, tmp_path / "r.safetensors", RankRule(rank=1), to="diffusers")
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "x").exists()
 
 

@@ -216,7 +216,9 @@ def source_config(source, config_dir=None) -> tuple[dict, bool]:
     if source is None:
         return tiny_config(), True
     if Path(source).is_dir():
-        return folder_config(source), False
+        config = folder_config(source)
+        small = inner_width(config) != inner_width(full_config())
+        return config, small and Path(source).resolve() == tiny_model_dir(FLUX).resolve()
     loaded = load_flux_source(source, config_dir)
     return loaded.config, loaded.tiny
 

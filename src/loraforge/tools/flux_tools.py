@@ -38,7 +38,7 @@ from ..formats.flux_lora import (
 from ..formats.lora_keys import DOWN, UP
 from .common import check_output, lora_metadata, save_lora
 from .flux_files import FLUX_TARGETS
-from .flux_sources import FluxFile, load_flux_source, read_flux_file, source_config
+from .flux_sources import FluxFile, full_config, inner_width, load_flux_source, read_flux_file, source_config
 from .lora_ops import LoraMergeResult, ModuleReport, ResizeResult, concat_modules, interpolate_modules, resize_module
 from .lora_ops import svd_module
 from .svd import RankRule
@@ -168,22 +168,23 @@ def flux_lora_state_dict(modules: dict[Key, AdapterModule], layout: str, config:
     return sd, {}
 
 
-def check_flux_output(sd: dict, metadata: dict, layout: str, config: dict, output, tiny: bool = False) -> str:
+def check_flux_output(sd: dict, metadata: dict, layout: str, config: dict, output) -> str:
     """The consumer check (`formats.flux_check`) of a FLUX file about to be written, against its transformer: its
     consumer (ComfyUI for kohya / ComfyUI files, diffusers for diffusers files) must apply every module. Returns the
     summary line; raises `ToolError` (nothing written) otherwise.
 
     The consumer models hold the full-size CLIP-L and T5 (only the transformer's config is passed on), so for a file
-    of the embedded tiny FLUX (`tiny`) its narrower text-encoder modules are reported as misfits there and are not
-    counted against the file."""
+    of a smaller transformer (the embedded tiny FLUX) the narrower text-encoder modules are reported as misfits there
+    and are not counted against the file."""
     report = check_state_dict(sd, FLUX, metadata, unet_config=config)
     consumer = report.consumers["diffusers" if layout == "diffusers" else "comfyui"]
-    misfits = {n for n in consumer.skipped if tiny and n.startswith(_TEXT_MODULES)}
+    small = inner_width(config) != inner_width(full_config())
+    misfits = {n for n in consumer.skipped if small and n.startswith(_TEXT_MODULES)}
     missing = consumer.total - consumer.applied - len(misfits)
     if report.broken or not consumer.loads or missing:
         problems = consumer.lines(limit=5) + [str(i) for i in report.errors]
         raise ToolError(f"{output}: not written, the consumer check of the {layout} file fails: " + "; ".join(problems))
-    note = (f"; {len(misfits)} text-encoder modules of the tiny model not checked (the consumer models hold the "
+    note = (f"; {len(misfits)} text-encoder modules of the small model not checked (the consumer models hold the "
             "full-size CLIP-L / T5)") if misfits else ""
     return report.summary() + note
 
@@ -213,7 +214,7 @@ def write_flux_lora(modules: dict[Key, AdapterModule], layout: str, config: dict
         meta["ss_network_alpha"] = (f"{alphas.pop():g}" if len(alphas) == 1 else "Dynamic") if alphas else \
             meta["ss_network_dim"]
     meta.update(header)
-    summary = check_flux_output(sd, meta, layout, config, output, tiny)
+    summary = check_flux_output(sd, meta, layout, config, output)
     save_lora(sd, output, meta, overwrite)
     return summary, output
 
