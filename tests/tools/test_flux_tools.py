@@ -273,6 +273,24 @@ def test_extract_recovers_a_known_low_rank_delta(flux, tmp_path):
                  {("unet", k): v for k, v in deltas.items() if k not in QKV}, atol=1e-5)
 
 
+def test_extract_between_folders_covers_clip_l(flux, tmp_path):
+    import copy
+
+    folder, config, model = flux
+    g = torch.Generator().manual_seed(10)
+    delta = torch.randn(32, 2, generator=g) @ torch.randn(2, 32, generator=g) * 0.1
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        tuned.text_encoders[0].get_submodule("encoder.layers.0.self_attn.q_proj").weight += delta
+        tuned.unet.get_submodule("transformer_blocks.1.attn.to_out.0").weight += 2 * delta
+        tuned.unet.get_submodule("transformer_blocks.1.attn.to_out.0").bias += 1.0  # no LoRA carries a bias
+    tuned.pipeline().save_pretrained(tmp_path / "tuned")
+    result = extract_lora(str(folder), str(tmp_path / "tuned"), tmp_path / "x.safetensors", RankRule(rank=2))
+    assert "transformer.transformer_blocks.1.attn.to_out.0.bias" in result.skipped
+    _assert_same(_deltas(result.output, config), {("te1", "encoder.layers.0.self_attn.q_proj"): delta,
+                                                  ("unet", "transformer_blocks.1.attn.to_out.0"): 2 * delta})
+
+
 # -------------------------------------------------------------------------------------------------------------- CLI
 def _run(capsys, *argv):
     code = main([str(a) for a in argv])
