@@ -65,6 +65,12 @@ def _rank_args(p, what: str) -> None:
                       help="resize_lora recipe, e.g. fro_ckpt=1,thr=-3.55 (fro_ckpt/spn_ckpt need --base)")
 
 
+def _to_flag(p, default: str) -> None:
+    p.add_argument("--to", choices=["kohya", "diffusers", "comfyui"],
+                   help=f"FLUX.1 output layout (default: {default}; comfyui = ComfyUI's native names); Stable "
+                        "Diffusion LoRAs are always written in the kohya layout")
+
+
 def _rule(args):
     from ..tools.svd import RankRule, parse_recipe
 
@@ -165,7 +171,8 @@ def add_merge(sub) -> None:
             "Bake LoRA files into a base model and write a single file or a diffusers folder that loads "
             "without the LoRA."
         ))
-    m.add_argument("base", nargs="?", help="base model (default: the embedded tiny model of --family)")
+    m.add_argument("base", nargs="?", help="base model: a diffusers folder, a single file (FLUX.1: the transformer "
+                   "file in BFL's layout, flux1-dev.safetensors) (default: the embedded tiny model of --family)")
     m.add_argument("--lora", action="append", required=True, metavar="FILE[:W]",
                    help="LoRA file with its strength: FILE, FILE:0.8, FILE:unet=0.6:te=0.9 (repeatable)")
     m.add_argument("--unet-scale", type=number, default=1.0)
@@ -190,6 +197,8 @@ def add_merge(sub) -> None:
     lo.add_argument("--base", help="model the files are for (resolves names; default: the embedded tiny model the "
                                    "files were trained on, else the family's full-size model)")
     lo.add_argument("-o", "--output", required=True)
+    _to_flag(lo, "the first file's layout")
+    lo.add_argument("--config-dir", help="FLUX: diffusers folder describing a --base transformer single file")
     lo.add_argument("--dtype", choices=DTYPES)
     lo.add_argument("--skip-unknown", action="store_true", help="merge even if some keys match no module")
     _common(lo, model=False)
@@ -235,7 +244,8 @@ def cmd_merge_loras(args) -> int:
     quiet_progress()
     result = merge_loras([parse_weighted(s) for s in args.loras], args.output, mode=args.mode, rule=_rule(args),
                          alpha=args.alpha, base=args.base, family=args.family, dtype=_dtype(args.dtype),
-                         allow_pickle=args.allow_pickle, skip_unknown=args.skip_unknown, overwrite=args.overwrite)
+                         allow_pickle=args.allow_pickle, skip_unknown=args.skip_unknown, overwrite=args.overwrite,
+                         to=args.to, config_dir=args.config_dir)
     print("\n".join(result.lines()))
     return 0
 
@@ -261,6 +271,7 @@ def add_resize(sub) -> None:
         ))
     p.add_argument("lora", help="the LoRA file")
     p.add_argument("-o", "--output", required=True)
+    _to_flag(p, "the input's layout")
     _rank_args(p, "new")
     p.add_argument("--base", help="base model (needed by the fro_ckpt / spn_ckpt recipes)")
     p.add_argument("--dtype", choices=DTYPES, help="precision of the re-ranked tensors (default: as stored)")
@@ -277,7 +288,8 @@ def cmd_resize(args) -> int:
     if rule.rank is None and rule.method is None and not rule.recipe:
         raise ToolError("give --rank, a rule (--sv-ratio/--sv-fro/--sv-cumulative) or --recipe")
     result = resize_lora(args.lora, args.output, rule, base=args.base, family=args.family, dtype=_dtype(args.dtype),
-                         allow_pickle=args.allow_pickle, overwrite=args.overwrite, config_dir=args.config_dir)
+                         allow_pickle=args.allow_pickle, overwrite=args.overwrite, config_dir=args.config_dir,
+                         to=args.to)
     print("\n".join(result.lines(per_module=not args.quiet)))
     return 0
 
@@ -292,6 +304,7 @@ def add_extract(sub) -> None:
     p.add_argument("--base", help="the base model (default: the embedded tiny model of --family)")
     p.add_argument("--tuned", required=True, help="the fine-tuned model")
     p.add_argument("-o", "--output", required=True)
+    _to_flag(p, "kohya")
     _rank_args(p, "LoRA")
     p.add_argument("--no-text-encoder", action="store_true", help="UNet only")
     p.add_argument("--min-diff", type=non_negative, default=0.0, help="skip weights whose largest change is below this")
@@ -307,7 +320,8 @@ def cmd_extract(args) -> int:
     quiet_progress()
     result = extract_lora(args.base, args.tuned, args.output, _rule(args), text_encoders=not args.no_text_encoder,
                           min_diff=args.min_diff, family=args.family, dtype=_dtype(args.dtype),
-                          allow_pickle=args.allow_pickle, overwrite=args.overwrite, config_dir=args.config_dir)
+                          allow_pickle=args.allow_pickle, overwrite=args.overwrite, config_dir=args.config_dir,
+                          to=args.to)
     print("\n".join(result.lines(args.per_module)))
     return 0
 

@@ -154,11 +154,11 @@ def read_lora_state_dict(sd: dict[str, torch.Tensor], metadata: dict | None = No
     NaN / Inf values are listed in `nonfinite` (`require_finite` refuses them)."""
     metadata = dict(metadata or {})
     flux = flux_lora_evidence(sd)
-    if flux:  # FLUX files are read by `formats.flux_lora.read_flux_lora` (convert, inspect, check)
+    if flux:  # FLUX files are read by `formats.flux_lora.read_flux_lora` (the tools' FLUX paths, check)
         raise UnsupportedError(
-            f"{source or 'the LoRA'} is a FLUX.1 LoRA ({flux}); this command handles SD 1.x / 2.x / SDXL files. "
-            "For FLUX files use `loraforge inspect`, `loraforge check` and `loraforge convert` (merge, resize, "
-            "extract and sampling with FLUX LoRAs are not available yet)"
+            f"{source or 'the LoRA'} is a FLUX.1 LoRA ({flux}); this reader handles SD 1.x / 2.x / SDXL files. "
+            "`loraforge inspect`, `check`, `convert`, `resize`, `merge loras` and `merge into-model` (into a FLUX.1 "
+            "model) take FLUX files; sampling with FLUX LoRAs (`loraforge sample --lora`) is not available yet"
         )
     unknown: dict[str, str] = {}
     body = {}

@@ -147,6 +147,13 @@ def save_lora(sd: dict, path, metadata: dict | None, overwrite: bool) -> Path:
     return path
 
 
+def refuse_layout(to: str | None) -> None:
+    """`--to` picks the layout of FLUX.1 outputs only: an SD LoRA is written in the kohya layout."""
+    if to not in (None, "kohya"):
+        raise ToolError(f"--to {to}: Stable Diffusion LoRAs are written in the kohya layout (--to is for FLUX.1 "
+                        "files); convert the result with `loraforge convert --to diffusers`")
+
+
 def lora_metadata(source_meta: dict | None, family: str, **extra) -> dict[str, str]:
     """The source file's metadata (minus stale hashes), the family keys A1111 / ComfyUI managers show, and what
     the tool did."""

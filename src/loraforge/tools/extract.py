@@ -6,53 +6,23 @@ more than `min_diff` is decomposed: ΔW = U S Vᵀ, the rank rule of `tools.svd`
 such as `sv_fro=0.99`) picks k, and `up = U_k√S_k`, `down = √S_k V_kᵀ`, `alpha = k` (scale 1). k×k convolutions
 become LoCon modules (`conv_rank`, 0 to leave them out). Written in the kohya layout (`formats.lora_write`), so
 ComfyUI, A1111 and `loraforge merge/sample` read it. Changed weights no LoRA can carry (norms, embeddings) are
-reported.
+reported. FLUX.1 models: `tools.flux_models`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..adapters import AdapterModule
 from ..formats.kohya import kohya_state_dict
 from ..formats.lora_file import ModelTree
-from .common import check_output, load_sd_model, lora_metadata, model_parts, save_lora
+from .common import check_output, load_sd_model, lora_metadata, model_parts, refuse_layout, save_lora
+from .flux_models import extract_flux_lora
+from .flux_sources import is_flux_model
 from ..errors import FamilyMismatchError, ShapeMismatchError, ToolError
+from .lora_ops import ExtractResult
 from .svd import RankRule, fro_share, full_svd, select_rank, shape_factors, split_factors
 
-
-
-@dataclass
-class ExtractResult:
-    output: Path
-    rule: str
-    modules: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # target -> (rank, share)
-    skipped: dict[str, str] = field(default_factory=dict)  # part.path -> why a changed weight was not extracted
-
-    def lines(self, per_module: bool = False) -> list[str]:
-        out = []
-        if per_module:
-            for (part, path), (k, share) in self.modules.items():
-                out.append(f"{part:<4} {path:<70} rank {k:>4}  {100 * share:6.2f}%")
-        by_part: dict[str, int] = {}
-        for part, _ in self.modules:
-            by_part[part] = by_part.get(part, 0) + 1
-        shares = [s for _, s in self.modules.values()]
-        ranks = sorted({k for k, _ in self.modules.values()})
-        if shares:
-            out.append(
-                f"extracted {len(self.modules)} modules ({', '.join(f'{p} {n}' for p, n in by_part.items())}; "
-                f"{self.rule}): rank {ranks[0]}{'–' + str(ranks[-1]) if len(ranks) > 1 else ''}, Frobenius kept "
-                f"mean {100 * sum(shares) / len(shares):.2f}%, min {100 * min(shares):.2f}%"
-            )
-        if self.skipped:
-            out.append(f"not extracted ({len(self.skipped)}): " + "; ".join(
-                f"{k} ({v})" for k, v in list(self.skipped.items())[:8]))
-        out.append(f"wrote {self.output}")
-        return out
 
 
 def _candidates(part: str, model: torch.nn.Module):
@@ -67,9 +37,19 @@ def _candidates(part: str, model: torch.nn.Module):
 
 def extract_lora(base: str | None, tuned: str, output, rule: RankRule, *, text_encoders: bool = True,
                  min_diff: float = 0.0, family: str = "auto", dtype=None, allow_pickle: bool = False,
-                 overwrite: bool = False, config_dir: str | None = None) -> ExtractResult:
+                 overwrite: bool = False, config_dir: str | None = None, to: str | None = None) -> ExtractResult:
     """Extract (tuned − base) into a LoRA file; `base`/`tuned` are any model names `load_model` takes (None: the
-    embedded tiny model) or loaded `SDModel`s."""
+    embedded tiny model) or loaded `SDModel`s. FLUX.1 models (diffusers folders or transformer single files) go to
+    `tools.flux_models` (kohya layout, or `to`)."""
+    flux = [is_flux_model(base, family) if base is not None else None, is_flux_model(tuned, family)]
+    if any(flux):
+        if False in flux:
+            which = [f"{name} {source} is{'' if f else ' not'} FLUX.1" for name, source, f in
+                     (("--base", base, flux[0]), ("--tuned", tuned, flux[1])) if f is not None]
+            raise FamilyMismatchError("; ".join(which) + ": a LoRA is extracted between two models of the same family")
+        return extract_flux_lora(base, tuned, output, rule, to=to, text_encoders=text_encoders, min_diff=min_diff,
+                                 config_dir=config_dir, dtype=dtype, allow_pickle=allow_pickle, overwrite=overwrite)
+    refuse_layout(to)
     if rule.rank is None and rule.method is None and not rule.recipe:
         raise ToolError("give a rank (--rank) or a quality rule (--sv-fro 0.99, ...)")
     output = check_output(output, overwrite)

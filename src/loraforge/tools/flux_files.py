@@ -1,6 +1,7 @@
 """`loraforge inspect` and `loraforge convert` of FLUX.1 LoRA files: kohya (sd-scripts, Forge), ComfyUI-native and
-diffusers layouts in and out; XLabs and ai-toolkit files in. `merge`, `resize` and `extract` refuse FLUX files (the
-reader says so) until the FLUX model plumbing reaches them."""
+diffusers layouts in and out; XLabs and ai-toolkit files in. `resize` and `merge loras` of FLUX files live in
+`tools.flux_tools`, `merge into-model` and `extract` with FLUX models in `tools.flux_models` (the SD tools hand FLUX
+files and models there); `sample --lora` still refuses FLUX files (the SD reader says so)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,8 @@
   other inputs (diffusers folders, hub ids, `.ckpt` with `--allow-pickle`) are loaded as models and merged per
   component.
 
+FLUX.1 models and LoRAs: `tools.flux_models` (a diffusers folder, or a transformer single file in BFL's layout).
+
 Outputs: a `.safetensors` single file, a diffusers folder (a path without suffix), or a pickle `.ckpt` only with
 `write_ckpt` (`--write-ckpt`; A1111's `{"state_dict": ...}` layout).
 """
@@ -30,7 +32,9 @@ from ..formats.single_file import (
 )
 from ..models.loading import single_file_family
 from ..utils.files import atomic_dir, open_safetensors
-from .common import LoraSpec, apply_lora_files, check_output, load_sd_model
+from .common import LoraSpec, apply_lora_files, check_output, find_lora_file, load_sd_model
+from .flux_models import merge_flux_into_model
+from .flux_sources import flux_lora_file, is_flux_model
 
 log = logging.getLogger("loraforge.tools")
 
@@ -70,9 +74,19 @@ def write_model(model, output, dtype=None, metadata: dict | None = None, overwri
 def merge_into_model(base: str | None, loras: list[LoraSpec], output, *, family: str = "auto", dtype=None,
                      allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False,
                      config_dir: str | None = None, write_ckpt: bool = False) -> Path:
-    """Bake the LoRA files into `base` and write the result (see `write_model`)."""
+    """Bake the LoRA files into `base` and write the result (see `write_model`). A FLUX.1 model (a diffusers folder,
+    a transformer single file, or no base with --family flux / FLUX LoRA files) goes to `tools.flux_models`."""
     if not loras:
         raise ToolError("name at least one LoRA file to merge")
+    flux_loras = [s.path for s in loras if flux_lora_file(find_lora_file(s.path), allow_pickle)]
+    flux_base = is_flux_model(base, family) or (base is None and family in (None, "auto") and bool(flux_loras))
+    if flux_base:
+        return merge_flux_into_model(base, loras, output, config_dir=config_dir, dtype=dtype,
+                                     allow_pickle=allow_pickle, skip_unknown=skip_unknown, overwrite=overwrite)
+    if flux_loras:
+        raise FamilyMismatchError(f"{', '.join(flux_loras)}: FLUX.1 LoRA, but the model "
+                                  f"{base or 'the embedded tiny model'} is not FLUX.1; merge it into a FLUX.1 model "
+                                  "(a diffusers folder or a flux1-dev.safetensors transformer file)")
     check_model_output(output, overwrite, write_ckpt)
     model = load_sd_model(base, family, allow_pickle, config_dir)
     changed = apply_lora_files(model, loras, allow_pickle, skip_unknown)
