@@ -68,5 +68,5 @@ def test_inspect_names_the_flux_layout_and_consumers(kohya_file):
 
 
 def test_sd_readers_refuse_flux_files_clearly(kohya_file):
-    with pytest.raises(UnsupportedError, match="FLUX.1 LoRA.*`convert`, `resize`, `merge loras`.*sample --lora`\\) is not available yet"):
+    with pytest.raises(UnsupportedError, match="FLUX.1 LoRA.*`convert`, `resize`, `merge loras`, `extract`.*`sample` with a FLUX.1 model"):
         read_lora_state_dict(load_file(str(kohya_file[0])), source="x")

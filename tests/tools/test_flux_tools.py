@@ -5,8 +5,10 @@ diffusers' own LoRA loading; extract recovers a known low-rank ΔW; FLUX and SD 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -110,8 +112,8 @@ def test_resize_to_full_rank_keeps_every_delta_and_the_kohya_layout(flux, tmp_pa
     assert out["lora_unet_single_blocks_1_linear1.lora_up.weight"].shape == (3 * INNER + MLP, 4)
     meta = _header(result.output)
     assert meta["ss_network_dim"] == "4" and meta["ss_base_model_version"] == "flux1"
-    assert meta["loraforge_resize"] == "rank 4" and result.check.startswith("ComfyUI 4/8 modules")
-    assert "4 text-encoder modules of the small model not checked" in result.check  # CLIP-L of the tiny model
+    assert meta["loraforge_resize"] == "rank 4" and result.check.startswith("ComfyUI 8/8 modules")  # CLIP-L checked on the tiny text encoder
+    assert "not checked" not in result.check  # the tiny CLIP-L modules are checked against the tiny text encoder
     _assert_same(_deltas(result.output, config), _deltas(src, config))
 
 
@@ -302,7 +304,7 @@ def test_cli(flux, tmp_path, capsys):
     folder, config, model = flux
     a = _write(tmp_path / "a.safetensors", _kohya_sd(9))
     code, out, _ = _run(capsys, "resize", a, "-o", tmp_path / "r.safetensors", "--rank", "2", "--to", "comfyui")
-    assert code == 0 and "double_blocks.0.img_attn.qkv" in out and "check: ComfyUI 4/8" in out
+    assert code == 0 and "double_blocks.0.img_attn.qkv" in out and "check: ComfyUI 8/8" in out
     assert "diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight" in load_file(str(tmp_path / "r.safetensors"))
     code, out, _ = _run(capsys, "merge", "loras", a, f"{tmp_path / 'r.safetensors'}:0.5", "-o", tmp_path / "m.safetensors")
     assert code == 0 and "concat: 8 modules, rank 6" in out
@@ -318,3 +320,20 @@ def test_cli(flux, tmp_path, capsys):
               str(sd_file))
     code, _, err = _run(capsys, "merge", "loras", a, sd_file, "-o", tmp_path / "mix.safetensors")
     assert code == 2 and "cannot merge FLUX.1 and Stable Diffusion LoRA files" in err and "Traceback" not in err
+
+
+def test_sample_with_a_flux_lora_equals_the_merged_model(flux, tmp_path):
+    """`loraforge sample --lora` on FLUX: the file is read in its own layout against the model's transformer and
+    applied at the given strengths; the image equals the one from the model with the LoRA merged in."""
+    from loraforge.tools.sample import build_requests, sample
+
+    folder, config, model = flux
+    src = _write(tmp_path / "lora.safetensors", _kohya_sd(6))
+    merged = merge_into_model(str(folder), [LoraSpec(str(src), unet=0.8, te=0.5)], tmp_path / "merged")
+    reqs = build_requests("a photo of a red robot", steps=2, width=64, height=64, seed=3)
+    with_lora = sample(None, reqs, tmp_path / "a", family="flux", loras=[LoraSpec(str(src), unet=0.8, te=0.5)])
+    baked = sample(str(merged), reqs, tmp_path / "b", family="flux")
+    plain = sample(None, reqs, tmp_path / "c", family="flux")
+    a, b, c = (np.asarray(Image.open(p[0]), dtype=np.int16) for p in (with_lora, baked, plain))
+    assert np.abs(a - b).max() <= 1 and np.abs(a - c).max() > 8  # the LoRA changed the image, as merging it does
+    assert "<lora:lora:0.5:0.8>" in Image.open(with_lora[0]).text["parameters"]

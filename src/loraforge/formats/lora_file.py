@@ -157,8 +157,8 @@ def read_lora_state_dict(sd: dict[str, torch.Tensor], metadata: dict | None = No
     if flux:  # FLUX files are read by `formats.flux_lora.read_flux_lora` (the tools' FLUX paths, check)
         raise UnsupportedError(
             f"{source or 'the LoRA'} is a FLUX.1 LoRA ({flux}); this reader handles SD 1.x / 2.x / SDXL files. "
-            "`loraforge inspect`, `check`, `convert`, `resize`, `merge loras` and `merge into-model` (into a FLUX.1 "
-            "model) take FLUX files; sampling with FLUX LoRAs (`loraforge sample --lora`) is not available yet"
+            "`loraforge inspect`, `check`, `convert`, `resize`, `merge loras`, `extract`, and `merge into-model` and "
+            "`sample` with a FLUX.1 model take FLUX files: pass a FLUX.1 model (or --family flux for the embedded one)"
         )
     unknown: dict[str, str] = {}
     body = {}

@@ -51,6 +51,19 @@ def transformer_module(source: FluxSource):
 
 
 # -------------------------------------------------------------------------------------------------------- merge
+def apply_flux_lora_files(model, loras: list[LoraSpec], allow_pickle: bool = False, skip_unknown: bool = False) -> int:
+    """Patch a loaded FLUX `model` (an `SDModel`) with FLUX LoRA files in place, read against its own transformer
+    config (any layout `read_flux_lora` knows); returns the number of weights changed (`sample`, `eval`)."""
+    config = {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")}
+    files = [(read_flux_file(find_lora_file(s.path), allow_pickle, config, model.is_tiny), s) for s in loras]
+    for f, _ in files:
+        f.require_known(skip_unknown)
+        log.info("%s: %d modules (%s)", f.source, len(f.lora.modules),
+                 ", ".join(sorted({m.part for m in f.lora.modules.values()})))
+    parts = {"unet": model.unet, **{f"te{i + 1}": te for i, te in enumerate(model.text_encoders)}}
+    return apply_loras(parts, [(f.lora, s.unet, s.te) for f, s in files])
+
+
 def merge_flux_into_model(base, loras: list[LoraSpec], output, *, config_dir=None, dtype=None,
                           allow_pickle: bool = False, skip_unknown: bool = False, overwrite: bool = False) -> Path:
     """Bake FLUX LoRA files into `base` (a diffusers FLUX folder, a transformer single file, None: the embedded tiny

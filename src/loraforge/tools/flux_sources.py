@@ -43,6 +43,12 @@ def folder_config(folder) -> dict:
     return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 
+def tiny_text_configs() -> tuple[dict, dict]:
+    """(CLIP-L config, T5 config) of the embedded tiny FLUX, for the consumer check of its files."""
+    folder = tiny_model_dir(FLUX)
+    return tuple(json.loads((folder / sub / "config.json").read_text()) for sub in ("text_encoder", "text_encoder_2"))
+
+
 def full_config() -> dict:
     return dict(flux_components()["transformer"])
 

@@ -39,6 +39,7 @@ from ..formats.lora_keys import DOWN, UP
 from .common import check_output, lora_metadata, save_lora
 from .flux_files import FLUX_TARGETS
 from .flux_sources import FluxFile, full_config, inner_width, load_flux_source, read_flux_file, source_config
+from .flux_sources import tiny_config, tiny_text_configs
 from .lora_ops import LoraMergeResult, ModuleReport, ResizeResult, concat_modules, interpolate_modules, resize_module
 from .lora_ops import svd_module
 from .svd import RankRule
@@ -173,12 +174,14 @@ def check_flux_output(sd: dict, metadata: dict, layout: str, config: dict, outpu
     consumer (ComfyUI for kohya / ComfyUI files, diffusers for diffusers files) must apply every module. Returns the
     summary line; raises `ToolError` (nothing written) otherwise.
 
-    The consumer models hold the full-size CLIP-L and T5 (only the transformer's config is passed on), so for a file
-    of a smaller transformer (the embedded tiny FLUX) the narrower text-encoder modules are reported as misfits there
-    and are not counted against the file."""
-    report = check_state_dict(sd, FLUX, metadata, unet_config=config)
-    consumer = report.consumers["diffusers" if layout == "diffusers" else "comfyui"]
+    A file of the embedded tiny FLUX is checked against its own CLIP-L and T5; for another smaller transformer the
+    consumer models hold the full-size text encoders, so its narrower text-encoder modules are reported as misfits
+    there and are not counted against the file."""
     small = inner_width(config) != inner_width(full_config())
+    tiny = small and inner_width(config) == inner_width(tiny_config())
+    report = check_state_dict(sd, FLUX, metadata, unet_config=config,
+                              text_encoder_configs=list(tiny_text_configs()) if tiny else None)
+    consumer = report.consumers["diffusers" if layout == "diffusers" else "comfyui"]
     misfits = {n for n in consumer.skipped if small and n.startswith(_TEXT_MODULES)}
     missing = consumer.total - consumer.applied - len(misfits)
     if report.broken or not consumer.loads or missing:

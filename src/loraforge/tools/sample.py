@@ -20,6 +20,7 @@ from ..sampling.generate import SampleRequest, expand_requests, generate, save_p
 from ..sampling.prompts import PromptFileError, read_prompt_file
 from ..sampling.samplers import normalize_sampler
 from .common import LoraSpec, apply_lora_files, check_output, find_lora_file, load_sd_model
+from .flux_models import apply_flux_lora_files
 
 
 @dataclass
@@ -59,7 +60,8 @@ def prepare_model(model: str | None, loras: list[LoraSpec] = (), embeddings: lis
                   config_dir: str | None = None):
     """Load the base model and apply the LoRA files and embeddings."""
     sd = load_sd_model(model, family, allow_pickle, config_dir)
-    apply_lora_files(sd, list(loras), allow_pickle, skip_unknown)
+    apply = apply_flux_lora_files if sd.family.is_flow else apply_lora_files  # FLUX files bind by their own names
+    apply(sd, list(loras), allow_pickle, skip_unknown)
     for spec in embeddings:
         load_embedding(sd, spec, allow_pickle)
     return sd
