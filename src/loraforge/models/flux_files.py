@@ -49,6 +49,8 @@ HARMLESS_EXTRAS = ("text_projection.weight", "logit_scale", "text_model.embeddin
                    "embeddings.position_ids")
 # Where FLUX's T5 tokenizer is looked for in the Hugging Face cache (and then on the hub): FLUX.1's own, then the
 # one kohya sd-scripts downloads (google/t5-v1_1-xxl ships only `spiece.model`: needs the sentencepiece package)
+T5_VOCAB = 32000  # SentencePiece pieces of T5's tokenizer (32,100 with its extra ids)
+TOKENIZER_FILES = {"tokenizer": ("tokenizer.json", "vocab.json"), "tokenizer_2": ("tokenizer.json", "spiece.model")}
 T5_TOKENIZER_REPOS = (("black-forest-labs/FLUX.1-dev", "tokenizer_2"), ("black-forest-labs/FLUX.1-schnell", "tokenizer_2"),
                       ("google/t5-v1_1-xxl", None))
 
@@ -250,12 +252,18 @@ def flux_tokenizers(configs: Path, t5_from_cache: bool):
     from transformers import CLIPTokenizer, T5TokenizerFast
 
     if not t5_from_cache:
+        # transformers builds an empty tokenizer from a folder without tokenizer files: look for them first
+        lacking = [f"{sub}/ ({' or '.join(names)})" for sub, names in TOKENIZER_FILES.items()
+                   if not any((configs / sub / n).is_file() for n in names)]
+        if lacking:
+            raise ModelLoadError(f"model.config_dir = {str(configs)!r}: no tokenizer files in {', '.join(lacking)}; "
+                                 "pass a FLUX.1 diffusers folder (its configs and tokenizers suffice)")
         try:
             return (CLIPTokenizer.from_pretrained(str(configs / "tokenizer")),
                     T5TokenizerFast.from_pretrained(str(configs / "tokenizer_2")))
         except (OSError, ValueError) as e:
-            raise ModelLoadError(f"model.config_dir = {str(configs)!r}: no CLIP tokenizer in tokenizer/ or T5 "
-                                 f"tokenizer in tokenizer_2/ ({_short(e)}); pass a FLUX.1 diffusers folder") from None
+            raise ModelLoadError(f"model.config_dir = {str(configs)!r}: its tokenizers cannot be read ({_short(e)}); "
+                                 "pass a FLUX.1 diffusers folder") from None
     return clip_tokenizer(), t5_tokenizer_from_cache()
 
 
@@ -270,9 +278,13 @@ def t5_tokenizer_from_cache():
         for repo, sub in T5_TOKENIZER_REPOS:
             try:
                 kwargs = {"subfolder": sub} if sub else {}
-                return T5TokenizerFast.from_pretrained(repo, local_files_only=local, **kwargs)
+                tok = T5TokenizerFast.from_pretrained(repo, local_files_only=local, **kwargs)
             except Exception as e:  # not cached, no network, a gated repo, sentencepiece missing: try the next
                 errors.append(f"{repo}: {_short(e)[:120]}")
+                continue
+            if len(tok) >= T5_VOCAB:  # without files transformers returns an empty tokenizer (its 100 extra ids)
+                return tok
+            errors.append(f"{repo}: no tokenizer files{' in the cache' if local else ''}")
     raise ModelLoadError(
         "FLUX.1's T5 tokenizer is not shipped with loraforge and was found neither in the Hugging Face cache nor "
         "on the hub (" + "; ".join(errors[:2]) + "). Pass a FLUX.1 diffusers folder as model.config_dir (configs "

@@ -310,7 +310,8 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
             raise ModelLoadError(f"could not load {name!r} from the hub: {str(e).splitlines()[0][:300]}") from None
         source = f"hub:{name}"
     if cfg.vae:
-        pipe.vae = _load_vae(cfg.vae, cfg, load_kw, fam, is_tiny)
+        configs = path if path is not None and (path / "vae" / "config.json").is_file() else None
+        pipe.vae = _load_vae(cfg.vae, cfg, load_kw, fam, configs or _single_file_configs(cfg, fam, is_tiny))
     prediction = cfg.prediction_type
     if fam.is_flow:
         prediction = "flow"  # noise - latents (`training.flow`); config refuses another prediction_type
@@ -353,7 +354,8 @@ def _load_single_file(cfg: ModelConfig, path: Path, fam: Family, is_tiny: bool, 
         ) from None
 
 
-def _load_vae(name: str, cfg: ModelConfig, load_kw: dict, fam: Family, is_tiny: bool):
+def _load_vae(name: str, cfg: ModelConfig, load_kw: dict, fam: Family, configs: Path):
+    """`model.vae`: a diffusers folder, hub id or single file (FLUX's with the VAE config in `configs`)."""
     from diffusers import AutoencoderKL
 
     path = Path(name).expanduser()
@@ -361,7 +363,7 @@ def _load_vae(name: str, cfg: ModelConfig, load_kw: dict, fam: Family, is_tiny: 
         if path.suffix.lower() in PICKLE_SUFFIXES and not cfg.allow_pickle:
             raise ModelLoadError(f"model.vae = {name!r} is a pickle-based file; set model.allow_pickle = true to load it")
         if fam.is_flow and path.suffix.lower() == ".safetensors":  # with FLUX's VAE config, not an SD one
-            return load_vae(Part("vae", path), _single_file_configs(cfg, fam, is_tiny), load_kw.get("torch_dtype"))
+            return load_vae(Part("vae", path), configs, load_kw.get("torch_dtype"))
         return AutoencoderKL.from_single_file(str(path), **load_kw)
     if path.is_dir():
         sub = "vae" if (path / "vae" / "config.json").is_file() else None
