@@ -173,6 +173,19 @@ def test_a_file_of_another_part_is_refused_naming_the_field(files):
         _load(f["transformer"], clip_l=f["clip_l"], t5xxl=f["t5xxl"], ae=f["clip_l"])
 
 
+def test_a_component_file_lacking_weights_is_refused(files, tmp_path):
+    from safetensors.torch import load_file
+
+    ref, f = files
+    for field, drop in (("ae", "decoder.conv_out.bias"), ("t5xxl", "encoder.final_layer_norm.weight")):
+        sd = load_file(str(f[field]))
+        del sd[drop]
+        cut = tmp_path / f"cut-{field}.safetensors"
+        save_file(sd, str(cut))
+        with pytest.raises(ModelLoadError, match=rf"model\.{field}: .*cut-{field}\.safetensors is not the .*missing"):
+            _separate({**f, field: cut})
+
+
 def test_full_size_configs_refuse_the_tiny_transformer_with_the_fix(files):
     _, f = files
     with pytest.raises(ModelLoadError, match="do not fit the FLUX.1 transformer config.*model.config_dir"):

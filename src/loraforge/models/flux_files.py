@@ -194,20 +194,28 @@ def load_transformer(path: Path, configs: Path, dtype):
 
 
 def load_vae(part: Part, configs: Path, dtype):
-    """The FLUX VAE from an `ae.safetensors` (original LDM/BFL layout) or diffusers-layout file, through diffusers'
-    own converter, with `configs/vae`."""
+    """The FLUX VAE from an `ae.safetensors` (original LDM/BFL layout) or diffusers-layout file, with `configs/vae`:
+    diffusers' own converter and loader, after a check that the file holds every weight (diffusers' loader would
+    leave a missing one unset and fail later, obscurely)."""
     import torch
+    from accelerate import init_empty_weights
     from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    sd = read_tensors(part.path, part.prefix, dtype, LABELS["ae"])
-    try:
-        vae = AutoencoderKL.from_single_file(sd, config=str(configs), subfolder="vae", local_files_only=True,
-                                             torch_dtype=dtype or torch.float32)
-    except Exception as e:  # diffusers' converter: KeyError, ValueError (shapes), SingleFileComponentError (no VAE)
-        raise _part_error(part, configs / "vae", _short(e)) from None
-    missing = _meta_params(vae)
+    sd = read_tensors(part.path, part.prefix, dtype, LABELS[part.field])
+    config = AutoencoderKL.load_config(str(configs), subfolder="vae", local_files_only=True)
+    with init_empty_weights():
+        expected = set(AutoencoderKL.from_config(config).state_dict())
+    if not expected.issubset(sd):  # the original layout (a diffusers-layout file is taken as it is)
+        sd = convert_ldm_vae_checkpoint(sd, config)
+    missing = sorted(expected - set(sd))
     if missing:
         raise _part_error(part, configs / "vae", f"{len(missing)} weights missing: {', '.join(missing[:4])}")
+    try:
+        vae = AutoencoderKL.from_single_file({k: sd[k] for k in expected}, config=str(configs), subfolder="vae",
+                                             local_files_only=True, torch_dtype=dtype or torch.float32)
+    except (RuntimeError, ValueError) as e:  # shapes that do not fit the config
+        raise _part_error(part, configs / "vae", _short(e)) from None
     return vae.eval()
 
 
