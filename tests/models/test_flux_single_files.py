@@ -269,3 +269,20 @@ def test_two_training_steps_from_the_single_files(files, tmp_path):
     assert t.model.source == str(f["comfyui"]) and t.model.is_tiny and t.model.family.name == "flux"
     assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     assert result.files.kohya.is_file() and result.files.diffusers.is_file()
+
+
+def test_full_size_transformer_files_are_told_apart_from_the_tiny_ones(tmp_path):
+    """Only the keys and the width are read: a 3072-wide file is full-size FLUX (trained at 1024 px), in either
+    layout; 32 wide is the embedded tiny FLUX's (64 px)."""
+    from loraforge.models.loading import detect_model_family
+
+    layouts = {"bfl": ("img_in.weight", "double_blocks.0.img_attn.qkv.weight",
+                       "double_blocks.0.img_attn.norm.key_norm.scale", "guidance_in.in_layer.weight"),
+               "diffusers": ("x_embedder.weight", "transformer_blocks.0.attn.to_q.weight",
+                             "single_transformer_blocks.0.attn.to_q.weight")}
+    for layout, keys in layouts.items():
+        for width, tiny in ((3072, False), (32, True)):
+            path = tmp_path / f"{layout}-{width}.safetensors"
+            save_file({k: torch.zeros(width if i == 0 else 1, 64 if i == 0 else 1) for i, k in enumerate(keys)},
+                      str(path))
+            assert detect_model_family(ModelConfig(pretrained_model_name_or_path=str(path))) == ("flux", tiny), path
