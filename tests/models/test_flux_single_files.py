@@ -135,6 +135,19 @@ def test_fp8_files_are_upcast_on_read(files, caplog):
     assert not torch.equal(out, want) and (out - want).norm() < 0.1 * want.norm()  # measured 3.7 %
 
 
+def test_the_load_precision_reaches_every_part(files, caplog):
+    ref, f = files
+    cfg = ModelConfig(pretrained_model_name_or_path=str(f["fp8"]), clip_l=str(f["clip_l"]), t5xxl=str(f["t5xxl_fp8"]),
+                      ae=str(f["ae"]))
+    with caplog.at_level(logging.INFO, logger="loraforge.models.flux_files"):
+        model = load_model(cfg, dtype=torch.bfloat16)
+    assert "stores float8_e4m3fn weights: upcast to bfloat16" in caplog.text
+    for part, module in _modules(model).items():
+        assert {p.dtype for p in module.parameters()} == {torch.bfloat16}, part
+    weight = model.unet.transformer_blocks[0].attn.to_k.weight
+    assert torch.equal(weight, ref.unet.transformer_blocks[0].attn.to_k.weight.to(FP8).to(torch.bfloat16))
+
+
 def test_all_in_one_checkpoint_holds_every_part(files, tmp_path):
     """ComfyUI's FLUX checkpoint layout: `model.diffusion_model.`, `vae.`, `text_encoders.clip_l.transformer.`,
     `text_encoders.t5xxl.transformer.`; a component file given as well replaces that part."""
