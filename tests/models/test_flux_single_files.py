@@ -299,3 +299,23 @@ def test_full_size_transformer_files_are_told_apart_from_the_tiny_ones(tmp_path)
             save_file({k: torch.zeros(width if i == 0 else 1, 64 if i == 0 else 1) for i, k in enumerate(keys)},
                       str(path))
             assert detect_model_family(ModelConfig(pretrained_model_name_or_path=str(path))) == ("flux", tiny), path
+
+
+def test_the_full_size_ae_layout_converts_to_every_weight():
+    """On the meta device: FLUX.1's full-size VAE written in the original `ae.safetensors` names (SD's LDM layout,
+    no quant convs) is read back by diffusers' converter, as `load_vae` uses it, to every weight with its shape."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from loraforge.families import full_size_config
+
+    with init_empty_weights():
+        vae = AutoencoderKL.from_config(full_size_config("flux", "vae"))
+    sd = vae.state_dict()
+    original = ldm.vae_to_original(sd, vae.config)
+    assert original["encoder.mid.attn_1.q.weight"].shape == (512, 512, 1, 1)
+    assert {"decoder.up.3.block.2.conv2.weight", "encoder.down.0.downsample.conv.weight"} <= set(original)
+    assert not any("quant_conv" in k for k in original)
+    back = convert_ldm_vae_checkpoint(original, vae.config)
+    assert set(back) == set(sd) and all(back[k].shape == sd[k].shape for k in sd)
