@@ -148,6 +148,20 @@ def test_the_load_precision_reaches_every_part(files, caplog):
     assert torch.equal(weight, ref.unet.transformer_blocks[0].attn.to_k.weight.to(FP8).to(torch.bfloat16))
 
 
+def test_a_scaled_fp8_file_is_refused_with_the_plain_files_named(files, tmp_path):
+    from safetensors.torch import load_file
+
+    _, f = files
+    sd = load_file(str(f["t5xxl_fp8"]))
+    sd.update({"scaled_fp8": torch.zeros(2, dtype=FP8), "encoder.block.0.layer.0.SelfAttention.q.scale_weight":
+               torch.ones(())})
+    scaled = tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors"
+    save_file(sd, str(scaled))
+    with pytest.raises(ModelLoadError, match="t5xxl_fp8_e4m3fn_scaled.safetensors .T5-XXL text encoder.: a "
+                                             "scaled-fp8 file.*t5xxl_fp16.safetensors"):
+        _separate({**f, "t5xxl": scaled})
+
+
 def test_all_in_one_checkpoint_holds_every_part(files, tmp_path):
     """ComfyUI's FLUX checkpoint layout: `model.diffusion_model.`, `vae.`, `text_encoders.clip_l.transformer.`,
     `text_encoders.t5xxl.transformer.`; a component file given as well replaces that part."""

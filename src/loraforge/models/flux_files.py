@@ -49,6 +49,8 @@ HARMLESS_EXTRAS = ("text_projection.weight", "logit_scale", "text_model.embeddin
                    "embeddings.position_ids")
 # Where FLUX's T5 tokenizer is looked for in the Hugging Face cache (and then on the hub): FLUX.1's own, then the
 # one kohya sd-scripts downloads (google/t5-v1_1-xxl ships only `spiece.model`: needs the sentencepiece package)
+# Keys of ComfyUI's scaled-fp8 files (`t5xxl_fp8_e4m3fn_scaled`): a marker and a scale per weight
+SCALED_FP8_KEYS = ("scaled_fp8", "scale_weight", "scale_input")
 T5_VOCAB = 32000  # SentencePiece pieces of T5's tokenizer (32,100 with its extra ids)
 TOKENIZER_FILES = {"tokenizer": ("tokenizer.json", "vocab.json"), "tokenizer_2": ("tokenizer.json", "spiece.model")}
 T5_TOKENIZER_REPOS = (("black-forest-labs/FLUX.1-dev", "tokenizer_2"), ("black-forest-labs/FLUX.1-schnell", "tokenizer_2"),
@@ -77,14 +79,20 @@ def read_tensors(path: Path, prefix: str = "", dtype=None, what: str = "") -> di
     target = dtype or torch.float32
     out, upcast = {}, set()
     with open_safetensors(path) as f:
+        scaled = [k for k in f.keys() if k.startswith(prefix) and k.rpartition(".")[2] in SCALED_FP8_KEYS]
+        if scaled:
+            raise ModelLoadError(
+                f"{path}{f' ({what})' if what else ''}: a scaled-fp8 file (ComfyUI's `*_fp8_scaled`, with {scaled[0]}), "
+                "whose weights are stored divided by a per-tensor scale: not read yet; use the plain fp8 or fp16 file "
+                "(t5xxl_fp8_e4m3fn.safetensors / t5xxl_fp16.safetensors, flux1-dev.safetensors)"
+            )
         for key in f.keys():
             if not key.startswith(prefix):
                 continue
             t = f.get_tensor(key)
             if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
                 upcast.add(str(t.dtype).removeprefix("torch."))
-                t = t.to(target)
-            elif t.is_floating_point():
+            if t.is_floating_point():
                 t = t.to(target)
             out[key[len(prefix):]] = t
     if upcast:
