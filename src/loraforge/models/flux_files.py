@@ -47,12 +47,12 @@ DIFFUSERS_PROBE = "transformer_blocks.0.attn.to_q.weight"
 # Weights some text-encoder files carry that FLUX never uses (CLIP's projection and logit scale of SD3-style files)
 HARMLESS_EXTRAS = ("text_projection.weight", "logit_scale", "text_model.embeddings.position_ids",
                    "embeddings.position_ids")
-# Where FLUX's T5 tokenizer is looked for in the Hugging Face cache (and then on the hub): FLUX.1's own, then the
-# one kohya sd-scripts downloads (google/t5-v1_1-xxl ships only `spiece.model`: needs the sentencepiece package)
 # Keys of ComfyUI's scaled-fp8 files (`t5xxl_fp8_e4m3fn_scaled`): a marker and a scale per weight
 SCALED_FP8_KEYS = ("scaled_fp8", "scale_weight", "scale_input")
 T5_VOCAB = 32000  # SentencePiece pieces of T5's tokenizer (32,100 with its extra ids)
 TOKENIZER_FILES = {"tokenizer": ("tokenizer.json", "vocab.json"), "tokenizer_2": ("tokenizer.json", "spiece.model")}
+# Where FLUX's T5 tokenizer is looked for in the Hugging Face cache (and then on the hub): FLUX.1's own, then the
+# one kohya sd-scripts downloads (google/t5-v1_1-xxl ships only `spiece.model`: needs the sentencepiece package)
 T5_TOKENIZER_REPOS = (("black-forest-labs/FLUX.1-dev", "tokenizer_2"), ("black-forest-labs/FLUX.1-schnell", "tokenizer_2"),
                       ("google/t5-v1_1-xxl", None))
 
@@ -138,6 +138,7 @@ def component_parts(cfg, path: Path) -> dict[str, Part]:
     found nowhere, with the field to set."""
     keys = None
     parts, missing = {}, []
+    given = [f for f in ALL_IN_ONE_PREFIXES if getattr(cfg, f)]
     for field_name, prefix in ALL_IN_ONE_PREFIXES.items():
         value = getattr(cfg, field_name)
         if value:
@@ -146,8 +147,8 @@ def component_parts(cfg, path: Path) -> dict[str, Part]:
                 raise ModelLoadError(f"model.{field_name} = {value!r}: no such file; pass the {LABELS[field_name]} "
                                      f"file ({FILE_NAMES[field_name]})")
             if file.suffix.lower() != ".safetensors":
-                raise ModelLoadError(f"model.{field_name} = {value!r}: FLUX component files are read as .safetensors; "
-                                     f"convert it (`loraforge convert`) or download the .safetensors file")
+                raise ModelLoadError(f"model.{field_name} = {value!r}: FLUX component files are read as .safetensors "
+                                     f"(no pickles); pass the {FILE_NAMES[field_name]} file")
             own = safetensors_keys(file)
             parts[field_name] = Part(field_name, file, prefix if any(k.startswith(prefix) for k in own) else "")
             continue
@@ -157,8 +158,9 @@ def component_parts(cfg, path: Path) -> dict[str, Part]:
         else:
             missing.append(field_name)
     if missing:
+        found = "holds only the transformer" if len(parts) == len(given) else "lacks some FLUX.1 parts"
         raise ModelLoadError(
-            f"{path.name} holds only the transformer; the FLUX.1 parts it lacks come from their own files: "
+            f"{path.name} {found}; the parts it lacks come from their own files: "
             + "; ".join(f"model.{f}: pass the {LABELS[f]} file ({FILE_NAMES[f]}, kohya's --{f})" for f in missing)
             + " (in a config: [model] " + ", ".join(f"{f} = \"...\"" for f in missing) + ")"
         )
