@@ -82,13 +82,14 @@ def test_t5_length_is_refused_for_sd():
         load_config(None, ["model.family='sd15'", "model.max_sequence_length=64"])
 
 
-def test_flux_single_file_is_refused_with_the_fix(tmp_path):
+def test_flux_transformer_file_alone_asks_for_its_component_files(tmp_path):
+    """(Loading FLUX from single files: tests/models/test_flux_single_files.py.)"""
     from safetensors.torch import save_file
 
     path = tmp_path / "flux1-dev.safetensors"
     save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(1)}, str(path))
     cfg = load_config(None, ["model.family='flux'", f"model.pretrained_model_name_or_path='{path}'"]).model
-    with pytest.raises(ModelLoadError, match="diffusers folder or hub id"):
+    with pytest.raises(ModelLoadError, match="holds only the transformer.*model.clip_l.*model.t5xxl.*model.ae"):
         load_model(cfg)
 
 

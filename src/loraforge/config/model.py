@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..families import FAMILY_NAMES
 from .base import Section
 
 Family = Literal[("auto", *FAMILY_NAMES)]  # the registry's families
+
+# FLUX.1 component files next to a transformer single file, named as kohya sd-scripts' FLUX flags (--clip_l ...)
+FLUX_FILE_FIELDS = ("clip_l", "t5xxl", "ae")
 
 
 class ModelConfig(Section):
@@ -54,8 +57,36 @@ class ModelConfig(Section):
     config_dir: str | None = Field(
         None,
         description=(
-            "For a single-file model: a local diffusers folder whose configs and tokenizers describe it. Unset: "
-            "loraforge writes one for the detected family, so no hub access is needed."
+            "For a single-file model: a local diffusers folder whose configs and tokenizers describe it (for FLUX "
+            "files: its transformer, VAE and text-encoder configs and its CLIP and T5 tokenizers; a FLUX.1 diffusers "
+            "folder without weights will do). Unset: loraforge writes one for the detected family, so no hub access "
+            "is needed (FLUX's T5 tokenizer excepted: it is read from the Hugging Face cache)."
+        ),
+    )
+    clip_l: str | None = Field(
+        None,
+        description=(
+            "FLUX.1 from single files: the CLIP-L text encoder file (`clip_l.safetensors`, the transformers "
+            "`CLIPTextModel` weights as ComfyUI and kohya keep them), used when `pretrained_model_name_or_path` is a "
+            "FLUX transformer file (`flux1-dev.safetensors`). kohya's `--clip_l`. Unset: read from the model file when "
+            "it is an all-in-one checkpoint that holds it (`text_encoders.clip_l.`), else an error."
+        ),
+    )
+    t5xxl: str | None = Field(
+        None,
+        description=(
+            "FLUX.1 from single files: the T5-XXL text encoder file (`t5xxl_fp16.safetensors`, or "
+            "`t5xxl_fp8_e4m3fn.safetensors`: float8 weights are upcast to the load precision as they are read). "
+            "kohya's `--t5xxl`. Unset: read from an all-in-one model file (`text_encoders.t5xxl.`), else an error. "
+            "The T5 tokenizer comes from `config_dir`, else from the Hugging Face cache (FLUX.1's `tokenizer_2`)."
+        ),
+    )
+    ae: str | None = Field(
+        None,
+        description=(
+            "FLUX.1 from single files: the autoencoder file (`ae.safetensors` of black-forest-labs/FLUX.1-dev, the "
+            "original layout `encoder.down.0.block.0...`; a diffusers-layout VAE file also loads). kohya's `--ae`. "
+            "Unset: read from an all-in-one model file (`vae.`), else an error."
         ),
     )
     allow_pickle: bool = Field(
@@ -75,3 +106,19 @@ class ModelConfig(Section):
             "the same; the text encoders and the convolutions stay unquantized. See docs/benchmarks.md."
         ),
     )
+
+    @model_validator(mode="after")
+    def _flux_files(self) -> "ModelConfig":
+        given = [f"model.{f}" for f in FLUX_FILE_FIELDS if getattr(self, f)]
+        if given and self.pretrained_model_name_or_path is None:
+            raise ValueError(f"{', '.join(given)}: component files of a FLUX.1 single file; set "
+                             "model.pretrained_model_name_or_path to the transformer file (flux1-dev.safetensors)")
+        if given and self.family not in ("auto", "flux"):
+            raise ValueError(f"{', '.join(given)}: component files of a FLUX.1 single file, but model.family = "
+                             f"{self.family!r}; remove them (for another VAE: model.vae)")
+        return self
+
+    @property
+    def flux_files(self) -> dict[str, str]:
+        """The FLUX component files given: field name -> path."""
+        return {f: getattr(self, f) for f in FLUX_FILE_FIELDS if getattr(self, f)}

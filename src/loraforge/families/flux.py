@@ -23,6 +23,8 @@ from .registry import FAMILIES
 
 FLUX = "flux"  # the family's name
 MLP_RATIO = 4  # diffusers' FluxTransformer2DModel and BFL's Flux both use an MLP 4x the hidden width
+# Key prefixes of an original-layout transformer: ComfyUI's files and all-in-one checkpoints, bare in BFL's own file
+TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
 # ------------------------------------------------------------------------------------------------- the FLUX facts
 # The facts the file formats use, read from the registry's Family("flux") (one source of truth); only the [schnell]
@@ -194,6 +196,14 @@ def swap_halves(t):
 
 
 # --------------------------------------------------------------------------------------------- whole state dicts
+def strip_prefix(sd: dict) -> tuple[dict, str]:
+    """(the transformer's keys without prefix, the prefix found: "" when the keys are bare)."""
+    for prefix in TRANSFORMER_PREFIXES:
+        if any(k.startswith(prefix) for k in sd):
+            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, prefix
+    return dict(sd), ""
+
+
 def original_to_diffusers(sd: dict, config: dict[str, Any] | FluxLayout | None = None) -> tuple[dict, list[str]]:
     """(diffusers state dict, original keys that are not transformer weights) of an original (BFL) transformer
     state dict without prefix: fused weights and biases are split by rows, the final modulation's halves swapped,

@@ -11,36 +11,22 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ShapeMismatchError, UnsupportedError
-from ..families.flux import diffusers_to_original, original_to_diffusers
-from ..utils.files import open_safetensors, save_safetensors_atomic
-
-PREFIXES = ("model.diffusion_model.", "diffusion_model.")
-
-
-def strip_prefix(sd: dict) -> tuple[dict, str]:
-    """(the transformer's keys without prefix, the prefix found: "" when the keys are bare)."""
-    for prefix in PREFIXES:
-        if any(k.startswith(prefix) for k in sd):
-            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, prefix
-    return dict(sd), ""
+from ..errors import ModelLoadError, ShapeMismatchError, UnsupportedError
+from ..families.flux import TRANSFORMER_PREFIXES as PREFIXES
+from ..families.flux import diffusers_to_original
+from ..models.flux_files import read_flux_transformer_file
+from ..utils.files import save_safetensors_atomic
 
 
 def read_flux_transformer(path, config: dict | None = None) -> dict[str, torch.Tensor]:
     """The diffusers state dict of an original-layout FLUX transformer file (`config`: the diffusers transformer
-    config, None: full-size [dev]; a [schnell] file simply has no guidance weights). Keys that are no transformer
-    weight raise `UnsupportedError` naming them."""
-    with open_safetensors(path) as f:
-        sd = {k: f.get_tensor(k) for k in f.keys()}
-    body, _ = strip_prefix(sd)
-    if "double_blocks.0.img_attn.qkv.weight" not in body:
-        raise UnsupportedError(f"{path}: not a FLUX.1 transformer file in the original layout (no "
-                               "double_blocks.0.img_attn.qkv.weight, with or without model.diffusion_model.)")
-    out, unused = original_to_diffusers(body, config)
-    if unused:
-        raise UnsupportedError(f"{path}: {len(unused)} keys are no weight of the FLUX.1 transformer "
-                               f"({', '.join(unused[:5])}); is it another model, or pass its transformer config")
-    return out
+    config, None: full-size [dev]; a [schnell] file simply has no guidance weights), read as the model loader reads
+    it (`models.flux_files`; a diffusers-layout file is returned as it is). Keys that are no transformer weight
+    raise `UnsupportedError` naming them."""
+    try:
+        return read_flux_transformer_file(path, config)
+    except ModelLoadError as e:
+        raise UnsupportedError(str(e)) from None
 
 
 def save_flux_transformer(sd: dict[str, torch.Tensor], path, config: dict | None = None, prefix: str = "",

@@ -21,6 +21,7 @@ from ..families import TINY_RESOLUTION, Family, family, tiny_family
 from ..families.detect import detect_family_from_folder, family_from_single_file_type
 from ..utils.files import PICKLE_SUFFIXES, open_safetensors
 from .configs import config_folder
+from .flux_files import DIFFUSERS_PROBE, load_flux_pipeline, load_vae, Part
 from .tiny import tiny_model_dir
 from .toy import TOY_NAME, toy_model_dir
 
@@ -28,9 +29,10 @@ log = logging.getLogger(__name__)
 
 TINY_PROBE_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 TINY_UNET_CHANNELS = 32  # block_out_channels[0] of every embedded tiny model (`models.tiny`)
-
-
-
+# The image input projection of a FLUX transformer, original and diffusers names: its rows are the transformer's width
+# (3072 full-size, 32 in the embedded tiny FLUX)
+FLUX_WIDTH_KEYS = ("model.diffusion_model.img_in.weight", "img_in.weight", "x_embedder.weight")
+TINY_FLUX_WIDTH = 32
 
 # T5 tokens of a FLUX prompt when `model.max_sequence_length` is unset: as FLUX.1 [dev] / [schnell] were trained
 T5_LENGTHS = {"dev": 512, "schnell": 256}
@@ -150,6 +152,8 @@ def single_file_family(path: Path, config_dir: str | None = None) -> str | None:
         return tiny
     if any(k.startswith("conditioner.embedders.1.") for k in ckpt):
         return "sdxl"
+    if DIFFUSERS_PROBE in ckpt and "single_transformer_blocks.0.attn.to_q.weight" in ckpt:
+        return "flux"  # a diffusers-layout FLUX transformer file, which diffusers' probe does not know
     return family_from_single_file_type(infer_diffusers_model_type(ckpt))
 
 
@@ -160,6 +164,9 @@ def tiny_single_file(ckpt: Mapping) -> str | None:
     meta_family = tiny_family(getattr(ckpt, "metadata", None))
     if meta_family:
         return meta_family
+    width = next((ckpt[k] for k in FLUX_WIDTH_KEYS if k in ckpt), None)
+    if width is not None:
+        return "flux" if width.shape[0] == TINY_FLUX_WIDTH else None
     conv = ckpt.get(TINY_PROBE_KEY) if TINY_PROBE_KEY in ckpt else None
     if conv is None or conv.shape[0] != TINY_UNET_CHANNELS:
         return None
@@ -287,50 +294,34 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
     family_name, is_tiny = detect_model_family(cfg)
     fam = family(family_name)
     pipeline_class = fam.pipeline_class()
-    if name is None:
+    path = Path(name).expanduser() if name is not None else None
+    if cfg.flux_files and not (fam.is_flow and path is not None and path.is_file()):
+        what = "a folder or hub id holds its own text encoders and VAE" if fam.is_flow else f"the model is {fam.label}"
+        raise ModelLoadError(f"{', '.join('model.' + f for f in cfg.flux_files)}: component files of a FLUX.1 "
+                             f"single file, but {what}; remove them (another VAE: model.vae)")
+    if path is None:
         folder = tiny_model_dir(family_name)
         pipe = pipeline_class.from_pretrained(str(folder), local_files_only=True, **load_kw)
         source = f"embedded tiny {fam.label} model ({folder})"
+    elif path.is_dir():
+        pipe = pipeline_class.from_pretrained(
+            str(path), local_files_only=True, variant=cfg.variant, **fam.pipeline_kwargs, **load_kw
+        )
+        source = str(path)
+    elif path.is_file():
+        pipe = _load_single_file(cfg, path, fam, is_tiny, dtype, load_kw)
+        source = str(path)
     else:
-        path = Path(name).expanduser()
-        if path.is_dir():
+        try:
             pipe = pipeline_class.from_pretrained(
-                str(path), local_files_only=True, variant=cfg.variant, **fam.pipeline_kwargs, **load_kw
+                name, revision=cfg.revision, variant=cfg.variant, **fam.pipeline_kwargs, **load_kw
             )
-            source = str(path)
-        elif path.is_file():
-            if fam.is_flow:
-                raise ModelLoadError(
-                    f"{path}: {fam.label} single files (flux1-dev.safetensors with separate clip_l / t5xxl / ae "
-                    "files) are not loaded yet; pass a diffusers folder or hub id (black-forest-labs/FLUX.1-dev) as "
-                    "model.pretrained_model_name_or_path"
-                )
-            config_dir = Path(cfg.config_dir) if cfg.config_dir else None
-            if config_dir is None and is_tiny:
-                config_dir = tiny_model_dir(family_name)  # a file of an embedded tiny model: its own configs
-            elif config_dir is None:
-                config_dir = config_folder(family_name)
-            try:
-                pipe = pipeline_class.from_single_file(
-                    str(path), config=str(config_dir), local_files_only=True, **fam.pipeline_kwargs, **load_kw
-                )
-            except (RuntimeError, ValueError, KeyError) as e:  # shapes or keys that do not fit the configs
-                raise ModelLoadError(
-                    f"{path}: its weights do not fit the {fam.label} configs in {config_dir} "
-                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); pass the diffusers folder that describes "
-                    "this file as --config-dir (model.config_dir), or its family (--family / model.family)"
-                ) from None
-            source = str(path)
-        else:
-            try:
-                pipe = pipeline_class.from_pretrained(
-                    name, revision=cfg.revision, variant=cfg.variant, **fam.pipeline_kwargs, **load_kw
-                )
-            except OSError as e:
-                raise ModelLoadError(f"could not load {name!r} from the hub: {str(e).splitlines()[0][:300]}") from None
-            source = f"hub:{name}"
+        except OSError as e:
+            raise ModelLoadError(f"could not load {name!r} from the hub: {str(e).splitlines()[0][:300]}") from None
+        source = f"hub:{name}"
     if cfg.vae:
-        pipe.vae = _load_vae(cfg.vae, cfg, load_kw)
+        configs = path if path is not None and (path / "vae" / "config.json").is_file() else None
+        pipe.vae = _load_vae(cfg.vae, cfg, load_kw, fam, configs or _single_file_configs(cfg, fam, is_tiny))
     prediction = cfg.prediction_type
     if fam.is_flow:
         prediction = "flow"  # noise - latents (`training.flow`); config refuses another prediction_type
@@ -345,13 +336,44 @@ def load_model(cfg: ModelConfig, dtype=None) -> SDModel:
     return SDModel(fam, source, denoiser, pipe.vae, te, tok, pipe.scheduler, prediction, is_tiny)
 
 
-def _load_vae(name: str, cfg: ModelConfig, load_kw: dict):
+def _single_file_configs(cfg: ModelConfig, fam: Family, is_tiny: bool) -> Path:
+    """The diffusers folder whose configs describe a single file: `model.config_dir`, the embedded tiny model's
+    folder for a file written from it, else the family's full-size config folder."""
+    if cfg.config_dir:
+        return Path(cfg.config_dir)
+    return tiny_model_dir(fam.name) if is_tiny else config_folder(fam.name)
+
+
+def _load_single_file(cfg: ModelConfig, path: Path, fam: Family, is_tiny: bool, dtype, load_kw: dict):
+    config_dir = _single_file_configs(cfg, fam, is_tiny)
+    if fam.is_flow:  # a FLUX transformer file (or all-in-one checkpoint) and its component files
+        if path.suffix.lower() != ".safetensors":
+            raise ModelLoadError(f"{path}: {fam.label} single files are read as .safetensors; convert it with "
+                                 f"`loraforge convert {path} --allow-pickle`")
+        t5_from_cache = not cfg.config_dir and not is_tiny  # loraforge's full-size folder has no T5 tokenizer
+        return load_flux_pipeline(cfg, path, config_dir, t5_from_cache, dtype)
+    try:
+        return fam.pipeline_class().from_single_file(
+            str(path), config=str(config_dir), local_files_only=True, **fam.pipeline_kwargs, **load_kw
+        )
+    except (RuntimeError, ValueError, KeyError) as e:  # shapes or keys that do not fit the configs
+        raise ModelLoadError(
+            f"{path}: its weights do not fit the {fam.label} configs in {config_dir} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); pass the diffusers folder that describes "
+            "this file as --config-dir (model.config_dir), or its family (--family / model.family)"
+        ) from None
+
+
+def _load_vae(name: str, cfg: ModelConfig, load_kw: dict, fam: Family, configs: Path):
+    """`model.vae`: a diffusers folder, hub id or single file (FLUX's with the VAE config in `configs`)."""
     from diffusers import AutoencoderKL
 
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix.lower() in PICKLE_SUFFIXES and not cfg.allow_pickle:
             raise ModelLoadError(f"model.vae = {name!r} is a pickle-based file; set model.allow_pickle = true to load it")
+        if fam.is_flow and path.suffix.lower() == ".safetensors":  # with FLUX's VAE config, not an SD one
+            return load_vae(Part("vae", path), configs, load_kw.get("torch_dtype"))
         return AutoencoderKL.from_single_file(str(path), **load_kw)
     if path.is_dir():
         sub = "vae" if (path / "vae" / "config.json").is_file() else None
