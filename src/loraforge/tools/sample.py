@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import FamilyMismatchError, InputNotFoundError, ShapeMismatchError, ToolError
 from ..families import FAMILIES
@@ -21,6 +22,9 @@ from ..sampling.prompts import PromptFileError, read_prompt_file
 from ..sampling.samplers import normalize_sampler
 from .common import LoraSpec, apply_lora_files, check_output, find_lora_file, load_sd_model
 from .flux_models import apply_flux_lora_files
+
+if TYPE_CHECKING:  # the annotation only
+    from PIL import Image
 
 
 @dataclass
