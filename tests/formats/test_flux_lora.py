@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from loraforge.adapters import AdapterModule
-from loraforge.errors import UnsupportedError
 from loraforge.formats.flux_lora import (
     flux_kohya_state_dict,
     flux_metadata,
@@ -74,14 +73,37 @@ def test_fusion_is_block_diagonal_with_one_alpha():
     assert torch.allclose(delta(m)[6144:], delta(parts["transformer_blocks.0.attn.to_v"]), atol=1e-5)
 
 
-def test_fused_layer_refuses_loha_with_the_fix():
-    fused = transformer_modules()["single_blocks.0.linear1"]
-    loha = AdapterModule("", {k: torch.ones(3072 if k.endswith("_a") else 2, 2 if k.endswith("_a") else 3072)
+def test_loha_and_dora_on_fused_layers_are_written_with_lycoris_names_comfyui_slices():
+    """A LoHa or DoRA update of to_q alone has no exact form on the fused qkv / linear1 layer: the kohya file holds
+    such parts under LyCORIS' diffusers names (`lycoris_single_transformer_blocks_0_attn_to_q`, as SimpleTuner
+    writes), which ComfyUI applies to their rows of the fused weight; plain LoRA parts are still fused."""
+    from loraforge.formats.consumers import flux as consumer
+
+    g = torch.Generator().manual_seed(5)
+    loha = AdapterModule("", {k: torch.randn(3072 if k.endswith("_a") else 2, 2 if k.endswith("_a") else 3072,
+                                             generator=g) * 0.1
                               for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}, 1.0, part="unet",
-                         path="single_transformer_blocks.0.attn.to_q")
-    with pytest.raises(UnsupportedError, match="diffusers layout"):
-        fuse(fused, {loha.path: loha})
-    # a one-to-one layer keeps its LoHa as is
+                         path="single_transformer_blocks.0.attn.to_k")
+    dora = AdapterModule("", {"lora_down.weight": torch.randn(2, 3072, generator=g) * 0.1,
+                              "lora_up.weight": torch.randn(3072, 2, generator=g) * 0.1,
+                              "dora_scale": torch.ones(1, 3072)}, 2.0, part="unet",
+                         path="transformer_blocks.3.attn.to_v")
+    lora = next(m for m in random_flux_lora(seed=2, text_encoders=False)
+                if m.path == "transformer_blocks.3.attn.to_q")
+    sd = flux_kohya_state_dict([loha, dora, lora])
+    names = {k.split(".")[0] for k in sd}
+    assert names == {"lycoris_single_transformer_blocks_0_attn_to_k", "lycoris_transformer_blocks_3_attn_to_v",
+                     "lycoris_transformer_blocks_3_attn_to_q"}  # a fused layer with a DoRA part: all its parts
+    converted, result = consumer.comfy_load(sd)
+    assert result.fatal is None and result.not_loaded == [] and len(result.applied) == 3
+    shapes = consumer.comfy_model_keys()
+    key = "diffusion_model.single_blocks.0.linear1.weight"
+    want = torch.zeros(shapes[key])
+    want[3072:6144] = delta(loha)  # to_k: rows [h, 2h) of linear1
+    torch.testing.assert_close(consumer.comfy_delta(converted, result, key, shapes[key]), want, atol=1e-5, rtol=1e-4)
+    back = read_flux_lora(sd)  # and loraforge reads the file back onto the same modules
+    assert {m.path for m in back.modules.values()} == {loha.path, dora.path, lora.path}
+    # a one-to-one layer keeps its LoHa under the kohya name
     loha.path = "single_transformer_blocks.0.proj_out"
     loha.tensors = {k: torch.ones(3072 if k.endswith("_a") else 2, 2 if k.endswith("_a") else 15360)
                     for k in loha.tensors}

@@ -222,3 +222,14 @@ def test_an_int8_base_trains_a_flux_lora(make_config):
         finally:
             t.close()
     assert keys["int8"] == keys["none"] and any("double_blocks_0_img_attn_qkv" in k for k in keys["none"])
+
+
+@pytest.mark.parametrize("algo", ["loha", "dora"])
+def test_lycoris_adapters_train_and_write_a_file_comfyui_loads(make_config, algo):
+    """LoHa / LoKr / DoRA train through the same adapter layer; their parts of a fused layer go into the kohya file
+    under LyCORIS' diffusers names, which ComfyUI and Forge apply to the fused weight's rows (checked at save)."""
+    result = Trainer(make_config("flux", **{**SHORT_T5, "network.algo": algo, "training.max_train_steps": 1})).run()
+    names = {k.split(".")[0] for k in load_file(str(result.files.kohya))}
+    assert "lycoris_transformer_blocks_0_attn_to_q" in names and result.files.diffusers is None
+    log = (result.run_dir / "train.log").read_text()
+    assert re.search(r"check run-flux\.safetensors: ComfyUI (\d+)/\1 modules, Forge (\d+)/\2", log), log

@@ -97,6 +97,10 @@ def _lora_only(m: AdapterModule, fused: FusedModule, why: str) -> None:
         )
 
 
+def _plain(m: AdapterModule) -> bool:
+    return m.kind == "lora" and not set(m.tensors) - {DOWN, UP}
+
+
 def fuse(fused: FusedModule, parts: dict[str, AdapterModule]) -> AdapterModule:
     """One kohya module for `fused.original` from LoRA modules on its diffusers parts (path -> module; parts the
     network did not adapt get zero rows). Exact: ΔW of each part's rows equals the part's own ΔW."""
@@ -142,7 +146,13 @@ def flux_kohya_state_dict(modules, config: Config = None, dtype: torch.dtype | N
         else:
             out_modules.append(AdapterModule(kohya_text_name(m.part, m.path), m.tensors, m.alpha, m.alpha_tensor))
     table = transformer_modules(config)
-    out_modules += [fuse(table[original], parts) for original, parts in by_original.items()]
+    for original, parts in by_original.items():
+        if all(_plain(m) for m in parts.values()):
+            out_modules.append(fuse(table[original], parts))
+        else:  # LoHa / LoKr / DoRA / Tucker parts have no fused form: LyCORIS' diffusers-named modules, which
+            # ComfyUI (and Forge) apply to their rows of the fused weight (SimpleTuner writes these)
+            out_modules += [AdapterModule(f"lycoris_{path.replace('.', '_')}", m.tensors, m.alpha, m.alpha_tensor)
+                            for path, m in parts.items()]
     sd: dict[str, torch.Tensor] = {}
     for m in out_modules:
         for suffix, tensor in m.tensors.items():
@@ -261,6 +271,9 @@ def _split(name: str, m: AdapterModule, fused: FusedModule, rows: int | None = N
     """Per-diffusers-part modules of a module on original layer `fused` (`rows`: how many output rows the file's
     module has, XLabs' single-block qkv covers only to_q | to_k | to_v)."""
     parts = [p for p in fused.parts if rows is None or p[1] + p[2] <= rows]
+    if not fused.fused and not fused.swap_halves:  # one original layer is one diffusers layer: any kind, as it is
+        return [AdapterModule(name, dict(m.tensors), m.alpha, m.alpha_tensor, part="unet", path=parts[0][0],
+                              keys=list(m.keys))]
     if m.kind == "lora" and set(m.tensors) <= {DOWN, UP}:
         up = m.tensors[UP]
         if fused.swap_halves:
