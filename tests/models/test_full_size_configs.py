@@ -165,3 +165,11 @@ def test_config_folder_is_cached(tmp_path, monkeypatch):
 
     monkeypatch.setattr(configs, "write_config_folder", fail)
     assert config_folder("sd15") == folder
+
+
+def test_flux_config_folder_holds_clip_s_tokenizer_only(tmp_path):
+    """FLUX's tokenizer_2 is T5's SentencePiece tokenizer, which loraforge does not ship: the config folder must not
+    hold a CLIP tokenizer under that name (a reader would take it for T5's)."""
+    folder = configs.write_config_folder("flux", tmp_path / "flux")
+    assert (folder / "tokenizer" / "tokenizer.json").is_file() and not (folder / "tokenizer_2").exists()
+    assert (folder / "text_encoder_2" / "config.json").is_file()

@@ -293,7 +293,8 @@ TOKENIZER_PADS = {
     "sd15": {"tokenizer": "<|endoftext|>"},
     "sd2": {"tokenizer": "!"},
     "sdxl": {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"},
-    "flux": {"tokenizer": "<|endoftext|>", "tokenizer_2": "<pad>"},
+    # FLUX's tokenizer_2 is T5's (SentencePiece), which is not shipped: `models.flux_files` finds it
+    "flux": {"tokenizer": "<|endoftext|>"},
 }
 
 

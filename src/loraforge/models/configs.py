@@ -15,7 +15,7 @@ from ..families import family
 from ..utils.files import atomic_dir, cache_home
 from .tokenizer import clip_tokenizer
 
-CONFIG_VERSION = 1  # bump when the full-size configs change, so cached folders are rewritten
+CONFIG_VERSION = 2  # bump when the full-size configs change, so cached folders are rewritten
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
