@@ -107,3 +107,15 @@ def random_toy(tmp_path, monkeypatch):
     monkeypatch.setattr(toy, "WEIGHTS", weights)
     monkeypatch.setattr(toy, "REPORT", report)
     return pipe
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (`pytestmark = pytest.mark.usefixtures("one_thread")`): the FLUX and overfit
+    tests' small matmuls gain nothing from a second thread, which the other xdist worker needs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

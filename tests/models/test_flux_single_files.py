@@ -23,12 +23,7 @@ FP8 = torch.float8_e4m3fn
 PARTS = ("unet", "vae", "te1", "te2")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _modules(model):

@@ -23,12 +23,7 @@ from .test_flux_training import SHORT_T5
 CAPTION = "a photo of <s0><s1> robot"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def flux_ti(folder, **kw) -> dict:

@@ -21,12 +21,7 @@ from .test_data_training import data_options, images
 SHORT_T5 = {"model.max_sequence_length": 16}  # a short T5 sequence keeps the tests fast
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _prepared(make_config, **overrides) -> Trainer:

@@ -19,12 +19,7 @@ STEPS = 12
 MIN_FALL = {"lora": 0.25, "locon": 0.65, "loha": 0.65, "lokr": 0.65, "dora": 0.65}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])

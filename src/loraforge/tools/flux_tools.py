@@ -40,8 +40,7 @@ from .common import check_output, lora_metadata, save_lora
 from .flux_files import FLUX_TARGETS
 from .flux_sources import FluxFile, full_config, inner_width, load_flux_source, read_flux_file, source_config
 from .flux_sources import tiny_config, tiny_text_configs
-from .lora_ops import LoraMergeResult, ModuleReport, ResizeResult, concat_modules, interpolate_modules, resize_module
-from .lora_ops import svd_module
+from .lora_ops import LoraMergeResult, ModuleReport, ResizeResult, merge_module, resize_module
 from .svd import RankRule
 
 _TEXT_MODULES = ("lora_te", "text_encoder")  # text-encoder module names in the written layouts
@@ -300,15 +299,7 @@ def merge_flux_loras(inputs: list[tuple[str, float]], output, *, mode: str = "co
     result = LoraMergeResult(Path(output), mode)
     merged: dict[Key, AdapterModule] = {}
     for key, items in targets.items():
-        if mode == "svd":
-            module, share = svd_module(items, delta_shape(items[0][0].tensors), rule)
-        elif mode == "concat" or len(items) == 1:
-            module, share = concat_modules(items), None
-        else:
-            module, share = interpolate_modules(items), None
-        module.part, module.path = key
-        out_dtype = dtype or next(iter(items[0][0].tensors.values())).dtype
-        module.tensors = {k: v.to(out_dtype).contiguous() for k, v in module.tensors.items()}
+        module, share = merge_module(items, mode, delta_shape(items[0][0].tensors), rule, key, dtype)
         merged[key] = module
         result.modules[key] = ([m.rank or 0 for m, _ in items], module.rank, share)
     record = {"mode": mode, "inputs": [[p, w] for p, w in inputs], **({"alpha": alpha} if mode == "interpolate" else {})}

@@ -212,3 +212,19 @@ class ExtractResult:
             out.append(f"check: {self.check}")
         out.append(f"wrote {self.output}")
         return out
+
+
+def merge_module(items, mode: str, shape, rule: RankRule | None, target: tuple[str, str], dtype=None):
+    """One module from `items` ((module, weight) pairs on the same layer `target` = (part, path) of weight `shape`)
+    by `mode` (svd, concat, interpolate; a single item is kept as concat), in `dtype` (None: the first item's);
+    returns (module, the SVD's kept energy share or None)."""
+    if mode == "svd":
+        module, share = svd_module(items, shape, rule)
+    elif mode == "concat" or len(items) == 1:
+        module, share = concat_modules(items), None
+    else:
+        module, share = interpolate_modules(items), None
+    module.part, module.path = target
+    out_dtype = dtype or next(iter(items[0][0].tensors.values())).dtype
+    module.tensors = {k: v.to(out_dtype).contiguous() for k, v in module.tensors.items()}
+    return module, share

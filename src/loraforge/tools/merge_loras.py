@@ -29,7 +29,7 @@ from .common import check_output, lora_metadata, model_tree, refuse_layout, save
 from .flux_sources import flux_lora_file
 from .flux_tools import merge_flux_loras, refuse_mixed
 from ..errors import FamilyMismatchError, ToolError
-from .lora_ops import LoraMergeResult, concat_modules, interpolate_modules, svd_module
+from .lora_ops import LoraMergeResult, merge_module
 from .svd import RankRule
 
 
@@ -88,17 +88,8 @@ def merge_loras(inputs: list[tuple[str, float]], output, *, mode: str = "concat"
     result = LoraMergeResult(output, mode)
     merged: list[AdapterModule] = []
     for target, items in targets.items():
-        shape = tree.shape(*target)
-        if mode == "svd":
-            module, share = svd_module(items, shape, rule)
-        elif mode == "concat" or len(items) == 1:
-            module, share = concat_modules(items), None
-        else:
-            module, share = interpolate_modules(items), None
-        module.part, module.path = target
-        out_dtype = dtype or next(iter(items[0][0].tensors.values())).dtype
-        module.tensors = {k: v.to(out_dtype).contiguous() for k, v in module.tensors.items()}
-        module.alpha_tensor = torch.tensor(module.alpha, dtype=out_dtype)
+        module, share = merge_module(items, mode, tree.shape(*target), rule, target, dtype)
+        module.alpha_tensor = torch.tensor(module.alpha, dtype=next(iter(module.tensors.values())).dtype)
         merged.append(module)
         result.modules[target] = ([m.rank or 0 for m, _ in items], module.rank, share)
     meta = lora_metadata(None, fam, merge=json.dumps({"mode": mode, "inputs": [[p, w] for p, w in inputs],
