@@ -31,7 +31,9 @@ EXPERIMENTS: dict[str, dict[str, dict]] = {
         "+ pivotal tuning (new tokens)": {"training.train_text_encoder_ti": True},
     },
     "rank": {f"{r}": {"network.rank": r, "network.alpha": r} for r in (4, 8, 16, 32)},
-    "algorithm": {a: ({} if a == "lora" else {"network.algo": a}) for a in ("lora", "locon", "loha", "lokr", "dora")},
+    "algorithm": {**{a: ({} if a == "lora" else {"network.algo": a}) for a in ("lora", "locon", "loha", "lokr", "dora")},
+                  # LoCon adapts k×k convolutions only where the targets name them: LyCORIS' default preset does
+                  "locon, preset full (+ ResNet convs)": {"network.algo": "locon", "network.preset": "full"}},
     # at a fixed step count repeats change only what an epoch is (the shuffling), as in kohya
     "repeats": {"1": {}, "4": {"dataset.repeats": 4}},
     "caption dropout": {"0": {}, "0.1": {"dataset.caption_dropout_rate": 0.1}},

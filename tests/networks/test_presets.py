@@ -100,3 +100,19 @@ def test_lora_with_a_conv_preset_says_what_it_leaves_out(meta, caplog):
 def test_conv_dim_zero_leaves_convs_out(meta):
     plan = _plan(meta["sd15"], "sd15", **{"network.algo": "locon", "network.preset": "full", "network.conv_dim": 0})
     assert len(plan) == 230 and all(t.kind != "conv" for t in plan)
+
+
+def test_locon_without_conv_targets_warns_that_it_trains_what_lora_would(meta, caplog):
+    """LoCon adds k×k convolutions only where the targets name them: the default attention targets get a warning
+    with the two ways to name them; naming conv1 / conv2 (or a preset with convs) adapts them, without the warning."""
+    with caplog.at_level("WARNING", logger="loraforge.networks.targets"):
+        plain = _plan(meta["sd15"], "sd15", **{"network.algo": "locon"})
+    assert not any(t.kind == "conv" for t in plain)
+    assert "trains what 'lora' would" in caplog.text and "network.preset = 'full'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loraforge.networks.targets"):
+        convs = _plan(meta["sd15"], "sd15", **{"network.algo": "locon",
+                                                  "network.target_modules": ["to_q", "to_k", "to_v", "conv1", "conv2"]})
+        full = _plan(meta["sd15"], "sd15", **{"network.algo": "locon", "network.preset": "full"})
+    assert any(t.kind == "conv" for t in convs) and any(t.kind == "conv" for t in full)
+    assert "trains what 'lora' would" not in caplog.text

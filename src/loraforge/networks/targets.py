@@ -96,6 +96,10 @@ def plan_targets(model, cfg: NetworkConfig) -> list[Target]:
         log.info("network: %d k×k convolutions of the selected blocks are not adapted (%s)", len(skipped_convs),
                  "algo 'lora' adapts linear and 1×1 layers; use 'locon' for them" if cfg.algo == "lora"
                  else f"preset {cfg.preset!r} has no k×k convolutions")
+    if cfg.algo == "locon" and not any(t.kind == "conv" for t in targets) and cfg.conv_dim != 0:
+        log.warning("network: algo = 'locon' adapts no k×k convolution here, so it trains what 'lora' would: name them "
+                    "in network.target_modules (conv1, conv2) or pick a preset with them (network.preset = 'full', "
+                    "LyCORIS' default)")
     kept = [t for t in targets if (t.rank > 0 or t.kind == "norm") and t.lr_weight > 0]
     removed = len(targets) - len(kept)
     if removed:
