@@ -80,6 +80,9 @@ def test_a_good_config_passes_and_says_what_it_could_not_check(tmp_path, tiny_di
     notes = preflight(cfg, "sd15")
     assert any("hub id" in n and "someone/some-model" in n for n in notes), notes
     assert not (tmp_path / "new").exists()  # nothing created
+    toy = load_config(None, ["model.pretrained_model_name_or_path='toy'",
+                             f"output.output_dir={str(tmp_path / 'toy')!r}"])
+    assert not any("hub id" in n for n in preflight(toy, "sd15"))  # "toy" is the shipped model, not a hub id
 
 
 def test_disk_estimate_and_low_space_warning(tmp_path, tiny_dirs, monkeypatch, caplog):

@@ -18,6 +18,7 @@ from ..families import TINY_RESOLUTION
 from ..formats.file_kind import kind_of_file, require_kind
 from ..utils.dtypes import torch_dtype
 from ..models.loading import _looks_like_path as looks_like_path  # the rule loading applies
+from ..models.toy import TOY_NAME
 from ..sampling.prompts import read_prompt_file
 from ..sampling.run import base_request
 from .attention import check_attention
@@ -123,7 +124,8 @@ def _check_model(cfg: TrainConfig) -> str:
     hub = []
     for field, name in (("model.pretrained_model_name_or_path", m.pretrained_model_name_or_path),
                         ("model.vae", m.vae), ("model.config_dir", m.config_dir)):
-        if name is None:
+        if name is None or (field == "model.pretrained_model_name_or_path" and name == TOY_NAME
+                            and not Path(name).exists()):  # the shipped toy model
             continue
         path = Path(name).expanduser()
         if path.exists():
