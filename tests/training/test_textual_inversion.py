@@ -1,7 +1,6 @@
 """Textual inversion alone (`network.algo = "none"`) and phased pivotal tuning (`training.ti_steps`, cloneofsimo's
 lora_pti), with custom token names (`training.token_names`)."""
 
-import shutil
 
 import pytest
 import torch
@@ -9,18 +8,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from loraforge.data.sources import demo_dir
 from loraforge.errors import TrainingError
 from loraforge.training.trainer import Trainer
-
-
-@pytest.fixture
-def tok_images(tmp_path):
-    folder = tmp_path / "tok"
-    folder.mkdir()
-    for p in sorted(demo_dir().glob("*.png"))[:2]:
-        shutil.copy(p, folder / p.name)
-    return folder
 
 
 def ti_config(make_config, family, folder, **kw):
