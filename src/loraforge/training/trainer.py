@@ -37,7 +37,7 @@ from .pivotal import PivotalTuning
 from .plan import RunPlan, plan_run, run_resolution
 from .preflight import logging_folder, preflight, tracker_run
 from .prior import ensure_class_images
-from .quantize import quantize_unet
+from .placement import place_denoiser, place_encoders
 from .report import write_report_quietly
 from .release import release, releasable
 from .run_outputs import RunOutputs, RunResult
@@ -215,27 +215,15 @@ class Trainer(RunOutputs):
 
     def place_frozen(self) -> None:
         """The text encoders and the VAE onto the device in their dtypes (the caches use them); once."""
-        if self.vae_dtype is not None:
-            return
-        m, acc = self.model, self.accelerator
-        m.vae.requires_grad_(False)
-        for te in m.text_encoders:
-            te.to(acc.device, dtype=self.weight_dtype)
-        # the VAE stays fp32 under fp16 (fp16 SD VAEs overflow into NaNs)
-        keep_fp32 = self.weight_dtype == torch.float16 or self.cfg.training.no_half_vae
-        self.vae_dtype = torch.float32 if keep_fp32 else self.weight_dtype
-        m.vae.to(acc.device, dtype=self.vae_dtype)
+        if self.vae_dtype is None:
+            self.vae_dtype = place_encoders(self.model, self.accelerator.device, self.weight_dtype,
+                                            self.cfg.training.no_half_vae)
 
     def setup_network(self) -> None:
-        m, acc = self.model, self.accelerator
+        m = self.model
         self.place_frozen()
-        # The denoiser's frozen weights in the compute dtype. A quantized base is quantized layer by layer as its layers move to the device (before the LoRA wraps them),
-        # so the whole denoiser never sits there in the compute dtype (FLUX's: 22 GiB in bf16)
-        m.unet.to(dtype=self.weight_dtype)
-        quantize_unet(m.unet, self.cfg.model.quantize_base, acc.device)
-        m.unet.to(acc.device)
-        if self.cfg.training.channels_last:
-            m.unet.to(memory_format=torch.channels_last)
+        place_denoiser(m.unet, self.accelerator.device, self.weight_dtype, self.cfg.model.quantize_base,
+                       self.cfg.training.channels_last)
         self.network = create_network(self.cfg.network)
         self.network.apply(m)
         for part in self.network.parts:  # trainable tensors in fp32 whatever the base dtype
