@@ -32,6 +32,26 @@ def test_embedded_tiny_models_have_the_real_architecture(tiny_dirs, family):
         assert m.text_encoders[1].config.hidden_size > m.text_encoders[0].config.hidden_size
 
 
+def test_building_a_tiny_model_leaves_the_random_state_alone(tmp_path, monkeypatch):
+    """The first run on a machine builds the tiny model (its builder seeds torch); its LoRA must start from the same
+    random state as every later run of the same seed (it did not: a process's first run initialised another LoRA)."""
+    from loraforge.models import tiny
+
+    class Built:  # a builder as the real ones: seeds torch, draws weights, saves a diffusers folder
+        def __init__(self):
+            torch.manual_seed(0)
+            torch.randn(8)
+
+        def save_pretrained(self, folder):
+            (folder / "model_index.json").write_text("{}")
+
+    monkeypatch.setitem(tiny.BUILDERS, "sd15", Built)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    assert (tiny.tiny_model_dir("sd15", root=tmp_path) / "model_index.json").is_file()
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_local_diffusers_folder_and_family_detection(tiny_dirs):
     m = load_model(model_cfg(f"model.pretrained_model_name_or_path={str(tiny_dirs['sdxl'])!r}"))
     assert m.family.name == "sdxl" and not m.is_tiny and m.source == str(tiny_dirs["sdxl"])

@@ -228,7 +228,10 @@ def tiny_model_dir(family: str, root: Path | None = None) -> Path:
     folder = root / f"tiny-{family}-v{TINY_VERSION}"
     if (folder / "model_index.json").is_file():
         return folder
-    pipe = BUILDERS[family]()
+    import torch  # lazy, as in the builders
+
+    with torch.random.fork_rng():  # the builders seed torch; the caller's random state is left as it was
+        pipe = BUILDERS[family]()
     with atomic_dir(folder) as tmp:
         pipe.save_pretrained(tmp)
     return folder
