@@ -4,9 +4,11 @@ import copy
 import json
 
 import pytest
+import torch
 
 from loraforge.cli import main
-from loraforge.training.estimate import estimate, meta_model, model_folder, propose
+from loraforge.training.estimate import (PCIE_GBPS, _swap_to_fit, block_swap_bytes, estimate, meta_model,
+                                         model_folder, propose)
 from loraforge.training.memory import MemoryWatch
 from loraforge.training.plan import plan_run
 
@@ -143,7 +145,24 @@ def test_flux_estimate_counts_the_transformer_t5_and_what_quantizing_and_caching
     assert cached.peak_gib < q.peak_gib and cached.step_s < q.step_s  # no T5 forward in the step either
     longer = estimate(cfg_with("model.max_sequence_length=512"), plan, cuda=True, model=model)
     assert longer.activations_gib > base.activations_gib and longer.step_tflops > base.step_tflops
-    proposal = propose(cfg, plan, 24.0)
+    proposal = propose(cfg, plan, 24.0, model=model)
     changes = [text for text, _ in proposal.steps]
     assert proposal.fits and 'model.quantize_base = "int8"' in changes, changes
     assert any(c.startswith("dataset.cache_text_encoder_outputs = true") for c in changes), changes
+    # block swap: 19 of 57 blocks in CPU memory keep the 38 largest consecutive ones (19 double + 19 single) on the
+    # device, so 19 single blocks leave; a step copies the last 19 (single) and the first 19 (double)
+    double, single = (count(model.unet.transformer_blocks[0]) * 2, count(model.unet.single_transformer_blocks[0]) * 2)
+    swapped = estimate(cfg_with("training.blocks_to_swap=19"), plan, cuda=True, model=model)
+    assert (base.weights_gib - swapped.weights_gib) * 2**30 == pytest.approx(19 * single)
+    assert swapped.swapped_gib * 2**30 == pytest.approx(19 * single)
+    assert swapped.step_s - base.step_s == pytest.approx(19 * (single + double) / (PCIE_GBPS * 1e9))
+    # the fewest blocks that bring a peak down to a limit
+    fit = _swap_to_fit(cfg, model, limit_gib=base.training_gib - 5.0, training_gib=base.training_gib)
+    n = fit.training.blocks_to_swap
+    off = lambda k: block_swap_bytes(model, k, torch.bfloat16, "none").off_device  # noqa: E731
+    assert off(n) >= 5.0 * 2**30 > off(n - 1), n
+    # a 12 GiB card: the proposal swaps blocks (before touching the batch or the rank)
+    small = propose(cfg_with("model.quantize_base='int8'", "dataset.cache_text_encoder_outputs=true",
+                             "sampling.at_end=false", "optimizer.type='adamw8bit'", "dataset.cache_latents=true"),
+                    plan, 12.0, model=model)
+    assert small.fits and [t for t, _ in small.steps][0].startswith("training.blocks_to_swap = "), small.steps

@@ -95,7 +95,10 @@ def cmd_plan(args) -> int:
         if proposal.steps and proposal.fits:
             print(f"to fit {args.vram:g} GiB: " + "; ".join(text for text, _ in proposal.steps))
         elif not proposal.fits:
-            print(f"no set of the usual changes fits {args.vram:g} GiB; a smaller resolution or a larger card",
+            loading = last.loading_gib + last.overhead_gib
+            why = (f": the text encoders and the VAE alone, while the caches fill, take {loading:.2f} GiB"
+                   if loading > last.training_gib else "")
+            print(f"no set of the usual changes fits {args.vram:g} GiB{why}; a smaller resolution or a larger card",
                   file=sys.stderr)
             return 1
     return 0

@@ -97,8 +97,15 @@ def _entries() -> list[Alias]:
         ("allow_tf32", None, _D, none, "no equivalent option"),
         ("full_fp16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),
         ("full_bf16", None, _K, none, "LoRA weights and optimizer states always stay fp32"),
-        ("fp8_base", None, _K, none, "no fp8 storage of the base model"),
-        ("fp8_base_unet", None, _K, none, "no fp8 storage of the base model"),
+        ("fp8_base", "model.quantize_base", _K, differs,
+         "`--fp8_base` becomes model.quantize_base = 'fp8': torchao's float8 weight-only storage with a scale per "
+         "row (kohya casts the weights to float8 without one); it needs a GPU of compute capability 8.9 or newer "
+         "(L4, L40S, RTX 40xx, H100): on an older GPU set 'int8'"),
+        ("fp8_base_unet", "model.quantize_base", _K, differs,
+         "`--fp8_base_unet` becomes model.quantize_base = 'fp8' (the denoiser only, as in kohya): see --fp8_base"),
+        ("blocks_to_swap", "training.blocks_to_swap", _K, same,
+         "flux_train_network.py (FLUX.1); loraforge copies the blocks on the compute stream, not overlapped with it "
+         "(`loraforge plan` counts the copies' time)"),
         ("mixed_precision", "training.mixed_precision", _KD, same,
          "kohya and diffusers take it from accelerate's config when it is not given (kohya's own default is 'no'); "
          "loraforge's default 'auto' picks bf16 or fp16 on a GPU and fp32 on the CPU"),

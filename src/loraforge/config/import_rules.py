@@ -215,6 +215,8 @@ _HANDLERS: dict[tuple[str, str], Handler] = {
     (KOHYA, "torch_compile"): lambda t, f: bare_flag(t, f, "training.torch_compile", True),
     (KOHYA, "dynamo_backend"): _dynamo_backend,
     (KOHYA, "sdpa"): lambda t, f: bare_flag(t, f, "training.attention", "sdpa"),
+    (KOHYA, "fp8_base"): lambda t, f: bare_flag(t, f, "model.quantize_base", "fp8"),
+    (KOHYA, "fp8_base_unet"): lambda t, f: bare_flag(t, f, "model.quantize_base", "fp8"),
     (KOHYA, "mem_eff_attn"): lambda t, f: bare_flag(t, f, "training.attention", "sdpa"),
     ("*", "xformers"): lambda t, f: bare_flag(t, f, "training.attention", "xformers"),
     (DIFFUSERS, "enable_xformers_memory_efficient_attention"): lambda t, f: bare_flag(t, f, "training.attention",

@@ -43,6 +43,17 @@ class TrainingConfig(FlowOptions):
             "recomputation than `true`, more memory. See docs/benchmarks.md."
         ),
     )
+    blocks_to_swap: int = Field(
+        0,
+        ge=0,
+        description=(
+            "FLUX.1: keep the frozen weights of only (blocks − N) of the transformer's 57 blocks on the GPU at a time "
+            "and copy each block in from CPU memory when it runs (kohya's `--blocks_to_swap`): each block swapped "
+            "saves its weights' memory (a double block 0.63 GiB in bf16, a single block 0.26 GiB) and costs two "
+            "copies a step over PCIe. Needs `gradient_checkpointing`; not with `torch_compile` or several GPUs. "
+            "`loraforge plan --vram` proposes a value. 0: off."
+        ),
+    )
     channels_last: bool = Field(
         False,
         description=(
@@ -220,6 +231,20 @@ class TrainingConfig(FlowOptions):
         if self.torch_compile_mode != "default" and not self.torch_compile:
             raise ValueError(f"training.torch_compile_mode = {self.torch_compile_mode!r} needs training.torch_compile "
                              "= true (nothing is compiled without it): turn it on, or remove torch_compile_mode")
+        return self
+
+    @model_validator(mode="after")
+    def _check_blocks_to_swap(self) -> "TrainingConfig":
+        if not self.blocks_to_swap:
+            return self
+        if not self.gradient_checkpointing:
+            raise ValueError(f"training.blocks_to_swap = {self.blocks_to_swap} needs training.gradient_checkpointing: "
+                             "the backward pass runs each block again, which brings its weights back to the device "
+                             "(without checkpointing it would need every block's weights kept). Set "
+                             "training.gradient_checkpointing = true, or training.blocks_to_swap = 0")
+        if self.torch_compile:
+            raise ValueError("training.blocks_to_swap copies weights in hooks around each block, which "
+                             "training.torch_compile's compiled blocks do not run through: use one of the two")
         return self
 
     @model_validator(mode="after")

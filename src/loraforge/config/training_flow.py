@@ -79,13 +79,17 @@ FLOW_ONLY = ("flow_shift", "flow_resolution_shift", "weighting_scheme", "guidanc
 
 
 def objective_problem(cfg, family: str | Family) -> str | None:
-    """The error for options of `cfg` (a `TrainConfig`) that the objective of `family` cannot honour: DDPM-only
-    options on a flow-matching family (FLUX), flow-only options on a DDPM family; None when they fit."""
+    """The error for options of `cfg` (a `TrainConfig`) that `family` cannot honour: DDPM-only options on a
+    flow-matching family (FLUX), flow-only options on a DDPM family, T5 or block options where it has no T5 or no
+    swappable blocks; None when they fit."""
     fam = family_info(family)
     tr = cfg.training
     if tr.train_t5_ti and not fam.optional_ti_text_encoders:  # a family fact, known with the family like the rest
         return (f"training.train_t5_ti gives FLUX's T5 encoder the new tokens; {fam.label} has no T5 (pivotal "
                 "tuning gives every one of its text encoders the tokens already): remove it")
+    if tr.blocks_to_swap and not fam.swap_blocks:
+        return (f"training.blocks_to_swap swaps the blocks of FLUX.1's transformer; {fam.label}'s UNet is not "
+                "trained that way (it fits with gradient checkpointing and model.quantize_base): remove it")
     fields = type(tr).model_fields
     changed = {f for f in fields if getattr(tr, f) != fields[f].default}
     if fam.is_flow:

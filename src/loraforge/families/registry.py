@@ -86,6 +86,9 @@ class Family:
     # get them. FLUX: T5, as diffusers' advanced FLUX script (`--enable_t5_ti`); by default T5 reads the new tokens'
     # text (`<s0><s1>`) with its own vocabulary.
     optional_ti_text_encoders: tuple[str, ...] = ()
+    # The denoiser's ModuleLists whose blocks `training.blocks_to_swap` keeps partly in CPU memory, in the order its
+    # forward runs them (none: the option is refused; the SD UNets' blocks are few and uneven, and they fit)
+    swap_blocks: tuple[str, ...] = ()
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -226,6 +229,7 @@ FAMILIES: dict[str, Family] = {
             sample_steps=28,
             sample_guidance=3.5,
             optional_ti_text_encoders=("te2",),
+            swap_blocks=("transformer_blocks", "single_transformer_blocks"),  # 19 double, then 38 single
         ),
     )
 }

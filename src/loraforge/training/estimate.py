@@ -21,6 +21,7 @@ from ..models.configs import config_folder
 from ..models.loading import T5_LENGTHS
 from ..models.tiny import tiny_model_dir
 from ..networks.targets import plan_targets
+from .block_swap import swappable_blocks
 from .plan import RunPlan
 from .release import releasable
 
@@ -52,6 +53,9 @@ GPU_SECONDS_PER_OP = 7.5e-6
 CPU_SECONDS_PER_OP = 97e-6
 DEFAULT_CPU_GFLOPS = 2.8
 FITS_MARGIN = 0.95  # "fits" leaves 5 % of the card free (the trainer warns within 5 % too)
+# host-to-device copies of `training.blocks_to_swap`, GB/s: pinned memory over PCIe 4.0 x16 (32 GB/s on paper; CUDA's
+# bandwidthTest gives about 25 on such desktops, an RTX 4090's bus); the copies are not overlapped with compute
+PCIE_GBPS = 25.0
 
 
 @dataclass
@@ -71,17 +75,23 @@ class Estimate:
     # the weights on the device while the caches fill, before the denoiser arrives: the text encoders and the VAE
     # (`training.release` drops them afterwards when nothing needs them)
     loading_gib: float = 0.0
+    swapped_gib: float = 0.0  # `training.blocks_to_swap`: block weights kept in CPU memory, not on the device
+
+    @property
+    def training_gib(self) -> float:
+        """The training phase's peak (the loading phase's may be higher: `peak_gib`)."""
+        return self.weights_gib + self.trainable_gib + self.activations_gib + self.overhead_gib
 
     @property
     def peak_gib(self) -> float:
-        training = self.weights_gib + self.trainable_gib + self.activations_gib
-        return max(training, self.loading_gib) + self.overhead_gib
+        return max(self.training_gib, self.loading_gib + self.overhead_gib)
 
     def as_dict(self) -> dict:
         return {"settings": self.settings, "peak_gib": round(self.peak_gib, 3),
                 "weights_gib": round(self.weights_gib, 3), "network_params": self.network_params,
                 "trainable_gib": round(self.trainable_gib, 3), "activations_gib": round(self.activations_gib, 3),
                 "overhead_gib": round(self.overhead_gib, 3), "loading_gib": round(self.loading_gib, 3),
+                "swapped_gib": round(self.swapped_gib, 3),
                 "step_tflops": round(self.step_tflops, 4),
                 "step_ops": self.step_ops,
                 "step_s": round(self.step_s, 4), "it_s": round(1 / self.step_s, 3) if self.step_s else None,
@@ -231,14 +241,19 @@ def unet_activations(model, cfg: TrainConfig, resolution, batch: int, dtype,
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    unet = model.unet.to(dtype)
     targets = {t.path for t in plan_targets(model, cfg.network) if t.part == "unet"}
+    gc = cfg.training.gradient_checkpointing
+    eager = cfg.training.attention == "eager"
+    # the same forward gives the same figures: `propose` changes mostly what this does not depend on
+    key = (tuple(resolution), batch, dtype, bool(gc), eager, frozenset(targets), text_length(model, cfg))
+    cache = vars(model).setdefault("activations_cache", {})
+    if key in cache:
+        return cache[key]
+    unet = model.unet.to(dtype)
     for name, m in unet.named_modules():
         if name in targets:
             for p in m.parameters(recurse=False):
                 p.requires_grad_(True)
-    gc = cfg.training.gradient_checkpointing
-    eager = cfg.training.attention == "eager"
     params = {id(p) for p in unet.parameters()}
     saved: dict[int, int] = {}
     per_block: dict[str, int] = {}
@@ -277,7 +292,8 @@ def unet_activations(model, cfg: TrainConfig, resolution, batch: int, dtype,
         if gc:
             unet.disable_gradient_checkpointing()
     kept = sum(saved.values()) + (largest if gc else 0)
-    return kept, flops.get_total_flops(), ops.n
+    cache[key] = kept, flops.get_total_flops(), ops.n
+    return cache[key]
 
 
 def _frozen_forward(module, dtype, *inputs) -> tuple[float, int]:
@@ -310,11 +326,9 @@ def estimate(cfg: TrainConfig, plan: RunPlan, *, cuda: bool, tflops: float | Non
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mp]
     vae_dtype = torch.float32 if mp == "fp16" or t.no_half_vae else dtype
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    denoiser = count(model.unet) * _bytes(dtype)
-    stored = denoiser
-    if cfg.model.quantize_base != "none":  # torchao weight-only: every linear weight in one byte
-        linear = sum(m.weight.numel() for m in model.unet.modules() if isinstance(m, torch.nn.Linear))
-        stored -= linear * (_bytes(dtype) - 1)
+    stored = _stored_bytes(model.unet, dtype, cfg.model.quantize_base)
+    swap = block_swap_bytes(model, t.blocks_to_swap, dtype, cfg.model.quantize_base)
+    stored -= swap.off_device
     text = sum(count(te) for te in model.text_encoders) * _bytes(dtype)
     vae = count(model.vae) * _bytes(vae_dtype)
     released = releasable(cfg)
@@ -341,8 +355,9 @@ def estimate(cfg: TrainConfig, plan: RunPlan, *, cuda: bool, tflops: float | Non
             step_flops, step_ops = step_flops + f, step_ops + n
     step_flops *= t.gradient_accumulation_steps
     step_ops *= t.gradient_accumulation_steps
-    if cuda:  # kernels run while Python queues the next ones: the slower of the two sets the pace
+    if cuda:  # kernels run while Python queues the next ones: the slower of the two sets the pace; then the copies
         step_s = max(step_flops / ((tflops or GPU_TFLOPS[fam.denoiser]) * 1e12), step_ops * GPU_SECONDS_PER_OP)
+        step_s += swap.copied * t.gradient_accumulation_steps / (PCIE_GBPS * 1e9)
     else:  # one after the other
         step_s = step_ops * CPU_SECONDS_PER_OP + step_flops / ((tflops or DEFAULT_CPU_GFLOPS / 1000) * 1e12)
     settings = {"training.batch_size": t.batch_size, "training.gradient_checkpointing": t.gradient_checkpointing,
@@ -351,23 +366,59 @@ def estimate(cfg: TrainConfig, plan: RunPlan, *, cuda: bool, tflops: float | Non
                 "resolution": f"{plan.resolution[0]}x{plan.resolution[1]}"}
     if cfg.model.quantize_base != "none":
         settings["model.quantize_base"] = cfg.model.quantize_base
+    if t.blocks_to_swap:
+        settings["training.blocks_to_swap"] = t.blocks_to_swap
     if released:
         settings["released after caching"] = " and ".join(released)
     return Estimate(settings=settings, weights_gib=weights / GIB, network_params=n_adapter, loading_gib=loading / GIB,
                     trainable_gib=trainable / GIB, activations_gib=acts / GIB,
                     overhead_gib=CUDA_OVERHEAD_GIB if cuda else CPU_BASE_GIB, step_tflops=step_flops / 1e12,
-                    step_ops=round(step_ops), step_s=step_s, device="cuda" if cuda else "cpu")
+                    step_ops=round(step_ops), step_s=step_s, device="cuda" if cuda else "cpu",
+                    swapped_gib=swap.off_device / GIB)
+
+
+def _stored_bytes(module, dtype, quantize_base: str) -> int:
+    """Bytes of `module`'s weights on the device: the compute dtype, torchao's quantized linear weights one byte."""
+    import torch
+
+    total = sum(p.numel() for p in module.parameters()) * _bytes(dtype)
+    if quantize_base != "none":
+        linear = sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+        total -= linear * (_bytes(dtype) - 1)
+    return total
+
+
+@dataclass
+class SwapBytes:
+    off_device: int = 0  # frozen block weights not on the device at the peak
+    copied: int = 0  # bytes copied to the device a step
+
+
+def block_swap_bytes(model, blocks_to_swap: int, dtype, quantize_base: str) -> SwapBytes:
+    """What `training.blocks_to_swap` (training/block_swap.py) keeps off the device and copies a step: at most
+    (blocks − N) blocks are there, the forward runs them in order and the backward in reverse, so the largest run of
+    consecutive blocks is the resident peak; a step copies the last N blocks in the forward and the first N in the
+    backward."""
+    blocks = swappable_blocks(model.unet, model.family.swap_blocks) if blocks_to_swap else []
+    if not blocks_to_swap or blocks_to_swap >= len(blocks):
+        return SwapBytes()
+    sizes = [_stored_bytes(b, dtype, quantize_base) for b in blocks]
+    keep = len(blocks) - blocks_to_swap
+    resident = max(sum(sizes[i:i + keep]) for i in range(len(sizes) - keep + 1))
+    return SwapBytes(off_device=sum(sizes) - resident, copied=sum(sizes[keep:]) + sum(sizes[:blocks_to_swap]))
 
 
 def _with(cfg: TrainConfig, section: str, **values) -> TrainConfig:
     return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=values)})
 
 
-def propose(cfg: TrainConfig, plan: RunPlan, vram_gib: float, *, tflops: float | None = None) -> Proposal:
+def propose(cfg: TrainConfig, plan: RunPlan, vram_gib: float, *, tflops: float | None = None,
+            model=None) -> Proposal:
     """The estimate as configured and, while it does not fit `vram_gib` (less 5 %), the next change of the usual
-    order: gradient checkpointing, bf16, 8-bit AdamW, cached latents (time, not memory), a smaller batch with
-    gradient accumulation keeping the images per step, a lower rank. Each change is kept and the next is added."""
-    model = meta_model(model_folder(cfg, plan), plan.family)
+    order: gradient checkpointing, bf16, 8-bit AdamW, cached latents (time, not memory), an int8 base, cached text,
+    block swap (FLUX), a smaller batch with gradient accumulation keeping the images per step, a lower rank. Each
+    change is kept and the next is added."""
+    model = model or meta_model(model_folder(cfg, plan), plan.family)
     base = estimate(cfg, plan, cuda=True, tflops=tflops, model=model)
     proposal = Proposal(vram_gib, base)
     limit = vram_gib * FITS_MARGIN
@@ -390,6 +441,9 @@ def propose(cfg: TrainConfig, plan: RunPlan, vram_gib: float, *, tflops: float |
              c.dataset.cache_text_encoder_outputs and not c.sampling.at_end)
          else _with(_with(c, "dataset", cache_text_encoder_outputs=True), "sampling", at_end=False)),
     ]
+    # the fewest blocks in CPU memory that bring the peak under the limit (FLUX; needs gradient checkpointing, on by
+    # now): time, not quality, so before the batch and the rank
+    changes.append(("training.blocks_to_swap", lambda c: _swap_to_fit(c, model, limit, last_training[0])))
     b = cfg.training.batch_size
     while b > 1:
         b //= 2
@@ -402,6 +456,7 @@ def propose(cfg: TrainConfig, plan: RunPlan, vram_gib: float, *, tflops: float |
         r //= 2
         changes.append((f"network.rank = {r}", lambda c, r=r: _with(c, "network", rank=r)))
     current, last = cfg, base
+    last_training = [base.training_gib]  # read by the block-swap change
     for text, change in changes:
         if last.peak_gib <= limit:
             break
@@ -410,8 +465,28 @@ def propose(cfg: TrainConfig, plan: RunPlan, vram_gib: float, *, tflops: float |
             continue
         current = new
         last = estimate(current, plan, cuda=True, tflops=tflops, model=model)
+        last_training[0] = last.training_gib
+        if text == "training.blocks_to_swap":
+            text = f"training.blocks_to_swap = {current.training.blocks_to_swap}"
         proposal.steps.append((text, last))
     return proposal
+
+
+def _swap_to_fit(cfg: TrainConfig, model, limit_gib: float, training_gib: float) -> TrainConfig | None:
+    """`cfg` with the smallest `training.blocks_to_swap` whose saving brings the training phase's peak `training_gib`
+    to `limit_gib` (or the most allowed, when none does; swapping cannot lower the loading phase); None where the
+    family swaps no blocks, the option is set already or the training peak fits."""
+    import torch
+
+    t = cfg.training
+    blocks = len(swappable_blocks(model.unet, model.family.swap_blocks)) if model.family.swap_blocks else 0
+    if not blocks or t.blocks_to_swap or t.torch_compile or not t.gradient_checkpointing or training_gib <= limit_gib:
+        return None
+    dtype = {"fp16": torch.float16, "no": torch.float32}.get(t.mixed_precision, torch.bfloat16)
+    over = (training_gib - limit_gib) * GIB
+    n = next((n for n in range(1, blocks) if block_swap_bytes(model, n, dtype, cfg.model.quantize_base).off_device
+              >= over), blocks - 1)
+    return _with(cfg, "training", blocks_to_swap=n)
 
 
 def table(rows: list[tuple[str, Estimate]], vram_gib: float | None = None) -> str:

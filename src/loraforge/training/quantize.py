@@ -57,7 +57,6 @@ def quantize_unet(unet: torch.nn.Module, mode: str, device) -> int:
     for m in unet.modules():
         if isinstance(m, torch.nn.Linear) and hasattr(m.weight, "dequantize"):
             m.forward = types.MethodType(_forward, m)
-    log.info("model.quantize_base = %s: %d linear layers of the UNet quantized (torchao, weight-only)", mode, count)
     return count
 
 

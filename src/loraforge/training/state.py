@@ -213,7 +213,7 @@ RESUME_MAY_CHANGE = frozenset({
     "training.resume", "training.max_train_steps", "training.num_train_epochs", "training.max_train_steps_per_image",
     "training.save_every_n_steps", "training.save_every_n_epochs", "training.save_last_n_steps",
     "training.save_last_n_epochs", "training.dataloader_num_workers", "training.gradient_checkpointing",
-    "training.mixed_precision", "training.no_half_vae", "training.on_nonfinite", "training.nonfinite_skip_limit",
+    "training.blocks_to_swap", "training.mixed_precision", "training.no_half_vae", "training.on_nonfinite", "training.nonfinite_skip_limit",
     "training.validation_data_dir", "training.validation_use_reg_images", "training.validate_every_n_steps",
     "training.validate_every_n_epochs", "training.validation_timesteps", "training.keep_best_validation",
     "training.ema_sampling",

@@ -25,6 +25,7 @@ from ..models.loading import load_model
 from ..networks import create_network
 from ..utils.dtypes import torch_dtype
 from .attention import set_attention
+from .block_swap import BlockSwap, check_blocks_to_swap, swappable_blocks
 from .checkpointing import enable_checkpointing
 from .compile import check_static_shapes, compile_unet
 from .ema import EMA, load_ema_state
@@ -178,6 +179,7 @@ class Trainer(RunOutputs):
         problem = objective_problem(self.cfg, m.family) or self.cfg.training.prediction_problem(m.prediction_type)
         if problem:
             raise ConfigError(problem)
+        check_blocks_to_swap(self.cfg.training.blocks_to_swap, m, self.accelerator.num_processes)
         if self.cfg.training.zero_terminal_snr:
             self.noise_scheduler = zero_terminal_snr_scheduler(self.noise_scheduler)
         self.run_info.update(
@@ -220,20 +222,24 @@ class Trainer(RunOutputs):
                                             self.cfg.training.no_half_vae)
 
     def setup_network(self) -> None:
-        m = self.model
+        m, t = self.model, self.cfg.training
         self.place_frozen()
+        swapped = m.family.swap_blocks if t.blocks_to_swap else ()
         place_denoiser(m.unet, self.accelerator.device, self.weight_dtype, self.cfg.model.quantize_base,
-                       self.cfg.training.channels_last)
+                       t.channels_last, off_device=swapped)
         self.network = create_network(self.cfg.network)
         self.network.apply(m)
         for part in self.network.parts:  # trainable tensors in fp32 whatever the base dtype
             for p in self.network.parameters(part):
                 p.data = p.data.float()
+        self.block_swap = None
+        if swapped:  # the blocks' frozen weights to CPU memory, the adapter's onto the device
+            self.block_swap = BlockSwap(swappable_blocks(m.unet, swapped), t.blocks_to_swap,
+                                        self.accelerator.device).install()
         if self.pivotal:
             gen = torch.Generator().manual_seed(self.cfg.training.seed)
             self.pivotal.apply(m, gen, self.network)
-        set_attention(m.unet, self.cfg.training.attention)
-        t = self.cfg.training
+        set_attention(m.unet, t.attention)
         if t.torch_compile:
             check_static_shapes(t.torch_compile_mode, {size for _, size in self.dataset.bucket_keys()})
             compile_unet(m.unet, t.torch_compile_mode)
