@@ -150,6 +150,65 @@ def test_diffusers_sdxl_advanced_seeds():
     assert p["training.train_text_encoder_ti_frac"] == 0.5 and p["dataset.num_class_images"] == 150
 
 
+def test_kohya_flux_command():
+    """kohya's FLUX guide's small-GPU command: single files, fp8 base, cached text, raw prediction with a shifted
+    sigmoid schedule, block swap; lora_flux's targets are loraforge's FLUX default (no SD preset is written)."""
+    r = imported("k_flux_lora.sh")
+    got, miss = mapped(r), unmapped(r)
+    assert r.script == "flux_train_network.py" and got["model.family"] == "flux"
+    assert got["model.clip_l"] == "models/clip_l.safetensors" and got["model.ae"] == "models/ae.safetensors"
+    assert got["model.quantize_base"] == "fp8" and got["training.blocks_to_swap"] == 16
+    assert got["training.timestep_sampling"] == "sigmoid" and got["training.flow_shift"] == 3.1582
+    assert got["model.max_sequence_length"] == 256 and got["training.guidance_scale"] == 1.0
+    assert got["network.algo"] == "lora" and "network.preset" not in got
+    assert got["network.train_text_encoder"] is False
+    assert "padding" in miss["--apply_t5_attn_mask"] and "not needed" in miss["--model_prediction_type=raw"]
+
+
+@pytest.mark.parametrize("flags,want,unmapped_flag", [
+    # kohya's defaults: σ uniform on the schedule shifted by 3.0; guidance 3.5; sigma_scaled prediction not offered
+    ("", {"training.timestep_sampling": "uniform", "training.flow_shift": 3.0, "training.guidance_scale": 3.5},
+     "--model_prediction_type not given (kohya's default sigma_scaled)"),
+    ("--timestep_sampling flux_shift --model_prediction_type raw",
+     {"training.timestep_sampling": "sigmoid", "training.flow_resolution_shift": True}, None),
+    ("--timestep_sampling sigma --weighting_scheme logit_normal --logit_std 1.5 --model_prediction_type raw",
+     {"training.timestep_sampling": "logit_normal", "training.flow_shift": 3.0, "training.logit_std": 1.5}, None),
+    ("--timestep_sampling uniform --discrete_flow_shift 2 --model_prediction_type raw",
+     {"training.timestep_sampling": "uniform"}, "--discrete_flow_shift=2"),
+    ("--timestep_sampling sigmoid --sigmoid_scale 2 --weighting_scheme cosmap",
+     {"training.timestep_sampling": "sigmoid", "training.sigmoid_scale": 2.0, "training.weighting_scheme": "cosmap"},
+     "--model_prediction_type not given (kohya's default sigma_scaled)"),
+])
+def test_kohya_flux_timestep_flags_are_translated_together(flags, want, unmapped_flag):
+    r = import_text(f"flux_train_network.py --pretrained_model_name_or_path flux1-dev.safetensors "
+                    f"--network_module networks.lora_flux --gradient_checkpointing {flags}")
+    got = mapped(r)
+    for key, value in want.items():
+        assert got.get(key) == value, (key, got)
+    if "flow_shift" not in str(want):
+        assert "training.flow_shift" not in got
+    if unmapped_flag:
+        assert unmapped_flag in unmapped(r), unmapped(r)
+    validate_config(r.data)
+
+
+def test_diffusers_flux_advanced_command():
+    r = import_text("accelerate launch train_dreambooth_lora_flux_advanced.py --pretrained_model_name_or_path "
+                    "black-forest-labs/FLUX.1-dev --instance_data_dir dog --instance_prompt 'a TOK dog' "
+                    "--train_text_encoder_ti --enable_t5_ti --optimizer prodigy --learning_rate 1.0 "
+                    "--weighting_scheme logit_normal --guidance_scale 1 --max_sequence_length 512 --rank 16")
+    got = mapped(r)
+    assert got["model.family"] == "flux" and got["training.train_t5_ti"] is True
+    assert got["training.timestep_sampling"] == "logit_normal" and got["training.guidance_scale"] == 1.0
+    assert got["model.max_sequence_length"] == 512 and got["optimizer.adam_weight_decay"] == 1e-4
+    validate_config(r.data)
+
+
+def test_flux_flags_in_an_sd_command_are_listed():
+    miss = unmapped(import_text("sdxl_train_network.py --pretrained_model_name_or_path x --timestep_sampling shift"))
+    assert "does not train FLUX.1" in miss["--timestep_sampling=shift"]
+
+
 def test_unknown_and_refused_flags_are_listed_with_the_reason():
     r = import_text("python train_network.py --network_module=networks.lora --frobnicate=3 --network_dim=5000 "
                     "--rank=4 --use_lion_optimizer --optimizer_type=DAdaptAdam extra --max_grad_norm=0")

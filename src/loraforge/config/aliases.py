@@ -337,6 +337,34 @@ def _entries() -> list[Alias]:
         ("initial_epoch", None, _K, none, "resume from a checkpoint instead"),
         ("initial_step", None, _K, none, "resume from a checkpoint instead"),
         ("skip_until_initial_step", None, _K, none, "resume from a checkpoint instead"),
+        # ------------------------------------------------------------------------------------------ FLUX.1
+        # (the timestep flags, kohya's --timestep_sampling / --discrete_flow_shift / --model_prediction_type and
+        # --weighting_scheme, mean something only together: config/import_flux.py translates them)
+        ("timestep_sampling", "training.timestep_sampling", _K, differs,
+         "read with --discrete_flow_shift and --weighting_scheme: sigma (kohya's default) becomes uniform + "
+         "training.flow_shift, shift sigmoid + flow_shift, flux_shift sigmoid + training.flow_resolution_shift"),
+        ("discrete_flow_shift", "training.flow_shift", _K, same,
+         "used by kohya with --timestep_sampling sigma (its default) or shift; its default is 3.0"),
+        ("weighting_scheme", "training.timestep_sampling", _KD, differs,
+         "logit_normal is a timestep density (training.timestep_sampling = 'logit_normal'); sigma_sqrt and cosmap "
+         "weight the loss (training.weighting_scheme; kohya only with --model_prediction_type sigma_scaled)"),
+        ("model_prediction_type", None, _K, none,
+         "loraforge trains the raw flow prediction, kohya's `raw` (its FLUX guide's setting); sigma_scaled (kohya's "
+         "default) and additive are not offered"),
+        ("mode_scale", None, _KD, none, "loraforge has no 'mode' timestep density"),
+        ("guidance_scale", "training.guidance_scale", _KD, same,
+         "FLUX.1 [dev]'s guidance embedding while training; both scripts' default is 3.5, loraforge's 1.0"),
+        ("t5xxl_max_token_length", "model.max_sequence_length", _K, same, ""),
+        ("max_sequence_length", "model.max_sequence_length", _D, same, ""),
+        ("sigmoid_scale", "training.sigmoid_scale", _K, same, ""),
+        ("logit_mean", "training.logit_mean", _KD, same, ""),
+        ("logit_std", "training.logit_std", _KD, same, ""),
+        ("apply_t5_attn_mask", None, _K, none,
+         "loraforge conditions as diffusers' FluxPipeline does, which attends to T5's padding too"),
+        ("text_encoder_batch_size", None, _K, none, "the text-encoder cache encodes in the dataset's batches"),
+        ("disable_mmap_load_safetensors", None, _K, builtin, "loraforge reads safetensors files as diffusers does"),
+        ("cpu_offload_checkpointing", None, _K, none,
+         "checkpointed activations stay on the GPU; training.blocks_to_swap moves the weights instead"),
         # ------------------------------------------------------------------------------------------ pivotal tuning
         ("train_text_encoder_ti", "training.train_text_encoder_ti", _D, same, ""),
         ("enable_t5_ti", "training.train_t5_ti", _D, same, "FLUX (the advanced FLUX script's flag)"),

@@ -17,6 +17,7 @@ from .aliases import (
 from .base import str_choices
 from .script_defaults import DIFFUSERS_DEFAULTS, KOHYA_DEFAULTS
 from .command_line import Flag
+from .import_flux import flux_handlers
 from .import_translation import FALSE_WORDS, Translation, Unmappable, coerce, items, scalar
 from .network import BLOCK_COUNTS
 from .optimizer import OptimizerConfig
@@ -237,6 +238,7 @@ _HANDLERS: dict[tuple[str, str], Handler] = {
     (DIFFUSERS, "prodigy_safeguard_warmup"): _prodigy_bool,
     (DIFFUSERS, "checkpoints_total_limit"): _checkpoints_total_limit,
     (DIFFUSERS, "with_prior_preservation"): paired_prior_preservation,
+    **flux_handlers(),  # recorded, then translated together by `flux_rules`
 }
 
 
@@ -258,6 +260,8 @@ def translate_flag(t: Translation, flag: Flag, handlers: Mapping[str, Handler] |
 
 # ------------------------------------------------------------------------------------------------------- kohya
 _LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr"}
+_FLUX_TARGETS = ("FLUX.1: loraforge adapts what networks.lora_flux does, every linear layer of the double and single "
+                 "blocks (attention, MLPs, modulation), with q/k/v fused in the file as sd-scripts writes them")
 
 
 def _kohya_network(t: Translation, family: str) -> None:
@@ -277,10 +281,13 @@ def _kohya_network(t: Translation, family: str) -> None:
                               "dora_wd=True map); 'locon' is written")
             t.set("network.algo", "locon", module_text, default=True)
         preset, preset_text = args.pop("preset", ("full", module_text + " (LyCORIS' default preset)"))
-        t.set("network.preset", preset, preset_text)
-        t.differ(module_text, note)
+        if family == "flux":  # the presets name UNet classes; FLUX's default targets are its blocks' linear layers
+            t.skip(preset_text, _FLUX_TARGETS)
+        else:
+            t.set("network.preset", preset, preset_text)
+            t.differ(module_text, note)
     else:
-        if module not in ("networks.lora", None):
+        if module not in ("networks.lora", "networks.lora_flux", None):
             t.skip(module_text, f"no equivalent network module {module!r} (networks.lora and lycoris.kohya map); "
                                 "kohya's plain LoRA (networks.lora) is written")
         elif module is None:
@@ -288,8 +295,11 @@ def _kohya_network(t: Translation, family: str) -> None:
         conv = args.get("conv_dim", ("0", ""))[0]
         convs = conv.strip() not in ("", "0", "None")
         t.set("network.algo", "locon" if convs else "lora", module_text, default=module is None)
-        t.set("network.preset", "full" if convs else "attn-mlp", module_text, default=module is None)
-        t.differ(module_text, note)
+        if family == "flux":
+            t.differ(module_text, _FLUX_TARGETS)
+        else:
+            t.set("network.preset", "full" if convs else "attn-mlp", module_text, default=module is None)
+            t.differ(module_text, note)
     for key, (value, text) in args.items():
         alias = t.alias(key, NETWORK_ARGS)
         if alias is None:

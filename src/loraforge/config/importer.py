@@ -23,6 +23,7 @@ from .aliases_cloneofsimo import CLONEOFSIMO, CLONEOFSIMO_SCRIPTS
 from .command_line import Command, Flag, parse_command
 from .import_cloneofsimo import HANDLERS as CLONEOFSIMO_HANDLERS
 from .import_cloneofsimo import cloneofsimo_rules, fire_flags
+from .import_flux import flux_rules
 from .import_rules import diffusers_rules, kohya_rules, translate_flag
 from .import_translation import Mapped, Translation, Unmapped, short
 from .load import validate_config
@@ -159,6 +160,8 @@ def _translate(tool: str, script: str, flags: list[Flag], source: str, family: s
         cloneofsimo_rules(t)
     else:
         diffusers_rules(t)
+    if tool != CLONEOFSIMO:
+        flux_rules(t, t.value("model.family") or family)
     _launcher(t, command)
     if tool == KOHYA and script == KOHYA_TOML and t.value("model.family") is None:
         t.notes.append("the TOML does not say which script it is for: model.family = 'auto' detects it from the "

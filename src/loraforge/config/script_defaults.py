@@ -26,8 +26,13 @@ DIFFUSERS_DEFAULTS: dict[str, dict[str, object]] = {
                                                "adam_weight_decay": 1e-4},
     "train_dreambooth_lora_sd15_advanced.py": {**_DREAMBOOTH, "learning_rate": 1e-4, "text_encoder_lr": 5e-6,
                                                "adam_weight_decay": 1e-4},
+    "train_dreambooth_lora_flux.py": {**_DREAMBOOTH, "learning_rate": 1e-4, "text_encoder_lr": 5e-6,
+                                      "adam_weight_decay": 1e-4},
+    "train_dreambooth_lora_flux_advanced.py": {**_DREAMBOOTH, "learning_rate": 1e-4, "text_encoder_lr": 5e-6,
+                                               "adam_weight_decay": 1e-4},
     "train_text_to_image_lora.py": dict(_TEXT_TO_IMAGE),
     "train_text_to_image_lora_sdxl.py": dict(_TEXT_TO_IMAGE),
 }
-KOHYA_SCRIPTS = {"train_network.py": "auto", "sdxl_train_network.py": "sdxl"}  # script -> model.family
-DIFFUSERS_SCRIPTS = {name: ("sdxl" if "sdxl" in name else "auto") for name in DIFFUSERS_DEFAULTS}
+KOHYA_SCRIPTS = {"train_network.py": "auto", "sdxl_train_network.py": "sdxl",
+                 "flux_train_network.py": "flux"}  # script -> model.family
+DIFFUSERS_SCRIPTS = {name: next((f for f in ("sdxl", "flux") if f in name), "auto") for name in DIFFUSERS_DEFAULTS}
