@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from loraforge.config import load_config
+from loraforge.config.samplers import A1111_NAMES
 from loraforge.models.loading import load_model
 from loraforge.sampling.generate import SampleRequest, generate, make_pipeline
 
@@ -57,7 +58,9 @@ def test_unset_steps_and_guidance_are_the_models(flux, tmp_path):
     assert (unset.steps, unset.guidance_scale) == (None, None)
     dev = with_model_defaults(flux, [unset])[0]
     assert (dev.steps, dev.guidance_scale) == (28, 3.5)
-    assert "Steps: 28" in dev.parameters_text() and "CFG scale: 3.5" in dev.parameters_text()
+    # as Forge writes FLUX images: it reads "CFG scale" as true CFG, the guidance as "Distilled CFG Scale"
+    assert ("Steps: 28, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: 3.5, Seed: 0"
+            in dev.parameters_text())
     kept = with_model_defaults(flux, [replace(unset, steps=3, guidance_scale=1.0)])[0]
     assert (kept.steps, kept.guidance_scale) == (3, 1.0)
     flux.unet.register_to_config(guidance_embeds=False)  # what a [schnell] transformer's config says
@@ -66,5 +69,7 @@ def test_unset_steps_and_guidance_are_the_models(flux, tmp_path):
     finally:
         flux.unet.register_to_config(guidance_embeds=True)
     assert (schnell.steps, schnell.guidance_scale) == (4, 0.0)
+    assert "CFG scale: 1, Seed" in schnell.parameters_text() and "Distilled" not in schnell.parameters_text()
     sd = with_model_defaults(load_model(load_config(None, ["model.family='sd15'"]).model), [unset])[0]
     assert (sd.steps, sd.guidance_scale) == (25, 7.0)
+    assert f"Sampler: {A1111_NAMES[sd.sampler]}, CFG scale: 7, Seed" in sd.parameters_text()

@@ -14,6 +14,9 @@ from ..utils.files import atomic_path
 from .samplers import A1111_NAMES, make_scheduler, normalize_sampler
 
 
+FLOW_SAMPLER = "flow_euler"  # FLUX's FlowMatchEuler with the model's shift, whatever the sampler asked
+
+
 @dataclass(frozen=True)
 class SampleRequest:
     prompt: str
@@ -26,15 +29,19 @@ class SampleRequest:
     sampler: str = "euler_a"
 
     def parameters_text(self, model_name: str = "") -> str:
-        """A1111's `parameters` chunk, which A1111's PNG Info tab and most image browsers read."""
+        """A1111's `parameters` chunk, which A1111's PNG Info tab and most image browsers read. FLUX (the
+        `FLOW_SAMPLER`) as Forge writes it: Euler on the simple schedule, CFG scale 1 (no negative pass) and the
+        guidance as `Distilled CFG Scale` (omitted for [schnell], which has none), so Forge reads it back right."""
         lines = [self.prompt]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
-        sampler = A1111_NAMES.get(self.sampler, self.sampler)
-        tail = (
-            f"Steps: {self.steps}, Sampler: {sampler}, CFG scale: {self.guidance_scale:g}, Seed: {self.seed}, "
-            f"Size: {self.width}x{self.height}"
-        )
+        if self.sampler == FLOW_SAMPLER:
+            guidance = f"CFG scale: 1, Distilled CFG Scale: {self.guidance_scale:g}" if self.guidance_scale else \
+                "CFG scale: 1"
+            sampling = f"Sampler: Euler, Schedule type: Simple, {guidance}"
+        else:
+            sampling = f"Sampler: {A1111_NAMES.get(self.sampler, self.sampler)}, CFG scale: {self.guidance_scale:g}"
+        tail = f"Steps: {self.steps}, {sampling}, Seed: {self.seed}, Size: {self.width}x{self.height}"
         if model_name:
             tail += f", Model: {model_name}"
         lines.append(tail)
@@ -45,8 +52,10 @@ def with_model_defaults(model, requests: list[SampleRequest]) -> list[SampleRequ
     """`requests` with unset steps / guidance scale (None) set to the model's (`SDModel.sample_defaults`: SD 25
     steps at CFG 7, FLUX.1 [dev] 28 at guidance 3.5, [schnell] 4)."""
     steps, guidance = model.sample_defaults
+    flow = {"sampler": FLOW_SAMPLER} if model.family.is_flow else {}  # FLUX samples with its own scheduler
     return [replace(r, steps=steps if r.steps is None else r.steps,
-                    guidance_scale=guidance if r.guidance_scale is None else r.guidance_scale) for r in requests]
+                    guidance_scale=guidance if r.guidance_scale is None else r.guidance_scale, **flow)
+            for r in requests]
 
 
 def encode_for_pipeline(model, pipe, prompt: str, negative_prompt: str, clip_skip: int | None = None) -> dict:
@@ -110,7 +119,7 @@ def generate(model, requests: list[SampleRequest], *, clip_skip: int | None = No
     flow = model.family.is_flow  # FLUX: guidance_scale feeds [dev]'s guidance embedding ([schnell] ignores it)
     for batch in _batches(requests, batch_size):
         req = batch[0]
-        key = "flow_euler" if flow else normalize_sampler(req.sampler)
+        key = FLOW_SAMPLER if flow else normalize_sampler(req.sampler)
         if key not in pipes:
             pipes[key] = make_pipeline(model, key, img2img=init_image is not None, progress=progress)
         pipe = pipes[key]
