@@ -19,6 +19,15 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+# The longest files start first: `make test`'s workers take whole files in collection order (--dist loadfile), and
+# the concept-learning file (four 300-step trainings, ~10 min on one worker) started last kept the suite waiting on it
+SLOWEST_FIRST = ("tests/tools/test_concept_learning.py", "tests/training/test_distributed.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.nodeid.startswith(SLOWEST_FIRST))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs() -> dict[str, Path]:
     """The embedded tiny SD 1.5, SD 2.x and SDXL diffusers folders, built once for the session."""
