@@ -2,11 +2,13 @@
 there (kohya's `--blocks_to_swap`; FLUX.1's 19 double and 38 single blocks hold 22 of its 23 GiB in bf16).
 
 At most `len(blocks) - blocks_to_swap` blocks hold their frozen weights on the device at a time. When a block runs
-and its weights are not there, the least recently run block gives up its place first, then the block's weights are
-copied in from CPU memory. In a training step the forward pass runs the blocks in order and the backward pass (which
-runs each checkpointed block again, `training.gradient_checkpointing`) in reverse, so the blocks last used by the
-forward are the first the backward needs: 2 × `blocks_to_swap` block copies a step, host to device only (the frozen
-weights never change, so nothing is copied back).
+and its weights are not there, the block that ran last gives up its place (it is done: the next block has started),
+then the block's weights are copied in from CPU memory. The blocks run in cycles: a training step's forward pass in
+order and its backward pass (which runs each checkpointed block again, `training.gradient_checkpointing`) in reverse,
+sampling's forward passes in order, one per denoising step. Giving up the most recently run block keeps the others
+for the next cycle: 2 × `blocks_to_swap` block copies a training step, `blocks_to_swap` a sampling step (evicting the
+least recently run block would copy every block at each sampling step), host to device only (the frozen weights never
+change, so nothing is copied back).
 
 Only frozen tensors move: the adapter's trainable parameters (LoRA factors on the blocks' layers) stay on the device
 with their gradients and optimizer state. A weight that is out keeps its tensor (shape, dtype, device), but its
@@ -72,6 +74,31 @@ def _pinned(t: torch.Tensor) -> torch.Tensor:
         return t
 
 
+class Residency:
+    """Which blocks hold their weights on the device: at most `capacity`; the block that ran last gives up its place
+    (the policy alone: `BlockSwap` moves the weights, `loraforge plan` counts the copies with it)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._blocks: OrderedDict[int, None] = OrderedDict()  # the block run last at the end
+
+    def enter(self, i: int) -> tuple[bool, list[int]]:
+        """Block `i` runs: (whether its weights must be copied in, the blocks that give up their places first)."""
+        if i in self._blocks:
+            self._blocks.move_to_end(i)
+            return False, []
+        out = []
+        while len(self._blocks) >= self.capacity:
+            out.append(self._blocks.popitem(last=True)[0])
+        self._blocks[i] = None
+        return True, out
+
+    @property
+    def blocks(self) -> list[int]:
+        """The resident blocks, the block run last at the end."""
+        return list(self._blocks)
+
+
 class BlockSwap:
     """The blocks' frozen weights, `capacity` blocks' worth on `device` at a time (see the module docstring)."""
 
@@ -80,7 +107,7 @@ class BlockSwap:
         self.capacity = len(self.blocks) - blocks_to_swap
         self.device = torch.device(device)
         self._held: list[list[tuple[torch.Tensor, torch.Tensor, int]]] = []  # per block: (tensor, CPU copy, bytes)
-        self._resident: OrderedDict[int, None] = OrderedDict()  # least recently run first
+        self._residency = Residency(self.capacity)
         self._hooks = []
         self.peak = 0  # the most blocks resident at once
         self.copies = 0  # blocks copied to the device so far
@@ -112,37 +139,35 @@ class BlockSwap:
         return self
 
     def enter(self, i: int) -> None:
-        """Block `i` is about to run: its weights onto the device, the least recently run block's off when full."""
-        if i in self._resident:
-            self._resident.move_to_end(i)
+        """Block `i` is about to run: its weights onto the device, the last run block's off when full."""
+        load, out = self._residency.enter(i)
+        for j in out:
+            self._release(j)
+        if not load:
             return
-        while len(self._resident) >= self.capacity:
-            oldest, _ = self._resident.popitem(last=False)
-            self._release(oldest)
         with torch.no_grad():
             for t, copy, nbytes in self._held[i]:
                 t.untyped_storage().resize_(nbytes)
                 t.copy_(copy, non_blocking=True)
-        self._resident[i] = None
         self.copies += 1
-        self.peak = max(self.peak, len(self._resident))
+        self.peak = max(self.peak, len(self._residency.blocks))
 
     def _release(self, i: int) -> None:
         for t, _, _ in self._held[i]:
             t.untyped_storage().resize_(0)
 
     def resident(self) -> list[int]:
-        """The blocks whose weights are on the device now, least recently run first."""
-        return list(self._resident)
+        """The blocks whose weights are on the device now, the block run last at the end."""
+        return self._residency.blocks
 
     def remove(self) -> None:
         """Every block's weights back on the device and the hooks off (a model used whole afterwards)."""
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
-        self.capacity = len(self.blocks)
+        self.capacity = self._residency.capacity = len(self.blocks)
         for i in range(len(self.blocks)):
             self.enter(i)
 
 
-__all__ = ["BlockSwap", "check_blocks_to_swap", "swappable_blocks"]
+__all__ = ["BlockSwap", "Residency", "check_blocks_to_swap", "swappable_blocks"]

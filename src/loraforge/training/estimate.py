@@ -21,7 +21,7 @@ from ..models.configs import config_folder
 from ..models.loading import T5_LENGTHS
 from ..models.tiny import tiny_model_dir
 from ..networks.targets import plan_targets
-from .block_swap import swappable_blocks
+from .block_swap import Residency, swappable_blocks
 from .plan import RunPlan
 from .release import releasable
 
@@ -395,17 +395,21 @@ class SwapBytes:
 
 
 def block_swap_bytes(model, blocks_to_swap: int, dtype, quantize_base: str) -> SwapBytes:
-    """What `training.blocks_to_swap` (training/block_swap.py) keeps off the device and copies a step: at most
-    (blocks − N) blocks are there, the forward runs them in order and the backward in reverse, so the largest run of
-    consecutive blocks is the resident peak; a step copies the last N blocks in the forward and the first N in the
-    backward."""
+    """What `training.blocks_to_swap` keeps off the device at its peak and copies a training step, by the trainer's
+    own policy (`block_swap.Residency`) over a step's cycle: the forward runs the blocks in order, the backward in
+    reverse (the second step: the first starts from an empty device)."""
     blocks = swappable_blocks(model.unet, model.family.swap_blocks) if blocks_to_swap else []
     if not blocks_to_swap or blocks_to_swap >= len(blocks):
         return SwapBytes()
     sizes = [_stored_bytes(b, dtype, quantize_base) for b in blocks]
-    keep = len(blocks) - blocks_to_swap
-    resident = max(sum(sizes[i:i + keep]) for i in range(len(sizes) - keep + 1))
-    return SwapBytes(off_device=sum(sizes) - resident, copied=sum(sizes[keep:]) + sum(sizes[:blocks_to_swap]))
+    residency, peak, copied = Residency(len(blocks) - blocks_to_swap), 0, 0
+    for _ in range(2):
+        copied = 0
+        for i in [*range(len(blocks)), *reversed(range(len(blocks)))]:
+            load, _ = residency.enter(i)
+            copied += sizes[i] if load else 0
+            peak = max(peak, sum(sizes[j] for j in residency.blocks))
+    return SwapBytes(off_device=sum(sizes) - peak, copied=copied)
 
 
 def _with(cfg: TrainConfig, section: str, **values) -> TrainConfig:
