@@ -16,9 +16,11 @@ STAMP := $(VENV)/.loraforge-installed
 LATEST := .venv-latest
 CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
 # The suite runs in JOBS pytest-xdist workers (one thread each); a test file stays on one worker (--dist loadfile),
-# so its module fixtures are built once and the two torchrun tests never share a port. JOBS=0 runs in-process.
+# so its module fixtures are built once and the two torchrun tests never share a port. Files go out in collection
+# order (--no-loadscope-reorder: xdist would sort them by test count, which sent the longest file, four tests, last);
+# tests/conftest.py collects the longest files first. JOBS=0 runs in-process.
 JOBS ?= 2
-PYTEST := -m pytest -q $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
+PYTEST := -m pytest -q $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: install demo test browser test-latest lock docs clean
 

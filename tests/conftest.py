@@ -19,8 +19,9 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-# The longest files start first: `make test`'s workers take whole files in collection order (--dist loadfile), and
-# the concept-learning file (four 300-step trainings, ~10 min on one worker) started last kept the suite waiting on it
+# The longest files start first: `make test`'s workers take whole files in collection order (--dist loadfile
+# --no-loadscope-reorder), and the concept-learning file (four 300-step trainings, ~10 min on one worker) sent last
+# (xdist's default order is by test count) kept the suite waiting on it
 SLOWEST_FIRST = ("tests/tools/test_concept_learning.py", "tests/training/test_distributed.py")
 
 
