@@ -67,6 +67,8 @@ def _cases(tmp: Path) -> list[tuple]:
     cases += [
         ("sample --steps 0", [*sample[:-6], "--steps", "0", "-o", str(tmp / "s")], ["--steps 0"]),
         ("sample --batch 0", [*sample, "--batch", "0", "-o", str(tmp / "s")], ["--batch 0"]),
+        ("sample --batch-size 0", [*sample[:-6], "--batch-size", "0", "-o", str(tmp / "s")], ["--batch-size 0"]),
+        ("sample --batch 0, no --steps", [*sample[:-6], "--batch", "0", "-o", str(tmp / "s")], ["--batch 0"]),
         ("resize --rank 0", ["resize", good, "-o", o, "--rank", "0"], ["--rank 0"]),
         ("extract --rank 0", ["extract", "--tuned", good, "-o", o, "--rank", "0"], ["--rank 0"]),
         ("sample truncated --init-image", [*sample, "--init-image", str(f["cut"]), "-o", str(tmp / "s")],

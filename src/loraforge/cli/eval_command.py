@@ -28,6 +28,7 @@ def add_eval(sub) -> None:
     p.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
     p.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default 3: the toy model's best on held-out prompts, docs/toy-world.md)")
     p.add_argument("--sampler", default="ddim")
+    p.add_argument("--batch-size", type=int, default=32, help="images generated at once (default 32)")
     p.add_argument("-o", "--output-dir", help="write eval.json and eval-grid.png here")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval.json / eval-grid.png")
@@ -43,12 +44,12 @@ def cmd_eval(args) -> int:
     from ..tools.evaluate import evaluate
 
     quiet_progress()
-    if args.seeds < 1 or args.steps < 1:
-        raise ToolError("--seeds and --steps must be 1 or more")
+    if args.seeds < 1 or args.steps < 1 or args.batch_size < 1:
+        raise ToolError("--seeds, --steps and --batch-size must be 1 or more")
     model = load_sd_model(args.model or str(toy_model_dir()))
     report = evaluate(model, args.lora, concept=args.concept, trigger=args.trigger, out_dir=args.output_dir,
                       steps=args.steps, guidance_scale=args.cfg, sampler=args.sampler, seeds=args.seeds,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(asdict(report), indent=1))
     else:

@@ -118,6 +118,8 @@ def add_sample(sub) -> None:
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images generated at once (default 1; prompts of the same size, steps and sampler batch)")
     p.add_argument("--init-image", help="img2img: the starting image")
     p.add_argument("--strength", type=number, default=0.75, help="img2img denoising strength (default 0.75)")
     p.add_argument("--clip-skip", type=int, help="text-encoder layers to skip, as training.clip_skip (1: penultimate "
@@ -145,13 +147,13 @@ def cmd_sample(args) -> int:
     quiet_progress()
     requests = build_requests(args.prompt, args.prompt_file, negative_prompt=args.negative, sampler=args.sampler,
                               steps=args.steps, guidance_scale=args.cfg, width=args.width, height=args.height,
-                              seed=args.seed, batch=args.batch)
+                              seed=args.seed, batch=args.batch, batch_size=args.batch_size)
     loras = [parse_lora_spec(s, args.unet_scale, args.te_scale) for s in args.lora]
     paths = sample(args.model, requests, args.output_dir, loras=loras,
                    embeddings=[_embedding_spec(e) for e in args.embedding], family=args.family,
                    init_image=args.init_image, strength=args.strength, clip_skip=args.clip_skip,
                    allow_pickle=args.allow_pickle, skip_unknown=args.skip_unknown, overwrite=args.overwrite,
-                   config_dir=args.config_dir)
+                   config_dir=args.config_dir, batch_size=args.batch_size)
     for path in paths:
         print(path)
     return 0

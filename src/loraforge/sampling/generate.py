@@ -106,15 +106,17 @@ def make_pipeline(model, sampler: str, img2img: bool = False, progress: bool = F
 
 def generate(model, requests: list[SampleRequest], *, clip_skip: int | None = None, init_image=None,
              strength: float = 0.75, output_type: str = "pil", progress: bool = False, batch_size: int = 1) -> list:
-    """One image per request: the only generation path (training samples, class images, `loraforge sample`). Each
-    image's generator is a CPU generator seeded by its request, so a seed gives the same image whatever the device
-    (and, up to the float rounding of batched convolutions, whatever the batch). With `init_image` (a PIL image)
-    img2img at `strength`, the image resized to each request's size. `batch_size` > 1 runs consecutive requests that
-    differ only in their seed as one batch."""
+    """One image per request: the only generation path (training samples, class images, `loraforge sample`,
+    `loraforge eval`). Each image's generator is a CPU generator seeded by its request, so a seed gives the same
+    image whatever the device (and, up to the float rounding of batched convolutions, whatever the batch). With
+    `init_image` (a PIL image) img2img at `strength`, the image resized to each request's size. `batch_size` > 1
+    runs up to that many consecutive requests that differ only in prompt, negative prompt and seed as one batch
+    (their prompt embeddings stacked)."""
     import torch
 
     images = []
     pipes: dict[str, object] = {}
+    encoded: dict[tuple[str, str], dict] = {}  # a prompt sampled with several seeds is encoded once
     requests = with_model_defaults(model, requests)
     flow = model.family.is_flow  # FLUX: guidance_scale feeds [dev]'s guidance embedding ([schnell] ignores it)
     for batch in _batches(requests, batch_size):
@@ -123,14 +125,17 @@ def generate(model, requests: list[SampleRequest], *, clip_skip: int | None = No
         if key not in pipes:
             pipes[key] = make_pipeline(model, key, img2img=init_image is not None, progress=progress)
         pipe = pipes[key]
-        gens = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
-        kwargs = encode_for_pipeline(model, pipe, req.prompt, req.negative_prompt, clip_skip)
-        if len(batch) > 1:
-            kwargs = {k: v.repeat(len(batch), *([1] * (v.ndim - 1))) for k, v in kwargs.items()}
+        for r in batch:
+            if (r.prompt, r.negative_prompt) not in encoded:
+                encoded[r.prompt, r.negative_prompt] = encode_for_pipeline(model, pipe, r.prompt, r.negative_prompt,
+                                                                           clip_skip)
+        parts = [encoded[r.prompt, r.negative_prompt] for r in batch]  # tokenized to one length: they stack
+        kwargs = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         if init_image is not None:
             kwargs.update(image=init_image.convert("RGB").resize((req.width, req.height)), strength=strength)
         else:
             kwargs.update(width=req.width, height=req.height)
+        gens = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
         with torch.no_grad():
             out = pipe(**kwargs, num_inference_steps=req.steps, guidance_scale=req.guidance_scale,
                        generator=gens[0] if len(batch) == 1 else gens, output_type=output_type)
@@ -139,11 +144,15 @@ def generate(model, requests: list[SampleRequest], *, clip_skip: int | None = No
 
 
 def _batches(requests: list[SampleRequest], size: int) -> list[list[SampleRequest]]:
-    """Consecutive requests that differ only in their seed, `size` at most per batch."""
+    """Consecutive requests that differ only in prompt, negative prompt and seed, `size` at most per batch."""
     out: list[list[SampleRequest]] = []
+
+    def settings(r: SampleRequest) -> SampleRequest:
+        return replace(r, prompt="", negative_prompt="", seed=0)
+
     for req in requests:
         last = out[-1] if out else None
-        if last and len(last) < size and replace(last[0], seed=0) == replace(req, seed=0):
+        if last and len(last) < size and settings(last[0]) == settings(req):
             last.append(req)
         else:
             out.append([req])

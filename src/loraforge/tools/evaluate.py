@@ -155,11 +155,14 @@ def run_files(path) -> tuple[Path | None, list[Path]]:
 
 def evaluate(model, lora_or_run, *, concept: str = "heart", trigger: str | None = None, out_dir=None,
              steps: int = 25, guidance_scale: float = 3.0, sampler: str = "ddim", seeds: int = 2, size: int = 64,
-             overwrite: bool = False, allow_pickle: bool = False, base_images: dict | None = None) -> EvalReport:
+             overwrite: bool = False, allow_pickle: bool = False, base_images: dict | None = None,
+             batch_size: int = 32) -> EvalReport:
     """Generate the prompt set with `model` (a loaded `SDModel`, patched in place) before and after applying the
     LoRA, judge both, and write `out_dir/eval.json` and `out_dir/eval-grid.png` when `out_dir` is given.
     `base_images`: a dict shared by evaluations of the SAME base model (the caller's promise); its images are kept
-    there by prompt set and settings and generated once (the concept tests score several LoRAs of one model)."""
+    there by prompt set and settings and generated once (the concept tests score several LoRAs of one model).
+    `batch_size`: images generated at once (the toy world's 64 px images: the whole prompt set, 2.8x faster on
+    the CPU than one by one)."""
     lora, embeddings = run_files(lora_or_run)
     if trigger is None:
         trigger = embeddings[0].stem if embeddings else "TOK"
@@ -174,14 +177,14 @@ def evaluate(model, lora_or_run, *, concept: str = "heart", trigger: str | None 
     key = tuple(requests)
     before = base_images.get(key) if base_images is not None else None
     if before is None:
-        before = generate(model, requests)
+        before = generate(model, requests, batch_size=batch_size)
         if base_images is not None:
             base_images[key] = before
     if lora is not None:
         apply_lora_files(model, [LoraSpec(str(lora))], allow_pickle)
     for emb in embeddings:
         load_embedding(model, EmbeddingSpec(str(emb)), allow_pickle)
-    after = generate(model, requests)
+    after = generate(model, requests, batch_size=batch_size)
     base_scores, lora_scores = score(prompts, judge.read(before), concept), score(prompts, judge.read(after), concept)
     plain = [i for i, p in enumerate(prompts) if p.group != "concept"]
     report = EvalReport(

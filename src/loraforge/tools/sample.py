@@ -73,13 +73,13 @@ def prepare_model(model: str | None, loras: list[LoraSpec] = (), embeddings: lis
 
 def build_requests(prompt: str | None = None, prompt_file: str | None = None, *, negative_prompt: str = "",
                    sampler: str = "euler_a", steps: int | None = None, guidance_scale: float | None = None, width: int = 0,
-                   height: int = 0, seed: int = 0, batch: int = 1) -> list[SampleRequest]:
+                   height: int = 0, seed: int = 0, batch: int = 1, batch_size: int = 1) -> list[SampleRequest]:
     """Requests from a prompt or a kohya prompt file (its `--n --w --h --d --l --s --ss` override the defaults);
     `batch` images per prompt with seeds seed, seed+1, ... A size of 0, steps or guidance None mean the model's own
-    (`sample` fills them)."""
-    if (steps is not None and steps < 1) or batch < 1:
-        flag, value = ("--steps", steps) if steps < 1 else ("--batch", batch)
-        raise ToolError(f"{flag} {value}: it must be 1 or more")
+    (`sample` fills them). `batch_size` (`sample`'s) is checked here with the other numbers."""
+    for flag, value in (("--steps", steps), ("--batch", batch), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise ToolError(f"{flag} {value}: it must be 1 or more")
     if width < 0 or height < 0:
         flag, value = ("--width", width) if width < 0 else ("--height", height)
         raise ToolError(f"{flag} {value}: give a multiple of 8, or 0 for the model's own size")
@@ -120,10 +120,11 @@ def parameters_text(req: SampleRequest, model_name: str, loras: list[LoraSpec], 
 def sample(model: str | None, requests: list[SampleRequest], out_dir, *, loras: list[LoraSpec] = (),
            embeddings: list[EmbeddingSpec] = (), family: str = "auto", init_image=None, strength: float = 0.75,
            clip_skip: int | None = None, allow_pickle: bool = False, skip_unknown: bool = False,
-           overwrite: bool = False, config_dir: str | None = None) -> list[Path]:
+           overwrite: bool = False, config_dir: str | None = None, batch_size: int = 1) -> list[Path]:
     """Generate every request and write `out_dir/<n>-<seed>.png`, numbered on from the images already there; returns
     the paths. `init_image` is a path or a PIL image (img2img). A LoRA may be named by its run folder. `clip_skip`
-    as in training (`training.clip_skip`: 1 = the penultimate layer of SD 1.x/2.x). Options are keyword-only."""
+    as in training (`training.clip_skip`: 1 = the penultimate layer of SD 1.x/2.x). `batch_size`: images generated
+    at once (requests of the same size, steps, guidance and sampler). Options are keyword-only."""
     out_dir = Path(out_dir)
     first = next_image_number(out_dir)
     paths = [out_dir / f"{first + i:05d}-{r.seed}.png" for i, r in enumerate(requests)]
@@ -140,7 +141,8 @@ def sample(model: str | None, requests: list[SampleRequest], out_dir, *, loras: 
     size = default_size(sd, init_image)
     requests = with_model_defaults(sd, [replace(r, width=r.width or size[0], height=r.height or size[1])
                                         for r in requests])
-    images = generate(sd, requests, clip_skip=clip_skip, init_image=init_image, strength=strength)
+    images = generate(sd, requests, clip_skip=clip_skip, init_image=init_image, strength=strength,
+                      batch_size=batch_size)
     name = Path(model).stem if model else f"tiny-{sd.family.name}"
     for path, image, req in zip(paths, images, requests):
         save_png(image, path, parameters_text(req, name, list(loras), strength if init_image is not None else None))
